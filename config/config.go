@@ -1,0 +1,404 @@
+// Package config reads a repd resource file: one TOML file, the same on every
+// node, naming the resource and its nodes.
+//
+//	[resource]
+//	name     = "r0"
+//	size     = "1GiB"
+//	protocol = "C"
+//
+//	[[node]]
+//	name  = "alpha"
+//	disk  = "/var/lib/repd/r0-alpha.img"
+//	meta  = "/var/lib/repd/r0-alpha.meta"
+//	nbd   = "127.0.0.1:10809"
+//	peer  = "127.0.0.1:7789"
+//	admin = "/run/repd/r0-alpha.sock"
+//
+// Every bad input is refused by Load with an error that names the field.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// MaxNodes is the most nodes a resource may have.
+const MaxNodes = 16
+
+// File is a parsed and validated resource file.
+type File struct {
+	Resource Resource `toml:"resource"`
+	Nodes    []Node   `toml:"node"`
+	path     string
+}
+
+// Resource is the [resource] table.
+type Resource struct {
+	Name     string `toml:"name"`
+	Size     Bytes  `toml:"size"`
+	Protocol string `toml:"protocol"`
+	// BlockSize is the bitmap granularity: the unit of out-of-sync tracking,
+	// resync and verify. A power of two from 4 KiB to 1 MiB.
+	BlockSize        Bytes    `toml:"block-size"`
+	SecretFile       string   `toml:"secret-file"`
+	Timeout          Duration `toml:"timeout"`
+	ConnectInterval  Duration `toml:"connect-interval"`
+	JournalSize      Bytes    `toml:"journal-size"`
+	OnCongestion     string   `toml:"on-congestion"`
+	Compression      string   `toml:"compression"`
+	CompressionLevel int      `toml:"compression-level"`
+	ALExtents        int      `toml:"al-extents"`
+	AdminGroup       string   `toml:"admin-group"`
+}
+
+// Node is one [[node]] table.
+type Node struct {
+	Name    string `toml:"name"`
+	ID      *int   `toml:"id"`
+	Disk    string `toml:"disk"`
+	Meta    string `toml:"meta"`
+	NBD     string `toml:"nbd"`
+	Peer    string `toml:"peer"`
+	Admin   string `toml:"admin"`
+	Metrics string `toml:"metrics"`
+}
+
+// Defaults applied by Load to fields left out.
+const (
+	DefaultProtocol     = "C"
+	DefaultBlockSize    = 4096
+	DefaultTimeout      = 5 * time.Second
+	DefaultConnect      = 200 * time.Millisecond
+	DefaultJournalSize  = 64 << 20
+	DefaultOnCongestion = "block"
+	DefaultCompression  = "none"
+	DefaultALExtents    = 1237 // DRBD's default al-extents
+)
+
+// Load reads, parses and validates the resource file at path.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	f.path = path
+	return f, nil
+}
+
+// Parse parses and validates a resource file's contents.
+func Parse(data []byte) (*File, error) {
+	var f File
+	md, err := toml.Decode(string(data), &f)
+	if err != nil {
+		return nil, err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("unknown key %s", strings.Join(keys, ", "))
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+func (f *File) validate() error {
+	r := &f.Resource
+	if r.Name == "" {
+		return errors.New("resource.name: missing")
+	}
+	if !validName(r.Name) {
+		return fmt.Errorf("resource.name %q: use letters, digits, '-', '_' or '.' (at most 64)", r.Name)
+	}
+	if r.Size <= 0 {
+		return errors.New("resource.size: missing or not positive (e.g. size = \"1GiB\")")
+	}
+	if r.Protocol == "" {
+		r.Protocol = DefaultProtocol
+	}
+	r.Protocol = strings.ToUpper(r.Protocol)
+	if r.Protocol != "A" && r.Protocol != "C" {
+		return fmt.Errorf("resource.protocol %q: must be \"A\" (async) or \"C\" (sync)", r.Protocol)
+	}
+	if r.BlockSize == 0 {
+		r.BlockSize = DefaultBlockSize
+	}
+	if r.BlockSize < 4096 || r.BlockSize > 1<<20 || r.BlockSize&(r.BlockSize-1) != 0 {
+		return fmt.Errorf("resource.block-size %d: must be a power of two from 4KiB to 1MiB", r.BlockSize)
+	}
+	if r.Size%4096 != 0 {
+		return fmt.Errorf("resource.size %d: must be a multiple of 4KiB", r.Size)
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(DefaultTimeout)
+	}
+	if r.Timeout < 0 {
+		return errors.New("resource.timeout: must be positive")
+	}
+	if r.ConnectInterval == 0 {
+		r.ConnectInterval = Duration(DefaultConnect)
+	}
+	if r.ConnectInterval < 0 {
+		return errors.New("resource.connect-interval: must be positive")
+	}
+	if r.JournalSize == 0 {
+		r.JournalSize = DefaultJournalSize
+	}
+	if r.JournalSize < 1<<20 {
+		return fmt.Errorf("resource.journal-size %d: must be at least 1MiB", r.JournalSize)
+	}
+	if r.OnCongestion == "" {
+		r.OnCongestion = DefaultOnCongestion
+	}
+	if r.OnCongestion != "block" && r.OnCongestion != "pull-ahead" {
+		return fmt.Errorf("resource.on-congestion %q: must be \"block\" or \"pull-ahead\"", r.OnCongestion)
+	}
+	if r.Compression == "" {
+		r.Compression = DefaultCompression
+	}
+	switch r.Compression {
+	case "none", "s2", "zstd":
+	default:
+		return fmt.Errorf("resource.compression %q: must be \"none\", \"s2\" or \"zstd\"", r.Compression)
+	}
+	if r.CompressionLevel < 0 || r.CompressionLevel > 22 {
+		return fmt.Errorf("resource.compression-level %d: must be 0..22", r.CompressionLevel)
+	}
+	if r.ALExtents == 0 {
+		r.ALExtents = DefaultALExtents
+	}
+	if r.ALExtents < 7 || r.ALExtents > 65534 {
+		return fmt.Errorf("resource.al-extents %d: must be 7..65534", r.ALExtents)
+	}
+	if len(f.Nodes) == 0 {
+		return errors.New("node: at least one [[node]] is required")
+	}
+	if len(f.Nodes) > MaxNodes {
+		return fmt.Errorf("node: %d nodes, at most %d", len(f.Nodes), MaxNodes)
+	}
+	names := map[string]int{}
+	ids := map[int]string{}
+	peers := map[string]string{}
+	for i := range f.Nodes {
+		n := &f.Nodes[i]
+		at := fmt.Sprintf("node[%d]", i)
+		if n.Name == "" {
+			return fmt.Errorf("%s.name: missing", at)
+		}
+		if !validName(n.Name) {
+			return fmt.Errorf("%s.name %q: use letters, digits, '-', '_' or '.'", at, n.Name)
+		}
+		at = fmt.Sprintf("node %q", n.Name)
+		if j, dup := names[n.Name]; dup {
+			return fmt.Errorf("%s: duplicate name (also node[%d])", at, j)
+		}
+		names[n.Name] = i
+		if n.ID == nil {
+			id := i
+			n.ID = &id
+		}
+		if *n.ID < 0 || *n.ID >= MaxNodes {
+			return fmt.Errorf("%s: id %d out of range 0..%d", at, *n.ID, MaxNodes-1)
+		}
+		if other, dup := ids[*n.ID]; dup {
+			return fmt.Errorf("%s: duplicate id %d (also node %q)", at, *n.ID, other)
+		}
+		ids[*n.ID] = n.Name
+		for _, fld := range []struct{ key, val string }{{"disk", n.Disk}, {"meta", n.Meta}, {"nbd", n.NBD}, {"admin", n.Admin}} {
+			if fld.val == "" {
+				return fmt.Errorf("%s.%s: missing", at, fld.key)
+			}
+		}
+		if n.Disk == n.Meta {
+			return fmt.Errorf("%s.meta: must differ from disk %q", at, n.Disk)
+		}
+		if _, _, err := SplitListen(n.NBD); err != nil {
+			return fmt.Errorf("%s.nbd: %w", at, err)
+		}
+		if len(f.Nodes) > 1 && n.Peer == "" {
+			return fmt.Errorf("%s.peer: missing (a resource with several nodes needs a peer address on each)", at)
+		}
+		if n.Peer != "" {
+			if _, _, err := net.SplitHostPort(n.Peer); err != nil {
+				return fmt.Errorf("%s.peer %q: %w", at, n.Peer, err)
+			}
+			if other, dup := peers[n.Peer]; dup {
+				return fmt.Errorf("%s.peer: duplicate address %s (also node %q)", at, n.Peer, other)
+			}
+			peers[n.Peer] = n.Name
+		}
+		if n.Metrics != "" {
+			if _, _, err := net.SplitHostPort(n.Metrics); err != nil {
+				return fmt.Errorf("%s.metrics %q: %w", at, n.Metrics, err)
+			}
+		}
+	}
+	// Nodes on one host (same peer host, or a single-host test cluster) must
+	// not share local resources.
+	for i := range f.Nodes {
+		for j := i + 1; j < len(f.Nodes); j++ {
+			a, b := &f.Nodes[i], &f.Nodes[j]
+			if !sameHost(a.Peer, b.Peer) {
+				continue
+			}
+			for _, fld := range []struct{ key, x, y string }{
+				{"disk", a.Disk, b.Disk}, {"meta", a.Meta, b.Meta}, {"nbd", a.NBD, b.NBD},
+				{"admin", a.Admin, b.Admin}, {"metrics", a.Metrics, b.Metrics},
+			} {
+				if fld.x != "" && fld.x == fld.y {
+					return fmt.Errorf("node %q.%s: duplicate %q (also node %q on the same host)", b.Name, fld.key, fld.x, a.Name)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// sameHost reports whether two peer addresses may be the same machine: equal
+// hosts, or both loopback (a test cluster on one machine).
+func sameHost(a, b string) bool {
+	ha, _, err1 := net.SplitHostPort(a)
+	hb, _, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	if ha == hb {
+		return true
+	}
+	ia, ib := net.ParseIP(ha), net.ParseIP(hb)
+	return ia != nil && ib != nil && ia.IsLoopback() && ib.IsLoopback()
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		ok := c == '-' || c == '_' || c == '.' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// SplitListen parses an NBD listen address: "host:port", or "unix:/path".
+func SplitListen(addr string) (network, address string, err error) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if p == "" || !filepath.IsAbs(p) {
+			return "", "", fmt.Errorf("%q: unix socket path must be absolute", addr)
+		}
+		return "unix", p, nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", "", fmt.Errorf("%q: want host:port or unix:/path: %w", addr, err)
+	}
+	return "tcp", addr, nil
+}
+
+// Node returns the node called name.
+func (f *File) Node(name string) (*Node, error) {
+	for i := range f.Nodes {
+		if f.Nodes[i].Name == name {
+			return &f.Nodes[i], nil
+		}
+	}
+	known := make([]string, len(f.Nodes))
+	for i := range f.Nodes {
+		known[i] = f.Nodes[i].Name
+	}
+	return nil, fmt.Errorf("no node %q in the resource file (nodes: %s)", name, strings.Join(known, ", "))
+}
+
+// Secret reads the shared secret named by resource.secret-file (relative
+// paths are relative to the resource file). No file configured → nil.
+func (f *File) Secret() ([]byte, error) {
+	p := f.Resource.SecretFile
+	if p == "" {
+		return nil, nil
+	}
+	if !filepath.IsAbs(p) && f.path != "" {
+		p = filepath.Join(filepath.Dir(f.path), p)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("resource.secret-file: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) < 8 {
+		return nil, fmt.Errorf("resource.secret-file %s: secret is shorter than 8 characters", p)
+	}
+	return []byte(s), nil
+}
+
+// Bytes is a size in bytes; in TOML an integer or a string such as "1GiB",
+// "512M", "4k" (binary units).
+type Bytes int64
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (b *Bytes) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		*b = Bytes(x)
+		return nil
+	case string:
+		n, err := ParseBytes(x)
+		*b = Bytes(n)
+		return err
+	}
+	return fmt.Errorf("size %v: want an integer or a string like \"1GiB\"", v)
+}
+
+// ParseBytes parses "1GiB", "512M", "4k", "4096".
+func ParseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	lower := strings.ToLower(t)
+	for _, u := range []struct {
+		suffix string
+		m      int64
+	}{{"tib", 1 << 40}, {"gib", 1 << 30}, {"mib", 1 << 20}, {"kib", 1 << 10}, {"t", 1 << 40}, {"g", 1 << 30}, {"m", 1 << 20}, {"k", 1 << 10}, {"b", 1}} {
+		if strings.HasSuffix(lower, u.suffix) {
+			mult = u.m
+			t = strings.TrimSpace(t[:len(t)-len(u.suffix)])
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || (mult > 1 && n > (1<<62)/mult) {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (KiB, MiB, GiB, TiB)", s)
+	}
+	return n * mult, nil
+}
+
+// Duration is a time.Duration written as "5s", "200ms" in TOML.
+type Duration time.Duration
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (d *Duration) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("duration %v: want a string like \"5s\"", v)
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	*d = Duration(x)
+	return nil
+}

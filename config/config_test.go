@@ -1,0 +1,104 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const good = `
+[resource]
+name = "r0"
+size = "64MiB"
+protocol = "c"
+
+[[node]]
+name = "alpha"
+disk = "/tmp/a.img"
+meta = "/tmp/a.meta"
+nbd = "127.0.0.1:10809"
+peer = "127.0.0.1:7789"
+admin = "/tmp/a.sock"
+
+[[node]]
+name = "beta"
+disk = "/tmp/b.img"
+meta = "/tmp/b.meta"
+nbd = "unix:/tmp/b.nbd"
+peer = "127.0.0.2:7789"
+admin = "/tmp/b.sock"
+`
+
+func TestParseGood(t *testing.T) {
+	f, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Resource.Size != 64<<20 || f.Resource.Protocol != "C" || f.Resource.BlockSize != 4096 {
+		t.Fatalf("resource = %+v", f.Resource)
+	}
+	if time.Duration(f.Resource.Timeout) != DefaultTimeout || f.Resource.OnCongestion != "block" {
+		t.Fatalf("defaults not applied: %+v", f.Resource)
+	}
+	b, err := f.Node("beta")
+	if err != nil || *b.ID != 1 {
+		t.Fatalf("beta = %+v, %v", b, err)
+	}
+	if _, err := f.Node("gamma"); err == nil || !strings.Contains(err.Error(), "alpha, beta") {
+		t.Fatalf("unknown node error = %v", err)
+	}
+}
+
+func TestParseBad(t *testing.T) {
+	cases := []struct {
+		name, old, new, want string
+	}{
+		{"unknown key", `protocol = "c"`, "protocol = \"c\"\nspeed = 3", "unknown key resource.speed"},
+		{"unknown node key", `admin = "/tmp/a.sock"`, "admin = \"/tmp/a.sock\"\ncolour = 1", "unknown key node.colour"},
+		{"missing name", `name = "r0"`, ``, "resource.name: missing"},
+		{"bad name", `name = "r0"`, `name = "r 0"`, "resource.name"},
+		{"missing size", `size = "64MiB"`, ``, "resource.size"},
+		{"bad size", `size = "64MiB"`, `size = "lots"`, "size \"lots\""},
+		{"unaligned size", `size = "64MiB"`, `size = 1000`, "multiple of 4KiB"},
+		{"bad protocol", `protocol = "c"`, `protocol = "B"`, "resource.protocol"},
+		{"bad block size", `protocol = "c"`, "protocol = \"c\"\nblock-size = 3000", "resource.block-size"},
+		{"bad congestion", `protocol = "c"`, "protocol = \"c\"\non-congestion = \"drop\"", "resource.on-congestion"},
+		{"bad compression", `protocol = "c"`, "protocol = \"c\"\ncompression = \"lz4\"", "resource.compression"},
+		{"bad timeout", `protocol = "c"`, "protocol = \"c\"\ntimeout = \"soon\"", "duration \"soon\""},
+		{"missing disk", `disk = "/tmp/a.img"`, ``, `node "alpha".disk: missing`},
+		{"missing admin", `admin = "/tmp/b.sock"`, ``, `node "beta".admin: missing`},
+		{"missing peer", `peer = "127.0.0.2:7789"`, ``, `node "beta".peer: missing`},
+		{"duplicate name", `name = "beta"`, `name = "alpha"`, "duplicate name"},
+		{"duplicate peer", `peer = "127.0.0.2:7789"`, `peer = "127.0.0.1:7789"`, "duplicate address"},
+		{"duplicate disk", `disk = "/tmp/b.img"`, `disk = "/tmp/a.img"`, `node "beta".disk: duplicate`},
+		{"duplicate admin", `admin = "/tmp/b.sock"`, `admin = "/tmp/a.sock"`, `node "beta".admin: duplicate`},
+		{"relative unix", `nbd = "unix:/tmp/b.nbd"`, `nbd = "unix:b.nbd"`, "must be absolute"},
+		{"bad nbd", `nbd = "127.0.0.1:10809"`, `nbd = "10809"`, `node "alpha".nbd`},
+		{"meta equals disk", `meta = "/tmp/a.meta"`, `meta = "/tmp/a.img"`, "must differ"},
+		{"syntax", `size = "64MiB"`, `size = `, "line"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if !strings.Contains(good, c.old) {
+				t.Fatalf("fixture lacks %q", c.old)
+			}
+			_, err := Parse([]byte(strings.Replace(good, c.old, c.new, 1)))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"4096": 4096, "4k": 4096, "1GiB": 1 << 30, "512M": 512 << 20, "2 TiB": 2 << 40} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "1.5G", "99999999999T"} {
+		if _, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) succeeded", in)
+		}
+	}
+}

@@ -1,0 +1,227 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Store is a backing store: a local file or block device holding the data.
+// Offsets and lengths are in range; callers check.
+type Store interface {
+	Size() int64
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	Flush(ctx context.Context) error
+	Trim(ctx context.Context, off, n int64, fua bool) error
+	WriteZeroes(ctx context.Context, off, n int64, noHole, fua bool) error
+	Close() error
+}
+
+// FileStore is a Store over a regular file or a block device, using
+// pread/pwrite, fdatasync, and fallocate where the filesystem supports it.
+type FileStore struct {
+	f        *os.File
+	path     string
+	size     int64
+	noPunch  atomic.Bool // fallocate punch-hole unsupported: write zeroes
+	noZero   atomic.Bool // fallocate zero-range unsupported: write zeroes
+	blockDev bool
+}
+
+// ErrTooSmall is returned by OpenFileStore when the backing store is smaller
+// than the requested size.
+var ErrTooSmall = errors.New("backing store smaller than the resource size")
+
+// OpenFileStore opens the backing store at path for a device of size bytes.
+// A missing file is created and sized; a regular file smaller than size is
+// refused (never silently grown: that would hide a misconfiguration), as is a
+// block device smaller than size. A larger store is used up to size.
+func OpenFileStore(path string, size int64) (*FileStore, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("open %s: size %d must be positive", path, size)
+	}
+	created := false
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		created = true
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open backing store: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	s := &FileStore{f: f, path: path, size: size}
+	var have int64
+	switch {
+	case st.Mode().IsRegular():
+		if created {
+			if err := f.Truncate(size); err != nil {
+				f.Close()
+				os.Remove(path)
+				return nil, fmt.Errorf("size %s to %d bytes: %w", path, size, err)
+			}
+		}
+		have = st.Size()
+		if created {
+			have = size
+		}
+	case st.Mode()&os.ModeDevice != 0:
+		s.blockDev = true
+		have, err = blockDevSize(f)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("size of block device %s: %w", path, err)
+		}
+	default:
+		f.Close()
+		return nil, fmt.Errorf("backing store %s is neither a regular file nor a block device", path)
+	}
+	if have < size {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s has %d bytes, resource needs %d", ErrTooSmall, path, have, size)
+	}
+	return s, nil
+}
+
+func blockDevSize(f *os.File) (int64, error) {
+	var n uint64
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&n)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int64(n), nil
+}
+
+// Size returns the device size.
+func (s *FileStore) Size() int64 { return s.size }
+
+// Path returns the backing store's path.
+func (s *FileStore) Path() string { return s.path }
+
+// ReadAt reads len(p) bytes at off.
+func (s *FileStore) ReadAt(_ context.Context, p []byte, off int64) error {
+	n, err := s.f.ReadAt(p, off)
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %d+%d: %w", off, len(p), err)
+	}
+	return nil
+}
+
+// WriteAt writes p at off; with fua the data is durable on return.
+func (s *FileStore) WriteAt(_ context.Context, p []byte, off int64, fua bool) error {
+	if _, err := s.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("write %d+%d: %w", off, len(p), err)
+	}
+	if fua {
+		return s.sync()
+	}
+	return nil
+}
+
+// Flush makes every completed write durable (fdatasync).
+func (s *FileStore) Flush(context.Context) error { return s.sync() }
+
+func (s *FileStore) sync() error {
+	for {
+		err := unix.Fdatasync(int(s.f.Fd()))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("fdatasync %s: %w", s.path, err)
+		}
+		return nil
+	}
+}
+
+// Trim discards a range: punch a hole where supported, else write zeroes
+// (reads of a trimmed range return zeroes either way).
+func (s *FileStore) Trim(ctx context.Context, off, n int64, fua bool) error {
+	if !s.blockDev && !s.noPunch.Load() {
+		err := fallocate(s.f, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		if err == nil {
+			if fua {
+				return s.sync()
+			}
+			return nil
+		}
+		if !unsupported(err) {
+			return fmt.Errorf("trim %d+%d: %w", off, n, err)
+		}
+		s.noPunch.Store(true)
+	}
+	return s.writeZeroes(ctx, off, n, fua)
+}
+
+// WriteZeroes zeroes a range. Without noHole it may punch a hole; with it the
+// range is zeroed in place (fallocate zero-range) or zero buffers are written.
+func (s *FileStore) WriteZeroes(ctx context.Context, off, n int64, noHole, fua bool) error {
+	if !noHole && !s.blockDev && !s.noPunch.Load() {
+		return s.Trim(ctx, off, n, fua)
+	}
+	if !s.blockDev && !s.noZero.Load() {
+		err := fallocate(s.f, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		if err == nil {
+			if fua {
+				return s.sync()
+			}
+			return nil
+		}
+		if !unsupported(err) {
+			return fmt.Errorf("write zeroes %d+%d: %w", off, n, err)
+		}
+		s.noZero.Store(true)
+	}
+	return s.writeZeroes(ctx, off, n, fua)
+}
+
+var zeroBlock = make([]byte, 1<<20)
+
+func (s *FileStore) writeZeroes(ctx context.Context, off, n int64, fua bool) error {
+	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		chunk := min(n, int64(len(zeroBlock)))
+		if _, err := s.f.WriteAt(zeroBlock[:chunk], off); err != nil {
+			return fmt.Errorf("write zeroes %d+%d: %w", off, chunk, err)
+		}
+		off += chunk
+		n -= chunk
+	}
+	if fua {
+		return s.sync()
+	}
+	return nil
+}
+
+// Close closes the store without syncing; call Flush first for durability.
+func (s *FileStore) Close() error { return s.f.Close() }
+
+func fallocate(f *os.File, mode uint32, off, n int64) error {
+	for {
+		err := unix.Fallocate(int(f.Fd()), mode, off, n)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func unsupported(err error) bool {
+	return errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EINVAL)
+}
