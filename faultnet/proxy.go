@@ -182,6 +182,16 @@ func (p *Proxy) Partition(on bool) {
 	p.changedLocked()
 }
 
+// Partitioned reports whether the proxy is partitioned.
+func (p *Proxy) Partitioned() bool { return p.partitioned.Load() }
+
+// Stalled reports whether the proxy is stalled.
+func (p *Proxy) Stalled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stalled
+}
+
 // Stall(true) stops reading from both sides without closing anything: each
 // sender's TCP window fills. Data already read is still delivered, and new
 // connections are still dialed. Stall(false) resumes reading.
