@@ -1,8 +1,3 @@
-// Package nbd implements an NBD server (fixed newstyle handshake, pipelined
-// transmission) to the protocol in NetworkBlockDevice/nbd doc/proto.md.
-//
-// It serves any Device. Optional abilities (TRIM, WRITE_ZEROES) are found by
-// type assertion. The package knows nothing of replication.
 package nbd
 
 import "context"

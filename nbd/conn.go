@@ -1,0 +1,187 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	readBufSize  = 128 << 10
+	writeBufSize = 128 << 10
+)
+
+// conn is one client connection. Its goroutines: the one running serve (which
+// negotiates, then reads and parses requests) and up to MaxInFlight workers
+// that call the Device and write replies.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	log *slog.Logger
+
+	// ctx is given to the Device; kill cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	br *bufio.Reader
+
+	// dmu orders read-deadline changes against stop, so that negotiation
+	// clearing its deadline cannot undo a stop.
+	dmu      sync.Mutex
+	stopping atomic.Bool
+
+	// Transmission state, set once before the first request.
+	exp     Export
+	dev     Device
+	trimmer Trimmer
+	zeroer  Zeroer
+	size    int64
+	maxLen  int64
+
+	// Replies: one buffered writer, guarded by wmu. pending counts replies
+	// about to be written; whoever writes the last one flushes.
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	werr    error
+	pending atomic.Int32
+
+	gate     gate
+	jobs     chan *request
+	workers  int // started so far; only the reader touches it
+	workerWG sync.WaitGroup
+
+	hdr [RequestSize]byte // reader's scratch
+}
+
+func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
+	c := &conn{srv: s, nc: nc}
+	c.ctx, c.cancel = context.WithCancel(ctx)
+	c.log = s.logger().With("remote", remoteAddr(nc))
+	return c
+}
+
+func remoteAddr(nc net.Conn) string {
+	if a := nc.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// serve runs the connection to its end and closes it.
+func (c *conn) serve() (err error) {
+	defer c.cancel()
+	defer c.nc.Close()
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("nbd: panic serving connection", "panic", v, "stack", string(debug.Stack()))
+			err = fmt.Errorf("nbd: panic: %v", v)
+		}
+	}()
+	c.br = bufio.NewReaderSize(c.nc, readBufSize)
+	c.bw = bufio.NewWriterSize(c.nc, writeBufSize)
+	exp, ok, err := c.negotiate()
+	if !ok {
+		if err != nil && !c.stopping.Load() {
+			c.log.Info("nbd: negotiation ended", "err", err)
+			return err
+		}
+		return nil
+	}
+	c.log.Info("nbd: client connected", "export", exp.Name)
+	err = c.transmit(exp)
+	if c.stopping.Load() {
+		err = nil
+	}
+	c.log.Info("nbd: client disconnected", "export", exp.Name, "err", err)
+	return err
+}
+
+// stop asks the connection to end gracefully: the reader stops at the next
+// request boundary (a blocked read is interrupted by a past deadline),
+// in-flight requests finish and are answered, then the connection closes.
+func (c *conn) stop() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.stopping.Swap(true) {
+		return
+	}
+	if err := c.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		c.nc.Close()
+	}
+}
+
+// kill ends the connection at once: it closes the socket and cancels the
+// Devices' context. Goroutines still exit through their usual paths.
+func (c *conn) kill() {
+	c.stop()
+	c.cancel()
+	c.nc.Close()
+	c.gate.close()
+}
+
+// setReadDeadline sets the read deadline unless the connection is stopping.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.stopping.Load() {
+		return
+	}
+	c.nc.SetReadDeadline(t)
+}
+
+// gate bounds the requests and payload bytes in flight on a connection.
+type gate struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	n        int
+	bytes    int64
+	maxN     int
+	maxBytes int64
+	closed   bool
+}
+
+func (g *gate) init(maxN int, maxBytes int64) {
+	g.cond.L = &g.mu
+	g.maxN = maxN
+	g.maxBytes = maxBytes
+}
+
+// acquire waits for room for one request of size bytes; false once closed.
+// A request larger than maxBytes is admitted when nothing else is in flight.
+func (g *gate) acquire(size int64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for !g.closed && (g.n >= g.maxN || (g.n > 0 && g.bytes+size > g.maxBytes)) {
+		g.cond.Wait()
+	}
+	if g.closed {
+		return false
+	}
+	g.n++
+	g.bytes += size
+	return true
+}
+
+func (g *gate) release(size int64) {
+	g.mu.Lock()
+	g.n--
+	g.bytes -= size
+	g.mu.Unlock()
+	g.cond.Signal()
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	if g.cond.L == nil {
+		g.cond.L = &g.mu
+	}
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}

@@ -1,0 +1,52 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"syscall"
+)
+
+// ErrServerClosed is returned by Serve and ServeConn after Shutdown.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+// Reasons the server refuses a request before it reaches the Device. They
+// wrap an errno so that errorCode maps them like Device errors, and they are
+// what OnRequest sees.
+var (
+	ErrOutOfRange     = fmt.Errorf("nbd: request beyond the end of the export: %w", syscall.EINVAL)
+	ErrNoSpace        = fmt.Errorf("nbd: write beyond the end of the export: %w", syscall.ENOSPC)
+	ErrReadOnly       = fmt.Errorf("nbd: export is read-only: %w", syscall.EPERM)
+	ErrUnknownCommand = fmt.Errorf("nbd: unknown or unsupported command: %w", syscall.EINVAL)
+	ErrBadFlags       = fmt.Errorf("nbd: command flag not valid for this command: %w", syscall.EINVAL)
+	ErrTooLarge       = fmt.Errorf("nbd: request larger than the maximum payload: %w", syscall.EINVAL)
+	ErrShutdown       = fmt.Errorf("nbd: server is shutting down: %w", syscall.ESHUTDOWN)
+	// ErrNotFast answers NBD_CMD_WRITE_ZEROES with NBD_CMD_FLAG_FAST_ZERO on
+	// a Device that is not a Zeroer (NBD_ENOTSUP, as the spec asks).
+	ErrNotFast = errors.New("nbd: zeroing would not be faster than writing")
+)
+
+// errorCode maps an error to the NBD error value sent in a reply:
+// ENOSPC/EDQUOT/EFBIG → NBD_ENOSPC, EPERM/EROFS/fs.ErrPermission → NBD_EPERM,
+// EINVAL → NBD_EINVAL, ESHUTDOWN → NBD_ESHUTDOWN, ENOMEM → NBD_ENOMEM,
+// ErrNotFast → NBD_ENOTSUP, anything else → NBD_EIO. nil is 0.
+func errorCode(err error) uint32 {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return ENOSPC
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS), errors.Is(err, fs.ErrPermission):
+		return EPERM
+	case errors.Is(err, syscall.EINVAL):
+		return EINVAL
+	case errors.Is(err, syscall.ESHUTDOWN):
+		return ESHUTDOWN
+	case errors.Is(err, syscall.ENOMEM):
+		return ENOMEM
+	case errors.Is(err, ErrNotFast):
+		return ENOTSUP
+	default:
+		return EIO
+	}
+}

@@ -1,0 +1,305 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Export is one named device the server offers.
+type Export struct {
+	// Name is what clients ask for. A client asking for "" gets the export
+	// named "" if there is one, else the first export.
+	Name        string
+	Description string
+	Device      Device
+	// ReadOnly advertises NBD_FLAG_READ_ONLY; writes, trims and zeroes are
+	// refused with NBD_EPERM (a write's payload is still read).
+	ReadOnly bool
+}
+
+// Default limits; a zero field in Server means the default.
+const (
+	DefaultMaxPayload       = 32 << 20
+	DefaultMaxInFlight      = 64
+	DefaultMaxInFlightBytes = 64 << 20
+	DefaultHandshakeTimeout = 30 * time.Second
+	maxOptionLength         = 64 << 10
+)
+
+// Server serves exports over NBD. Its zero value with Exports set is ready to
+// use; it starts no goroutines until Serve or ServeConn. The fields must not
+// change once serving has begun (use ExportsFunc for a changing list).
+//
+// Transmission flags: HAS_FLAGS, SEND_FLUSH, SEND_FUA, CAN_MULTI_CONN and
+// SEND_CACHE always; READ_ONLY for a read-only export, else SEND_WRITE_ZEROES
+// and SEND_FAST_ZERO, and SEND_TRIM when the Device is a Trimmer.
+// CAN_MULTI_CONN holds because Device.Flush covers every completed write,
+// whichever connection it came from. Block sizes advertised: minimum 1,
+// preferred 4096, maximum MaxPayload.
+type Server struct {
+	// Exports is the list offered to clients.
+	Exports []Export
+	// ExportsFunc, if set, replaces Exports: it is called at each option
+	// that needs the list, so exports may come and go while serving.
+	ExportsFunc func() []Export
+
+	// Logger receives connection events (Info), refused requests and
+	// Device errors (Debug) and recovered panics (Error). nil discards.
+	Logger *slog.Logger
+
+	// MaxPayload bounds the length of READ and WRITE requests (default
+	// 32 MiB). A longer READ gets NBD_EINVAL; a longer WRITE gets
+	// NBD_EINVAL and the connection is closed, since its payload is not
+	// read.
+	MaxPayload int
+	// MaxInFlight bounds the requests one connection has at the Device at
+	// once (default 64); it is also the size of the connection's worker pool.
+	MaxInFlight int
+	// MaxInFlightBytes bounds the payload bytes one connection holds at once
+	// (default 64 MiB); a single larger request is still admitted alone.
+	MaxInFlightBytes int
+	// HandshakeTimeout bounds option haggling (default 30s; negative: none).
+	HandshakeTimeout time.Duration
+
+	// OnRequest, if set, is called after each request has been answered
+	// (not for NBD_CMD_DISC) with the command name ("read", "write",
+	// "flush", "trim", "cache", "write_zeroes" or "unknown"), its length,
+	// the time from parse to reply, and the error answered (nil on
+	// success). It runs on the connection's goroutines and must be quick.
+	OnRequest func(cmd string, n int64, dur time.Duration, err error)
+
+	mu        sync.Mutex
+	shutdown  bool
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	wg        sync.WaitGroup // Serve calls and connections
+}
+
+// Serve accepts connections on l and serves each in its own goroutine until l
+// fails or is closed, ctx is done, or Shutdown is called. Then it stops its
+// connections (gracefully, see Shutdown; when ctx is done the Devices see a
+// cancelled context too), waits for their goroutines and returns:
+// ErrServerClosed after Shutdown, ctx.Err() when ctx is done, else the
+// Accept error.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	if !s.track(func() {
+		if s.listeners == nil {
+			s.listeners = make(map[net.Listener]struct{})
+		}
+		s.listeners[l] = struct{}{}
+	}) {
+		l.Close()
+		return ErrServerClosed
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+
+	stopListening := context.AfterFunc(ctx, func() { l.Close() })
+	defer stopListening()
+	// stopCtx stops this Serve's connections when the accept loop ends;
+	// their Devices keep ctx so that in-flight requests finish normally.
+	stopCtx, stopConns := context.WithCancel(ctx)
+	defer stopConns()
+
+	var wg sync.WaitGroup
+	var err error
+	var delay time.Duration
+	for {
+		nc, aerr := l.Accept()
+		if aerr != nil {
+			var ne net.Error
+			if errors.As(aerr, &ne) && ne.Timeout() && ctx.Err() == nil && !s.closing() {
+				// Transient (e.g. EMFILE reported as timeout): back off.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+				}
+				continue
+			}
+			switch {
+			case s.closing():
+				err = ErrServerClosed
+			case ctx.Err() != nil:
+				err = ctx.Err()
+			default:
+				err = aerr
+			}
+			break
+		}
+		delay = 0
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, stopCtx, nc)
+		}()
+	}
+	stopConns()
+	wg.Wait()
+	return err
+}
+
+// ServeConn serves one connection until the client disconnects, the
+// connection fails, ctx is done or Shutdown is called, and closes it. It
+// returns nil after a clean end (NBD_OPT_ABORT, NBD_CMD_DISC, EOF between
+// requests, or a stop) and the reason otherwise.
+func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
+	return s.serveConn(ctx, ctx, nc)
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, stops
+// reading requests on every connection, lets requests already read finish and
+// be answered (complete requests still buffered are answered NBD_ESHUTDOWN),
+// then closes the connections. If ctx ends first, it closes the connections at
+// once, cancels the context given to the Devices, and returns ctx.Err() once
+// every goroutine has exited (a Device that ignores its context delays
+// that). Serve and ServeConn return ErrServerClosed afterwards.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.stop()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.kill()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+func (s *Server) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// track registers a Serve call or a connection unless shutting down.
+func (s *Server) track(add func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	add()
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) serveConn(devCtx, stopCtx context.Context, nc net.Conn) error {
+	c := newConn(s, devCtx, nc)
+	if !s.track(func() {
+		if s.conns == nil {
+			s.conns = make(map[*conn]struct{})
+		}
+		s.conns[c] = struct{}{}
+	}) {
+		nc.Close()
+		c.cancel()
+		return ErrServerClosed
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	stopped := make(chan struct{})
+	stopAfter := context.AfterFunc(stopCtx, func() {
+		defer close(stopped)
+		c.stop()
+	})
+	defer func() {
+		if !stopAfter() {
+			<-stopped
+		}
+	}()
+
+	err := c.serve()
+	if s.closing() && err == nil {
+		err = ErrServerClosed
+	}
+	return err
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) exports() []Export {
+	if s.ExportsFunc != nil {
+		return s.ExportsFunc()
+	}
+	return s.Exports
+}
+
+// lookup finds an export by name; "" falls back to the first export.
+func (s *Server) lookup(name string) (Export, bool) {
+	exps := s.exports()
+	for _, e := range exps {
+		if e.Name == name && e.Device != nil {
+			return e, true
+		}
+	}
+	if name == "" && len(exps) > 0 && exps[0].Device != nil {
+		return exps[0], true
+	}
+	return Export{}, false
+}
+
+func (s *Server) maxPayload() int {
+	if s.MaxPayload > 0 {
+		return s.MaxPayload
+	}
+	return DefaultMaxPayload
+}
+
+func (s *Server) maxInFlight() int {
+	if s.MaxInFlight > 0 {
+		return s.MaxInFlight
+	}
+	return DefaultMaxInFlight
+}
+
+func (s *Server) maxInFlightBytes() int64 {
+	if s.MaxInFlightBytes > 0 {
+		return int64(s.MaxInFlightBytes)
+	}
+	return DefaultMaxInFlightBytes
+}
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.HandshakeTimeout == 0 {
+		return DefaultHandshakeTimeout
+	}
+	return s.HandshakeTimeout
+}

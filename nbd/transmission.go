@@ -1,0 +1,413 @@
+package nbd
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// request is one parsed transmission request on its way to a worker.
+type request struct {
+	typ    uint16
+	flags  uint16
+	cookie uint64
+	off    int64
+	n      int64
+	buf    *[]byte // payload (WRITE) or reply data (READ); owned by the request
+	cost   int64   // bytes held in the gate
+	start  time.Time
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+// errDisc ends the reader after NBD_CMD_DISC; errFraming after a request
+// whose payload cannot be skipped.
+var (
+	errDisc    = errors.New("nbd: client sent NBD_CMD_DISC")
+	errFraming = errors.New("nbd: broken request framing")
+)
+
+// transmit serves requests on exp until the reader stops, then waits for the
+// in-flight requests, flushes their replies and returns.
+func (c *conn) transmit(exp Export) error {
+	c.exp = exp
+	c.dev = exp.Device
+	c.trimmer, _ = exp.Device.(Trimmer)
+	c.zeroer, _ = exp.Device.(Zeroer)
+	c.size = exp.Device.Size()
+	c.maxLen = int64(c.srv.maxPayload())
+	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes())
+	c.jobs = make(chan *request)
+
+	err := c.readLoop()
+
+	close(c.jobs)
+	c.workerWG.Wait()
+	c.wmu.Lock()
+	if c.werr == nil {
+		c.werr = c.bw.Flush()
+	}
+	werr := c.werr
+	c.wmu.Unlock()
+	if err == errDisc || err == nil {
+		err = werr
+	}
+	return err
+}
+
+// readLoop parses requests until DISC, EOF, a stop or broken framing. Errors
+// it can answer it answers itself; the rest go to workers.
+func (c *conn) readLoop() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("nbd: panic reading requests", "panic", v, "stack", string(debug.Stack()))
+			err = fmt.Errorf("nbd: panic: %v", v)
+			c.kill()
+		}
+	}()
+	for {
+		if c.stopping.Load() {
+			c.drainBuffered()
+			return nil
+		}
+		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
+			switch {
+			case c.stopping.Load():
+				return nil
+			case err == io.EOF:
+				return nil // client closed between requests
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		h := c.hdr[:]
+		if m := binary.BigEndian.Uint32(h[0:]); m != MagicRequest {
+			return fmt.Errorf("%w: request magic %#x", errFraming, m)
+		}
+		r := requestPool.Get().(*request)
+		*r = request{
+			flags:  binary.BigEndian.Uint16(h[4:]),
+			typ:    binary.BigEndian.Uint16(h[6:]),
+			cookie: binary.BigEndian.Uint64(h[8:]),
+			n:      int64(binary.BigEndian.Uint32(h[24:])),
+		}
+		off := binary.BigEndian.Uint64(h[16:])
+		if c.srv.OnRequest != nil {
+			r.start = time.Now()
+		}
+		if r.typ == CmdDisc {
+			requestPool.Put(r)
+			return errDisc
+		}
+		// off > size is out of range; keep it representable as int64.
+		inRange := off <= uint64(c.size) && r.n <= c.size-int64(off)
+		if off <= uint64(c.size) {
+			r.off = int64(off)
+		}
+
+		if err := c.check(r, inRange); err != nil {
+			if r.typ == CmdWrite {
+				if r.n > c.maxLen {
+					c.finish(r, err)
+					return fmt.Errorf("%w: write of %d bytes", errFraming, r.n)
+				}
+				if _, derr := c.br.Discard(int(r.n)); derr != nil {
+					requestPool.Put(r)
+					return fmt.Errorf("skip write payload: %w", derr)
+				}
+			}
+			c.finish(r, err)
+			continue
+		}
+		if r.n == 0 && r.typ != CmdFlush || r.typ == CmdCache {
+			// Nothing to do: zero-length requests succeed, CACHE is a hint.
+			c.finish(r, nil)
+			continue
+		}
+
+		if r.typ == CmdRead || r.typ == CmdWrite {
+			r.cost = r.n
+		}
+		if !c.gate.acquire(r.cost) {
+			requestPool.Put(r)
+			return nil
+		}
+		if r.typ == CmdRead || r.typ == CmdWrite {
+			r.buf = getBuf(int(r.n))
+		}
+		if r.typ == CmdWrite {
+			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
+				c.gate.release(r.cost)
+				putBuf(r.buf)
+				requestPool.Put(r)
+				if c.stopping.Load() {
+					return nil
+				}
+				return fmt.Errorf("read write payload: %w", err)
+			}
+		}
+		if !c.dispatch(r) {
+			c.gate.release(r.cost)
+			putBuf(r.buf)
+			requestPool.Put(r)
+			return nil
+		}
+	}
+}
+
+// check validates a request before any Device call, in the order the spec's
+// error values suggest: command, flags, read-only, length, range.
+func (c *conn) check(r *request, inRange bool) error {
+	ro := c.exp.ReadOnly
+	switch r.typ {
+	case CmdRead, CmdCache:
+		if r.flags&^CmdFlagFUA != 0 {
+			return ErrBadFlags
+		}
+		if r.typ == CmdRead && r.n > c.maxLen {
+			return ErrTooLarge
+		}
+		if !inRange {
+			return ErrOutOfRange
+		}
+	case CmdWrite:
+		if r.flags&^CmdFlagFUA != 0 {
+			return ErrBadFlags
+		}
+		if r.n > c.maxLen {
+			return ErrTooLarge
+		}
+		if ro {
+			return ErrReadOnly
+		}
+		if !inRange {
+			return ErrNoSpace
+		}
+	case CmdFlush:
+		if r.flags&^CmdFlagFUA != 0 {
+			return ErrBadFlags
+		}
+	case CmdTrim:
+		if r.flags&^CmdFlagFUA != 0 {
+			return ErrBadFlags
+		}
+		if ro {
+			return ErrReadOnly
+		}
+		if c.trimmer == nil {
+			return ErrUnknownCommand
+		}
+		if !inRange {
+			return ErrOutOfRange
+		}
+	case CmdWriteZeroes:
+		if r.flags&^(CmdFlagFUA|CmdFlagNoHole|CmdFlagFastZero) != 0 {
+			return ErrBadFlags
+		}
+		if ro {
+			return ErrReadOnly
+		}
+		if !inRange {
+			return ErrNoSpace
+		}
+		if r.flags&CmdFlagFastZero != 0 && c.zeroer == nil {
+			return ErrNotFast
+		}
+	default:
+		return ErrUnknownCommand
+	}
+	if c.stopping.Load() {
+		return ErrShutdown
+	}
+	return nil
+}
+
+// dispatch hands r to an idle worker, starts a worker if fewer than
+// MaxInFlight run, or waits for one. False if the connection was killed.
+func (c *conn) dispatch(r *request) bool {
+	select {
+	case c.jobs <- r:
+		return true
+	default:
+	}
+	if c.workers < c.gate.maxN {
+		c.workers++
+		c.workerWG.Add(1)
+		go c.worker(r)
+		return true
+	}
+	select {
+	case c.jobs <- r:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+func (c *conn) worker(r *request) {
+	defer c.workerWG.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("nbd: panic handling request", "panic", v, "stack", string(debug.Stack()))
+			c.kill()
+		}
+	}()
+	for {
+		c.handle(r)
+		var ok bool
+		if r, ok = <-c.jobs; !ok {
+			return
+		}
+	}
+}
+
+// handle runs r on the Device, answers it and frees it.
+func (c *conn) handle(r *request) {
+	var err error
+	var data []byte
+	fua := r.flags&CmdFlagFUA != 0
+	switch r.typ {
+	case CmdRead:
+		if err = c.dev.ReadAt(c.ctx, *r.buf, r.off); err == nil {
+			data = *r.buf
+		}
+	case CmdWrite:
+		err = c.dev.WriteAt(c.ctx, *r.buf, r.off, fua)
+	case CmdFlush:
+		err = c.dev.Flush(c.ctx)
+	case CmdTrim:
+		err = c.trimmer.Trim(c.ctx, r.off, r.n, fua)
+	case CmdWriteZeroes:
+		err = c.writeZeroes(r.off, r.n, r.flags&CmdFlagNoHole != 0, fua)
+	}
+	if err != nil {
+		c.log.Debug("nbd: device error", "cmd", cmdName(r.typ), "off", r.off, "n", r.n, "err", err)
+	}
+	c.reply(r.cookie, errorCode(err), data)
+	c.gate.release(r.cost)
+	c.done(r, err)
+}
+
+// writeZeroes zeroes through the Zeroer, or by writing zero buffers.
+func (c *conn) writeZeroes(off, n int64, noHole, fua bool) error {
+	if c.zeroer != nil {
+		return c.zeroer.WriteZeroes(c.ctx, off, n, noHole, fua)
+	}
+	z := zeroes()
+	for n > 0 {
+		k := min(n, int64(len(z)))
+		if err := c.dev.WriteAt(c.ctx, z[:k], off, false); err != nil {
+			return fmt.Errorf("write zeroes %d+%d: %w", off, k, err)
+		}
+		off += k
+		n -= k
+	}
+	if fua {
+		return c.dev.Flush(c.ctx)
+	}
+	return nil
+}
+
+// finish answers a request the reader refused or completed itself.
+func (c *conn) finish(r *request, err error) {
+	if err != nil {
+		c.log.Debug("nbd: request refused", "cmd", cmdName(r.typ), "flags", r.flags, "off", r.off, "n", r.n, "err", err)
+	}
+	c.reply(r.cookie, errorCode(err), nil)
+	c.done(r, err)
+}
+
+// done reports r to OnRequest and returns it and its buffer to the pools.
+func (c *conn) done(r *request, err error) {
+	if f := c.srv.OnRequest; f != nil {
+		f(cmdName(r.typ), r.n, time.Since(r.start), err)
+	}
+	putBuf(r.buf)
+	*r = request{}
+	requestPool.Put(r)
+}
+
+// drainBuffered answers NBD_ESHUTDOWN to complete requests the reader has
+// already buffered when a stop begins, so that they are not left unanswered.
+func (c *conn) drainBuffered() {
+	for c.br.Buffered() >= RequestSize {
+		h, _ := c.br.Peek(RequestSize)
+		if binary.BigEndian.Uint32(h[0:]) != MagicRequest {
+			return
+		}
+		typ := binary.BigEndian.Uint16(h[6:])
+		cookie := binary.BigEndian.Uint64(h[8:])
+		n := int(binary.BigEndian.Uint32(h[24:]))
+		if typ == CmdDisc {
+			return
+		}
+		if typ == CmdWrite {
+			if c.br.Buffered() < RequestSize+n {
+				return
+			}
+			c.br.Discard(RequestSize + n)
+		} else {
+			c.br.Discard(RequestSize)
+		}
+		c.reply(cookie, ESHUTDOWN, nil)
+	}
+}
+
+// reply writes one simple reply. Replies are written under wmu in the order
+// workers finish; the writer is flushed when no other reply is about to be
+// written, so a burst of completions shares one system call.
+func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
+	c.pending.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	last := c.pending.Add(-1) == 0
+	if c.werr != nil {
+		return
+	}
+	b := c.bw.AvailableBuffer()
+	if cap(b) < SimpleReplySize {
+		b = make([]byte, 0, SimpleReplySize)
+	}
+	b = binary.BigEndian.AppendUint32(b, MagicSimpleReply)
+	b = binary.BigEndian.AppendUint32(b, errno)
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	_, err := c.bw.Write(b)
+	if err == nil && len(data) > 0 {
+		_, err = c.bw.Write(data)
+	}
+	if err == nil && last {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = err
+		c.log.Debug("nbd: write reply", "err", err)
+		// The client is gone; stop the reader too.
+		c.nc.Close()
+	}
+}
+
+func cmdName(typ uint16) string {
+	switch typ {
+	case CmdRead:
+		return "read"
+	case CmdWrite:
+		return "write"
+	case CmdDisc:
+		return "disc"
+	case CmdFlush:
+		return "flush"
+	case CmdTrim:
+		return "trim"
+	case CmdCache:
+		return "cache"
+	case CmdWriteZeroes:
+		return "write_zeroes"
+	}
+	return "unknown"
+}
