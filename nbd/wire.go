@@ -43,17 +43,17 @@ const (
 
 // Options (client → server during option haggling).
 const (
-	OptExportName       uint32 = 1
-	OptAbort            uint32 = 2
-	OptList             uint32 = 3
-	OptPeekExport       uint32 = 4
-	OptStartTLS         uint32 = 5
-	OptInfo             uint32 = 6
-	OptGo               uint32 = 7
-	OptStructuredReply  uint32 = 8
-	OptListMetaContext  uint32 = 9
-	OptSetMetaContext   uint32 = 10
-	OptExtendedHeaders  uint32 = 11
+	OptExportName      uint32 = 1
+	OptAbort           uint32 = 2
+	OptList            uint32 = 3
+	OptPeekExport      uint32 = 4
+	OptStartTLS        uint32 = 5
+	OptInfo            uint32 = 6
+	OptGo              uint32 = 7
+	OptStructuredReply uint32 = 8
+	OptListMetaContext uint32 = 9
+	OptSetMetaContext  uint32 = 10
+	OptExtendedHeaders uint32 = 11
 )
 
 // Option reply types. Error replies have bit 31 set.
