@@ -1,0 +1,345 @@
+package protocol
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func roundTrip(t *testing.T, codec Codec, typ Type, f Flags, seq uint64, head, data []byte) Frame {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, codec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteFrame(typ, f, seq, head, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(&buf)
+	got, err := r.ReadFrame()
+	if err != nil {
+		t.Fatalf("%s/%s: %v", codec, typ, err)
+	}
+	if got.Type != typ || got.Flags != f || got.Seq != seq {
+		t.Fatalf("header: got %v %v %d, want %v %v %d", got.Type, got.Flags, got.Seq, typ, f, seq)
+	}
+	if want := append(append([]byte{}, head...), data...); !bytes.Equal(got.Payload, want) {
+		t.Fatalf("%s/%s payload differs: %d vs %d bytes", codec, typ, len(got.Payload), len(want))
+	}
+	return got
+}
+
+func TestMessageRoundTrips(t *testing.T) {
+	hello := Hello{Features: Features, Size: 1 << 30, Granularity: 4096, NodeID: 3, Nonce: NewNonce(), Resource: "r0", Name: "gamma"}
+	state := State{Role: 1, Disk: 2, Repl: 3, Flags: StateDiscardMyData, Current: 0xdead, Bitmap: 0xbeef, History: [2]uint64{1, 2}, OutOfSync: 4096}
+	data := bytes.Repeat([]byte("repd"), 1024)
+	wr := Write{Off: 8192, Len: uint64(len(data))}
+	ex := []Extent{{0, 1}, {10, 100}, {1 << 40, 3}}
+	for _, codec := range []Codec{CodecNone, CodecS2, CodecZstd} {
+		t.Run(codec.String(), func(t *testing.T) {
+			f := roundTrip(t, codec, TypeHello, 0, 0, hello.Append(nil), nil)
+			var h Hello
+			if err := h.Decode(f.Payload); err != nil || !reflect.DeepEqual(h, hello) {
+				t.Fatalf("hello: %+v %v", h, err)
+			}
+			f = roundTrip(t, codec, TypeState, 0, 0, state.Append(nil), nil)
+			var s State
+			if err := s.Decode(f.Payload); err != nil || s != state {
+				t.Fatalf("state: %+v %v", s, err)
+			}
+			a := Auth{MAC: [32]byte{1, 2, 3}}
+			f = roundTrip(t, codec, TypeAuth, 0, 0, a.Append(nil), nil)
+			var a2 Auth
+			if err := a2.Decode(f.Payload); err != nil || a2 != a {
+				t.Fatalf("auth: %v", err)
+			}
+			f = roundTrip(t, codec, TypeWrite, FlagFUA, 77, wr.AppendHead(nil), data)
+			var w2 Write
+			if err := w2.Decode(f.Payload, f.Flags); err != nil || w2.Off != wr.Off || !bytes.Equal(w2.Data, data) {
+				t.Fatalf("write: %v", err)
+			}
+			trim := Write{Off: 0, Len: 1 << 40}
+			f = roundTrip(t, codec, TypeWrite, FlagTrim, 78, trim.AppendHead(nil), nil)
+			if err := w2.Decode(f.Payload, f.Flags); err != nil || w2.Len != 1<<40 || len(w2.Data) != 0 {
+				t.Fatalf("trim: %v", err)
+			}
+			for _, typ := range []Type{TypeAck, TypeBarrier, TypeBarrierAck, TypePing, TypePong} {
+				roundTrip(t, codec, typ, 0, 1<<63+5, nil, nil)
+			}
+			f = roundTrip(t, codec, TypeBitmap, FlagLast, 0, AppendExtents(nil, ex), nil)
+			got, err := DecodeExtents(f.Payload, nil)
+			if err != nil || !reflect.DeepEqual(got, ex) {
+				t.Fatalf("extents: %v %v", got, err)
+			}
+			rd := ResyncDone{Current: 42}
+			f = roundTrip(t, codec, TypeResyncDone, 0, 9, rd.Append(nil), nil)
+			var rd2 ResyncDone
+			if err := rd2.Decode(f.Payload); err != nil || rd2 != rd {
+				t.Fatalf("resync done: %v", err)
+			}
+			rg := Range{Off: 4096, Len: 8192}
+			f = roundTrip(t, codec, TypeResyncReq, 0, 0, rg.Append(nil), nil)
+			var rg2 Range
+			if err := rg2.Decode(f.Payload); err != nil || rg2 != rg {
+				t.Fatalf("range: %v", err)
+			}
+			roundTrip(t, codec, TypeRefuse, 0, 0, []byte("no"), nil)
+		})
+	}
+}
+
+func TestCompressionShrinksOrGoesRaw(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	random := make([]byte, 64<<10)
+	for i := range random {
+		random[i] = byte(rnd.Uint32())
+	}
+	zeros := make([]byte, 64<<10)
+	for _, codec := range []Codec{CodecS2, CodecZstd} {
+		for _, tc := range []struct {
+			name string
+			data []byte
+			want Codec
+		}{{"zeros", zeros, codec}, {"random", random, CodecNone}} {
+			var buf bytes.Buffer
+			w, _ := NewWriter(&buf, codec, 3)
+			w.WriteFrame(TypeWrite, 0, 1, (&Write{Len: uint64(len(tc.data))}).AppendHead(nil), tc.data)
+			w.Flush()
+			if got := Codec(buf.Bytes()[7]); got != tc.want {
+				t.Errorf("%s %s: frame codec %s, want %s", codec, tc.name, got, tc.want)
+			}
+			if tc.want != CodecNone && buf.Len() > len(tc.data)/4 {
+				t.Errorf("%s %s: %d bytes on the wire", codec, tc.name, buf.Len())
+			}
+			f, err := NewReader(&buf).ReadFrame()
+			if err != nil || !bytes.Equal(f.Payload[WriteHeadSize:], tc.data) {
+				t.Fatalf("%s %s: %v", codec, tc.name, err)
+			}
+		}
+	}
+}
+
+func encodeFrame(t testing.TB, codec Codec, typ Type, seq uint64, payload []byte) []byte {
+	var buf bytes.Buffer
+	w, _ := NewWriter(&buf, codec, 0)
+	if err := w.WriteFrame(typ, 0, seq, payload, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.Flush()
+	return buf.Bytes()
+}
+
+func TestCorruptionDetected(t *testing.T) {
+	payload := bytes.Repeat([]byte{7, 0, 0, 0}, 2048)
+	for _, codec := range []Codec{CodecNone, CodecS2, CodecZstd} {
+		good := encodeFrame(t, codec, TypeWrite, 5, append((&Write{Len: uint64(len(payload)) - 16}).AppendHead(nil), payload[16:]...))
+		// Flip every bit of the frame in turn: each must fail.
+		for i := range len(good) * 8 {
+			bad := append([]byte{}, good...)
+			bad[i/8] ^= 1 << (i % 8)
+			_, err := NewReader(bytes.NewReader(bad)).ReadFrame()
+			var ve *VersionError
+			if err == nil {
+				t.Fatalf("%s: bit %d flipped: frame accepted", codec, i)
+			}
+			if !errors.Is(err, ErrCorrupt) && !errors.As(err, &ve) && !errors.Is(err, io.ErrUnexpectedEOF) && err != io.EOF {
+				t.Fatalf("%s: bit %d flipped: unexpected error %v", codec, i, err)
+			}
+		}
+		if _, err := NewReader(bytes.NewReader(good[:len(good)-1])).ReadFrame(); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("truncated: %v", err)
+		}
+	}
+	// An oversized length is refused before reading the payload.
+	hdr := encodeFrame(t, CodecNone, TypeWrite, 1, make([]byte, 16))
+	hdr[8], hdr[9], hdr[10], hdr[11] = 0xff, 0xff, 0xff, 0x7f
+	hdr[12], hdr[13], hdr[14], hdr[15] = 0xff, 0xff, 0xff, 0x7f
+	if _, err := NewReader(bytes.NewReader(hdr[:HeaderSize])).ReadFrame(); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "exceeds") {
+		t.Fatalf("oversized: %v", err)
+	}
+	// A frame of another version is a VersionError, except Refuse.
+	other := encodeFrame(t, CodecNone, TypeHello, 0, nil)
+	other[4] = 9
+	fixChecksum(other)
+	var ve *VersionError
+	if _, err := NewReader(bytes.NewReader(other)).ReadFrame(); !errors.As(err, &ve) || ve.Got != 9 {
+		t.Fatalf("version: %v", err)
+	}
+	ref := encodeFrame(t, CodecNone, TypeRefuse, 0, []byte("go away"))
+	ref[4] = 9
+	fixChecksum(ref)
+	if f, err := NewReader(bytes.NewReader(ref)).ReadFrame(); err != nil || string(f.Payload) != "go away" {
+		t.Fatalf("refuse of other version: %v", err)
+	}
+}
+
+func fixChecksum(b []byte) {
+	r := NewReader(nil)
+	r.digest.Reset()
+	r.digest.Write(b[:len(b)-TrailerSize])
+	s := r.digest.Sum64()
+	for i := range 8 {
+		b[len(b)-8+i] = byte(s >> (8 * i))
+	}
+}
+
+func TestMalformedPayloads(t *testing.T) {
+	var h Hello
+	if err := h.Decode([]byte{1, 2, 3}); !errors.Is(err, ErrCorrupt) {
+		t.Fatal(err)
+	}
+	var s State
+	if err := s.Decode(make([]byte, 45)); !errors.Is(err, ErrCorrupt) {
+		t.Fatal(err)
+	}
+	var w Write
+	if err := w.Decode((&Write{Off: 0, Len: 10}).AppendHead(nil), 0); !errors.Is(err, ErrCorrupt) {
+		t.Fatal("write with missing data accepted")
+	}
+	if err := w.Decode(append((&Write{Len: 1}).AppendHead(nil), 1), FlagTrim); !errors.Is(err, ErrCorrupt) {
+		t.Fatal("trim with data accepted")
+	}
+	if err := w.Decode((&Write{Off: 1 << 63, Len: 1 << 63}).AppendHead(nil), FlagTrim); !errors.Is(err, ErrCorrupt) {
+		t.Fatal("overflowing range accepted")
+	}
+	if _, err := DecodeExtents([]byte{5, 0, 0, 0}, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatal(err)
+	}
+}
+
+func pipePair(t *testing.T) (*Conn, *Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	t.Cleanup(func() { a.Close(); b.Close() })
+	a.SetDeadline(time.Now().Add(5 * time.Second))
+	b.SetDeadline(time.Now().Add(5 * time.Second))
+	return NewConn(a), NewConn(b)
+}
+
+func TestHandshake(t *testing.T) {
+	base := func(id uint8, name string) *Hello {
+		return &Hello{Features: Features, Size: 1 << 20, Granularity: 4096, NodeID: id, Nonce: NewNonce(), Resource: "r0", Name: name}
+	}
+	type result struct {
+		h   *Hello
+		err error
+	}
+	run := func(ha, hb *Hello, sa, sb string) (result, result) {
+		a, b := pipePair(t)
+		ch := make(chan result, 1)
+		go func() {
+			h, err := Handshake(b, hb, []byte(sb), nil)
+			ch <- result{h, err}
+		}()
+		h, err := Handshake(a, ha, []byte(sa), nil)
+		return result{h, err}, <-ch
+	}
+	ra, rb := run(base(1, "alpha"), base(2, "beta"), "s3cret", "s3cret")
+	if ra.err != nil || rb.err != nil || ra.h.Name != "beta" || rb.h.Name != "alpha" {
+		t.Fatalf("good handshake: %v / %v", ra.err, rb.err)
+	}
+	ra, rb = run(base(1, "alpha"), base(2, "beta"), "s3cret", "other")
+	if !errors.Is(ra.err, ErrAuth) && !errors.Is(ra.err, ErrRefused) || !errors.Is(rb.err, ErrAuth) && !errors.Is(rb.err, ErrRefused) {
+		t.Fatalf("wrong secret: %v / %v", ra.err, rb.err)
+	}
+	t.Logf("wrong secret: %v / %v", ra.err, rb.err)
+	hb := base(2, "beta")
+	hb.Resource = "r1"
+	ra, rb = run(base(1, "alpha"), hb, "", "")
+	if !errors.Is(ra.err, ErrMismatch) || !strings.Contains(ra.err.Error(), "resource name differs") {
+		t.Fatalf("resource mismatch: %v / %v", ra.err, rb.err)
+	}
+	hb = base(2, "beta")
+	hb.Size++
+	ra, rb = run(base(1, "alpha"), hb, "", "")
+	if !strings.Contains(ra.err.Error(), "size differs") || !strings.Contains(rb.err.Error(), "size differs") {
+		t.Fatalf("size mismatch: %v / %v", ra.err, rb.err)
+	}
+}
+
+func TestHandshakeOtherVersionRefusedClearly(t *testing.T) {
+	a, b := pipePair(t)
+	// b is a future peer: it sends a Hello of version 2 and reads the answer.
+	go func() {
+		fr := encodeFrame(t, CodecNone, TypeHello, 0, (&Hello{Resource: "r0"}).Append(nil))
+		fr[4] = 2
+		fixChecksum(fr)
+		b.NetConn().Write(fr)
+	}()
+	_, err := Handshake(a, &Hello{Size: 1, Granularity: 4096, NodeID: 1, Resource: "r0", Name: "alpha"}, nil, nil)
+	var ve *VersionError
+	if !errors.As(err, &ve) {
+		t.Fatalf("got %v", err)
+	}
+	var f Frame
+	for {
+		f, err = b.R.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == TypeRefuse {
+			break
+		}
+	}
+	if !strings.Contains(string(f.Payload), "version 2 is not supported") {
+		t.Fatalf("refusal: %q", f.Payload)
+	}
+}
+
+func TestGarbageIsAnError(t *testing.T) {
+	a, b := pipePair(t)
+	go b.NetConn().Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	_, err := Handshake(a, &Hello{NodeID: 1, Resource: "r0"}, nil, nil)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func BenchmarkWriteFrame4k(b *testing.B) {
+	data := make([]byte, 4096)
+	w, _ := NewWriter(io.Discard, CodecNone, 0)
+	head := make([]byte, 0, 16)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	for i := range b.N {
+		w.WriteFrame(TypeWrite, 0, uint64(i), (&Write{Len: 4096}).AppendHead(head[:0]), data)
+	}
+}
+
+func BenchmarkReadFrame4k(b *testing.B) {
+	fr := encodeFrame(b, CodecNone, TypeWrite, 1, make([]byte, 4096+16))
+	all := bytes.Repeat(fr, 1024)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	rd := bytes.NewReader(all)
+	r := NewReader(rd)
+	for range b.N {
+		if _, err := r.ReadFrame(); err != nil {
+			rd.Reset(all)
+			r.br.Reset(rd)
+		}
+	}
+}
