@@ -147,15 +147,17 @@ func TestDelayRTT(t *testing.T) {
 		}
 		rtts = append(rtts, rtt)
 	}
+	// Upper bounds use the best of several pings, so a busy machine does not
+	// fail them.
 	sort.Slice(rtts, func(i, j int) bool { return rtts[i] < rtts[j] })
-	if med := rtts[len(rtts)/2]; med > 2*delay+40*time.Millisecond {
-		t.Errorf("median rtt %v, want about %v", med, 2*delay)
+	if rtts[0] > 2*delay+40*time.Millisecond {
+		t.Errorf("best rtt %v, want about %v", rtts[0], 2*delay)
 	}
 
 	// Changed live, for the next chunks.
 	p.SetLink(Link{}, Link{})
-	if rtt, err := ping(c, 2*time.Second); err != nil || rtt >= 2*delay {
-		t.Errorf("after SetLink(Link{}, Link{}): rtt %v, %v; want < %v", rtt, err, 2*delay)
+	if rtt := bestPing(t, c, 5); rtt >= 2*delay {
+		t.Errorf("after SetLink(Link{}, Link{}): best rtt %v; want < %v", rtt, 2*delay)
 	}
 	p.SetLink(Link{Delay: 3 * delay}, Link{})
 	if rtt, err := ping(c, 2*time.Second); err != nil || rtt < 3*delay {
@@ -163,8 +165,21 @@ func TestDelayRTT(t *testing.T) {
 	}
 }
 
-// sink reads a connection to EOF and reports what it got, then replies with
-// one byte so the sender can tell everything arrived.
+// bestPing is the shortest of n pings.
+func bestPing(t *testing.T, c net.Conn, n int) time.Duration {
+	t.Helper()
+	best := time.Hour
+	for range n {
+		rtt, err := ping(c, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		best = min(best, rtt)
+	}
+	return best
+}
+
+// sink reads a connection to EOF and reports what it got.
 type sinkResult struct {
 	n   int64
 	sum [32]byte
