@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DirStats is one direction (read or write) of one fio run.
+type DirStats struct {
+	IOPS    float64 `json:"iops"`
+	BWBytes float64 `json:"bw_bytes"` // bytes per second
+	P50us   float64 `json:"clat_p50_us"`
+	P99us   float64 `json:"clat_p99_us"`
+	IOs     int64   `json:"total_ios"`
+}
+
+// MBps is the bandwidth in MB/s (10^6 bytes), as fio reports it.
+func (d DirStats) MBps() float64 { return d.BWBytes / 1e6 }
+
+// FioResult is what the report needs from one fio run.
+type FioResult struct {
+	Read  DirStats `json:"read"`
+	Write DirStats `json:"write"`
+}
+
+// Total is read+write IOPS and bandwidth.
+func (r FioResult) Total() (iops, mbps float64) {
+	return r.Read.IOPS + r.Write.IOPS, r.Read.MBps() + r.Write.MBps()
+}
+
+// fio's JSON output, the parts we read.
+type fioJSON struct {
+	Version string `json:"fio version"`
+	Jobs    []struct {
+		Name  string     `json:"jobname"`
+		Error int        `json:"error"`
+		Read  fioDirJSON `json:"read"`
+		Write fioDirJSON `json:"write"`
+	} `json:"jobs"`
+}
+
+type fioDirJSON struct {
+	IOPS    float64 `json:"iops"`
+	BWBytes float64 `json:"bw_bytes"`
+	IOs     int64   `json:"total_ios"`
+	Clat    struct {
+		Percentile map[string]float64 `json:"percentile"`
+	} `json:"clat_ns"`
+}
+
+func (d fioDirJSON) stats() DirStats {
+	return DirStats{
+		IOPS:    d.IOPS,
+		BWBytes: d.BWBytes,
+		IOs:     d.IOs,
+		P50us:   percentile(d.Clat.Percentile, 50) / 1e3,
+		P99us:   percentile(d.Clat.Percentile, 99) / 1e3,
+	}
+}
+
+// percentile finds p in fio's percentile map, whose keys look like "99.000000".
+func percentile(m map[string]float64, p float64) float64 {
+	for k, v := range m {
+		if f, err := strconv.ParseFloat(k, 64); err == nil && f == p {
+			return v
+		}
+	}
+	return 0
+}
+
+// parseFio reads fio's --output-format=json output. Anything fio printed
+// before the JSON object (warnings) is skipped.
+func parseFio(b []byte) (FioResult, error) {
+	if i := bytes.IndexByte(b, '{'); i > 0 {
+		b = b[i:]
+	}
+	var j fioJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return FioResult{}, fmt.Errorf("parse fio json: %w", err)
+	}
+	if len(j.Jobs) == 0 {
+		return FioResult{}, fmt.Errorf("fio json: no jobs")
+	}
+	// One job per run (numjobs=1, group_reporting): take the first.
+	job := j.Jobs[0]
+	r := FioResult{Read: job.Read.stats(), Write: job.Write.stats()}
+	if job.Error != 0 {
+		return r, fmt.Errorf("fio job %s: error %d (%s)", job.Name, job.Error, errnoName(job.Error))
+	}
+	return r, nil
+}
+
+func errnoName(n int) string {
+	switch n {
+	case 1:
+		return "EPERM: not permitted; a Secondary refuses writes"
+	case 5:
+		return "EIO"
+	case 28:
+		return "ENOSPC"
+	case 22:
+		return "EINVAL"
+	case 108:
+		return "ESHUTDOWN"
+	}
+	return "errno " + strconv.Itoa(n)
+}
+
+// fioRun is one invocation of fio.
+type fioRun struct {
+	Args    []string // target options, before the job file
+	JobFile string
+	Output  string        // where fio writes its JSON
+	Runtime time.Duration // BENCH_RUNTIME
+	Timeout time.Duration // kill fio after this long (0: no limit but ctx)
+}
+
+// run starts fio, waits for it and parses its JSON.
+func (f fioRun) run(ctx context.Context) (FioResult, error) {
+	if f.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.Timeout)
+		defer cancel()
+	}
+	args := append([]string{"--output-format=json", "--output=" + f.Output}, f.Args...)
+	if f.JobFile != "" {
+		args = append(args, f.JobFile)
+	}
+	cmd := exec.Command("fio", args...)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("BENCH_RUNTIME=%d", int(f.Runtime.Seconds())))
+	var stderr bytes.Buffer
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	runErr := runGroup(ctx, cmd)
+	out, readErr := os.ReadFile(f.Output)
+	var res FioResult
+	var parseErr error
+	if readErr == nil {
+		res, parseErr = parseFio(out)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return res, fmt.Errorf("fio: %w", context.Cause(ctx))
+	case parseErr != nil:
+		return res, fmt.Errorf("%w%s", parseErr, tail(stderr.String()))
+	case runErr != nil:
+		return res, fmt.Errorf("fio: %w%s", runErr, tail(stderr.String()))
+	case readErr != nil:
+		return res, fmt.Errorf("fio: %w%s", readErr, tail(stderr.String()))
+	}
+	return res, nil
+}
+
+// tail returns the last lines of a tool's output, for an error message.
+func tail(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
+	lines := strings.Split(s, "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return ": " + strings.Join(lines, " | ")
+}

@@ -1,0 +1,494 @@
+// Command bench measures repd against nbdkit, qemu-nbd and the bare backing
+// file with fio, side by side in one run, and writes a Markdown report.
+//
+//	go run ./bench                       # all targets, 10 s per job, 1 GiB
+//	go run ./bench --quick               # 3 s per job, 256 MiB: a smoke run
+//	go run ./bench --targets nbdkit,repd --check
+//
+// Each workload (a job file in bench/jobs) runs on every target before the
+// next workload starts, so that noise on a shared machine hits all targets
+// alike. Results go to bench/out/<timestamp>/: report.md, summary.json, the
+// raw fio JSON of every run and the servers' logs. See bench/README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	rampTime    = 2 * time.Second // ramp_time in the job files
+	rssInterval = 200 * time.Millisecond
+)
+
+type flags struct {
+	targets, workloads string
+	size               string
+	runtime            string
+	long, quick        bool
+	dir, out           string
+	transport          string
+	localEngine        string
+	prealloc           bool
+	check, strict      bool
+	keep               bool
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout))
+}
+
+func run(args []string, stdout io.Writer) int {
+	var f flags
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.StringVar(&f.targets, "targets", "local,nbdkit,qemu-nbd,repd", "comma list of targets: "+targetNames())
+	fs.StringVar(&f.workloads, "workloads", "all", "comma list of workloads (job files in bench/jobs without .fio)")
+	fs.StringVar(&f.size, "size", "1GiB", "backing file size per target (e.g. 256MiB, 1GiB)")
+	fs.StringVar(&f.runtime, "runtime", "10s", "measured time per job, after a 2 s ramp")
+	fs.BoolVar(&f.long, "long", false, "60 s per job")
+	fs.BoolVar(&f.quick, "quick", false, "smoke run: 3 s per job, 256 MiB (unless --runtime/--size are given)")
+	fs.StringVar(&f.dir, "dir", os.TempDir(), "parent of the scratch directory holding the backing files (one filesystem for all targets)")
+	fs.StringVar(&f.out, "out", "", "output parent directory (default bench/out in the module root)")
+	fs.StringVar(&f.transport, "transport", "unix", "NBD transport for all NBD targets: unix or tcp (127.0.0.1)")
+	fs.StringVar(&f.localEngine, "local-engine", "libaio", "fio ioengine of the local target: libaio or io_uring")
+	fs.BoolVar(&f.prealloc, "prealloc", false, "fallocate backing files instead of creating them sparse")
+	fs.BoolVar(&f.check, "check", false, "evaluate repd's issue targets and print PASS/FAIL lines")
+	fs.BoolVar(&f.strict, "strict", false, "with --check: exit 1 unless every check passes (SKIP fails too)")
+	fs.BoolVar(&f.keep, "keep", false, "keep the scratch directory (backing files, sockets, logs)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if f.quick {
+		if !set["runtime"] {
+			f.runtime = "3s"
+		}
+		if !set["size"] {
+			f.size = "256MiB"
+		}
+	}
+	if f.long && !set["runtime"] {
+		f.runtime = "60s"
+	}
+	if f.strict {
+		f.check = true
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	code, err := bench(ctx, f, stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	}
+	return code
+}
+
+func targetNames() string {
+	var names []string
+	for _, t := range allTargets() {
+		names = append(names, t.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// bench runs the whole benchmark and returns the exit code.
+func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
+	size, err := parseSize(f.size)
+	if err != nil {
+		return 2, fmt.Errorf("--size: %w", err)
+	}
+	if size < 16<<20 || size%(1<<20) != 0 {
+		return 2, fmt.Errorf("--size %s: want a multiple of 1 MiB, at least 16 MiB", f.size)
+	}
+	runtime, err := parseDuration(f.runtime)
+	if err != nil || runtime < time.Second {
+		return 2, fmt.Errorf("--runtime %q: want a duration of at least 1s (10s, 1m)", f.runtime)
+	}
+	workloads, err := selectWorkloads(f.workloads)
+	if err != nil {
+		return 2, err
+	}
+	targets, err := selectTargets(f.targets)
+	if err != nil {
+		return 2, err
+	}
+	if f.localEngine != "libaio" && f.localEngine != "io_uring" {
+		return 2, fmt.Errorf("--local-engine %q: want libaio or io_uring", f.localEngine)
+	}
+	if f.transport != "unix" && f.transport != "tcp" {
+		return 2, fmt.Errorf("--transport %q: want unix or tcp", f.transport)
+	}
+	if err := need("fio"); err != nil {
+		return 1, err
+	}
+
+	repo := moduleRoot()
+	outParent := f.out
+	if outParent == "" {
+		if repo == "" {
+			return 2, errors.New("not inside the repd checkout: pass --out")
+		}
+		outParent = filepath.Join(repo, "bench", "out")
+	}
+	started := time.Now()
+	out := filepath.Join(outParent, started.Format("20060102-150405"))
+	for _, d := range []string{out, filepath.Join(out, "raw")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return 1, err
+		}
+	}
+	scratch, err := os.MkdirTemp(f.dir, "repd-bench-")
+	if err != nil {
+		return 1, err
+	}
+	defer func() {
+		if f.keep {
+			logf("kept scratch directory %s", scratch)
+			return
+		}
+		os.RemoveAll(scratch)
+	}()
+	jobDir := filepath.Join(scratch, "jobs")
+	if err := writeJobs(jobDir); err != nil {
+		return 1, err
+	}
+	if err := writeJobs(filepath.Join(out, "jobs")); err != nil {
+		return 1, err
+	}
+
+	s := &Summary{
+		Started: started,
+		Machine: machineInfo(repo, scratch),
+		Options: Options{
+			SizeBytes:   size,
+			RuntimeSec:  int(runtime.Seconds()),
+			RampSec:     int(rampTime.Seconds()),
+			Transport:   f.transport,
+			LocalEngine: f.localEngine,
+			Prealloc:    f.prealloc,
+		},
+	}
+	for _, w := range workloads {
+		s.Options.Workloads = append(s.Options.Workloads, w.Name)
+	}
+	for _, t := range targets {
+		s.Options.Targets = append(s.Options.Targets, t.Name)
+	}
+	logf("output in %s; scratch in %s", out, scratch)
+	logf("%d workloads x %d targets, %s + %s ramp each, %s per target",
+		len(workloads), len(targets), runtime, rampTime, fmtSize(size))
+
+	// Start every target.
+	type running struct {
+		t       Target
+		ep      *Endpoint
+		info    *TargetInfo
+		prefill bool  // prefilled already
+		dead    error // the server died; skip its remaining runs
+		maxRSS  int64
+	}
+	var live []*running
+	s.Targets = make([]TargetInfo, len(targets))
+	defer func() {
+		for _, r := range live {
+			r.ep.Stop()
+		}
+		copyLogs(scratch, filepath.Join(out, "logs"))
+	}()
+	for i, t := range targets {
+		info := &s.Targets[i]
+		*info = TargetInfo{Name: t.Name, Desc: t.Desc}
+		dir := filepath.Join(scratch, t.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return 1, err
+		}
+		env := Env{
+			Dir: dir, Size: size, Prealloc: f.prealloc, Transport: f.transport,
+			LocalEngine: f.localEngine, Repo: repo, BinDir: filepath.Join(scratch, "bin"), Logf: logf,
+		}
+		if err := os.MkdirAll(env.BinDir, 0o755); err != nil {
+			return 1, err
+		}
+		logf("starting %s", t.Name)
+		ep, err := t.Start(ctx, env)
+		if ctx.Err() != nil {
+			if ep != nil {
+				ep.Stop()
+			}
+			return 130, errors.New("interrupted")
+		}
+		if err != nil {
+			if errors.Is(err, errSkip) {
+				info.Status = "skipped: " + strings.TrimPrefix(err.Error(), errSkip.Error()+": ")
+			} else {
+				info.Status = "failed to start: " + err.Error()
+			}
+			logf("%s: %s", t.Name, info.Status)
+			continue
+		}
+		info.Status, info.URI, info.Notes = "ran", ep.URI, ep.Notes
+		r := &running{t: t, ep: ep, info: info}
+		live = append(live, r)
+		if ep.URI != "" {
+			if err := probeWrite(ctx, ep, filepath.Join(scratch, t.Name+"-probe.json")); err != nil {
+				note := "WRITES REFUSED: " + err.Error()
+				info.Notes = append(info.Notes, note)
+				logf("%s: %s", t.Name, note)
+			}
+		}
+		for _, n := range info.Notes {
+			logf("%s: %s", t.Name, n)
+		}
+	}
+
+	// Run each workload on every target before the next workload.
+	total, n := len(workloads)*len(live), 0
+	interrupted := false
+loop:
+	for _, w := range workloads {
+		for _, r := range live {
+			if ctx.Err() != nil {
+				interrupted = true
+				break loop
+			}
+			n++
+			res := Result{Workload: w.Name, Target: r.t.Name}
+			if r.dead == nil {
+				r.dead = r.ep.Alive()
+			}
+			if r.dead != nil {
+				res.Error = "target not running: " + r.dead.Error()
+				s.Results = append(s.Results, res)
+				continue
+			}
+			if w.NeedsData && !r.prefill {
+				logf("[%d/%d] prefilling %s (%s, 1M sequential)", n, total, r.t.Name, fmtSize(size))
+				stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
+				_, err := fioRun{
+					Args:    r.ep.FioArgs,
+					JobFile: filepath.Join(jobDir, prefillJob),
+					Output:  filepath.Join(out, "raw", "prefill--"+r.t.Name+".json"),
+					Timeout: 30 * time.Minute,
+				}.run(ctx)
+				r.maxRSS = max(r.maxRSS, stopRSS())
+				if err != nil {
+					res.Error = "prefill: " + err.Error()
+					s.Results = append(s.Results, res)
+					logf("%s: %s", r.t.Name, res.Error)
+					continue
+				}
+				r.prefill = true
+			}
+			raw := filepath.Join("raw", w.Name+"--"+r.t.Name+".json")
+			stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
+			fr, err := fioRun{
+				Args:    r.ep.FioArgs,
+				JobFile: filepath.Join(jobDir, w.Name+".fio"),
+				Output:  filepath.Join(out, raw),
+				Runtime: runtime,
+				Timeout: runtime + rampTime + 2*time.Minute,
+			}.run(ctx)
+			res.MaxRSS = stopRSS()
+			r.maxRSS = max(r.maxRSS, res.MaxRSS)
+			res.RawJSON = raw
+			if ctx.Err() != nil {
+				interrupted = true
+				break loop
+			}
+			if err != nil {
+				res.Error = err.Error()
+				if dead := r.ep.Alive(); dead != nil {
+					r.dead = dead
+					res.Error += "; " + dead.Error()
+				}
+				logf("[%d/%d] %s on %s: %s", n, total, w.Name, r.t.Name, res.Error)
+			} else {
+				res.IOPS, res.MBps = fr.Total()
+				if fr.Read.IOs > 0 {
+					res.Read = &fr.Read
+				}
+				if fr.Write.IOs > 0 {
+					res.Write = &fr.Write
+				}
+				p50, p99 := latencies(res)
+				logf("[%d/%d] %-22s %-9s %9.0f IOPS %8.1f MB/s  p50 %s µs  p99 %s µs",
+					n, total, w.Name, r.t.Name, res.IOPS, res.MBps, p50, p99)
+			}
+			s.Results = append(s.Results, res)
+		}
+	}
+	for _, r := range live {
+		r.info.MaxRSS = r.maxRSS
+		if r.dead != nil {
+			r.info.Status = "died: " + r.dead.Error()
+		}
+	}
+
+	s.Finished = time.Now()
+	s.Interrupted = interrupted
+	fillRatios(s.Results)
+	if f.check {
+		s.Checks = evalChecks(s)
+	}
+	report := markdown(s, workloads)
+	if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(report), 0o644); err != nil {
+		return 1, err
+	}
+	js, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return 1, err
+	}
+	if err := os.WriteFile(filepath.Join(out, "summary.json"), append(js, '\n'), 0o644); err != nil {
+		return 1, err
+	}
+	fmt.Fprint(stdout, "\n"+report)
+	if f.check {
+		fmt.Fprint(stdout, "\n"+checkLines(s.Checks))
+	}
+	fmt.Fprintf(stdout, "\nreport: %s\n", filepath.Join(out, "report.md"))
+	if interrupted {
+		return 130, errors.New("interrupted")
+	}
+	if f.strict {
+		for _, c := range s.Checks {
+			if c.Status != "PASS" {
+				return 1, errors.New("--strict: not every check passed")
+			}
+		}
+	}
+	return 0, nil
+}
+
+// probeWrite writes 64 KiB at the start of an NBD target, to tell "the
+// server refuses writes" (a Secondary) apart from slow or failing runs.
+func probeWrite(ctx context.Context, ep *Endpoint, output string) error {
+	_, err := fioRun{
+		Args:    append(append([]string{}, ep.FioArgs...), "--name=probe", "--rw=write", "--bs=4k", "--size=64k"),
+		Output:  output,
+		Timeout: time.Minute,
+	}.run(ctx)
+	return err
+}
+
+func selectTargets(list string) ([]Target, error) {
+	all := allTargets()
+	var out []Target
+	seen := map[string]bool{}
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" || seen[name] {
+			continue
+		}
+		seen[name] = true
+		found := false
+		for _, t := range all {
+			if t.Name == name {
+				out = append(out, t)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown target %q (known: %s)", name, targetNames())
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--targets: none given")
+	}
+	return out, nil
+}
+
+// moduleRoot finds the repd module's root above the working directory.
+func moduleRoot() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(b), "module github.com/repd/repd\n") {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
+}
+
+// copyLogs copies the servers' logs and resource files from the scratch
+// directory into the output directory.
+func copyLogs(scratch, dst string) {
+	_ = filepath.WalkDir(scratch, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if ext := filepath.Ext(p); ext != ".log" && ext != ".toml" {
+			return nil
+		}
+		rel, _ := filepath.Rel(scratch, p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		to := filepath.Join(dst, strings.ReplaceAll(rel, string(filepath.Separator), "--"))
+		if os.MkdirAll(dst, 0o755) == nil {
+			_ = os.WriteFile(to, b, 0o644)
+		}
+		return nil
+	})
+}
+
+// parseSize parses "1GiB", "256MiB", "512M", "1G", "4096".
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{
+		{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
+		{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"k", 1 << 10},
+	} {
+		if v, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(v), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q: want a size such as 256MiB or 1GiB", s)
+	}
+	return n * mult, nil
+}
+
+// parseDuration takes a Go duration or whole seconds.
+func parseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	return time.ParseDuration(s)
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// Machine describes where the numbers were taken.
+type Machine struct {
+	Nproc      int    `json:"nproc"`
+	CPU        string `json:"cpu"`
+	Kernel     string `json:"kernel"`
+	MemTotal   string `json:"mem_total"`
+	LoadAvg    string `json:"loadavg_at_start"`
+	Filesystem string `json:"filesystem"` // of the scratch directory
+	Fio        string `json:"fio"`
+	Nbdkit     string `json:"nbdkit"`
+	QemuNBD    string `json:"qemu_nbd"`
+	Go         string `json:"go"`
+	Commit     string `json:"commit"`
+}
+
+func machineInfo(repo, scratch string) Machine {
+	m := Machine{
+		Nproc:      runtime.NumCPU(),
+		CPU:        procField("/proc/cpuinfo", "model name"),
+		Kernel:     firstLine(readFile("/proc/sys/kernel/osrelease")),
+		MemTotal:   procField("/proc/meminfo", "MemTotal"),
+		LoadAvg:    firstLine(readFile("/proc/loadavg")),
+		Filesystem: filesystemOf(scratch),
+		Fio:        toolVersion("fio", "--version"),
+		Nbdkit:     toolVersion("nbdkit", "--version"),
+		QemuNBD:    toolVersion("qemu-nbd", "--version"),
+		Go:         runtime.Version(),
+	}
+	if repo != "" {
+		if out, err := exec.Command("git", "-C", repo, "rev-parse", "--short", "HEAD").Output(); err == nil {
+			m.Commit = strings.TrimSpace(string(out))
+		}
+	}
+	return m
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(s)
+}
+
+// procField finds "key : value" in a /proc file.
+func procField(path, key string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		k, v, ok := strings.Cut(s.Text(), ":")
+		if ok && strings.TrimSpace(k) == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func toolVersion(tool string, args ...string) string {
+	out, err := exec.Command(tool, args...).CombinedOutput()
+	if err != nil && len(out) == 0 {
+		return "not available"
+	}
+	return firstLine(string(out))
+}
+
+// filesystemOf names the mount holding dir: "ext4 /dev/vda on /".
+func filesystemOf(dir string) string {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return ""
+	}
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
+	best := ""
+	var bestFields []string
+	for _, line := range strings.Split(readFile("/proc/self/mounts"), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		mp := f[1]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= len(best) {
+			best, bestFields = mp, f
+		}
+	}
+	if bestFields == nil {
+		return ""
+	}
+	return bestFields[2] + " " + bestFields[0] + " on " + bestFields[1]
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Env is what a target gets to start: its own scratch directory and the
+// run's settings.
+type Env struct {
+	Dir         string // the target's scratch directory, removed after the run
+	Size        int64  // backing file size in bytes
+	Prealloc    bool   // fallocate the backing file instead of leaving it sparse
+	Transport   string // NBD transport: "unix" or "tcp" (loopback)
+	LocalEngine string // fio engine for the local reference: libaio or io_uring
+	Repo        string // module root, for building the repd binaries
+	BinDir      string // where built binaries go, shared by all targets
+	Logf        func(format string, args ...any)
+}
+
+// Endpoint is a started target: how fio reaches it and how to stop it.
+type Endpoint struct {
+	// FioArgs are fio's target options, placed before the job file
+	// (--ioengine=nbd --uri=... or --ioengine=libaio --filename=...).
+	FioArgs []string
+	URI     string   // the NBD URI; "" for a file fio opens itself
+	Procs   []*Proc  // server processes: RSS is sampled, deaths are noticed
+	Notes   []string // shown in the report (fallbacks taken, warnings)
+	Stop    func()   // stops every process; safe to call more than once
+}
+
+// Alive returns an error if any of the target's processes has exited.
+func (e *Endpoint) Alive() error {
+	for _, p := range e.Procs {
+		if exited, err := p.Exited(); exited {
+			return fmt.Errorf("%s exited (%v)%s", p.Name, err, p.LogTail())
+		}
+	}
+	return nil
+}
+
+// PIDs are the server processes to sample.
+func (e *Endpoint) PIDs() []int {
+	var pids []int
+	for _, p := range e.Procs {
+		pids = append(pids, p.PID())
+	}
+	return pids
+}
+
+// Target is one thing fio measures. Start brings it up in env.Dir on a fresh
+// backing file; the harness calls Endpoint.Stop when done. To add a target,
+// add a Target to allTargets (see repd.go for a parameterized one).
+type Target struct {
+	Name  string
+	Desc  string
+	Start func(ctx context.Context, env Env) (*Endpoint, error)
+}
+
+func allTargets() []Target {
+	return []Target{
+		localTarget(),
+		nbdkitTarget(),
+		qemuNBDTarget(),
+		repdTarget(RepdConfig{Name: "repd", Desc: "repd, one node (no peer), protocol C", Nodes: []string{"alpha"}, Protocol: "C"}),
+	}
+}
+
+// makeBacking creates a fresh backing file of size bytes: sparse, or with
+// its blocks allocated when prealloc is set.
+func makeBacking(path string, size int64, prealloc bool) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if prealloc {
+		if err := syscall.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
+			return fmt.Errorf("fallocate %s: %w", path, err)
+		}
+		return nil
+	}
+	return f.Truncate(size)
+}
+
+// nbdAddr is where an NBD server listens.
+type nbdAddr struct {
+	Network string // "unix" or "tcp"
+	Addr    string // socket path or 127.0.0.1:port
+}
+
+// newNBDAddr picks a listen address for transport: a socket in dir, or a free
+// loopback port.
+func newNBDAddr(transport, dir, name string) (nbdAddr, error) {
+	switch transport {
+	case "unix":
+		p := filepath.Join(dir, name+".sock")
+		if len(p) >= 108 {
+			return nbdAddr{}, fmt.Errorf("socket path %s too long for a unix socket: use a shorter --dir", p)
+		}
+		return nbdAddr{"unix", p}, nil
+	case "tcp":
+		port, err := freePort()
+		if err != nil {
+			return nbdAddr{}, err
+		}
+		return nbdAddr{"tcp", fmt.Sprintf("127.0.0.1:%d", port)}, nil
+	}
+	return nbdAddr{}, fmt.Errorf("unknown transport %q (want unix or tcp)", transport)
+}
+
+// URI is the NBD URI for an export name.
+func (a nbdAddr) URI(export string) string {
+	if a.Network == "unix" {
+		return "nbd+unix:///" + url.PathEscape(export) + "?socket=" + a.Addr
+	}
+	return "nbd://" + a.Addr + "/" + url.PathEscape(export)
+}
+
+// Port is the TCP port (tcp only).
+func (a nbdAddr) Port() string {
+	_, port, _ := strings.Cut(a.Addr, ":")
+	return port
+}
+
+func nbdFioArgs(uri string) []string {
+	return []string{"--ioengine=nbd", "--uri=" + uri}
+}
+
+func need(tool string) error {
+	if _, err := exec.LookPath(tool); err != nil {
+		return fmt.Errorf("%w: %s not installed", errSkip, tool)
+	}
+	return nil
+}
+
+// localTarget is the reference: fio on the backing file itself, O_DIRECT.
+func localTarget() Target {
+	return Target{
+		Name: "local",
+		Desc: "fio directly on the backing file (direct=1)",
+		Start: func(ctx context.Context, env Env) (*Endpoint, error) {
+			file := filepath.Join(env.Dir, "disk.img")
+			if err := makeBacking(file, env.Size, env.Prealloc); err != nil {
+				return nil, err
+			}
+			return &Endpoint{
+				FioArgs: []string{"--ioengine=" + env.LocalEngine, "--filename=" + file, "--direct=1"},
+				Notes:   []string{"ioengine=" + env.LocalEngine},
+				Stop:    func() {},
+			}, nil
+		},
+	}
+}
+
+// nbdkitTarget is nbdkit's file plugin. It does not open the file O_DIRECT:
+// writes land in the page cache.
+func nbdkitTarget() Target {
+	return Target{
+		Name: "nbdkit",
+		Desc: "nbdkit file plugin (page cache)",
+		Start: func(ctx context.Context, env Env) (*Endpoint, error) {
+			if err := need("nbdkit"); err != nil {
+				return nil, err
+			}
+			file := filepath.Join(env.Dir, "disk.img")
+			if err := makeBacking(file, env.Size, env.Prealloc); err != nil {
+				return nil, err
+			}
+			a, err := newNBDAddr(env.Transport, env.Dir, "nbd")
+			if err != nil {
+				return nil, err
+			}
+			argv := []string{"nbdkit", "--exit-with-parent", "-f"}
+			if a.Network == "unix" {
+				argv = append(argv, "-U", a.Addr)
+			} else {
+				argv = append(argv, "-i", "127.0.0.1", "-p", a.Port())
+			}
+			argv = append(argv, "file", file)
+			p, err := StartProc("nbdkit", filepath.Join(env.Dir, "nbdkit.log"), argv...)
+			if err != nil {
+				return nil, err
+			}
+			if err := waitListen(ctx, p, a.Network, a.Addr, 10*time.Second); err != nil {
+				p.Stop()
+				return nil, err
+			}
+			uri := a.URI("")
+			return &Endpoint{FioArgs: nbdFioArgs(uri), URI: uri, Procs: []*Proc{p}, Stop: p.Stop}, nil
+		},
+	}
+}
+
+// qemuNBDTarget is qemu-nbd with O_DIRECT and Linux native AIO when this
+// qemu-nbd has it, else its thread pool.
+func qemuNBDTarget() Target {
+	return Target{
+		Name: "qemu-nbd",
+		Desc: "qemu-nbd --cache=none (O_DIRECT)",
+		Start: func(ctx context.Context, env Env) (*Endpoint, error) {
+			if err := need("qemu-nbd"); err != nil {
+				return nil, err
+			}
+			file := filepath.Join(env.Dir, "disk.img")
+			if err := makeBacking(file, env.Size, env.Prealloc); err != nil {
+				return nil, err
+			}
+			var firstErr error
+			for _, aio := range []string{"native", "threads"} {
+				a, err := newNBDAddr(env.Transport, env.Dir, "nbd")
+				if err != nil {
+					return nil, err
+				}
+				// -t: stay up between clients (fio connects more than once).
+				argv := []string{"qemu-nbd", "-t", "-f", "raw", "--cache=none", "--aio=" + aio, "--shared=8"}
+				if a.Network == "unix" {
+					argv = append(argv, "-k", a.Addr)
+				} else {
+					argv = append(argv, "-b", "127.0.0.1", "-p", a.Port())
+				}
+				argv = append(argv, file)
+				p, err := StartProc("qemu-nbd", filepath.Join(env.Dir, "qemu-nbd-"+aio+".log"), argv...)
+				if err != nil {
+					return nil, err
+				}
+				if err := waitListen(ctx, p, a.Network, a.Addr, 10*time.Second); err != nil {
+					p.Stop()
+					if firstErr == nil {
+						firstErr = err
+					}
+					continue
+				}
+				ep := &Endpoint{FioArgs: nbdFioArgs(a.URI("")), URI: a.URI(""), Procs: []*Proc{p}, Stop: p.Stop}
+				ep.Notes = append(ep.Notes, "aio="+aio)
+				if firstErr != nil {
+					ep.Notes = append(ep.Notes, "aio=native failed: "+firstErr.Error())
+				}
+				return ep, nil
+			}
+			return nil, firstErr
+		},
+	}
+}
