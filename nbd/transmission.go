@@ -113,12 +113,16 @@ func (c *conn) readLoop() (err error) {
 
 		if err := c.check(r, inRange); err != nil {
 			if r.typ == CmdWrite {
-				if r.n > c.maxLen {
+				if n := r.n; n > c.maxLen {
+					// Its payload is not read: answer, then close.
 					c.finish(r, err)
-					return fmt.Errorf("%w: write of %d bytes", errFraming, r.n)
+					return fmt.Errorf("%w: write of %d bytes", errFraming, n)
 				}
 				if _, derr := c.br.Discard(int(r.n)); derr != nil {
 					requestPool.Put(r)
+					if c.stopping.Load() {
+						return nil
+					}
 					return fmt.Errorf("skip write payload: %w", derr)
 				}
 			}
