@@ -365,9 +365,6 @@ loop:
 		return 1, err
 	}
 	fmt.Fprint(stdout, "\n"+report)
-	if f.check {
-		fmt.Fprint(stdout, "\n"+checkLines(s.Checks))
-	}
 	fmt.Fprintf(stdout, "\nreport: %s\n", filepath.Join(out, "report.md"))
 	if interrupted {
 		return 130, errors.New("interrupted")

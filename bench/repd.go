@@ -181,16 +181,12 @@ func startRepd(ctx context.Context, env Env, rc RepdConfig) (_ *Endpoint, err er
 	if text == "" {
 		text = repdTemplate
 	}
-	tmpl, err := template.New(rc.Name).Parse(text)
+	conf, err := renderRepdConfig(text, d)
 	if err != nil {
 		return nil, err
 	}
-	var conf bytes.Buffer
-	if err := tmpl.Execute(&conf, d); err != nil {
-		return nil, err
-	}
 	confPath := filepath.Join(env.Dir, "repd.toml")
-	if err := os.WriteFile(confPath, conf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
 
@@ -215,6 +211,19 @@ func startRepd(ctx context.Context, env Env, rc RepdConfig) (_ *Endpoint, err er
 	ep.Notes = append(ep.Notes, fmt.Sprintf("%d node(s), protocol %s, fio on %s", len(d.Nodes), rc.Protocol, primary.Name))
 	ep.Notes = append(ep.Notes, promote(ctx, env, ep.Procs[0], primary.Admin))
 	return ep, nil
+}
+
+// renderRepdConfig executes a resource-file template.
+func renderRepdConfig(text string, d *RepdData) (string, error) {
+	tmpl, err := template.New("resource").Parse(text)
+	if err != nil {
+		return "", err
+	}
+	var b bytes.Buffer
+	if err := tmpl.Execute(&b, d); err != nil {
+		return "", err
+	}
+	return b.String(), nil
 }
 
 // promote makes the node Primary with repctl, so that it takes writes. A

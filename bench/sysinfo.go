@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 )
 
@@ -29,8 +31,8 @@ func machineInfo(repo, scratch string) Machine {
 		Nproc:      runtime.NumCPU(),
 		CPU:        procField("/proc/cpuinfo", "model name"),
 		Kernel:     firstLine(readFile("/proc/sys/kernel/osrelease")),
-		MemTotal:   procField("/proc/meminfo", "MemTotal"),
-		LoadAvg:    firstLine(readFile("/proc/loadavg")),
+		MemTotal:   memTotal(),
+		LoadAvg:    loadAvg(),
 		Filesystem: filesystemOf(scratch),
 		Fio:        toolVersion("fio", "--version"),
 		Nbdkit:     toolVersion("nbdkit", "--version"),
@@ -105,4 +107,26 @@ func filesystemOf(dir string) string {
 		return ""
 	}
 	return bestFields[2] + " " + bestFields[0] + " on " + bestFields[1]
+}
+
+// memTotal is MemTotal from /proc/meminfo in GiB.
+func memTotal() string {
+	f := strings.Fields(procField("/proc/meminfo", "MemTotal")) // "24684084 kB"
+	if len(f) != 2 || f[1] != "kB" {
+		return strings.Join(f, " ")
+	}
+	kb, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		return strings.Join(f, " ")
+	}
+	return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	f := strings.Fields(readFile("/proc/loadavg"))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
