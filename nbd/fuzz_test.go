@@ -1,0 +1,142 @@
+package nbd_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/nbd"
+	"github.com/repd/repd/nbd/nbdtest"
+)
+
+// session builds a client byte stream.
+type session []byte
+
+func (s session) flags(f uint32) session { return binary.BigEndian.AppendUint32(s, f) }
+
+func (s session) option(opt uint32, data []byte) session {
+	s = binary.BigEndian.AppendUint64(s, nbd.MagicOption)
+	s = binary.BigEndian.AppendUint32(s, opt)
+	s = binary.BigEndian.AppendUint32(s, uint32(len(data)))
+	return append(s, data...)
+}
+
+func (s session) request(typ, flags uint16, off uint64, n uint32, payload []byte) session {
+	s = binary.BigEndian.AppendUint32(s, nbd.MagicRequest)
+	s = binary.BigEndian.AppendUint16(s, flags)
+	s = binary.BigEndian.AppendUint16(s, typ)
+	s = binary.BigEndian.AppendUint64(s, uint64(len(s))) // any distinct cookie
+	s = binary.BigEndian.AppendUint64(s, off)
+	s = binary.BigEndian.AppendUint32(s, n)
+	return append(s, payload...)
+}
+
+// seedSessions are valid sessions: handshake, reads, writes, disconnect.
+func seedSessions() [][]byte {
+	fz := nbd.FlagCFixedNewstyle | nbd.FlagCNoZeroes
+	block := pattern(4096, 5)
+	return [][]byte{
+		session(nil).flags(fz).
+			option(nbd.OptGo, nbdtest.InfoData("", nbd.InfoBlockSize)).
+			request(nbd.CmdWrite, 0, 0, 4096, block).
+			request(nbd.CmdRead, 0, 0, 4096, nil).
+			request(nbd.CmdWrite, nbd.CmdFlagFUA, 8192, 512, block[:512]).
+			request(nbd.CmdFlush, 0, 0, 0, nil).
+			request(nbd.CmdDisc, 0, 0, 0, nil),
+		session(nil).flags(nbd.FlagCFixedNewstyle).
+			option(nbd.OptExportName, nil).
+			request(nbd.CmdWrite, 0, 4096, 100, block[:100]).
+			request(nbd.CmdRead, 0, 4000, 200, nil).
+			request(nbd.CmdWriteZeroes, nbd.CmdFlagNoHole, 0, 8192, nil).
+			request(nbd.CmdTrim, 0, 0, 4096, nil).
+			request(nbd.CmdCache, 0, 0, 65536, nil).
+			request(nbd.CmdDisc, 0, 0, 0, nil),
+		session(nil).flags(fz).
+			option(nbd.OptList, nil).
+			option(nbd.OptInfo, nbdtest.InfoData("ro", nbd.InfoName, nbd.InfoDescription, nbd.InfoBlockSize)).
+			option(nbd.OptStructuredReply, nil).
+			option(nbd.OptGo, nbdtest.InfoData("ro")).
+			request(nbd.CmdWrite, 0, 0, 512, block[:512]).
+			request(nbd.CmdTrim, 0, 0, 512, nil).
+			request(nbd.CmdRead, 0, 0, 8192, nil).
+			request(nbd.CmdDisc, 0, 0, 0, nil),
+		session(nil).flags(fz).
+			option(nbd.OptGo, nbdtest.InfoData("")).
+			request(99, 0, 0, 0, nil).
+			request(nbd.CmdRead, 0, 1<<40, 512, nil).
+			request(nbd.CmdWrite, 1<<7, 0, 16, block[:16]).
+			request(nbd.CmdWriteZeroes, nbd.CmdFlagFastZero, 0, 512, nil).
+			request(nbd.CmdRead, 0, 0, 0, nil).
+			request(nbd.CmdDisc, 0, 0, 0, nil),
+		session(nil).flags(fz).option(nbd.OptAbort, nil),
+	}
+}
+
+// FuzzServer feeds arbitrary client bytes to ServeConn and checks that the
+// server neither panics nor hangs: after the input, a graceful Shutdown must
+// complete promptly.
+func FuzzServer(f *testing.F) {
+	for _, s := range seedSessions() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		srv := &nbd.Server{
+			MaxPayload:       16 << 10,
+			MaxInFlight:      4,
+			HandshakeTimeout: 5 * time.Second,
+			Exports: []nbd.Export{
+				{Name: "", Device: newMem(64 << 10)},
+				{Name: "ro", Description: "ro", Device: plainDevice{newMem(8192)}, ReadOnly: true},
+			},
+		}
+		a, b := net.Pipe()
+		defer b.Close()
+		done := make(chan error, 1)
+		go func() { done <- srv.ServeConn(context.Background(), a) }()
+		drained := make(chan struct{})
+		go func() {
+			io.Copy(io.Discard, b)
+			close(drained)
+		}()
+		b.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		b.Write(data)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown after input: %v (server hung)", err)
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("ServeConn did not return")
+		}
+		b.Close()
+		<-drained
+	})
+}
+
+// TestWriteFuzzSeeds writes the seed sessions as corpus files when
+// NBD_WRITE_FUZZ_SEEDS is set (run it after changing seedSessions).
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("NBD_WRITE_FUZZ_SEEDS") == "" {
+		t.Skip("set NBD_WRITE_FUZZ_SEEDS=1 to rewrite testdata/fuzz/FuzzServer")
+	}
+	dir := filepath.Join("testdata", "fuzz", "FuzzServer")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"session-go-rw", "session-exportname", "session-options-ro", "session-bad-requests", "session-abort"}
+	for i, s := range seedSessions() {
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
+		if err := os.WriteFile(filepath.Join(dir, names[i]), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
