@@ -154,11 +154,12 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		outParent = filepath.Join(repo, "bench", "out")
 	}
 	started := time.Now()
-	out := filepath.Join(outParent, started.Format("20060102-150405"))
-	for _, d := range []string{out, filepath.Join(out, "raw")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return 1, err
-		}
+	out, err := newOutDir(outParent, started.Format("20060102-150405"))
+	if err != nil {
+		return 1, err
+	}
+	if err := os.Mkdir(filepath.Join(out, "raw"), 0o755); err != nil {
+		return 1, err
 	}
 	scratch, err := os.MkdirTemp(f.dir, "repd-bench-")
 	if err != nil {
@@ -433,6 +434,26 @@ func moduleRoot() string {
 			return ""
 		}
 		dir = parent
+	}
+}
+
+// newOutDir creates parent/name, or parent/name-2, ... if that exists.
+func newOutDir(parent, name string) (string, error) {
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", err
+	}
+	for i := 1; ; i++ {
+		dir := filepath.Join(parent, name)
+		if i > 1 {
+			dir += "-" + strconv.Itoa(i)
+		}
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			return dir, nil
+		}
+		if !errors.Is(err, os.ErrExist) || i > 100 {
+			return "", err
+		}
 	}
 }
 
