@@ -1,0 +1,172 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/repd/repd/protocol"
+)
+
+// applyWorkers is how many writes a receiving node applies at once.
+const applyWorkers = 16
+
+// applier applies a peer's writes to the local store: in sequence order
+// where they overlap, concurrently where they do not; a barrier waits for
+// every earlier write, makes them durable, and holds back every later one.
+// So the store only passes through states the primary's store passed
+// through, and is never torn across a barrier.
+type applier struct {
+	s    *session
+	n    *Node
+	work chan *aitem
+	wg   sync.WaitGroup
+
+	mu          sync.Mutex
+	cond        *sync.Cond
+	items       []*aitem // received, not yet acknowledged, in sequence order
+	lastBarrier *aitem
+	acked       atomic.Uint64 // cumulative: every item up to it is applied
+}
+
+type aitem struct {
+	seq      uint64
+	barrier  bool
+	flags    protocol.Flags
+	off, n   int64
+	data     []byte
+	buf      *[]byte
+	deps     []*aitem
+	done     chan struct{}
+	finished bool
+}
+
+func newApplier(s *session) *applier {
+	a := &applier{s: s, n: s.p.n, work: make(chan *aitem, 256)}
+	a.cond = sync.NewCond(&a.mu)
+	a.wg.Add(applyWorkers)
+	for range applyWorkers {
+		go a.worker()
+	}
+	return a
+}
+
+// close stops taking work; wait waits for the queued work to finish.
+func (a *applier) close() { close(a.work) }
+func (a *applier) wait()  { a.wg.Wait() }
+
+func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte) error {
+	a.n.mu.Lock()
+	role := a.n.role
+	a.n.mu.Unlock()
+	if role == Primary {
+		return fmt.Errorf("%w: peer %s sent a write to this Primary (%s)", ErrRefused, a.s.p.cfg.Name, a.n.cfg.Self.Name)
+	}
+	it := &aitem{seq: seq, flags: f, off: off, n: n, done: make(chan struct{})}
+	if len(data) > 0 {
+		it.data, it.buf = getBuf(len(data))
+		copy(it.data, data)
+	}
+	a.submit(it)
+	return nil
+}
+
+func (a *applier) barrier(seq uint64) {
+	a.submit(&aitem{seq: seq, barrier: true, done: make(chan struct{})})
+}
+
+func (a *applier) submit(it *aitem) {
+	a.mu.Lock()
+	for _, x := range a.items {
+		if !x.finished && (it.barrier || x.off < it.off+it.n && it.off < x.off+x.n) && !x.barrier {
+			it.deps = append(it.deps, x)
+		}
+	}
+	if b := a.lastBarrier; b != nil && !b.finished {
+		it.deps = append(it.deps, b)
+	}
+	if it.barrier {
+		a.lastBarrier = it
+	}
+	a.items = append(a.items, it)
+	a.mu.Unlock()
+	a.work <- it
+}
+
+func (a *applier) worker() {
+	defer a.wg.Done()
+	n := a.n
+	p := a.s.p
+	ctx := context.Background()
+	for it := range a.work {
+		for _, d := range it.deps {
+			<-d.done
+		}
+		it.deps = nil
+		var err error
+		fua := it.flags&protocol.FlagFUA != 0
+		switch {
+		case it.barrier:
+			err = n.st.Flush(ctx)
+		default:
+			// Peers that do not get this write from us in sync miss it.
+			if miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit; miss != 0 {
+				for _, q := range n.peers {
+					if miss&q.bit != 0 {
+						q.bm.Set(it.off, it.n)
+					}
+				}
+			}
+			switch {
+			case it.flags&protocol.FlagTrim != 0:
+				err = n.st.Trim(ctx, it.off, it.n, fua)
+			case it.flags&protocol.FlagZeroes != 0:
+				err = n.st.WriteZeroes(ctx, it.off, it.n, it.flags&protocol.FlagNoHole != 0, fua)
+			default:
+				err = n.st.WriteAt(ctx, it.data, it.off, fua)
+			}
+		}
+		if err != nil {
+			n.log.Error("applying peer write failed", "peer", p.cfg.Name, "seq", it.seq, "err", err)
+			a.s.fail(fmt.Errorf("apply write from %s: %w", p.cfg.Name, err))
+		}
+		a.finish(it, err == nil)
+	}
+}
+
+func (a *applier) finish(it *aitem, ok bool) {
+	putBuf(it.buf)
+	it.buf, it.data = nil, nil
+	a.mu.Lock()
+	it.finished = true
+	close(it.done)
+	i := 0
+	var last uint64
+	for i < len(a.items) && a.items[i].finished {
+		last = a.items[i].seq
+		a.items[i] = nil
+		i++
+	}
+	a.items = a.items[i:]
+	if i > 0 && ok {
+		a.acked.Store(last)
+	}
+	if len(a.items) == 0 {
+		a.cond.Broadcast()
+	}
+	a.mu.Unlock()
+	if it.barrier && ok {
+		a.s.queue(ctrlMsg{t: protocol.TypeBarrierAck, seq: it.seq})
+	}
+	a.s.wakeUp()
+}
+
+// drain waits until every received write is applied.
+func (a *applier) drain() {
+	a.mu.Lock()
+	for len(a.items) > 0 {
+		a.cond.Wait()
+	}
+	a.mu.Unlock()
+}

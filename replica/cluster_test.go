@@ -1,0 +1,356 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/repd/repd/faultnet"
+)
+
+// The in-process cluster: real nodes over loopback TCP, each link from a
+// lower to a higher node id through a faultnet proxy, real files as stores.
+
+const testSize = 16 << 20
+
+type tnode struct {
+	n      *Node
+	cfg    Config
+	path   string
+	cancel context.CancelFunc
+	done   chan struct{}
+	events *eventLog
+}
+
+type eventLog struct {
+	mu  sync.Mutex
+	evs []Event
+}
+
+func (l *eventLog) add(e Event) {
+	l.mu.Lock()
+	l.evs = append(l.evs, e)
+	l.mu.Unlock()
+}
+
+func (l *eventLog) has(kind, peer string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.evs {
+		if e.Kind == kind && (peer == "" || e.Peer == peer) {
+			return true
+		}
+	}
+	return false
+}
+
+type cluster struct {
+	t       *testing.T
+	dir     string
+	nodes   []*tnode
+	proxies map[[2]int]*faultnet.Proxy // [lower, higher] index
+	seed    uint64
+	logs    *syncBuf
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+var names = []string{"alpha", "beta", "gamma", "delta"}
+
+// newCluster builds k nodes (ids 1..k) and starts them.
+func newCluster(t *testing.T, k int, mod func(i int, c *Config)) *cluster {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("cluster seed %d", seed)
+	c := &cluster{t: t, dir: t.TempDir(), proxies: map[[2]int]*faultnet.Proxy{}, seed: seed, logs: &syncBuf{}}
+	addrs := make([]string, k)
+	for i := range addrs {
+		addrs[i] = freeAddr(t)
+	}
+	for i := range k {
+		for j := i + 1; j < k; j++ {
+			px, err := faultnet.NewProxy("127.0.0.1:0", addrs[j], int64(seed)+int64(10*i+j))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := px.Start(); err != nil {
+				t.Fatal(err)
+			}
+			c.proxies[[2]int{i, j}] = px
+		}
+	}
+	for i := range k {
+		cfg := Config{
+			Resource: "r0", Size: testSize, Protocol: ProtocolC,
+			Self:    PeerConfig{ID: uint8(i + 1), Name: names[i], Addr: addrs[i]},
+			MetaPath: filepath.Join(c.dir, names[i]+".meta"), Secret: []byte("s3cret"),
+			Timeout: time.Second, ConnectInterval: 50 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("at", names[i]),
+		}
+		for j := range k {
+			if j == i {
+				continue
+			}
+			addr := addrs[j]
+			if i < j {
+				addr = c.proxies[[2]int{i, j}].Addr()
+			}
+			cfg.Peers = append(cfg.Peers, PeerConfig{ID: uint8(j + 1), Name: names[j], Addr: addr})
+		}
+		if mod != nil {
+			mod(i, &cfg)
+		}
+		c.nodes = append(c.nodes, &tnode{cfg: cfg, path: filepath.Join(c.dir, names[i]+".img")})
+	}
+	t.Cleanup(func() {
+		for _, tn := range c.nodes {
+			c.stop(tn)
+		}
+		for _, px := range c.proxies {
+			px.Close()
+		}
+		if t.Failed() {
+			for _, tn := range c.nodes {
+				if tn.n != nil {
+					t.Logf("status of %s:\n%s", tn.cfg.Self.Name, tn.n.Status())
+				}
+			}
+			c.logs.mu.Lock()
+			out := c.logs.b.String()
+			c.logs.mu.Unlock()
+			if len(out) > 200000 {
+				out = out[len(out)-200000:]
+			}
+			t.Logf("logs:\n%s", out)
+		}
+	})
+	for _, tn := range c.nodes {
+		c.start(tn)
+	}
+	return c
+}
+
+func (c *cluster) start(tn *tnode) {
+	c.t.Helper()
+	st, err := OpenFileStore(tn.path, tn.cfg.Size)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tn.events = &eventLog{}
+	tn.cfg.OnEvent = tn.events.add
+	n, err := Open(tn.cfg, st)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tn.n = n
+	ctx, cancel := context.WithCancel(context.Background())
+	tn.cancel, tn.done = cancel, make(chan struct{})
+	go func() {
+		defer close(tn.done)
+		if err := n.Run(ctx); err != nil {
+			c.t.Errorf("%s: Run: %v", tn.cfg.Self.Name, err)
+		}
+	}()
+}
+
+func (c *cluster) stop(tn *tnode) {
+	if tn.n == nil {
+		return
+	}
+	tn.n.Close()
+	tn.cancel()
+	<-tn.done
+	tn.n = nil
+}
+
+func (c *cluster) proxy(i, j int) *faultnet.Proxy {
+	if i > j {
+		i, j = j, i
+	}
+	return c.proxies[[2]int{i, j}]
+}
+
+// isolate partitions node i from every other node.
+func (c *cluster) isolate(i int, on bool) {
+	for j := range c.nodes {
+		if j != i {
+			c.proxy(i, j).Partition(on)
+		}
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func peerState(n *Node, peer string) PeerStatus {
+	for _, p := range n.Status().Peers {
+		if p.Name == peer {
+			return p
+		}
+	}
+	return PeerStatus{}
+}
+
+// waitSynced waits until every pair of nodes is Connected and Established
+// with nothing out of sync.
+func (c *cluster) waitSynced(d time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, d, "all nodes connected, established, in sync", func() bool {
+		for _, tn := range c.nodes {
+			s := tn.n.Status()
+			if s.Disk != "UpToDate" {
+				return false
+			}
+			for _, p := range s.Peers {
+				if p.Connection != Connected || p.Replication != Established || p.OutOfSyncKiB != 0 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// waitConnected waits until every pair is Connected.
+func (c *cluster) waitConnected(d time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, d, "all nodes connected", func() bool {
+		for _, tn := range c.nodes {
+			for _, p := range tn.n.Status().Peers {
+				if p.Connection != Connected {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// bootstrap connects a fresh cluster and makes node 0 an UpToDate primary
+// without an initial sync (new-current-uuid --clear-bitmap).
+func (c *cluster) bootstrap() *Node {
+	c.t.Helper()
+	c.waitConnected(10 * time.Second)
+	if err := c.nodes[0].n.NewCurrentUUID(true); err != nil {
+		c.t.Fatal(err)
+	}
+	c.waitSynced(10 * time.Second)
+	if err := c.nodes[0].n.Promote(false); err != nil {
+		c.t.Fatal(err)
+	}
+	return c.nodes[0].n
+}
+
+func fileHash(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blake3.Sum256(b)
+}
+
+func readFileAt(t *testing.T, path string, off int64, n int) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// assertEqualStores checks every node's backing file hashes the same.
+func (c *cluster) assertEqualStores() {
+	c.t.Helper()
+	want := fileHash(c.t, c.nodes[0].path)
+	for _, tn := range c.nodes[1:] {
+		if got := fileHash(c.t, tn.path); got != want {
+			c.t.Fatalf("store of %s differs from %s's (blake3 %x vs %x)", tn.cfg.Self.Name, c.nodes[0].cfg.Self.Name, got[:8], want[:8])
+		}
+	}
+}
+
+func randBlock(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i < n; i += 8 {
+		v := r.Uint64()
+		for k := 0; k < 8 && i+k < n; k++ {
+			b[i+k] = byte(v >> (8 * k))
+		}
+	}
+	return b
+}
+
+// writer runs random writes (1-16 blocks of 4 KiB) into [lo, hi) until stop
+// closes, checking after each acknowledged write that check accepts it.
+func writer(t *testing.T, n *Node, seed uint64, lo, hi int64, stop <-chan struct{}, check func(off int64, data []byte)) int {
+	r := rand.New(rand.NewPCG(seed, 7))
+	count := 0
+	for {
+		select {
+		case <-stop:
+			return count
+		default:
+		}
+		blocks := 1 + r.IntN(16)
+		span := (hi - lo) / 4096
+		off := lo + r.Int64N(span-int64(blocks)+1)*4096
+		data := randBlock(r, blocks*4096)
+		if err := n.WriteAt(context.Background(), data, off, r.IntN(20) == 0); err != nil {
+			t.Errorf("write %d+%d: %v", off, len(data), err)
+			return count
+		}
+		count++
+		if check != nil {
+			check(off, data)
+		}
+		if r.IntN(50) == 0 {
+			if err := n.Flush(context.Background()); err != nil {
+				t.Errorf("flush: %v", err)
+			}
+		}
+	}
+}
+
+func TestClusterString(t *testing.T) { _ = fmt.Sprint }

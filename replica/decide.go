@@ -1,0 +1,253 @@
+package replica
+
+// The decisions of the engine, as plain functions of their inputs: no
+// sockets, files, clocks or locks. The goroutines that move bytes call them.
+
+import (
+	"fmt"
+)
+
+// Side is one node as seen in a connect decision: its role, disk, and
+// generation identifiers, with Bitmap its bitmap UUID for the other node.
+type Side struct {
+	ID             uint8
+	Name           string
+	Role           Role
+	Disk           Disk
+	Current        uint64
+	Bitmap         uint64
+	History        [2]uint64
+	Discard        bool // connect --discard-my-data
+	CrashedPrimary bool
+}
+
+// Relation is how two nodes' data relate, from their generation identifiers.
+type Relation uint8
+
+// Relations.
+const (
+	RelInSync     Relation = iota // same current UUID
+	RelMeNewer                    // I have changes the peer lacks
+	RelPeerNewer                  // the peer has changes I lack
+	RelSplitBrain                 // both changed since the common ancestor
+	RelUnrelated                  // no common ancestor
+)
+
+var relNames = [...]string{"in sync", "this node newer", "peer newer", "split brain", "unrelated"}
+
+func (r Relation) String() string { return relNames[r] }
+
+// Verdict is the outcome of comparing two sides at connect.
+type Verdict struct {
+	Rel Relation
+	// SourceIsMe: I am the sync source if a sync is needed (for RelInSync:
+	// if the bitmaps hold anything).
+	SourceIsMe bool
+	// Full: the source must send every block; the bitmaps do not cover the
+	// difference.
+	Full bool
+	// Err refuses the connection (wraps ErrRefused, ErrSplitBrain or
+	// ErrUnrelated) with a sentence for the operator.
+	Err error
+}
+
+func inHistory(u uint64, h [2]uint64) bool { return u != 0 && (h[0] == u || h[1] == u) }
+
+// Compare decides, from both sides' generation identifiers and roles, how
+// two nodes that just connected relate and who would be the sync source.
+// It is symmetric: Compare(a, b) and Compare(b, a) agree.
+func Compare(me, peer Side) Verdict {
+	if me.Role == Primary && peer.Role == Primary {
+		return Verdict{Err: fmt.Errorf("%w: both %s and %s are Primary; demote one of them, then connect", ErrRefused, me.Name, peer.Name)}
+	}
+	if me.Discard && peer.Discard {
+		return Verdict{Err: fmt.Errorf("%w: both %s and %s asked to discard their data; only the victim of a split brain may", ErrRefused, me.Name, peer.Name)}
+	}
+	for _, s := range []*Side{&me, &peer} {
+		if s.Discard && s.Role == Primary {
+			return Verdict{Err: fmt.Errorf("%w: %s is Primary and cannot discard its data; demote it first", ErrRefused, s.Name)}
+		}
+	}
+	v := relate(me, peer)
+	switch {
+	case me.Discard:
+		full := v.Rel == RelUnrelated
+		v = Verdict{Rel: RelPeerNewer, Full: full}
+	case peer.Discard:
+		full := v.Rel == RelUnrelated
+		v = Verdict{Rel: RelMeNewer, SourceIsMe: true, Full: full}
+	}
+	switch v.Rel {
+	case RelSplitBrain:
+		v.Err = fmt.Errorf("%w: %s and %s both changed the data since they were last connected; on the node whose changes should be dropped run: connect --discard-my-data (after demoting it), and connect on the other", ErrSplitBrain, me.Name, peer.Name)
+	case RelUnrelated:
+		v.Err = fmt.Errorf("%w: %s and %s have no common data generation (current %s vs %s); connect --discard-my-data on the node to overwrite with a full sync", ErrUnrelated, me.Name, peer.Name, uuidString(me.Current), uuidString(peer.Current))
+	case RelPeerNewer:
+		if me.Role == Primary {
+			v.Err = fmt.Errorf("%w: peer %s has data this Primary (%s) lacks; demote %s so it can become the sync target, or disconnect", ErrRefused, peer.Name, me.Name, me.Name)
+		}
+	case RelMeNewer:
+		if peer.Role == Primary {
+			v.Err = fmt.Errorf("%w: this node (%s) has data the Primary %s lacks; demote %s so it can become the sync target, or disconnect", ErrRefused, me.Name, peer.Name, peer.Name)
+		}
+	}
+	return v
+}
+
+func relate(me, peer Side) Verdict {
+	switch {
+	case me.Current == 0 && peer.Current == 0:
+		return Verdict{Rel: RelInSync, SourceIsMe: preferSource(me, peer)}
+	case me.Current == 0:
+		return Verdict{Rel: RelPeerNewer, Full: true}
+	case peer.Current == 0:
+		return Verdict{Rel: RelMeNewer, SourceIsMe: true, Full: true}
+	case me.Current == peer.Current:
+		return Verdict{Rel: RelInSync, SourceIsMe: preferSource(me, peer)}
+	case me.Bitmap != 0 && me.Bitmap == peer.Current:
+		return Verdict{Rel: RelMeNewer, SourceIsMe: true}
+	case peer.Bitmap != 0 && peer.Bitmap == me.Current:
+		return Verdict{Rel: RelPeerNewer}
+	case me.Bitmap != 0 && me.Bitmap == peer.Bitmap,
+		inHistory(me.Bitmap, peer.History), inHistory(peer.Bitmap, me.History),
+		inHistory(me.History[0], peer.History), inHistory(me.History[1], peer.History):
+		return Verdict{Rel: RelSplitBrain}
+	case inHistory(peer.Current, me.History):
+		return Verdict{Rel: RelMeNewer, SourceIsMe: true, Full: true}
+	case inHistory(me.Current, peer.History):
+		return Verdict{Rel: RelPeerNewer, Full: true}
+	}
+	return Verdict{Rel: RelUnrelated}
+}
+
+// preferSource breaks the tie of two in-sync nodes whose bitmaps hold
+// something: the Primary, else the one that crashed as Primary (its
+// activity log marked the hot extents), else the UpToDate one, else the
+// lower node id.
+func preferSource(me, peer Side) bool {
+	switch {
+	case me.Role != peer.Role:
+		return me.Role == Primary
+	case me.CrashedPrimary != peer.CrashedPrimary:
+		return me.CrashedPrimary
+	case (me.Disk == UpToDate) != (peer.Disk == UpToDate):
+		return me.Disk == UpToDate
+	}
+	return me.ID < peer.ID
+}
+
+// Plan turns a verdict into my replication state toward the peer once the
+// bitmaps were exchanged and OR'ed (dirty: the union holds bits). A resync
+// runs only from a Primary source (or toward a node that discards its data):
+// between two Secondaries it waits (PausedSync) until one is promoted, so it
+// never races a Primary's stream to the same target.
+func Plan(v Verdict, me, peer Side, dirty bool) Repl {
+	if v.Err != nil {
+		return ReplOff
+	}
+	if v.Rel == RelInSync && !dirty && !v.Full {
+		return Established
+	}
+	src, dst := peer, me
+	if v.SourceIsMe {
+		src, dst = me, peer
+	}
+	if src.Disk != UpToDate && src.Disk != Outdated {
+		return PausedSync
+	}
+	if src.Role != Primary && !dst.Discard {
+		return PausedSync
+	}
+	if v.SourceIsMe {
+		return SyncSource
+	}
+	return SyncTarget
+}
+
+// PeerView is what promote and the write path need to know of one peer.
+type PeerView struct {
+	Name      string
+	Connected bool // connection established (any replication state)
+	Role      Role
+	Repl      Repl
+	Newer     bool // the peer has data this node lacks (it would be our sync source)
+}
+
+// CanPromote says whether this node may become Primary.
+func CanPromote(force bool, disk Disk, peers []PeerView) error {
+	for _, p := range peers {
+		if p.Connected && p.Role == Primary {
+			return fmt.Errorf("%w: peer %s is Primary; demote it first or disconnect", ErrRefused, p.Name)
+		}
+	}
+	switch disk {
+	case Diskless, Failed:
+		return fmt.Errorf("%w: local disk is %s; attach a working disk first", ErrRefused, disk)
+	case UpToDate:
+	default:
+		if !force {
+			return fmt.Errorf("%w: local disk is %s; use --force to promote anyway", ErrRefused, disk)
+		}
+	}
+	if !force {
+		for _, p := range peers {
+			if p.Connected && p.Newer {
+				return fmt.Errorf("%w: peer %s has newer data than this node; promote %s instead, or use --force", ErrRefused, p.Name, p.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// CanDemote says whether this node may become Secondary.
+func CanDemote(role Role) error {
+	if role != Primary {
+		return fmt.Errorf("%w: this node is already Secondary", ErrRefused)
+	}
+	return nil
+}
+
+// Receiving says whether a peer in this connection and replication state
+// gets the primary's writes. Every other peer has them marked in its
+// bitmap instead.
+func Receiving(c ConnState, r Repl) bool {
+	return c == Connected && (r == Established || r == SyncSource)
+}
+
+// NeedRotate says whether a Primary about to write must first start a new
+// current UUID: some peer that does not receive the write has no bitmap
+// UUID yet (the generation it last saw is not remembered).
+func NeedRotate(peerBitmapUUIDs []uint64, receiving []bool) bool {
+	for i, u := range peerBitmapUUIDs {
+		if !receiving[i] && u == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Rotate starts a new current UUID: every peer that is away and has no
+// bitmap UUID gets the old current one (the generation it was last in sync
+// with); the old current UUID goes to the history.
+func Rotate(current uint64, bitmaps []uint64, history [2]uint64, away []bool, fresh uint64) (uint64, [2]uint64) {
+	for i := range bitmaps {
+		if away[i] && bitmaps[i] == 0 {
+			bitmaps[i] = current
+		}
+	}
+	if current != 0 {
+		history = [2]uint64{current, history[0]}
+	}
+	return fresh, history
+}
+
+// Done says whether a write may complete: written locally, and under
+// protocol C acknowledged by every peer that was sent it and is still
+// connected (pending holds those that have not acked; a peer that
+// disconnects is removed from it after its bitmap was marked).
+func Done(proto Protocol, local bool, pending uint64) bool {
+	if !local {
+		return false
+	}
+	return proto == ProtocolA || pending == 0
+}

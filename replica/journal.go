@@ -1,0 +1,167 @@
+package replica
+
+import (
+	"sync"
+
+	"github.com/repd/repd/protocol"
+)
+
+// kind is what a journal entry carries.
+type kind uint8
+
+const (
+	kWrite   kind = iota // application write (data, trim or zeroes)
+	kBarrier             // flush barrier: peers make everything before it durable
+	kResync              // resync data for one peer, read from the local disk
+)
+
+// entryOverhead is what an entry without data counts against the journal.
+const entryOverhead = 128
+
+// entry is one element of the journal: a write, barrier or resync block, in
+// sequence order. Its fields are guarded by Node.mu except data, which is
+// immutable once the entry is ready (local for resync entries: read) and
+// stays valid while pend or refs are non-zero.
+type entry struct {
+	seq   uint64
+	kind  kind
+	flags protocol.Flags
+	off   int64
+	n     int64
+	data  []byte
+	buf   *[]byte // pooled buffer behind data
+
+	ship uint64 // peers (bit = 1<<index) it is sent to
+	pend uint64 // peers that have not acknowledged it
+	refs int    // shippers writing it right now
+
+	deps    []*entry      // earlier in-flight entries it overlaps
+	ready   bool          // data present (resync: read locally)
+	local   bool          // written locally (resync: read)
+	localCh chan struct{} // closed when local
+	doneCh  chan struct{} // closed when Done
+	closed  bool          // doneCh closed
+	freed   bool          // bytes returned, buffer released
+	err     error         // local I/O error
+	size    int64
+}
+
+func (e *entry) overlaps(off, n int64) bool {
+	return e.kind != kBarrier && e.off < off+n && off < e.off+e.n
+}
+
+// journal is the ordered in-memory log of entries not yet acknowledged by
+// every peer they were sent to. Positions are absolute (they survive head
+// trimming), so each peer keeps its ship and ack cursors as positions.
+// Guarded by Node.mu.
+type journal struct {
+	ents  []*entry
+	base  int64 // position of ents[0]
+	bytes int64 // bytes held by live entries
+	max   int64
+}
+
+func (j *journal) end() int64 { return j.base + int64(len(j.ents)) }
+
+func (j *journal) at(pos int64) *entry { return j.ents[pos-j.base] }
+
+func (j *journal) push(e *entry) {
+	j.ents = append(j.ents, e)
+	j.bytes += e.size
+}
+
+// full reports whether an entry of size more would exceed the bound (an
+// entry always fits into an empty journal).
+func (j *journal) full(size int64) bool { return j.bytes > 0 && j.bytes+size > j.max }
+
+// trim pops freed entries from the head.
+func (j *journal) trim() {
+	i := 0
+	for i < len(j.ents) && j.ents[i].freed {
+		j.ents[i] = nil
+		i++
+	}
+	if i == 0 {
+		return
+	}
+	j.base += int64(i)
+	j.ents = j.ents[i:]
+	if cap(j.ents) > 1024 && len(j.ents) < cap(j.ents)/4 {
+		j.ents = append(make([]*entry, 0, max(64, 2*len(j.ents))), j.ents...)
+	}
+}
+
+// ack clears peer bit's pending flag on every entry from position from with
+// seq <= seq, calling acked for each, and returns the new ack cursor.
+func (j *journal) ack(bit uint64, from int64, seq uint64, acked func(*entry)) int64 {
+	if from < j.base {
+		from = j.base
+	}
+	pos := from
+	for ; pos < j.end(); pos++ {
+		e := j.at(pos)
+		if e.seq > seq {
+			break
+		}
+		if e.pend&bit != 0 {
+			e.pend &^= bit
+			acked(e)
+		}
+	}
+	return pos
+}
+
+// drop removes peer bit from every entry from position from that still
+// waits for it, calling lost for each (which marks its bitmap), and returns
+// how many there were. It is what a disconnect, an ack timeout or a
+// pull-ahead does to the peer's share of the journal.
+func (j *journal) drop(bit uint64, from int64, lost func(*entry)) int {
+	if from < j.base {
+		from = j.base
+	}
+	n := 0
+	for pos := from; pos < j.end(); pos++ {
+		e := j.at(pos)
+		if e.pend&bit != 0 {
+			e.pend &^= bit
+			lost(e)
+			n++
+		}
+	}
+	return n
+}
+
+// Buffers for entry data, by size class, so the write path does not
+// allocate per write.
+var bufPools = [...]struct {
+	size int
+	pool sync.Pool
+}{{size: 4 << 10}, {size: 64 << 10}, {size: protocol.MaxData}}
+
+func getBuf(n int) ([]byte, *[]byte) {
+	for i := range bufPools {
+		c := &bufPools[i]
+		if n <= c.size {
+			if b, ok := c.pool.Get().(*[]byte); ok {
+				return (*b)[:n], b
+			}
+			b := make([]byte, c.size)
+			return b[:n], &b
+		}
+	}
+	b := make([]byte, n)
+	return b, nil
+}
+
+func putBuf(b *[]byte) {
+	if b == nil {
+		return
+	}
+	for i := range bufPools {
+		c := &bufPools[i]
+		if cap(*b) == c.size {
+			c.pool.Put(b)
+			return
+		}
+	}
+}

@@ -1,0 +1,612 @@
+// Package replica is the replication engine: roles, per-peer connections,
+// the journal and write path, resync, and generation identifiers. A Node
+// serves the nbd.Device interface over a local Store and replicates every
+// write to its peers.
+//
+// The decisions (who may be promoted, how two nodes' data relate on connect,
+// who resyncs from whom, when a write may complete) are plain functions in
+// decide.go; the goroutines that move bytes live around them.
+//
+// Concurrency: Node.mu guards the role, the superblock copy, the journal and
+// every peer's state. Store, meta-file and socket I/O happen outside it,
+// except the rare superblock updates (role and generation changes), which
+// are made durable under it so no write can slip past them.
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/protocol"
+)
+
+// PeerConfig names a node of the resource. Addr is its replication listen
+// address (host:port).
+type PeerConfig struct {
+	ID   uint8
+	Name string
+	Addr string
+}
+
+// Config configures a Node.
+type Config struct {
+	Resource    string
+	Size        int64
+	Protocol    Protocol // 'A' or 'C' (default C)
+	Granularity int64    // bitmap block, default 4096
+	Self        PeerConfig
+	Peers       []PeerConfig // the other nodes, at most 63
+	MetaPath    string       // this node's meta file
+	// Secret is the shared secret for the peers' mutual HMAC
+	// authentication. The handshake always runs; an empty secret is an
+	// empty HMAC key (fine for tests, not for production).
+	Secret           []byte
+	Timeout          time.Duration // peer ack timeout, default 5s
+	ConnectInterval  time.Duration // reconnect backoff base, default 200ms (max 5s)
+	JournalBytes     int64         // default 64 MiB
+	OnCongestion     string        // "block" (default) or "pull-ahead"
+	Compression      string        // "none" (default), "s2", "zstd"
+	CompressionLevel int
+	Logger           *slog.Logger // nil: discard
+	OnEvent          func(Event)  // every state change; called without locks held, in order
+}
+
+// Node is one node's replica of a resource.
+type Node struct {
+	cfg       Config
+	st        Store
+	meta      *bitmap.Meta
+	log       *slog.Logger
+	codec     protocol.Codec
+	pullAhead bool
+
+	peers  []*peer
+	byName map[string]*peer
+
+	mu             sync.Mutex
+	cond           *sync.Cond // journal space, role changes
+	sb             bitmap.Superblock
+	role           Role
+	demoting       bool
+	closed         bool
+	crashedPrimary bool
+	nextSeq        uint64
+	j              journal
+	inflight       []*entry // entries not yet local, in seq order (overlap checks)
+	writing        int      // application writes between submit and completion
+	writes         int64
+	recvMask       uint64        // peers that receive the primary's writes (Receiving)
+	recvAtomic     atomic.Uint64 // recvMask, for the appliers
+	evq            []Event
+
+	evMu sync.Mutex // serializes OnEvent calls
+
+	runCtx    context.Context
+	runCancel context.CancelFunc
+	running   atomic.Bool
+	wg        sync.WaitGroup
+	ln        net.Listener
+}
+
+// Open opens (or creates) the meta file and returns a Node over st. It
+// starts no goroutines; call Run.
+func Open(cfg Config, st Store) (*Node, error) {
+	if cfg.Protocol == 0 {
+		cfg.Protocol = ProtocolC
+	}
+	if cfg.Protocol != ProtocolA && cfg.Protocol != ProtocolC {
+		return nil, fmt.Errorf("protocol %q: use A or C", cfg.Protocol)
+	}
+	if cfg.Granularity == 0 {
+		cfg.Granularity = 4096
+	}
+	if cfg.Size <= 0 || cfg.Size != st.Size() {
+		return nil, fmt.Errorf("size %d does not match the backing store's %d bytes", cfg.Size, st.Size())
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.ConnectInterval <= 0 {
+		cfg.ConnectInterval = 200 * time.Millisecond
+	}
+	if cfg.JournalBytes <= 0 {
+		cfg.JournalBytes = 64 << 20
+	}
+	switch cfg.OnCongestion {
+	case "", "block", "pull-ahead":
+	default:
+		return nil, fmt.Errorf("on-congestion %q: use block or pull-ahead", cfg.OnCongestion)
+	}
+	codec, err := protocol.ParseCodec(cfg.Compression)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Peers) > 63 {
+		return nil, fmt.Errorf("%d peers: at most 63", len(cfg.Peers))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	n := &Node{
+		cfg:       cfg,
+		st:        st,
+		log:       cfg.Logger.With("resource", cfg.Resource, "node", cfg.Self.Name),
+		codec:     codec,
+		pullAhead: cfg.OnCongestion == "pull-ahead",
+		byName:    map[string]*peer{},
+		nextSeq:   1,
+	}
+	n.cond = sync.NewCond(&n.mu)
+	n.j.max = cfg.JournalBytes
+	seen := map[uint8]bool{cfg.Self.ID: true}
+	for i, pc := range cfg.Peers {
+		if seen[pc.ID] {
+			return nil, fmt.Errorf("node id %d of peer %s is used twice", pc.ID, pc.Name)
+		}
+		seen[pc.ID] = true
+		p := &peer{n: n, idx: i, bit: 1 << uint(i), cfg: pc, conn: Connecting,
+			incoming: make(chan *protocol.Conn, 1), kick: make(chan struct{}, 1)}
+		n.peers = append(n.peers, p)
+		n.byName[pc.Name] = p
+	}
+	m, created, err := bitmap.OpenOrCreate(cfg.MetaPath, bitmap.Identity{
+		Resource: cfg.Resource, Size: cfg.Size, Granularity: cfg.Granularity,
+		NodeID: cfg.Self.ID, MaxPeers: max(8, len(cfg.Peers)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
+	}
+	n.meta = m
+	err = m.UpdateSuperblock(func(sb *bitmap.Superblock) {
+		for _, p := range n.peers {
+			if _, e := sb.AssignSlot(p.cfg.ID); e != nil && err == nil {
+				err = e
+			}
+		}
+		sb.Flags &^= bitmap.FlagCleanShutdown
+	})
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
+	}
+	n.sb = m.Superblock()
+	for _, p := range n.peers {
+		p.slot = n.sb.SlotOf(p.cfg.ID)
+		p.bm = m.Bitmap(p.slot)
+	}
+	if n.sb.Flags&bitmap.FlagPrimary != 0 {
+		// Crashed as Primary: whatever was in flight may be missing on
+		// the peers; the activity log says where.
+		n.crashedPrimary = true
+		marked := m.MarkHotOutOfSync()
+		n.log.Warn("node crashed as Primary: marked the activity log's hot extents out of sync", "bytes", marked)
+		if err := n.persist(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagPrimary }); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	n.log.Info("opened", "created", created, "disk", n.sb.Disk, "current", uuidString(n.sb.GI.Current), "protocol", cfg.Protocol)
+	return n, nil
+}
+
+// persist applies fn to the superblock durably and refreshes the copy.
+// Called with n.mu held (or before Run).
+func (n *Node) persist(fn func(*bitmap.Superblock)) error {
+	if err := n.meta.UpdateSuperblock(fn); err != nil {
+		n.log.Error("meta data update failed", "err", err)
+		return fmt.Errorf("persist meta data: %w", err)
+	}
+	old := n.sb.Disk
+	n.sb = n.meta.Superblock()
+	if old != n.sb.Disk {
+		n.event("disk", "", old.String(), n.sb.Disk.String(), "")
+	}
+	return nil
+}
+
+// event queues an event; n.mu held. Events are delivered by flushEvents.
+func (n *Node) event(kind, peer, old, new, msg string) {
+	if n.cfg.OnEvent == nil {
+		return
+	}
+	n.evq = append(n.evq, Event{Time: time.Now(), Kind: kind, Peer: peer, Old: old, New: new, Message: msg})
+}
+
+// unlock releases n.mu and delivers queued events.
+func (n *Node) unlock() {
+	if len(n.evq) == 0 {
+		n.mu.Unlock()
+		return
+	}
+	evs := n.evq
+	n.evq = nil
+	n.evMu.Lock()
+	n.mu.Unlock()
+	for _, e := range evs {
+		n.cfg.OnEvent(e)
+	}
+	n.evMu.Unlock()
+}
+
+func newUUID() uint64 {
+	for {
+		if u := mrand.Uint64(); u != 0 {
+			return u
+		}
+	}
+}
+
+// Run serves the peer listener, dials peers and runs every connection until
+// ctx is done or Close is called. It returns after all its goroutines
+// exited.
+func (n *Node) Run(ctx context.Context) error {
+	if !n.running.CompareAndSwap(false, true) {
+		return errors.New("replica: Run called twice")
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return ErrClosed
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	n.runCtx, n.runCancel = ctx, cancel
+	n.mu.Unlock()
+	defer cancel()
+	ln, err := net.Listen("tcp", n.cfg.Self.Addr)
+	if err != nil {
+		return fmt.Errorf("listen for peers on %s: %w", n.cfg.Self.Addr, err)
+	}
+	n.ln = ln
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for _, p := range n.peers {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			p.run(ctx)
+		}()
+	}
+	n.accept(ctx, ln)
+	n.wg.Wait()
+	return nil
+}
+
+// ListenAddr is the peer listener's address once Run started (for tests
+// that listen on port 0).
+func (n *Node) ListenAddr() string {
+	if n.ln == nil {
+		return ""
+	}
+	return n.ln.Addr().String()
+}
+
+// Close stops Run's goroutines, waits for in-flight writes, flushes the
+// store and meta data, and closes both.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	for n.writing > 0 {
+		n.cond.Wait()
+	}
+	cancel := n.runCancel
+	n.cond.Broadcast()
+	n.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	n.wg.Wait()
+	err := n.st.Flush(context.Background())
+	n.mu.Lock()
+	if e := n.persist(func(sb *bitmap.Superblock) {
+		sb.Flags &^= bitmap.FlagPrimary
+		sb.Flags |= bitmap.FlagCleanShutdown
+	}); e != nil && err == nil {
+		err = e
+	}
+	n.unlock()
+	n.meta.ReleaseIdle(context.Background())
+	if e := n.meta.Close(); e != nil && err == nil {
+		err = e
+	}
+	if e := n.st.Close(); e != nil && err == nil {
+		err = e
+	}
+	return err
+}
+
+// Size is the device size.
+func (n *Node) Size() int64 { return n.cfg.Size }
+
+// peerViews builds the promote decision's input; n.mu held.
+func (n *Node) peerViews() []PeerView {
+	v := make([]PeerView, len(n.peers))
+	for i, p := range n.peers {
+		v[i] = PeerView{Name: p.cfg.Name, Connected: p.conn == Connected, Role: p.peerRole, Repl: p.repl,
+			Newer: p.conn == Connected && p.verdict.Rel == RelPeerNewer}
+	}
+	return v
+}
+
+// Promote makes this node Primary. Without force it refuses a disk that is
+// not UpToDate; it always refuses while a connected peer is Primary.
+func (n *Node) Promote(force bool) error {
+	n.mu.Lock()
+	defer n.unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	if n.role == Primary && !n.demoting {
+		return nil
+	}
+	if n.demoting {
+		return fmt.Errorf("%w: a demote is in progress; wait for it to finish", ErrRefused)
+	}
+	if err := CanPromote(force, n.sb.Disk, n.peerViews()); err != nil {
+		return err
+	}
+	wasConsistent := n.sb.Disk == UpToDate
+	away := make([]bool, len(n.sb.GI.Bitmap))
+	rotate := !wasConsistent || n.sb.GI.Current == 0
+	for _, p := range n.peers {
+		if !Receiving(p.conn, p.repl) || !wasConsistent {
+			away[p.slot] = true
+			rotate = true
+		}
+	}
+	err := n.persist(func(sb *bitmap.Superblock) {
+		if rotate {
+			sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
+		}
+		sb.Disk = UpToDate
+		sb.Flags |= bitmap.FlagPrimary
+		sb.Flags &^= bitmap.FlagResyncTarget
+	})
+	if err != nil {
+		return err
+	}
+	if !wasConsistent {
+		// Our data is now the truth: every peer needs all of it.
+		for _, p := range n.peers {
+			p.bm.SetAll()
+		}
+		n.meta.FlushBitmaps()
+	}
+	n.role = Primary
+	n.recomputeLocked()
+	n.log.Info("promoted to Primary", "force", force, "current", uuidString(n.sb.GI.Current))
+	n.event("role", "", Secondary.String(), Primary.String(), "")
+	for _, p := range n.peers {
+		if p.conn != Connected {
+			continue
+		}
+		if p.repl == PausedSync || !wasConsistent || (p.repl == Established && p.bm.Count() > 0) {
+			// Re-plan the connection with this node as Primary.
+			p.restartLocked("re-planning the connection after promote")
+			continue
+		}
+		p.sendStateLocked(0)
+	}
+	return nil
+}
+
+// Demote makes this node Secondary: new writes are refused at once,
+// in-flight ones complete, everything is flushed (to the peers too), then
+// the role changes.
+func (n *Node) Demote() error {
+	n.mu.Lock()
+	if err := CanDemote(n.role); err != nil || n.demoting {
+		n.mu.Unlock()
+		if err == nil {
+			err = fmt.Errorf("%w: a demote is already in progress", ErrRefused)
+		}
+		return err
+	}
+	n.demoting = true
+	for n.writing > 0 {
+		n.cond.Wait()
+	}
+	n.mu.Unlock()
+	ferr := n.flush(context.Background(), true)
+	n.mu.Lock()
+	defer n.unlock()
+	n.demoting = false
+	n.role = Secondary
+	err := n.persist(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagPrimary })
+	n.recomputeLocked()
+	n.cond.Broadcast()
+	n.log.Info("demoted to Secondary")
+	n.event("role", "", Primary.String(), Secondary.String(), "")
+	for _, p := range n.peers {
+		if p.conn == Connected {
+			p.sendStateLocked(0)
+		}
+	}
+	go n.meta.ReleaseIdle(context.Background())
+	if ferr != nil {
+		n.log.Warn("flush during demote failed", "err", ferr)
+	}
+	return err
+}
+
+func (n *Node) peerByName(name string) (*peer, error) {
+	p := n.byName[name]
+	if p == nil {
+		return nil, fmt.Errorf("%w: %q is not a peer of resource %s", ErrUnknownPeer, name, n.cfg.Resource)
+	}
+	return p, nil
+}
+
+// Connect (re)enables the connection to peer. With discardMyData this node
+// gives up its changes and becomes the peer's sync target (the victim's
+// side of a split-brain resolution).
+func (n *Node) Connect(name string, discardMyData bool) error {
+	p, err := n.peerByName(name)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.unlock()
+	if discardMyData && n.role == Primary {
+		return fmt.Errorf("%w: this node is Primary and cannot discard its data; demote it first", ErrRefused)
+	}
+	if p.conn == Connected && !discardMyData {
+		return nil
+	}
+	p.discard = discardMyData
+	p.splitBrain = false
+	if p.conn == StandAlone {
+		p.setConnLocked(Connecting, "")
+	}
+	if p.sess != nil && discardMyData {
+		p.restartLocked("connect --discard-my-data")
+	}
+	p.kickLocked()
+	return nil
+}
+
+// Disconnect drops the connection to peer and keeps it down (StandAlone)
+// until Connect.
+func (n *Node) Disconnect(name string) error {
+	p, err := n.peerByName(name)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.unlock()
+	p.setConnLocked(StandAlone, "disconnected by the operator")
+	if p.sess != nil {
+		p.sess.cancel()
+	}
+	p.kickLocked()
+	return nil
+}
+
+// NewCurrentUUID starts a new data generation. With clearBitmap (DRBD's
+// new-current-uuid --clear-bitmap) it declares the data of every connected
+// node identical: this node and the connected peers become UpToDate with
+// the new UUID and empty bitmaps, skipping the initial full sync of
+// brand-new empty disks. Refused on a Primary, and while a peer is syncing.
+func (n *Node) NewCurrentUUID(clearBitmap bool) error {
+	n.mu.Lock()
+	defer n.unlock()
+	if n.role == Primary && clearBitmap {
+		return fmt.Errorf("%w: new-current-uuid --clear-bitmap is for fresh, idle resources; demote first", ErrRefused)
+	}
+	for _, p := range n.peers {
+		if p.conn == Connected && p.peerRole == Primary {
+			return fmt.Errorf("%w: peer %s is Primary; run it there", ErrRefused, p.cfg.Name)
+		}
+		if p.conn == Connected && p.repl != Established && p.repl != PausedSync {
+			return fmt.Errorf("%w: peer %s is %s; wait for it to finish", ErrRefused, p.cfg.Name, p.repl)
+		}
+	}
+	u := newUUID()
+	err := n.persist(func(sb *bitmap.Superblock) {
+		if sb.GI.Current != 0 {
+			sb.GI.History = [2]uint64{sb.GI.Current, sb.GI.History[0]}
+		}
+		sb.GI.Current = u
+		if clearBitmap {
+			sb.Disk = UpToDate
+			for _, p := range n.peers {
+				if p.conn == Connected {
+					sb.GI.Bitmap[p.slot] = 0
+				}
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range n.peers {
+		if p.conn != Connected {
+			continue
+		}
+		if clearBitmap {
+			p.bm.ClearAll()
+			p.peerDisk = UpToDate
+			if p.repl == PausedSync {
+				p.setReplLocked(Established)
+			}
+		}
+		var f uint8
+		if clearBitmap {
+			f = protocol.StateNewUUID
+		}
+		p.sendStateLocked(f)
+	}
+	n.recomputeLocked()
+	n.meta.FlushBitmaps()
+	n.log.Info("new current UUID", "current", uuidString(u), "clear_bitmap", clearBitmap)
+	return nil
+}
+
+// Status returns a snapshot of the node's state.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := Status{
+		Resource: n.cfg.Resource, Node: n.cfg.Self.Name, NodeID: n.cfg.Self.ID, Role: n.role,
+		Disk: n.sb.Disk.String(), Protocol: n.cfg.Protocol, Size: n.cfg.Size,
+		CurrentUUID: uuidString(n.sb.GI.Current), JournalBytes: n.j.bytes, JournalMax: n.j.max,
+		Writes: n.writes, Peers: []PeerStatus{},
+	}
+	for _, p := range n.peers {
+		ps := PeerStatus{
+			Name: p.cfg.Name, NodeID: p.cfg.ID, Address: p.cfg.Addr, Connection: p.conn, Replication: p.repl,
+			OutOfSyncKiB: p.bm.DirtyBytes() / 1024, BitmapUUID: uuidString(n.sb.GI.Bitmap[p.slot]),
+			SplitBrain: p.splitBrain, LastError: p.lastErr,
+			BytesSent: p.sentBytes.Load(), BytesReceived: p.recvBytes.Load(), BadFrames: p.badFrames.Load(),
+			Connects: p.connects, Resyncs: p.resyncs, ResyncedBytes: p.resynced.Load(),
+		}
+		if p.conn == Connected {
+			ps.Role = p.peerRole.String()
+			ps.Disk = p.peerDisk.String()
+		}
+		if p.repl == SyncSource || p.repl == SyncTarget {
+			total := max(p.syncTotal, 1)
+			left := p.bm.DirtyBytes()
+			pct := 100 * float64(total-min(left, total)) / float64(total)
+			ps.SyncPercent = &pct
+		}
+		s.Peers = append(s.Peers, ps)
+	}
+	return s
+}
+
+// recomputeLocked refreshes the mask of peers that receive writes; n.mu
+// held.
+func (n *Node) recomputeLocked() {
+	var m uint64
+	for _, p := range n.peers {
+		if Receiving(p.conn, p.repl) {
+			m |= p.bit
+		}
+	}
+	n.recvMask = m
+	n.recvAtomic.Store(m)
+	n.cond.Broadcast()
+}
+
+// errNotPrimary is what I/O on a non-primary returns: EPERM for NBD.
+func (n *Node) errNotPrimary(op string) error {
+	return fmt.Errorf("%s on %s: %w (%w): this node is %s; promote it to write", op, n.cfg.Self.Name, ErrNotPrimary, syscall.EPERM, n.role)
+}

@@ -1,0 +1,417 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"syscall"
+
+	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/protocol"
+)
+
+// The path of a write on the Primary (see DESIGN.md):
+//
+//  1. start: make the activity-log extent hot, take the next sequence
+//     number, note the earlier in-flight entries it overlaps, append it to
+//     the journal (waiting for room, or pulling ahead), mark the bitmap of
+//     every peer that does not receive it, and wake the shippers;
+//  2. local: wait for the overlapped entries, then write to the store,
+//     concurrently with the shippers streaming the journal;
+//  3. complete: protocol A once local; protocol C once local and every
+//     peer that was sent the write acked it or was dropped (and marked).
+//
+// The entry leaves the journal, and its activity-log reference is released,
+// once it is local and no peer still owes an ack.
+
+// ReadAt reads from the local store. A node whose disk is not UpToDate
+// refuses (its data may be a mix of generations).
+func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
+	n.mu.Lock()
+	disk := n.sb.Disk
+	n.mu.Unlock()
+	if disk != UpToDate {
+		return fmt.Errorf("read on %s: local disk is %s, its data is not consistent; read from the Primary (%w)", n.cfg.Self.Name, disk, syscall.EIO)
+	}
+	return n.st.ReadAt(ctx, p, off)
+}
+
+// WriteAt writes p at off and replicates it. Only on a Primary.
+func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	var f protocol.Flags
+	if fua {
+		f = protocol.FlagFUA
+	}
+	return n.write(ctx, "write", off, int64(len(p)), p, f)
+}
+
+// Trim discards a range and replicates the discard.
+func (n *Node) Trim(ctx context.Context, off, length int64, fua bool) error {
+	f := protocol.FlagTrim
+	if fua {
+		f |= protocol.FlagFUA
+	}
+	return n.write(ctx, "trim", off, length, nil, f)
+}
+
+// WriteZeroes zeroes a range and replicates it.
+func (n *Node) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
+	f := protocol.FlagZeroes
+	if noHole {
+		f |= protocol.FlagNoHole
+	}
+	if fua {
+		f |= protocol.FlagFUA
+	}
+	return n.write(ctx, "write zeroes", off, length, nil, f)
+}
+
+// maxRange bounds the range of one trim/zeroes entry (it must fit the
+// activity log comfortably).
+const maxRange = 64 << 20
+
+func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte, f protocol.Flags) error {
+	if off < 0 || length < 0 || off+length > n.cfg.Size {
+		return fmt.Errorf("%s %d+%d: beyond the device size %d (%w)", op, off, length, n.cfg.Size, syscall.EINVAL)
+	}
+	if length == 0 {
+		return nil
+	}
+	n.mu.Lock()
+	if n.role != Primary || n.demoting || n.closed {
+		n.mu.Unlock()
+		return n.errNotPrimary(op)
+	}
+	n.writing++
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.writing--
+		if n.writing == 0 {
+			n.cond.Broadcast()
+		}
+		n.mu.Unlock()
+	}()
+	chunk := int64(protocol.MaxData)
+	if p == nil {
+		chunk = maxRange
+	}
+	var one [1]*entry
+	ents := one[:0]
+	var err error
+	for done := int64(0); done < length && err == nil; {
+		c := min(chunk, length-done)
+		var data []byte
+		if p != nil {
+			data = p[done : done+c]
+		}
+		var e *entry
+		e, err = n.start(ctx, kWrite, off+done, c, data, f, 0)
+		if err != nil {
+			break
+		}
+		n.local(ctx, e)
+		ents = append(ents, e)
+		done += c
+	}
+	for _, e := range ents {
+		if e.err != nil && err == nil {
+			err = e.err
+		}
+		if n.cfg.Protocol == ProtocolC {
+			select {
+			case <-e.doneCh:
+			case <-ctx.Done():
+				if err == nil {
+					err = ctx.Err()
+				}
+			}
+		}
+	}
+	return err
+}
+
+// start puts an entry into the journal. For kResync the entry goes to peer
+// only and is not ready until read by local.
+func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*entry, error) {
+	if k == kWrite {
+		if err := n.meta.Activate(ctx, off, length); err != nil {
+			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
+		}
+	}
+	e := &entry{kind: k, flags: f, off: off, n: length, localCh: make(chan struct{}), doneCh: make(chan struct{})}
+	e.size = entryOverhead + int64(len(src))
+	if k == kResync {
+		e.size = entryOverhead + length
+		e.data, e.buf = getBuf(int(length))
+	} else if len(src) > 0 {
+		e.data, e.buf = getBuf(len(src))
+		copy(e.data, src)
+	}
+	n.mu.Lock()
+	for {
+		var err error
+		switch {
+		case n.closed:
+			err = ErrClosed
+		case k == kWrite && n.role != Primary:
+			err = n.errNotPrimary("write")
+		case k == kResync && n.recvMask&only == 0:
+			err = errResyncStopped
+		}
+		if err != nil {
+			n.mu.Unlock()
+			putBuf(e.buf)
+			if k == kWrite {
+				n.meta.Complete(off, length)
+			}
+			return nil, err
+		}
+		if k == kResync {
+			// Resync gets half the journal, so application writes are not
+			// starved.
+			if n.j.bytes == 0 || n.j.bytes+e.size <= n.j.max/2 {
+				break
+			}
+		} else if !n.j.full(e.size) {
+			break
+		} else if n.pullAhead && n.cfg.Protocol == ProtocolA && n.pullAheadLocked() && !n.j.full(e.size) {
+			break
+		}
+		n.cond.Wait()
+	}
+	if k == kWrite && n.recvMask != n.allMask() {
+		if err := n.rotateIfNeededLocked(); err != nil {
+			n.mu.Unlock()
+			putBuf(e.buf)
+			n.meta.Complete(off, length)
+			return nil, err
+		}
+	}
+	e.seq = n.nextSeq
+	n.nextSeq++
+	switch k {
+	case kWrite:
+		e.ship = n.recvMask
+		n.writes++
+		for _, p := range n.peers {
+			if e.ship&p.bit == 0 {
+				p.bm.Set(off, length)
+			}
+		}
+		e.ready = true
+	case kResync:
+		e.ship = only
+	}
+	e.pend = e.ship
+	for _, x := range n.inflight {
+		if x.overlaps(off, length) {
+			e.deps = append(e.deps, x)
+		}
+	}
+	n.inflight = append(n.inflight, e)
+	n.j.push(e)
+	n.wakeLocked(e.ship)
+	n.mu.Unlock()
+	return e, nil
+}
+
+var errResyncStopped = fmt.Errorf("resync stopped")
+
+func (n *Node) allMask() uint64 {
+	return uint64(1)<<uint(len(n.peers)) - 1
+}
+
+// rotateIfNeededLocked starts a new current UUID if a peer that will miss
+// this write has no bitmap UUID yet; n.mu held.
+func (n *Node) rotateIfNeededLocked() error {
+	bms := n.sb.GI.Bitmap
+	recv := make([]bool, len(bms))
+	for i := range recv {
+		recv[i] = true
+	}
+	for _, p := range n.peers {
+		recv[p.slot] = n.recvMask&p.bit != 0
+	}
+	if !NeedRotate(bms, recv) {
+		return nil
+	}
+	away := make([]bool, len(recv))
+	for i := range recv {
+		away[i] = !recv[i]
+	}
+	err := n.persist(func(sb *bitmap.Superblock) {
+		sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
+	})
+	if err != nil {
+		return err
+	}
+	n.log.Info("new current UUID: writing while a peer is away", "current", uuidString(n.sb.GI.Current))
+	for _, p := range n.peers {
+		if p.conn == Connected {
+			p.sendStateLocked(0)
+		}
+	}
+	return nil
+}
+
+// wakeLocked wakes the shippers of the peers in mask.
+func (n *Node) wakeLocked(mask uint64) {
+	for _, p := range n.peers {
+		if mask&p.bit != 0 && p.sess != nil {
+			p.sess.wakeUp()
+		}
+	}
+}
+
+// local performs an entry's local part: wait for the earlier entries it
+// overlaps, then write (or, for resync, read) the store.
+func (n *Node) local(ctx context.Context, e *entry) {
+	for _, d := range e.deps {
+		<-d.localCh
+	}
+	e.deps = nil
+	var err error
+	fua := e.flags&protocol.FlagFUA != 0
+	switch {
+	case e.kind == kResync:
+		err = n.st.ReadAt(ctx, e.data, e.off)
+		if err == nil && allZero(e.data) {
+			// All-zero blocks travel as a zeroes range, without data.
+			e.flags |= protocol.FlagZeroes
+			putBuf(e.buf)
+			e.data, e.buf = nil, nil
+		}
+	case e.flags&protocol.FlagTrim != 0:
+		err = n.st.Trim(ctx, e.off, e.n, fua)
+	case e.flags&protocol.FlagZeroes != 0:
+		err = n.st.WriteZeroes(ctx, e.off, e.n, e.flags&protocol.FlagNoHole != 0, fua)
+	default:
+		err = n.st.WriteAt(ctx, e.data, e.off, fua)
+	}
+	n.mu.Lock()
+	if err != nil {
+		e.err = err
+		n.log.Error("local I/O failed", "off", e.off, "len", e.n, "err", err)
+	}
+	if e.kind == kResync && e.data == nil && e.size > entryOverhead {
+		n.j.bytes -= e.size - entryOverhead
+		e.size = entryOverhead
+	}
+	e.local = true
+	e.ready = true
+	close(e.localCh)
+	if i := slices.Index(n.inflight, e); i >= 0 {
+		n.inflight = slices.Delete(n.inflight, i, i+1)
+	}
+	n.maybeDoneLocked(e)
+	n.j.trim()
+	if e.kind == kResync {
+		n.wakeLocked(e.ship)
+	}
+	n.mu.Unlock()
+}
+
+var zeros = make([]byte, protocol.MaxData)
+
+func allZero(b []byte) bool {
+	for len(b) > 0 {
+		c := min(len(b), len(zeros))
+		if !bytes.Equal(b[:c], zeros[:c]) {
+			return false
+		}
+		b = b[c:]
+	}
+	return true
+}
+
+// maybeDoneLocked completes an entry that is local and owes no acks, and
+// frees it once no shipper holds it; n.mu held. The caller trims the
+// journal.
+func (n *Node) maybeDoneLocked(e *entry) {
+	if !e.closed && e.local && e.pend == 0 {
+		e.closed = true
+		close(e.doneCh)
+	}
+	if e.closed && e.refs == 0 && !e.freed {
+		e.freed = true
+		n.j.bytes -= e.size
+		putBuf(e.buf)
+		e.buf, e.data = nil, nil
+		if e.kind == kWrite {
+			n.meta.Complete(e.off, e.n)
+		}
+		n.cond.Broadcast()
+	}
+}
+
+// pullAheadLocked stops shipping to the peers that hold the oldest journal
+// entries (protocol A, on-congestion pull-ahead): their share is marked in
+// their bitmaps and they are resynced once the journal drains. It reports
+// whether it freed anything; n.mu held.
+func (n *Node) pullAheadLocked() bool {
+	for pos := n.j.base; pos < n.j.end(); pos++ {
+		e := n.j.at(pos)
+		if e.freed || e.pend == 0 {
+			continue
+		}
+		for _, p := range n.peers {
+			if e.pend&p.bit != 0 && p.repl != Ahead {
+				p.goAheadLocked()
+			}
+		}
+		n.j.trim()
+		return true
+	}
+	return false
+}
+
+// Flush makes every write completed before it durable: locally, and under
+// protocol C on every peer that receives writes (a barrier each peer acks
+// after its own fdatasync). Under protocol A the barrier is sent but not
+// awaited: a flush is local only. On a Secondary it flushes the store.
+func (n *Node) Flush(ctx context.Context) error {
+	n.mu.Lock()
+	primary := n.role == Primary
+	n.mu.Unlock()
+	if !primary {
+		return n.st.Flush(ctx)
+	}
+	return n.flush(ctx, n.cfg.Protocol == ProtocolC)
+}
+
+func (n *Node) flush(ctx context.Context, wait bool) error {
+	b := n.barrier(0)
+	err := n.st.Flush(ctx)
+	if wait && b != nil {
+		select {
+		case <-b.doneCh:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+// barrier appends a barrier for the receiving peers (or for only, if not
+// zero); nil if no peer would get it.
+func (n *Node) barrier(only uint64) *entry {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	mask := n.recvMask
+	if only != 0 {
+		mask &= only
+	}
+	if mask == 0 || n.closed {
+		return nil
+	}
+	e := &entry{kind: kBarrier, seq: n.nextSeq, ship: mask, pend: mask, ready: true, local: true,
+		size: entryOverhead, localCh: closedCh, doneCh: make(chan struct{})}
+	n.nextSeq++
+	n.j.push(e)
+	n.wakeLocked(mask)
+	return e
+}
+
+var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
