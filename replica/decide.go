@@ -148,6 +148,13 @@ func Plan(v Verdict, me, peer Side, dirty bool) Repl {
 	if v.Rel == RelInSync && !dirty && !v.Full {
 		return Established
 	}
+	if v.Rel == RelInSync && !v.Full && me.Role != Primary && peer.Role != Primary &&
+		!me.CrashedPrimary && !peer.CrashedPrimary && me.Disk == UpToDate && peer.Disk == UpToDate {
+		// Two secondaries of the same generation: their marks only
+		// tracked writes both received from the Primary while they were
+		// apart from each other. Nothing to sync; the caller clears them.
+		return Established
+	}
 	src, dst := peer, me
 	if v.SourceIsMe {
 		src, dst = me, peer

@@ -473,6 +473,9 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 			return err
 		}
 	}
+	if plan == Established && v.Rel == RelInSync && n.role == Secondary && them.Role == Secondary {
+		p.bm.ClearAll()
+	}
 	if plan == Established && n.role == Primary && p.bm.Count() > 0 {
 		plan = SyncSource // written to while we were negotiating
 	}
@@ -659,6 +662,8 @@ func (s *session) send() error {
 		n.mu.Lock()
 		batch = batch[:0]
 		var bytes int
+		// Entries before the journal's head are freed: none waits for us.
+		p.cursor = max(p.cursor, n.j.base)
 		for p.cursor < n.j.end() && len(batch) < 1024 && bytes < 4<<20 {
 			e := n.j.at(p.cursor)
 			if e.ship&p.bit != 0 && e.pend&p.bit != 0 {
@@ -911,17 +916,41 @@ func (p *peer) onState(st *protocol.State) error {
 		}
 		return nil
 	}
+	// Two secondaries that were apart now share a generation (one of them
+	// finished a resync from the Primary): they are in sync.
+	if p.repl == PausedSync && role == Secondary && n.role == Secondary && st.Current == n.sb.GI.Current &&
+		disk == UpToDate && n.sb.Disk == UpToDate {
+		p.bm.ClearAll()
+		p.setReplLocked(Established)
+		p.sendStateLocked(0)
+		if n.sb.GI.Bitmap[p.slot] != 0 {
+			return n.persist(func(sb *bitmap.Superblock) { sb.GI.Bitmap[p.slot] = 0 })
+		}
+		return nil
+	}
 	// In sync with a Primary that started a new generation: follow it.
 	if role == Primary && p.repl == Established && n.sb.Disk == UpToDate && st.Current != 0 && st.Current != n.sb.GI.Current {
 		away := make([]bool, len(n.sb.GI.Bitmap))
 		for _, q := range n.peers {
 			away[q.slot] = q != p && !(q.conn == Connected && q.repl == Established)
 		}
-		return n.persist(func(sb *bitmap.Superblock) {
+		err := n.persist(func(sb *bitmap.Superblock) {
 			sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, st.Current)
 		})
+		n.broadcastStateLocked(p)
+		return err
 	}
 	return nil
+}
+
+// broadcastStateLocked sends our State to every connected peer but except;
+// n.mu held.
+func (n *Node) broadcastStateLocked(except *peer) {
+	for _, q := range n.peers {
+		if q != except && q.conn == Connected {
+			q.sendStateLocked(0)
+		}
+	}
 }
 
 // onResyncDone ends a resync on the target: every block the source had
@@ -949,6 +978,6 @@ func (p *peer) onResyncDone(current uint64) error {
 	n.meta.FlushBitmaps()
 	p.setReplLocked(Established)
 	n.log.Info("resync finished: UpToDate", "source", p.cfg.Name, "current", uuidString(current))
-	p.sendStateLocked(0)
+	n.broadcastStateLocked(nil)
 	return nil
 }
