@@ -127,8 +127,9 @@ func newMeta(f file, path string, sb Superblock, slot int, instance uint64) *Met
 }
 
 // Open opens the meta file at path, which must belong to id: same resource,
-// size, granularity and node id (and MaxPeers, ALExtentSize, ALExtents where
-// id gives them), else a *MismatchError (errors.Is ErrMismatch). A file with no
+// size and node id, and the same Granularity, MaxPeers, ALExtentSize and
+// ALExtents where id gives them (non-zero), else a *MismatchError
+// (errors.Is ErrMismatch) naming the field. A file with no
 // superblock is ErrNotMeta; one whose superblocks are all damaged, or that is
 // shorter than its layout, is ErrCorrupt. The bitmaps are loaded and the
 // activity log holds what was hot when the file was last written.

@@ -2,6 +2,7 @@ package bitmap
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 func testID() Identity {
@@ -175,8 +178,19 @@ func TestOpenMismatch(t *testing.T) {
 	if want := `is for resource "r0", not "r1"`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("message %q lacks %q", err, want)
 	}
-	// Another format version, in both slots.
+	// A newer format version in one slot (checksum good) beats ours in the
+	// other: ours is stale.
 	raw, _ := os.ReadFile(path)
+	conv := slices.Clone(raw)
+	slot1 := conv[sbSlotBytes : 2*sbSlotBytes]
+	copy(slot1, raw[:sbSlotBytes])
+	slot1[sbOffVersion] = 2
+	binary.LittleEndian.PutUint64(slot1[sbOffChecksum:], xxhash.Sum64(slot1[:sbOffChecksum]))
+	os.WriteFile(path, conv, 0o600)
+	if _, err := Open(path, id); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "format version 2") {
+		t.Errorf("newer version in one slot: %v", err)
+	}
+	// Another format version, in both slots, checksums unverifiable.
 	for s := 0; s < 2; s++ {
 		raw[s*sbSlotBytes+sbOffVersion] = 2
 	}

@@ -57,6 +57,7 @@ const (
 	DefaultALExtents = 1237
 	DefaultALExtent  = 4 << 20
 	DefaultGranule   = 4096
+	MaxSize          = 1 << 60 // device bytes
 )
 
 // Sentinel errors of Open and Create, for errors.Is.
@@ -196,8 +197,8 @@ func (id Identity) validate() error {
 	switch {
 	case id.Resource == "" || len(id.Resource) > maxResource || strings.IndexByte(id.Resource, 0) >= 0:
 		return fmt.Errorf("resource name %q must be 1 to %d bytes", id.Resource, maxResource)
-	case id.Size <= 0:
-		return fmt.Errorf("device size %d must be positive", id.Size)
+	case id.Size <= 0 || id.Size > MaxSize:
+		return fmt.Errorf("device size %d must be positive and at most 2^60", id.Size)
 	case !pow2(id.Granularity) || id.Granularity < MinGranularity || id.Granularity > MaxGranularity:
 		return fmt.Errorf("bitmap granularity %d is not a power of two between %d and %d", id.Granularity, MinGranularity, MaxGranularity)
 	case id.MaxPeers < 1 || id.MaxPeers > maxPeerSlots:
@@ -311,7 +312,8 @@ type slotStatus int
 const (
 	slotEmpty      slotStatus = iota // no magic
 	slotBad                          // magic, but checksum or fields bad
-	slotNewVersion                   // magic, another format version
+	slotNewVersion                   // magic, another format version, checksum good
+	slotBadVersion                   // magic, another format version, checksum bad
 	slotValid
 )
 
@@ -324,7 +326,10 @@ func decodeSuperblock(p []byte) (sb Superblock, instance uint64, version uint32,
 	version = le.Uint32(p[sbOffVersion:])
 	sumOK := le.Uint64(p[sbOffChecksum:]) == xxhash.Sum64(p[:sbOffChecksum])
 	if version != FormatVersion {
-		return sb, 0, version, slotNewVersion
+		if sumOK {
+			return sb, 0, version, slotNewVersion
+		}
+		return sb, 0, version, slotBadVersion
 	}
 	if !sumOK {
 		return sb, 0, version, slotBad
@@ -364,11 +369,11 @@ func decodeSuperblock(p []byte) (sb Superblock, instance uint64, version uint32,
 // with the higher sequence number and its slot index.
 func pickSuperblock(path string, hdr []byte) (Superblock, uint64, int, error) {
 	var (
-		best     = -1
-		bestSB   Superblock
-		bestInst uint64
-		sawMagic bool
-		newVer   uint32
+		best             = -1
+		bestSB           Superblock
+		bestInst         uint64
+		sawMagic         bool
+		newVer, guessVer uint32
 	)
 	for i := 0; i < sbSlots; i++ {
 		sb, inst, ver, st := decodeSuperblock(hdr[i*sbSlotBytes : (i+1)*sbSlotBytes])
@@ -377,20 +382,24 @@ func pickSuperblock(path string, hdr []byte) (Superblock, uint64, int, error) {
 			if best < 0 || sb.Seq > bestSB.Seq {
 				best, bestSB, bestInst = i, sb, inst
 			}
-			sawMagic = true
 		case slotNewVersion:
 			newVer = ver
-			sawMagic = true
-		case slotBad:
-			sawMagic = true
+		case slotBadVersion:
+			guessVer = ver
 		}
+		sawMagic = sawMagic || st != slotEmpty
+	}
+	// A valid superblock of another format version wins over one of ours:
+	// the file was converted, and ours is stale.
+	if newVer == 0 && best < 0 {
+		newVer = guessVer
 	}
 	switch {
-	case best >= 0:
-		return bestSB, bestInst, best, nil
 	case newVer != 0:
 		return Superblock{}, 0, 0, &MismatchError{Path: path, Field: "format version",
 			Have: fmt.Sprint(newVer), Want: fmt.Sprint(FormatVersion)}
+	case best >= 0:
+		return bestSB, bestInst, best, nil
 	case sawMagic:
 		return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w: both superblock slots fail their checksum", path, ErrCorrupt)
 	}
