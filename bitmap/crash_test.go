@@ -408,8 +408,8 @@ func TestFailEachWrite(t *testing.T) {
 func TestCrashDropsUnsynced(t *testing.T) {
 	id := crashID()
 	seeds := 40
-	if testing.Short() {
-		seeds = 10
+	if testing.Short() || raceEnabled {
+		seeds = 12
 	}
 	for seed := uint64(1); seed <= uint64(seeds); seed++ {
 		r := rand.New(rand.NewPCG(seed, 1))
