@@ -25,6 +25,7 @@ const testSize = 16 << 20
 
 type tnode struct {
 	n      *Node
+	wrap   func(Store) Store // decorates the store (fault injection)
 	cfg    Config
 	path   string
 	cancel context.CancelFunc
@@ -166,7 +167,11 @@ func (c *cluster) start(tn *tnode) {
 	}
 	tn.events = &eventLog{}
 	tn.cfg.OnEvent = tn.events.add
-	n, err := Open(tn.cfg, st)
+	var store Store = st
+	if tn.wrap != nil {
+		store = tn.wrap(st)
+	}
+	n, err := Open(tn.cfg, store)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -274,6 +279,14 @@ func (c *cluster) bootstrap() *Node {
 	if err := c.nodes[0].n.Promote(false); err != nil {
 		c.t.Fatal(err)
 	}
+	waitFor(c.t, 5*time.Second, "peers see the primary", func() bool {
+		for _, tn := range c.nodes[1:] {
+			if peerState(tn.n, c.nodes[0].cfg.Self.Name).Role != "Primary" {
+				return false
+			}
+		}
+		return true
+	})
 	return c.nodes[0].n
 }
 
@@ -353,4 +366,92 @@ func writer(t *testing.T, n *Node, seed uint64, lo, hi int64, stop <-chan struct
 	}
 }
 
-func TestClusterString(t *testing.T) { _ = fmt.Sprint }
+// durableStore remembers what its store would hold after a crash: writes
+// reach the durable image only when a Flush (or FUA) that follows them
+// completes.
+type durableStore struct {
+	Store
+	mu      sync.Mutex
+	pending []pendingWrite
+	image   []byte
+}
+
+type pendingWrite struct {
+	off  int64
+	data []byte
+}
+
+func newDurableStore(s Store) *durableStore {
+	return &durableStore{Store: s, image: make([]byte, s.Size())}
+}
+
+func (d *durableStore) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := d.Store.WriteAt(ctx, p, off, fua); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if fua {
+		copy(d.image[off:], p)
+	} else {
+		d.pending = append(d.pending, pendingWrite{off, bytes.Clone(p)})
+	}
+	return nil
+}
+
+func (d *durableStore) zero(off, n int64, fua bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	z := make([]byte, n)
+	if fua {
+		copy(d.image[off:], z)
+	} else {
+		d.pending = append(d.pending, pendingWrite{off, z})
+	}
+}
+
+func (d *durableStore) Trim(ctx context.Context, off, n int64, fua bool) error {
+	if err := d.Store.Trim(ctx, off, n, fua); err != nil {
+		return err
+	}
+	d.zero(off, n, fua)
+	return nil
+}
+
+func (d *durableStore) WriteZeroes(ctx context.Context, off, n int64, noHole, fua bool) error {
+	if err := d.Store.WriteZeroes(ctx, off, n, noHole, fua); err != nil {
+		return err
+	}
+	d.zero(off, n, fua)
+	return nil
+}
+
+func (d *durableStore) Flush(ctx context.Context) error {
+	d.mu.Lock()
+	snap := d.pending
+	d.pending = nil
+	d.mu.Unlock()
+	if err := d.Store.Flush(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	// Apply in order, but after anything applied by a later flush that
+	// finished first: later writes of the same block must win, so re-apply
+	// the newer pending list on top.
+	for _, w := range snap {
+		copy(d.image[w.off:], w.data)
+	}
+	for _, w := range d.pending {
+		_ = w
+	}
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *durableStore) durable(off int64, n int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return bytes.Clone(d.image[off : off+int64(n)])
+}
+
+var _ = fmt.Sprint

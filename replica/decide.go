@@ -57,6 +57,11 @@ func inHistory(u uint64, h [2]uint64) bool { return u != 0 && (h[0] == u || h[1]
 // two nodes that just connected relate and who would be the sync source.
 // It is symmetric: Compare(a, b) and Compare(b, a) agree.
 func Compare(me, peer Side) Verdict {
+	v := relate(me, peer)
+	if v.Rel == RelSplitBrain && !me.Discard && !peer.Discard {
+		v.Err = fmt.Errorf("%w: %s and %s both changed the data since they were last connected; on the node whose changes should be dropped run: connect --discard-my-data (after demoting it), and connect on the other", ErrSplitBrain, me.Name, peer.Name)
+		return v
+	}
 	if me.Role == Primary && peer.Role == Primary {
 		return Verdict{Err: fmt.Errorf("%w: both %s and %s are Primary; demote one of them, then connect", ErrRefused, me.Name, peer.Name)}
 	}
@@ -68,7 +73,6 @@ func Compare(me, peer Side) Verdict {
 			return Verdict{Err: fmt.Errorf("%w: %s is Primary and cannot discard its data; demote it first", ErrRefused, s.Name)}
 		}
 	}
-	v := relate(me, peer)
 	switch {
 	case me.Discard:
 		full := v.Rel == RelUnrelated
@@ -78,8 +82,6 @@ func Compare(me, peer Side) Verdict {
 		v = Verdict{Rel: RelMeNewer, SourceIsMe: true, Full: full}
 	}
 	switch v.Rel {
-	case RelSplitBrain:
-		v.Err = fmt.Errorf("%w: %s and %s both changed the data since they were last connected; on the node whose changes should be dropped run: connect --discard-my-data (after demoting it), and connect on the other", ErrSplitBrain, me.Name, peer.Name)
 	case RelUnrelated:
 		v.Err = fmt.Errorf("%w: %s and %s have no common data generation (current %s vs %s); connect --discard-my-data on the node to overwrite with a full sync", ErrUnrelated, me.Name, peer.Name, uuidString(me.Current), uuidString(peer.Current))
 	case RelPeerNewer:

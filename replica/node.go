@@ -607,6 +607,11 @@ func (n *Node) recomputeLocked() {
 }
 
 // errNotPrimary is what I/O on a non-primary returns: EPERM for NBD.
+// n.mu held.
 func (n *Node) errNotPrimary(op string) error {
-	return fmt.Errorf("%s on %s: %w (%w): this node is %s; promote it to write", op, n.cfg.Self.Name, ErrNotPrimary, syscall.EPERM, n.role)
+	what := n.role.String()
+	if n.demoting {
+		what = "being demoted"
+	}
+	return fmt.Errorf("%s on %s: %w (%w): this node is %s; promote it to write", op, n.cfg.Self.Name, ErrNotPrimary, syscall.EPERM, what)
 }

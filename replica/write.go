@@ -80,8 +80,9 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	}
 	n.mu.Lock()
 	if n.role != Primary || n.demoting || n.closed {
+		err := n.errNotPrimary(op)
 		n.mu.Unlock()
-		return n.errNotPrimary(op)
+		return err
 	}
 	n.writing++
 	n.mu.Unlock()
@@ -155,7 +156,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		switch {
 		case n.closed:
 			err = ErrClosed
-		case k == kWrite && n.role != Primary:
+		case k == kWrite && (n.role != Primary || n.closed):
 			err = n.errNotPrimary("write")
 		case k == kResync && n.recvMask&only == 0:
 			err = errResyncStopped

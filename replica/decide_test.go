@@ -1,0 +1,200 @@
+package replica
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestCompare(t *testing.T) {
+	const X, Y, Z, H = 0x10, 0x20, 0x30, 0x40
+	prim := func(s Side) Side { s.Role = Primary; return s }
+	up := func(id uint8, cur, bm uint64, hist ...uint64) Side {
+		s := Side{ID: id, Name: string(rune('a' + id)), Disk: UpToDate, Current: cur, Bitmap: bm}
+		copy(s.History[:], hist)
+		return s
+	}
+	tests := []struct {
+		name     string
+		me, peer Side
+		rel      Relation
+		source   bool // me
+		full     bool
+		err      error
+	}{
+		{"fresh both", Side{ID: 1, Disk: Inconsistent}, Side{ID: 2, Disk: Inconsistent}, RelInSync, true, false, nil},
+		{"equal currents", up(1, X, 0), up(2, X, 0), RelInSync, true, false, nil},
+		{"equal, peer primary is source", up(1, X, 0), prim(up(2, X, 0)), RelInSync, false, false, nil},
+		{"I wrote while peer away", prim(up(1, Y, X, X)), up(2, X, 0), RelMeNewer, true, false, nil},
+		{"peer wrote while I was away", up(1, X, 0), prim(up(2, Y, X, X)), RelPeerNewer, false, false, nil},
+		{"peer is fresh: full sync", prim(up(1, X, 0)), Side{ID: 2, Disk: Inconsistent}, RelMeNewer, true, true, nil},
+		{"I am fresh: full sync", Side{ID: 1, Disk: Inconsistent}, prim(up(2, X, 0)), RelPeerNewer, false, true, nil},
+		{"peer two generations behind: full", up(1, Z, Y, Y, X), up(2, X, 0), RelMeNewer, true, true, nil},
+		{"split brain: both rotated from X", prim(up(1, Y, X, X)), up(2, Z, X, X), RelSplitBrain, false, false, ErrSplitBrain},
+		{"split brain by history", up(1, Y, H, X), up(2, Z, 0, X), RelSplitBrain, false, false, ErrSplitBrain},
+		{"unrelated", up(1, X, 0), up(2, Y, 0), RelUnrelated, false, false, ErrUnrelated},
+		{"two primaries", prim(up(1, X, 0)), prim(up(2, X, 0)), 0, false, false, ErrRefused},
+		{"two primaries after split brain", prim(up(1, Y, X, X)), prim(up(2, Z, X, X)), 0, false, false, ErrSplitBrain},
+		{"primary is older than peer", prim(up(1, X, 0)), up(2, Y, X, X), 0, false, false, ErrRefused},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := Compare(tc.me, tc.peer)
+			w := Compare(tc.peer, tc.me)
+			if tc.err != nil {
+				if !errors.Is(v.Err, tc.err) || !errors.Is(w.Err, tc.err) {
+					t.Fatalf("got %v / %v, want %v from both sides", v.Err, w.Err, tc.err)
+				}
+				t.Logf("refusal: %v", v.Err)
+				return
+			}
+			if v.Err != nil || w.Err != nil {
+				t.Fatalf("unexpected refusal: %v / %v", v.Err, w.Err)
+			}
+			if v.Rel != tc.rel || v.SourceIsMe != tc.source || v.Full != tc.full {
+				t.Fatalf("got %v source=%v full=%v, want %v %v %v", v.Rel, v.SourceIsMe, v.Full, tc.rel, tc.source, tc.full)
+			}
+			// Symmetry: the peer sees the mirror image.
+			mirror := map[Relation]Relation{RelInSync: RelInSync, RelMeNewer: RelPeerNewer, RelPeerNewer: RelMeNewer}
+			if w.Rel != mirror[v.Rel] || (v.Rel == RelInSync && w.SourceIsMe == v.SourceIsMe) || w.Full != v.Full {
+				t.Fatalf("asymmetric: %+v vs %+v", v, w)
+			}
+		})
+	}
+}
+
+func TestCompareDiscardResolvesSplitBrain(t *testing.T) {
+	a := Side{ID: 1, Name: "a", Role: Primary, Disk: UpToDate, Current: 0x20, Bitmap: 0x10}
+	b := Side{ID: 2, Name: "b", Disk: UpToDate, Current: 0x30, Bitmap: 0x10, Discard: true}
+	v := Compare(b, a)
+	if v.Err != nil || v.Rel != RelPeerNewer || v.SourceIsMe || v.Full {
+		t.Fatalf("victim: %+v", v)
+	}
+	if p := Plan(v, b, a, true); p != SyncTarget {
+		t.Fatalf("victim plan %v", p)
+	}
+	w := Compare(a, b)
+	if w.Err != nil || !w.SourceIsMe {
+		t.Fatalf("survivor: %+v", w)
+	}
+	if p := Plan(w, a, b, true); p != SyncSource {
+		t.Fatalf("survivor plan %v", p)
+	}
+	// Unrelated data with discard: full sync.
+	b.Current, b.Bitmap = 0x99, 0
+	if v := Compare(b, a); v.Err != nil || !v.Full {
+		t.Fatalf("unrelated discard: %+v", v)
+	}
+	// A Primary cannot discard.
+	a.Discard, b.Discard = true, false
+	if v := Compare(a, b); !errors.Is(v.Err, ErrRefused) {
+		t.Fatalf("primary discard: %+v", v)
+	}
+}
+
+func TestPlan(t *testing.T) {
+	p := Side{ID: 1, Role: Primary, Disk: UpToDate}
+	s := Side{ID: 2, Disk: UpToDate}
+	inc := Side{ID: 3, Disk: Inconsistent}
+	tests := []struct {
+		name     string
+		v        Verdict
+		me, peer Side
+		dirty    bool
+		want     Repl
+	}{
+		{"in sync, clean", Verdict{Rel: RelInSync}, p, s, false, Established},
+		{"in sync, dirty, me primary", Verdict{Rel: RelInSync, SourceIsMe: true}, p, s, true, SyncSource},
+		{"newer primary", Verdict{Rel: RelMeNewer, SourceIsMe: true}, p, s, true, SyncSource},
+		{"target of primary", Verdict{Rel: RelPeerNewer}, s, p, true, SyncTarget},
+		{"two secondaries differ: wait", Verdict{Rel: RelMeNewer, SourceIsMe: true}, s, Side{ID: 3, Disk: UpToDate}, true, PausedSync},
+		{"two secondaries same generation: settle", Verdict{Rel: RelInSync, SourceIsMe: true}, s, Side{ID: 3, Disk: UpToDate}, true, Established},
+		{"source inconsistent: wait", Verdict{Rel: RelInSync, SourceIsMe: true}, inc, p, true, PausedSync},
+		{"refused", Verdict{Err: ErrRefused}, p, s, true, ReplOff},
+	}
+	for _, tc := range tests {
+		if got := Plan(tc.v, tc.me, tc.peer, tc.dirty); got != tc.want {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestCanPromote(t *testing.T) {
+	tests := []struct {
+		name  string
+		force bool
+		disk  Disk
+		peers []PeerView
+		ok    bool
+	}{
+		{"uptodate alone", false, UpToDate, nil, true},
+		{"inconsistent", false, Inconsistent, nil, false},
+		{"inconsistent forced", true, Inconsistent, nil, true},
+		{"outdated", false, Outdated, nil, false},
+		{"failed even forced", true, Failed, nil, false},
+		{"connected primary", true, UpToDate, []PeerView{{Name: "b", Connected: true, Role: Primary}}, false},
+		{"disconnected primary", false, UpToDate, []PeerView{{Name: "b", Role: Primary}}, true},
+		{"peer newer", false, UpToDate, []PeerView{{Name: "b", Connected: true, Newer: true}}, false},
+		{"peer newer forced", true, UpToDate, []PeerView{{Name: "b", Connected: true, Newer: true}}, true},
+	}
+	for _, tc := range tests {
+		err := CanPromote(tc.force, tc.disk, tc.peers)
+		if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrRefused) {
+			t.Errorf("%s: got %v", tc.name, err)
+		}
+	}
+}
+
+func TestRotateAndNeedRotate(t *testing.T) {
+	bms := []uint64{0, 0x77, 0}
+	recv := []bool{true, false, false}
+	if !NeedRotate(bms, recv) {
+		t.Fatal("peer 2 is away without a bitmap UUID: rotate")
+	}
+	cur, hist := Rotate(0x10, bms, [2]uint64{0x5, 0}, []bool{false, true, true}, 0x20)
+	if cur != 0x20 || hist != [2]uint64{0x10, 0x5} || bms[0] != 0 || bms[1] != 0x77 || bms[2] != 0x10 {
+		t.Fatalf("rotate: cur %x hist %x bms %x", cur, hist, bms)
+	}
+	if NeedRotate(bms, recv) {
+		t.Fatal("every away peer has a bitmap UUID now")
+	}
+}
+
+func TestDone(t *testing.T) {
+	if !Done(ProtocolA, true, 0b11) || Done(ProtocolA, false, 0) {
+		t.Fatal("protocol A completes on the local write alone")
+	}
+	if Done(ProtocolC, true, 0b10) || !Done(ProtocolC, true, 0) || Done(ProtocolC, false, 0) {
+		t.Fatal("protocol C needs local and every pending ack")
+	}
+}
+
+// What a disconnect marks: every entry still owed by the peer, no matter
+// whether it was shipped, and nothing else.
+func TestJournalDropMarksUnacked(t *testing.T) {
+	var j journal
+	j.max = 1 << 20
+	const a, b = 1, 2
+	for i := range 6 {
+		j.push(&entry{seq: uint64(i + 1), off: int64(i) * 4096, n: 4096, ship: a | b, pend: a | b, size: 100})
+	}
+	j.push(&entry{seq: 7, kind: kBarrier, ship: a | b, pend: a | b})
+	var acked []uint64
+	next := j.ack(b, 0, 3, func(e *entry) { acked = append(acked, e.seq) })
+	if next != 3 || len(acked) != 3 {
+		t.Fatalf("ack up to 3: next %d acked %v", next, acked)
+	}
+	var marked []int64
+	n := j.drop(b, next, func(e *entry) {
+		if e.kind != kBarrier {
+			marked = append(marked, e.off)
+		}
+	})
+	if n != 4 || len(marked) != 3 || marked[0] != 3*4096 || marked[2] != 5*4096 {
+		t.Fatalf("dropped %d, marked %v", n, marked)
+	}
+	for pos := j.base; pos < j.end(); pos++ {
+		if e := j.at(pos); e.pend != a {
+			t.Fatalf("entry %d still waits for %b", e.seq, e.pend)
+		}
+	}
+}
