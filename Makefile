@@ -1,0 +1,54 @@
+# repd — see README.md. `make test` installs what the tests need (as root) and runs them.
+export PATH := /usr/bin:/usr/local/go/bin:$(PATH)
+GO      ?= go
+BIN     := bin
+PKGS    := ./...
+FUZZTIME ?= 10s
+
+.PHONY: all build deps test test-short bench bench-quick demo run fuzz lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+deps:
+	@scripts/deps.sh
+
+# The README's test command. Race detector on; process-level tests start the
+# real binaries and drive them with nbdinfo, nbdcopy, qemu-img/qemu-io and fio.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 14m $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+bench: deps build
+	$(GO) run ./bench $(BENCHFLAGS)
+
+bench-quick: deps build
+	$(GO) run ./bench --quick $(BENCHFLAGS)
+
+# A scripted walk-through of failover on one machine.
+demo: deps build
+	scripts/demo.sh
+
+# The main job on embedded defaults: a local two-node replicated device you
+# can write to and fail over. Ctrl-C stops it.
+run: deps build
+	scripts/run.sh
+
+fuzz:
+	@set -e; for spec in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | sort -u | sed 's/^func //'); do \
+	  pkg=$$(grep -rl --include='*_test.go' "^func $$spec(" . | head -1 | xargs dirname); \
+	  echo "fuzz $$pkg $$spec ($(FUZZTIME))"; \
+	  $(GO) test -run='^$$' -fuzz="^$$spec$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf $(BIN) bench/out run

@@ -1,0 +1,221 @@
+// Package admin is repd's control surface: an HTTP+JSON API served on a unix
+// socket (mode 0600, or 0660 with a group), used by repctl.
+//
+//	GET  /v1/status                   → replica.Status
+//	GET  /v1/events                   → one replica.Event JSON object per line, streamed
+//	POST /v1/primary     {"force":b}  → promote
+//	POST /v1/secondary                → demote
+//	POST /v1/connect     {"peer":s,"discard_my_data":b}
+//	POST /v1/disconnect  {"peer":s}
+//	POST /v1/new-current-uuid {"clear_bitmap":b}
+//
+// Errors come back as {"error": sentence, "kind": "refused"|"bad_request"|"internal"}
+// with HTTP 409, 400 or 500.
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/repd/repd/replica"
+)
+
+// Controller is what the admin API drives: a replica.Node.
+type Controller interface {
+	Status() replica.Status
+	Promote(force bool) error
+	Demote() error
+	Connect(peer string, discardMyData bool) error
+	Disconnect(peer string) error
+	NewCurrentUUID(clearBitmap bool) error
+}
+
+// Error kinds in error replies; repctl maps them to exit codes.
+const (
+	KindRefused    = "refused"
+	KindBadRequest = "bad_request"
+	KindInternal   = "internal"
+)
+
+// ErrorReply is the body of every non-2xx reply.
+type ErrorReply struct {
+	Error string `json:"error"`
+	Kind  string `json:"kind"`
+}
+
+// Request bodies.
+type (
+	PrimaryRequest struct {
+		Force bool `json:"force"`
+	}
+	ConnectRequest struct {
+		Peer          string `json:"peer"`
+		DiscardMyData bool   `json:"discard_my_data"`
+	}
+	DisconnectRequest struct {
+		Peer string `json:"peer"`
+	}
+	NewCurrentUUIDRequest struct {
+		ClearBitmap bool `json:"clear_bitmap"`
+	}
+)
+
+// Handler returns the API's HTTP handler over c, streaming events from hub.
+func Handler(c Controller, hub *Hub) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, c.Status())
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		serveEvents(w, r, c, hub)
+	})
+	mux.HandleFunc("POST /v1/primary", func(w http.ResponseWriter, r *http.Request) {
+		var req PrimaryRequest
+		if decode(w, r, &req) {
+			reply(w, c.Promote(req.Force))
+		}
+	})
+	mux.HandleFunc("POST /v1/secondary", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, c.Demote())
+	})
+	mux.HandleFunc("POST /v1/connect", func(w http.ResponseWriter, r *http.Request) {
+		var req ConnectRequest
+		if decode(w, r, &req) {
+			reply(w, c.Connect(req.Peer, req.DiscardMyData))
+		}
+	})
+	mux.HandleFunc("POST /v1/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		var req DisconnectRequest
+		if decode(w, r, &req) {
+			reply(w, c.Disconnect(req.Peer))
+		}
+	})
+	mux.HandleFunc("POST /v1/new-current-uuid", func(w http.ResponseWriter, r *http.Request) {
+		var req NewCurrentUUIDRequest
+		if decode(w, r, &req) {
+			reply(w, c.NewCurrentUUID(req.ClearBitmap))
+		}
+	})
+	return mux
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+	if err == nil && len(body) > 0 {
+		d := json.NewDecoder(bytes.NewReader(body))
+		d.DisallowUnknownFields()
+		err = d.Decode(v)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, ErrorReply{Error: fmt.Sprintf("bad request body: %v", err), Kind: KindBadRequest})
+		return false
+	}
+	return true
+}
+
+func reply(w http.ResponseWriter, err error) {
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, struct{}{})
+	case errors.Is(err, replica.ErrRefused):
+		writeJSON(w, http.StatusConflict, ErrorReply{Error: err.Error(), Kind: KindRefused})
+	case errors.Is(err, replica.ErrUnknownPeer):
+		writeJSON(w, http.StatusBadRequest, ErrorReply{Error: err.Error(), Kind: KindBadRequest})
+	default:
+		writeJSON(w, http.StatusInternalServerError, ErrorReply{Error: err.Error(), Kind: KindInternal})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Hub fans events out to every streaming subscriber. A subscriber that falls
+// behind loses events rather than stalling the node.
+type Hub struct {
+	mu   sync.Mutex
+	subs map[chan replica.Event]struct{}
+}
+
+// Publish sends e to every subscriber; it never blocks.
+func (h *Hub) Publish(e replica.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs {
+		select {
+		case ch <- e:
+		default:
+		}
+	}
+}
+
+// Subscribe returns a channel of events and a function that ends the subscription.
+func (h *Hub) Subscribe() (<-chan replica.Event, func()) {
+	ch := make(chan replica.Event, 256)
+	h.mu.Lock()
+	if h.subs == nil {
+		h.subs = map[chan replica.Event]struct{}{}
+	}
+	h.subs[ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs, ch)
+		h.mu.Unlock()
+	}
+}
+
+func serveEvents(w http.ResponseWriter, r *http.Request, c Controller, hub *Hub) {
+	ch, cancel := hub.Subscribe()
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	enc := json.NewEncoder(w)
+	// Like drbdsetup events2 --now: first the current state, then changes.
+	for _, e := range existing(c.Status()) {
+		enc.Encode(e)
+	}
+	if fl != nil {
+		fl.Flush()
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case e := <-ch:
+			if err := enc.Encode(e); err != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+	}
+}
+
+// existing describes the current state as "exists" events, so a consumer
+// of the stream needs no separate status call.
+func existing(s replica.Status) []replica.Event {
+	now := time.Now()
+	evs := []replica.Event{
+		{Time: now, Kind: "exists", Old: "", New: string(s.Role), Message: "role"},
+		{Time: now, Kind: "exists", New: s.Disk, Message: "disk"},
+	}
+	for _, p := range s.Peers {
+		evs = append(evs,
+			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: string(p.Connection), Message: "connection"},
+			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: string(p.Replication), Message: "replication"})
+	}
+	return evs
+}

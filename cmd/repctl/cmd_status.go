@@ -1,0 +1,149 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/repd/repd/replica"
+)
+
+func cmdStatus() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show role, disk state and every peer's connection and replication state",
+		Description: "The human form reads like drbdadm status. --json prints the admin API's status\n" +
+			"object (documented in README.md); its fields are stable.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "refresh every --interval until interrupted"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh interval for --watch"},
+		},
+		Action: func(c *cli.Context) error {
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			tty := isTerminal(os.Stdout)
+			for {
+				st, err := cl.Status(c.Context)
+				if err != nil {
+					return err
+				}
+				if c.Bool("watch") && tty {
+					fmt.Print("\033[H\033[2J")
+				}
+				if c.Bool("json") {
+					enc := json.NewEncoder(os.Stdout)
+					enc.SetIndent("", "  ")
+					enc.Encode(st)
+				} else {
+					printStatus(os.Stdout, st, tty)
+				}
+				if !c.Bool("watch") {
+					return nil
+				}
+				select {
+				case <-c.Context.Done():
+					return nil
+				case <-time.After(c.Duration("interval")):
+				}
+			}
+		},
+	}
+}
+
+func cmdEvents() *cli.Command {
+	return &cli.Command{
+		Name:  "events",
+		Usage: "stream state changes, one JSON object per line (first the current state as \"exists\" lines)",
+		Action: func(c *cli.Context) error {
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(os.Stdout)
+			err = cl.Events(c.Context, func(e replica.Event) error { return enc.Encode(e) })
+			if c.Context.Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+}
+
+// printStatus renders st like `drbdadm status`.
+func printStatus(w io.Writer, st replica.Status, colour bool) {
+	paint := func(s string) string {
+		if !colour {
+			return s
+		}
+		code := ""
+		switch s {
+		case "UpToDate", "Established", "Connected":
+			code = "32"
+		case "Primary":
+			code = "1;36"
+		case "Inconsistent", "SyncSource", "SyncTarget", "PausedSync", "Connecting", "Ahead", "Behind", "Outdated":
+			code = "33"
+		case "Failed", "StandAlone", "Diskless":
+			code = "31"
+		}
+		if code == "" {
+			return s
+		}
+		return "\033[" + code + "m" + s + "\033[0m"
+	}
+	fmt.Fprintf(w, "%s role:%s\n", st.Resource, paint(st.Role.String()))
+	fmt.Fprintf(w, "  disk:%s", paint(st.Disk))
+	if st.JournalBytes > 0 {
+		fmt.Fprintf(w, " journal:%s", kib(st.JournalBytes/1024))
+	}
+	fmt.Fprintln(w)
+	for _, p := range st.Peers {
+		line := fmt.Sprintf("  %s connection:%s", p.Name, paint(p.Connection.String()))
+		if p.Role != "" {
+			line += " role:" + paint(p.Role)
+		}
+		fmt.Fprintln(w, line)
+		var parts []string
+		if p.Connection == replica.Connected {
+			parts = append(parts, "replication:"+paint(p.Replication.String()))
+		}
+		if p.Disk != "" {
+			parts = append(parts, "peer-disk:"+paint(p.Disk))
+		}
+		if p.SyncPercent != nil {
+			parts = append(parts, fmt.Sprintf("done:%.2f", *p.SyncPercent))
+		}
+		parts = append(parts, "out-of-sync:"+kib(p.OutOfSyncKiB))
+		if p.SplitBrain {
+			parts = append(parts, "split-brain:yes")
+		}
+		fmt.Fprintf(w, "    %s\n", strings.Join(parts, " "))
+		if p.LastError != "" {
+			fmt.Fprintf(w, "    last-error: %s\n", p.LastError)
+		}
+	}
+}
+
+func kib(n int64) string {
+	switch {
+	case n >= 10<<20:
+		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<20))
+	case n >= 10<<10:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dKiB", n)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

@@ -1,0 +1,118 @@
+// Command repctl drives a repd node over its admin socket.
+//
+// Exit codes: 0 success; 1 other error; 2 bad usage; 3 refused by the node
+// (the message says why and what to do); 4 the daemon cannot be reached;
+// 5 timed out waiting.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/repd/repd/admin"
+	"github.com/repd/repd/config"
+)
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitError       = 1
+	exitUsage       = 2
+	exitRefused     = 3
+	exitUnreachable = 4
+	exitTimeout     = 5
+)
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	app := newApp()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := app.RunContext(ctx, args)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(os.Stderr, "repctl:", err)
+	return exitCode(err)
+}
+
+// exitCode is the one place errors become exit codes.
+func exitCode(err error) int {
+	var api *admin.APIError
+	var ec cli.ExitCoder
+	switch {
+	case errors.As(err, &api) && api.Kind == admin.KindRefused:
+		return exitRefused
+	case errors.As(err, &api) && api.Kind == admin.KindBadRequest:
+		return exitUsage
+	case errors.Is(err, admin.ErrUnreachable):
+		return exitUnreachable
+	case errors.Is(err, context.DeadlineExceeded):
+		return exitTimeout
+	case errors.As(err, &ec):
+		return ec.ExitCode()
+	}
+	return exitError
+}
+
+func usageError(format string, a ...any) error {
+	return cli.Exit(fmt.Sprintf(format, a...), exitUsage)
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "repctl",
+		Usage: "control a repd node (status, roles, connections)",
+		Flags: []cli.Flag{
+			&cli.PathFlag{Name: "admin", Aliases: []string{"s"}, Usage: "the node's admin socket", EnvVars: []string{"REPD_ADMIN"}},
+			&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Usage: "resource file: find the admin socket of --node in it", EnvVars: []string{"REPD_CONFIG"}},
+			&cli.StringFlag{Name: "node", Aliases: []string{"n"}, Usage: "node name in --config (default: the host name)", EnvVars: []string{"REPD_NODE"}},
+		},
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return cli.Exit(err.Error(), exitUsage)
+		},
+		Commands: []*cli.Command{
+			cmdStatus(),
+			cmdEvents(),
+			cmdPrimary(),
+			cmdSecondary(),
+			cmdConnect(),
+			cmdDisconnect(),
+			cmdNewCurrentUUID(),
+		},
+	}
+}
+
+// client finds the admin socket from the global flags.
+func client(c *cli.Context) (*admin.Client, error) {
+	if s := c.Path("admin"); s != "" {
+		return admin.NewClient(s), nil
+	}
+	if p := c.Path("config"); p != "" {
+		f, err := config.Load(p)
+		if err != nil {
+			return nil, cli.Exit(err.Error(), exitUsage)
+		}
+		name := c.String("node")
+		if name == "" {
+			name, _ = os.Hostname()
+		}
+		n, err := f.Node(name)
+		if err != nil {
+			return nil, cli.Exit(err.Error()+"; pass --node", exitUsage)
+		}
+		return admin.NewClient(n.Admin), nil
+	}
+	return nil, usageError("say which node: --admin SOCKET, or --config FILE [--node NAME]")
+}

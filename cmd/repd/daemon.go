@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/repd/repd/admin"
+	"github.com/repd/repd/config"
+	"github.com/repd/repd/nbd"
+	"github.com/repd/repd/replica"
+)
+
+type options struct {
+	config string
+	node   string
+	log    *slog.Logger
+}
+
+// shutdownGrace bounds how long a clean shutdown waits for in-flight NBD
+// requests before closing connections anyway.
+const shutdownGrace = 30 * time.Second
+
+// run runs one node until ctx ends, then shuts down cleanly: stop accepting,
+// finish in-flight requests, flush, close.
+func run(ctx context.Context, o options) error {
+	f, err := config.Load(o.config)
+	if err != nil {
+		return err
+	}
+	self, err := f.Node(o.node)
+	if err != nil {
+		return err
+	}
+	secret, err := f.Secret()
+	if err != nil {
+		return err
+	}
+	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
+	rcfg := replicaConfig(f, self, secret, log)
+
+	st, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
+	if err != nil {
+		return fmt.Errorf("node %q.disk: %w", self.Name, err)
+	}
+	hub := &admin.Hub{}
+	rcfg.OnEvent = hub.Publish
+	node, err := replica.Open(rcfg, st)
+	if err != nil {
+		st.Close()
+		return err
+	}
+
+	network, addr, _ := config.SplitListen(self.NBD)
+	if network == "unix" {
+		os.Remove(addr)
+	}
+	nbdL, err := net.Listen(network, addr)
+	if err != nil {
+		node.Close()
+		return fmt.Errorf("node %q.nbd: %w", self.Name, err)
+	}
+	adminL, err := admin.Listen(self.Admin, f.Resource.AdminGroup, log)
+	if err != nil {
+		nbdL.Close()
+		node.Close()
+		return fmt.Errorf("node %q.admin: %w", self.Name, err)
+	}
+
+	srv := &nbd.Server{
+		Exports: []nbd.Export{{Name: f.Resource.Name, Description: "repd resource " + f.Resource.Name + " on " + self.Name, Device: node}},
+		Logger:  log.With("component", "nbd"),
+	}
+	api := &http.Server{Handler: admin.Handler(node, hub), ReadHeaderTimeout: 10 * time.Second}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(3)
+	go func() { defer wg.Done(); errc <- wrap("replication", node.Run(runCtx)) }()
+	go func() { defer wg.Done(); errc <- wrap("nbd", srv.Serve(runCtx, nbdL)) }()
+	go func() {
+		defer wg.Done()
+		err := api.Serve(adminL)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errc <- wrap("admin", err)
+	}()
+	log.Info("repd started", "nbd", self.NBD, "peer", self.Peer, "admin", self.Admin, "protocol", f.Resource.Protocol, "size", int64(f.Resource.Size))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		if runErr != nil {
+			log.Error("stopping after failure", "err", runErr)
+		}
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("nbd shutdown", "err", err)
+	}
+	if err := node.Flush(sctx); err != nil {
+		log.Warn("final flush", "err", err)
+	}
+	cancel()
+	api.Shutdown(sctx)
+	wg.Wait()
+	if err := node.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	if runErr == nil {
+		log.Info("stopped cleanly")
+	}
+	return runErr
+}
+
+func wrap(what string, err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) || errors.Is(err, nbd.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.Logger) replica.Config {
+	r := f.Resource
+	c := replica.Config{
+		Resource:         r.Name,
+		Size:             int64(r.Size),
+		Protocol:         replica.Protocol(r.Protocol[0]),
+		Granularity:      int64(r.BlockSize),
+		Self:             replica.PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: self.Peer},
+		MetaPath:         self.Meta,
+		Secret:           secret,
+		Timeout:          time.Duration(r.Timeout),
+		ConnectInterval:  time.Duration(r.ConnectInterval),
+		JournalBytes:     int64(r.JournalSize),
+		OnCongestion:     r.OnCongestion,
+		Compression:      r.Compression,
+		CompressionLevel: r.CompressionLevel,
+		Logger:           log,
+	}
+	for i := range f.Nodes {
+		n := &f.Nodes[i]
+		if n.Name != self.Name {
+			c.Peers = append(c.Peers, replica.PeerConfig{ID: uint8(*n.ID), Name: n.Name, Addr: n.Peer})
+		}
+	}
+	return c
+}
