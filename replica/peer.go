@@ -664,7 +664,7 @@ func (s *session) send() error {
 		var bytes int
 		// Entries before the journal's head are freed: none waits for us.
 		p.cursor = max(p.cursor, n.j.base)
-		for p.cursor < n.j.end() && len(batch) < 1024 && bytes < 4<<20 {
+		for p.cursor < n.j.end() && len(batch) < 1024 && int64(bytes) < min(4<<20, n.j.max/4) {
 			e := n.j.at(p.cursor)
 			if e.ship&p.bit != 0 && e.pend&p.bit != 0 {
 				if !e.ready {

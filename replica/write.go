@@ -334,16 +334,19 @@ func (n *Node) maybeDoneLocked(e *entry) {
 	if !e.closed && e.local && e.pend == 0 {
 		e.closed = true
 		close(e.doneCh)
-	}
-	if e.closed && e.refs == 0 && !e.freed {
-		e.freed = true
+		// Its room in the journal is free now, even if a shipper is
+		// still writing its data out (that memory is bounded by the
+		// shippers' batch size).
 		n.j.bytes -= e.size
-		putBuf(e.buf)
-		e.buf, e.data = nil, nil
 		if e.kind == kWrite {
 			n.meta.Complete(e.off, e.n)
 		}
 		n.cond.Broadcast()
+	}
+	if e.closed && e.refs == 0 && !e.freed {
+		e.freed = true
+		putBuf(e.buf)
+		e.buf, e.data = nil, nil
 	}
 }
 
