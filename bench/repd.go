@@ -208,7 +208,7 @@ func startRepd(ctx context.Context, env Env, rc RepdConfig) (_ *Endpoint, err er
 	primary := d.Nodes[0]
 	ep.URI = primary.addr.URI(d.Resource)
 	ep.FioArgs = nbdFioArgs(ep.URI)
-	ep.Notes = append(ep.Notes, fmt.Sprintf("%d node(s), protocol %s, fio on %s", len(d.Nodes), rc.Protocol, primary.Name))
+	ep.Notes = append(ep.Notes, fmt.Sprintf("nodes %s, protocol %s, fio on %s", strings.Join(rc.Nodes, ","), rc.Protocol, primary.Name))
 	ep.Notes = append(ep.Notes, promote(ctx, env, ep.Procs[0], primary.Admin))
 	return ep, nil
 }

@@ -42,6 +42,13 @@ func machineInfo(repo, scratch string) Machine {
 	if repo != "" {
 		if out, err := exec.Command("git", "-C", repo, "rev-parse", "--short", "HEAD").Output(); err == nil {
 			m.Commit = strings.TrimSpace(string(out))
+			// The binaries are built from the working tree, which may differ.
+			// --no-optional-locks: never take the index lock of a checkout
+			// others are committing in.
+			diff := exec.Command("git", "-C", repo, "--no-optional-locks", "diff", "--quiet", "HEAD", "--")
+			if err := diff.Run(); err != nil {
+				m.Commit += " (+ uncommitted changes)"
+			}
 		}
 	}
 	return m

@@ -69,7 +69,7 @@ func allTargets() []Target {
 		localTarget(),
 		nbdkitTarget(),
 		qemuNBDTarget(),
-		repdTarget(RepdConfig{Name: "repd", Desc: "repd, one node (no peer), protocol C", Nodes: []string{"alpha"}, Protocol: "C"}),
+		repdTarget(RepdConfig{Name: "repd", Desc: "repd, single node", Nodes: []string{"alpha"}, Protocol: "C"}),
 	}
 }
 
