@@ -113,6 +113,7 @@ type node struct {
 	nbd     string // host:port
 	peer    string
 	admin   string
+	metrics string // host:port of /metrics and /health
 	disk    string
 	meta    string
 	cmd     *exec.Cmd
@@ -149,6 +150,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 		n.nbd = fmt.Sprintf("%s:%d", host, freePort(t, host))
 		n.peer = fmt.Sprintf("%s:%d", host, freePort(t, host))
 		n.admin = filepath.Join(dir, n.name+".sock")
+		n.metrics = fmt.Sprintf("%s:%d", host, freePort(t, host))
 		n.disk = filepath.Join(dir, n.name+".img")
 		n.meta = filepath.Join(dir, n.name+".meta")
 		n.logPath = filepath.Join(dir, n.name+".log")
@@ -156,8 +158,8 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 		if o.peerAddr != nil {
 			peer = o.peerAddr(i, n)
 		}
-		fmt.Fprintf(&b, "\n[[node]]\nname = %q\ndisk = %q\nmeta = %q\nnbd = %q\npeer = %q\nadmin = %q\n",
-			n.name, n.disk, n.meta, n.nbd, peer, n.admin)
+		fmt.Fprintf(&b, "\n[[node]]\nname = %q\ndisk = %q\nmeta = %q\nnbd = %q\npeer = %q\nadmin = %q\nmetrics = %q\n",
+			n.name, n.disk, n.meta, n.nbd, peer, n.admin, n.metrics)
 		c.nodes = append(c.nodes, n)
 	}
 	if err := os.WriteFile(c.conf, []byte(b.String()), 0o644); err != nil {

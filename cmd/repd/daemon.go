@@ -13,6 +13,7 @@ import (
 
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/config"
+	"github.com/repd/repd/metrics"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/replica"
 )
@@ -43,7 +44,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
-	rcfg := replicaConfig(f, self, secret, log)
+	rcfg := replicaConfig(f, self, secret, o.log) // the engine names resource and node itself
 
 	st, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
 	if err != nil {
@@ -73,28 +74,39 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("node %q.admin: %w", self.Name, err)
 	}
 
+	var metricsL net.Listener
+	if self.Metrics != "" {
+		if metricsL, err = net.Listen("tcp", self.Metrics); err != nil {
+			adminL.Close()
+			nbdL.Close()
+			node.Close()
+			return fmt.Errorf("node %q.metrics: %w", self.Name, err)
+		}
+	}
+
+	mx := metrics.New(node)
 	srv := &nbd.Server{
-		Exports: []nbd.Export{{Name: f.Resource.Name, Description: "repd resource " + f.Resource.Name + " on " + self.Name, Device: node}},
-		Logger:  log.With("component", "nbd"),
+		Exports:   []nbd.Export{{Name: f.Resource.Name, Description: "repd resource " + f.Resource.Name + " on " + self.Name, Device: node}},
+		Logger:    log.With("component", "nbd"),
+		OnRequest: mx.ObserveRequest,
 	}
 	api := &http.Server{Handler: admin.Handler(node, hub), ReadHeaderTimeout: 10 * time.Second}
+	mxSrv := &http.Server{Handler: mx.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	if metricsL != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- wrap("metrics", httpServe(mxSrv, metricsL)) }()
+	}
 	wg.Add(3)
 	go func() { defer wg.Done(); errc <- wrap("replication", node.Run(runCtx)) }()
 	go func() { defer wg.Done(); errc <- wrap("nbd", srv.Serve(runCtx, nbdL)) }()
-	go func() {
-		defer wg.Done()
-		err := api.Serve(adminL)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- wrap("admin", err)
-	}()
-	log.Info("repd started", "nbd", self.NBD, "peer", self.Peer, "admin", self.Admin, "protocol", f.Resource.Protocol, "size", int64(f.Resource.Size))
+	go func() { defer wg.Done(); errc <- wrap("admin", httpServe(api, adminL)) }()
+	log.Info("repd started", "nbd", self.NBD, "peer", self.Peer, "admin", self.Admin, "metrics", self.Metrics,
+		"protocol", f.Resource.Protocol, "size", int64(f.Resource.Size))
 
 	var runErr error
 	select {
@@ -115,6 +127,7 @@ func run(ctx context.Context, o options) error {
 	}
 	cancel()
 	api.Shutdown(sctx)
+	mxSrv.Shutdown(sctx)
 	wg.Wait()
 	if err := node.Close(); err != nil && runErr == nil {
 		runErr = err
@@ -123,6 +136,13 @@ func run(ctx context.Context, o options) error {
 		log.Info("stopped cleanly")
 	}
 	return runErr
+}
+
+func httpServe(s *http.Server, l net.Listener) error {
+	if err := s.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 func wrap(what string, err error) error {

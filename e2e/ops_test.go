@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestHealthFollowsRole: the health probe answers 200 only on an UpToDate
+// Primary, and flips within a second of promote and demote, so a load
+// balancer or DNS probe sends clients to whichever node is Primary.
+func TestHealthFollowsRole(t *testing.T) {
+	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB"})
+	p := upCluster(t, c)
+	s := c.nodes[1]
+	expect := func(n *node, want int) {
+		t.Helper()
+		deadline := time.Now().Add(time.Second)
+		for {
+			code, body := httpGet(t, "http://"+n.metrics+"/health")
+			if code == want {
+				if !strings.Contains(body, `"node":"`+n.name+`"`) {
+					t.Fatalf("health body does not name the node: %s", body)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s /health = %d (%s), want %d within 1s", n.name, code, body, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	expect(p, 200)
+	expect(s, 503)
+	p.mustCtl("secondary")
+	expect(p, 503)
+	s.mustCtl("primary")
+	expect(s, 200)
+
+	run(t, time.Minute, requireTool(t, "qemu-io"), "-f", "raw", "-c", "write -P 1 0 64k", s.uri())
+	code, body := httpGet(t, "http://"+s.metrics+"/metrics")
+	for _, want := range []string{"repd_role_primary 1", `repd_nbd_requests_total{cmd="write"}`, `repd_peer_connected{peer="alpha"} 1`, `repd_disk_state{state="UpToDate"} 1`} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Fatalf("/metrics (%d) lacks %q", code, want)
+		}
+	}
+}
+
+// TestAdminSocketPermissions: the socket is 0600 and a caller that is not
+// root (nor the daemon's user) is refused.
+func TestAdminSocketPermissions(t *testing.T) {
+	c := newCluster(t, clusterOpts{nodes: 1, size: "16MiB"})
+	n := c.nodes[0]
+	n.start()
+	fi, err := os.Stat(n.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Fatalf("admin socket mode %o, want 600", perm)
+	}
+	if os.Geteuid() != 0 {
+		return // the refusal of another user needs root to become one
+	}
+	// Run repctl as nobody: open the socket's directory to it, so only the
+	// daemon's own check stands in the way.
+	os.Chmod(filepath.Dir(n.c.dir), 0o755)
+	os.Chmod(n.c.dir, 0o755)
+	os.Chmod(n.admin, 0o666)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bins.ctl, "--admin", n.admin, "status")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("repctl as nobody was served:\n%s", out)
+	}
+	if code := exitCodeOf(err); code != 4 {
+		t.Fatalf("repctl as nobody: exit %d, want 4 (unreachable):\n%s", code, out)
+	}
+	log, _ := os.ReadFile(n.logPath)
+	if !strings.Contains(string(log), "admin connection refused") {
+		t.Fatalf("no refusal in the daemon's log")
+	}
+	// Root still gets in.
+	n.mustCtl("status")
+}

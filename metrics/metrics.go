@@ -1,0 +1,151 @@
+// Package metrics serves a node's Prometheus metrics and its health probe on
+// one TCP listener:
+//
+//	GET /metrics  Prometheus text format
+//	GET /health   200 {"node","role","disk"} only on an UpToDate Primary, else 503
+//
+// The health endpoint is what a load balancer or an intelligent DNS probe
+// checks, so clients are sent to whichever node is Primary.
+package metrics
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/repd/repd/replica"
+)
+
+// Source is what metrics are read from at scrape time.
+type Source interface {
+	Status() replica.Status
+}
+
+// Metrics holds a node's registry and the request instruments the NBD
+// server feeds.
+type Metrics struct {
+	reg      *prometheus.Registry
+	src      Source
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	errors   *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// New builds the registry for src.
+func New(src Source) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), src: src}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "repd_nbd_requests_total", Help: "NBD requests answered, by command.",
+	}, []string{"cmd"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "repd_nbd_bytes_total", Help: "NBD payload bytes, by command.",
+	}, []string{"cmd"})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "repd_nbd_errors_total", Help: "NBD requests answered with an error, by command.",
+	}, []string{"cmd"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "repd_nbd_request_seconds",
+		Help:    "NBD request latency from parse to reply, by command.",
+		Buckets: prometheus.ExponentialBuckets(10e-6, 2.5, 14),
+	}, []string{"cmd"})
+	m.reg.MustRegister(m.requests, m.bytes, m.errors, m.latency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&stateCollector{src: src})
+	return m
+}
+
+// ObserveRequest records one answered NBD request (nbd.Server.OnRequest).
+func (m *Metrics) ObserveRequest(cmd string, n int64, d time.Duration, err error) {
+	m.requests.WithLabelValues(cmd).Inc()
+	m.bytes.WithLabelValues(cmd).Add(float64(n))
+	m.latency.WithLabelValues(cmd).Observe(d.Seconds())
+	if err != nil {
+		m.errors.WithLabelValues(cmd).Inc()
+	}
+}
+
+// Handler serves /metrics and /health.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		s := m.src.Status()
+		code := http.StatusServiceUnavailable
+		if s.Role == replica.Primary && s.Disk == "UpToDate" {
+			code = http.StatusOK
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(map[string]string{"node": s.Node, "resource": s.Resource, "role": s.Role.String(), "disk": s.Disk})
+	})
+	return mux
+}
+
+// stateCollector turns a status snapshot into gauges at scrape time.
+type stateCollector struct{ src Source }
+
+var (
+	descRole       = prometheus.NewDesc("repd_role_primary", "1 if this node is Primary.", nil, nil)
+	descDisk       = prometheus.NewDesc("repd_disk_state", "1 for the node's current disk state.", []string{"state"}, nil)
+	descJournal    = prometheus.NewDesc("repd_journal_bytes", "Bytes of writes in the journal not yet acknowledged by every peer.", nil, nil)
+	descJournalMax = prometheus.NewDesc("repd_journal_max_bytes", "The journal's bound.", nil, nil)
+	descWrites     = prometheus.NewDesc("repd_writes_total", "Writes completed on this node as Primary.", nil, nil)
+	descConn       = prometheus.NewDesc("repd_peer_connected", "1 if the peer is Connected.", []string{"peer"}, nil)
+	descRepl       = prometheus.NewDesc("repd_peer_replication_state", "1 for the peer's replication state.", []string{"peer", "state"}, nil)
+	descOOS        = prometheus.NewDesc("repd_peer_out_of_sync_bytes", "Bytes marked out of sync toward the peer.", []string{"peer"}, nil)
+	descSent       = prometheus.NewDesc("repd_peer_sent_bytes_total", "Bytes sent on the wire to the peer.", []string{"peer"}, nil)
+	descRecv       = prometheus.NewDesc("repd_peer_received_bytes_total", "Bytes received on the wire from the peer.", []string{"peer"}, nil)
+	descBad        = prometheus.NewDesc("repd_peer_bad_frames_total", "Frames from the peer that failed their checksum or parse.", []string{"peer"}, nil)
+	descConnects   = prometheus.NewDesc("repd_peer_connects_total", "Connections established with the peer.", []string{"peer"}, nil)
+	descResynced   = prometheus.NewDesc("repd_peer_resynced_bytes_total", "Bytes resynced with the peer.", []string{"peer"}, nil)
+	descSplit      = prometheus.NewDesc("repd_peer_split_brain", "1 if split brain was detected with the peer.", []string{"peer"}, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descResynced, descSplit} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Status()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(descRole, b2f(s.Role == replica.Primary))
+	for _, st := range []string{"Diskless", "Inconsistent", "Outdated", "UpToDate", "Failed"} {
+		gauge(descDisk, b2f(s.Disk == st), st)
+	}
+	gauge(descJournal, float64(s.JournalBytes))
+	gauge(descJournalMax, float64(s.JournalMax))
+	counter(descWrites, float64(s.Writes))
+	for _, p := range s.Peers {
+		gauge(descConn, b2f(p.Connection == replica.Connected), p.Name)
+		for _, st := range []replica.Repl{replica.ReplOff, replica.Established, replica.SyncSource, replica.SyncTarget, replica.PausedSync, replica.Ahead, replica.Behind} {
+			gauge(descRepl, b2f(p.Replication == st), p.Name, st.String())
+		}
+		gauge(descOOS, float64(p.OutOfSyncKiB*1024), p.Name)
+		counter(descSent, float64(p.BytesSent), p.Name)
+		counter(descRecv, float64(p.BytesReceived), p.Name)
+		counter(descBad, float64(p.BadFrames), p.Name)
+		counter(descConnects, float64(p.Connects), p.Name)
+		counter(descResynced, float64(p.ResyncedBytes), p.Name)
+		gauge(descSplit, b2f(p.SplitBrain), p.Name)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
