@@ -64,6 +64,11 @@ func Negotiate(c net.Conn, clientFlags uint32) (*Negotiation, error) {
 	return n, nil
 }
 
+// Reader is the buffered reader of the connection: after a successful
+// Info(nbd.OptGo, ...) a caller may speak the transmission phase itself by
+// writing to Conn and reading from Reader.
+func (n *Negotiation) Reader() *bufio.Reader { return n.br }
+
 // SendOption sends one option with raw data.
 func (n *Negotiation) SendOption(opt uint32, data []byte) error {
 	b := make([]byte, 16, 16+len(data))
