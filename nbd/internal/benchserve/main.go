@@ -15,7 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-type fileDev struct{ f *os.File; size int64 }
+type fileDev struct {
+	f    *os.File
+	size int64
+}
 
 func (d *fileDev) Size() int64 { return d.size }
 func (d *fileDev) ReadAt(_ context.Context, p []byte, off int64) error {
