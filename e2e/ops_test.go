@@ -99,3 +99,61 @@ func TestAdminSocketPermissions(t *testing.T) {
 	// Root still gets in.
 	n.mustCtl("status")
 }
+
+// TestRepctlVerbs drives connect, disconnect, wait-connect and wait-sync
+// against a real two-node cluster and checks exit codes and output.
+func TestRepctlVerbs(t *testing.T) {
+	qemuIO := requireTool(t, "qemu-io")
+	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB"})
+	p := upCluster(t, c)
+	s := c.nodes[1]
+	out := p.mustCtl("wait-connect", "--timeout", "10s")
+	if !strings.Contains(out, "beta:Connected") {
+		t.Fatalf("wait-connect output: %s", out)
+	}
+	p.mustCtl("disconnect", "beta")
+	if st := p.status(); st.Peers[0].Connection != "StandAlone" {
+		t.Fatalf("after disconnect: %s", st.Peers[0].Connection)
+	}
+	// Writes go on while beta is away; they are marked out of sync.
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 7 0 1M", p.uri())
+	if st := p.status(); st.Peers[0].OutOfSync < 1024 {
+		t.Fatalf("1 MiB written while disconnected, out-of-sync %d KiB", st.Peers[0].OutOfSync)
+	}
+	_, err := p.ctl("wait-sync", "--timeout", "500ms")
+	if code := exitCodeOf(err); code != 5 {
+		t.Fatalf("wait-sync on a StandAlone peer: exit %d, want 5 (timeout)", code)
+	}
+	_, err = p.ctl("disconnect", "nosuch")
+	if code := exitCodeOf(err); code != 2 {
+		t.Fatalf("disconnect of an unknown peer: exit %d, want 2", code)
+	}
+	_, err = p.ctl("frobnicate")
+	if code := exitCodeOf(err); code != 2 {
+		t.Fatalf("unknown verb: exit %d", code)
+	}
+	p.mustCtl("connect", "beta")
+	out = p.mustCtl("wait-sync", "--timeout", "30s")
+	if !strings.Contains(out, "in sync") {
+		t.Fatalf("wait-sync output: %s", out)
+	}
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 7 0 1M", s.uri())
+	// Events: the stream starts with the current state.
+	ctx := exec.Command(bins.ctl, "--admin", p.admin, "events")
+	stdout, _ := ctx.StdoutPipe()
+	if err := ctx.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	nr, _ := stdout.Read(buf)
+	ctx.Process.Kill()
+	ctx.Wait()
+	if !strings.Contains(string(buf[:nr]), `"kind":"exists"`) {
+		t.Fatalf("events stream starts with %q", buf[:nr])
+	}
+	// A daemon that is not there: exit 4.
+	_, err = exec.Command(bins.ctl, "--admin", p.admin+".nope", "status").CombinedOutput()
+	if code := exitCodeOf(err); code != 4 {
+		t.Fatalf("status of a missing daemon: exit %d, want 4", code)
+	}
+}

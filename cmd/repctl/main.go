@@ -35,9 +35,15 @@ func main() {
 
 func run(args []string) int {
 	app := newApp()
+	unknown := ""
+	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	err := app.RunContext(ctx, args)
+	if unknown != "" {
+		fmt.Fprintf(os.Stderr, "repctl: unknown command %q; see repctl --help\n", unknown)
+		return exitUsage
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -90,6 +96,8 @@ func newApp() *cli.App {
 			cmdConnect(),
 			cmdDisconnect(),
 			cmdNewCurrentUUID(),
+			cmdWaitConnect(),
+			cmdWaitSync(),
 		},
 	}
 }
