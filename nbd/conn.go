@@ -147,6 +147,8 @@ type gate struct {
 }
 
 func (g *gate) init(maxN int, maxBytes int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.cond.L = &g.mu
 	g.maxN = maxN
 	g.maxBytes = maxBytes

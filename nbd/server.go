@@ -54,7 +54,8 @@ type Server struct {
 	// MaxPayload bounds the length of READ and WRITE requests (default
 	// 32 MiB). A longer READ gets NBD_EINVAL; a longer WRITE gets
 	// NBD_EINVAL and the connection is closed, since its payload is not
-	// read.
+	// read. It is advertised as the maximum block size, which the spec
+	// wants at least 4096 (the preferred size) on exports that large.
 	MaxPayload int
 	// MaxInFlight bounds the requests one connection has at the Device at
 	// once (default 64); it is also the size of the connection's worker pool.
