@@ -26,6 +26,7 @@ type applier struct {
 	mu          sync.Mutex
 	cond        *sync.Cond
 	items       []*aitem // received, not yet acknowledged, in sequence order
+	active      []*aitem // received, not yet applied (the overlap checks scan only these)
 	lastBarrier *aitem
 	acked       atomic.Uint64 // cumulative: every item up to it is applied
 }
@@ -40,6 +41,7 @@ type aitem struct {
 	deps     []*aitem
 	done     chan struct{}
 	finished bool
+	slot     int // index in active
 }
 
 func newApplier(s *session) *applier {
@@ -78,8 +80,8 @@ func (a *applier) barrier(seq uint64) {
 
 func (a *applier) submit(it *aitem) {
 	a.mu.Lock()
-	for _, x := range a.items {
-		if !x.finished && (it.barrier || x.off < it.off+it.n && it.off < x.off+x.n) && !x.barrier {
+	for _, x := range a.active {
+		if !x.barrier && (it.barrier || x.off < it.off+it.n && it.off < x.off+x.n) {
 			it.deps = append(it.deps, x)
 		}
 	}
@@ -90,6 +92,8 @@ func (a *applier) submit(it *aitem) {
 		a.lastBarrier = it
 	}
 	a.items = append(a.items, it)
+	it.slot = len(a.active)
+	a.active = append(a.active, it)
 	a.mu.Unlock()
 	a.work <- it
 }
@@ -141,16 +145,21 @@ func (a *applier) finish(it *aitem, ok bool) {
 	a.mu.Lock()
 	it.finished = true
 	close(it.done)
+	last := len(a.active) - 1
+	a.active[it.slot] = a.active[last]
+	a.active[it.slot].slot = it.slot
+	a.active[last] = nil
+	a.active = a.active[:last]
 	i := 0
-	var last uint64
+	var upto uint64
 	for i < len(a.items) && a.items[i].finished {
-		last = a.items[i].seq
+		upto = a.items[i].seq
 		a.items[i] = nil
 		i++
 	}
 	a.items = a.items[i:]
 	if i > 0 && ok {
-		a.acked.Store(last)
+		a.acked.Store(upto)
 	}
 	if len(a.items) == 0 {
 		a.cond.Broadcast()

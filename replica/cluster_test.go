@@ -56,7 +56,7 @@ func (l *eventLog) has(kind, peer string) bool {
 }
 
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	nodes   []*tnode
 	proxies map[[2]int]*faultnet.Proxy // [lower, higher] index
@@ -75,7 +75,7 @@ func (s *syncBuf) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -84,16 +84,19 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// directLinks makes newCluster connect nodes without proxies (benchmarks).
+var directLinks bool
+
 var names = []string{"alpha", "beta", "gamma", "delta"}
 
 // newCluster builds k nodes (ids 1..k) and starts them.
-func newCluster(t *testing.T, k int, mod func(i int, c *Config)) *cluster {
+func newCluster(t testing.TB, k int, mod func(i int, c *Config)) *cluster {
 	t.Helper()
 	return newClusterWrap(t, k, mod, nil)
 }
 
 // newClusterWrap is newCluster with wrap decorating each node's store.
-func newClusterWrap(t *testing.T, k int, mod func(i int, c *Config), wrap func(i int, s Store) Store) *cluster {
+func newClusterWrap(t testing.TB, k int, mod func(i int, c *Config), wrap func(i int, s Store) Store) *cluster {
 	t.Helper()
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("cluster seed %d", seed)
@@ -127,7 +130,7 @@ func newClusterWrap(t *testing.T, k int, mod func(i int, c *Config), wrap func(i
 				continue
 			}
 			addr := addrs[j]
-			if i < j {
+			if i < j && !directLinks {
 				addr = c.proxies[[2]int{i, j}].Addr()
 			}
 			cfg.Peers = append(cfg.Peers, PeerConfig{ID: uint8(j + 1), Name: names[j], Addr: addr})
@@ -222,7 +225,7 @@ func (c *cluster) isolate(i int, on bool) {
 	}
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -300,7 +303,7 @@ func (c *cluster) bootstrap() *Node {
 	return c.nodes[0].n
 }
 
-func fileHash(t *testing.T, path string) [32]byte {
+func fileHash(t testing.TB, path string) [32]byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -309,7 +312,7 @@ func fileHash(t *testing.T, path string) [32]byte {
 	return blake3.Sum256(b)
 }
 
-func readFileAt(t *testing.T, path string, off int64, n int) []byte {
+func readFileAt(t testing.TB, path string, off int64, n int) []byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
