@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -652,6 +653,9 @@ func (s *session) send() error {
 		case <-s.ctx.Done():
 			return s.ctx.Err()
 		case <-s.wake:
+			// Let the other goroutines of this wave (writers, appliers)
+			// add to the batch: one flush then carries them all.
+			runtime.Gosched()
 		case <-tick.C:
 		}
 		now := time.Now()
@@ -976,6 +980,7 @@ func (p *peer) onResyncDone(current uint64) error {
 	}
 	p.bm.ClearAll()
 	n.meta.FlushBitmaps()
+	p.verdict = Verdict{Rel: RelInSync} // the connect-time verdict is history now
 	p.setReplLocked(Established)
 	n.log.Info("resync finished: UpToDate", "source", p.cfg.Name, "current", uuidString(current))
 	n.broadcastStateLocked(nil)

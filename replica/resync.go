@@ -104,6 +104,7 @@ func (s *session) resyncPass() (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	p.verdict = Verdict{Rel: RelInSync}
 	p.setReplLocked(Established)
 	p.peerDisk = UpToDate
 	rd := protocol.ResyncDone{Current: n.sb.GI.Current}
