@@ -7,6 +7,24 @@
 // who resyncs from whom, when a write may complete) are plain functions in
 // decide.go; the goroutines that move bytes live around them.
 //
+// Semantics worth knowing:
+//
+//   - Flush under protocol C sends a barrier to every peer that receives
+//     writes and waits for each to fdatasync; under protocol A it is a local
+//     fdatasync only (the barrier is sent, not awaited).
+//   - Peers with the lower node id dial; the higher accepts. A peer that
+//     does not ack within Timeout is dropped, its unacked writes marked in
+//     its bitmap; reconnects back off from ConnectInterval to 5s, forever,
+//     until Disconnect.
+//   - Resync runs only from a Primary (or toward a node connected with
+//     --discard-my-data). Two Secondaries whose data differ wait in
+//     PausedSync until one of them is promoted; two Secondaries of the same
+//     generation settle to Established.
+//   - All-zero blocks are resynced as zeroes ranges, without data.
+//   - Not yet done: checksum-based resync, online verify, dedup references,
+//     resync rate limiting beyond the journal share (half of JournalBytes),
+//     a Primary as SyncTarget (refused: demote it first), fencing.
+//
 // Concurrency: Node.mu guards the role, the superblock copy, the journal and
 // every peer's state. Store, meta-file and socket I/O happen outside it,
 // except the rare superblock updates (role and generation changes), which
