@@ -341,3 +341,30 @@ func run(t *testing.T, timeout time.Duration, name string, args ...string) []byt
 	}
 	return stdout.Bytes()
 }
+
+// peerCounter reads one numeric field of a peer in `status --json`.
+func peerCounter(t *testing.T, n *node, peer, field string) int64 {
+	t.Helper()
+	var s struct {
+		Peers []map[string]any `json:"peers"`
+	}
+	out := n.mustCtl("status", "--json")
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Peers {
+		if p["name"] == peer {
+			v, ok := p[field].(float64)
+			if !ok {
+				t.Fatalf("status of %s has no numeric %s for %s:\n%s", n.name, field, peer, out)
+			}
+			return int64(v)
+		}
+	}
+	t.Fatalf("%s has no peer %s", n.name, peer)
+	return 0
+}
+
+func resyncedBytes(t *testing.T, n *node, peer string) int64 {
+	return peerCounter(t, n, peer, "resynced_bytes")
+}

@@ -120,7 +120,7 @@ func TestReplicatedFioVerifyHashesEqual(t *testing.T) {
 			p := upCluster(t, c)
 			out := run(t, 5*time.Minute, fio, "--name=repl", "--ioengine=nbd", "--uri="+p.uri(),
 				"--rw=randwrite", "--bssplit=4k/60:16k/30:256k/10", "--numjobs=2", "--size=32M",
-				"--offset_increment=32M", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1",
+				"--offset_increment=32M", "--iodepth=16", "--verify=crc32c", "--verify_state_save=0", "--verify_fatal=1",
 				"--group_reporting", "--output-format=json")
 			if w, r := fioJSON(t, out); w == 0 || r == 0 {
 				t.Fatalf("fio did %d writes and %d verify reads", w, r)

@@ -143,7 +143,7 @@ func TestFioVerifySeveralConnections(t *testing.T) {
 	n := single(t, "64MiB")
 	out := run(t, 5*time.Minute, fio, "--name=verify", "--ioengine=nbd", "--uri="+n.uri(),
 		"--rw=randwrite", "--bs=4k", "--bssplit=4k/70:64k/20:1m/10", "--numjobs=4",
-		"--offset_increment=16M", "--size=16M", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1",
+		"--offset_increment=16M", "--size=16M", "--iodepth=16", "--verify=crc32c", "--verify_state_save=0", "--verify_fatal=1",
 		"--do_verify=1", "--group_reporting", "--output-format=json")
 	var res struct {
 		Jobs []struct {
