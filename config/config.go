@@ -61,14 +61,18 @@ type Resource struct {
 
 // Node is one [[node]] table.
 type Node struct {
-	Name    string `toml:"name"`
-	ID      *int   `toml:"id"`
-	Disk    string `toml:"disk"`
-	Meta    string `toml:"meta"`
-	NBD     string `toml:"nbd"`
-	Peer    string `toml:"peer"`
-	Admin   string `toml:"admin"`
-	Metrics string `toml:"metrics"`
+	Name string `toml:"name"`
+	ID   *int   `toml:"id"`
+	Disk string `toml:"disk"`
+	Meta string `toml:"meta"`
+	NBD  string `toml:"nbd"`
+	Peer string `toml:"peer"`
+	// PeerListen, if set, is where this node listens for peers, while the
+	// others dial Peer: for a proxy or NAT between them (link shaping in
+	// tests and benchmarks, a replication proxy on a WAN).
+	PeerListen string `toml:"peer-listen"`
+	Admin      string `toml:"admin"`
+	Metrics    string `toml:"metrics"`
 }
 
 // Defaults applied by Load to fields left out.
@@ -241,6 +245,18 @@ func (f *File) validate() error {
 				return fmt.Errorf("%s.peer: duplicate address %s (also node %q)", at, n.Peer, other)
 			}
 			peers[n.Peer] = n.Name
+		}
+		if n.PeerListen != "" {
+			if n.Peer == "" {
+				return fmt.Errorf("%s.peer-listen: needs peer too (the address the others dial)", at)
+			}
+			if _, _, err := net.SplitHostPort(n.PeerListen); err != nil {
+				return fmt.Errorf("%s.peer-listen %q: %w", at, n.PeerListen, err)
+			}
+			if other, dup := peers[n.PeerListen]; dup && other != n.Name {
+				return fmt.Errorf("%s.peer-listen: duplicate address %s (also node %q)", at, n.PeerListen, other)
+			}
+			peers[n.PeerListen] = n.Name
 		}
 		if n.Metrics != "" {
 			if _, _, err := net.SplitHostPort(n.Metrics); err != nil {

@@ -74,6 +74,9 @@ func TestParseBad(t *testing.T) {
 		{"duplicate admin", `admin = "/tmp/b.sock"`, `admin = "/tmp/a.sock"`, `node "beta".admin: duplicate`},
 		{"relative unix", `nbd = "unix:/tmp/b.nbd"`, `nbd = "unix:b.nbd"`, "must be absolute"},
 		{"bad nbd", `nbd = "127.0.0.1:10809"`, `nbd = "10809"`, `node "alpha".nbd`},
+		{"peer-listen without peer", `peer = "127.0.0.2:7789"`, `peer-listen = "127.0.0.2:7790"`, `node "beta".peer: missing`},
+		{"bad peer-listen", `peer = "127.0.0.2:7789"`, "peer = \"127.0.0.2:7789\"\npeer-listen = \"x\"", "peer-listen"},
+		{"peer-listen clashes", `peer = "127.0.0.2:7789"`, "peer = \"127.0.0.2:7789\"\npeer-listen = \"127.0.0.1:7789\"", "duplicate address"},
 		{"meta equals disk", `meta = "/tmp/a.meta"`, `meta = "/tmp/a.img"`, "must differ"},
 		{"syntax", `size = "64MiB"`, `size = `, "line"},
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -159,7 +160,7 @@ func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.L
 		Size:             int64(r.Size),
 		Protocol:         replica.Protocol(r.Protocol[0]),
 		Granularity:      int64(r.BlockSize),
-		Self:             replica.PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: self.Peer},
+		Self:             replica.PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: cmp.Or(self.PeerListen, self.Peer)},
 		MetaPath:         self.Meta,
 		Secret:           secret,
 		Timeout:          time.Duration(r.Timeout),
