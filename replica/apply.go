@@ -38,6 +38,7 @@ type aitem struct {
 	off, n   int64
 	data     []byte
 	buf      *[]byte
+	sums     [][protocol.SumSize]byte // a Verify: hash the range and answer (verify.go)
 	deps     []*aitem
 	done     chan struct{}
 	finished bool
@@ -64,6 +65,9 @@ func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte)
 	a.n.mu.Unlock()
 	if role == Primary {
 		return fmt.Errorf("%w: peer %s sent a write to this Primary (%s)", ErrRefused, a.s.p.cfg.Name, a.n.cfg.Self.Name)
+	}
+	if f&protocol.FlagResync != 0 {
+		a.s.p.sy.recvResync.Add(n)
 	}
 	it := &aitem{seq: seq, flags: f, off: off, n: n, done: make(chan struct{})}
 	if len(data) > 0 {
@@ -113,6 +117,8 @@ func (a *applier) worker() {
 		switch {
 		case it.barrier:
 			err = n.st.Flush(ctx)
+		case it.sums != nil:
+			err = a.verifyItem(it)
 		default:
 			// Peers that do not get this write from us in sync miss it.
 			if miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit; miss != 0 {

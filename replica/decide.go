@@ -220,7 +220,7 @@ func CanDemote(role Role) error {
 // gets the primary's writes. Every other peer has them marked in its
 // bitmap instead.
 func Receiving(c ConnState, r Repl) bool {
-	return c == Connected && (r == Established || r == SyncSource)
+	return c == Connected && (r == Established || r == SyncSource || r == VerifySource || r == VerifyTarget)
 }
 
 // NeedRotate says whether a Primary about to write must first start a new
@@ -259,4 +259,33 @@ func Done(proto Protocol, local bool, pending uint64) bool {
 		return false
 	}
 	return proto == ProtocolA || pending == 0
+}
+
+// AutoResolve applies the automatic split-brain policy after-sb-0pri when
+// neither side is Primary: with "discard-zero-changes", a side that made no
+// changes (nothing marked toward the other) discards its data; when neither
+// made any, the higher node id does. It says which side discards; both are
+// false when the policy does not apply (the operator decides).
+func AutoResolve(policy string, me, peer Side, myChanges, peerChanges int64) (discardMe, discardPeer bool) {
+	if policy != "discard-zero-changes" || me.Role == Primary || peer.Role == Primary {
+		return false, false
+	}
+	switch {
+	case myChanges == 0 && peerChanges == 0:
+		return me.ID > peer.ID, me.ID < peer.ID
+	case myChanges == 0:
+		return true, false
+	case peerChanges == 0:
+		return false, true
+	}
+	return false, false
+}
+
+// ParseAfterSB0Pri checks an after-sb-0pri policy name.
+func ParseAfterSB0Pri(s string) error {
+	switch s {
+	case "", "disconnect", "discard-zero-changes":
+		return nil
+	}
+	return fmt.Errorf("after-sb-0pri %q: use disconnect or discard-zero-changes", s)
 }

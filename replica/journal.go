@@ -13,6 +13,7 @@ const (
 	kWrite   kind = iota // application write (data, trim or zeroes)
 	kBarrier             // flush barrier: peers make everything before it durable
 	kResync              // resync data for one peer, read from the local disk
+	kVerify              // online verify: hashes of a range for one peer (verify.go)
 )
 
 // entryOverhead is what an entry without data counts against the journal.
@@ -45,6 +46,10 @@ type entry struct {
 	err     error         // local I/O error
 	size    int64
 }
+
+// marks says whether a peer that loses the entry must have its range
+// marked out of sync.
+func (e *entry) marks() bool { return e.kind == kWrite || e.kind == kResync }
 
 func (e *entry) overlaps(off, n int64) bool {
 	return e.kind != kBarrier && e.off < off+n && off < e.off+e.n

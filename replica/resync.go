@@ -24,6 +24,27 @@ func (s *session) resyncLoop() error {
 			return s.ctx.Err()
 		case <-s.resync:
 		}
+		n.mu.Lock()
+		repl, mine := p.repl, p.sess == s
+		n.mu.Unlock()
+		switch {
+		case !mine:
+			continue
+		case repl == VerifySource:
+			if err := s.verifyPass(); err != nil {
+				return err
+			}
+			continue
+		case repl == SyncTarget && s.sy.csums:
+			if err := s.csumsPass(); err != nil {
+				return err
+			}
+			continue
+		case repl == SyncSource:
+			if err := s.waitCsums(); err != nil {
+				return err
+			}
+		}
 		for {
 			n.mu.Lock()
 			active := p.repl == SyncSource && p.sess == s
@@ -69,6 +90,9 @@ func (s *session) resyncPass() (bool, error) {
 		e = min(e, b+maxRun)
 		off := b * gran
 		ln := min((e-b)*gran, n.cfg.Size-off)
+		if err := s.pace(ln); err != nil {
+			return false, err
+		}
 		ent, err := n.start(s.ctx, kResync, off, ln, nil, 0, p.bit)
 		if err != nil {
 			return false, err

@@ -80,9 +80,11 @@ const (
 	PausedSync
 	Ahead
 	Behind
+	VerifySource
+	VerifyTarget
 )
 
-var replNames = [...]string{"Off", "Established", "SyncSource", "SyncTarget", "PausedSync", "Ahead", "Behind"}
+var replNames = [...]string{"Off", "Established", "SyncSource", "SyncTarget", "PausedSync", "Ahead", "Behind", "VerifySource", "VerifyTarget"}
 
 func (r Repl) String() string {
 	if int(r) < len(replNames) {
@@ -154,24 +156,45 @@ type Status struct {
 
 // PeerStatus is one peer's part of Status.
 type PeerStatus struct {
-	Name          string    `json:"name"`
-	NodeID        uint8     `json:"node_id"`
-	Address       string    `json:"address"`
-	Connection    ConnState `json:"connection"`
-	Replication   Repl      `json:"replication"`
-	Role          string    `json:"role,omitempty"`
-	Disk          string    `json:"disk,omitempty"`
-	OutOfSyncKiB  int64     `json:"out_of_sync_kib"`
-	SyncPercent   *float64  `json:"sync_percent,omitempty"`
-	BitmapUUID    string    `json:"bitmap_uuid,omitempty"`
-	SplitBrain    bool      `json:"split_brain,omitempty"`
-	LastError     string    `json:"last_error,omitempty"`
-	BytesSent     int64     `json:"bytes_sent"`
-	BytesReceived int64     `json:"bytes_received"`
-	BadFrames     int64     `json:"bad_frames"`
-	Connects      int64     `json:"connects"`
-	Resyncs       int64     `json:"resyncs"`
-	ResyncedBytes int64     `json:"resynced_bytes"`
+	Name         string    `json:"name"`
+	NodeID       uint8     `json:"node_id"`
+	Address      string    `json:"address"`
+	Connection   ConnState `json:"connection"`
+	Replication  Repl      `json:"replication"`
+	Role         string    `json:"role,omitempty"`
+	Disk         string    `json:"disk,omitempty"`
+	OutOfSyncKiB int64     `json:"out_of_sync_kib"`
+	SyncPercent  *float64  `json:"sync_percent,omitempty"`
+	// Resync progress (while SyncSource, SyncTarget or PausedSync).
+	SyncLeftBytes       int64 `json:"sync_left_bytes,omitempty"`
+	SyncRateBytesPerSec int64 `json:"sync_rate_bytes_per_sec,omitempty"`
+	SyncETASeconds      int64 `json:"sync_eta_seconds,omitempty"`
+	SyncPausedByUser    bool  `json:"sync_paused_by_user,omitempty"`
+	CSumsEqualBytes     int64 `json:"csums_equal_bytes,omitempty"` // checksum resync: bytes found equal, not sent
+	// Online verify: progress while VerifySource/VerifyTarget, and the
+	// differences the last verify found (marked out of sync).
+	VerifyPercent      *float64 `json:"verify_percent,omitempty"`
+	VerifiedBytes      int64    `json:"verified_bytes,omitempty"`
+	VerifyMismatchKiB  int64    `json:"verify_mismatches_kib"`
+	VerifyRateBytesSec int64    `json:"verify_rate_bytes_per_sec,omitempty"`
+	BitmapUUID         string   `json:"bitmap_uuid,omitempty"`
+	SplitBrain         bool     `json:"split_brain,omitempty"`
+	LastError          string   `json:"last_error,omitempty"`
+	BytesSent          int64    `json:"bytes_sent"`
+	BytesReceived      int64    `json:"bytes_received"`
+	BadFrames          int64    `json:"bad_frames"`
+	Connects           int64    `json:"connects"`
+	Resyncs            int64    `json:"resyncs"`
+	ResyncedBytes      int64    `json:"resynced_bytes"`
+	// Transport: data bytes of the writes and resync blocks shipped
+	// (before dedup and compression), and LogicalBytes / BytesSent.
+	LogicalBytes     int64   `json:"bytes_logical"`
+	CompressionRatio float64 `json:"compression_ratio"`
+	DedupBlocks      int64   `json:"dedup_blocks"`      // 4 KiB blocks sent as references
+	DedupBytesSaved  int64   `json:"dedup_bytes_saved"` // their data, not sent
+	ZeroBlocks       int64   `json:"zero_blocks"`       // 4 KiB zero blocks sent as markers
+	DedupMisses      int64   `json:"dedup_misses"`      // references the peer could not resolve (data resent)
+	AuthFailures     int64   `json:"auth_failures"`     // handshakes with the peer that failed authentication
 }
 
 // String renders a status as indented JSON (for logs and tests).

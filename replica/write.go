@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
@@ -86,6 +87,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	}
 	n.writing++
 	n.mu.Unlock()
+	n.lastAppWrite.Store(time.Now().UnixNano())
 	defer func() {
 		n.mu.Lock()
 		n.writing--
@@ -158,7 +160,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			err = ErrClosed
 		case k == kWrite && (n.role != Primary || n.closed):
 			err = n.errNotPrimary("write")
-		case k == kResync && n.recvMask&only == 0:
+		case (k == kResync || k == kVerify) && n.recvMask&only == 0:
 			err = errResyncStopped
 		}
 		if err != nil {
@@ -169,7 +171,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			}
 			return nil, err
 		}
-		if k == kResync {
+		if k == kResync || k == kVerify {
 			// Resync gets half the journal, so application writes are not
 			// starved.
 			if n.j.bytes == 0 || n.j.bytes+e.size <= n.j.max/2 {
@@ -202,7 +204,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			}
 		}
 		e.ready = true
-	case kResync:
+	case kResync, kVerify:
 		e.ship = only
 	}
 	e.pend = e.ship
@@ -276,6 +278,8 @@ func (n *Node) local(ctx context.Context, e *entry) {
 	var err error
 	fua := e.flags&protocol.FlagFUA != 0
 	switch {
+	case e.kind == kVerify:
+		err = n.hashLocal(ctx, e)
 	case e.kind == kResync:
 		err = n.st.ReadAt(ctx, e.data, e.off)
 		if err == nil && allZero(e.data) {
@@ -308,7 +312,7 @@ func (n *Node) local(ctx context.Context, e *entry) {
 	}
 	n.maybeDoneLocked(e)
 	n.j.trim()
-	if e.kind == kResync {
+	if e.kind == kResync || e.kind == kVerify {
 		n.wakeLocked(e.ship)
 	}
 	n.mu.Unlock()

@@ -1,0 +1,286 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/bitmap"
+)
+
+// crash drops a node without Close: its goroutines stop and its files are
+// closed, but neither the crash flag nor the activity log is touched.
+func (c *cluster) crash(tn *tnode) {
+	n := tn.n
+	tn.cancel()
+	<-tn.done
+	n.meta.Close()
+	n.st.Close()
+	tn.n = nil
+}
+
+func TestResyncBudget(t *testing.T) {
+	for _, tc := range []struct {
+		max, min int64
+		busy     bool
+		want     int64
+	}{
+		{0, 0, false, 0},
+		{0, 0, true, 0},
+		{100, 10, false, 100},
+		{100, 10, true, 10},
+		{0, 10, true, 10},
+		{0, 10, false, 0},
+		{5, 10, true, 5}, // the maximum wins
+	} {
+		if got := ResyncBudget(tc.max, tc.min, tc.busy); got != tc.want {
+			t.Errorf("ResyncBudget(%d, %d, %v) = %d, want %d", tc.max, tc.min, tc.busy, got, tc.want)
+		}
+	}
+	var b tokenBucket
+	now := time.Now()
+	if d := b.delay(now, 1000, 100); d != 0 {
+		t.Fatalf("first 100 bytes of a 1000 B/s bucket wait %v", d)
+	}
+	if d := b.delay(now, 1000, 1000); d < 900*time.Millisecond || d > 1100*time.Millisecond {
+		t.Fatalf("1000 more bytes at 1000 B/s wait %v, want ~1s", d)
+	}
+	if ETA(100, 10) != 10*time.Second || ETA(100, 0) != 0 {
+		t.Fatal("ETA")
+	}
+}
+
+func TestAutoResolve(t *testing.T) {
+	a := Side{ID: 1, Name: "alpha"}
+	b := Side{ID: 2, Name: "beta"}
+	pa := a
+	pa.Role = Primary
+	for _, tc := range []struct {
+		policy       string
+		me, peer     Side
+		mine, theirs int64
+		dm, dp       bool
+	}{
+		{"", a, b, 0, 10, false, false},
+		{"disconnect", a, b, 0, 10, false, false},
+		{"discard-zero-changes", a, b, 0, 10, true, false},
+		{"discard-zero-changes", a, b, 10, 0, false, true},
+		{"discard-zero-changes", a, b, 10, 10, false, false},
+		{"discard-zero-changes", a, b, 0, 0, false, true}, // higher id discards
+		{"discard-zero-changes", b, a, 0, 0, true, false},
+		{"discard-zero-changes", pa, b, 0, 10, false, false}, // a Primary: 0pri does not apply
+	} {
+		dm, dp := AutoResolve(tc.policy, tc.me, tc.peer, tc.mine, tc.theirs)
+		if dm != tc.dm || dp != tc.dp {
+			t.Errorf("%q %s/%s changes %d/%d: got %v,%v want %v,%v", tc.policy, tc.me.Name, tc.peer.Name, tc.mine, tc.theirs, dm, dp, tc.dm, tc.dp)
+		}
+	}
+	if ParseAfterSB0Pri("bogus") == nil {
+		t.Fatal("bogus policy accepted")
+	}
+}
+
+// A Primary that crashes (no Close) marks its activity log's hot extents
+// out of sync at the next open, and they resync; a clean Close marks
+// nothing.
+func TestCrashedPrimaryMarksHotExtents(t *testing.T) {
+	c := newCluster(t, 2, nil)
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	data := bytes.Repeat([]byte{0xAB}, 64<<10)
+	for i := range 4 {
+		if err := alpha.WriteAt(ctx, data, int64(i)*(5<<20), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitSynced(5 * time.Second)
+	// Crash alpha, and change its disk behind its back in a hot extent
+	// (a write that reached alpha's disk, not beta's).
+	c.crash(c.nodes[0])
+	sb, err := bitmap.ReadSuperblock(c.nodes[0].cfg.MetaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Flags&bitmap.FlagPrimary == 0 {
+		t.Fatal("crash flag not set on a crashed Primary")
+	}
+	f, err := os.OpenFile(c.nodes[0].path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte{0xCD}, 4096), 5<<20)
+	f.Close()
+	c.start(c.nodes[0])
+	alpha = c.nodes[0].n
+	ps := peerState(alpha, "beta")
+	if ps.OutOfSyncKiB < 4*4096 {
+		t.Fatalf("after a crash as Primary, %d KiB out of sync; want the 4 hot extents (16 MiB)", ps.OutOfSyncKiB)
+	}
+	t.Logf("crashed primary reopened: %d KiB marked from the activity log", ps.OutOfSyncKiB)
+	// beta is promoted meanwhile (failover), alpha comes back as
+	// Secondary: the marked extents resync from beta.
+	beta := c.nodes[1].n
+	waitFor(t, 10*time.Second, "alpha and beta connected", func() bool { return peerState(beta, "alpha").Connection == Connected })
+	if err := beta.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSynced(20 * time.Second)
+	c.assertEqualStores()
+	// A clean Close clears the flag and the activity log: nothing marked.
+	c.stop(c.nodes[1])
+	c.stop(c.nodes[0])
+	for _, tn := range c.nodes {
+		sb, err := bitmap.ReadSuperblock(tn.cfg.MetaPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb.Flags&bitmap.FlagPrimary != 0 {
+			t.Fatalf("%s: crash flag set after a clean Close", tn.cfg.Self.Name)
+		}
+	}
+	c.start(c.nodes[1])
+	if ps := peerState(c.nodes[1].n, "alpha"); ps.OutOfSyncKiB != 0 {
+		t.Fatalf("after a clean Close of the Primary, %d KiB out of sync", ps.OutOfSyncKiB)
+	}
+	waitFor(t, 5*time.Second, "Run started", func() bool { return c.nodes[1].n.running.Load() })
+}
+
+// Checksum-based resync of identical data sends (almost) nothing; a block
+// that differs is found and sent.
+func TestCSumsResync(t *testing.T) {
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.CSums = true })
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	r := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB, not zero
+	for off := int64(0); off < testSize; off += int64(len(r)) {
+		if err := alpha.WriteAt(ctx, r, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitSynced(10 * time.Second)
+	// Change one block on beta behind repd's back, then a full resync.
+	c.stop(c.nodes[1])
+	f, err := os.OpenFile(c.nodes[1].path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte{0xEE}, 4096), 3<<20)
+	f.Close()
+	c.start(c.nodes[1])
+	c.waitConnected(10 * time.Second)
+	sentBefore := peerState(alpha, "beta").BytesSent
+	if err := alpha.InvalidateRemote("beta"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSynced(20 * time.Second)
+	ps := peerState(alpha, "beta")
+	sent := ps.BytesSent - sentBefore
+	t.Logf("checksum resync of %d bytes: %d bytes sent, %d found equal, %d resynced", testSize, sent, ps.CSumsEqualBytes, ps.ResyncedBytes)
+	if sent > testSize/100 {
+		t.Fatalf("checksum resync of identical data sent %d bytes (>1%% of %d)", sent, testSize)
+	}
+	if ps.CSumsEqualBytes != testSize-4096 {
+		t.Fatalf("csums found %d bytes equal, want %d", ps.CSumsEqualBytes, testSize-4096)
+	}
+	c.assertEqualStores()
+}
+
+// Online verify finds exactly a block corrupted behind repd's back, while
+// the Primary keeps writing elsewhere and to the same region, and the
+// Primary repairs it at once.
+func TestVerifyFindsCorruption(t *testing.T) {
+	c := newCluster(t, 2, nil)
+	alpha := c.bootstrap()
+	beta := c.nodes[1].n
+	if err := beta.Verify("alpha"); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "run verify there") {
+		t.Fatalf("verify on a Secondary of a Primary: %v", err)
+	}
+	if err := alpha.Verify("nobody"); !errors.Is(err, ErrUnknownPeer) {
+		t.Fatalf("verify toward an unknown peer: %v", err)
+	}
+	// Corrupt one block on beta's disk (repd reads with pread: no cache).
+	f, err := os.OpenFile(c.nodes[1].path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte{0x5A}, 4096), 7<<20)
+	f.Close()
+	// Writes race the verify, also into the blocks around the bad one.
+	stop := make(chan struct{})
+	done := make(chan int, 2)
+	go func() { done <- writer(t, alpha, c.seed, 6<<20, 7<<20, stop, nil) }()
+	go func() { done <- writer(t, alpha, c.seed+1, 7<<20+64<<10, 8<<20, stop, nil) }()
+	if err := alpha.Verify("beta"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "verify finished", func() bool {
+		r := peerState(alpha, "beta").Replication
+		return r != VerifySource
+	})
+	close(stop)
+	t.Logf("%d writes during the verify", <-done+<-done)
+	ps := peerState(alpha, "beta")
+	if ps.VerifyMismatchKiB != 4 {
+		t.Fatalf("verify found %d KiB different, want exactly the 4 KiB corrupted", ps.VerifyMismatchKiB)
+	}
+	if ps2 := peerState(beta, "alpha"); ps2.VerifyMismatchKiB != 4 {
+		t.Fatalf("verify target counted %d KiB different", ps2.VerifyMismatchKiB)
+	}
+	c.waitSynced(20 * time.Second)
+	c.assertEqualStores()
+}
+
+// invalidate, pause-sync and resume-sync, and their refusals.
+func TestInvalidatePauseResume(t *testing.T) {
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.ResyncRate = 16 << 20 })
+	alpha := c.bootstrap()
+	beta := c.nodes[1].n
+	ctx := context.Background()
+	if err := alpha.Invalidate(""); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "Primary") {
+		t.Fatalf("invalidate on a Primary: %v", err)
+	}
+	if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{7}, 1<<20), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// beta throws its copy away and syncs all 16 MiB at 16 MiB/s.
+	if err := beta.Invalidate("alpha"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "alpha SyncSource", func() bool { return peerState(alpha, "beta").Replication == SyncSource })
+	if err := alpha.PauseSync("beta"); err != nil {
+		t.Fatal(err)
+	}
+	ps := peerState(alpha, "beta")
+	if ps.Replication != PausedSync || !ps.SyncPausedByUser || ps.SyncLeftBytes == 0 {
+		t.Fatalf("after pause-sync: %+v", ps)
+	}
+	waitFor(t, 5*time.Second, "beta sees the pause", func() bool { return peerState(beta, "alpha").Replication == PausedSync })
+	left := peerState(alpha, "beta").OutOfSyncKiB
+	time.Sleep(300 * time.Millisecond)
+	if now := peerState(alpha, "beta").OutOfSyncKiB; now != left {
+		t.Fatalf("resync went on while paused: %d -> %d KiB", left, now)
+	}
+	if err := alpha.ResumeSync("beta"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "progress reported", func() bool {
+		ps := peerState(alpha, "beta")
+		return ps.SyncPercent != nil && ps.SyncRateBytesPerSec > 0 || ps.Replication == Established
+	})
+	c.waitSynced(20 * time.Second)
+	c.assertEqualStores()
+	// Refusals: verify toward a disconnected peer.
+	if err := alpha.Disconnect("beta"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alpha.Verify("beta"); err == nil || err.Error() != "refused: peer beta is not connected" {
+		t.Fatalf("verify of a disconnected peer: %v", err)
+	}
+	if err := alpha.InvalidateRemote("beta"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("invalidate-remote of a disconnected peer: %v", err)
+	}
+}
