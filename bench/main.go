@@ -34,6 +34,8 @@ const (
 
 type flags struct {
 	targets, workloads string
+	links, drills      string
+	drillSeconds       int
 	size               string
 	runtime            string
 	long, quick        bool
@@ -52,11 +54,14 @@ func main() {
 func run(args []string, stdout io.Writer) int {
 	var f flags
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.StringVar(&f.targets, "targets", "local,nbdkit,qemu-nbd,repd", "comma list of targets: "+targetNames())
-	fs.StringVar(&f.workloads, "workloads", "all", "comma list of workloads (job files in bench/jobs without .fio)")
-	fs.StringVar(&f.size, "size", "1GiB", "backing file size per target (e.g. 256MiB, 1GiB)")
-	fs.StringVar(&f.runtime, "runtime", "10s", "measured time per job, after a 2 s ramp")
-	fs.BoolVar(&f.long, "long", false, "60 s per job")
+	fs.StringVar(&f.targets, "targets", "default", "comma list of targets, or default, or all: "+targetNames())
+	fs.StringVar(&f.workloads, "workloads", "default", "comma list of workloads (job files in bench/jobs without .fio), or all; default: all on loopback, a few on the compression and link targets")
+	fs.StringVar(&f.links, "links", linkNames(), "link profiles for the link targets, or none")
+	fs.StringVar(&f.drills, "drills", strings.Join(drillNames, ","), "drills to run after the matrix, or none: "+strings.Join(drillNames, ","))
+	fs.IntVar(&f.drillSeconds, "drill-seconds", 5, "seconds of writes in the RPO and resync drills")
+	fs.StringVar(&f.size, "size", "512MiB", "backing file size per target (e.g. 256MiB, 1GiB)")
+	fs.StringVar(&f.runtime, "runtime", "6s", "measured time per job, after a 2 s ramp")
+	fs.BoolVar(&f.long, "long", false, "every workload on every target (and qemu-nbd), 30 s per job, 1 GiB")
 	fs.BoolVar(&f.quick, "quick", false, "smoke run: 3 s per job, 256 MiB (unless --runtime/--size are given)")
 	fs.StringVar(&f.dir, "dir", os.TempDir(), "parent of the scratch directory holding the backing files (one filesystem for all targets)")
 	fs.StringVar(&f.out, "out", "", "output parent directory (default bench/out in the module root)")
@@ -86,8 +91,22 @@ func run(args []string, stdout io.Writer) int {
 			f.size = "256MiB"
 		}
 	}
-	if f.long && !set["runtime"] {
-		f.runtime = "60s"
+	if f.long {
+		if !set["runtime"] {
+			f.runtime = "30s"
+		}
+		if !set["size"] {
+			f.size = "1GiB"
+		}
+		if !set["workloads"] {
+			f.workloads = "all"
+		}
+		if !set["targets"] {
+			f.targets = "all"
+		}
+		if !set["drill-seconds"] {
+			f.drillSeconds = 10
+		}
 	}
 	if f.strict {
 		f.check = true
@@ -127,11 +146,11 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	if err != nil || runtime < time.Second {
 		return 2, fmt.Errorf("--runtime %q: want a duration of at least 1s (10s, 1m)", f.runtime)
 	}
-	workloads, err := selectWorkloads(f.workloads)
+	plan, err := buildPlan(f)
 	if err != nil {
 		return 2, err
 	}
-	targets, err := selectTargets(f.targets)
+	drills, err := selectDrills(f.drills)
 	if err != nil {
 		return 2, err
 	}
@@ -192,161 +211,49 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 			Prealloc:    f.prealloc,
 		},
 	}
-	for _, w := range workloads {
-		s.Options.Workloads = append(s.Options.Workloads, w.Name)
+	for _, ph := range plan {
+		var ts, ws []string
+		for _, t := range ph.targets {
+			ts = append(ts, t.Name)
+		}
+		for _, w := range ph.workloads {
+			ws = append(ws, w.Name)
+		}
+		s.Options.Phases = append(s.Options.Phases, PhaseOptions{Group: ph.group, Targets: ts, Workloads: ws})
+		logf("%s: %d workloads x %d targets", ph.group, len(ws), len(ts))
 	}
-	for _, t := range targets {
-		s.Options.Targets = append(s.Options.Targets, t.Name)
-	}
+	s.Options.Drills = drills
 	logf("output in %s; scratch in %s", out, scratch)
-	logf("%d workloads x %d targets, %s + %s ramp each, %s per target",
-		len(workloads), len(targets), runtime, rampTime, fmtSize(size))
+	logf("%s + %s ramp per job, %s per target; drills: %s", runtime, rampTime, fmtSize(size), strings.Join(drills, ","))
 
-	// Start every target.
-	type running struct {
-		t       Target
-		ep      *Endpoint
-		info    *TargetInfo
-		prefill bool  // prefilled already
-		dead    error // the server died; skip its remaining runs
-		maxRSS  int64
+	env := Env{
+		Size: size, Prealloc: f.prealloc, Transport: f.transport,
+		LocalEngine: f.localEngine, Repo: repo, BinDir: filepath.Join(scratch, "bin"), Logf: logf,
 	}
-	var live []*running
-	s.Targets = make([]TargetInfo, len(targets))
-	defer func() {
-		for _, r := range live {
-			r.ep.Stop()
-		}
-		copyLogs(scratch, filepath.Join(out, "logs"))
-	}()
-	for i, t := range targets {
-		info := &s.Targets[i]
-		*info = TargetInfo{Name: t.Name, Desc: t.Desc}
-		dir := filepath.Join(scratch, t.Name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return 1, err
-		}
-		env := Env{
-			Dir: dir, Size: size, Prealloc: f.prealloc, Transport: f.transport,
-			LocalEngine: f.localEngine, Repo: repo, BinDir: filepath.Join(scratch, "bin"), Logf: logf,
-		}
-		if err := os.MkdirAll(env.BinDir, 0o755); err != nil {
-			return 1, err
-		}
-		logf("starting %s", t.Name)
-		ep, err := t.Start(ctx, env)
-		if ctx.Err() != nil {
-			if ep != nil {
-				ep.Stop()
-			}
-			return 130, errors.New("interrupted")
-		}
-		if err != nil {
-			if errors.Is(err, errSkip) {
-				info.Status = "skipped: " + strings.TrimPrefix(err.Error(), errSkip.Error()+": ")
-			} else {
-				info.Status = "failed to start: " + err.Error()
-			}
-			logf("%s: %s", t.Name, info.Status)
-			continue
-		}
-		info.Status, info.URI, info.Notes = "ran", ep.URI, ep.Notes
-		r := &running{t: t, ep: ep, info: info}
-		live = append(live, r)
-		if ep.URI != "" {
-			if err := probeWrite(ctx, ep, filepath.Join(scratch, t.Name+"-probe.json")); err != nil {
-				note := "WRITES REFUSED: " + err.Error()
-				info.Notes = append(info.Notes, note)
-				logf("%s: %s", t.Name, note)
-			}
-		}
-		for _, n := range info.Notes {
-			logf("%s: %s", t.Name, n)
-		}
+	if err := os.MkdirAll(env.BinDir, 0o755); err != nil {
+		return 1, err
 	}
-
-	// Run each workload on every target before the next workload.
-	total, n := len(workloads)*len(live), 0
+	defer copyLogs(scratch, filepath.Join(out, "logs"))
+	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime}
+	for _, ph := range plan {
+		m.total += len(ph.targets) * len(ph.workloads)
+	}
 	interrupted := false
-loop:
-	for _, w := range workloads {
-		for _, r := range live {
+	for _, ph := range plan {
+		if err := m.runPhase(ctx, ph); err != nil {
 			if ctx.Err() != nil {
 				interrupted = true
-				break loop
+				break
 			}
-			n++
-			res := Result{Workload: w.Name, Target: r.t.Name}
-			if r.dead == nil {
-				r.dead = r.ep.Alive()
-			}
-			if r.dead != nil {
-				res.Error = "target not running: " + r.dead.Error()
-				s.Results = append(s.Results, res)
-				continue
-			}
-			if w.NeedsData && !r.prefill {
-				logf("[%d/%d] prefilling %s (%s, 1M sequential)", n, total, r.t.Name, fmtSize(size))
-				stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
-				_, err := fioRun{
-					Args:    r.ep.FioArgs,
-					JobFile: filepath.Join(jobDir, prefillJob),
-					Output:  filepath.Join(out, "raw", "prefill--"+r.t.Name+".json"),
-					Timeout: 30 * time.Minute,
-				}.run(ctx)
-				r.maxRSS = max(r.maxRSS, stopRSS())
-				if err != nil {
-					res.Error = "prefill: " + err.Error()
-					s.Results = append(s.Results, res)
-					logf("%s: %s", r.t.Name, res.Error)
-					continue
-				}
-				r.prefill = true
-			}
-			raw := filepath.Join("raw", w.Name+"--"+r.t.Name+".json")
-			stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
-			fr, err := fioRun{
-				Args:    r.ep.FioArgs,
-				JobFile: filepath.Join(jobDir, w.Name+".fio"),
-				Output:  filepath.Join(out, raw),
-				Runtime: runtime,
-				Timeout: runtime + rampTime + 2*time.Minute,
-			}.run(ctx)
-			res.MaxRSS = stopRSS()
-			r.maxRSS = max(r.maxRSS, res.MaxRSS)
-			res.RawJSON = raw
-			if ctx.Err() != nil {
-				interrupted = true
-				break loop
-			}
-			if err != nil {
-				res.Error = err.Error()
-				if dead := r.ep.Alive(); dead != nil {
-					r.dead = dead
-					res.Error += "; " + dead.Error()
-				}
-				logf("[%d/%d] %s on %s: %s", n, total, w.Name, r.t.Name, res.Error)
-			} else {
-				res.IOPS, res.MBps = fr.Total()
-				if fr.Read.IOs > 0 {
-					res.Read = &fr.Read
-				}
-				if fr.Write.IOs > 0 {
-					res.Write = &fr.Write
-				}
-				p50, p99 := latencies(res)
-				logf("[%d/%d] %-22s %-9s %9.0f IOPS %8.1f MB/s  p50 %s µs  p99 %s µs",
-					n, total, w.Name, r.t.Name, res.IOPS, res.MBps, p50, p99)
-			}
-			s.Results = append(s.Results, res)
+			return 1, err
 		}
 	}
-	for _, r := range live {
-		r.info.MaxRSS = r.maxRSS
-		if r.dead != nil {
-			r.info.Status = "died: " + r.dead.Error()
-		}
+	if !interrupted && len(drills) > 0 {
+		env.Dir = filepath.Join(scratch, "drills")
+		s.Drills = runDrills(ctx, env, drills, f.drillSeconds)
+		interrupted = ctx.Err() != nil
 	}
+	s.LoadEnd = loadAvg()
 
 	s.Finished = time.Now()
 	s.Interrupted = interrupted
@@ -354,7 +261,8 @@ loop:
 	if f.check {
 		s.Checks = evalChecks(s)
 	}
-	report := markdown(s, workloads)
+	s.Charts, s.ChartNote = drawCharts(ctx, s, out)
+	report := markdown(s, Workloads)
 	if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(report), 0o644); err != nil {
 		return 1, err
 	}
@@ -389,33 +297,6 @@ func probeWrite(ctx context.Context, ep *Endpoint, output string) error {
 		Timeout: time.Minute,
 	}.run(ctx)
 	return err
-}
-
-func selectTargets(list string) ([]Target, error) {
-	all := allTargets()
-	var out []Target
-	seen := map[string]bool{}
-	for _, name := range strings.Split(list, ",") {
-		name = strings.TrimSpace(name)
-		if name == "" || seen[name] {
-			continue
-		}
-		seen[name] = true
-		found := false
-		for _, t := range all {
-			if t.Name == name {
-				out = append(out, t)
-				found = true
-			}
-		}
-		if !found {
-			return nil, fmt.Errorf("unknown target %q (known: %s)", name, targetNames())
-		}
-	}
-	if len(out) == 0 {
-		return nil, errors.New("--targets: none given")
-	}
-	return out, nil
 }
 
 // moduleRoot finds the repd module's root above the working directory.

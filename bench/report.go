@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -18,23 +19,27 @@ type Result struct {
 	// RatioNbdkit is IOPS over nbdkit's IOPS on the same workload in the
 	// same run; 0 when there is none.
 	RatioNbdkit float64 `json:"ratio_to_nbdkit,omitempty"`
-	MaxRSS      int64   `json:"max_rss_bytes,omitempty"` // server RSS during this run
-	RawJSON     string  `json:"raw_json,omitempty"`      // relative to the report
-	Error       string  `json:"error,omitempty"`
+	// RatioStandalone is IOPS over repd standalone's on the same workload.
+	RatioStandalone float64 `json:"ratio_to_standalone,omitempty"`
+	MaxRSS          int64   `json:"max_rss_bytes,omitempty"` // server RSS during this run
+	RawJSON         string  `json:"raw_json,omitempty"`      // relative to the report
+	Error           string  `json:"error,omitempty"`
 }
 
 // TargetInfo is one target's state in the report.
 type TargetInfo struct {
-	Name   string   `json:"name"`
-	Desc   string   `json:"desc"`
-	Status string   `json:"status"` // "ran", "skipped: ...", "failed: ..."
-	URI    string   `json:"uri,omitempty"`
-	MaxRSS int64    `json:"max_rss_bytes,omitempty"` // over all its fio runs
-	Notes  []string `json:"notes,omitempty"`
+	Name   string     `json:"name"`
+	Desc   string     `json:"desc"`
+	Meta   TargetMeta `json:"meta"`
+	Status string     `json:"status"` // "ran", "skipped: ...", "failed: ..."
+	URI    string     `json:"uri,omitempty"`
+	MaxRSS int64      `json:"max_rss_bytes,omitempty"` // over all its fio runs
+	Notes  []string   `json:"notes,omitempty"`
 }
 
 // Check is one issue target evaluated against the results.
 type Check struct {
+	Issue  int     `json:"issue"`
 	Name   string  `json:"name"`
 	Status string  `json:"status"` // PASS, FAIL or SKIP
 	Value  float64 `json:"value,omitempty"`
@@ -52,46 +57,91 @@ type Summary struct {
 	Targets     []TargetInfo `json:"targets"`
 	Results     []Result     `json:"results"`
 	Checks      []Check      `json:"checks,omitempty"`
+	Drills      *Drills      `json:"drills,omitempty"`
+	LoadEnd     string       `json:"loadavg_at_end"`
+	Charts      []string     `json:"charts,omitempty"` // PNG files next to the report
+	ChartNote   string       `json:"chart_note,omitempty"`
 }
 
 // Options are the settings of a run, as recorded in the report.
 type Options struct {
-	Targets     []string `json:"targets"`
-	Workloads   []string `json:"workloads"`
-	SizeBytes   int64    `json:"size_bytes"`
-	RuntimeSec  int      `json:"runtime_s"`
-	RampSec     int      `json:"ramp_s"`
-	Transport   string   `json:"transport"`
-	LocalEngine string   `json:"local_engine"`
-	Prealloc    bool     `json:"prealloc"`
+	Phases      []PhaseOptions `json:"phases"`
+	Drills      []string       `json:"drills"`
+	SizeBytes   int64          `json:"size_bytes"`
+	RuntimeSec  int            `json:"runtime_s"`
+	RampSec     int            `json:"ramp_s"`
+	Transport   string         `json:"transport"`
+	LocalEngine string         `json:"local_engine"`
+	Prealloc    bool           `json:"prealloc"`
 }
 
-// fillRatios sets each result's ratio to nbdkit on the same workload.
+// PhaseOptions is one group's targets and workloads.
+type PhaseOptions struct {
+	Group     string   `json:"group"`
+	Targets   []string `json:"targets"`
+	Workloads []string `json:"workloads"`
+}
+
+// fillRatios sets each result's ratio to nbdkit and to repd standalone on
+// the same workload.
 func fillRatios(rs []Result) {
-	base := map[string]float64{}
+	nbdkit, alone := map[string]float64{}, map[string]float64{}
 	for _, r := range rs {
-		if r.Target == "nbdkit" && r.Error == "" {
-			base[r.Workload] = r.IOPS
+		if r.Error != "" {
+			continue
+		}
+		switch r.Target {
+		case "nbdkit":
+			nbdkit[r.Workload] = r.IOPS
+		case standalone:
+			alone[r.Workload] = r.IOPS
 		}
 	}
 	for i := range rs {
-		if b := base[rs[i].Workload]; b > 0 && rs[i].Error == "" {
+		if rs[i].Error != "" {
+			continue
+		}
+		if b := nbdkit[rs[i].Workload]; b > 0 {
 			rs[i].RatioNbdkit = rs[i].IOPS / b
+		}
+		if b := alone[rs[i].Workload]; b > 0 {
+			rs[i].RatioStandalone = rs[i].IOPS / b
 		}
 	}
 }
 
-// Issue targets for repd, judged against nbdkit measured in the same run.
-var checkRatios = []struct {
-	workload string
-	min      float64
-}{
-	{"randwrite-4k-qd32", 1.0},
-	{"seqwrite-1m-qd8", 1.0},
-	{"randread-4k-qd32", 0.9},
+// ratioCheck is an IOPS ratio between two targets on one workload, measured
+// in the same run.
+type ratioCheck struct {
+	issue     int
+	workload  string
+	num, den  string // target names
+	min       float64
+	numLabel  string
+	denLabel  string
+	extraNote string
+}
+
+var ratioChecks = []ratioCheck{
+	{issue: 1, workload: "randwrite-4k-qd32", num: standalone, den: "nbdkit", min: 1.0},
+	{issue: 1, workload: "seqwrite-1m-qd8", num: standalone, den: "nbdkit", min: 1.0},
+	{issue: 1, workload: "randread-4k-qd32", num: standalone, den: "nbdkit", min: 0.9},
+	{issue: 3, workload: "randwrite-4k-qd32", num: "repd-a1", den: standalone, min: 0.9},
+	{issue: 3, workload: "randwrite-4k-qd32", num: "repd-c1", den: standalone, min: 0.6},
+	{issue: 3, workload: "seqwrite-1m-qd8", num: "repd-c1", den: standalone, min: 0.7},
+	{issue: 7, workload: "randwrite-4k-qd32", num: "repd-c1-lan", den: standalone, min: 0.5},
+	{issue: 7, workload: "randwrite-4k-qd32", num: "repd-a1-wan", den: standalone, min: 0.85},
+	{issue: 5, workload: "randwrite-4k-qd32", num: "repd-a1-zstd", den: "repd-a1", min: 0.95,
+		extraNote: "fio's buffers are random (incompressible)"},
 }
 
 const rssLimit = 100 << 20
+
+// Issue 7's RTO target.
+const rtoLimitMs = 2000
+
+// Issue 5's wire/logical targets by data kind.
+var wireLimits = map[string]float64{"csv": 1.0 / 3, "repeat-4k": 0.10, "random": 1.01}
 
 func evalChecks(s *Summary) []Check {
 	var cs []Check
@@ -103,27 +153,30 @@ func evalChecks(s *Summary) []Check {
 		}
 		return nil
 	}
-	for _, c := range checkRatios {
-		ck := Check{Name: "repd/nbdkit IOPS on " + c.workload, Limit: fmt.Sprintf(">= %.2fx", c.min)}
-		repd, nbdkit := find(c.workload, "repd"), find(c.workload, "nbdkit")
+	for _, c := range ratioChecks {
+		ck := Check{Issue: c.issue, Name: fmt.Sprintf("%s/%s IOPS on %s", c.num, c.den, c.workload), Limit: fmt.Sprintf(">= %.2fx", c.min)}
+		num, den := find(c.workload, c.num), find(c.workload, c.den)
 		switch {
-		case repd == nil || nbdkit == nil:
-			ck.Status, ck.Detail = "SKIP", "needs repd and nbdkit in --targets and the workload in --workloads"
-		case repd.Error != "":
-			ck.Status, ck.Detail = "FAIL", "repd: "+repd.Error
-		case nbdkit.Error != "" || nbdkit.IOPS == 0:
-			ck.Status, ck.Detail = "SKIP", "nbdkit failed: "+nbdkit.Error
+		case num == nil || den == nil:
+			ck.Status, ck.Detail = "SKIP", fmt.Sprintf("needs %s and %s with %s in the run", c.num, c.den, c.workload)
+		case num.Error != "":
+			ck.Status, ck.Detail = "FAIL", c.num+": "+num.Error
+		case den.Error != "" || den.IOPS == 0:
+			ck.Status, ck.Detail = "SKIP", c.den+" failed: "+den.Error
 		default:
-			ck.Value = repd.IOPS / nbdkit.IOPS
+			ck.Value = num.IOPS / den.IOPS
 			ck.Status = passFail(ck.Value >= c.min)
-			ck.Detail = fmt.Sprintf("%.2fx (repd %.0f, nbdkit %.0f IOPS)", ck.Value, repd.IOPS, nbdkit.IOPS)
+			ck.Detail = fmt.Sprintf("%.2fx (%s %.0f, %s %.0f IOPS)", ck.Value, c.num, num.IOPS, c.den, den.IOPS)
+			if c.extraNote != "" {
+				ck.Detail += "; " + c.extraNote
+			}
 		}
 		cs = append(cs, ck)
 	}
-	ck := Check{Name: "repd max RSS", Limit: "< 100 MiB"}
+	ck := Check{Issue: 1, Name: "repd max RSS", Limit: "< 100 MiB"}
 	var ti *TargetInfo
 	for i := range s.Targets {
-		if s.Targets[i].Name == "repd" {
+		if s.Targets[i].Name == standalone {
 			ti = &s.Targets[i]
 		}
 	}
@@ -135,7 +188,78 @@ func evalChecks(s *Summary) []Check {
 		ck.Status = passFail(ti.MaxRSS < rssLimit)
 		ck.Detail = fmt.Sprintf("%.1f MiB", ck.Value)
 	}
-	return append(cs, ck)
+	cs = append(cs, ck)
+	return append(cs, drillChecks(s.Drills)...)
+}
+
+// drillChecks judge the drills: RTO, RPO and the wire ratios.
+func drillChecks(d *Drills) []Check {
+	skip := func(issue int, name, limit, why string) Check {
+		return Check{Issue: issue, Name: name, Limit: limit, Status: "SKIP", Detail: why}
+	}
+	if d == nil {
+		d = &Drills{}
+	}
+	var cs []Check
+	const rtoName, rtoLimit = "RTO: kill -9 primary until first write on promoted secondary", "< 2 s"
+	switch r := d.RTO; {
+	case r == nil:
+		cs = append(cs, skip(7, rtoName, rtoLimit, "rto drill not run"))
+	case r.Error != "":
+		cs = append(cs, Check{Issue: 7, Name: rtoName, Limit: rtoLimit, Status: "FAIL", Detail: r.Error})
+	default:
+		cs = append(cs, Check{Issue: 7, Name: rtoName, Limit: rtoLimit, Value: r.TotalMs, Status: passFail(r.TotalMs < rtoLimitMs),
+			Detail: fmt.Sprintf("%.0f ms (detect %.0f, promote %.0f, first write %.0f)", r.TotalMs, r.DetectMs, r.PromoteMs, r.FirstWriteMs)})
+	}
+	for _, proto := range []string{"C", "A"} {
+		name := "RPO under protocol " + proto + " over the WAN link"
+		limit := "0 bytes lost"
+		if proto == "A" {
+			limit = "lost <= journal-size"
+		}
+		i := slices.IndexFunc(d.RPO, func(r RPOResult) bool { return r.Protocol == proto })
+		if i < 0 {
+			cs = append(cs, skip(7, name, limit, "rpo drill not run"))
+			continue
+		}
+		r := d.RPO[i]
+		ck := Check{Issue: 7, Name: name, Limit: limit, Value: float64(r.LostBytes)}
+		switch {
+		case r.Error != "":
+			ck.Status, ck.Detail = "FAIL", r.Error
+		case r.Acked == 0:
+			ck.Status, ck.Detail = "FAIL", "no write was acknowledged"
+		case proto == "C":
+			ck.Status = passFail(r.LostBytes == 0)
+		default:
+			ck.Status = passFail(r.LostBytes <= r.JournalBound)
+		}
+		if r.Error == "" {
+			ck.Detail = fmt.Sprintf("%d of %d acknowledged writes lost (%s, %.2f s of writes); journal-size %s",
+				r.LostWrites, r.Acked, fmtBytes(r.LostBytes), r.LostSeconds, fmtBytes(r.JournalBound))
+		}
+		cs = append(cs, ck)
+	}
+	for _, kind := range []string{"csv", "repeat-4k", "random"} {
+		lim := wireLimits[kind]
+		name := "wire/logical bytes, zstd, " + kind
+		limit := fmt.Sprintf("<= %.3f", lim)
+		i := slices.IndexFunc(d.Wire, func(w WireResult) bool { return w.Data == kind })
+		if i < 0 {
+			cs = append(cs, skip(5, name, limit, "wire drill not run"))
+			continue
+		}
+		w := d.Wire[i]
+		ck := Check{Issue: 5, Name: name, Limit: limit, Value: w.Ratio}
+		if w.Error != "" {
+			ck.Status, ck.Detail = "FAIL", w.Error
+		} else {
+			ck.Status = passFail(w.Ratio <= lim)
+			ck.Detail = fmt.Sprintf("%.3f (%s on the wire for %s written)", w.Ratio, fmtBytes(w.Wire), fmtBytes(w.Logical))
+		}
+		cs = append(cs, ck)
+	}
+	return cs
 }
 
 func passFail(ok bool) string {
@@ -149,7 +273,7 @@ func passFail(ok bool) string {
 func checkLines(cs []Check) string {
 	var b strings.Builder
 	for _, c := range cs {
-		fmt.Fprintf(&b, "%s  %s (%s): %s\n", c.Status, c.Name, c.Limit, c.Detail)
+		fmt.Fprintf(&b, "%s  issue %d: %s (%s): %s\n", c.Status, c.Issue, c.Name, c.Limit, c.Detail)
 	}
 	return b.String()
 }
@@ -162,7 +286,8 @@ func markdown(s *Summary, workloads []Workload) string {
 	if s.Interrupted {
 		b.WriteString("**Interrupted: partial results.**\n\n")
 	}
-	fmt.Fprintf(&b, "- machine: %d CPUs, %s, %s RAM, kernel %s, load at start %s\n", m.Nproc, m.CPU, m.MemTotal, m.Kernel, m.LoadAvg)
+	fmt.Fprintf(&b, "- machine: %s, %d CPUs, %s, %s RAM, kernel %s\n", m.Host, m.Nproc, m.CPU, m.MemTotal, m.Kernel)
+	fmt.Fprintf(&b, "- load average (1/5/15 min): %s at start, %s at end; the machine is shared, expect noise\n", m.LoadAvg, s.LoadEnd)
 	fmt.Fprintf(&b, "- tools: %s; %s; %s; %s\n", m.Fio, m.Nbdkit, m.QemuNBD, m.Go)
 	if m.Commit != "" {
 		fmt.Fprintf(&b, "- repd commit: %s\n", m.Commit)
@@ -172,33 +297,69 @@ func markdown(s *Summary, workloads []Workload) string {
 	if o.Prealloc {
 		fill = "fallocated"
 	}
-	fmt.Fprintf(&b, "- backing: fresh %s %s file per target on %s; NBD over %s\n", fill, fmtSize(o.SizeBytes), m.Filesystem, o.Transport)
-	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill\n\n", o.RuntimeSec, o.RampSec)
+	fmt.Fprintf(&b, "- backing: fresh %s %s file per node on %s; NBD over %s; peers on loopback TCP\n", fill, fmtSize(o.SizeBytes), m.Filesystem, o.Transport)
+	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill\n", o.RuntimeSec, o.RampSec)
+	if !s.Finished.IsZero() {
+		fmt.Fprintf(&b, "- duration: %s\n", s.Finished.Sub(s.Started).Round(time.Second))
+	}
+	b.WriteString("\n")
 
-	b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | ratio to nbdkit (IOPS) |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|\n")
 	desc := map[string]string{}
 	for _, w := range workloads {
 		desc[w.Name] = w.Desc
 	}
-	for _, r := range s.Results {
-		name := desc[r.Workload]
-		if name == "" {
-			name = r.Workload
+	group := map[string]string{}
+	for _, t := range s.Targets {
+		group[t.Name] = t.Meta.Group
+	}
+	titles := map[string]string{
+		groupLoopback:    "## Loopback: every workload, nodes on one machine, no added delay",
+		groupCompression: "## Compression (zstd) on loopback",
+		groupLinks:       "## Links: replication through a link-shaping proxy (faultnet)",
+	}
+	for _, g := range []string{groupLoopback, groupCompression, groupLinks} {
+		var rows []Result
+		for _, r := range s.Results {
+			if group[r.Target] == g {
+				rows = append(rows, r)
+			}
 		}
-		if r.Error != "" {
-			fmt.Fprintf(&b, "| %s | %s | error | | | | |\n", name, r.Target)
+		if len(rows) == 0 {
 			continue
 		}
-		ratio := ""
-		if r.RatioNbdkit > 0 {
-			ratio = fmt.Sprintf("%.2f", r.RatioNbdkit)
+		b.WriteString(titles[g] + "\n\n")
+		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit |\n")
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, r := range rows {
+			name := desc[r.Workload]
+			if name == "" {
+				name = r.Workload
+			}
+			if r.Error != "" {
+				fmt.Fprintf(&b, "| %s | %s | error | | | | | |\n", name, r.Target)
+				continue
+			}
+			p50, p99 := latencies(r)
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %s | %s | %s | %s |\n", name, r.Target, r.IOPS, r.MBps, p50, p99, ratio(r.RatioStandalone), ratio(r.RatioNbdkit))
 		}
-		p50, p99 := latencies(r)
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %s | %s | %s |\n", name, r.Target, r.IOPS, r.MBps, p50, p99, ratio)
+		b.WriteString("\n")
 	}
+	if len(s.Charts) > 0 {
+		b.WriteString("Charts: ")
+		for i, c := range s.Charts {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "[%s](%s)", c, c)
+		}
+		b.WriteString("\n\n")
+	}
+	if s.ChartNote != "" {
+		b.WriteString(s.ChartNote + "\n\n")
+	}
+	drillsMarkdown(&b, s.Drills)
 
-	b.WriteString("\n| target | status | max server RSS | notes |\n|---|---|---:|---|\n")
+	b.WriteString("## Targets\n\n| target | status | max server RSS | notes |\n|---|---|---:|---|\n")
 	for _, t := range s.Targets {
 		rss := ""
 		if t.MaxRSS > 0 {
@@ -218,9 +379,94 @@ func markdown(s *Summary, workloads []Workload) string {
 		b.WriteString("\nErrors:\n\n" + strings.Join(errs, "\n") + "\n")
 	}
 	if len(s.Checks) > 0 {
-		b.WriteString("\nChecks:\n\n```\n" + checkLines(s.Checks) + "```\n")
+		b.WriteString("\n## Checks\n\n```\n" + checkLines(s.Checks) + "```\n")
 	}
 	return b.String()
+}
+
+func ratio(v float64) string {
+	if v == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+// drillsMarkdown renders the drills' results.
+func drillsMarkdown(b *strings.Builder, d *Drills) {
+	if d == nil {
+		return
+	}
+	if r := d.RTO; r != nil {
+		b.WriteString("## RTO drill\n\n")
+		fmt.Fprintf(b, "Two nodes, protocol %s, %s; fio 4k randwrite QD32 on the primary (%.0f writes/s), `kill -9` of the primary, "+
+			"then on the secondary: wait until it sees the peer gone, `repctl primary`, connect over NBD and write 4 KiB.\n\n", r.Protocol, r.Link, r.LoadIOPS)
+		if r.Error != "" {
+			fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
+		}
+		b.WriteString("| failure detection | promote | first write | RTO total |\n|---:|---:|---:|---:|\n")
+		fmt.Fprintf(b, "| %.0f ms | %.0f ms | %.0f ms | **%.0f ms** |\n\n", r.DetectMs, r.PromoteMs, r.FirstWriteMs, r.TotalMs)
+		fmt.Fprintf(b, "Promotion: %s. Detection here is repd noticing the dead process's TCP connection close (instant on one host); "+
+			"a dead *host* is noticed only by the peer timeout, and a cluster manager adds its own decision time.\n\n", r.Promote)
+	}
+	if len(d.RPO) > 0 {
+		b.WriteString("## RPO drill\n\n")
+		b.WriteString("Two nodes over the WAN link; 32 writers put numbered 4 KiB blocks (header + incompressible filler) at distinct offsets through the primary and note each acknowledgment; " +
+			"the primary is killed with writes in flight, the secondary promoted, and every acknowledged block read back from it. `on-congestion = \"block\"`.\n\n")
+		b.WriteString("| protocol | link | writes acked | MB/s | journal before kill | journal-size | lost writes | lost bytes | lost seconds of writes | promotion |\n")
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		for _, r := range d.RPO {
+			if r.Error != "" {
+				fmt.Fprintf(b, "| %s | %s | error: %s | | | | | | | |\n", r.Protocol, r.Link, mdEscape(r.Error))
+				continue
+			}
+			fmt.Fprintf(b, "| %s | %s | %d | %.1f | %s | %s | %d | %s | %.3f | %s |\n", r.Protocol, r.Link, r.Acked, r.WriteMBps,
+				fmtBytes(r.JournalAtEnd), fmtBytes(r.JournalBound), r.LostWrites, fmtBytes(r.LostBytes), r.LostSeconds, mdEscape(r.Promote))
+		}
+		b.WriteString("\n")
+	}
+	if r := d.Resync; r != nil {
+		b.WriteString("## Resync drill\n\n")
+		fmt.Fprintf(b, "Two nodes, protocol C, loopback: the secondary stopped (SIGTERM), fio 4k randwrite QD32 on the primary for %.0f s (%.1f MB/s), the secondary restarted.\n\n", r.OutageSeconds, r.FioWriteMBps)
+		if r.Error != "" {
+			fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
+		}
+		b.WriteString("| written | dirty (out of sync) | resynced | on the wire | restart→Connected | Connected→in sync | total | resync rate | dirty/s |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %.0f ms | %.0f ms | %.0f ms | %.1f MB/s | %.1f MB/s |\n\n",
+			fmtBytes(r.WrittenBytes), fmtBytes(r.DirtyBytes), fmtBytes(r.ResyncedBytes), fmtBytes(r.WireBytes),
+			r.ConnectMs, r.ResyncMs, r.TotalMs, r.RateMBps, r.DirtyRateMBps)
+	}
+	if len(d.Wire) > 0 {
+		b.WriteString("## Wire bytes (issue 5)\n\n")
+		b.WriteString("Two nodes, protocol C, `compression = \"zstd\"`, loopback; 32 MiB of each kind written through NBD; wire = the primary's `bytes_sent` to the peer (frames, headers, everything), logical = bytes written.\n\n")
+		b.WriteString("| data | write size | logical | wire | wire/logical | target | daemon counters |\n|---|---:|---:|---:|---:|---:|---|\n")
+		for _, w := range d.Wire {
+			if w.Error != "" {
+				fmt.Fprintf(b, "| %s | %d | error: %s | | | | |\n", w.Data, w.WriteSize, mdEscape(w.Error))
+				continue
+			}
+			var cs []string
+			for k, v := range w.Counters {
+				cs = append(cs, fmt.Sprintf("%s %.0f", k, v))
+			}
+			slices.Sort(cs)
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %.3f | ≤ %.2f | %s |\n", w.Data, fmtBytes(int64(w.WriteSize)), fmtBytes(w.Logical), fmtBytes(w.Wire), w.Ratio, wireLimits[w.Data], strings.Join(cs, ", "))
+		}
+		b.WriteString("\n")
+	}
+}
+
+// fmtBytes is a byte count for people: 4.0 KiB, 12.3 MiB.
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 // latencies formats p50 and p99 completion latency in µs: the one direction

@@ -13,6 +13,7 @@ import (
 
 // Machine describes where the numbers were taken.
 type Machine struct {
+	Host       string `json:"host"`
 	Nproc      int    `json:"nproc"`
 	CPU        string `json:"cpu"`
 	Kernel     string `json:"kernel"`
@@ -27,7 +28,9 @@ type Machine struct {
 }
 
 func machineInfo(repo, scratch string) Machine {
+	host, _ := os.Hostname()
 	m := Machine{
+		Host:       host,
 		Nproc:      runtime.NumCPU(),
 		CPU:        procField("/proc/cpuinfo", "model name"),
 		Kernel:     firstLine(readFile("/proc/sys/kernel/osrelease")),

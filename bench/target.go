@@ -61,16 +61,104 @@ func (e *Endpoint) PIDs() []int {
 type Target struct {
 	Name  string
 	Desc  string
+	Meta  TargetMeta
 	Start func(ctx context.Context, env Env) (*Endpoint, error)
 }
 
+// TargetMeta places a target in the report's tables and charts.
+type TargetMeta struct {
+	Kind        string  `json:"kind"`                  // local, nbdkit, qemu-nbd, repd
+	Group       string  `json:"group"`                 // loopback, compression, links
+	Protocol    string  `json:"protocol,omitempty"`    // repd: A or C
+	Peers       int     `json:"peers"`                 // repd: nodes besides the primary
+	Compression string  `json:"compression,omitempty"` // repd: none, zstd
+	Link        string  `json:"link,omitempty"`        // link profile; "" is loopback
+	LinkRTTms   float64 `json:"link_rtt_ms"`           // added round trip
+	// Default: in the default run (without --targets).
+	Default bool `json:"-"`
+}
+
+// Groups of targets, run one after the other; each runs its own workloads.
+const (
+	groupLoopback    = "loopback"
+	groupCompression = "compression"
+	groupLinks       = "links"
+)
+
+// standalone is the target the replicated ones are compared with.
+const standalone = "repd"
+
 func allTargets() []Target {
-	return []Target{
+	ts := []Target{
 		localTarget(),
 		nbdkitTarget(),
 		qemuNBDTarget(),
-		repdTarget(RepdConfig{Name: "repd", Desc: "repd, single node", Nodes: []string{"alpha"}, Protocol: "C"}),
+		repdTarget(RepdConfig{Name: standalone, Desc: "repd standalone (one node)", Nodes: []string{"alpha"}, Protocol: "C"}),
+		replicated("C", 1, "none", nil),
+		replicated("A", 1, "none", nil),
+		replicated("C", 2, "none", nil),
+		replicated("C", 1, "zstd", nil),
+		replicated("A", 1, "zstd", nil),
 	}
+	for i := range ts {
+		ts[i].Meta.Default = ts[i].Name != "qemu-nbd"
+		if ts[i].Meta.Group == "" {
+			ts[i].Meta.Group = groupLoopback
+		}
+		if ts[i].Meta.Kind == "" {
+			ts[i].Meta.Kind = "repd"
+		}
+	}
+	ts[0].Meta.Kind, ts[1].Meta.Kind, ts[2].Meta.Kind = "local", "nbdkit", "qemu-nbd"
+	for _, l := range linkProfiles {
+		for _, proto := range []string{"C", "A"} {
+			t := replicated(proto, 1, "none", &l)
+			t.Meta.Default = true
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// replicated is a repd target with peers on this machine: protocol A or C,
+// compression, and optionally a shaped link between the nodes.
+func replicated(proto string, peers int, compression string, link *LinkProfile) Target {
+	nodes := []string{"alpha", "bravo", "charlie", "delta"}[:peers+1]
+	name := fmt.Sprintf("repd-%s%d", strings.ToLower(proto), peers)
+	desc := fmt.Sprintf("repd protocol %s, %d peer", proto, peers)
+	if peers > 1 {
+		desc += "s"
+	}
+	meta := TargetMeta{Kind: "repd", Group: groupLoopback, Protocol: proto, Peers: peers, Compression: compression}
+	extra := map[string]string{}
+	if compression != "none" {
+		name += "-" + compression
+		desc += ", " + compression
+		extra["compression"] = fmt.Sprintf("%q", compression)
+		meta.Group = groupCompression
+	}
+	rc := RepdConfig{Nodes: nodes, Protocol: proto, Extra: extra}
+	if link != nil {
+		name += "-" + link.Name
+		desc += ", link " + link.String()
+		meta.Group, meta.Link, meta.LinkRTTms = groupLinks, link.Name, link.RTTms()
+		rc.PreStart = proxyPreStart(*link, seedOf(name))
+	} else {
+		desc += ", loopback"
+	}
+	rc.Name, rc.Desc = name, desc
+	t := repdTarget(rc)
+	t.Meta = meta
+	return t
+}
+
+// seedOf is a fixed seed per target, so a link's jitter repeats run to run.
+func seedOf(name string) int64 {
+	h := int64(1469598103934665603 & 0x7fffffffffffffff)
+	for _, c := range name {
+		h = (h ^ int64(c)) * 1099511628211 & 0x7fffffffffffffff
+	}
+	return h | 1
 }
 
 // makeBacking creates a fresh backing file of size bytes: sparse, or with

@@ -32,6 +32,7 @@ var Workloads = []Workload{
 	{Name: "randwrite-4k-qd1", Desc: "4k randwrite QD1"},
 	{Name: "randwrite-4k-qd32", Desc: "4k randwrite QD32"},
 	{Name: "seqwrite-1m-qd8", Desc: "1M seqwrite QD8"},
+	{Name: "dbsync-16k-fsync8", Desc: "16k randwrite QD1, flush every 8"},
 	{Name: "randread-4k-qd32", Desc: "4k randread QD32", NeedsData: true},
 	{Name: "randrw-70-30-4k-qd32", Desc: "4k randrw 70/30 QD32", NeedsData: true},
 }

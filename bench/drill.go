@@ -1,0 +1,479 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/repd/repd/nbd/nbdtest"
+)
+
+// Drills: failover and recovery, each on a cluster of its own.
+var drillNames = []string{"rto", "rpo", "resync", "wire"}
+
+func selectDrills(list string) ([]string, error) {
+	if list == "none" || list == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, d := range strings.Split(list, ",") {
+		d = strings.TrimSpace(d)
+		if !slices.Contains(drillNames, d) {
+			return nil, fmt.Errorf("--drills: unknown drill %q (known: %s)", d, strings.Join(drillNames, ","))
+		}
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// Drills is what the drills measured.
+type Drills struct {
+	RTO    *RTOResult    `json:"rto,omitempty"`
+	RPO    []RPOResult   `json:"rpo,omitempty"`
+	Resync *ResyncResult `json:"resync,omitempty"`
+	Wire   []WireResult  `json:"wire,omitempty"`
+}
+
+// RTOResult: kill -9 of the primary under fio load until the first write
+// the new primary acknowledges.
+type RTOResult struct {
+	Protocol string `json:"protocol"`
+	Link     string `json:"link"`
+	// DetectMs: from the kill until the secondary shows the peer gone
+	// (repd's own detection: the TCP connection to the dead process ends).
+	DetectMs float64 `json:"detect_ms"`
+	// PromoteMs: `repctl primary` on the secondary, including retries.
+	PromoteMs float64 `json:"promote_ms"`
+	// FirstWriteMs: NBD connect and one 4 KiB write on the new primary.
+	FirstWriteMs float64 `json:"first_write_ms"`
+	TotalMs      float64 `json:"total_ms"`
+	Promote      string  `json:"promote"`
+	LoadIOPS     float64 `json:"load_iops,omitempty"` // fio's write IOPS before the kill
+	Error        string  `json:"error,omitempty"`
+}
+
+// RPOResult: acknowledged writes missing on the promoted secondary after
+// kill -9 of the primary.
+type RPOResult struct {
+	Protocol     string  `json:"protocol"`
+	Link         string  `json:"link"`
+	JournalBound int64   `json:"journal_bound_bytes"` // journal-size
+	JournalAtEnd int64   `json:"journal_bytes_before_kill"`
+	WriteSeconds float64 `json:"write_seconds"`
+	Acked        int64   `json:"acked_writes"`
+	AckedBytes   int64   `json:"acked_bytes"`
+	WriteMBps    float64 `json:"write_mb_per_s"`
+	LostWrites   int64   `json:"lost_writes"`
+	LostBytes    int64   `json:"lost_bytes"`
+	// LostSeconds is how far back the loss reaches: the kill time minus
+	// the acknowledgment time of the oldest lost write.
+	LostSeconds float64 `json:"lost_seconds"`
+	Promote     string  `json:"promote"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// ResyncResult: the secondary down while the primary writes, then back.
+type ResyncResult struct {
+	OutageSeconds float64 `json:"outage_write_seconds"`
+	WrittenBytes  int64   `json:"written_bytes"`  // fio, during the outage
+	DirtyBytes    int64   `json:"dirty_bytes"`    // out-of-sync on the primary before the restart
+	ResyncedBytes int64   `json:"resynced_bytes"` // the primary's counter, delta
+	WireBytes     int64   `json:"wire_bytes"`     // bytes_sent to the peer, delta
+	ConnectMs     float64 `json:"connect_ms"`     // restart until Connected
+	ResyncMs      float64 `json:"resync_ms"`      // Connected until in sync
+	TotalMs       float64 `json:"total_ms"`       // restart until in sync
+	RateMBps      float64 `json:"rate_mb_per_s"`  // resynced bytes over ResyncMs
+	DirtyRateMBps float64 `json:"dirty_mb_per_s"` // dirty bytes over ResyncMs
+	FioWriteMBps  float64 `json:"fio_write_mb_per_s"`
+	Error         string  `json:"error,omitempty"`
+}
+
+func runDrills(ctx context.Context, env Env, drills []string, seconds int) *Drills {
+	d := &Drills{}
+	for _, name := range drills {
+		if ctx.Err() != nil {
+			break
+		}
+		denv := env
+		denv.Dir = filepath.Join(env.Dir, name)
+		if err := os.MkdirAll(denv.Dir, 0o755); err != nil {
+			logf("drill %s: %v", name, err)
+			continue
+		}
+		logf("== drill %s", name)
+		switch name {
+		case "rto":
+			r := drillRTO(ctx, denv)
+			d.RTO = &r
+			logf("rto: %+v", r)
+		case "rpo":
+			wan, _ := linkProfile("wan")
+			for _, proto := range []string{"A", "C"} {
+				if ctx.Err() != nil {
+					break
+				}
+				penv := denv
+				penv.Dir = filepath.Join(denv.Dir, strings.ToLower(proto))
+				os.MkdirAll(penv.Dir, 0o755)
+				r := drillRPO(ctx, penv, proto, wan, time.Duration(seconds)*time.Second)
+				d.RPO = append(d.RPO, r)
+				logf("rpo %s: %+v", proto, r)
+			}
+		case "resync":
+			r := drillResync(ctx, denv, time.Duration(seconds)*time.Second)
+			d.Resync = &r
+			logf("resync: %+v", r)
+		case "wire":
+			d.Wire = drillWire(ctx, denv)
+			for _, w := range d.Wire {
+				logf("wire: %+v", w)
+			}
+		}
+	}
+	return d
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+
+// loadFio starts fio writing 4 KiB at QD32 through c's node 0 for up to
+// limit, in the background; wait returns its result (an error once the
+// server is killed under it).
+func loadFio(ctx context.Context, c *Cluster, dir string, limit time.Duration, extra ...string) (wait func() (FioResult, error)) {
+	args := append(append([]string{}, c.Endpoint().FioArgs...),
+		"--name=load", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--direct=1",
+		"--norandommap=1", "--randrepeat=0", "--time_based=1", fmt.Sprintf("--runtime=%d", int(limit.Seconds())))
+	args = append(args, extra...)
+	var (
+		res FioResult
+		err error
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, err = fioRun{Args: args, Output: filepath.Join(dir, "load.json"), Timeout: limit + time.Minute}.run(ctx)
+	}()
+	return func() (FioResult, error) { <-done; return res, err }
+}
+
+// failover waits until node i no longer sees node 0 connected, promotes it
+// and returns the durations of both steps and how the promotion went.
+func failover(ctx context.Context, c *Cluster, i int, t0 time.Time) (detect, promote time.Duration, note string, err error) {
+	deadline := t0.Add(30 * time.Second)
+	for {
+		st, err := c.Status(ctx, i)
+		if err == nil && len(st.Peers) > 0 && st.Peers[0].Connection != "Connected" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, 0, "", errors.New("the secondary still sees the dead primary connected after 30 s")
+		}
+		if ctx.Err() != nil {
+			return 0, 0, "", ctx.Err()
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	tDetect := time.Now()
+	tries := 0
+	var out string
+	for {
+		tries++
+		out, err = c.Repctl(ctx, i, "primary")
+		if err == nil {
+			note = fmt.Sprintf("repctl primary (attempt %d)", tries)
+			break
+		}
+		if time.Since(tDetect) > 5*time.Second {
+			// The secondary's disk is not UpToDate: say so, and force.
+			out2, err2 := c.Repctl(ctx, i, "primary", "--force")
+			if err2 != nil {
+				return tDetect.Sub(t0), time.Since(tDetect), "", fmt.Errorf("repctl primary: %s; --force: %s", out, out2)
+			}
+			note = "repctl primary refused (" + out + "); promoted with --force"
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return tDetect.Sub(t0), time.Since(tDetect), note, nil
+}
+
+// firstWrite connects to node i's NBD export until one 4 KiB write succeeds.
+func firstWrite(ctx context.Context, c *Cluster, i int, timeout time.Duration) error {
+	a := c.NBD(i)
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		cl, err := nbdtest.Dial(a.Network, a.Addr, c.Data.Resource)
+		if err == nil {
+			err = cl.Write(buf, 0, false)
+			cl.CloseWrite()
+			if err == nil {
+				return nil
+			}
+		}
+		last = err
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("no write succeeded in %s: %v", timeout, last)
+}
+
+func drillRTO(ctx context.Context, env Env) (r RTOResult) {
+	r.Protocol, r.Link = "C", "loopback"
+	c, err := startCluster(ctx, env, RepdConfig{Name: "rto", Nodes: []string{"alpha", "bravo"}, Protocol: "C"})
+	if err != nil {
+		r.Error = "start: " + err.Error()
+		return r
+	}
+	defer c.Stop()
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wait := loadFio(lctx, c, env.Dir, 60*time.Second, "--status-interval=1")
+	time.Sleep(4 * time.Second) // ramp; writes in full flow
+	st, _ := c.Status(ctx, 0)
+	before := st.Writes
+	time.Sleep(time.Second)
+	st, _ = c.Status(ctx, 0)
+	r.LoadIOPS = float64(st.Writes - before)
+
+	t0 := time.Now()
+	c.KillNode(0)
+	detect, promote, note, err := failover(ctx, c, 1, t0)
+	r.DetectMs, r.PromoteMs, r.Promote = ms(detect), ms(promote), note
+	if err != nil {
+		r.Error = err.Error()
+		cancel()
+		wait()
+		return r
+	}
+	tp := time.Now()
+	if err := firstWrite(ctx, c, 1, 10*time.Second); err != nil {
+		r.Error = err.Error()
+	}
+	r.FirstWriteMs = ms(time.Since(tp))
+	r.TotalMs = ms(time.Since(t0))
+	cancel()
+	wait()
+	return r
+}
+
+// The RPO drill's blocks: each 4 KiB write carries a header naming it, and
+// filler derived from its sequence number (incompressible).
+const (
+	rpoBlock = 4096
+	rpoMagic = "REPDRPO1"
+)
+
+func rpoData(seq uint64, b []byte) {
+	copy(b, rpoMagic)
+	binary.LittleEndian.PutUint64(b[8:], seq)
+	r := rand.New(rand.NewPCG(seq, 0x9e3779b97f4a7c15))
+	for i := 16; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+}
+
+// drillRPO writes numbered blocks through the primary for d, each at its own
+// offset, recording when each was acknowledged; kills the primary with
+// writes in flight; promotes the secondary and reads every acknowledged
+// block back from it.
+func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d time.Duration) (r RPOResult) {
+	const journal = 8 << 20
+	r.Protocol, r.Link, r.JournalBound = proto, link.Name, journal
+	c, err := startCluster(ctx, env, RepdConfig{
+		Name: "rpo-" + proto, Nodes: []string{"alpha", "bravo"}, Protocol: proto,
+		Extra:    map[string]string{"journal-size": fmt.Sprint(journal), "on-congestion": `"block"`},
+		PreStart: proxyPreStart(link, seedOf("rpo-"+proto)),
+	})
+	if err != nil {
+		r.Error = "start: " + err.Error()
+		return r
+	}
+	defer c.Stop()
+	a := c.NBD(0)
+	cl, err := nbdtest.Dial(a.Network, a.Addr, c.Data.Resource)
+	if err != nil {
+		r.Error = "dial: " + err.Error()
+		return r
+	}
+	nblocks := uint64(c.Data.Size / rpoBlock)
+	start := time.Now()
+	acks := make([]int64, nblocks) // ns after start; 0: not acknowledged
+	var next atomic.Uint64
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, rpoBlock)
+			for !stop.Load() {
+				seq := next.Add(1) - 1
+				if seq >= nblocks {
+					return
+				}
+				rpoData(seq, buf)
+				if err := cl.Write(buf, int64(seq)*rpoBlock, false); err != nil {
+					return
+				}
+				atomic.StoreInt64(&acks[seq], int64(time.Since(start)))
+			}
+		}()
+	}
+	sleepCtx(ctx, d)
+	if st, err := c.Status(ctx, 0); err == nil {
+		r.JournalAtEnd = st.JournalBytes
+	}
+	tKill := time.Since(start)
+	c.KillNode(0)
+	stop.Store(true)
+	wg.Wait()
+	r.WriteSeconds = tKill.Seconds()
+	for i := range acks {
+		if acks[i] > 0 {
+			r.Acked++
+		}
+	}
+	r.AckedBytes = r.Acked * rpoBlock
+	r.WriteMBps = float64(r.AckedBytes) / tKill.Seconds() / 1e6
+
+	_, _, note, err := failover(ctx, c, 1, time.Now())
+	r.Promote = note
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	b := c.NBD(1)
+	rc, err := nbdtest.Dial(b.Network, b.Addr, c.Data.Resource)
+	if err != nil {
+		r.Error = "dial new primary: " + err.Error()
+		return r
+	}
+	defer rc.CloseWrite()
+	var lost, oldest atomic.Int64
+	oldest.Store(int64(tKill))
+	var readErr atomic.Value
+	var idx atomic.Int64
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, want := make([]byte, rpoBlock), make([]byte, rpoBlock)
+			for {
+				i := idx.Add(1) - 1
+				if i >= int64(len(acks)) {
+					return
+				}
+				if acks[i] == 0 {
+					continue
+				}
+				if err := rc.Read(got, i*rpoBlock); err != nil {
+					readErr.Store(err.Error())
+					return
+				}
+				rpoData(uint64(i), want)
+				if string(got) != string(want) {
+					lost.Add(1)
+					for {
+						o := oldest.Load()
+						if acks[i] >= o || oldest.CompareAndSwap(o, acks[i]) {
+							break
+						}
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if e := readErr.Load(); e != nil {
+		r.Error = "read back: " + e.(string)
+	}
+	r.LostWrites = lost.Load()
+	r.LostBytes = r.LostWrites * rpoBlock
+	if r.LostWrites > 0 {
+		r.LostSeconds = time.Duration(int64(tKill) - oldest.Load()).Seconds()
+	}
+	return r
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// drillResync stops the secondary (SIGTERM), writes through the primary for
+// d, restarts the secondary and times the resync.
+func drillResync(ctx context.Context, env Env, d time.Duration) (r ResyncResult) {
+	r.OutageSeconds = d.Seconds()
+	c, err := startCluster(ctx, env, RepdConfig{Name: "resync", Nodes: []string{"alpha", "bravo"}, Protocol: "C"})
+	if err != nil {
+		r.Error = "start: " + err.Error()
+		return r
+	}
+	defer c.Stop()
+	c.StopNode(1)
+	if err := c.WaitPeers(ctx, 0, 30*time.Second, func(p peerStatus) bool { return p.Connection != "Connected" }); err != nil {
+		r.Error = "peer still connected after stop: " + err.Error()
+		return r
+	}
+	fr, err := loadFio(ctx, c, env.Dir, d)()
+	if err != nil {
+		r.Error = "fio: " + err.Error()
+		return r
+	}
+	r.FioWriteMBps = fr.Write.MBps()
+	r.WrittenBytes = int64(fr.Write.BWBytes * d.Seconds())
+	before, err := c.Status(ctx, 0)
+	if err != nil || len(before.Peers) == 0 {
+		r.Error = fmt.Sprintf("status: %v", err)
+		return r
+	}
+	r.DirtyBytes = before.Peers[0].OutOfSyncKiB << 10
+	t0 := time.Now()
+	if err := c.RestartNode(ctx, 1); err != nil {
+		r.Error = "restart: " + err.Error()
+		return r
+	}
+	if err := c.WaitPeers(ctx, 0, 60*time.Second, connected); err != nil {
+		r.Error = "reconnect: " + err.Error()
+		return r
+	}
+	t1 := time.Now()
+	if err := c.WaitPeers(ctx, 0, 5*time.Minute, inSync); err != nil {
+		r.Error = "resync: " + err.Error()
+		return r
+	}
+	t2 := time.Now()
+	after, err := c.Status(ctx, 0)
+	if err != nil || len(after.Peers) == 0 {
+		r.Error = fmt.Sprintf("status: %v", err)
+		return r
+	}
+	p0, p1 := before.Peers[0], after.Peers[0]
+	r.ResyncedBytes = p1.ResyncedBytes - p0.ResyncedBytes
+	if r.ResyncedBytes == 0 {
+		// Counted by the target only, perhaps.
+		if st, err := c.Status(ctx, 1); err == nil && len(st.Peers) > 0 {
+			r.ResyncedBytes = st.Peers[0].ResyncedBytes
+		}
+	}
+	r.WireBytes = p1.BytesSent - p0.BytesSent
+	r.ConnectMs, r.ResyncMs, r.TotalMs = ms(t1.Sub(t0)), ms(t2.Sub(t1)), ms(t2.Sub(t0))
+	if s := t2.Sub(t1).Seconds(); s > 0 {
+		r.RateMBps = float64(r.ResyncedBytes) / s / 1e6
+		r.DirtyRateMBps = float64(r.DirtyBytes) / s / 1e6
+	}
+	return r
+}

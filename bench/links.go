@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/repd/repd/faultnet"
+)
+
+// LinkProfile is the shaping of the replication link between nodes: a
+// faultnet proxy in front of every node but the first, so that every peer
+// connection crosses one (the lower node id dials the higher).
+//
+// RTT is the added round-trip time, split evenly between the two
+// directions; each direction also gets a uniform random 0..Jitter on top
+// (bytes are never reordered). Bandwidth caps each direction (bytes/s).
+type LinkProfile struct {
+	Name      string
+	Desc      string
+	RTT       time.Duration
+	Jitter    time.Duration // per direction
+	Bandwidth int64         // bytes per second per direction; 0 unlimited
+}
+
+// linkProfiles are the links the harness knows, in chart order.
+var linkProfiles = []LinkProfile{
+	{Name: "lan", Desc: "LAN: +0.5 ms RTT, jitter 0..50 µs each way", RTT: 500 * time.Microsecond, Jitter: 50 * time.Microsecond},
+	{Name: "metro", Desc: "metro: +5 ms RTT, jitter 0..0.5 ms each way", RTT: 5 * time.Millisecond, Jitter: 500 * time.Microsecond},
+	{Name: "wan", Desc: "WAN: +30 ms RTT, jitter 0..3 ms each way", RTT: 30 * time.Millisecond, Jitter: 3 * time.Millisecond},
+	{Name: "lan-100mbit", Desc: "LAN capped at 100 Mbit/s each way: +0.5 ms RTT, jitter 0..50 µs", RTT: 500 * time.Microsecond, Jitter: 50 * time.Microsecond, Bandwidth: 100e6 / 8},
+}
+
+func linkProfile(name string) (LinkProfile, bool) {
+	for _, l := range linkProfiles {
+		if l.Name == name {
+			return l, true
+		}
+	}
+	return LinkProfile{}, false
+}
+
+func linkNames() string {
+	var names []string
+	for _, l := range linkProfiles {
+		names = append(names, l.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+// Link is one direction's faultnet shaping.
+func (l LinkProfile) Link() faultnet.Link {
+	return faultnet.Link{Delay: l.RTT / 2, Jitter: l.Jitter, Bandwidth: l.Bandwidth}
+}
+
+// RTTms is the added round trip in milliseconds (for charts).
+func (l LinkProfile) RTTms() float64 { return float64(l.RTT) / float64(time.Millisecond) }
+
+// proxyPreStart returns a RepdConfig.PreStart that puts a faultnet proxy
+// shaped by l in front of every node but the first: the node listens on its
+// own port (peer-listen) and the others dial the proxy (peer). The proxies
+// run inside the harness and only ever touch loopback.
+func proxyPreStart(l LinkProfile, seed int64) func(ctx context.Context, env Env, d *RepdData) (func(), error) {
+	return func(ctx context.Context, env Env, d *RepdData) (func(), error) {
+		var proxies []*faultnet.Proxy
+		stop := func() {
+			for _, p := range proxies {
+				p.Close()
+			}
+		}
+		for i := 1; i < len(d.Nodes); i++ {
+			n := &d.Nodes[i]
+			p, err := faultnet.NewProxy("127.0.0.1:0", n.Peer, seed+int64(i))
+			if err != nil {
+				stop()
+				return nil, err
+			}
+			proxies = append(proxies, p)
+			p.SetLink(l.Link(), l.Link())
+			if err := p.Start(); err != nil {
+				stop()
+				return nil, err
+			}
+			n.PeerListen, n.Peer = n.Peer, p.Addr()
+			env.Logf("link %s: %s -> %s (seed %d)", l.Name, p.Addr(), n.PeerListen, p.Seed())
+		}
+		return stop, nil
+	}
+}
+
+// linkDesc is the link part of a target's description.
+func (l LinkProfile) String() string {
+	s := fmt.Sprintf("+%s RTT", l.RTT)
+	if l.Jitter > 0 {
+		s += fmt.Sprintf(", jitter ≤%s each way", l.Jitter)
+	}
+	if l.Bandwidth > 0 {
+		s += fmt.Sprintf(", %.0f Mbit/s", float64(l.Bandwidth)*8/1e6)
+	}
+	return s
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// phase is one group of targets and the workloads they run. Phases run one
+// after the other; within one, each workload runs on every target before the
+// next workload starts, so noise hits all targets of a workload alike.
+type phase struct {
+	group     string
+	targets   []Target
+	workloads []Workload
+}
+
+// The default run's workloads on the compression and link targets (all
+// workloads on loopback).
+var (
+	compressionWorkloads = []string{"randwrite-4k-qd32", "seqwrite-1m-qd8"}
+	linkWorkloads        = []string{"randwrite-4k-qd32", "randwrite-4k-qd1"}
+)
+
+// buildPlan turns --targets, --workloads and --links into phases.
+func buildPlan(f flags) ([]phase, error) {
+	all := allTargets()
+	var targets []Target
+	switch f.targets {
+	case "default", "":
+		for _, t := range all {
+			if t.Meta.Default {
+				targets = append(targets, t)
+			}
+		}
+	case "all":
+		targets = all
+	default:
+		seen := map[string]bool{}
+		for _, name := range strings.Split(f.targets, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" || seen[name] {
+				continue
+			}
+			seen[name] = true
+			i := slices.IndexFunc(all, func(t Target) bool { return t.Name == name })
+			if i < 0 {
+				return nil, fmt.Errorf("unknown target %q (known: %s)", name, targetNames())
+			}
+			targets = append(targets, all[i])
+		}
+	}
+	links := map[string]bool{}
+	if f.links != "none" {
+		for _, name := range strings.Split(f.links, ",") {
+			name = strings.TrimSpace(name)
+			if _, ok := linkProfile(name); !ok {
+				return nil, fmt.Errorf("--links: unknown link %q (known: %s)", name, linkNames())
+			}
+			links[name] = true
+		}
+	}
+	targets = slices.DeleteFunc(targets, func(t Target) bool { return t.Meta.Link != "" && !links[t.Meta.Link] })
+
+	explicit := f.workloads != "default" && f.workloads != ""
+	wl := f.workloads
+	if !explicit {
+		wl = "all"
+	}
+	selected, err := selectWorkloads(wl)
+	if err != nil {
+		return nil, err
+	}
+	var plan []phase
+	for _, g := range []string{groupLoopback, groupCompression, groupLinks} {
+		ph := phase{group: g, workloads: selected}
+		if !explicit {
+			switch g {
+			case groupCompression:
+				ph.workloads, _ = selectWorkloads(strings.Join(compressionWorkloads, ","))
+			case groupLinks:
+				ph.workloads, _ = selectWorkloads(strings.Join(linkWorkloads, ","))
+			}
+		}
+		for _, t := range targets {
+			if t.Meta.Group == g {
+				ph.targets = append(ph.targets, t)
+			}
+		}
+		if len(ph.targets) > 0 && len(ph.workloads) > 0 {
+			plan = append(plan, ph)
+		}
+	}
+	return plan, nil
+}
+
+// matrix runs phases and collects their results into s.
+type matrix struct {
+	s            *Summary
+	env          Env
+	scratch, out string
+	jobDir       string
+	runtime      time.Duration
+	total, n     int // jobs in all phases, jobs started
+}
+
+type running struct {
+	t       Target
+	ep      *Endpoint
+	info    *TargetInfo
+	prefill bool  // prefilled already
+	dead    error // the server died; skip its remaining runs
+	maxRSS  int64
+}
+
+// runPhase starts the phase's targets, runs its workloads interleaved and
+// stops the targets. It returns an error only when interrupted or when the
+// scratch directory cannot be written.
+func (m *matrix) runPhase(ctx context.Context, ph phase) error {
+	s := m.s
+	var live []*running
+	defer func() {
+		for _, r := range live {
+			r.ep.Stop()
+			r.info.MaxRSS = r.maxRSS
+			if r.dead != nil {
+				r.info.Status = "died: " + r.dead.Error()
+			}
+		}
+	}()
+	logf("== %s: %d targets", ph.group, len(ph.targets))
+	for _, t := range ph.targets {
+		s.Targets = append(s.Targets, TargetInfo{Name: t.Name, Desc: t.Desc, Meta: t.Meta})
+	}
+	infos := s.Targets[len(s.Targets)-len(ph.targets):]
+	for i, t := range ph.targets {
+		info := &infos[i]
+		env := m.env
+		env.Dir = filepath.Join(m.scratch, t.Name)
+		if err := os.MkdirAll(env.Dir, 0o755); err != nil {
+			return err
+		}
+		logf("starting %s", t.Name)
+		ep, err := t.Start(ctx, env)
+		if ctx.Err() != nil {
+			if ep != nil {
+				ep.Stop()
+			}
+			return errors.New("interrupted")
+		}
+		if err != nil {
+			if errors.Is(err, errSkip) {
+				info.Status = "skipped: " + strings.TrimPrefix(err.Error(), errSkip.Error()+": ")
+			} else {
+				info.Status = "failed to start: " + err.Error()
+			}
+			logf("%s: %s", t.Name, info.Status)
+			continue
+		}
+		info.Status, info.URI, info.Notes = "ran", ep.URI, ep.Notes
+		r := &running{t: t, ep: ep, info: info}
+		live = append(live, r)
+		if ep.URI != "" {
+			if err := probeWrite(ctx, ep, filepath.Join(m.scratch, t.Name+"-probe.json")); err != nil {
+				note := "WRITES REFUSED: " + err.Error()
+				info.Notes = append(info.Notes, note)
+				logf("%s: %s", t.Name, note)
+			}
+		}
+		for _, n := range info.Notes {
+			logf("%s: %s", t.Name, n)
+		}
+	}
+	for _, w := range ph.workloads {
+		for _, r := range live {
+			if ctx.Err() != nil {
+				return errors.New("interrupted")
+			}
+			m.n++
+			m.runOne(ctx, w, r)
+		}
+	}
+	if ctx.Err() != nil {
+		return errors.New("interrupted")
+	}
+	return nil
+}
+
+// runOne runs workload w on target r (after a prefill, if w reads).
+func (m *matrix) runOne(ctx context.Context, w Workload, r *running) {
+	s, size := m.s, m.env.Size
+	res := Result{Workload: w.Name, Target: r.t.Name}
+	defer func() { s.Results = append(s.Results, res) }()
+	if r.dead == nil {
+		r.dead = r.ep.Alive()
+	}
+	if r.dead != nil {
+		res.Error = "target not running: " + r.dead.Error()
+		return
+	}
+	if w.NeedsData && !r.prefill {
+		logf("[%d/%d] prefilling %s (%s, 1M sequential)", m.n, m.total, r.t.Name, fmtSize(size))
+		stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
+		_, err := fioRun{
+			Args:    r.ep.FioArgs,
+			JobFile: filepath.Join(m.jobDir, prefillJob),
+			Output:  filepath.Join(m.out, "raw", "prefill--"+r.t.Name+".json"),
+			Timeout: 30 * time.Minute,
+		}.run(ctx)
+		r.maxRSS = max(r.maxRSS, stopRSS())
+		if err != nil {
+			res.Error = "prefill: " + err.Error()
+			logf("%s: %s", r.t.Name, res.Error)
+			return
+		}
+		r.prefill = true
+	}
+	raw := filepath.Join("raw", w.Name+"--"+r.t.Name+".json")
+	stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
+	fr, err := fioRun{
+		Args:    r.ep.FioArgs,
+		JobFile: filepath.Join(m.jobDir, w.Name+".fio"),
+		Output:  filepath.Join(m.out, raw),
+		Runtime: m.runtime,
+		Timeout: m.runtime + rampTime + 2*time.Minute,
+	}.run(ctx)
+	res.MaxRSS = stopRSS()
+	r.maxRSS = max(r.maxRSS, res.MaxRSS)
+	res.RawJSON = raw
+	if ctx.Err() != nil {
+		res.Error = "interrupted"
+		return
+	}
+	if err != nil {
+		res.Error = err.Error()
+		if dead := r.ep.Alive(); dead != nil {
+			r.dead = dead
+			res.Error += "; " + dead.Error()
+		}
+		logf("[%d/%d] %s on %s: %s", m.n, m.total, w.Name, r.t.Name, res.Error)
+		return
+	}
+	res.IOPS, res.MBps = fr.Total()
+	if fr.Read.IOs > 0 {
+		res.Read = &fr.Read
+	}
+	if fr.Write.IOs > 0 {
+		res.Write = &fr.Write
+	}
+	p50, p99 := latencies(res)
+	logf("[%d/%d] %-22s %-18s %9.0f IOPS %8.1f MB/s  p50 %s µs  p99 %s µs",
+		m.n, m.total, w.Name, r.t.Name, res.IOPS, res.MBps, p50, p99)
+}
