@@ -8,6 +8,11 @@
 //	POST /v1/connect     {"peer":s,"discard_my_data":b}
 //	POST /v1/disconnect  {"peer":s}
 //	POST /v1/new-current-uuid {"clear_bitmap":b}
+//	POST /v1/invalidate        {"peer":s}  → this node resyncs everything from peer
+//	POST /v1/invalidate-remote {"peer":s}  → peer resyncs everything from this node
+//	POST /v1/pause-sync        {"peer":s}
+//	POST /v1/resume-sync       {"peer":s}
+//	POST /v1/verify            {"peer":s}  → online verify (progress in status)
 //
 // Errors come back as {"error": sentence, "kind": "refused"|"bad_request"|"internal"}
 // with HTTP 409, 400 or 500.
@@ -34,6 +39,11 @@ type Controller interface {
 	Connect(peer string, discardMyData bool) error
 	Disconnect(peer string) error
 	NewCurrentUUID(clearBitmap bool) error
+	Invalidate(peer string) error
+	InvalidateRemote(peer string) error
+	PauseSync(peer string) error
+	ResumeSync(peer string) error
+	Verify(peer string) error
 }
 
 // Error kinds in error replies; repctl maps them to exit codes.
@@ -63,6 +73,10 @@ type (
 	}
 	NewCurrentUUIDRequest struct {
 		ClearBitmap bool `json:"clear_bitmap"`
+	}
+	// PeerRequest names a peer ("" for the default: see each verb).
+	PeerRequest struct {
+		Peer string `json:"peer"`
 	}
 )
 
@@ -102,6 +116,17 @@ func Handler(c Controller, hub *Hub) http.Handler {
 			reply(w, c.NewCurrentUUID(req.ClearBitmap))
 		}
 	})
+	for path, fn := range map[string]func(string) error{
+		"invalidate": c.Invalidate, "invalidate-remote": c.InvalidateRemote,
+		"pause-sync": c.PauseSync, "resume-sync": c.ResumeSync, "verify": c.Verify,
+	} {
+		mux.HandleFunc("POST /v1/"+path, func(w http.ResponseWriter, r *http.Request) {
+			var req PeerRequest
+			if decode(w, r, &req) {
+				reply(w, fn(req.Peer))
+			}
+		})
+	}
 	return mux
 }
 

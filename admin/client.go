@@ -148,3 +148,30 @@ func (c *Client) Events(ctx context.Context, fn func(replica.Event) error) error
 	}
 	return fmt.Errorf("%w: event stream ended (daemon stopped?)", ErrUnreachable)
 }
+
+// Invalidate makes the node a sync target of a full resync from peer ("":
+// the first connected UpToDate peer).
+func (c *Client) Invalidate(ctx context.Context, peer string) error {
+	return c.do(ctx, http.MethodPost, "/v1/invalidate", PeerRequest{Peer: peer}, nil)
+}
+
+// InvalidateRemote makes peer ("": the first connected one) the sync target
+// of a full resync from the node.
+func (c *Client) InvalidateRemote(ctx context.Context, peer string) error {
+	return c.do(ctx, http.MethodPost, "/v1/invalidate-remote", PeerRequest{Peer: peer}, nil)
+}
+
+// PauseSync pauses the resync toward peer ("": every peer).
+func (c *Client) PauseSync(ctx context.Context, peer string) error {
+	return c.do(ctx, http.MethodPost, "/v1/pause-sync", PeerRequest{Peer: peer}, nil)
+}
+
+// ResumeSync resumes a paused resync toward peer ("": every peer).
+func (c *Client) ResumeSync(ctx context.Context, peer string) error {
+	return c.do(ctx, http.MethodPost, "/v1/resume-sync", PeerRequest{Peer: peer}, nil)
+}
+
+// Verify starts an online verify toward peer ("": the first connected one).
+func (c *Client) Verify(ctx context.Context, peer string) error {
+	return c.do(ctx, http.MethodPost, "/v1/verify", PeerRequest{Peer: peer}, nil)
+}

@@ -57,6 +57,16 @@ type Resource struct {
 	CompressionLevel int      `toml:"compression-level"`
 	ALExtents        int      `toml:"al-extents"`
 	AdminGroup       string   `toml:"admin-group"`
+	// CSums: checksum-based resync (the target sends block hashes, the
+	// source sends only the blocks that differ).
+	CSums bool `toml:"csums"`
+	// ResyncRate caps resync and verify traffic (bytes/s; 0 = unlimited).
+	ResyncRate Bytes `toml:"resync-rate"`
+	// ResyncMinRate is what resync slows down to while the application
+	// writes (DRBD's c-min-rate; 0 = resync does not yield).
+	ResyncMinRate Bytes `toml:"resync-min-rate"`
+	// AfterSB0Pri: "disconnect" (default) or "discard-zero-changes".
+	AfterSB0Pri string `toml:"after-sb-0pri"`
 }
 
 // Node is one [[node]] table.
@@ -182,6 +192,14 @@ func (f *File) validate() error {
 	}
 	if r.CompressionLevel < 0 || r.CompressionLevel > 22 {
 		return fmt.Errorf("resource.compression-level %d: must be 0..22", r.CompressionLevel)
+	}
+	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {
+		return fmt.Errorf("resource.resync-rate and resync-min-rate must not be negative")
+	}
+	switch r.AfterSB0Pri {
+	case "", "disconnect", "discard-zero-changes":
+	default:
+		return fmt.Errorf("resource.after-sb-0pri %q: must be \"disconnect\" or \"discard-zero-changes\"", r.AfterSB0Pri)
 	}
 	if r.ALExtents == 0 {
 		r.ALExtents = DefaultALExtents

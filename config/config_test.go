@@ -79,6 +79,8 @@ func TestParseBad(t *testing.T) {
 		{"peer-listen clashes", `peer = "127.0.0.2:7789"`, "peer = \"127.0.0.2:7789\"\npeer-listen = \"127.0.0.1:7789\"", "duplicate address"},
 		{"meta equals disk", `meta = "/tmp/a.meta"`, `meta = "/tmp/a.img"`, "must differ"},
 		{"syntax", `size = "64MiB"`, `size = `, "line"},
+		{"bad after-sb-0pri", `protocol = "c"`, "protocol = \"c\"\nafter-sb-0pri = \"coin-flip\"", "resource.after-sb-0pri"},
+		{"bad resync-rate", `protocol = "c"`, "protocol = \"c\"\nresync-rate = \"fast\"", "\"fast\""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -90,6 +92,17 @@ func TestParseBad(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, c.want)
 			}
 		})
+	}
+}
+
+func TestParseSyncKeys(t *testing.T) {
+	f, err := Parse([]byte(strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\ncsums = true\nresync-rate = \"100MiB\"\nresync-min-rate = \"10MiB\"\nafter-sb-0pri = \"discard-zero-changes\"", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.Resource
+	if !r.CSums || r.ResyncRate != 100<<20 || r.ResyncMinRate != 10<<20 || r.AfterSB0Pri != "discard-zero-changes" {
+		t.Fatalf("resource = %+v", r)
 	}
 }
 

@@ -90,7 +90,7 @@ func printStatus(w io.Writer, st replica.Status, colour bool) {
 			code = "32"
 		case "Primary":
 			code = "1;36"
-		case "Inconsistent", "SyncSource", "SyncTarget", "PausedSync", "Connecting", "Ahead", "Behind", "Outdated":
+		case "Inconsistent", "SyncSource", "SyncTarget", "PausedSync", "Connecting", "Ahead", "Behind", "Outdated", "VerifySource", "VerifyTarget":
 			code = "33"
 		case "Failed", "StandAlone", "Diskless":
 			code = "31"
@@ -119,8 +119,14 @@ func printStatus(w io.Writer, st replica.Status, colour bool) {
 		if p.Disk != "" {
 			parts = append(parts, "peer-disk:"+paint(p.Disk))
 		}
-		if p.SyncPercent != nil {
-			parts = append(parts, fmt.Sprintf("done:%.2f", *p.SyncPercent))
+		if s := syncProgress(p); s != "" {
+			parts = append(parts, s)
+		}
+		if p.VerifyPercent != nil {
+			parts = append(parts, fmt.Sprintf("verified:%.1f%%", *p.VerifyPercent))
+		}
+		if p.VerifyMismatchKiB > 0 {
+			parts = append(parts, "verify-differ:"+kib(p.VerifyMismatchKiB))
 		}
 		parts = append(parts, "out-of-sync:"+kib(p.OutOfSyncKiB))
 		if p.SplitBrain {

@@ -59,6 +59,12 @@ func cmdWaitSync() *cli.Command {
 					}
 					if p.SyncPercent != nil {
 						s += " " + bar(*p.SyncPercent)
+						if p.SyncETASeconds > 0 {
+							s += fmt.Sprintf(" eta:%v", time.Duration(p.SyncETASeconds)*time.Second)
+						}
+						if p.SyncPausedByUser {
+							s += " paused-by-user"
+						}
 					}
 					parts = append(parts, s)
 				}

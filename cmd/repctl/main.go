@@ -98,6 +98,12 @@ func newApp() *cli.App {
 			cmdNewCurrentUUID(),
 			cmdWaitConnect(),
 			cmdWaitSync(),
+			cmdInvalidate(),
+			cmdInvalidateRemote(),
+			cmdPauseSync(),
+			cmdResumeSync(),
+			cmdVerify(),
+			cmdCreateMD(),
 		},
 	}
 }

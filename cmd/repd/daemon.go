@@ -169,6 +169,10 @@ func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.L
 		OnCongestion:     r.OnCongestion,
 		Compression:      r.Compression,
 		CompressionLevel: r.CompressionLevel,
+		CSums:            r.CSums,
+		ResyncRate:       int64(r.ResyncRate),
+		ResyncMinRate:    int64(r.ResyncMinRate),
+		AfterSB0Pri:      r.AfterSB0Pri,
 		Logger:           log,
 	}
 	for i := range f.Nodes {
