@@ -41,15 +41,15 @@ const (
 	TypeBitmap     Type = 11 // Bitmap extents; FlagLast on the final one
 	TypeResyncReq  Type = 12 // Range: target asks for blocks (reserved for checksum resync)
 	TypeResyncDone Type = 13 // ResyncDone; seq = last barrier of the resync
-	// 14..15 reserved: dedup reference, verify request/reply.
-	typeMax = TypeResyncDone
+	// 14: TypeDataReq (dedup.go); 15 reserved.
+	typeMax = TypeDataReq
 )
 
 var typeNames = [...]string{
 	TypeHello: "Hello", TypeAuth: "Auth", TypeRefuse: "Refuse", TypeState: "State",
 	TypeWrite: "Write", TypeAck: "Ack", TypeBarrier: "Barrier", TypeBarrierAck: "BarrierAck",
 	TypePing: "Ping", TypePong: "Pong", TypeBitmap: "Bitmap", TypeResyncReq: "ResyncReq",
-	TypeResyncDone: "ResyncDone",
+	TypeResyncDone: "ResyncDone", TypeDataReq: "DataReq",
 }
 
 func (t Type) String() string {
@@ -70,6 +70,8 @@ const (
 	FlagZeroes Flags = 1 << 2 // zero Len bytes at Off; no data
 	FlagNoHole Flags = 1 << 3 // with FlagZeroes: keep the range allocated
 	FlagResync Flags = 1 << 4 // resync data, not an application write
+	FlagDedup  Flags = 1 << 5 // payload is a DedupWrite (zero and reference blocks; dedup.go)
+	FlagResend Flags = 1 << 6 // the full data of a write the receiver asked for with DataReq
 )
 
 // FlagLast marks the last Bitmap frame of an exchange.

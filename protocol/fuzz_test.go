@@ -14,6 +14,9 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(encodeFrame(f, CodecZstd, TypeBitmap, 0, AppendExtents(nil, []Extent{{1, 2}})))
 	f.Add(encodeFrame(f, CodecNone, TypeHello, 0, (&Hello{Resource: "r0", Name: "a"}).Append(nil)))
 	f.Add(encodeFrame(f, CodecNone, TypeState, 0, (&State{Current: 5}).Append(nil)))
+	dw := DedupWrite{Off: 8192, Len: 3*DedupBlock + 100, Kinds: []BlockKind{BlockZero, BlockRef, BlockData, BlockData},
+		Refs: []Ref{{Src: 4096, Hash: [32]byte{7}}}, Data: make([]byte, DedupBlock+100)}
+	f.Add(encodeFrame(f, CodecZstd, TypeWrite, 3, append(dw.AppendHead(nil), dw.Data...)))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := NewReader(bytes.NewReader(b))
@@ -33,6 +36,22 @@ func FuzzReadFrame(f *testing.F) {
 				var a Auth
 				a.Decode(fr.Payload)
 			case TypeWrite:
+				var d DedupWrite
+				if d.Decode(fr.Payload) == nil {
+					// A valid dedup write re-encodes to the same bytes.
+					if got := append(d.AppendHead(nil), d.Data...); !bytes.Equal(got, fr.Payload) {
+						t.Fatalf("re-encoded dedup write differs")
+					}
+					covered := uint64(len(d.Data)) + uint64(len(d.Refs))*DedupBlock
+					for _, k := range d.Kinds {
+						if k == BlockZero {
+							covered += DedupBlock
+						}
+					}
+					if covered < d.Len {
+						t.Fatalf("dedup write of %d bytes covers only %d", d.Len, covered)
+					}
+				}
 				var w Write
 				if w.Decode(fr.Payload, fr.Flags) == nil {
 					out := encodeFrame(t, CodecS2, TypeWrite, fr.Seq, append(w.AppendHead(nil), w.Data...))

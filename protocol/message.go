@@ -9,8 +9,10 @@ import (
 const (
 	FeatureS2   uint64 = 1 << 0 // decodes s2 payloads
 	FeatureZstd uint64 = 1 << 1 // decodes zstd payloads
+	// FeatureDedup: resolves FlagDedup writes and answers DataReq.
+	FeatureDedup uint64 = 1 << 2
 	// Features is what this implementation supports.
-	Features = FeatureS2 | FeatureZstd
+	Features = FeatureS2 | FeatureZstd | FeatureDedup
 )
 
 // NonceSize is the size of a handshake nonce.

@@ -2,7 +2,10 @@ package protocol
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -341,5 +344,61 @@ func BenchmarkReadFrame4k(b *testing.B) {
 			rd.Reset(all)
 			r.br.Reset(rd)
 		}
+	}
+}
+
+func TestDedupWriteRoundTrip(t *testing.T) {
+	data := bytes.Repeat([]byte("d"), DedupBlock+512)
+	dw := DedupWrite{Off: 1 << 20, Len: 3*DedupBlock + 512, Kinds: []BlockKind{BlockRef, BlockZero, BlockData, BlockData},
+		Refs: []Ref{{Src: 12288, Hash: [32]byte{1, 2, 3}}}, Data: data}
+	f := roundTrip(t, CodecS2, TypeWrite, FlagDedup, 9, dw.AppendHead(nil), dw.Data)
+	var got DedupWrite
+	if err := got.Decode(f.Payload); err != nil || !reflect.DeepEqual(got, dw) {
+		t.Fatalf("dedup write: %+v %v", got, err)
+	}
+	for _, bad := range []DedupWrite{
+		{Off: 0, Len: 4096, Kinds: []BlockKind{BlockRef}},                                  // reference without its entry
+		{Off: 0, Len: 100, Kinds: []BlockKind{BlockRef}, Refs: []Ref{{}}},                  // a short block by reference
+		{Off: 0, Len: 8192, Kinds: []BlockKind{BlockZero}},                                 // too few kinds
+		{Off: 0, Len: 4096, Kinds: []BlockKind{7}, Data: make([]byte, 4096)},               // unknown kind
+		{Off: 0, Len: 4096, Kinds: []BlockKind{BlockData}, Data: make([]byte, 4095)},       // short data
+		{Off: ^uint64(0) - 10, Len: 4096, Kinds: []BlockKind{BlockZero}},                   // overflow
+		{Off: 0, Len: MaxData + 4096, Kinds: make([]BlockKind, DedupBlocks(MaxData+4096))}, // too long
+	} {
+		if err := new(DedupWrite).Decode(append(bad.AppendHead(nil), bad.Data...)); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+}
+
+// The configured zstd level reaches the encoder: a higher level shrinks
+// text further.
+func TestZstdLevelUsed(t *testing.T) {
+	var text bytes.Buffer
+	r := rand.New(rand.NewPCG(1, 2))
+	for text.Len() < 512<<10 {
+		fmt.Fprintf(&text, "%d,customer-%d,%d.%02d,city-%d\n", text.Len(), r.IntN(5000), r.IntN(1000), r.IntN(100), r.IntN(50))
+	}
+	size := func(level int) int64 {
+		var buf bytes.Buffer
+		w, err := NewWriter(&buf, CodecZstd, level)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.WriteFrame(TypeWrite, 0, 1, nil, text.Bytes()[:MaxData/2])
+		w.Flush()
+		return w.BytesWritten()
+	}
+	fast, best := size(1), size(19)
+	t.Logf("zstd level 1: %d bytes, level 19: %d bytes of %d", fast, best, MaxData/2)
+	if best >= fast {
+		t.Fatalf("level 19 (%d bytes) does not beat level 1 (%d bytes)", best, fast)
+	}
+}
+
+func TestTLSConfigIsTLS13Mutual(t *testing.T) {
+	c := NewTLSConfig(tls.Certificate{}, x509.NewCertPool())
+	if c.MinVersion != tls.VersionTLS13 || c.ClientAuth != tls.RequireAndVerifyClientCert || c.RootCAs == nil || c.ClientCAs == nil {
+		t.Fatalf("%+v", c)
 	}
 }
