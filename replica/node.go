@@ -33,6 +33,7 @@ package replica
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -75,8 +76,16 @@ type Config struct {
 	OnCongestion     string        // "block" (default) or "pull-ahead"
 	Compression      string        // "none" (default), "s2", "zstd"
 	CompressionLevel int
-	Logger           *slog.Logger // nil: discard
-	OnEvent          func(Event)  // every state change; called without locks held, in order
+	// DedupIndexBytes bounds the memory of each peer's dedup index (about
+	// 128 bytes per 4 KiB block remembered); 0 disables deduplication
+	// (zero blocks included).
+	DedupIndexBytes int64
+	// TLS, if not nil, runs every peer connection over TLS 1.3 with it
+	// (protocol.NewTLSConfig: mutual certificates); the HMAC handshake
+	// still runs inside.
+	TLS     *tls.Config
+	Logger  *slog.Logger // nil: discard
+	OnEvent func(Event)  // every state change; called without locks held, in order
 }
 
 // Node is one node's replica of a resource.
@@ -106,6 +115,7 @@ type Node struct {
 	recvMask       uint64        // peers that receive the primary's writes (Receiving)
 	recvAtomic     atomic.Uint64 // recvMask, for the appliers
 	evq            []Event
+	authLim        authLimiter // incoming handshakes after authentication failures
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -605,6 +615,7 @@ func (n *Node) Status() Status {
 			pct := 100 * float64(total-min(left, total)) / float64(total)
 			ps.SyncPercent = &pct
 		}
+		p.ls.fill(&ps)
 		s.Peers = append(s.Peers, ps)
 	}
 	return s

@@ -28,6 +28,7 @@ type peer struct {
 	kick     chan struct{}       // wake the run loop (connect, disconnect)
 
 	sentBytes, recvBytes, badFrames, resynced atomic.Int64
+	ls                                        linkStats // transport: dedup, auth failures
 
 	// guarded by Node.mu
 	conn        ConnState
@@ -73,6 +74,8 @@ type session struct {
 
 	ctrlMu sync.Mutex
 	ctrl   []ctrlMsg
+
+	dd dedupState
 }
 
 type ctrlMsg struct {
@@ -277,6 +280,9 @@ func (p *peer) dial(ctx context.Context) (*protocol.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s at %s: %w", p.cfg.Name, p.cfg.Addr, err)
 	}
+	if nc, err = p.clientTLS(ctx, nc); err != nil {
+		return nil, err
+	}
 	c := protocol.NewConn(nc)
 	nc.SetDeadline(time.Now().Add(n.cfg.Timeout))
 	h, err := protocol.Handshake(c, n.hello(), n.cfg.Secret, func(h *protocol.Hello) error {
@@ -286,9 +292,7 @@ func (p *peer) dial(ctx context.Context) (*protocol.Conn, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, protocol.ErrCorrupt) {
-			p.badFrames.Add(1)
-		}
+		p.noteHandshakeErr(err)
 		nc.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", p.cfg.Name, err)
 	}
@@ -297,6 +301,7 @@ func (p *peer) dial(ctx context.Context) (*protocol.Conn, error) {
 }
 
 func (p *peer) setCodec(c *protocol.Conn, h *protocol.Hello) {
+	p.ls.features.Store(h.Features)
 	codec := p.n.codec
 	if codec == protocol.CodecS2 && h.Features&protocol.FeatureS2 == 0 || codec == protocol.CodecZstd && h.Features&protocol.FeatureZstd == 0 {
 		codec = protocol.CodecNone
@@ -326,6 +331,10 @@ func (n *Node) accept(ctx context.Context, ln net.Listener) {
 }
 
 func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
+	nc, done, ok := n.admit(ctx, nc)
+	if !ok {
+		return
+	}
 	c := protocol.NewConn(nc)
 	nc.SetDeadline(time.Now().Add(n.cfg.Timeout))
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
@@ -343,6 +352,9 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 		case p.cfg.ID > n.cfg.Self.ID:
 			return fmt.Errorf("%s (id %d) dials %s (id %d), not the other way round", n.cfg.Self.Name, n.cfg.Self.ID, h.Name, h.NodeID)
 		}
+		if err := checkPeerCert(nc, p.cfg.Name); err != nil {
+			return err
+		}
 		n.mu.Lock()
 		standalone := p.conn == StandAlone
 		n.mu.Unlock()
@@ -351,12 +363,11 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 		}
 		return nil
 	})
+	done(err)
 	if err != nil {
 		n.log.Warn("refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
 		if p != nil {
-			if errors.Is(err, protocol.ErrCorrupt) {
-				p.badFrames.Add(1)
-			}
+			p.noteHandshakeErr(err)
 			n.mu.Lock()
 			p.setErrLocked(fmt.Errorf("incoming connection from %s: %w", nc.RemoteAddr(), err))
 			n.unlock()
@@ -700,6 +711,7 @@ func (s *session) send() error {
 		for _, m := range ctrl {
 			c.W.WriteFrame(m.t, m.f, m.seq, m.payload, nil)
 		}
+		resent := s.shipResends(head[:0])
 		if a := s.ap.acked.Load(); a > sentAck {
 			c.W.WriteFrame(protocol.TypeAck, 0, a, nil, nil)
 			sentAck = a
@@ -713,8 +725,7 @@ func (s *session) send() error {
 				if e.kind == kResync {
 					f |= protocol.FlagResync
 				}
-				w := protocol.Write{Off: uint64(e.off), Len: uint64(e.n)}
-				c.W.WriteFrame(protocol.TypeWrite, f, e.seq, w.AppendHead(head[:0]), e.data)
+				s.shipWrite(e, f, head[:0])
 			}
 		}
 		if c.W.Buffered() == 0 && now.Sub(lastSend) > n.cfg.Timeout/4 {
@@ -726,6 +737,7 @@ func (s *session) send() error {
 			lastSend = now
 		}
 		s.release(batch)
+		s.release(resent)
 		if w := c.W.BytesWritten(); w != written {
 			p.sentBytes.Add(w - written)
 			written = w
@@ -771,19 +783,16 @@ func (s *session) receive() error {
 			return p.readErr("receive", err)
 		}
 		switch f.Type {
-		case protocol.TypeWrite:
-			var w protocol.Write
-			if err := w.Decode(f.Payload, f.Flags); err != nil {
-				return p.readErr("write", err)
-			}
-			if w.Off+w.Len > uint64(n.cfg.Size) {
-				return p.readErr("write", fmt.Errorf("%w: write %d+%d beyond size %d", protocol.ErrCorrupt, w.Off, w.Len, n.cfg.Size))
-			}
-			if err := s.ap.write(f.Seq, f.Flags, int64(w.Off), int64(w.Len), w.Data); err != nil {
+		case protocol.TypeWrite, protocol.TypeBarrier, protocol.TypeResyncDone:
+			// In sequence order, held back while a write's data is
+			// requested (dedup.go).
+			if err := s.seqFrame(f); err != nil {
 				return err
 			}
-		case protocol.TypeBarrier:
-			s.ap.barrier(f.Seq)
+		case protocol.TypeDataReq:
+			if err := s.onDataReq(f.Seq); err != nil {
+				return err
+			}
 		case protocol.TypeAck:
 			n.onAck(p, f.Seq, false)
 		case protocol.TypeBarrierAck:
@@ -797,15 +806,6 @@ func (s *session) receive() error {
 				return p.readErr("state", err)
 			}
 			if err := p.onState(&st); err != nil {
-				return err
-			}
-		case protocol.TypeResyncDone:
-			var rd protocol.ResyncDone
-			if err := rd.Decode(f.Payload); err != nil {
-				return p.readErr("resync done", err)
-			}
-			s.ap.drain()
-			if err := p.onResyncDone(rd.Current); err != nil {
 				return err
 			}
 		case protocol.TypeRefuse:

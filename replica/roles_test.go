@@ -243,8 +243,19 @@ func TestBadPeers(t *testing.T) {
 
 // Story 8: frames corrupted on the wire are detected by their checksum; the
 // connection is re-established and the resync repairs; stores end equal.
+// Once with s2, once with zstd and dedup (writers that repeat blocks, so
+// references and zero markers cross the corrupting link too).
 func TestCorruptFramesRepaired(t *testing.T) {
-	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Compression = "s2" })
+	for _, v := range []struct {
+		name, codec string
+		dedup       int64
+	}{{"s2", "s2", 0}, {"zstd-dedup", "zstd", 4 << 20}} {
+		t.Run(v.name, func(t *testing.T) { testCorruptFramesRepaired(t, v.codec, v.dedup) })
+	}
+}
+
+func testCorruptFramesRepaired(t *testing.T, codec string, dedup int64) {
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Compression, cfg.DedupIndexBytes = codec, dedup })
 	alpha := c.bootstrap()
 	c.proxy(0, 1).SetLink(faultnet.Link{CorruptProb: 0.01}, faultnet.Link{CorruptProb: 0.01})
 	stop := make(chan struct{})
@@ -254,6 +265,13 @@ func TestCorruptFramesRepaired(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			writer(t, alpha, c.seed+uint64(g), int64(g)*(4<<20), int64(g+1)*(4<<20), stop, nil)
+		}()
+	}
+	if dedup > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			repeatWriter(t, alpha, c.seed, stop)
 		}()
 	}
 	waitFor(t, 20*time.Second, "corruption detected", func() bool {
@@ -266,4 +284,7 @@ func TestCorruptFramesRepaired(t *testing.T) {
 	t.Logf("bad frames detected: %d; connects %d", bad, peerState(alpha, "beta").Connects)
 	c.waitSynced(15 * time.Second)
 	c.assertEqualStores()
+	if ps := peerState(alpha, "beta"); dedup > 0 && (ps.DedupBlocks == 0 || ps.ZeroBlocks == 0) {
+		t.Errorf("no dedup traffic: %+v", ps)
+	}
 }
