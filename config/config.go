@@ -67,6 +67,15 @@ type Resource struct {
 	ResyncMinRate Bytes `toml:"resync-min-rate"`
 	// AfterSB0Pri: "disconnect" (default) or "discard-zero-changes".
 	AfterSB0Pri string `toml:"after-sb-0pri"`
+	// TLS on the peer link (transport.go): this node's certificate and key
+	// and the CA that signed every node's, as PEM files (relative to the
+	// resource file); all three or none.
+	TLSCert string `toml:"tls-cert"`
+	TLSKey  string `toml:"tls-key"`
+	TLSCA   string `toml:"tls-ca"`
+	// DedupIndexSize bounds each peer's dedup index (default 64MiB; 0
+	// disables deduplication).
+	DedupIndexSize *Bytes `toml:"dedup-index-size"`
 }
 
 // Node is one [[node]] table.
@@ -108,6 +117,9 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	f.path = path
+	if err := f.checkTLSFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	return f, nil
 }
 
@@ -192,6 +204,9 @@ func (f *File) validate() error {
 	}
 	if r.CompressionLevel < 0 || r.CompressionLevel > 22 {
 		return fmt.Errorf("resource.compression-level %d: must be 0..22", r.CompressionLevel)
+	}
+	if err := r.validateTransport(); err != nil {
+		return err
 	}
 	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {
 		return fmt.Errorf("resource.resync-rate and resync-min-rate must not be negative")

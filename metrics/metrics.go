@@ -105,10 +105,19 @@ var (
 	descConnects   = prometheus.NewDesc("repd_peer_connects_total", "Connections established with the peer.", []string{"peer"}, nil)
 	descResynced   = prometheus.NewDesc("repd_peer_resynced_bytes_total", "Bytes resynced with the peer.", []string{"peer"}, nil)
 	descSplit      = prometheus.NewDesc("repd_peer_split_brain", "1 if split brain was detected with the peer.", []string{"peer"}, nil)
+
+	descLogical    = prometheus.NewDesc("repd_peer_logical_bytes_total", "Data bytes of the writes and resync blocks shipped to the peer, before dedup and compression.", []string{"peer"}, nil)
+	descRatio      = prometheus.NewDesc("repd_peer_compression_ratio", "Logical bytes shipped to the peer per byte sent on the wire (dedup and compression).", []string{"peer"}, nil)
+	descDedup      = prometheus.NewDesc("repd_peer_dedup_blocks_total", "4 KiB blocks sent to the peer as references to data it holds.", []string{"peer"}, nil)
+	descDedupSaved = prometheus.NewDesc("repd_peer_dedup_saved_bytes_total", "Data bytes not sent to the peer thanks to dedup references.", []string{"peer"}, nil)
+	descZero       = prometheus.NewDesc("repd_peer_zero_blocks_total", "4 KiB all-zero blocks sent to the peer as markers.", []string{"peer"}, nil)
+	descDedupMiss  = prometheus.NewDesc("repd_peer_dedup_misses_total", "Dedup references the peer could not resolve (the data was resent).", []string{"peer"}, nil)
+	descAuthFail   = prometheus.NewDesc("repd_peer_auth_failures_total", "Handshakes with the peer (or from its address) that failed authentication.", []string{"peer"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descResynced, descSplit} {
+	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descResynced, descSplit,
+		descLogical, descRatio, descDedup, descDedupSaved, descZero, descDedupMiss, descAuthFail} {
 		ch <- d
 	}
 }
@@ -140,6 +149,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descConnects, float64(p.Connects), p.Name)
 		counter(descResynced, float64(p.ResyncedBytes), p.Name)
 		gauge(descSplit, b2f(p.SplitBrain), p.Name)
+		counter(descLogical, float64(p.LogicalBytes), p.Name)
+		gauge(descRatio, p.CompressionRatio, p.Name)
+		counter(descDedup, float64(p.DedupBlocks), p.Name)
+		counter(descDedupSaved, float64(p.DedupBytesSaved), p.Name)
+		counter(descZero, float64(p.ZeroBlocks), p.Name)
+		counter(descDedupMiss, float64(p.DedupMisses), p.Name)
+		counter(descAuthFail, float64(p.AuthFailures), p.Name)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/repd/repd/config"
 	"github.com/repd/repd/metrics"
 	"github.com/repd/repd/nbd"
+	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica"
 )
 
@@ -46,6 +47,11 @@ func run(ctx context.Context, o options) error {
 	}
 	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
 	rcfg := replicaConfig(f, self, secret, o.log) // the engine names resource and node itself
+	if cert, key, ca, ok := f.TLSFiles(); ok {
+		if rcfg.TLS, err = protocol.LoadTLSConfig(cert, key, ca); err != nil {
+			return err
+		}
+	}
 
 	st, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
 	if err != nil {
@@ -169,6 +175,7 @@ func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.L
 		OnCongestion:     r.OnCongestion,
 		Compression:      r.Compression,
 		CompressionLevel: r.CompressionLevel,
+		DedupIndexBytes:  f.DedupIndexBytes(),
 		CSums:            r.CSums,
 		ResyncRate:       int64(r.ResyncRate),
 		ResyncMinRate:    int64(r.ResyncMinRate),

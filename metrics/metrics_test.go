@@ -1,0 +1,40 @@
+package metrics
+
+import (
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/repd/repd/replica"
+)
+
+type fixed replica.Status
+
+func (f fixed) Status() replica.Status { return replica.Status(f) }
+
+// The transport counters of every peer are exported.
+func TestTransportMetrics(t *testing.T) {
+	m := New(fixed{Role: replica.Primary, Disk: "UpToDate", Peers: []replica.PeerStatus{{
+		Name: "beta", BytesSent: 1000, LogicalBytes: 4000, CompressionRatio: 4, DedupBlocks: 3, DedupBytesSaved: 3 * 4096,
+		ZeroBlocks: 2, DedupMisses: 1, AuthFailures: 5, BadFrames: 7,
+	}}})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{
+		`repd_peer_logical_bytes_total{peer="beta"} 4000`,
+		`repd_peer_sent_bytes_total{peer="beta"} 1000`,
+		`repd_peer_compression_ratio{peer="beta"} 4`,
+		`repd_peer_dedup_blocks_total{peer="beta"} 3`,
+		`repd_peer_dedup_saved_bytes_total{peer="beta"} 12288`,
+		`repd_peer_zero_blocks_total{peer="beta"} 2`,
+		`repd_peer_dedup_misses_total{peer="beta"} 1`,
+		`repd_peer_auth_failures_total{peer="beta"} 5`,
+		`repd_peer_bad_frames_total{peer="beta"} 7`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+}
