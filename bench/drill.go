@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/repd/repd/faultnet"
 	"github.com/repd/repd/nbd/nbdtest"
 )
 
@@ -290,10 +291,11 @@ func rpoData(seq uint64, b []byte) {
 func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d time.Duration) (r RPOResult) {
 	const journal = 8 << 20
 	r.Protocol, r.Link, r.JournalBound = proto, link.Name, journal
+	var proxies []*faultnet.Proxy
 	c, err := startCluster(ctx, env, RepdConfig{
 		Name: "rpo-" + proto, Nodes: []string{"alpha", "bravo"}, Protocol: proto,
 		Extra:    map[string]string{"journal-size": fmt.Sprint(journal), "on-congestion": `"block"`},
-		PreStart: proxyPreStart(link, seedOf("rpo-"+proto)),
+		PreStart: proxyPreStartInto(link, seedOf("rpo-"+proto), &proxies),
 	})
 	if err != nil {
 		r.Error = "start: " + err.Error()
@@ -306,27 +308,31 @@ func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d ti
 		r.Error = "dial: " + err.Error()
 		return r
 	}
+	// Writes go round the device, block seq%nblocks, so the writers never
+	// run out of room; a block read back names the last write that reached
+	// it, and every acknowledged write to it with a higher number is lost.
 	nblocks := uint64(c.Data.Size / rpoBlock)
 	start := time.Now()
-	acks := make([]int64, nblocks) // ns after start; 0: not acknowledged
+	type ack struct {
+		seq uint64
+		at  time.Duration // since start
+	}
 	var next atomic.Uint64
 	var stop atomic.Bool
 	var wg sync.WaitGroup
-	for range 32 {
+	acked := make([][]ack, 32)
+	for w := range acked {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, rpoBlock)
 			for !stop.Load() {
 				seq := next.Add(1) - 1
-				if seq >= nblocks {
-					return
-				}
 				rpoData(seq, buf)
-				if err := cl.Write(buf, int64(seq)*rpoBlock, false); err != nil {
+				if err := cl.Write(buf, int64(seq%nblocks)*rpoBlock, false); err != nil {
 					return
 				}
-				atomic.StoreInt64(&acks[seq], int64(time.Since(start)))
+				acked[w] = append(acked[w], ack{seq, time.Since(start)})
 			}
 		}()
 	}
@@ -334,16 +340,25 @@ func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d ti
 	if st, err := c.Status(ctx, 0); err == nil {
 		r.JournalAtEnd = st.JournalBytes
 	}
+	// The primary's site is lost with its link: the proxies first stop
+	// forwarding and then reset their connections, so what was still on
+	// the way to the secondary is lost too, as with a dead host.
+	for _, p := range proxies {
+		p.Partition(true)
+	}
 	tKill := time.Since(start)
 	c.KillNode(0)
+	for _, p := range proxies {
+		p.CutAll()
+	}
 	stop.Store(true)
 	wg.Wait()
-	r.WriteSeconds = tKill.Seconds()
-	for i := range acks {
-		if acks[i] > 0 {
-			r.Acked++
-		}
+	var all []ack
+	for _, a := range acked {
+		all = append(all, a...)
 	}
+	r.WriteSeconds = tKill.Seconds()
+	r.Acked = int64(len(all))
 	r.AckedBytes = r.Acked * rpoBlock
 	r.WriteMBps = float64(r.AckedBytes) / tKill.Seconds() / 1e6
 
@@ -360,10 +375,11 @@ func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d ti
 		return r
 	}
 	defer rc.CloseWrite()
-	var lost, oldest atomic.Int64
-	oldest.Store(int64(tKill))
+	// found[b]: 1 + the number of the write block b holds; 0: none of ours.
+	touched := min(nblocks, next.Load())
+	found := make([]uint64, touched)
 	var readErr atomic.Value
-	var idx atomic.Int64
+	var idx atomic.Uint64
 	for range 16 {
 		wg.Add(1)
 		go func() {
@@ -371,25 +387,20 @@ func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d ti
 			got, want := make([]byte, rpoBlock), make([]byte, rpoBlock)
 			for {
 				i := idx.Add(1) - 1
-				if i >= int64(len(acks)) {
+				if i >= touched {
 					return
 				}
-				if acks[i] == 0 {
-					continue
-				}
-				if err := rc.Read(got, i*rpoBlock); err != nil {
+				if err := rc.Read(got, int64(i)*rpoBlock); err != nil {
 					readErr.Store(err.Error())
 					return
 				}
-				rpoData(uint64(i), want)
-				if string(got) != string(want) {
-					lost.Add(1)
-					for {
-						o := oldest.Load()
-						if acks[i] >= o || oldest.CompareAndSwap(o, acks[i]) {
-							break
-						}
-					}
+				if string(got[:8]) != rpoMagic {
+					continue
+				}
+				seq := binary.LittleEndian.Uint64(got[8:])
+				rpoData(seq, want)
+				if seq%nblocks == i && string(got) == string(want) {
+					found[i] = seq + 1
 				}
 			}
 		}()
@@ -397,11 +408,18 @@ func drillRPO(ctx context.Context, env Env, proto string, link LinkProfile, d ti
 	wg.Wait()
 	if e := readErr.Load(); e != nil {
 		r.Error = "read back: " + e.(string)
+		return r
 	}
-	r.LostWrites = lost.Load()
+	oldest := tKill
+	for _, a := range all {
+		if a.seq+1 > found[a.seq%nblocks] {
+			r.LostWrites++
+			oldest = min(oldest, a.at)
+		}
+	}
 	r.LostBytes = r.LostWrites * rpoBlock
 	if r.LostWrites > 0 {
-		r.LostSeconds = time.Duration(int64(tKill) - oldest.Load()).Seconds()
+		r.LostSeconds = (tKill - oldest).Seconds()
 	}
 	return r
 }

@@ -62,6 +62,12 @@ func (l LinkProfile) RTTms() float64 { return float64(l.RTT) / float64(time.Mill
 // own port (peer-listen) and the others dial the proxy (peer). The proxies
 // run inside the harness and only ever touch loopback.
 func proxyPreStart(l LinkProfile, seed int64) func(ctx context.Context, env Env, d *RepdData) (func(), error) {
+	return proxyPreStartInto(l, seed, nil)
+}
+
+// proxyPreStartInto is proxyPreStart that also hands the proxies to the
+// caller (for a drill that cuts the link), if set is not nil.
+func proxyPreStartInto(l LinkProfile, seed int64, set *[]*faultnet.Proxy) func(ctx context.Context, env Env, d *RepdData) (func(), error) {
 	return func(ctx context.Context, env Env, d *RepdData) (func(), error) {
 		var proxies []*faultnet.Proxy
 		stop := func() {
@@ -84,6 +90,9 @@ func proxyPreStart(l LinkProfile, seed int64) func(ctx context.Context, env Env,
 			}
 			n.PeerListen, n.Peer = n.Peer, p.Addr()
 			env.Logf("link %s: %s -> %s (seed %d)", l.Name, p.Addr(), n.PeerListen, p.Seed())
+		}
+		if set != nil {
+			*set = proxies
 		}
 		return stop, nil
 	}
