@@ -41,19 +41,21 @@ const (
 	TypeBitmap     Type = 11 // Bitmap extents; FlagLast on the final one
 	TypeResyncReq  Type = 12 // Range: target asks for blocks (reserved for checksum resync)
 	TypeResyncDone Type = 13 // ResyncDone; seq = last barrier of the resync
-	// 14: TypeDataReq (dedup.go); 15 reserved.
-	typeMax = TypeDataReq
+	// 14: TypeDataReq (dedup.go); 15 reserved. 16..19: checksum resync and
+	// online verify (sync.go).
+	typeMax = TypeVerifyReply
 )
 
 var typeNames = [...]string{
 	TypeHello: "Hello", TypeAuth: "Auth", TypeRefuse: "Refuse", TypeState: "State",
 	TypeWrite: "Write", TypeAck: "Ack", TypeBarrier: "Barrier", TypeBarrierAck: "BarrierAck",
 	TypePing: "Ping", TypePong: "Pong", TypeBitmap: "Bitmap", TypeResyncReq: "ResyncReq",
-	TypeResyncDone: "ResyncDone", TypeDataReq: "DataReq",
+	TypeResyncDone: "ResyncDone", TypeCsums: "Csums", TypeCsumsDone: "CsumsDone",
+	TypeVerify: "Verify", TypeVerifyReply: "VerifyReply", TypeDataReq: "DataReq",
 }
 
 func (t Type) String() string {
-	if t >= 1 && t <= typeMax {
+	if t >= 1 && t <= typeMax && typeNames[t] != "" {
 		return typeNames[t]
 	}
 	return fmt.Sprintf("Type(%d)", uint8(t))
@@ -173,7 +175,7 @@ func (h *Header) check() error {
 	if h.Magic != Magic {
 		return fmt.Errorf("%w: bad magic %#08x", ErrCorrupt, h.Magic)
 	}
-	if h.Type == 0 || h.Type > typeMax {
+	if h.Type == 0 || h.Type > typeMax || typeNames[h.Type] == "" {
 		if h.Version != Version {
 			return &VersionError{Got: h.Version}
 		}

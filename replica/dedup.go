@@ -373,6 +373,8 @@ func (s *session) applySeq(f protocol.Frame) error {
 		}
 		s.ap.drain()
 		return p.onResyncDone(rd.Current)
+	case protocol.TypeVerify:
+		return s.ap.verify(f.Seq, f.Payload) // verify.go
 	}
 	flags := f.Flags &^ (protocol.FlagDedup | protocol.FlagResend)
 	if f.Flags&protocol.FlagDedup == 0 {

@@ -21,9 +21,15 @@
 //     PausedSync until one of them is promoted; two Secondaries of the same
 //     generation settle to Established.
 //   - All-zero blocks are resynced as zeroes ranges, without data.
-//   - Not yet done: checksum-based resync, online verify, dedup references,
-//     resync rate limiting beyond the journal share (half of JournalBytes),
-//     a Primary as SyncTarget (refused: demote it first), fencing.
+//   - Checksum-based resync (CSums) and online verify: csums.go, verify.go.
+//     Resync and verify are paced by ResyncRate/ResyncMinRate
+//     (ratelimit.go) within half of JournalBytes.
+//   - A Primary crashed (FlagPrimary still set at Open): the activity log's
+//     hot extents are marked toward every peer. The flag is cleared on a
+//     clean demote or Close only after the data is flushed and the
+//     activity log released.
+//   - Not yet done: a Primary as SyncTarget (refused: demote it first),
+//     fencing.
 //
 // Concurrency: Node.mu guards the role, the superblock copy, the journal and
 // every peer's state. Store, meta-file and socket I/O happen outside it,
@@ -86,6 +92,18 @@ type Config struct {
 	TLS     *tls.Config
 	Logger  *slog.Logger // nil: discard
 	OnEvent func(Event)  // every state change; called without locks held, in order
+	// CSums: checksum-based resync (the target sends block hashes, the
+	// source sends only the blocks that differ). Used when both sides set it.
+	CSums bool
+	// ResyncRate caps resync and verify traffic in bytes/s (0: unlimited).
+	ResyncRate int64
+	// ResyncMinRate is what resync slows down to while application writes
+	// are active (DRBD's c-min-rate); 0: resync does not yield.
+	ResyncMinRate int64
+	// AfterSB0Pri is the automatic split-brain policy when neither side is
+	// Primary: "disconnect" (default: wait for the operator) or
+	// "discard-zero-changes" (a side that wrote nothing becomes the target).
+	AfterSB0Pri string
 }
 
 // Node is one node's replica of a resource.
@@ -115,7 +133,8 @@ type Node struct {
 	recvMask       uint64        // peers that receive the primary's writes (Receiving)
 	recvAtomic     atomic.Uint64 // recvMask, for the appliers
 	evq            []Event
-	authLim        authLimiter // incoming handshakes after authentication failures
+	authLim        authLimiter  // incoming handshakes after authentication failures
+	lastAppWrite   atomic.Int64 // unix nanos of the last application write (resync yields)
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -154,6 +173,9 @@ func Open(cfg Config, st Store) (*Node, error) {
 	case "", "block", "pull-ahead":
 	default:
 		return nil, fmt.Errorf("on-congestion %q: use block or pull-ahead", cfg.OnCongestion)
+	}
+	if err := checkSyncConfig(cfg); err != nil {
+		return nil, err
 	}
 	codec, err := protocol.ParseCodec(cfg.Compression)
 	if err != nil {
@@ -342,15 +364,22 @@ func (n *Node) Close() error {
 	}
 	n.wg.Wait()
 	err := n.st.Flush(context.Background())
+	// The crash flag goes only once the data is durable and the activity
+	// log released (its bits flushed): a crash before that marks the hot
+	// extents at the next open.
+	if err == nil {
+		err = n.meta.ReleaseIdle(context.Background())
+	}
 	n.mu.Lock()
 	if e := n.persist(func(sb *bitmap.Superblock) {
-		sb.Flags &^= bitmap.FlagPrimary
-		sb.Flags |= bitmap.FlagCleanShutdown
+		if err == nil {
+			sb.Flags &^= bitmap.FlagPrimary
+			sb.Flags |= bitmap.FlagCleanShutdown
+		}
 	}); e != nil && err == nil {
 		err = e
 	}
 	n.unlock()
-	n.meta.ReleaseIdle(context.Background())
 	if e := n.meta.Close(); e != nil && err == nil {
 		err = e
 	}
@@ -453,11 +482,20 @@ func (n *Node) Demote() error {
 	}
 	n.mu.Unlock()
 	ferr := n.flush(context.Background(), true)
+	if ferr == nil {
+		// No write is in flight: release the activity log (flushing
+		// its bits) before the crash flag goes.
+		ferr = n.meta.ReleaseIdle(context.Background())
+	}
 	n.mu.Lock()
 	defer n.unlock()
 	n.demoting = false
 	n.role = Secondary
-	err := n.persist(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagPrimary })
+	err := n.persist(func(sb *bitmap.Superblock) {
+		if ferr == nil {
+			sb.Flags &^= bitmap.FlagPrimary
+		}
+	})
 	n.recomputeLocked()
 	n.cond.Broadcast()
 	n.log.Info("demoted to Secondary")
@@ -467,7 +505,6 @@ func (n *Node) Demote() error {
 			p.sendStateLocked(0)
 		}
 	}
-	go n.meta.ReleaseIdle(context.Background())
 	if ferr != nil {
 		n.log.Warn("flush during demote failed", "err", ferr)
 	}
@@ -615,6 +652,7 @@ func (n *Node) Status() Status {
 			pct := 100 * float64(total-min(left, total)) / float64(total)
 			ps.SyncPercent = &pct
 		}
+		p.syncStatusLocked(&ps)
 		p.ls.fill(&ps)
 		s.Peers = append(s.Peers, ps)
 	}

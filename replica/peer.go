@@ -29,6 +29,7 @@ type peer struct {
 
 	sentBytes, recvBytes, badFrames, resynced atomic.Int64
 	ls                                        linkStats // transport: dedup, auth failures
+	sy                                        peerSync  // resync progress, pause, verify (verify.go, csums.go)
 
 	// guarded by Node.mu
 	conn        ConnState
@@ -76,6 +77,7 @@ type session struct {
 	ctrl   []ctrlMsg
 
 	dd dedupState
+	sy sessSync // checksum resync, pacing (csums.go)
 }
 
 type ctrlMsg struct {
@@ -161,6 +163,9 @@ func (p *peer) stateLocked(flags uint8) protocol.State {
 	if n.crashedPrimary {
 		st.Flags |= protocol.StateCrashedPrim
 	}
+	if n.cfg.CSums {
+		st.Flags |= protocol.StateCSums
+	}
 	return st
 }
 
@@ -177,7 +182,7 @@ func (p *peer) sendStateLocked(flags uint8) {
 func (p *peer) goAheadLocked() {
 	n := p.n
 	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
-		if e.kind != kBarrier {
+		if e.marks() {
 			p.bm.Set(e.off, e.n)
 		}
 		n.maybeDoneLocked(e)
@@ -418,6 +423,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &session{p: p, c: c, ctx: sctx, cancel: cancel, wake: make(chan struct{}, 1), resync: make(chan struct{}, 1)}
+	s.sy.csumsDone = make(chan struct{}, 1)
 	stop := context.AfterFunc(sctx, func() { nc.Close() })
 	defer stop()
 
@@ -446,7 +452,11 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	them := Side{ID: p.cfg.ID, Name: p.cfg.Name, Role: Role(theirs.Role), Disk: Disk(theirs.Disk), Current: theirs.Current,
 		Bitmap: theirs.Bitmap, History: theirs.History, Discard: theirs.Flags&protocol.StateDiscardMyData != 0,
 		CrashedPrimary: theirs.Flags&protocol.StateCrashedPrim != 0}
+	s.sy.csums = n.cfg.CSums && theirs.Flags&protocol.StateCSums != 0
 	v := Compare(me, them)
+	if errors.Is(v.Err, ErrSplitBrain) {
+		v = p.autoResolve(v, &me, &them, int64(theirs.OutOfSync))
+	}
 	if v.Err != nil {
 		c.Refuse(time.Second, v.Err.Error())
 		n.mu.Lock()
@@ -469,6 +479,9 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 		p.bm.SetAll()
 	}
 	plan := Plan(v, me, them, p.bm.Count() > 0)
+	if plan == SyncSource && p.sy.userPaused {
+		plan = PausedSync // pause-sync by the operator
+	}
 	nc.SetDeadline(time.Time{})
 
 	n.mu.Lock()
@@ -504,6 +517,10 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	p.setReplLocked(plan)
 	if plan == SyncSource {
 		p.startSyncLocked()
+		p.syncStartedLocked()
+	}
+	if plan == SyncTarget {
+		p.targetStartLocked(s, 0)
 	}
 	if plan == Established && n.sb.GI.Bitmap[p.slot] != 0 && p.bm.Count() == 0 {
 		n.persist(func(sb *bitmap.Superblock) { sb.GI.Bitmap[p.slot] = 0 })
@@ -529,7 +546,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	n.mu.Lock()
 	p.sess = nil
 	lost := n.j.drop(p.bit, p.ackFrom, func(e *entry) {
-		if e.kind != kBarrier {
+		if e.marks() {
 			p.bm.Set(e.off, e.n)
 		}
 		n.maybeDoneLocked(e)
@@ -720,6 +737,8 @@ func (s *session) send() error {
 			switch e.kind {
 			case kBarrier:
 				c.W.WriteFrame(protocol.TypeBarrier, 0, e.seq, nil, nil)
+			case kVerify:
+				c.W.WriteFrame(protocol.TypeVerify, 0, e.seq, e.data, nil)
 			default:
 				f := e.flags
 				if e.kind == kResync {
@@ -783,7 +802,7 @@ func (s *session) receive() error {
 			return p.readErr("receive", err)
 		}
 		switch f.Type {
-		case protocol.TypeWrite, protocol.TypeBarrier, protocol.TypeResyncDone:
+		case protocol.TypeWrite, protocol.TypeBarrier, protocol.TypeResyncDone, protocol.TypeVerify:
 			// In sequence order, held back while a write's data is
 			// requested (dedup.go).
 			if err := s.seqFrame(f); err != nil {
@@ -791,6 +810,16 @@ func (s *session) receive() error {
 			}
 		case protocol.TypeDataReq:
 			if err := s.onDataReq(f.Seq); err != nil {
+				return err
+			}
+		case protocol.TypeCsums:
+			if err := s.onCsums(f.Payload); err != nil {
+				return err
+			}
+		case protocol.TypeCsumsDone:
+			s.onCsumsDone()
+		case protocol.TypeVerifyReply:
+			if err := s.onVerifyReply(f.Payload); err != nil {
 				return err
 			}
 		case protocol.TypeAck:
@@ -901,6 +930,9 @@ func (p *peer) onState(st *protocol.State) error {
 		}
 		return err
 	}
+	if p.syncStateLocked(Repl(st.Repl)) {
+		return nil
+	}
 	switch Repl(st.Repl) {
 	case Ahead:
 		if p.repl != Behind {
@@ -913,6 +945,7 @@ func (p *peer) onState(st *protocol.State) error {
 	case SyncSource:
 		if p.repl != SyncTarget {
 			p.setReplLocked(SyncTarget)
+			p.targetStartLocked(p.sess, int64(st.OutOfSync))
 			return n.persist(func(sb *bitmap.Superblock) {
 				sb.Disk = Inconsistent
 				sb.Flags |= bitmap.FlagResyncTarget
@@ -922,8 +955,9 @@ func (p *peer) onState(st *protocol.State) error {
 	}
 	// Two secondaries that were apart now share a generation (one of them
 	// finished a resync from the Primary): they are in sync.
+	// Not after a crash as Primary: the activity log's marks must resync.
 	if p.repl == PausedSync && role == Secondary && n.role == Secondary && st.Current == n.sb.GI.Current &&
-		disk == UpToDate && n.sb.Disk == UpToDate {
+		disk == UpToDate && n.sb.Disk == UpToDate && !n.crashedPrimary && st.Flags&protocol.StateCrashedPrim == 0 {
 		p.bm.ClearAll()
 		p.setReplLocked(Established)
 		p.sendStateLocked(0)
@@ -980,6 +1014,8 @@ func (p *peer) onResyncDone(current uint64) error {
 	}
 	p.bm.ClearAll()
 	n.meta.FlushBitmaps()
+	// What the activity log marked is repaired now.
+	n.crashedPrimary = false
 	p.verdict = Verdict{Rel: RelInSync} // the connect-time verdict is history now
 	p.setReplLocked(Established)
 	n.log.Info("resync finished: UpToDate", "source", p.cfg.Name, "current", uuidString(current))
