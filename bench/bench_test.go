@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/repd/repd/config"
 )
@@ -107,5 +109,232 @@ func TestRepdTemplate(t *testing.T) {
 	// It must be a resource file repd accepts.
 	if _, err := config.Parse([]byte(out)); err != nil {
 		t.Errorf("config.Parse: %v\n%s", err, out)
+	}
+}
+
+func TestBuildPlanDefault(t *testing.T) {
+	plan, err := buildPlan(flags{targets: "default", workloads: "default", links: linkNames()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	works := map[string]int{}
+	for _, ph := range plan {
+		for _, tg := range ph.targets {
+			got[ph.group] = append(got[ph.group], tg.Name)
+		}
+		works[ph.group] = len(ph.workloads)
+	}
+	want := map[string]string{
+		groupLoopback:    "local,nbdkit,repd,repd-c1,repd-a1,repd-c2",
+		groupCompression: "repd-c1-zstd,repd-a1-zstd",
+		groupLinks:       "repd-c1-lan,repd-a1-lan,repd-c1-metro,repd-a1-metro,repd-c1-wan,repd-a1-wan,repd-c1-lan-100mbit,repd-a1-lan-100mbit",
+	}
+	for g, w := range want {
+		if s := strings.Join(got[g], ","); s != w {
+			t.Errorf("%s: %s, want %s", g, s, w)
+		}
+	}
+	if works[groupLoopback] != len(Workloads) || works[groupLinks] != 2 || works[groupCompression] != 2 {
+		t.Errorf("workloads per group: %v", works)
+	}
+
+	plan, err = buildPlan(flags{targets: "repd,repd-c1-wan,repd-c1-lan", workloads: "randwrite-4k-qd1", links: "wan"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) != 2 || plan[1].targets[0].Name != "repd-c1-wan" || len(plan[1].targets) != 1 || len(plan[1].workloads) != 1 {
+		t.Errorf("explicit plan: %+v", plan)
+	}
+	if _, err := buildPlan(flags{targets: "nope", links: "none"}); err == nil {
+		t.Error("unknown target accepted")
+	}
+	if _, err := buildPlan(flags{targets: "default", links: "moon"}); err == nil {
+		t.Error("unknown link accepted")
+	}
+}
+
+func TestTargetMeta(t *testing.T) {
+	for _, tg := range allTargets() {
+		if tg.Meta.Kind == "" || tg.Meta.Group == "" {
+			t.Errorf("%s: meta %+v", tg.Name, tg.Meta)
+		}
+	}
+	wan := replicated("A", 1, "none", &linkProfiles[2])
+	if wan.Name != "repd-a1-wan" || wan.Meta.LinkRTTms != 30 || wan.Meta.Group != groupLinks {
+		t.Errorf("wan target: %s %+v", wan.Name, wan.Meta)
+	}
+	if l := linkProfiles[2].Link(); l.Delay != 15*time.Millisecond {
+		t.Errorf("wan one-way delay %s, want 15ms", l.Delay)
+	}
+}
+
+func TestRepdTemplatePeerListen(t *testing.T) {
+	d := &RepdData{Resource: "bench", Size: 1 << 30, Protocol: "A", Nodes: []RepdNode{
+		{Name: "alpha", Disk: "/d/a.img", Meta: "/d/a.meta", NBD: "127.0.0.1:1", Peer: "127.0.0.1:2", Admin: "/d/a.sock"},
+		{Name: "bravo", Disk: "/d/b.img", Meta: "/d/b.meta", NBD: "127.0.0.1:3", Peer: "127.0.0.1:4", PeerListen: "127.0.0.1:5", Admin: "/d/b.sock"},
+	}}
+	out, err := renderRepdConfig(repdTemplate, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(out, "peer-listen") != 1 || !strings.Contains(out, `peer-listen = "127.0.0.1:5"`) {
+		t.Errorf("resource file:\n%s", out)
+	}
+	f, err := config.Parse([]byte(out))
+	if err != nil {
+		t.Fatalf("config.Parse: %v\n%s", err, out)
+	}
+	if f.Nodes[1].PeerListen != "127.0.0.1:5" {
+		t.Errorf("peer-listen = %q", f.Nodes[1].PeerListen)
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	in := `{"resource":"bench","role":"Primary","disk":"UpToDate","journal_bytes":4096,"writes":7,
+	  "peers":[{"name":"bravo","connection":"Connected","replication":"Established","disk":"UpToDate",
+	    "out_of_sync_kib":8,"bytes_sent":1000,"resynced_bytes":4096,"wire_bytes_sent":900,"dedup_hits":3,"connects":1}]}`
+	st, err := parseStatus([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := st.Peers[0]
+	if st.Role != "Primary" || st.JournalBytes != 4096 || p.OutOfSyncKiB != 8 || p.BytesSent != 1000 || p.ResyncedBytes != 4096 {
+		t.Errorf("status = %+v", st)
+	}
+	if len(p.Counters) != 2 || p.Counters["wire_bytes_sent"] != 900 || p.Counters["dedup_hits"] != 3 {
+		t.Errorf("counters = %v", p.Counters)
+	}
+	if inSync(p) {
+		t.Error("in sync with 8 KiB out of sync")
+	}
+}
+
+func TestRPOData(t *testing.T) {
+	a, b := make([]byte, rpoBlock), make([]byte, rpoBlock)
+	rpoData(7, a)
+	rpoData(7, b)
+	if string(a) != string(b) || string(a[:8]) != rpoMagic {
+		t.Fatal("rpoData not deterministic or no magic")
+	}
+	rpoData(8, b)
+	if string(a[16:]) == string(b[16:]) {
+		t.Fatal("two blocks share filler")
+	}
+}
+
+func TestWireGenerators(t *testing.T) {
+	csv := make([]byte, 64<<10)
+	wireGenerator("csv", 1)(3, csv)
+	lines := strings.Split(string(csv), "\n")
+	if len(lines) < 100 || strings.Count(lines[0], ",") != 8 {
+		t.Errorf("csv: %d lines, first %q", len(lines), lines[0])
+	}
+	rep := make([]byte, 4096)
+	rep2 := make([]byte, 4096)
+	g := wireGenerator("repeat-4k", 2)
+	g(0, rep)
+	g(99, rep2)
+	if string(rep) != string(rep2) {
+		t.Error("repeat-4k blocks differ")
+	}
+	r1, r2 := make([]byte, 4096), make([]byte, 4096)
+	g = wireGenerator("random", 3)
+	g(0, r1)
+	g(1, r2)
+	if string(r1) == string(r2) {
+		t.Error("random blocks equal")
+	}
+}
+
+func TestDrillChecks(t *testing.T) {
+	d := &Drills{
+		RTO: &RTOResult{TotalMs: 150, DetectMs: 5, PromoteMs: 100, FirstWriteMs: 45},
+		RPO: []RPOResult{
+			{Protocol: "A", Acked: 1000, LostWrites: 10, LostBytes: 40960, JournalBound: 8 << 20},
+			{Protocol: "C", Acked: 1000, LostWrites: 1, LostBytes: 4096, JournalBound: 8 << 20},
+		},
+		Wire: []WireResult{{Data: "csv", Ratio: 0.2}, {Data: "repeat-4k", Ratio: 1.01}, {Data: "random", Ratio: 1.0}},
+	}
+	got := map[string]string{}
+	for _, c := range drillChecks(d) {
+		got[c.Name] = c.Status
+	}
+	want := map[string]string{
+		"RTO: kill -9 primary until first write on promoted secondary": "PASS",
+		"RPO under protocol A over the WAN link":                       "PASS",
+		"RPO under protocol C over the WAN link":                       "FAIL",
+		"wire/logical bytes, zstd, csv":                                "PASS",
+		"wire/logical bytes, zstd, repeat-4k":                          "FAIL",
+		"wire/logical bytes, zstd, random":                             "PASS",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s", k, got[k], v)
+		}
+	}
+	for _, c := range drillChecks(nil) {
+		if c.Status != "SKIP" {
+			t.Errorf("no drills: %s is %s", c.Name, c.Status)
+		}
+	}
+}
+
+func TestCharts(t *testing.T) {
+	s := &Summary{}
+	for _, tg := range allTargets() {
+		s.Targets = append(s.Targets, TargetInfo{Name: tg.Name, Meta: tg.Meta})
+	}
+	w := func(p50 float64) *DirStats { return &DirStats{IOs: 1, P50us: p50, P99us: 2 * p50} }
+	s.Results = []Result{
+		{Workload: "randwrite-4k-qd1", Target: "repd", Write: w(20)},
+		{Workload: "randwrite-4k-qd1", Target: "repd-c1", Write: w(100)},
+		{Workload: "randwrite-4k-qd1", Target: "repd-c1-wan", Write: w(31000)},
+		{Workload: "randwrite-4k-qd1", Target: "repd-c1-lan", Write: w(700)},
+		{Workload: "randwrite-4k-qd1", Target: "repd-c1-lan-100mbit", Write: w(900)},
+		{Workload: "randwrite-4k-qd1", Target: "repd-a1-metro", Error: "boom"},
+		{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 1000},
+		{Workload: "randwrite-4k-qd32", Target: "nbdkit", IOPS: 2000},
+	}
+	se := linkSeries(s, "randwrite-4k-qd1", "C", writeP50ms)
+	var labels []string
+	for _, p := range se.Points {
+		labels = append(labels, fmt.Sprintf("%s=%g", p.Label, p.Value))
+	}
+	if got := strings.Join(labels, " "); got != "loopback=0.1 lan +0.5ms=0.7 wan +30ms=31" {
+		t.Errorf("C series: %s", got)
+	}
+	if a := linkSeries(s, "randwrite-4k-qd1", "A", writeP50ms); len(a.Points) != 0 {
+		t.Errorf("A series: %+v", a)
+	}
+	var names []string
+	for _, c := range charts(s) {
+		names = append(names, c.name)
+	}
+	if got := strings.Join(names, ","); got != "latency-vs-link,iops-bars" {
+		t.Errorf("charts: %s", got)
+	}
+	dat := datFile([]series{barSeries(s, "randwrite-4k-qd32", iops)})
+	if !strings.Contains(dat, "0 \"repd\" 1000\n1 \"nbdkit\" 2000") {
+		t.Errorf("dat:\n%s", dat)
+	}
+}
+
+func TestMarkdownSections(t *testing.T) {
+	s := &Summary{
+		Targets: []TargetInfo{{Name: "repd", Meta: TargetMeta{Group: groupLoopback}}, {Name: "repd-c1-wan", Meta: TargetMeta{Group: groupLinks}}},
+		Results: []Result{
+			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 1000, Write: &DirStats{IOs: 1, P50us: 30, P99us: 90}},
+			{Workload: "randwrite-4k-qd32", Target: "repd-c1-wan", IOPS: 500, Write: &DirStats{IOs: 1, P50us: 31000, P99us: 33000}},
+		},
+		Drills:  &Drills{Resync: &ResyncResult{OutageSeconds: 5, DirtyBytes: 1 << 20}},
+		LoadEnd: "1.00 2.00 3.00",
+	}
+	fillRatios(s.Results)
+	md := markdown(s, Workloads)
+	for _, want := range []string{"## Loopback", "## Links", "| 4k randwrite QD32 | repd-c1-wan | 500 | 0.0 | 31000 | 33000 | 0.50 |  |", "## Resync drill", "at end"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
 	}
 }

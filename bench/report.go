@@ -411,8 +411,8 @@ func drillsMarkdown(b *strings.Builder, d *Drills) {
 	if len(d.RPO) > 0 {
 		b.WriteString("## RPO drill\n\n")
 		b.WriteString("Two nodes over the WAN link; 32 writers put numbered 4 KiB blocks (header + incompressible filler) at distinct offsets through the primary and note each acknowledgment; " +
-			"at the end the primary's site is lost with its link (the proxy stops forwarding and resets its connections, dropping what it holds, then `kill -9` of the primary) with writes in flight; "+
-			"the secondary is promoted and every acknowledged block read back from it. A write counts as lost when its block on the new primary holds an older write. `on-congestion = \"block\"`. "+
+			"at the end the primary's site is lost with its link (the proxy stops forwarding and resets its connections, dropping what it holds, then `kill -9` of the primary) with writes in flight; " +
+			"the secondary is promoted and every acknowledged block read back from it. A write counts as lost when its block on the new primary holds an older write. `on-congestion = \"block\"`. " +
 			"*lost seconds*: from the oldest lost write's acknowledgment to the kill.\n\n")
 		b.WriteString("| protocol | link | writes acked | MB/s | journal before kill | journal-size | lost writes | lost bytes | lost seconds of writes | promotion |\n")
 		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")

@@ -17,6 +17,7 @@ declare -A pkg=(
   [qemu-nbd]=qemu-utils
   [ip]=iproute2
   [curl]=curl
+  [gnuplot]=gnuplot-nox
 )
 missing=()
 for tool in "${!pkg[@]}"; do
