@@ -136,3 +136,30 @@ func (decoders) decode(c Codec, dst, src []byte, rawLen int) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// compressible is a quick look at whether data may shrink: it samples 256
+// bytes and sums the squares of their byte counts. Bytes of random or
+// already compressed data are spread evenly (the sum stays near its
+// expectation for uniform bytes, 511, standard deviation about 53); text,
+// zeros and repeated structures concentrate on fewer values (base64 text
+// about 1280, English text well above). Incompressible payloads then cost
+// the encoder nothing (zstd spends microseconds per 4 KiB finding no
+// match). Short payloads are always tried.
+func compressible(data []byte) bool {
+	const samples = 256
+	if len(data) < 4*samples {
+		return true
+	}
+	var h0, h1 [256]uint8
+	stride := len(data) / samples
+	for i := 0; i+stride < len(data); i += 2 * stride {
+		h0[data[i]]++
+		h1[data[i+stride]]++
+	}
+	sq := 0
+	for i := range h0 {
+		c := int(h0[i]) + int(h1[i])
+		sq += c * c
+	}
+	return sq > 700
+}

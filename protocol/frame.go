@@ -212,7 +212,8 @@ type Writer struct {
 
 // NewWriter returns a Writer on w encoding payloads with codec at level
 // (codec-specific; 0 is the codec's default). Payloads shorter than 128
-// bytes, and payloads that do not shrink, are sent raw.
+// bytes, payloads whose sampled bytes look random (compressible), and
+// payloads that do not shrink, are sent raw.
 func NewWriter(w io.Writer, codec Codec, level int) (*Writer, error) {
 	enc, err := newEncoder(codec, level)
 	if err != nil {
@@ -232,7 +233,7 @@ func (w *Writer) WriteFrame(t Type, f Flags, seq uint64, head, data []byte) erro
 		return fmt.Errorf("%s frame payload %d bytes exceeds %d", t, raw, MaxPayload)
 	}
 	h := Header{Magic: Magic, Version: Version, Type: t, Flags: f, Codec: CodecNone, PayloadLen: uint32(raw), RawLen: uint32(raw), Seq: seq}
-	if w.enc != nil && raw >= w.minComp {
+	if w.enc != nil && raw >= w.minComp && (len(data) == 0 || compressible(data)) {
 		src := head
 		if len(data) > 0 {
 			w.scratch = append(append(w.scratch[:0], head...), data...)

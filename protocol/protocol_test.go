@@ -402,3 +402,31 @@ func TestTLSConfigIsTLS13Mutual(t *testing.T) {
 		t.Fatalf("%+v", c)
 	}
 }
+
+func TestCompressibleSkipsRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	random := make([]byte, 64<<10)
+	for i := range random {
+		random[i] = byte(r.Uint32())
+	}
+	for _, n := range []int{1024, 4096, 65536} {
+		if compressible(random[:n]) {
+			t.Errorf("%d random bytes judged compressible", n)
+		}
+	}
+	var text bytes.Buffer
+	for text.Len() < 64<<10 {
+		fmt.Fprintf(&text, "%d,customer-%d,%d.%02d\n", text.Len(), r.IntN(5000), r.IntN(1000), r.IntN(100))
+	}
+	b64 := make([]byte, 4096)
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := range b64 {
+		b64[i] = alphabet[r.IntN(64)]
+	}
+	half := append(append([]byte{}, random[:2048]...), make([]byte, 2048)...)
+	for name, b := range map[string][]byte{"text": text.Bytes()[:4096], "zeros": make([]byte, 4096), "base64": b64, "half zero": half} {
+		if !compressible(b) {
+			t.Errorf("%s judged incompressible", name)
+		}
+	}
+}
