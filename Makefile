@@ -5,7 +5,7 @@ BIN     := bin
 PKGS    := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build deps test test-short bench bench-quick demo run fuzz lint clean
+.PHONY: all build deps test test-short bench bench-quick demo run fuzz lint clean soak
 
 all: build
 
@@ -37,6 +37,12 @@ demo: deps build
 # can write to and fail over. Ctrl-C stops it.
 run: deps build
 	scripts/run.sh
+
+# Random fault schedules against real repd processes (chaos/) for DURATION;
+# prints scenarios run, faults injected, writes checked and violations (0).
+DURATION ?= 5m
+soak:
+	$(GO) run ./chaos/cmd/soak -duration $(DURATION)
 
 fuzz:
 	@set -e; for spec in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | sort -u | sed 's/^func //'); do \

@@ -1,0 +1,325 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Action is one step of a schedule, at an offset from the scenario's start.
+type Action struct {
+	At    time.Duration
+	What  string
+	Fault bool
+}
+
+func (a Action) String() string { return fmt.Sprintf("%8.3fs %s", a.At.Seconds(), a.What) }
+
+// Result is one scenario run.
+type Result struct {
+	Scenario      string
+	Seed          int64
+	Protocol      string
+	Schedule      []Action
+	Faults        int
+	WritesSent    int
+	WritesChecked int
+	Violations    []string
+	Findings      []string // behaviour worth reporting that is not a violation
+	Known         []string // violations of known engine bugs (see KnownBugsFail)
+	Err           error    // the run itself failed (timeout, refused recovery)
+	Elapsed       time.Duration
+	MaxGoroutines float64 // highest go_goroutines scraped from any repd
+	MaxRSS        float64
+}
+
+// KnownBugsFail makes known engine bugs fail a run like any violation.
+var KnownBugsFail = os.Getenv("CHAOS_STRICT") == "1"
+
+// Failed reports whether the run failed.
+func (r *Result) Failed() bool {
+	return r.Err != nil || len(r.Violations) > 0 || (KnownBugsFail && len(r.Known) > 0)
+}
+
+// Replay is the command that reruns it.
+func (r *Result) Replay() string {
+	return fmt.Sprintf("go run ./chaos/cmd/soak -seed %d -scenario %s", r.Seed, r.Scenario)
+}
+
+// Format prints the result, with the schedule when it failed or verbose.
+func (r *Result) Format(verbose bool) string {
+	var b strings.Builder
+	st := "ok"
+	if r.Failed() {
+		st = "FAIL"
+	}
+	fmt.Fprintf(&b, "%s %s seed=%d protocol=%s faults=%d writes=%d checked=%d violations=%d %.1fs",
+		st, r.Scenario, r.Seed, r.Protocol, r.Faults, r.WritesSent, r.WritesChecked, len(r.Violations), r.Elapsed.Seconds())
+	if r.Err != nil {
+		fmt.Fprintf(&b, "\n  error: %v", r.Err)
+	}
+	for _, v := range r.Violations {
+		fmt.Fprintf(&b, "\n  violation: %s", v)
+	}
+	for _, k := range r.Known {
+		fmt.Fprintf(&b, "\n  known engine bug: %s", k)
+	}
+	for _, f := range r.Findings {
+		fmt.Fprintf(&b, "\n  finding: %s", f)
+	}
+	if verbose || r.Failed() {
+		fmt.Fprintf(&b, "\n  schedule:")
+		for _, a := range r.Schedule {
+			fmt.Fprintf(&b, "\n    %s", a)
+		}
+		fmt.Fprintf(&b, "\n  replay: %s", r.Replay())
+	}
+	return b.String()
+}
+
+// Env is what a scenario works with.
+type Env struct {
+	Rng   *rand.Rand
+	C     *Cluster
+	H     *History
+	Res   *Result
+	start time.Time
+	mu    sync.Mutex
+}
+
+// Act records an action of the schedule.
+func (e *Env) Act(fault bool, format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.Res.Schedule = append(e.Res.Schedule, Action{At: time.Since(e.start), What: fmt.Sprintf(format, args...), Fault: fault})
+	if fault {
+		e.Res.Faults++
+	}
+}
+
+// Find records a finding.
+func (e *Env) Find(format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.Res.Findings = append(e.Res.Findings, fmt.Sprintf(format, args...))
+}
+
+// Violate records a violation.
+func (e *Env) Violate(format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.Res.Violations = append(e.Res.Violations, fmt.Sprintf(format, args...))
+}
+
+// Known records a violation caused by a known engine bug: reported, and
+// failing the run only with CHAOS_STRICT=1.
+func (e *Env) Known(format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.Res.Known = append(e.Res.Known, fmt.Sprintf(format, args...))
+}
+
+// Sleep sleeps a random duration in [lo, hi).
+func (e *Env) Sleep(lo, hi time.Duration) time.Duration {
+	d := lo
+	if hi > lo {
+		d += time.Duration(e.Rng.Int64N(int64(hi - lo)))
+	}
+	time.Sleep(d)
+	return d
+}
+
+// Running is a workload in progress.
+type Running struct {
+	W      *Workload
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Stop stops the workload and waits for it.
+func (r *Running) Stop() error {
+	r.cancel()
+	return <-r.done
+}
+
+// Done is closed... reports whether the workload ended by itself.
+func (r *Running) wait(d time.Duration) bool {
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Workload starts a workload on node n.
+func (e *Env) Workload(n *Node) *Running {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Workload{
+		Addr: n.NBD, Export: "r0", Conns: 3, Depth: 3,
+		Blocks: min(e.C.Opt.Size/BlockSize, 4096), MaxBlocks: 8, FlushEvery: 16,
+		Seed: e.Rng.Uint64(), H: e.H,
+	}
+	r := &Running{W: w, cancel: cancel, done: make(chan error, 1)}
+	e.Act(false, "workload on %s", n.Name)
+	go func() { r.done <- w.Run(ctx) }()
+	return r
+}
+
+// Check reads the whole device from n and checks it.
+func (e *Env) Check(n *Node, mode Mode) ([]byte, error) {
+	img, err := n.ReadDevice()
+	if err != nil {
+		return nil, err
+	}
+	rep := Check(e.H, img, mode)
+	e.Act(false, "check %s (%d acknowledged writes, mode %v): %d violations", n.Name, rep.WritesChecked, mode, rep.NViolations)
+	e.mu.Lock()
+	e.Res.WritesChecked += rep.WritesChecked
+	e.mu.Unlock()
+	for _, v := range rep.Violations {
+		e.Violate("%s: %s", n.Name, v)
+	}
+	if rep.NViolations > len(rep.Violations) {
+		e.Violate("%s: ... %d violations in all", n.Name, rep.NViolations)
+	}
+	if rep.FlushedLost > 0 {
+		e.Find("%s: %d blocks lost writes acknowledged before a completed flush (protocol A flush does not wait for the peer)", n.Name, rep.FlushedLost)
+	}
+	return img, nil
+}
+
+func (m Mode) String() string {
+	if m == Prefix {
+		return "prefix"
+	}
+	return "all-acked"
+}
+
+// Scenario is a named fault story.
+type Scenario struct {
+	Name string
+	// Protocols it runs under; the first is used by the fast tests.
+	Protocols []string
+	Nodes     int
+	SmallDisk bool // node 1's disk on a tmpfs smaller than the device
+	Run       func(e *Env) error
+}
+
+// Config configures Run.
+type Config struct {
+	Bins     *Bins
+	Dir      string // parent for the cluster's directory
+	Protocol string // "" picks one from the scenario's list with the seed
+	Logf     func(format string, args ...any)
+}
+
+// Run runs one scenario with one seed.
+func Run(cfg Config, sc Scenario, seed int64) (res *Result) {
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x63686173))
+	proto := cfg.Protocol
+	if proto == "" {
+		proto = sc.Protocols[rng.IntN(len(sc.Protocols))]
+	}
+	res = &Result{Scenario: sc.Name, Seed: seed, Protocol: proto}
+	t0 := time.Now()
+	defer func() { res.Elapsed = time.Since(t0) }()
+	dir, err := os.MkdirTemp(cfg.Dir, "chaos-"+sc.Name+"-")
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755) // so an unprivileged caller reaches the admin socket's own permission check
+	opt := Options{Nodes: max(2, sc.Nodes), Protocol: proto, Timeout: time.Second}
+	if sc.SmallDisk {
+		small, cleanup, err := smallFS(dir)
+		if err != nil {
+			res.Err = err
+			return res
+		}
+		defer cleanup()
+		opt.DiskDir = func(i int) string {
+			if i == 1 {
+				return small
+			}
+			return dir
+		}
+	}
+	c, err := NewCluster(cfg.Bins, dir, opt, seed)
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	e := &Env{Rng: rng, C: c, H: &History{}, Res: res, start: t0}
+	stopScrape := e.scrape()
+	defer func() {
+		stopScrape()
+		if res.Failed() {
+			for _, n := range c.Nodes {
+				res.Findings = append(res.Findings, fmt.Sprintf("log tail of %s:\n%s", n.Name, n.LogTail(3000)))
+			}
+		}
+		c.Close()
+		res.WritesSent, _, _, _ = e.H.Counts()
+	}()
+	if err := c.Up(); err != nil {
+		res.Err = fmt.Errorf("cluster up: %w", err)
+		return res
+	}
+	e.Act(false, "up: %s Primary, protocol %s", c.Nodes[0].Name, proto)
+	if err := sc.Run(e); err != nil {
+		res.Err = err
+	}
+	return res
+}
+
+// scrape samples the daemons' goroutines and RSS every 500ms.
+func (e *Env) scrape() func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			for _, n := range e.C.Nodes {
+				g, rss, err := n.Scrape() // a stopped node just does not answer
+				if err != nil {
+					continue
+				}
+				e.mu.Lock()
+				e.Res.MaxGoroutines = max(e.Res.MaxGoroutines, g)
+				e.Res.MaxRSS = max(e.Res.MaxRSS, rss)
+				e.mu.Unlock()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// smallFS mounts a 6 MiB tmpfs under dir.
+func smallFS(dir string) (string, func(), error) {
+	small := filepath.Join(dir, "small")
+	if err := os.Mkdir(small, 0o755); err != nil {
+		return "", nil, err
+	}
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small).CombinedOutput()
+	if err != nil {
+		return "", nil, fmt.Errorf("mount a small tmpfs (needs root): %v: %s", err, out)
+	}
+	return small, func() { exec.Command("umount", "-l", small).Run() }, nil
+}
