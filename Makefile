@@ -55,6 +55,8 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh scripts/ocf/repd .ci/run; \
+	  elif [ "$$CI" = true ]; then echo "shellcheck missing (scripts/deps.sh installs it)"; exit 1; fi
 
 clean:
 	rm -rf $(BIN) bench/out run
