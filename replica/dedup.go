@@ -122,12 +122,11 @@ func (x *dedupIndex) invalidate(off, n int64) {
 }
 
 // insert records that the receiver holds content h at off (aligned), unless
-// another place with it is known already.
+// another place with it is known already. The caller invalidated off.
 func (x *dedupIndex) insert(off int64, h uint64) {
 	if _, ok := x.fwd[h]; ok {
 		return
 	}
-	x.drop(off)
 	if len(x.ring) < x.max {
 		x.ring = append(x.ring, off)
 	} else {
@@ -233,7 +232,12 @@ func (tx *dedupTx) encode(e *entry, ls *linkStats) bool {
 			}
 			// The index is keyed by a cheap fingerprint; the BLAKE3 the
 			// receiver verifies is computed only for a reference.
-			h := xxhash.Sum64(blk)
+			var h uint64
+			if e.fp != nil {
+				h = e.fp[i]
+			} else {
+				h = xxhash.Sum64(blk)
+			}
 			src, ok := tx.idx.lookup(h)
 			if j := src - e.off; ok && j >= 0 && j < int64(i)*protocol.DedupBlock && j%protocol.DedupBlock == 0 {
 				// The receiver would read that as a block of this
@@ -261,7 +265,6 @@ func (tx *dedupTx) encode(e *entry, ls *linkStats) bool {
 			}
 		}
 		dw.Kinds = append(dw.Kinds, protocol.BlockData)
-		dw.Data = append(dw.Data, blk...)
 	}
 	tx.idx.invalidate(e.off, e.n)
 	for _, in := range tx.ins {
@@ -270,9 +273,26 @@ func (tx *dedupTx) encode(e *entry, ls *linkStats) bool {
 	if refs+zeros == 0 {
 		return false
 	}
+	for i, k := range dw.Kinds {
+		if k == protocol.BlockData {
+			dw.Data = append(dw.Data, e.data[i*protocol.DedupBlock:min((i+1)*protocol.DedupBlock, len(e.data))]...)
+		}
+	}
 	ls.dedupBlocks.Add(refs)
 	ls.zeroBlocks.Add(zeros)
 	return true
+}
+
+// fingerprints are the dedup fingerprints of data's full 4 KiB blocks (0
+// for a short last block).
+func fingerprints(data []byte) []uint64 {
+	fp := make([]uint64, protocol.DedupBlocks(uint64(len(data))))
+	for i := range fp {
+		if lo := i * protocol.DedupBlock; lo+protocol.DedupBlock <= len(data) {
+			fp[i] = xxhash.Sum64(data[lo : lo+protocol.DedupBlock])
+		}
+	}
+	return fp
 }
 
 // shipResends writes the full data of the writes the peer asked for; the

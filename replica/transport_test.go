@@ -15,6 +15,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,8 +90,10 @@ func measure(t *testing.T, prim *Node, peer string, data []byte, off int64, chun
 // The numbers of the transport issue, at test sizes; BenchmarkTransport
 // and TestTransportRatios -v print them.
 func TestTransportRatios(t *testing.T) {
+	level, _ := strconv.Atoi(os.Getenv("REPD_ZSTD_LEVEL")) // default 0: zstd's fastest
 	c := newCluster(t, 2, func(i int, cfg *Config) {
 		cfg.Compression = "zstd"
+		cfg.CompressionLevel = level
 		cfg.DedupIndexBytes = 8 << 20
 	})
 	alpha := c.bootstrap()

@@ -151,6 +151,11 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 	} else if len(src) > 0 {
 		e.data, e.buf = getBuf(len(src))
 		copy(e.data, src)
+		if n.cfg.DedupIndexBytes > 0 {
+			// Here, in the writer's goroutine, rather than in the
+			// peers' shippers.
+			e.fp = fingerprints(e.data)
+		}
 	}
 	n.mu.Lock()
 	for {
