@@ -30,7 +30,7 @@ type entry struct {
 	off   int64
 	n     int64
 	data  []byte
-	buf   *[]byte // pooled buffer behind data
+	buf   *[]byte  // pooled buffer behind data
 	fp    []uint64 // dedup fingerprints of data's 4 KiB blocks (dedup.go), if computed by the writer
 
 	ship uint64 // peers (bit = 1<<index) it is sent to
