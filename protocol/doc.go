@@ -40,7 +40,15 @@
 // uint16 length then UTF-8 bytes. See the Append and Decode methods of each
 // message type for the exact layouts: Hello, Auth, State, Write, Bitmap,
 // ResyncDone. Ack, Barrier, BarrierAck, Ping and Pong carry only seq. Refuse
-// carries a UTF-8 sentence.
+// carries a UTF-8 sentence. A Write with FlagDedup carries a DedupWrite
+// (zero and reference blocks, dedup.go); DataReq (seq only) asks for the
+// full data of such a write, which comes back as a Write with FlagResend.
+//
+// # Compression
+//
+// A frame's payload is compressed with the connection's codec unless it is
+// short, its sampled bytes look random, or the result does not shrink by
+// at least 1/32: then it goes raw (CodecNone).
 //
 // Application data larger than MaxData is split by the sender into several
 // Write frames; MaxPayload bounds every frame so a reader's memory is
@@ -56,4 +64,7 @@
 // own nonce and the own node id with the shared secret, and check the
 // other's with a constant-time compare. Only then is any state exchanged
 // (State, then the Bitmap frames, by the replica package).
+//
+// With TLS configured (tls.go) the connection is a TLS 1.3 session with
+// certificates on both sides, and all of the above runs inside it.
 package protocol
