@@ -2,6 +2,7 @@ package replica
 
 import (
 	"sync"
+	"time"
 
 	"github.com/repd/repd/protocol"
 )
@@ -46,6 +47,7 @@ type entry struct {
 	freed   bool          // bytes returned, buffer released
 	err     error         // local I/O error
 	size    int64
+	born    time.Time // when the write entered the journal (protocol-A lag)
 }
 
 // marks says whether a peer that loses the entry must have its range
@@ -65,6 +67,20 @@ type journal struct {
 	base  int64 // position of ents[0]
 	bytes int64 // bytes held by live entries
 	max   int64
+}
+
+// age is how long the oldest write still owed to a peer has waited; zero
+// when none is owed. It looks at most a few entries past the head.
+func (j *journal) age(now time.Time) time.Duration {
+	for i, e := range j.ents {
+		if i == 64 {
+			break
+		}
+		if e.kind == kWrite && e.pend != 0 && !e.born.IsZero() {
+			return now.Sub(e.born)
+		}
+	}
+	return 0
 }
 
 func (j *journal) end() int64 { return j.base + int64(len(j.ents)) }

@@ -631,7 +631,7 @@ func (n *Node) Status() Status {
 	s := Status{
 		Resource: n.cfg.Resource, Node: n.cfg.Self.Name, NodeID: n.cfg.Self.ID, Role: n.role,
 		Disk: n.sb.Disk.String(), Protocol: n.cfg.Protocol, Size: n.cfg.Size,
-		CurrentUUID: uuidString(n.sb.GI.Current), JournalBytes: n.j.bytes, JournalMax: n.j.max,
+		CurrentUUID: uuidString(n.sb.GI.Current), JournalBytes: n.j.bytes, JournalMax: n.j.max, JournalAgeMS: n.j.age(time.Now()).Milliseconds(),
 		Writes: n.writes, Peers: []PeerStatus{},
 	}
 	for _, p := range n.peers {

@@ -150,6 +150,7 @@ type Status struct {
 	CurrentUUID  string       `json:"current_uuid"`
 	JournalBytes int64        `json:"journal_bytes"`
 	JournalMax   int64        `json:"journal_max"`
+	JournalAgeMS int64        `json:"journal_age_ms"`
 	Writes       int64        `json:"writes"`
 	Peers        []PeerStatus `json:"peers"`
 }

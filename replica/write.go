@@ -143,7 +143,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
 		}
 	}
-	e := &entry{kind: k, flags: f, off: off, n: length, localCh: make(chan struct{}), doneCh: make(chan struct{})}
+	e := &entry{kind: k, flags: f, off: off, n: length, localCh: make(chan struct{}), doneCh: make(chan struct{}), born: time.Now()}
 	e.size = entryOverhead + int64(len(src))
 	if k == kResync {
 		e.size = entryOverhead + length

@@ -104,6 +104,9 @@ func printStatus(w io.Writer, st replica.Status, colour bool) {
 	fmt.Fprintf(w, "  disk:%s", paint(st.Disk))
 	if st.JournalBytes > 0 {
 		fmt.Fprintf(w, " journal:%s", kib(st.JournalBytes/1024))
+		if st.JournalAgeMS > 0 {
+			fmt.Fprintf(w, " lag:%dms", st.JournalAgeMS)
+		}
 	}
 	fmt.Fprintln(w)
 	for _, p := range st.Peers {
