@@ -148,14 +148,14 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 	if k == kResync {
 		e.size = entryOverhead + length
 		e.data, e.buf = getBuf(int(length))
+	} else if len(src) > 0 && n.recvAtomic.Load() == 0 {
+		// No peer receives writes now: borrow the caller's buffer, which
+		// stays valid until the write completes, instead of copying it.
+		// Should a peer start receiving before the entry is sequenced,
+		// the copy is made below.
+		e.data = src
 	} else if len(src) > 0 {
-		e.data, e.buf = getBuf(len(src))
-		copy(e.data, src)
-		if n.cfg.DedupIndexBytes > 0 {
-			// Here, in the writer's goroutine, rather than in the
-			// peers' shippers.
-			e.fp = fingerprints(e.data)
-		}
+		n.copyData(e, src)
 	}
 	n.mu.Lock()
 	for {
@@ -202,6 +202,9 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 	switch k {
 	case kWrite:
 		e.ship = n.recvMask
+		if e.ship != 0 && len(src) > 0 && e.buf == nil {
+			n.copyData(e, src)
+		}
 		n.writes++
 		for _, p := range n.peers {
 			if e.ship&p.bit == 0 {
@@ -223,6 +226,18 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 	n.wakeLocked(e.ship)
 	n.mu.Unlock()
 	return e, nil
+}
+
+// copyData gives e its own copy of a write's data, which the shippers may
+// still read after the caller's write has completed (protocol A).
+func (n *Node) copyData(e *entry, src []byte) {
+	e.data, e.buf = getBuf(len(src))
+	copy(e.data, src)
+	if n.cfg.DedupIndexBytes > 0 {
+		// Here, in the writer's goroutine, rather than in the peers'
+		// shippers.
+		e.fp = fingerprints(e.data)
+	}
 }
 
 var errResyncStopped = fmt.Errorf("resync stopped")
