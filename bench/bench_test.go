@@ -338,3 +338,14 @@ func TestMarkdownSections(t *testing.T) {
 		}
 	}
 }
+
+func TestMeasureLink(t *testing.T) {
+	l, _ := linkProfile("lan")
+	rtt, err := measureLink(l, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rtt < l.RTT {
+		t.Errorf("measured %s through a link adding %s", rtt, l.RTT)
+	}
+}

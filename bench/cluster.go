@@ -120,8 +120,24 @@ func startCluster(ctx context.Context, env Env, rc RepdConfig) (_ *Cluster, err 
 	if err := c.WaitPeers(ctx, 0, 60*time.Second, connected); err != nil {
 		return nil, fmt.Errorf("peers never connected: %w", err)
 	}
-	if out, err := c.Repctl(ctx, 0, "new-current-uuid", "--clear-bitmap"); err != nil {
-		return nil, fmt.Errorf("repctl new-current-uuid --clear-bitmap: %v: %s", err, out)
+	// The peers must take the new generation as UpToDate. A peer whose
+	// handshake state crosses the new UUID on a slow link can stay
+	// Inconsistent; the command is repeated then (and the note says so).
+	for try := 1; ; try++ {
+		if out, err := c.Repctl(ctx, 0, "new-current-uuid", "--clear-bitmap"); err != nil {
+			return nil, fmt.Errorf("repctl new-current-uuid --clear-bitmap: %v: %s", err, out)
+		}
+		err := c.WaitPeers(ctx, 0, 5*time.Second, func(p peerStatus) bool { return connected(p) && p.Disk == "UpToDate" })
+		if err == nil {
+			if try > 1 {
+				c.Notes = append(c.Notes, fmt.Sprintf("new-current-uuid --clear-bitmap needed %d tries (a peer stayed Inconsistent)", try))
+			}
+			break
+		}
+		if try == 3 || ctx.Err() != nil {
+			return nil, fmt.Errorf("peers not UpToDate after new-current-uuid --clear-bitmap (%d tries): %w", try, err)
+		}
+		env.Logf("%s: peers not UpToDate after new-current-uuid --clear-bitmap (%v); again", rc.Name, err)
 	}
 	if out, err := c.Repctl(ctx, 0, "primary"); err != nil {
 		return nil, fmt.Errorf("repctl primary: %v: %s", err, out)

@@ -431,6 +431,9 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
+// resyncWriteRate caps fio's writes in the resync drill (bytes/s).
+const resyncWriteRate = 20 << 20
+
 // drillResync stops the secondary (SIGTERM), writes through the primary for
 // d, restarts the secondary and times the resync.
 func drillResync(ctx context.Context, env Env, d time.Duration) (r ResyncResult) {
@@ -446,7 +449,9 @@ func drillResync(ctx context.Context, env Env, d time.Duration) (r ResyncResult)
 		r.Error = "peer still connected after stop: " + err.Error()
 		return r
 	}
-	fr, err := loadFio(ctx, c, env.Dir, d)()
+	// Rate-capped, so that N seconds of writes dirty part of the device
+	// rather than all of it.
+	fr, err := loadFio(ctx, c, env.Dir, d, fmt.Sprintf("--rate=%d", resyncWriteRate))()
 	if err != nil {
 		r.Error = "fio: " + err.Error()
 		return r

@@ -1,14 +1,21 @@
-// Command bench measures repd against nbdkit, qemu-nbd and the bare backing
-// file with fio, side by side in one run, and writes a Markdown report.
+// Command bench measures what replication costs with fio: repd standalone,
+// under protocol A and C with one and two peers, with and without zstd, over
+// loopback and over shaped links (faultnet proxies adding delay, jitter and a
+// bandwidth cap), next to nbdkit and the bare backing file, side by side in
+// one run; then it drills failover (RTO), loss under asynchronous
+// replication (RPO), resync after an outage and bytes on the wire, and
+// writes a Markdown report, JSON and gnuplot charts.
 //
-//	go run ./bench                       # all targets, 10 s per job, 1 GiB
+//	go run ./bench                       # the default run, ~10 minutes
+//	go run ./bench --check               # PASS/FAIL per issue target
 //	go run ./bench --quick               # 3 s per job, 256 MiB: a smoke run
-//	go run ./bench --targets nbdkit,repd --check
+//	go run ./bench --long                # everything on everything
 //
-// Each workload (a job file in bench/jobs) runs on every target before the
-// next workload starts, so that noise on a shared machine hits all targets
-// alike. Results go to bench/out/<timestamp>/: report.md, summary.json, the
-// raw fio JSON of every run and the servers' logs. See bench/README.md.
+// Each workload (a job file in bench/jobs) runs on every target of a group
+// before the next workload starts, so that noise on a shared machine hits
+// all targets alike. Results go to bench/out/<timestamp>/: report.md,
+// summary.json, charts/, the raw fio JSON of every run and the servers'
+// logs. See bench/README.md.
 package main
 
 import (
@@ -21,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,7 +68,7 @@ func run(args []string, stdout io.Writer) int {
 	fs.StringVar(&f.drills, "drills", strings.Join(drillNames, ","), "drills to run after the matrix, or none: "+strings.Join(drillNames, ","))
 	fs.IntVar(&f.drillSeconds, "drill-seconds", 5, "seconds of writes in the RPO and resync drills")
 	fs.StringVar(&f.size, "size", "512MiB", "backing file size per target (e.g. 256MiB, 1GiB)")
-	fs.StringVar(&f.runtime, "runtime", "6s", "measured time per job, after a 2 s ramp")
+	fs.StringVar(&f.runtime, "runtime", "5s", "measured time per job, after a 2 s ramp")
 	fs.BoolVar(&f.long, "long", false, "every workload on every target (and qemu-nbd), 30 s per job, 1 GiB")
 	fs.BoolVar(&f.quick, "quick", false, "smoke run: 3 s per job, 256 MiB (unless --runtime/--size are given)")
 	fs.StringVar(&f.dir, "dir", os.TempDir(), "parent of the scratch directory holding the backing files (one filesystem for all targets)")
@@ -237,6 +245,21 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime}
 	for _, ph := range plan {
 		m.total += len(ph.targets) * len(ph.workloads)
+	}
+	var links []string
+	for _, ph := range plan {
+		for _, t := range ph.targets {
+			if t.Meta.Link != "" && !slices.Contains(links, t.Meta.Link) {
+				links = append(links, t.Meta.Link)
+			}
+		}
+	}
+	if slices.Contains(drills, "rpo") && !slices.Contains(links, "wan") {
+		links = append(links, "wan")
+	}
+	s.Links = measureLinks(ctx, links)
+	for _, l := range s.Links {
+		logf("link %s: %g ms added RTT, %.2f ms measured through the proxy %s", l.Name, l.RTTms, l.MeasuredRTTms, l.Error)
 	}
 	interrupted := false
 	for _, ph := range plan {

@@ -59,6 +59,7 @@ type Summary struct {
 	Checks      []Check      `json:"checks,omitempty"`
 	Drills      *Drills      `json:"drills,omitempty"`
 	LoadEnd     string       `json:"loadavg_at_end"`
+	Links       []LinkInfo   `json:"links,omitempty"`
 	Charts      []string     `json:"charts,omitempty"` // PNG files next to the report
 	ChartNote   string       `json:"chart_note,omitempty"`
 }
@@ -328,6 +329,18 @@ func markdown(s *Summary, workloads []Workload) string {
 			continue
 		}
 		b.WriteString(titles[g] + "\n\n")
+		if g == groupLinks && len(s.Links) > 0 {
+			b.WriteString("| link | shaping | added RTT | measured RTT through the proxy |\n|---|---|---:|---:|\n")
+			for _, l := range s.Links {
+				m := fmt.Sprintf("%.2f ms", l.MeasuredRTTms)
+				if l.Error != "" {
+					m = "error: " + mdEscape(l.Error)
+				}
+				fmt.Fprintf(&b, "| %s | %s | %g ms | %s |\n", l.Name, l.Desc, l.RTTms, m)
+			}
+			b.WriteString("\n*measured RTT*: median of 25 round trips of a 4 KiB message through a proxy shaped like the link to a loopback echo server. " +
+				"Where it exceeds the added RTT by about a millisecond or more, the proxy's own timer latency is in it (Go sleeps under 1 ms round up on an idle machine): read the link results against the measured RTT.\n\n")
+		}
 		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit |\n")
 		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range rows {
@@ -428,7 +441,7 @@ func drillsMarkdown(b *strings.Builder, d *Drills) {
 	}
 	if r := d.Resync; r != nil {
 		b.WriteString("## Resync drill\n\n")
-		fmt.Fprintf(b, "Two nodes, protocol C, loopback: the secondary stopped (SIGTERM), fio 4k randwrite QD32 on the primary for %.0f s (%.1f MB/s), the secondary restarted.\n\n", r.OutageSeconds, r.FioWriteMBps)
+		fmt.Fprintf(b, "Two nodes, protocol C, loopback: the secondary stopped (SIGTERM), fio 4k randwrite QD32 capped at 20 MiB/s on the primary for %.0f s (%.1f MB/s measured), the secondary restarted.\n\n", r.OutageSeconds, r.FioWriteMBps)
 		if r.Error != "" {
 			fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
 		}
