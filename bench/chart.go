@@ -18,6 +18,7 @@ import (
 
 // point is one bar or one point of a line.
 type point struct {
+	X     int // position on the x axis
 	Label string
 	Value float64
 }
@@ -62,14 +63,28 @@ func linkLabel(l LinkProfile) string {
 // are left out.
 func linkSeries(s *Summary, workload, proto string, metric func(Result) float64) series {
 	se := series{Title: "protocol " + proto}
-	for _, l := range linkOrder(s) {
+	for x, l := range linkOrder(s) {
 		name := "repd-" + strings.ToLower(proto) + "1"
 		if l.Name != "" {
 			name += "-" + l.Name
 		}
 		for _, r := range s.Results {
 			if r.Target == name && r.Workload == workload && r.Error == "" {
-				se.Points = append(se.Points, point{linkLabel(l), metric(r)})
+				se.Points = append(se.Points, point{x, linkLabel(l), metric(r)})
+			}
+		}
+	}
+	return se
+}
+
+// measuredRTTSeries is each link's measured round trip in ms (no point for
+// loopback).
+func measuredRTTSeries(s *Summary) series {
+	se := series{Title: "measured link RTT"}
+	for x, l := range linkOrder(s) {
+		for _, li := range s.Links {
+			if l.Name != "" && li.Name == l.Name && li.Error == "" {
+				se.Points = append(se.Points, point{x, linkLabel(l), li.MeasuredRTTms})
 			}
 		}
 	}
@@ -81,7 +96,7 @@ func barSeries(s *Summary, workload string, metric func(Result) float64) series 
 	se := series{Title: workload}
 	for _, r := range s.Results {
 		if r.Workload == workload && r.Error == "" {
-			se.Points = append(se.Points, point{r.Target, metric(r)})
+			se.Points = append(se.Points, point{len(se.Points), r.Target, metric(r)})
 		}
 	}
 	return se
@@ -123,8 +138,8 @@ func datFile(ss []series) string {
 			b.WriteString("\n\n")
 		}
 		fmt.Fprintf(&b, "# %s\n", se.Title)
-		for j, p := range se.Points {
-			fmt.Fprintf(&b, "%d %q %g\n", j, p.Label, p.Value)
+		for _, p := range se.Points {
+			fmt.Fprintf(&b, "%d %q %g\n", p.X, p.Label, p.Value)
 		}
 	}
 	return b.String()
@@ -150,6 +165,7 @@ func charts(s *Summary) []chart {
 		ss := []series{
 			linkSeries(s, w, "C", writeP50ms), linkSeries(s, w, "C", writeP99ms),
 			linkSeries(s, w, "A", writeP50ms), linkSeries(s, w, "A", writeP99ms),
+			measuredRTTSeries(s),
 		}
 		out = append(out, chart{name: "latency-vs-link", data: ss, script: `
 set title "4k random write, QD1: completion latency vs added link RTT (1 peer)"
@@ -159,7 +175,8 @@ set key top left
 plot "latency-vs-link.dat" index 0 using 1:3:xtic(2) with linespoints lw 2 pt 7 lc rgb '#c0392b' title 'C p50', \
      "" index 1 using 1:3 with linespoints lw 1 pt 6 dt 3 lc rgb '#c0392b' title 'C p99', \
      "" index 2 using 1:3 with linespoints lw 2 pt 5 lc rgb '#2471a3' title 'A p50', \
-     "" index 3 using 1:3 with linespoints lw 1 pt 4 dt 3 lc rgb '#2471a3' title 'A p99'` + ref(w, writeP50ms, "p50") + "\n"})
+     "" index 3 using 1:3 with linespoints lw 1 pt 4 dt 3 lc rgb '#2471a3' title 'A p99', \
+     "" index 4 using 1:3 with points pt 2 ps 1.5 lc rgb 'black' title 'link RTT measured through the proxy'` + ref(w, writeP50ms, "p50") + "\n"})
 	}
 	if w := "randwrite-4k-qd32"; len(linkSeries(s, w, "C", iops).Points) > 1 {
 		ss := []series{linkSeries(s, w, "C", iops), linkSeries(s, w, "A", iops)}
@@ -191,6 +208,7 @@ set style fill solid 0.8 border -1
 set boxwidth 0.7
 set xtics rotate by -40 left
 set bmargin 7
+set rmargin 10
 plot "%s.dat" index 0 using 1:3:xtic(2) with boxes lc rgb '#2e86c1' notitle, \
      "" index 0 using 1:3:(sprintf("%%.0f", $3)) with labels offset 0,0.7 font ",8" notitle
 `, b.workload, b.ylabel, b.ylabel, b.name)})

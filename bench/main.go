@@ -53,6 +53,7 @@ type flags struct {
 	prealloc           bool
 	check, strict      bool
 	keep               bool
+	rereport           string
 }
 
 func main() {
@@ -79,6 +80,7 @@ func run(args []string, stdout io.Writer) int {
 	fs.BoolVar(&f.check, "check", false, "evaluate repd's issue targets and print PASS/FAIL lines")
 	fs.BoolVar(&f.strict, "strict", false, "with --check: exit 1 unless every check passes (SKIP fails too)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the scratch directory (backing files, sockets, logs)")
+	fs.StringVar(&f.rereport, "rereport", "", "redraw the charts and rewrite report.md of an output directory from its summary.json, and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -122,6 +124,13 @@ func run(args []string, stdout io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if f.rereport != "" {
+		if err := rereport(ctx, f.rereport, stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		return 0
+	}
 	code, err := bench(ctx, f, stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -413,4 +422,31 @@ func parseDuration(s string) (time.Duration, error) {
 		return time.Duration(n) * time.Second, nil
 	}
 	return time.ParseDuration(s)
+}
+
+// rereport redraws the charts and rewrites report.md in dir from its
+// summary.json (after a change to the report or the charts).
+func rereport(ctx context.Context, dir string, stdout io.Writer) error {
+	b, err := os.ReadFile(filepath.Join(dir, "summary.json"))
+	if err != nil {
+		return err
+	}
+	var s Summary
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	if len(s.Checks) > 0 {
+		s.Checks = evalChecks(&s)
+	}
+	s.Charts, s.ChartNote = drawCharts(ctx, &s, dir)
+	js, err := json.MarshalIndent(&s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "summary.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	report := markdown(&s, Workloads)
+	fmt.Fprint(stdout, report)
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(report), 0o644)
 }
