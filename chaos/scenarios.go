@@ -437,9 +437,8 @@ func roles(e *Env) error {
 	wg.Wait()
 	e.Act(false, "primary on %s: %v; on %s: %v", a.Name, errs[0], b.Name, errs[1])
 	if errs[0] == nil && errs[1] == nil {
-		// Promote checks the peer's role as last reported; nothing
-		// serializes two promotions across the connection.
-		e.Known("two connected Secondaries promoted at the same time both became Primary (they then drop the connection: %v)", e.onePrimary())
+		// Promotion is a two-phase cluster-wide change: one wins.
+		e.Violate("two connected Secondaries promoted at the same time both became Primary (%v)", e.onePrimary())
 	}
 	p, s := a, b
 	if errs[0] != nil {

@@ -43,6 +43,10 @@
 // carries a UTF-8 sentence. A Write with FlagDedup carries a DedupWrite
 // (zero and reference blocks, dedup.go); DataReq (seq only) asks for the
 // full data of such a write, which comes back as a Write with FlagResend.
+// PromoteReq, PromoteReply (a UTF-8 refusal, empty when granted) and
+// PromoteEnd make a promotion a two-phase cluster-wide change; PeerSeqs
+// tells a Secondary which writes the other nodes hold (cluster.go).
+// StateOutdated in a State tells the receiver its data lacks writes.
 //
 // # Compression
 //

@@ -42,8 +42,9 @@ const (
 	TypeResyncReq  Type = 12 // Range: target asks for blocks (reserved for checksum resync)
 	TypeResyncDone Type = 13 // ResyncDone; seq = last barrier of the resync
 	// 14: TypeDataReq (dedup.go); 15 reserved. 16..19: checksum resync and
-	// online verify (sync.go).
-	typeMax = TypeVerifyReply
+	// online verify (sync.go). 20..23: promotion and peer sequence numbers
+	// (cluster.go).
+	typeMax = TypePeerSeqs
 )
 
 var typeNames = [...]string{
@@ -52,6 +53,8 @@ var typeNames = [...]string{
 	TypePing: "Ping", TypePong: "Pong", TypeBitmap: "Bitmap", TypeResyncReq: "ResyncReq",
 	TypeResyncDone: "ResyncDone", TypeCsums: "Csums", TypeCsumsDone: "CsumsDone",
 	TypeVerify: "Verify", TypeVerifyReply: "VerifyReply", TypeDataReq: "DataReq",
+	TypePromoteReq: "PromoteReq", TypePromoteReply: "PromoteReply", TypePromoteEnd: "PromoteEnd",
+	TypePeerSeqs: "PeerSeqs",
 }
 
 func (t Type) String() string {

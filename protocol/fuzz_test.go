@@ -17,6 +17,9 @@ func FuzzReadFrame(f *testing.F) {
 	dw := DedupWrite{Off: 8192, Len: 3*DedupBlock + 100, Kinds: []BlockKind{BlockZero, BlockRef, BlockData, BlockData},
 		Refs: []Ref{{Src: 4096, Hash: [32]byte{7}}}, Data: make([]byte, DedupBlock+100)}
 	f.Add(encodeFrame(f, CodecZstd, TypeWrite, 3, append(dw.AppendHead(nil), dw.Data...)))
+	f.Add(encodeFrame(f, CodecNone, TypePromoteReq, 7, nil))
+	f.Add(encodeFrame(f, CodecNone, TypePromoteReply, 7, []byte("refused: peer alpha is becoming Primary")))
+	f.Add(encodeFrame(f, CodecNone, TypePeerSeqs, 0, AppendPeerSeqs(nil, []PeerSeq{{2, 99}, {3, 12}})))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := NewReader(bytes.NewReader(b))
@@ -68,6 +71,10 @@ func FuzzReadFrame(f *testing.F) {
 			case TypeResyncReq:
 				var g Range
 				g.Decode(fr.Payload)
+			case TypePeerSeqs:
+				if ps, err := DecodePeerSeqs(fr.Payload, nil); err == nil && !bytes.Equal(AppendPeerSeqs(nil, ps), fr.Payload) {
+					t.Fatalf("re-encoded PeerSeqs differs")
+				}
 			}
 		}
 	})

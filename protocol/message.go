@@ -12,7 +12,7 @@ const (
 	// FeatureDedup: resolves FlagDedup writes and answers DataReq.
 	FeatureDedup uint64 = 1 << 2
 	// Features is what this implementation supports.
-	Features = FeatureS2 | FeatureZstd | FeatureDedup
+	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster
 )
 
 // NonceSize is the size of a handshake nonce.

@@ -430,3 +430,23 @@ func TestCompressibleSkipsRandom(t *testing.T) {
 		}
 	}
 }
+
+func TestPeerSeqsRoundTrip(t *testing.T) {
+	in := []PeerSeq{{1, 0}, {2, 1 << 40}, {63, 7}}
+	b := AppendPeerSeqs(nil, in)
+	out, err := DecodePeerSeqs(b, nil)
+	if err != nil || len(out) != len(in) {
+		t.Fatalf("decode: %v %v", out, err)
+	}
+	for i := range in {
+		if in[i] != out[i] {
+			t.Fatalf("entry %d: %v != %v", i, out[i], in[i])
+		}
+	}
+	if _, err := DecodePeerSeqs(b[:len(b)-1], nil); err == nil {
+		t.Fatal("short PeerSeqs accepted")
+	}
+	if TypePromoteReq.String() != "PromoteReq" || TypePeerSeqs.String() != "PeerSeqs" {
+		t.Fatal("type names")
+	}
+}

@@ -123,6 +123,8 @@ type Node struct {
 	sb             bitmap.Superblock
 	role           Role
 	demoting       bool
+	promoting      *promoteWait // our promote request, waiting for the peers (promote.go)
+	grant          *grant       // a peer's promotion we granted
 	closed         bool
 	crashedPrimary bool
 	nextSeq        uint64
@@ -400,68 +402,6 @@ func (n *Node) peerViews() []PeerView {
 			Newer: p.conn == Connected && p.verdict.Rel == RelPeerNewer}
 	}
 	return v
-}
-
-// Promote makes this node Primary. Without force it refuses a disk that is
-// not UpToDate; it always refuses while a connected peer is Primary.
-func (n *Node) Promote(force bool) error {
-	n.mu.Lock()
-	defer n.unlock()
-	if n.closed {
-		return ErrClosed
-	}
-	if n.role == Primary && !n.demoting {
-		return nil
-	}
-	if n.demoting {
-		return fmt.Errorf("%w: a demote is in progress; wait for it to finish", ErrRefused)
-	}
-	if err := CanPromote(force, n.sb.Disk, n.peerViews()); err != nil {
-		return err
-	}
-	wasConsistent := n.sb.Disk == UpToDate
-	away := make([]bool, len(n.sb.GI.Bitmap))
-	rotate := !wasConsistent || n.sb.GI.Current == 0
-	for _, p := range n.peers {
-		if !Receiving(p.conn, p.repl) || !wasConsistent {
-			away[p.slot] = true
-			rotate = true
-		}
-	}
-	err := n.persist(func(sb *bitmap.Superblock) {
-		if rotate {
-			sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
-		}
-		sb.Disk = UpToDate
-		sb.Flags |= bitmap.FlagPrimary
-		sb.Flags &^= bitmap.FlagResyncTarget
-	})
-	if err != nil {
-		return err
-	}
-	if !wasConsistent {
-		// Our data is now the truth: every peer needs all of it.
-		for _, p := range n.peers {
-			p.bm.SetAll()
-		}
-		n.meta.FlushBitmaps()
-	}
-	n.role = Primary
-	n.recomputeLocked()
-	n.log.Info("promoted to Primary", "force", force, "current", uuidString(n.sb.GI.Current))
-	n.event("role", "", Secondary.String(), Primary.String(), "")
-	for _, p := range n.peers {
-		if p.conn != Connected {
-			continue
-		}
-		if p.repl == PausedSync || !wasConsistent || (p.repl == Established && p.bm.Count() > 0) {
-			// Re-plan the connection with this node as Primary.
-			p.restartLocked("re-planning the connection after promote")
-			continue
-		}
-		p.sendStateLocked(0)
-	}
-	return nil
 }
 
 // Demote makes this node Secondary: new writes are refused at once,

@@ -545,6 +545,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 
 	n.mu.Lock()
 	p.sess = nil
+	p.promoteLostLocked()
 	lost := n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
 			p.bm.Set(e.off, e.n)
@@ -826,6 +827,12 @@ func (s *session) receive() error {
 			n.onAck(p, f.Seq, false)
 		case protocol.TypeBarrierAck:
 			n.onAck(p, f.Seq, true)
+		case protocol.TypePromoteReq:
+			p.onPromoteReq(s, f.Seq)
+		case protocol.TypePromoteReply:
+			p.onPromoteReply(f.Seq, string(f.Payload))
+		case protocol.TypePromoteEnd:
+			p.onPromoteEnd(f.Seq)
 		case protocol.TypePing:
 			s.queue(ctrlMsg{t: protocol.TypePong, seq: f.Seq})
 		case protocol.TypePong:
