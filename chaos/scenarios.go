@@ -621,7 +621,7 @@ func threeKill(e *Env) error {
 
 // diskFull: the secondary's disk is a sparse file on a 6 MiB tmpfs, so its
 // writes start failing with ENOSPC. The primary must go on and lose
-// nothing; the issue wants the failing node Failed (detached).
+// nothing; the failing node detaches (on-io-error detach): Failed.
 func diskFull(e *Env) error {
 	p, s := e.C.Nodes[0], e.C.Nodes[1]
 	w := e.Workload(p)
@@ -644,7 +644,7 @@ func diskFull(e *Env) error {
 	} else {
 		e.Act(false, "%s: role %v disk %s", s.Name, sst.Role, sst.Disk)
 		if sst.Disk != "Failed" && sst.Disk != "Diskless" {
-			e.Known("%s's disk is full (ENOSPC) but its disk state is %s, not Failed/detached", s.Name, sst.Disk)
+			e.Violate("%s's disk is full (ENOSPC) but its disk state is %s, not Failed/detached", s.Name, sst.Disk)
 		}
 	}
 	pst, err := p.Status()
@@ -652,6 +652,12 @@ func diskFull(e *Env) error {
 		ps := pst.Peers[0]
 		e.Act(false, "%s sees %s: %s/%s disk %s, out of sync %d KiB, connects %d, last error %q",
 			p.Name, s.Name, ps.Connection, ps.Replication, ps.Disk, ps.OutOfSyncKiB, ps.Connects, ps.LastError)
+		if ps.Disk != "Failed" {
+			e.Violate("%s sees %s's disk as %q, not Failed", p.Name, s.Name, ps.Disk)
+		}
+		if ps.Connects > 3 {
+			e.Violate("%s reconnected to %s %d times (a reconnect storm)", p.Name, s.Name, ps.Connects)
+		}
 	}
 	if _, err := e.Check(p, AllAcked); err != nil {
 		return err

@@ -47,16 +47,19 @@ type Resource struct {
 	Protocol string `toml:"protocol"`
 	// BlockSize is the bitmap granularity: the unit of out-of-sync tracking,
 	// resync and verify. A power of two from 4 KiB to 1 MiB.
-	BlockSize        Bytes    `toml:"block-size"`
-	SecretFile       string   `toml:"secret-file"`
-	Timeout          Duration `toml:"timeout"`
-	ConnectInterval  Duration `toml:"connect-interval"`
-	JournalSize      Bytes    `toml:"journal-size"`
-	OnCongestion     string   `toml:"on-congestion"`
-	Compression      string   `toml:"compression"`
-	CompressionLevel int      `toml:"compression-level"`
-	ALExtents        int      `toml:"al-extents"`
-	AdminGroup       string   `toml:"admin-group"`
+	BlockSize       Bytes    `toml:"block-size"`
+	SecretFile      string   `toml:"secret-file"`
+	Timeout         Duration `toml:"timeout"`
+	ConnectInterval Duration `toml:"connect-interval"`
+	JournalSize     Bytes    `toml:"journal-size"`
+	OnCongestion    string   `toml:"on-congestion"`
+	// OnIOError is the local disk failure policy (DRBD's on-io-error):
+	// "detach" (default) or "pass-on".
+	OnIOError        string `toml:"on-io-error"`
+	Compression      string `toml:"compression"`
+	CompressionLevel int    `toml:"compression-level"`
+	ALExtents        int    `toml:"al-extents"`
+	AdminGroup       string `toml:"admin-group"`
 	// CSums: checksum-based resync (the target sends block hashes, the
 	// source sends only the blocks that differ).
 	CSums bool `toml:"csums"`
@@ -102,6 +105,7 @@ const (
 	DefaultConnect      = 200 * time.Millisecond
 	DefaultJournalSize  = 64 << 20
 	DefaultOnCongestion = "block"
+	DefaultOnIOError    = "detach"
 	DefaultCompression  = "none"
 	DefaultALExtents    = 1237 // DRBD's default al-extents
 )
@@ -193,6 +197,12 @@ func (f *File) validate() error {
 	}
 	if r.OnCongestion != "block" && r.OnCongestion != "pull-ahead" {
 		return fmt.Errorf("resource.on-congestion %q: must be \"block\" or \"pull-ahead\"", r.OnCongestion)
+	}
+	if r.OnIOError == "" {
+		r.OnIOError = DefaultOnIOError
+	}
+	if r.OnIOError != "detach" && r.OnIOError != "pass-on" {
+		return fmt.Errorf("resource.on-io-error %q: must be \"detach\" or \"pass-on\"", r.OnIOError)
 	}
 	if r.Compression == "" {
 		r.Compression = DefaultCompression

@@ -63,6 +63,7 @@ func TestParseBad(t *testing.T) {
 		{"bad protocol", `protocol = "c"`, `protocol = "B"`, "resource.protocol"},
 		{"bad block size", `protocol = "c"`, "protocol = \"c\"\nblock-size = 3000", "resource.block-size"},
 		{"bad congestion", `protocol = "c"`, "protocol = \"c\"\non-congestion = \"drop\"", "resource.on-congestion"},
+		{"bad on-io-error", `protocol = "c"`, "protocol = \"c\"\non-io-error = \"panic\"", "resource.on-io-error"},
 		{"bad compression", `protocol = "c"`, "protocol = \"c\"\ncompression = \"lz4\"", "resource.compression"},
 		{"bad timeout", `protocol = "c"`, "protocol = \"c\"\ntimeout = \"soon\"", "duration \"soon\""},
 		{"missing disk", `disk = "/tmp/a.img"`, ``, `node "alpha".disk: missing`},

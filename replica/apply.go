@@ -28,6 +28,7 @@ type applier struct {
 	items       []*aitem // received, not yet acknowledged, in sequence order
 	active      []*aitem // received, not yet applied (the overlap checks scan only these)
 	lastBarrier *aitem
+	broken      bool          // an item failed: acked never advances again
 	acked       atomic.Uint64 // cumulative: every item up to it is applied
 }
 
@@ -114,6 +115,11 @@ func (a *applier) worker() {
 		it.deps = nil
 		var err error
 		fua := it.flags&protocol.FlagFUA != 0
+		if n.detached.Load() {
+			// The local disk failed: apply and ack nothing more.
+			a.finish(it, false)
+			continue
+		}
 		switch {
 		case it.barrier:
 			err = n.st.Flush(ctx)
@@ -139,7 +145,11 @@ func (a *applier) worker() {
 		}
 		if err != nil {
 			n.log.Error("applying peer write failed", "peer", p.cfg.Name, "seq", it.seq, "err", err)
-			a.s.fail(fmt.Errorf("apply write from %s: %w", p.cfg.Name, err))
+			if it.sums == nil && n.diskError(err) {
+				n.detach("apply write", err)
+			} else {
+				a.s.fail(fmt.Errorf("apply write from %s: %w", p.cfg.Name, err))
+			}
 		}
 		a.finish(it, err == nil)
 	}
@@ -164,14 +174,17 @@ func (a *applier) finish(it *aitem, ok bool) {
 		i++
 	}
 	a.items = a.items[i:]
-	if i > 0 && ok {
+	if !ok {
+		a.broken = true
+	}
+	if i > 0 && !a.broken {
 		a.acked.Store(upto)
 	}
 	if len(a.items) == 0 {
 		a.cond.Broadcast()
 	}
 	a.mu.Unlock()
-	if it.barrier && ok {
+	if it.barrier && ok && !a.broken {
 		a.s.queue(ctrlMsg{t: protocol.TypeBarrierAck, seq: it.seq})
 	}
 	a.s.wakeUp()

@@ -147,6 +147,14 @@ func Plan(v Verdict, me, peer Side, dirty bool) Repl {
 	if v.Err != nil {
 		return ReplOff
 	}
+	if failedDisk(me.Disk) || failedDisk(peer.Disk) {
+		// A Failed disk is neither read nor written by a resync. A
+		// detached Primary still replicates to an in-sync peer.
+		if v.Rel == RelInSync && !v.Full && (me.Role == Primary && !failedDisk(peer.Disk) || peer.Role == Primary && !failedDisk(me.Disk)) {
+			return Established
+		}
+		return ReplOff
+	}
 	if v.Rel == RelInSync && !dirty && !v.Full {
 		return Established
 	}
@@ -172,6 +180,8 @@ func Plan(v Verdict, me, peer Side, dirty bool) Repl {
 	}
 	return SyncTarget
 }
+
+func failedDisk(d Disk) bool { return d == Failed || d == Diskless }
 
 // PeerView is what promote and the write path need to know of one peer.
 type PeerView struct {

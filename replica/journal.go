@@ -46,6 +46,12 @@ type entry struct {
 	closed  bool          // doneCh closed
 	freed   bool          // bytes returned, buffer released
 	err     error         // local I/O error
+	// noLocal: the local disk failed (detach) and the entry was not written
+	// here; it completes successfully only if a peer acked it. localErr is
+	// the disk's error, if this entry met it.
+	noLocal  bool
+	localErr error
+	acked    uint64 // peers that acknowledged it
 	size    int64
 	born    time.Time // when the write entered the journal (protocol-A lag)
 }

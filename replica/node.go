@@ -104,6 +104,9 @@ type Config struct {
 	// Primary: "disconnect" (default: wait for the operator) or
 	// "discard-zero-changes" (a side that wrote nothing becomes the target).
 	AfterSB0Pri string
+	// OnIOError is the local disk failure policy: "detach" (default) or
+	// "pass-on" (diskfail.go).
+	OnIOError string
 }
 
 // Node is one node's replica of a resource.
@@ -137,6 +140,7 @@ type Node struct {
 	evq            []Event
 	authLim        authLimiter  // incoming handshakes after authentication failures
 	lastAppWrite   atomic.Int64 // unix nanos of the last application write (resync yields)
+	detached       atomic.Bool  // the local disk failed (on-io-error detach): Failed, not used
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -175,6 +179,9 @@ func Open(cfg Config, st Store) (*Node, error) {
 	case "", "block", "pull-ahead":
 	default:
 		return nil, fmt.Errorf("on-congestion %q: use block or pull-ahead", cfg.OnCongestion)
+	}
+	if err := checkOnIOError(cfg.OnIOError); err != nil {
+		return nil, err
 	}
 	if err := checkSyncConfig(cfg); err != nil {
 		return nil, err
@@ -236,6 +243,13 @@ func Open(cfg Config, st Store) (*Node, error) {
 		p.slot = n.sb.SlotOf(p.cfg.ID)
 		p.bm = m.Bitmap(p.slot)
 	}
+	if n.sb.Disk == Failed {
+		n.log.Warn("the local disk had failed: attaching it again as Outdated; the Primary resyncs what it missed (repctl invalidate for a full resync)")
+		if err := n.persist(func(sb *bitmap.Superblock) { sb.Disk = Outdated }); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
 	if n.sb.Flags&bitmap.FlagPrimary != 0 {
 		// Crashed as Primary: whatever was in flight may be missing on
 		// the peers; the activity log says where.
@@ -254,7 +268,12 @@ func Open(cfg Config, st Store) (*Node, error) {
 // persist applies fn to the superblock durably and refreshes the copy.
 // Called with n.mu held (or before Run).
 func (n *Node) persist(fn func(*bitmap.Superblock)) error {
-	if err := n.meta.UpdateSuperblock(fn); err != nil {
+	if err := n.meta.UpdateSuperblock(func(sb *bitmap.Superblock) {
+		fn(sb)
+		if n.detached.Load() {
+			sb.Disk = Failed // until a restart with a working disk
+		}
+	}); err != nil {
 		n.log.Error("meta data update failed", "err", err)
 		return fmt.Errorf("persist meta data: %w", err)
 	}
@@ -365,7 +384,10 @@ func (n *Node) Close() error {
 		cancel()
 	}
 	n.wg.Wait()
-	err := n.st.Flush(context.Background())
+	var err error
+	if !n.detached.Load() {
+		err = n.st.Flush(context.Background())
+	}
 	// The crash flag goes only once the data is durable and the activity
 	// log released (its bits flushed): a crash before that marks the hot
 	// extents at the next open.

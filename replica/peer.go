@@ -501,7 +501,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	if plan == Established && v.Rel == RelInSync && n.role == Secondary && them.Role == Secondary {
 		p.bm.ClearAll()
 	}
-	if plan == Established && n.role == Primary && p.bm.Count() > 0 {
+	if plan == Established && n.role == Primary && p.bm.Count() > 0 && !n.detached.Load() {
 		plan = SyncSource // written to while we were negotiating
 	}
 	p.sess = s
@@ -856,6 +856,7 @@ func (s *session) receive() error {
 func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 	n.mu.Lock()
 	p.ackFrom = n.j.ack(p.bit, p.ackFrom, seq, func(e *entry) {
+		e.acked |= p.bit
 		switch e.kind {
 		case kResync:
 			p.resyncAcked = append(p.resyncAcked, span{seq: e.seq, off: e.off, n: e.n})
@@ -912,6 +913,10 @@ func (p *peer) onState(st *protocol.State) error {
 	if disk != p.peerDisk {
 		n.event("peer-disk", p.cfg.Name, p.peerDisk.String(), disk.String(), "")
 		p.peerDisk = disk
+	}
+	if (disk == Failed || disk == Diskless) && role != Primary {
+		p.peerDiskFailedLocked()
+		return nil
 	}
 	if st.Flags&protocol.StateNewUUID != 0 {
 		err := n.persist(func(sb *bitmap.Superblock) {
@@ -1002,6 +1007,9 @@ func (n *Node) broadcastStateLocked(except *peer) {
 // marked is here and durable; take the source's generation.
 func (p *peer) onResyncDone(current uint64) error {
 	n := p.n
+	if n.detached.Load() {
+		return nil
+	}
 	if err := n.st.Flush(context.Background()); err != nil {
 		return err
 	}

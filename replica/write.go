@@ -32,6 +32,9 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 	n.mu.Lock()
 	disk := n.sb.Disk
 	n.mu.Unlock()
+	if disk == Failed {
+		return fmt.Errorf("read on %s: local disk Failed (detached after an I/O error); reads are not served from peers, fail over to an UpToDate node (%w)", n.cfg.Self.Name, syscall.EIO)
+	}
 	if disk != UpToDate {
 		return fmt.Errorf("read on %s: local disk is %s, its data is not consistent; read from the Primary (%w)", n.cfg.Self.Name, disk, syscall.EIO)
 	}
@@ -121,6 +124,24 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	for _, e := range ents {
 		if e.err != nil && err == nil {
 			err = e.err
+		}
+		if e.noLocal {
+			// Not written here (detached disk): it counts only if a peer
+			// acknowledged it, whatever the protocol.
+			select {
+			case <-e.doneCh:
+				n.mu.Lock()
+				acked := e.acked
+				n.mu.Unlock()
+				if acked == 0 && err == nil {
+					err = n.noCopyError(op, e)
+				}
+			case <-ctx.Done():
+				if err == nil {
+					err = ctx.Err()
+				}
+			}
+			continue
 		}
 		if n.cfg.Protocol == ProtocolC {
 			select {
@@ -297,7 +318,13 @@ func (n *Node) local(ctx context.Context, e *entry) {
 	e.deps = nil
 	var err error
 	fua := e.flags&protocol.FlagFUA != 0
+	detached := n.detached.Load()
 	switch {
+	case detached && e.kind == kWrite:
+		// The local disk failed: the peers' copies are the copies.
+		e.noLocal = true
+	case detached && e.kind == kResync:
+		err = fmt.Errorf("resync read %d+%d on %s: local disk Failed", e.off, e.n, n.cfg.Self.Name)
 	case e.kind == kVerify:
 		err = n.hashLocal(ctx, e)
 	case e.kind == kResync:
@@ -316,6 +343,18 @@ func (n *Node) local(ctx context.Context, e *entry) {
 		err = n.st.WriteAt(ctx, e.data, e.off, fua)
 	}
 	n.mu.Lock()
+	if err != nil && e.kind == kWrite && n.diskError(err) {
+		n.log.Error("local write failed", "off", e.off, "len", e.n, "err", err)
+		n.detachLocked("write", err)
+		e.noLocal, e.localErr, err = true, err, nil
+	}
+	if e.noLocal {
+		// This disk lacks the write: whoever resyncs with us later must
+		// take it.
+		for _, p := range n.peers {
+			p.bm.Set(e.off, e.n)
+		}
+	}
 	if err != nil {
 		e.err = err
 		n.log.Error("local I/O failed", "off", e.off, "len", e.n, "err", err)
@@ -411,15 +450,42 @@ func (n *Node) Flush(ctx context.Context) error {
 
 func (n *Node) flush(ctx context.Context, wait bool) error {
 	b := n.barrier(0)
-	err := n.st.Flush(ctx)
-	if wait && b != nil {
+	var err error
+	if !n.detached.Load() {
+		err = n.st.Flush(ctx)
+		if n.diskError(err) {
+			n.detach("flush", err)
+		}
+	}
+	if !n.detached.Load() {
+		if wait && b != nil {
+			select {
+			case <-b.doneCh:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return err
+	}
+	// Detached: the flush holds if a peer made everything durable.
+	if b != nil {
 		select {
 		case <-b.doneCh:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		n.mu.Lock()
+		acked := b.acked
+		n.mu.Unlock()
+		if acked != 0 {
+			return nil
+		}
 	}
-	return err
+	cause := err
+	if cause == nil {
+		cause = syscall.EIO
+	}
+	return fmt.Errorf("flush on %s: local disk Failed (detached) and no peer made the data durable: %w", n.cfg.Self.Name, cause)
 }
 
 // barrier appends a barrier for the receiving peers (or for only, if not

@@ -1,0 +1,125 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/repd/repd/bitmap"
+)
+
+// The local disk failure policy, DRBD's on-io-error (Config.OnIOError):
+//
+//   - "detach" (the default, as in DRBD): the first write or flush error of
+//     the backing store (not a caller error such as EINVAL, not a cancelled
+//     context) marks the local disk Failed — in the meta superblock too, if
+//     the meta file still works — and the store is not written again. The
+//     peers are told (State: disk Failed).
+//     A Secondary stops applying: it acks nothing more; its Primary drops
+//     what it still owed, marks its bitmap, stops shipping to it and shows
+//     it Connected/Off with disk Failed (no reconnect storm).
+//     A Primary goes on without its disk: a write completes successfully if
+//     at least one peer acknowledged it (the peer's copy is the copy), and
+//     fails (EIO, or ENOSPC if that was the disk's error) only when no copy
+//     could be written. Reads on it are refused with EIO (they are not
+//     served from a peer over the replication link): fail over. A detached
+//     node is never a resync source or target.
+//   - "pass-on": the error goes to the caller (the NBD client), the disk
+//     state is unchanged. On a Secondary the error ends the connection; the
+//     Primary marks what was not acknowledged and resyncs it after the
+//     reconnect.
+//
+// There is no attach verb: restart repd with a working disk. A disk that
+// was Failed opens as Outdated (never promotable without --force, never a
+// sync source for an UpToDate peer) and is resynced from the Primary by its
+// bitmap; run `repctl invalidate` for a full resync if the disk was
+// replaced or its content is in doubt.
+
+// checkOnIOError validates the policy name.
+func checkOnIOError(s string) error {
+	switch s {
+	case "", "detach", "pass-on":
+		return nil
+	}
+	return fmt.Errorf("on-io-error %q: use detach or pass-on", s)
+}
+
+// diskError says whether err from the local store is a failure of the disk
+// that the detach policy acts on.
+func (n *Node) diskError(err error) bool {
+	if err == nil || n.cfg.OnIOError == "pass-on" {
+		return false
+	}
+	return !errors.Is(err, syscall.EINVAL) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, ErrClosed)
+}
+
+// detach marks the local disk Failed after err (see above).
+func (n *Node) detach(op string, err error) {
+	n.mu.Lock()
+	n.detachLocked(op, err)
+	n.unlock()
+}
+
+func (n *Node) detachLocked(op string, err error) {
+	if n.detached.Load() {
+		return
+	}
+	n.detached.Store(true)
+	n.log.Error("local disk failed: detaching it (on-io-error detach); restart repd with a working disk to attach one", "op", op, "err", err)
+	old := n.sb.Disk
+	if e := n.persist(func(*bitmap.Superblock) {}); e != nil {
+		n.log.Error("could not record the failed disk in the meta data", "err", e)
+	}
+	n.sb.Disk = Failed
+	if old != Failed && n.sb.Disk == Failed {
+		n.event("disk", "", old.String(), Failed.String(), fmt.Sprintf("%s: %v", op, err))
+	}
+	for _, p := range n.peers {
+		if p.conn != Connected {
+			continue
+		}
+		switch {
+		case p.repl == SyncSource || p.repl == SyncTarget || p.repl == VerifySource || p.repl == VerifyTarget:
+			// This disk can be neither read nor written for a resync.
+			p.restartLocked("local disk failed")
+		case n.role != Primary:
+			p.setReplLocked(ReplOff)
+			p.sendStateLocked(0)
+		default:
+			p.sendStateLocked(0)
+		}
+	}
+	n.recomputeLocked()
+}
+
+// peerDiskFailedLocked handles a peer (not Primary) whose disk failed: it
+// receives nothing more; what it still owed is marked in its bitmap; n.mu
+// held.
+func (p *peer) peerDiskFailedLocked() {
+	n := p.n
+	if p.repl == ReplOff {
+		return
+	}
+	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
+		if e.marks() {
+			p.bm.Set(e.off, e.n)
+		}
+		n.maybeDoneLocked(e)
+	})
+	n.j.trim()
+	p.sent, p.resyncAcked = nil, nil
+	p.setReplLocked(ReplOff)
+	n.log.Warn("peer's disk failed: not replicating to it until it comes back with a working disk", "peer", p.cfg.Name)
+}
+
+// noCopyError is the error of a write on a detached Primary that no peer
+// acknowledged.
+func (n *Node) noCopyError(op string, e *entry) error {
+	cause := e.localErr
+	if cause == nil {
+		cause = syscall.EIO
+	}
+	return fmt.Errorf("%s %d+%d on %s: local disk Failed (detached) and no peer acknowledged the write: %w", op, e.off, e.n, n.cfg.Self.Name, cause)
+}
