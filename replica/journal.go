@@ -52,8 +52,8 @@ type entry struct {
 	noLocal  bool
 	localErr error
 	acked    uint64 // peers that acknowledged it
-	size    int64
-	born    time.Time // when the write entered the journal (protocol-A lag)
+	size     int64
+	born     time.Time // when the write entered the journal (protocol-A lag)
 }
 
 // marks says whether a peer that loses the entry must have its range
