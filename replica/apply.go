@@ -126,6 +126,9 @@ func (a *applier) worker() {
 		case it.sums != nil:
 			err = a.verifyItem(it)
 		default:
+			if it.flags&protocol.FlagResync == 0 {
+				n.noteApplied(p, it.seq, it.off, it.n)
+			}
 			// Peers that do not get this write from us in sync miss it.
 			if miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit; miss != 0 {
 				for _, q := range n.peers {

@@ -141,6 +141,7 @@ type Node struct {
 	authLim        authLimiter  // incoming handshakes after authentication failures
 	lastAppWrite   atomic.Int64 // unix nanos of the last application write (resync yields)
 	detached       atomic.Bool  // the local disk failed (on-io-error detach): Failed, not used
+	applied        appliedRing  // a Secondary's recent writes other nodes may lack (peerseq.go)
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -376,6 +377,9 @@ func (n *Node) Close() error {
 	n.closed = true
 	for n.writing > 0 {
 		n.cond.Wait()
+	}
+	if n.role == Primary && n.runCancel != nil {
+		n.drainLocked()
 	}
 	cancel := n.runCancel
 	n.cond.Broadcast()

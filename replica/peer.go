@@ -46,6 +46,8 @@ type peer struct {
 	sent        []sentMark
 	resyncAcked []span // resync entries acked, bits cleared at the next barrier ack
 	syncTotal   int64
+	ackSeq      uint64 // the peer's cumulative ack
+	haveSeq     uint64 // the peer holds every write up to it (peerseq.go)
 	connects    int64
 	resyncs     int64
 }
@@ -77,7 +79,10 @@ type session struct {
 	ctrl   []ctrlMsg
 
 	dd dedupState
-	sy sessSync // checksum resync, pacing (csums.go)
+
+	seqs, sentSeqs []protocol.PeerSeq // PeerSeqs to send, last sent (peerseq.go)
+	leavingSeq     uint64             // the leaving Primary's final barrier (drain.go)
+	sy             sessSync           // checksum resync, pacing (csums.go)
 }
 
 type ctrlMsg struct {
@@ -542,10 +547,16 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	}()
 	wg.Wait()
 	s.ap.wait()
+	if k := n.appliedLost(p); k > 0 {
+		n.log.Info("connection to the sender ended: marked its writes other nodes may lack", "peer", p.cfg.Name, "writes", k)
+	}
 
 	n.mu.Lock()
 	p.sess = nil
 	p.promoteLostLocked()
+	if err := p.leftLocked(s); err != nil {
+		n.log.Error("marking the disk Outdated failed", "err", err)
+	}
 	lost := n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
 			p.bm.Set(e.off, e.n)
@@ -716,6 +727,7 @@ func (s *session) send() error {
 		if len(p.sent) > 0 && now.Sub(p.sent[0].at) > n.cfg.Timeout {
 			timeout = fmt.Errorf("peer %s did not acknowledge writes within %v; dropping it (its bitmap covers what it missed)", p.cfg.Name, n.cfg.Timeout)
 		}
+		peerSeqs := s.peerSeqsLocked()
 		if p.repl == Ahead && n.j.bytes <= n.j.max/4 {
 			p.setReplLocked(SyncSource)
 			p.startSyncLocked()
@@ -728,6 +740,9 @@ func (s *session) send() error {
 		}
 		for _, m := range ctrl {
 			c.W.WriteFrame(m.t, m.f, m.seq, m.payload, nil)
+		}
+		if peerSeqs != nil {
+			c.W.WriteFrame(protocol.TypePeerSeqs, 0, 0, peerSeqs, nil)
 		}
 		resent := s.shipResends(head[:0])
 		if a := s.ap.acked.Load(); a > sentAck {
@@ -833,6 +848,12 @@ func (s *session) receive() error {
 			p.onPromoteReply(f.Seq, string(f.Payload))
 		case protocol.TypePromoteEnd:
 			p.onPromoteEnd(f.Seq)
+		case protocol.TypePeerSeqs:
+			ps, err := protocol.DecodePeerSeqs(f.Payload, nil)
+			if err != nil {
+				return p.readErr("PeerSeqs", err)
+			}
+			n.onPeerSeqs(p, ps)
 		case protocol.TypePing:
 			s.queue(ctrlMsg{t: protocol.TypePong, seq: f.Seq})
 		case protocol.TypePong:
@@ -840,6 +861,9 @@ func (s *session) receive() error {
 			var st protocol.State
 			if err := st.Decode(f.Payload); err != nil {
 				return p.readErr("state", err)
+			}
+			if st.Flags&protocol.StateOutdated != 0 && Role(st.Role) == Primary {
+				s.leavingSeq = f.Seq // drain.go
 			}
 			if err := p.onState(&st); err != nil {
 				return err
@@ -868,6 +892,12 @@ func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 		}
 		n.maybeDoneLocked(e)
 	})
+	if seq > p.ackSeq {
+		p.ackSeq = seq
+	}
+	if p.repl == Established && p.bm.Count() == 0 {
+		p.haveSeq = p.ackSeq
+	}
 	i := 0
 	for i < len(p.sent) && p.sent[i].seq <= seq {
 		i++
