@@ -37,9 +37,10 @@ const (
 // and StateOutdated.
 const FeatureCluster uint64 = 1 << 3
 
-// StateOutdated in a State's flags: a Primary leaving (Close, demote)
-// without every write of its journal acknowledged by the receiver tells it
-// that its data lacks writes: the receiver marks its disk Outdated.
+// StateOutdated in a State's flags: the sending Primary is leaving (Close);
+// the frame's seq is its final barrier. A receiver whose connection ends
+// before it acknowledged that barrier lacks writes: it marks its disk
+// Outdated.
 const StateOutdated uint8 = 1 << 5
 
 // PeerSeq is one node's entry in PeerSeqs.

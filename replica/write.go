@@ -493,11 +493,19 @@ func (n *Node) flush(ctx context.Context, wait bool) error {
 func (n *Node) barrier(only uint64) *entry {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.closed {
+		return nil
+	}
+	return n.barrierLocked(only)
+}
+
+// barrierLocked is barrier with n.mu held, also while closing.
+func (n *Node) barrierLocked(only uint64) *entry {
 	mask := n.recvMask
 	if only != 0 {
 		mask &= only
 	}
-	if mask == 0 || n.closed {
+	if mask == 0 {
 		return nil
 	}
 	e := &entry{kind: kBarrier, seq: n.nextSeq, ship: mask, pend: mask, ready: true, local: true,
