@@ -28,8 +28,12 @@
 //     hot extents are marked toward every peer. The flag is cleared on a
 //     clean demote or Close only after the data is flushed and the
 //     activity log released.
+//   - Promotion is a two-phase cluster-wide change (promote.go); a failing
+//     local disk is detached per on-io-error (diskfail.go); a Secondary
+//     keeps what other nodes may lack until the Primary confirms it
+//     (peerseq.go); a closing Primary drains its journal (drain.go).
 //   - Not yet done: a Primary as SyncTarget (refused: demote it first),
-//     fencing.
+//     fencing, reads served from a peer on a detached Primary.
 //
 // Concurrency: Node.mu guards the role, the superblock copy, the journal and
 // every peer's state. Store, meta-file and socket I/O happen outside it,
