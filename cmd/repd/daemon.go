@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"time"
@@ -24,6 +25,7 @@ type options struct {
 	config string
 	node   string
 	log    *slog.Logger
+	pprof  bool
 }
 
 // shutdownGrace bounds how long a clean shutdown waits for in-flight NBD
@@ -98,7 +100,16 @@ func run(ctx context.Context, o options) error {
 		OnRequest: mx.ObserveRequest,
 	}
 	api := &http.Server{Handler: admin.Handler(node, hub), ReadHeaderTimeout: 10 * time.Second}
-	mxSrv := &http.Server{Handler: mx.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	mxHandler := mx.Handler()
+	if o.pprof {
+		mux := http.NewServeMux()
+		mux.Handle("/", mxHandler)
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mxHandler = mux
+	}
+	mxSrv := &http.Server{Handler: mxHandler, ReadHeaderTimeout: 10 * time.Second}
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()

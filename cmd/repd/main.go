@@ -25,6 +25,7 @@ func main() {
 			&cli.StringFlag{Name: "node", Aliases: []string{"n"}, Usage: "this node's name in the resource file (default: the host name)", EnvVars: []string{"REPD_NODE"}},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error"},
+			&cli.BoolFlag{Name: "pprof", Usage: "also serve /debug/pprof on the node's metrics address (for profiling; keep that address private)"},
 		},
 		HideHelpCommand: true,
 		Action: func(c *cli.Context) error {
@@ -38,7 +39,7 @@ func main() {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return run(ctx, options{config: c.Path("config"), node: node, log: log})
+			return run(ctx, options{config: c.Path("config"), node: node, log: log, pprof: c.Bool("pprof")})
 		},
 	}
 	if err := app.Run(os.Args); err != nil {
