@@ -191,6 +191,7 @@ func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.L
 		ResyncRate:       int64(r.ResyncRate),
 		ResyncMinRate:    int64(r.ResyncMinRate),
 		AfterSB0Pri:      r.AfterSB0Pri,
+		OnIOError:        r.OnIOError,
 		Logger:           log,
 	}
 	for i := range f.Nodes {
