@@ -125,17 +125,19 @@ func TestBuildPlanDefault(t *testing.T) {
 		}
 		works[ph.group] = len(ph.workloads)
 	}
+	if ph := plan[0]; ph.runs("repd-a1-zstd", "randread-4k-qd32") || !ph.runs("repd-a1-zstd", "randwrite-4k-qd32") || !ph.runs("repd-a1", "randread-4k-qd32") {
+		t.Error("compression targets not limited to their workloads")
+	}
 	want := map[string]string{
-		groupLoopback:    "local,nbdkit,repd,repd-c1,repd-a1,repd-c2",
-		groupCompression: "repd-c1-zstd,repd-a1-zstd",
-		groupLinks:       "repd-c1-lan,repd-a1-lan,repd-c1-metro,repd-a1-metro,repd-c1-wan,repd-a1-wan,repd-c1-lan-100mbit,repd-a1-lan-100mbit",
+		groupLoopback: "local,nbdkit,repd,repd-c1,repd-a1,repd-c2,repd-c1-zstd,repd-a1-zstd",
+		groupLinks:    "repd-c1-lan,repd-a1-lan,repd-c1-metro,repd-a1-metro,repd-c1-wan,repd-a1-wan,repd-c1-lan-100mbit,repd-a1-lan-100mbit",
 	}
 	for g, w := range want {
 		if s := strings.Join(got[g], ","); s != w {
 			t.Errorf("%s: %s, want %s", g, s, w)
 		}
 	}
-	if works[groupLoopback] != len(Workloads) || works[groupLinks] != 2 || works[groupCompression] != 2 {
+	if works[groupLoopback] != len(Workloads) || works[groupLinks] != 2 || len(plan) != 2 {
 		t.Errorf("workloads per group: %v", works)
 	}
 

@@ -236,7 +236,17 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		for _, w := range ph.workloads {
 			ws = append(ws, w.Name)
 		}
-		s.Options.Phases = append(s.Options.Phases, PhaseOptions{Group: ph.group, Targets: ts, Workloads: ws})
+		po := PhaseOptions{Group: ph.group, Targets: ts, Workloads: ws}
+		for t, m := range ph.only {
+			if po.Only == nil {
+				po.Only = map[string][]string{}
+			}
+			for w := range m {
+				po.Only[t] = append(po.Only[t], w)
+			}
+			slices.Sort(po.Only[t])
+		}
+		s.Options.Phases = append(s.Options.Phases, po)
 		logf("%s: %d workloads x %d targets", ph.group, len(ws), len(ts))
 	}
 	s.Options.Drills = drills
@@ -253,7 +263,13 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	defer copyLogs(scratch, filepath.Join(out, "logs"))
 	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime}
 	for _, ph := range plan {
-		m.total += len(ph.targets) * len(ph.workloads)
+		for _, t := range ph.targets {
+			for _, w := range ph.workloads {
+				if ph.runs(t.Name, w.Name) {
+					m.total++
+				}
+			}
+		}
 	}
 	var links []string
 	for _, ph := range plan {

@@ -81,6 +81,8 @@ type PhaseOptions struct {
 	Group     string   `json:"group"`
 	Targets   []string `json:"targets"`
 	Workloads []string `json:"workloads"`
+	// Only: targets limited to some of the workloads.
+	Only map[string][]string `json:"only,omitempty"`
 }
 
 // fillRatios sets each result's ratio to nbdkit and to repd standalone on
@@ -315,7 +317,7 @@ func markdown(s *Summary, workloads []Workload) string {
 	}
 	titles := map[string]string{
 		groupLoopback:    "## Loopback: every workload, nodes on one machine, no added delay",
-		groupCompression: "## Compression (zstd) on loopback",
+		groupCompression: "## Compression (zstd) on loopback (run interleaved with the loopback targets)",
 		groupLinks:       "## Links: replication through a link-shaping proxy (faultnet)",
 	}
 	for _, g := range []string{groupLoopback, groupCompression, groupLinks} {
