@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // conn is one proxied connection: the accepted client side, the dialed
@@ -284,7 +286,13 @@ func (pp *pipe) next() (chunk, bool) {
 				return chunk{}, false
 			}
 		}
-		if d := time.Until(head.release); d > 0 {
+		if d := time.Until(head.release); d > 0 && d <= preciseSleepMax {
+			// The runtime's timers wake at millisecond granularity on an
+			// idle machine, which would turn a 0.25 ms link into a 1 ms
+			// one: sleep the thread itself for short waits.
+			preciseSleep(d)
+			continue
+		} else if d > 0 {
 			if timer == nil {
 				timer = time.NewTimer(d)
 			} else {
@@ -316,4 +324,22 @@ func (pp *pipe) drain() {
 	}
 	pp.q = nil
 	pp.queued = 0
+}
+
+// preciseSleepMax is the longest wait slept in the thread (see pop); longer
+// waits use a runtime timer, whose rounding matters less there.
+const preciseSleepMax = 3 * time.Millisecond
+
+// preciseSleep blocks the calling thread for d with nanosleep (the runtime
+// hands the P to another thread meanwhile).
+func preciseSleep(d time.Duration) {
+	ts := unix.NsecToTimespec(d.Nanoseconds())
+	for {
+		var rem unix.Timespec
+		err := unix.Nanosleep(&ts, &rem)
+		if err != unix.EINTR {
+			return
+		}
+		ts = rem
+	}
 }
