@@ -341,7 +341,7 @@ func markdown(s *Summary, workloads []Workload) string {
 				fmt.Fprintf(&b, "| %s | %s | %g ms | %s |\n", l.Name, l.Desc, l.RTTms, m)
 			}
 			b.WriteString("\n*measured RTT*: median of 25 round trips of a 4 KiB message through a proxy shaped like the link to a loopback echo server. " +
-				"Where it exceeds the added RTT by about a millisecond or more, the proxy's own timer latency is in it (Go sleeps under 1 ms round up on an idle machine): read the link results against the measured RTT.\n\n")
+				"What exceeds the added RTT is the proxy's own cost (it runs in the harness, on the same CPUs): read the link results against the measured RTT.\n\n")
 		}
 		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit |\n")
 		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
