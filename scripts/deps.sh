@@ -17,6 +17,8 @@ declare -A pkg=(
   [qemu-nbd]=qemu-utils
   [ip]=iproute2
   [curl]=curl
+  [ocf-tester]=resource-agents
+  [shellcheck]=shellcheck
   [gnuplot]=gnuplot-nox
 )
 missing=()
