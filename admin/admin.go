@@ -101,13 +101,13 @@ func Handler(c Controller, hub *Hub) http.Handler {
 	mux.HandleFunc("POST /v1/connect", func(w http.ResponseWriter, r *http.Request) {
 		var req ConnectRequest
 		if decode(w, r, &req) {
-			reply(w, c.Connect(req.Peer, req.DiscardMyData))
+			reply(w, eachPeer(c, req.Peer, func(p string) error { return c.Connect(p, req.DiscardMyData) }))
 		}
 	})
 	mux.HandleFunc("POST /v1/disconnect", func(w http.ResponseWriter, r *http.Request) {
 		var req DisconnectRequest
 		if decode(w, r, &req) {
-			reply(w, c.Disconnect(req.Peer))
+			reply(w, eachPeer(c, req.Peer, c.Disconnect))
 		}
 	})
 	mux.HandleFunc("POST /v1/new-current-uuid", func(w http.ResponseWriter, r *http.Request) {
@@ -128,6 +128,21 @@ func Handler(c Controller, hub *Hub) http.Handler {
 		})
 	}
 	return mux
+}
+
+// eachPeer runs op on the named peer, or on every peer when none is named
+// (repctl connect / disconnect without a peer).
+func eachPeer(c Controller, peer string, op func(string) error) error {
+	if peer != "" {
+		return op(peer)
+	}
+	var errs []error
+	for _, p := range c.Status().Peers {
+		if err := op(p.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {

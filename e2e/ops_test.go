@@ -132,6 +132,13 @@ func TestRepctlVerbs(t *testing.T) {
 	if code := exitCodeOf(err); code != 2 {
 		t.Fatalf("unknown verb: exit %d", code)
 	}
+	// Without a peer name, connect and disconnect act on every peer.
+	p.mustCtl("connect")
+	p.mustCtl("wait-connect", "--timeout", "30s")
+	p.mustCtl("disconnect")
+	if st := p.status(); st.Peers[0].Connection != "StandAlone" {
+		t.Fatalf("after disconnect of all peers: %s", st.Peers[0].Connection)
+	}
 	p.mustCtl("connect", "beta")
 	out = p.mustCtl("wait-sync", "--timeout", "30s")
 	if !strings.Contains(out, "in sync") {
