@@ -249,13 +249,13 @@ func serveEvents(w http.ResponseWriter, r *http.Request, c Controller, hub *Hub)
 func existing(s replica.Status) []replica.Event {
 	now := time.Now()
 	evs := []replica.Event{
-		{Time: now, Kind: "exists", Old: "", New: string(s.Role), Message: "role"},
+		{Time: now, Kind: "exists", New: s.Role.String(), Message: "role"},
 		{Time: now, Kind: "exists", New: s.Disk, Message: "disk"},
 	}
 	for _, p := range s.Peers {
 		evs = append(evs,
-			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: string(p.Connection), Message: "connection"},
-			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: string(p.Replication), Message: "replication"})
+			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: p.Connection.String(), Message: "connection"},
+			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: p.Replication.String(), Message: "replication"})
 	}
 	return evs
 }
