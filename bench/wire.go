@@ -52,7 +52,7 @@ func drillWire(ctx context.Context, env Env) []WireResult {
 		return out
 	}
 	c, err := startCluster(ctx, env, RepdConfig{Name: "wire", Nodes: []string{"alpha", "bravo"}, Protocol: "C",
-		Extra: map[string]string{"compression": `"zstd"`}})
+		Extra: map[string]string{"compression": `"zstd"`, "dedup-index-size": `"64MiB"`}})
 	if err != nil {
 		return fail("start: " + err.Error())
 	}
@@ -63,7 +63,7 @@ func drillWire(ctx context.Context, env Env) []WireResult {
 		return fail("dial: " + err.Error())
 	}
 	defer cl.CloseWrite()
-	region := c.Data.Size / int64(len(wireData))
+	region := c.Data.Size / int64(len(wireData)) &^ (1<<20 - 1) // 1 MiB aligned, like a filesystem's writes
 	for k, d := range wireData {
 		res := WireResult{Data: d.name, Compression: "zstd", WriteSize: d.writeSize}
 		n := int64(min(wireBytesPerKind, region))
