@@ -56,7 +56,7 @@ func TestHealthFollowsRole(t *testing.T) {
 
 	run(t, time.Minute, requireTool(t, "qemu-io"), "-f", "raw", "-c", "write -P 1 0 64k", s.uri())
 	code, body := httpGet(t, "http://"+s.metrics+"/metrics")
-	for _, want := range []string{"repd_role_primary 1", `repd_nbd_requests_total{cmd="write"}`, `repd_peer_connected{peer="alpha"} 1`, `repd_disk_state{state="UpToDate"} 1`} {
+	for _, want := range []string{"repd_role_primary 1", `repd_nbd_requests_total{cmd="write"}`, `repd_peer_connected{peer="alpha"} 1`, `repd_disk_state{state="UpToDate"} 1`, `repd_peer_ack_latency_seconds{peer="alpha"}`, `repd_peer_acks_total{peer="alpha"}`} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Fatalf("/metrics (%d) lacks %q", code, want)
 		}

@@ -103,6 +103,11 @@ var (
 	descRecv       = prometheus.NewDesc("repd_peer_received_bytes_total", "Bytes received on the wire from the peer.", []string{"peer"}, nil)
 	descBad        = prometheus.NewDesc("repd_peer_bad_frames_total", "Frames from the peer that failed their checksum or parse.", []string{"peer"}, nil)
 	descConnects   = prometheus.NewDesc("repd_peer_connects_total", "Connections established with the peer.", []string{"peer"}, nil)
+	descAcks       = prometheus.NewDesc("repd_peer_acks_total", "Write acknowledgements received from the peer.", []string{"peer"}, nil)
+	descAckLat     = prometheus.NewDesc("repd_peer_ack_latency_seconds", "Recent replication latency to the peer, send to ack (moving average).", []string{"peer"}, nil)
+	descSyncRate   = prometheus.NewDesc("repd_peer_resync_rate_bytes", "Current resync rate with the peer, bytes per second.", []string{"peer"}, nil)
+	descSyncLeft   = prometheus.NewDesc("repd_peer_resync_left_bytes", "Bytes the running resync with the peer still has to move.", []string{"peer"}, nil)
+	descVerifyMis  = prometheus.NewDesc("repd_peer_verify_mismatch_bytes", "Bytes the last online verify with the peer found different.", []string{"peer"}, nil)
 	descResynced   = prometheus.NewDesc("repd_peer_resynced_bytes_total", "Bytes resynced with the peer.", []string{"peer"}, nil)
 	descSplit      = prometheus.NewDesc("repd_peer_split_brain", "1 if split brain was detected with the peer.", []string{"peer"}, nil)
 
@@ -116,7 +121,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descResynced, descSplit,
+	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descAcks, descAckLat, descSyncRate, descSyncLeft, descVerifyMis, descResynced, descSplit,
 		descLogical, descRatio, descDedup, descDedupSaved, descZero, descDedupMiss, descAuthFail} {
 		ch <- d
 	}
@@ -148,6 +153,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descBad, float64(p.BadFrames), p.Name)
 		counter(descConnects, float64(p.Connects), p.Name)
 		counter(descResynced, float64(p.ResyncedBytes), p.Name)
+		counter(descAcks, float64(p.Acks), p.Name)
+		gauge(descAckLat, float64(p.AckLatencyUS)/1e6, p.Name)
+		gauge(descSyncRate, float64(p.SyncRateBytesPerSec), p.Name)
+		gauge(descSyncLeft, float64(p.SyncLeftBytes), p.Name)
+		gauge(descVerifyMis, float64(p.VerifyMismatchKiB*1024), p.Name)
 		gauge(descSplit, b2f(p.SplitBrain), p.Name)
 		counter(descLogical, float64(p.LogicalBytes), p.Name)
 		gauge(descRatio, p.CompressionRatio, p.Name)

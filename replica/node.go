@@ -611,6 +611,7 @@ func (n *Node) Status() Status {
 			SplitBrain: p.splitBrain, LastError: p.lastErr,
 			BytesSent: p.sentBytes.Load(), BytesReceived: p.recvBytes.Load(), BadFrames: p.badFrames.Load(),
 			Connects: p.connects, Resyncs: p.resyncs, ResyncedBytes: p.resynced.Load(),
+			Acks: p.acks, AckLatencyUS: p.ackLatency.Microseconds(),
 		}
 		if p.conn == Connected {
 			ps.Role = p.peerRole.String()

@@ -17,12 +17,14 @@ import (
 // peer is this node's side of its relation to one other node. Fields below
 // the mutex comment are guarded by Node.mu.
 type peer struct {
-	n    *Node
-	idx  int
-	bit  uint64
-	cfg  PeerConfig
-	slot int            // bitmap slot in the meta file
-	bm   *bitmap.Bitmap // blocks the peer may lack
+	n          *Node
+	acks       int64         // ack frames received; n.mu
+	ackLatency time.Duration // EWMA of send→ack; n.mu
+	idx        int
+	bit        uint64
+	cfg        PeerConfig
+	slot       int            // bitmap slot in the meta file
+	bm         *bitmap.Bitmap // blocks the peer may lack
 
 	incoming chan *protocol.Conn // authenticated connections from the listener
 	kick     chan struct{}       // wake the run loop (connect, disconnect)
@@ -902,6 +904,17 @@ func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 	for i < len(p.sent) && p.sent[i].seq <= seq {
 		i++
 	}
+	if i > 0 {
+		// Replication latency: from the send of the newest batch this ack
+		// covers to the ack (an EWMA, weight 1/8).
+		d := time.Since(p.sent[i-1].at)
+		if p.ackLatency == 0 {
+			p.ackLatency = d
+		} else {
+			p.ackLatency += (d - p.ackLatency) / 8
+		}
+	}
+	p.acks++
 	p.sent = p.sent[i:]
 	if barrier {
 		p.clearResyncedLocked(seq)

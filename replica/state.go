@@ -187,6 +187,8 @@ type PeerStatus struct {
 	Connects           int64    `json:"connects"`
 	Resyncs            int64    `json:"resyncs"`
 	ResyncedBytes      int64    `json:"resynced_bytes"`
+	Acks               int64    `json:"acks"`           // write acknowledgements received from the peer
+	AckLatencyUS       int64    `json:"ack_latency_us"` // recent send→ack latency (EWMA), µs
 	// Transport: data bytes of the writes and resync blocks shipped
 	// (before dedup and compression), and LogicalBytes / BytesSent.
 	LogicalBytes     int64   `json:"bytes_logical"`
