@@ -1,6 +1,9 @@
 package config
 
 import (
+	"os"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +119,26 @@ func TestParseBytes(t *testing.T) {
 	for _, in := range []string{"", "x", "-1", "1.5G", "99999999999T"} {
 		if _, err := ParseBytes(in); err == nil {
 			t.Errorf("ParseBytes(%q) succeeded", in)
+		}
+	}
+}
+
+// TestEveryKeyDocumented: each key the resource file accepts appears in the
+// README's configuration example.
+func TestEveryKeyDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []reflect.Type{reflect.TypeOf(Resource{}), reflect.TypeOf(Node{})} {
+		for i := 0; i < typ.NumField(); i++ {
+			key := typ.Field(i).Tag.Get("toml")
+			if key == "" {
+				continue
+			}
+			if !regexp.MustCompile(`(?m)^#?\s*` + regexp.QuoteMeta(key) + `\s*=`).Match(readme) {
+				t.Errorf("config key %q is not in README.md's configuration example", key)
+			}
 		}
 	}
 }
