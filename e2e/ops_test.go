@@ -158,6 +158,24 @@ func TestRepctlVerbs(t *testing.T) {
 	if !strings.Contains(string(buf[:nr]), `"kind":"exists"`) {
 		t.Fatalf("events stream starts with %q", buf[:nr])
 	}
+	// status --watch redraws until interrupted; without a terminal each
+	// refresh is a plain block of text.
+	watch := exec.Command(bins.ctl, "--admin", p.admin, "status", "--watch", "--interval", "100ms")
+	watch.Env = quickExitEnv()
+	var wout strings.Builder
+	watch.Stdout = &wout
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	watch.Process.Signal(os.Interrupt)
+	watch.Wait()
+	if k := strings.Count(wout.String(), "r0 role:Primary"); k < 3 {
+		t.Fatalf("status --watch printed %d refreshes in 700ms:\n%s", k, wout.String())
+	}
+	if strings.Contains(wout.String(), "\033[") {
+		t.Fatal("colour codes written to a pipe")
+	}
 	// A daemon that is not there: exit 4.
 	_, err = exec.Command(bins.ctl, "--admin", p.admin+".nope", "status").CombinedOutput()
 	if code := exitCodeOf(err); code != 4 {
