@@ -364,12 +364,16 @@ func metaCorrupt(e *Env) error {
 		e.Find("repd on a corrupted meta file says: %s", lines[len(lines)-1])
 	}
 	s.cmd = nil
-	// Recovery: there is no create-md verb, so delete the meta file.
-	if out, err := s.Ctl("create-md"); err == nil || !strings.Contains(out, "No help topic") {
-		e.Find("repctl create-md: %v %s", err, strings.TrimSpace(out))
+	// Recovery: re-create the meta file offline (the node then knows nothing
+	// of its data and takes a full resync).
+	if out, err := s.Ctl("create-md", "--config", s.Conf, "--node", s.Name); err == nil {
+		e.Violate("create-md without --force overwrote a meta file: %s", strings.TrimSpace(out))
 	}
-	os.Remove(s.Meta)
-	e.Act(false, "remove %s's meta file, restart", s.Name)
+	if out, err := s.Ctl("create-md", "--config", s.Conf, "--node", s.Name, "--force"); err != nil {
+		e.Violate("repctl create-md --force on %s: %v %s", s.Name, err, strings.TrimSpace(out))
+		os.Remove(s.Meta)
+	}
+	e.Act(false, "repctl create-md --force on %s, restart", s.Name)
 	if err := s.Start(); err != nil {
 		return err
 	}

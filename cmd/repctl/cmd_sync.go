@@ -181,12 +181,26 @@ func cmdCreateMD() *cli.Command {
 		Description: "Needs --config FILE --node NAME (the meta path, size, block size and node id come from\n" +
 			"the resource file). Refuses to overwrite a valid meta file without --force, and always\n" +
 			"refuses while repd holds the file (it is locked).",
-		Flags: []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "overwrite an existing meta file (its bitmaps and generation identifiers are lost)"}},
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "force", Usage: "overwrite an existing meta file (its bitmaps and generation identifiers are lost)"},
+			// Also accepted after the verb, as the README writes it.
+			&cli.PathFlag{Name: "config", Aliases: []string{"c"}, Usage: "resource file"},
+			&cli.StringFlag{Name: "node", Aliases: []string{"n"}, Usage: "node name (default: the host name)"},
+		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usageError("create-md takes no arguments")
 			}
-			return runCreateMD(c.Path("config"), c.String("node"), c.Bool("force"))
+			conf, node := c.Path("config"), c.String("node")
+			for _, a := range c.Lineage()[1:] { // global flags before the verb
+				if conf == "" {
+					conf = a.Path("config")
+				}
+				if node == "" {
+					node = a.String("node")
+				}
+			}
+			return runCreateMD(conf, node, c.Bool("force"))
 		},
 	}
 }
@@ -214,10 +228,7 @@ func runCreateMD(conf, name string, force bool) error {
 	}
 	m, err := create(n.Meta, id)
 	if err != nil {
-		if errors.Is(err, bitmap.ErrExists) {
-			return cli.Exit(fmt.Sprintf("%v; use --force to overwrite it", err), exitRefused)
-		}
-		return cli.Exit(err.Error(), exitRefused)
+		return cli.Exit(err.Error(), exitRefused) // ErrExists already says to use --force
 	}
 	if err := m.Close(); err != nil {
 		return err
