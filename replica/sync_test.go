@@ -124,7 +124,12 @@ func TestCrashedPrimaryMarksHotExtents(t *testing.T) {
 	// beta is promoted meanwhile (failover), alpha comes back as
 	// Secondary: the marked extents resync from beta.
 	beta := c.nodes[1].n
-	waitFor(t, 10*time.Second, "alpha and beta connected", func() bool { return peerState(beta, "alpha").Connection == Connected })
+	// Wait for the new session: beta may not have noticed the crash yet and
+	// still see the old connection to a Primary alpha.
+	waitFor(t, 10*time.Second, "alpha and beta connected, alpha Secondary", func() bool {
+		ps := peerState(beta, "alpha")
+		return ps.Connection == Connected && ps.Role == Secondary.String()
+	})
 	if err := beta.Promote(false); err != nil {
 		t.Fatal(err)
 	}

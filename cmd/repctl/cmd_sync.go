@@ -228,7 +228,10 @@ func runCreateMD(conf, name string, force bool) error {
 	}
 	m, err := create(n.Meta, id)
 	if err != nil {
-		return cli.Exit(err.Error(), exitRefused) // ErrExists already says to use --force
+		if errors.Is(err, bitmap.ErrExists) {
+			return cli.Exit(fmt.Sprintf("meta file %s exists; use --force to overwrite it (its bitmaps and generation identifiers are lost)", n.Meta), exitRefused)
+		}
+		return cli.Exit(err.Error(), exitRefused)
 	}
 	if err := m.Close(); err != nil {
 		return err
