@@ -180,15 +180,32 @@ func TestFailoverAfterSIGKILL(t *testing.T) {
 	})
 	s.mustCtl("primary")
 	t.Logf("promoted beta %v after alpha's loss was noticed", time.Since(start))
-	vcmd := exec.Command(fio, append(job, "--uri="+s.uri(), "--verify_only", "--verify_state_load=1", "--verify_fatal=1")...)
+	// fio's verify state counts writes *issued*, minus those still in flight
+	// when it saved the state. The writes in flight when alpha died did not
+	// stay in flight: they completed with errors (never acknowledged), so
+	// the replay expects them too. At most iodepth (8) blocks can be such
+	// unacknowledged writes; any more is an acknowledged write lost. (The
+	// chaos kill-primary scenario checks the same story with exact
+	// per-write acknowledgement tracking.)
+	vcmd := exec.Command(fio, append(job, "--uri="+s.uri(), "--verify_only", "--verify_state_load=1", "--verify_fatal=0")...)
 	vcmd.Dir = dir
-	out, err := vcmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("verify of acknowledged writes on the new primary failed: %v\n%s", err, out)
+	out, _ := vcmd.CombinedOutput()
+	bad := bytes.Count(out, []byte("verify: bad"))
+	if bad > 8 {
+		t.Fatalf("%d blocks fio saw written are wrong on the new primary (at most 8 were in flight, unacknowledged):\n%s", bad, out)
 	}
-	if _, r := fioJSON(t, out); r == 0 {
-		t.Fatalf("fio verified nothing:\n%s", out)
+	i := bytes.IndexByte(out, '{')
+	var res struct {
+		Jobs []struct {
+			Read struct {
+				IOs int64 `json:"total_ios"`
+			} `json:"read"`
+		} `json:"jobs"`
 	}
+	if i < 0 || json.Unmarshal(out[i:], &res) != nil || len(res.Jobs) == 0 || res.Jobs[0].Read.IOs < 1000 {
+		t.Fatalf("fio verified too little:\n%s", out)
+	}
+	t.Logf("fio verified %d acknowledged blocks on the new primary; %d in-flight blocks at the kill not there", res.Jobs[0].Read.IOs, bad)
 	// The old primary comes back as a Secondary and resyncs from beta.
 	p.start()
 	if st := p.status(); st.Role != "Secondary" {
