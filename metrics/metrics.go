@@ -34,6 +34,12 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	byCmd    map[string]*cmdMetrics // resolved once: no label lookup per request
+}
+
+type cmdMetrics struct {
+	requests, bytes, errors prometheus.Counter
+	latency                 prometheus.Observer
 }
 
 // New builds the registry for src.
@@ -53,6 +59,10 @@ func New(src Source) *Metrics {
 		Help:    "NBD request latency from parse to reply, by command.",
 		Buckets: prometheus.ExponentialBuckets(10e-6, 2.5, 14),
 	}, []string{"cmd"})
+	m.byCmd = map[string]*cmdMetrics{}
+	for _, c := range []string{"read", "write", "flush", "trim", "cache", "write_zeroes", "unknown"} {
+		m.byCmd[c] = m.forCmd(c)
+	}
 	m.reg.MustRegister(m.requests, m.bytes, m.errors, m.latency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{src: src})
@@ -61,11 +71,24 @@ func New(src Source) *Metrics {
 
 // ObserveRequest records one answered NBD request (nbd.Server.OnRequest).
 func (m *Metrics) ObserveRequest(cmd string, n int64, d time.Duration, err error) {
-	m.requests.WithLabelValues(cmd).Inc()
-	m.bytes.WithLabelValues(cmd).Add(float64(n))
-	m.latency.WithLabelValues(cmd).Observe(d.Seconds())
+	c := m.byCmd[cmd]
+	if c == nil {
+		c = m.forCmd(cmd)
+	}
+	c.requests.Inc()
+	c.bytes.Add(float64(n))
+	c.latency.Observe(d.Seconds())
 	if err != nil {
-		m.errors.WithLabelValues(cmd).Inc()
+		c.errors.Inc()
+	}
+}
+
+func (m *Metrics) forCmd(cmd string) *cmdMetrics {
+	return &cmdMetrics{
+		requests: m.requests.WithLabelValues(cmd),
+		bytes:    m.bytes.WithLabelValues(cmd),
+		errors:   m.errors.WithLabelValues(cmd),
+		latency:  m.latency.WithLabelValues(cmd),
 	}
 }
 
