@@ -1,5 +1,5 @@
 # repd — see README.md. `make test` installs what the tests need (as root) and runs them.
-export PATH := /usr/bin:/usr/local/go/bin:$(PATH)
+export PATH := /usr/bin:/usr/local/go/bin:$(PATH):/usr/sbin:/sbin
 GO      ?= go
 BIN     := bin
 PKGS    := ./...

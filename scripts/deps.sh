@@ -20,6 +20,9 @@ declare -A pkg=(
   [ocf-tester]=resource-agents
   [shellcheck]=shellcheck
   [gnuplot]=gnuplot-nox
+  [fusermount3]=fuse3
+  [losetup]=mount
+  [mkfs.ext4]=e2fsprogs
 )
 missing=()
 for tool in "${!pkg[@]}"; do

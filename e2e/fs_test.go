@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestFilesystemOnReplicatedDevice takes the path a filesystem takes: the
+// primary's export as a file (nbdfuse), a loop device on it, mkfs.ext4,
+// mount, files written and synced, unmount. The secondary's backing file is
+// then the same bytes, and e2fsck finds it clean.
+func TestFilesystemOnReplicatedDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("the filesystem test needs root (loop devices, mount)")
+		}
+		t.Skip("needs root for loop devices and mount")
+	}
+	nbdfuse := requireTool(t, "nbdfuse")
+	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "fusermount3"} {
+		requireTool(t, tool)
+	}
+	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB"})
+	p := upCluster(t, c)
+	s := c.nodes[1]
+	dir := t.TempDir()
+	fuseDir := filepath.Join(dir, "fuse")
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(fuseDir, 0o755)
+	os.Mkdir(mnt, 0o755)
+
+	fuse := exec.Command(nbdfuse, fuseDir, p.uri())
+	fuse.Env = append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH"))
+	var fuseOut bytes.Buffer
+	fuse.Stdout, fuse.Stderr = &fuseOut, &fuseOut
+	if err := fuse.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command("fusermount3", "-u", fuseDir).Run()
+		fuse.Process.Kill()
+		fuse.Wait()
+	})
+	img := filepath.Join(fuseDir, "nbd")
+	waitFor(t, "nbdfuse file", 10*time.Second, func() bool {
+		fi, err := os.Stat(img)
+		return err == nil && fi.Size() == 64<<20
+	})
+	loop := strings.TrimSpace(string(run(t, 30*time.Second, "losetup", "-f", "--show", img)))
+	loopAttached := true
+	t.Cleanup(func() {
+		exec.Command("umount", mnt).Run()
+		if loopAttached {
+			exec.Command("losetup", "-d", loop).Run()
+		}
+	})
+	run(t, time.Minute, "mkfs.ext4", "-q", "-F", loop)
+	run(t, 30*time.Second, "mount", loop, mnt)
+	want := map[string][]byte{}
+	for _, name := range []string{"customers.csv", "orders.db", "journal.log"} {
+		b := make([]byte, 3<<20)
+		rand.Read(b)
+		want[name] = b
+		if err := os.WriteFile(filepath.Join(mnt, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syscall.Sync()
+	run(t, 30*time.Second, "umount", mnt)
+	run(t, 30*time.Second, "losetup", "-d", loop)
+	loopAttached = false
+	run(t, 30*time.Second, "fusermount3", "-u", fuseDir)
+	fuse.Wait()
+
+	waitInSync(t, c, 30*time.Second)
+	for _, n := range c.nodes {
+		if err := n.stop(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if hashFile(t, p.disk, 64<<20) != hashFile(t, s.disk, 64<<20) {
+		t.Fatal("the secondary's backing file differs from the primary's")
+	}
+	// The replica holds a clean filesystem with the files in it.
+	run(t, time.Minute, "e2fsck", "-f", "-n", s.disk)
+	loop2 := strings.TrimSpace(string(run(t, 30*time.Second, "losetup", "-f", "--show", "-r", s.disk)))
+	defer exec.Command("losetup", "-d", loop2).Run()
+	run(t, 30*time.Second, "mount", "-o", "ro", loop2, mnt)
+	defer exec.Command("umount", mnt).Run()
+	for name, b := range want {
+		got, err := os.ReadFile(filepath.Join(mnt, name))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s on the secondary's filesystem: %v (equal %v)", name, err, bytes.Equal(got, b))
+		}
+	}
+}
