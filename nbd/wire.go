@@ -1,21 +1,25 @@
 package nbd
 
+// Wire values that github.com/pojntfx/go-nbd (Apache-2.0) defines come from
+// its protocol package; the rest of the spec's values are defined here.
+import gonbd "github.com/pojntfx/go-nbd/pkg/protocol"
+
 // Values of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md). They are
 // part of the wire format and must not be changed. Names follow the spec
 // without the NBD_ prefix.
 
 // Magic numbers.
 const (
-	MagicInit        uint64 = 0x4e42444d41474943 // "NBDMAGIC", first 8 bytes the server sends
-	MagicOption      uint64 = 0x49484156454f5054 // "IHAVEOPT", newstyle; also starts every option
-	MagicOptionReply uint64 = 0x0003e889045565a9 // starts every option reply
-	MagicRequest     uint32 = 0x25609513         // starts every transmission request
-	MagicSimpleReply uint32 = 0x67446698         // starts every simple reply
+	MagicInit        uint64 = gonbd.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC", first 8 bytes the server sends
+	MagicOption      uint64 = gonbd.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT", newstyle; also starts every option
+	MagicOptionReply uint64 = gonbd.NEGOTIATION_MAGIC_REPLY    // starts every option reply
+	MagicRequest     uint32 = gonbd.TRANSMISSION_MAGIC_REQUEST // starts every transmission request
+	MagicSimpleReply uint32 = gonbd.TRANSMISSION_MAGIC_REPLY   // starts every simple reply
 )
 
 // Handshake flags (16 bits, server → client).
 const (
-	FlagFixedNewstyle uint16 = 1 << 0
+	FlagFixedNewstyle uint16 = gonbd.NEGOTIATION_HANDSHAKE_FLAG_FIXED_NEWSTYLE
 	FlagNoZeroes      uint16 = 1 << 1
 )
 
@@ -27,7 +31,7 @@ const (
 
 // Transmission flags (16 bits, per export).
 const (
-	FlagHasFlags        uint16 = 1 << 0
+	FlagHasFlags        uint16 = gonbd.NEGOTIATION_REPLY_FLAGS_HAS_FLAGS
 	FlagReadOnly        uint16 = 1 << 1
 	FlagSendFlush       uint16 = 1 << 2
 	FlagSendFUA         uint16 = 1 << 3
@@ -35,7 +39,7 @@ const (
 	FlagSendTrim        uint16 = 1 << 5
 	FlagSendWriteZeroes uint16 = 1 << 6
 	FlagSendDF          uint16 = 1 << 7
-	FlagCanMultiConn    uint16 = 1 << 8
+	FlagCanMultiConn    uint16 = gonbd.NEGOTIATION_REPLY_FLAGS_CAN_MULTI_CONN
 	FlagSendResize      uint16 = 1 << 9
 	FlagSendCache       uint16 = 1 << 10
 	FlagSendFastZero    uint16 = 1 << 11
@@ -44,12 +48,12 @@ const (
 // Options (client → server during option haggling).
 const (
 	OptExportName      uint32 = 1
-	OptAbort           uint32 = 2
-	OptList            uint32 = 3
+	OptAbort           uint32 = gonbd.NEGOTIATION_ID_OPTION_ABORT
+	OptList            uint32 = gonbd.NEGOTIATION_ID_OPTION_LIST
 	OptPeekExport      uint32 = 4
 	OptStartTLS        uint32 = 5
-	OptInfo            uint32 = 6
-	OptGo              uint32 = 7
+	OptInfo            uint32 = gonbd.NEGOTIATION_ID_OPTION_INFO
+	OptGo              uint32 = gonbd.NEGOTIATION_ID_OPTION_GO
 	OptStructuredReply uint32 = 8
 	OptListMetaContext uint32 = 9
 	OptSetMetaContext  uint32 = 10
@@ -58,17 +62,17 @@ const (
 
 // Option reply types. Error replies have bit 31 set.
 const (
-	RepAck             uint32 = 1
-	RepServer          uint32 = 2
-	RepInfo            uint32 = 3
+	RepAck             uint32 = gonbd.NEGOTIATION_TYPE_REPLY_ACK
+	RepServer          uint32 = gonbd.NEGOTIATION_TYPE_REPLY_SERVER
+	RepInfo            uint32 = gonbd.NEGOTIATION_TYPE_REPLY_INFO
 	RepMetaContext     uint32 = 4
 	RepFlagError       uint32 = 1 << 31
-	RepErrUnsup        uint32 = RepFlagError | 1
+	RepErrUnsup        uint32 = gonbd.NEGOTIATION_TYPE_REPLY_ERR_UNSUPPORTED
 	RepErrPolicy       uint32 = RepFlagError | 2
 	RepErrInvalid      uint32 = RepFlagError | 3
 	RepErrPlatform     uint32 = RepFlagError | 4
 	RepErrTLSReqd      uint32 = RepFlagError | 5
-	RepErrUnknown      uint32 = RepFlagError | 6
+	RepErrUnknown      uint32 = gonbd.NEGOTIATION_TYPE_REPLY_ERR_UNKNOWN
 	RepErrShutdown     uint32 = RepFlagError | 7
 	RepErrBlockSizeReq uint32 = RepFlagError | 8
 	RepErrTooBig       uint32 = RepFlagError | 9
@@ -77,17 +81,17 @@ const (
 // Information types in NBD_OPT_INFO/NBD_OPT_GO requests and NBD_REP_INFO
 // replies.
 const (
-	InfoExport      uint16 = 0 // size (64), transmission flags (16)
-	InfoName        uint16 = 1 // canonical name
-	InfoDescription uint16 = 2 // human-readable description
-	InfoBlockSize   uint16 = 3 // minimum, preferred, maximum (32 each)
+	InfoExport      uint16 = gonbd.NEGOTIATION_TYPE_INFO_EXPORT      // size (64), transmission flags (16)
+	InfoName        uint16 = gonbd.NEGOTIATION_TYPE_INFO_NAME        // canonical name
+	InfoDescription uint16 = gonbd.NEGOTIATION_TYPE_INFO_DESCRIPTION // human-readable description
+	InfoBlockSize   uint16 = gonbd.NEGOTIATION_TYPE_INFO_BLOCKSIZE   // minimum, preferred, maximum (32 each)
 )
 
 // Commands (request type field).
 const (
-	CmdRead        uint16 = 0
-	CmdWrite       uint16 = 1
-	CmdDisc        uint16 = 2
+	CmdRead        uint16 = gonbd.TRANSMISSION_TYPE_REQUEST_READ
+	CmdWrite       uint16 = gonbd.TRANSMISSION_TYPE_REQUEST_WRITE
+	CmdDisc        uint16 = gonbd.TRANSMISSION_TYPE_REQUEST_DISC
 	CmdFlush       uint16 = 3
 	CmdTrim        uint16 = 4
 	CmdCache       uint16 = 5
