@@ -130,12 +130,8 @@ func (a *applier) worker() {
 				n.noteApplied(p, it.seq, it.off, it.n)
 			}
 			// Peers that do not get this write from us in sync miss it.
-			if miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit; miss != 0 {
-				for _, q := range n.peers {
-					if miss&q.bit != 0 {
-						q.bm.Set(it.off, it.n)
-					}
-				}
+			if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {
+				n.markMissed(p, it.off, it.n)
 			}
 			switch {
 			case it.flags&protocol.FlagTrim != 0:
@@ -200,4 +196,19 @@ func (a *applier) drain() {
 		a.cond.Wait()
 	}
 	a.mu.Unlock()
+}
+
+// markMissed marks a write applied from p out of sync toward the other
+// peers that do not receive writes in sync with us. It holds markMu for
+// reading so that a settle (settleLocked) cannot clear a peer's bitmap
+// between the check and the mark: the mark would outlive the clear.
+func (n *Node) markMissed(p *peer, off, length int64) {
+	n.markMu.RLock()
+	defer n.markMu.RUnlock()
+	miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit
+	for _, q := range n.peers {
+		if miss&q.bit != 0 {
+			q.bm.Set(off, length)
+		}
+	}
 }

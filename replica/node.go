@@ -141,6 +141,7 @@ type Node struct {
 	writes         int64
 	recvMask       uint64        // peers that receive the primary's writes (Receiving)
 	recvAtomic     atomic.Uint64 // recvMask, for the appliers
+	markMu         sync.RWMutex  // appliers' marks (read) vs settleLocked (write)
 	evq            []Event
 	authLim        authLimiter  // incoming handshakes after authentication failures
 	lastAppWrite   atomic.Int64 // unix nanos of the last application write (resync yields)
@@ -576,11 +577,12 @@ func (n *Node) NewCurrentUUID(clearBitmap bool) error {
 			continue
 		}
 		if clearBitmap {
-			p.bm.ClearAll()
 			p.peerDisk = UpToDate
-			if p.repl == PausedSync {
-				p.setReplLocked(Established)
+			to := p.repl
+			if to == PausedSync {
+				to = Established
 			}
+			p.settleLocked(to)
 		}
 		var f uint8
 		if clearBitmap {

@@ -141,6 +141,17 @@ func (p *peer) setReplLocked(r Repl) {
 	p.n.recomputeLocked()
 }
 
+// settleLocked clears p's bitmap and sets its replication state to r in
+// one step as far as the appliers are concerned: a write applied
+// concurrently either sees p receiving (r) and marks nothing, or marks
+// before the clear. n.mu held.
+func (p *peer) settleLocked(r Repl) {
+	p.n.markMu.Lock()
+	defer p.n.markMu.Unlock()
+	p.bm.ClearAll()
+	p.setReplLocked(r)
+}
+
 func (p *peer) setErrLocked(err error) {
 	p.lastErr = err.Error()
 	p.n.event("error", p.cfg.Name, "", "", p.lastErr)
@@ -505,8 +516,9 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 			return err
 		}
 	}
-	if plan == Established && v.Rel == RelInSync && n.role == Secondary && them.Role == Secondary {
-		p.bm.ClearAll()
+	settle := plan == Established && v.Rel == RelInSync && n.role == Secondary && them.Role == Secondary
+	if settle {
+		p.bm.ClearAll() // before the checks below; settleLocked clears again atomically
 	}
 	if plan == Established && n.role == Primary && p.bm.Count() > 0 && !n.detached.Load() {
 		plan = SyncSource // written to while we were negotiating
@@ -521,7 +533,11 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	p.cursor, p.ackFrom = n.j.end(), n.j.end()
 	p.sent, p.resyncAcked = nil, nil
 	p.setConnLocked(Connected, fmt.Sprintf("%s (%s)", v.Rel, plan))
-	p.setReplLocked(plan)
+	if settle {
+		p.settleLocked(plan)
+	} else {
+		p.setReplLocked(plan)
+	}
 	if plan == SyncSource {
 		p.startSyncLocked()
 		p.syncStartedLocked()
@@ -977,10 +993,11 @@ func (p *peer) onState(st *protocol.State) error {
 		})
 		for _, q := range n.peers {
 			if q.conn == Connected {
-				q.bm.ClearAll()
-				if q.repl == PausedSync {
-					q.setReplLocked(Established)
+				to := q.repl
+				if to == PausedSync {
+					to = Established
 				}
+				q.settleLocked(to)
 			}
 		}
 		return err
@@ -1013,8 +1030,7 @@ func (p *peer) onState(st *protocol.State) error {
 	// Not after a crash as Primary: the activity log's marks must resync.
 	if p.repl == PausedSync && role == Secondary && n.role == Secondary && st.Current == n.sb.GI.Current &&
 		disk == UpToDate && n.sb.Disk == UpToDate && !n.crashedPrimary && st.Flags&protocol.StateCrashedPrim == 0 {
-		p.bm.ClearAll()
-		p.setReplLocked(Established)
+		p.settleLocked(Established)
 		p.sendStateLocked(0)
 		if n.sb.GI.Bitmap[p.slot] != 0 {
 			return n.persist(func(sb *bitmap.Superblock) { sb.GI.Bitmap[p.slot] = 0 })
