@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"github.com/repd/repd/faultnet"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -349,5 +351,41 @@ func TestMeasureLink(t *testing.T) {
 	}
 	if rtt < l.RTT {
 		t.Errorf("measured %s through a link adding %s", rtt, l.RTT)
+	}
+}
+
+func TestMedianRounds(t *testing.T) {
+	rs := []Result{
+		{Workload: "w", Target: "a", IOPS: 30, MBps: 3},
+		{Workload: "w", Target: "b", IOPS: 5},
+		{Workload: "w", Target: "a", IOPS: 10, MBps: 1},
+		{Workload: "w", Target: "b", IOPS: 7, Error: "fio died"},
+		{Workload: "w", Target: "a", IOPS: 20, MBps: 2, MaxRSS: 9},
+		{Workload: "w", Target: "b", IOPS: 6},
+	}
+	got := medianRounds(rs)
+	if len(got) != 2 || got[0].Target != "a" || got[1].Target != "b" {
+		t.Fatalf("targets %+v", got)
+	}
+	if a := got[0]; a.IOPS != 20 || a.MBps != 2 || !slices.Equal(a.RoundsIOPS, []float64{30, 10, 20}) || a.MaxRSS != 9 {
+		t.Errorf("a: median round %+v", a)
+	}
+	if b := got[1]; b.Error != "fio died" || !slices.Equal(b.RoundsIOPS, []float64{5, 7, 6}) {
+		t.Errorf("b: a failed round must be reported: %+v", b)
+	}
+	if one := medianRounds(rs[:2]); len(one) != 2 || one[0].RoundsIOPS != nil {
+		t.Errorf("single rounds: %+v", one)
+	}
+}
+
+func TestLinkWindowCoversTheBandwidthDelayProduct(t *testing.T) {
+	wan, _ := linkProfile("wan")
+	// 10 Gbit/s over 15 ms + 3 ms one way: 22.5 MB.
+	if w := wan.Window(); w < 22_000_000 || w > 23_000_000 {
+		t.Errorf("wan window %d", w)
+	}
+	lan, _ := linkProfile("lan")
+	if w := lan.Window(); w != faultnet.DefaultMaxInFlight {
+		t.Errorf("lan window %d, want the 4 MiB floor", w)
 	}
 }

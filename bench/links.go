@@ -57,6 +57,25 @@ func (l LinkProfile) Link() faultnet.Link {
 	return faultnet.Link{Delay: l.RTT / 2, Jitter: l.Jitter, Bandwidth: l.Bandwidth}
 }
 
+// linkBits is the line rate of a link without a Bandwidth cap: the proxy
+// holds up to a bandwidth-delay product of it in flight per direction.
+const linkBits = 10e9
+
+// Window is how many bytes a proxy shaped like l holds in flight per
+// direction (faultnet's MaxInFlight): the bandwidth-delay product of a
+// 10 Gbit/s line (or of the Bandwidth cap) over the one-way delay plus
+// jitter, at least faultnet's default of 4 MiB. A fixed window would cap a
+// long link's throughput at window/delay (4 MiB over 17 ms is 2 Gbit/s),
+// which is not what a link profile without a bandwidth cap means.
+func (l LinkProfile) Window() int64 {
+	rate := linkBits / 8
+	if l.Bandwidth > 0 {
+		rate = float64(l.Bandwidth)
+	}
+	w := int64(rate * (l.RTT/2 + l.Jitter).Seconds())
+	return max(w, faultnet.DefaultMaxInFlight)
+}
+
 // RTTms is the added round trip in milliseconds (for charts).
 func (l LinkProfile) RTTms() float64 { return float64(l.RTT) / float64(time.Millisecond) }
 
@@ -86,6 +105,7 @@ func proxyPreStartInto(l LinkProfile, seed int64, set *[]*faultnet.Proxy) func(c
 				return nil, err
 			}
 			proxies = append(proxies, p)
+			p.MaxInFlight = l.Window()
 			p.SetLink(l.Link(), l.Link())
 			if err := p.Start(); err != nil {
 				stop()

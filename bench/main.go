@@ -54,6 +54,7 @@ type flags struct {
 	check, strict      bool
 	keep               bool
 	rereport           string
+	repeat             int
 }
 
 func main() {
@@ -79,6 +80,7 @@ func run(args []string, stdout io.Writer) int {
 	fs.BoolVar(&f.prealloc, "prealloc", false, "fallocate backing files instead of creating them sparse")
 	fs.BoolVar(&f.check, "check", false, "evaluate repd's issue targets and print PASS/FAIL lines")
 	fs.BoolVar(&f.strict, "strict", false, "with --check: exit 1 unless every check passes (SKIP fails too)")
+	fs.IntVar(&f.repeat, "repeat", 3, "rounds of every job, targets interleaved in each round; the report gives each job's median round (this machine's noise is large: compare medians)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the scratch directory (backing files, sockets, logs)")
 	fs.StringVar(&f.rereport, "rereport", "", "redraw the charts and rewrite report.md of an output directory from its summary.json, and exit")
 	if err := fs.Parse(args); err != nil {
@@ -171,6 +173,9 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	if err != nil {
 		return 2, err
 	}
+	if f.repeat < 1 || f.repeat > 99 {
+		return 2, fmt.Errorf("--repeat %d: want 1 to 99 rounds", f.repeat)
+	}
 	if f.localEngine != "libaio" && f.localEngine != "io_uring" {
 		return 2, fmt.Errorf("--local-engine %q: want libaio or io_uring", f.localEngine)
 	}
@@ -223,6 +228,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 			SizeBytes:   size,
 			RuntimeSec:  int(runtime.Seconds()),
 			RampSec:     int(rampTime.Seconds()),
+			Repeat:      f.repeat,
 			Transport:   f.transport,
 			LocalEngine: f.localEngine,
 			Prealloc:    f.prealloc,
@@ -261,12 +267,12 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		return 1, err
 	}
 	defer copyLogs(scratch, filepath.Join(out, "logs"))
-	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime}
+	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime, repeat: f.repeat}
 	for _, ph := range plan {
 		for _, t := range ph.targets {
 			for _, w := range ph.workloads {
 				if ph.runs(t.Name, w.Name) {
-					m.total++
+					m.total += f.repeat
 				}
 			}
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -123,6 +124,7 @@ type matrix struct {
 	scratch, out string
 	jobDir       string
 	runtime      time.Duration
+	repeat       int // rounds per job
 	total, n     int // jobs in all phases, jobs started
 }
 
@@ -194,16 +196,20 @@ func (m *matrix) runPhase(ctx context.Context, ph phase) error {
 		}
 	}
 	for _, w := range ph.workloads {
-		for _, r := range live {
-			if ctx.Err() != nil {
-				return errors.New("interrupted")
+		first := len(m.s.Results)
+		for round := range max(m.repeat, 1) {
+			for _, r := range live {
+				if ctx.Err() != nil {
+					return errors.New("interrupted")
+				}
+				if !ph.runs(r.t.Name, w.Name) {
+					continue
+				}
+				m.n++
+				m.runOne(ctx, w, r, round)
 			}
-			if !ph.runs(r.t.Name, w.Name) {
-				continue
-			}
-			m.n++
-			m.runOne(ctx, w, r)
 		}
+		m.s.Results = append(m.s.Results[:first], medianRounds(m.s.Results[first:])...)
 	}
 	if ctx.Err() != nil {
 		return errors.New("interrupted")
@@ -212,7 +218,7 @@ func (m *matrix) runPhase(ctx context.Context, ph phase) error {
 }
 
 // runOne runs workload w on target r (after a prefill, if w reads).
-func (m *matrix) runOne(ctx context.Context, w Workload, r *running) {
+func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) {
 	s, size := m.s, m.env.Size
 	res := Result{Workload: w.Name, Target: r.t.Name}
 	defer func() { s.Results = append(s.Results, res) }()
@@ -241,6 +247,9 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running) {
 		r.prefill = true
 	}
 	raw := filepath.Join("raw", w.Name+"--"+r.t.Name+".json")
+	if m.repeat > 1 {
+		raw = filepath.Join("raw", fmt.Sprintf("%s--%s--round%d.json", w.Name, r.t.Name, round+1))
+	}
 	stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
 	fr, err := fioRun{
 		Args:    r.ep.FioArgs,
@@ -275,4 +284,50 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running) {
 	p50, p99 := latencies(res)
 	logf("[%d/%d] %-22s %-18s %9.0f IOPS %8.1f MB/s  p50 %s µs  p99 %s µs",
 		m.n, m.total, w.Name, r.t.Name, res.IOPS, res.MBps, p50, p99)
+}
+
+// medianRounds folds the rounds of each job (results of one workload, in
+// run order) into one result per target: the round with the median IOPS
+// (the lower middle one of an even count), with every round's IOPS in
+// RoundsIOPS. A failed round is reported instead if there is one.
+func medianRounds(rs []Result) []Result {
+	var order []string
+	by := map[string][]Result{}
+	for _, r := range rs {
+		if _, ok := by[r.Target]; !ok {
+			order = append(order, r.Target)
+		}
+		by[r.Target] = append(by[r.Target], r)
+	}
+	out := make([]Result, 0, len(order))
+	for _, t := range order {
+		runs := by[t]
+		if len(runs) == 1 {
+			out = append(out, runs[0])
+			continue
+		}
+		var iops []float64
+		var failed *Result
+		for i := range runs {
+			iops = append(iops, runs[i].IOPS)
+			if runs[i].Error != "" && failed == nil {
+				failed = &runs[i]
+			}
+		}
+		if failed != nil {
+			f := *failed
+			f.RoundsIOPS = iops
+			out = append(out, f)
+			continue
+		}
+		sorted := slices.Clone(runs)
+		slices.SortStableFunc(sorted, func(a, b Result) int { return cmp.Compare(a.IOPS, b.IOPS) })
+		med := sorted[(len(sorted)-1)/2]
+		med.RoundsIOPS = iops
+		for _, r := range runs {
+			med.MaxRSS = max(med.MaxRSS, r.MaxRSS)
+		}
+		out = append(out, med)
+	}
+	return out
 }

@@ -23,7 +23,10 @@ type Result struct {
 	RatioStandalone float64 `json:"ratio_to_standalone,omitempty"`
 	MaxRSS          int64   `json:"max_rss_bytes,omitempty"` // server RSS during this run
 	RawJSON         string  `json:"raw_json,omitempty"`      // relative to the report
-	Error           string  `json:"error,omitempty"`
+	// RoundsIOPS is every round's IOPS in run order when the job ran more
+	// than once (--repeat); the other fields are the median round's.
+	RoundsIOPS []float64 `json:"rounds_iops,omitempty"`
+	Error      string    `json:"error,omitempty"`
 }
 
 // TargetInfo is one target's state in the report.
@@ -71,6 +74,7 @@ type Options struct {
 	SizeBytes   int64          `json:"size_bytes"`
 	RuntimeSec  int            `json:"runtime_s"`
 	RampSec     int            `json:"ramp_s"`
+	Repeat      int            `json:"repeat,omitempty"` // rounds per job; results are each job's median round
 	Transport   string         `json:"transport"`
 	LocalEngine string         `json:"local_engine"`
 	Prealloc    bool           `json:"prealloc"`
@@ -172,6 +176,9 @@ func evalChecks(s *Summary) []Check {
 			ck.Detail = fmt.Sprintf("%.2fx (%s %.0f, %s %.0f IOPS)", ck.Value, c.num, num.IOPS, c.den, den.IOPS)
 			if c.extraNote != "" {
 				ck.Detail += "; " + c.extraNote
+			}
+			if b := littleBound(s, c.num, c.workload); b > 0 {
+				ck.Detail += fmt.Sprintf("; protocol C at this queue depth cannot exceed QD/RTT = %.0f IOPS (%.2fx) over the measured RTT", b, b/den.IOPS)
 			}
 		}
 		cs = append(cs, ck)
@@ -302,6 +309,9 @@ func markdown(s *Summary, workloads []Workload) string {
 	}
 	fmt.Fprintf(&b, "- backing: fresh %s %s file per node on %s; NBD over %s; peers on loopback TCP\n", fill, fmtSize(o.SizeBytes), m.Filesystem, o.Transport)
 	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill\n", o.RuntimeSec, o.RampSec)
+	if o.Repeat > 1 {
+		fmt.Fprintf(&b, "- %d rounds of every job (each round runs every target once, in turn); each figure is the job's median round, ratios are ratios of medians\n", o.Repeat)
+	}
 	if !s.Finished.IsZero() {
 		fmt.Fprintf(&b, "- duration: %s\n", s.Finished.Sub(s.Started).Round(time.Second))
 	}
@@ -341,21 +351,26 @@ func markdown(s *Summary, workloads []Workload) string {
 				fmt.Fprintf(&b, "| %s | %s | %g ms | %s |\n", l.Name, l.Desc, l.RTTms, m)
 			}
 			b.WriteString("\n*measured RTT*: median of 25 round trips of a 4 KiB message through a proxy shaped like the link to a loopback echo server. " +
-				"What exceeds the added RTT is the proxy's own cost (it runs in the harness, on the same CPUs): read the link results against the measured RTT.\n\n")
+				"What exceeds the added RTT is the proxy's own cost (it runs in the harness, on the same CPUs): read the link results against the measured RTT. " +
+				"A link without a bandwidth cap carries a 10 Gbit/s bandwidth-delay product in flight per direction (at least 4 MiB); a capped one is paced to its cap.\n\n")
 		}
-		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit |\n")
-		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit | rounds (IOPS) |\n")
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, r := range rows {
 			name := desc[r.Workload]
 			if name == "" {
 				name = r.Workload
 			}
 			if r.Error != "" {
-				fmt.Fprintf(&b, "| %s | %s | error | | | | | |\n", name, r.Target)
+				fmt.Fprintf(&b, "| %s | %s | error | | | | | | |\n", name, r.Target)
 				continue
 			}
 			p50, p99 := latencies(r)
-			fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %s | %s | %s | %s |\n", name, r.Target, r.IOPS, r.MBps, p50, p99, ratio(r.RatioStandalone), ratio(r.RatioNbdkit))
+			var rounds []string
+			for _, x := range r.RoundsIOPS {
+				rounds = append(rounds, fmt.Sprintf("%.0f", x))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %s | %s | %s | %s | %s |\n", name, r.Target, r.IOPS, r.MBps, p50, p99, ratio(r.RatioStandalone), ratio(r.RatioNbdkit), strings.Join(rounds, " "))
 		}
 		b.WriteString("\n")
 	}
@@ -522,4 +537,34 @@ func fmtSize(n int64) string {
 		return fmt.Sprintf("%d MiB", n>>20)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// littleBound is the most IOPS a protocol C link target can reach on a
+// workload by Little's law: every write waits at least one round trip of
+// the link, so IOPS <= queue depth / RTT (0 if it does not apply).
+func littleBound(s *Summary, target, workload string) float64 {
+	var meta *TargetMeta
+	for i := range s.Targets {
+		if s.Targets[i].Name == target {
+			meta = &s.Targets[i].Meta
+		}
+	}
+	if meta == nil || meta.Protocol != "C" || meta.Link == "" {
+		return 0
+	}
+	qd := 0
+	switch workload {
+	case "randwrite-4k-qd32":
+		qd = 32
+	case "randwrite-4k-qd1":
+		qd = 1
+	default:
+		return 0
+	}
+	for _, l := range s.Links {
+		if l.Name == meta.Link && l.MeasuredRTTms > 0 {
+			return float64(qd) / (l.MeasuredRTTms / 1000)
+		}
+	}
+	return 0
 }
