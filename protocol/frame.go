@@ -211,7 +211,17 @@ type Writer struct {
 	out     []byte // compressed payload
 	digest  *xxhash.Digest
 	n       int64 // bytes written, for statistics
+	// Backoff after frames that did not shrink: fails in a row, and how
+	// many frames to send raw before trying again (see WriteFrame).
+	fails, skip int
+	tries       int // encoder calls, for tests
 }
+
+// maxSkip bounds the backoff: after a run of frames that did not shrink,
+// at most one frame in maxSkip+1 is tried, so incompressible data costs the
+// encoder at most that share of its work, and data that turns
+// compressible is compressed again within maxSkip frames.
+const maxSkip = 63
 
 // NewWriter returns a Writer on w encoding payloads with codec at level
 // (codec-specific; 0 is the codec's default). Payloads shorter than 128
@@ -237,18 +247,28 @@ func (w *Writer) WriteFrame(t Type, f Flags, seq uint64, head, data []byte) erro
 	}
 	h := Header{Magic: Magic, Version: Version, Type: t, Flags: f, Codec: CodecNone, PayloadLen: uint32(raw), RawLen: uint32(raw), Seq: seq}
 	if w.enc != nil && raw >= w.minComp && (len(data) == 0 || compressible(data)) {
+		if w.skip > 0 {
+			w.skip--
+			return w.emit(&h, head, data)
+		}
 		src := head
 		if len(data) > 0 {
 			w.scratch = append(append(w.scratch[:0], head...), data...)
 			src = w.scratch
 		}
+		w.tries++
 		out := w.enc.encode(w.out[:0], src)
 		w.out = out[:0]
 		if len(out) < raw-raw/32 { // worth the decoding
+			w.fails = 0
 			h.Codec = w.enc.codec()
 			h.PayloadLen = uint32(len(out))
 			return w.emit(&h, out, nil)
 		}
+		// Did not shrink: skip the next 1, 3, 7, ... maxSkip frames
+		// that look compressible, as long as tries keep failing.
+		w.fails++
+		w.skip = min(1<<min(w.fails, 6)-1, maxSkip)
 	}
 	return w.emit(&h, head, data)
 }

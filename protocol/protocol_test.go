@@ -450,3 +450,51 @@ func TestPeerSeqsRoundTrip(t *testing.T) {
 		t.Fatal("type names")
 	}
 }
+
+// Frames that the sampling lets through but that do not shrink make the
+// writer back off: it tries at most one frame in maxSkip+1 while they keep
+// failing, and compresses again within maxSkip frames once data turns
+// compressible.
+func TestCompressionBacksOffOnIncompressibleData(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, codec := range []Codec{CodecZstd, CodecS2} {
+		var out bytes.Buffer
+		w, err := NewWriter(&out, codec, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		random := make([]byte, 1000) // below the sampling's size: always tried
+		for range 1000 {
+			for i := range random {
+				random[i] = byte(r.Uint32())
+			}
+			if err := w.WriteFrame(TypeWrite, 0, 1, nil, random); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if lim := 6 + 1000/(maxSkip+1) + 1; w.tries > lim {
+			t.Errorf("%v: %d encoder calls for 1000 incompressible frames, want at most %d", codec, w.tries, lim)
+		}
+		raw := w.BytesWritten()
+		text := bytes.Repeat([]byte("customer,Acme Corp,Main Street 1,"), 30)
+		for range 200 {
+			if err := w.WriteFrame(TypeWrite, 0, 1, nil, text); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Flush()
+		// Raw, the 200 text frames would be 200*(len+overhead); compressed
+		// after at most maxSkip raw ones they are far less.
+		textWire := w.BytesWritten() - raw
+		if limit := int64((maxSkip + 20) * (len(text) + HeaderSize + TrailerSize)); textWire > limit {
+			t.Errorf("%v: text after random data: %d bytes on the wire, want < %d (compression resumed)", codec, textWire, limit)
+		}
+		// Everything still decodes.
+		rd := NewReader(&out)
+		for range 1200 {
+			if _, err := rd.ReadFrame(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
