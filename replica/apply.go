@@ -71,19 +71,22 @@ func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte)
 		a.s.p.sy.recvResync.Add(n)
 	}
 	it := &aitem{seq: seq, flags: f, off: off, n: n, done: make(chan struct{})}
-	if len(data) > 0 {
-		it.data, it.buf = getBuf(len(data))
-		copy(it.data, data)
-	}
-	a.submit(it)
+	a.submit(it, data)
 	return nil
 }
 
 func (a *applier) barrier(seq uint64) {
-	a.submit(&aitem{seq: seq, barrier: true, done: make(chan struct{})})
+	a.submit(&aitem{seq: seq, barrier: true, done: make(chan struct{})}, nil)
 }
 
-func (a *applier) submit(it *aitem) {
+// inlineMax is the largest write the receiving goroutine applies itself
+// when it overlaps nothing in flight: a small write to the page cache costs
+// less than handing it to a worker (a copy, a channel send, a wake-up).
+const inlineMax = 16 << 10
+
+// submit queues it, with data (only valid during the call) as its payload,
+// or applies it at once if it is a small write that depends on nothing.
+func (a *applier) submit(it *aitem, data []byte) {
 	a.mu.Lock()
 	for _, x := range a.active {
 		if !x.barrier && (it.barrier || x.off < it.off+it.n && it.off < x.off+x.n) {
@@ -100,58 +103,72 @@ func (a *applier) submit(it *aitem) {
 	it.slot = len(a.active)
 	a.active = append(a.active, it)
 	a.mu.Unlock()
+	if len(it.deps) == 0 && !it.barrier && it.sums == nil && len(data) > 0 && len(data) <= inlineMax {
+		it.data = data // borrowed: apply returns before the caller reuses it
+		a.apply(it)
+		return
+	}
+	if len(data) > 0 {
+		it.data, it.buf = getBuf(len(data))
+		copy(it.data, data)
+	}
 	a.work <- it
 }
 
 func (a *applier) worker() {
 	defer a.wg.Done()
-	n := a.n
-	p := a.s.p
-	ctx := context.Background()
 	for it := range a.work {
 		for _, d := range it.deps {
 			<-d.done
 		}
 		it.deps = nil
-		var err error
-		fua := it.flags&protocol.FlagFUA != 0
-		if n.detached.Load() {
-			// The local disk failed: apply and ack nothing more.
-			a.finish(it, false)
-			continue
+		a.apply(it)
+	}
+}
+
+// apply applies one item whose dependencies are done, and finishes it.
+func (a *applier) apply(it *aitem) {
+	n := a.n
+	p := a.s.p
+	ctx := context.Background()
+	var err error
+	fua := it.flags&protocol.FlagFUA != 0
+	if n.detached.Load() {
+		// The local disk failed: apply and ack nothing more.
+		a.finish(it, false)
+		return
+	}
+	switch {
+	case it.barrier:
+		err = n.st.Flush(ctx)
+	case it.sums != nil:
+		err = a.verifyItem(it)
+	default:
+		if it.flags&protocol.FlagResync == 0 {
+			n.noteApplied(p, it.seq, it.off, it.n)
+		}
+		// Peers that do not get this write from us in sync miss it.
+		if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {
+			n.markMissed(p, it.off, it.n)
 		}
 		switch {
-		case it.barrier:
-			err = n.st.Flush(ctx)
-		case it.sums != nil:
-			err = a.verifyItem(it)
+		case it.flags&protocol.FlagTrim != 0:
+			err = n.st.Trim(ctx, it.off, it.n, fua)
+		case it.flags&protocol.FlagZeroes != 0:
+			err = n.st.WriteZeroes(ctx, it.off, it.n, it.flags&protocol.FlagNoHole != 0, fua)
 		default:
-			if it.flags&protocol.FlagResync == 0 {
-				n.noteApplied(p, it.seq, it.off, it.n)
-			}
-			// Peers that do not get this write from us in sync miss it.
-			if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {
-				n.markMissed(p, it.off, it.n)
-			}
-			switch {
-			case it.flags&protocol.FlagTrim != 0:
-				err = n.st.Trim(ctx, it.off, it.n, fua)
-			case it.flags&protocol.FlagZeroes != 0:
-				err = n.st.WriteZeroes(ctx, it.off, it.n, it.flags&protocol.FlagNoHole != 0, fua)
-			default:
-				err = n.st.WriteAt(ctx, it.data, it.off, fua)
-			}
+			err = n.st.WriteAt(ctx, it.data, it.off, fua)
 		}
-		if err != nil {
-			n.log.Error("applying peer write failed", "peer", p.cfg.Name, "seq", it.seq, "err", err)
-			if it.sums == nil && n.diskError(err) {
-				n.detach("apply write", err)
-			} else {
-				a.s.fail(fmt.Errorf("apply write from %s: %w", p.cfg.Name, err))
-			}
-		}
-		a.finish(it, err == nil)
 	}
+	if err != nil {
+		n.log.Error("applying peer write failed", "peer", p.cfg.Name, "seq", it.seq, "err", err)
+		if it.sums == nil && n.diskError(err) {
+			n.detach("apply write", err)
+		} else {
+			a.s.fail(fmt.Errorf("apply write from %s: %w", p.cfg.Name, err))
+		}
+	}
+	a.finish(it, err == nil)
 }
 
 func (a *applier) finish(it *aitem, ok bool) {

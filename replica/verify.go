@@ -186,7 +186,7 @@ func (a *applier) verify(seq uint64, payload []byte) error {
 	if off < 0 || ln <= 0 || off+ln > a.n.cfg.Size || (ln+gran-1)/gran != int64(len(h.Sums)) {
 		return a.s.p.readErr("verify", fmt.Errorf("%w: Verify %d+%d with %d sums", protocol.ErrCorrupt, off, ln, len(h.Sums)))
 	}
-	a.submit(&aitem{seq: seq, off: off, n: ln, sums: h.Sums, done: make(chan struct{})})
+	a.submit(&aitem{seq: seq, off: off, n: ln, sums: h.Sums, done: make(chan struct{})}, nil)
 	return nil
 }
 
