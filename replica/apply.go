@@ -149,7 +149,7 @@ func (a *applier) apply(it *aitem) {
 		}
 		// Peers that do not get this write from us in sync miss it.
 		if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {
-			n.markMissed(p, it.off, it.n)
+			n.markMissed(p, it.seq, it.off, it.n)
 		}
 		switch {
 		case it.flags&protocol.FlagTrim != 0:
@@ -219,12 +219,13 @@ func (a *applier) drain() {
 // peers that do not receive writes in sync with us. It holds markMu for
 // reading so that a settle (settleLocked) cannot clear a peer's bitmap
 // between the check and the mark: the mark would outlive the clear.
-func (n *Node) markMissed(p *peer, off, length int64) {
+func (n *Node) markMissed(p *peer, seq uint64, off, length int64) {
 	n.markMu.RLock()
 	defer n.markMu.RUnlock()
 	miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit
 	for _, q := range n.peers {
 		if miss&q.bit != 0 {
+			q.marks.soft(p, seq)
 			q.bm.Set(off, length)
 		}
 	}

@@ -102,6 +102,7 @@ func (n *Node) readStable(ctx context.Context, buf []byte, off int64) error {
 func (p *peer) targetStartLocked(s *session, sourceOutOfSync int64) {
 	if sourceOutOfSync >= p.n.cfg.Size {
 		p.bm.SetAll()
+		p.marks.setHard()
 	}
 	p.syncTotal = max(p.bm.DirtyBytes(), sourceOutOfSync)
 	p.sy.syncStart = time.Now()

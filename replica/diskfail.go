@@ -105,6 +105,7 @@ func (p *peer) peerDiskFailedLocked() {
 	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
 			p.bm.Set(e.off, e.n)
+			p.marks.setHard()
 		}
 		n.maybeDoneLocked(e)
 	})

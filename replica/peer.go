@@ -30,8 +30,9 @@ type peer struct {
 	kick     chan struct{}       // wake the run loop (connect, disconnect)
 
 	sentBytes, recvBytes, badFrames, resynced atomic.Int64
-	ls                                        linkStats // transport: dedup, auth failures
-	sy                                        peerSync  // resync progress, pause, verify (verify.go, csums.go)
+	ls                                        linkStats  // transport: dedup, auth failures
+	sy                                        peerSync   // resync progress, pause, verify (verify.go, csums.go)
+	marks                                     markOrigin // why bm holds bits, on a Secondary (peerseq.go)
 
 	// guarded by Node.mu
 	conn        ConnState
@@ -149,6 +150,7 @@ func (p *peer) settleLocked(r Repl) {
 	p.n.markMu.Lock()
 	defer p.n.markMu.Unlock()
 	p.bm.ClearAll()
+	p.marks.reset()
 	p.setReplLocked(r)
 }
 
@@ -202,6 +204,7 @@ func (p *peer) goAheadLocked() {
 	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
 			p.bm.Set(e.off, e.n)
+			p.marks.setHard()
 		}
 		n.maybeDoneLocked(e)
 	})
@@ -495,6 +498,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	}
 	if v.Full {
 		p.bm.SetAll()
+		p.marks.setHard()
 	}
 	plan := Plan(v, me, them, p.bm.Count() > 0)
 	if plan == SyncSource && p.sy.userPaused {
@@ -578,6 +582,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	lost := n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
 			p.bm.Set(e.off, e.n)
+			p.marks.setHard()
 		}
 		n.maybeDoneLocked(e)
 	})
@@ -671,6 +676,7 @@ func (p *peer) exchangeBitmaps(c *protocol.Conn) error {
 				return fmt.Errorf("%w: bitmap extent %d+%d beyond %d blocks", protocol.ErrCorrupt, e.Start, e.Count, blocks)
 			}
 			bm.SetBlocks(int64(e.Start), int64(e.Start+e.Count))
+			p.marks.setHard()
 		}
 		if f.Flags&protocol.FlagLast != 0 {
 			return nil

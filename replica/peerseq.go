@@ -21,6 +21,47 @@ import (
 // for a node are marked out of sync toward it. The ring is bounded: when
 // full, its oldest writes are marked the same way.
 
+//
+// Those marks (and the ones an applier makes toward a node it does not
+// ship to, apply.go) are "soft": they only say that the other node may lack
+// writes of the Primary. Once the Primary reports that node holding every
+// write up to a sequence number at or past the newest soft mark, they are
+// stale and are cleared (clearSoftLocked), unless bits were also set for
+// any other reason since the bitmap was last clear ("hard": a bitmap
+// exchange, a crash, verify, invalidate...). Without this, a Secondary
+// that lost its connection to a living Primary kept marks toward the other
+// Secondary forever.
+
+// markOrigin records why a peer's bitmap holds bits on a Secondary.
+type markOrigin struct {
+	mu   sync.Mutex
+	from *peer  // the sender whose writes the soft marks came from
+	seq  uint64 // the highest of its sequence numbers marked
+	hard bool   // bits set for another reason since the last clear
+}
+
+func (m *markOrigin) setHard() {
+	m.mu.Lock()
+	m.hard = true
+	m.mu.Unlock()
+}
+
+func (m *markOrigin) soft(from *peer, seq uint64) {
+	m.mu.Lock()
+	if m.from != nil && m.from != from {
+		m.hard = true // marks of two senders' sequence spaces
+	}
+	m.from = from
+	m.seq = max(m.seq, seq)
+	m.mu.Unlock()
+}
+
+func (m *markOrigin) reset() {
+	m.mu.Lock()
+	m.from, m.seq, m.hard = nil, 0, false
+	m.mu.Unlock()
+}
+
 // maxApplied bounds the applied ring (entries).
 const maxApplied = 1 << 16
 
@@ -58,16 +99,23 @@ func (n *Node) noteApplied(p *peer, seq uint64, off, length int64) {
 func (n *Node) markUnconfirmed(w appliedWrite) {
 	for _, q := range n.peers {
 		if w.unconfirmed&q.bit != 0 {
+			q.marks.soft(w.from, w.seq)
 			q.bm.Set(w.off, w.n)
 		}
 	}
 }
 
-// onPeerSeqs confirms the writes from p that the listed nodes hold.
+// onPeerSeqs confirms the writes from p that the listed nodes hold, and
+// clears soft marks toward them that those confirmations make stale.
 func (n *Node) onPeerSeqs(p *peer, ps []protocol.PeerSeq) {
+	n.mu.Lock()
+	defer n.unlock()
+	n.markMu.Lock()
+	defer n.markMu.Unlock()
 	r := &n.applied
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	n.clearSoftLocked(p, ps)
 	for _, e := range ps {
 		var q *peer
 		for _, x := range n.peers {
@@ -140,4 +188,39 @@ func (s *session) peerSeqsLocked() []byte {
 	}
 	s.sentSeqs = append(s.sentSeqs[:0], s.seqs...)
 	return protocol.AppendPeerSeqs(nil, s.seqs)
+}
+
+// clearSoftLocked clears this Secondary's bitmap toward every node that the
+// Primary p reports holding all of p's writes up to a sequence number at or
+// past the newest soft mark, if the bitmap holds soft marks of p only.
+// n.mu, n.markMu (for writing: no applier marks meanwhile) and the applied
+// ring's lock held.
+func (n *Node) clearSoftLocked(p *peer, ps []protocol.PeerSeq) {
+	if n.role != Secondary || p.peerRole != Primary {
+		return
+	}
+	for _, e := range ps {
+		var q *peer
+		for _, x := range n.peers {
+			if x.cfg.ID == e.NodeID {
+				q = x
+			}
+		}
+		if q == nil || q == p || e.Seq == 0 {
+			continue
+		}
+		m := &q.marks
+		m.mu.Lock()
+		stale := !m.hard && m.from == p && m.seq <= e.Seq
+		m.mu.Unlock()
+		if !stale || q.bm.Count() == 0 {
+			continue
+		}
+		n.log.Info("cleared marks toward a node the Primary reports holding those writes", "peer", q.cfg.Name, "primary", p.cfg.Name, "up_to_seq", e.Seq, "bytes", q.bm.DirtyBytes())
+		q.bm.ClearAll()
+		m.reset()
+		if q.sess != nil {
+			q.sendStateLocked(0)
+		}
+	}
 }

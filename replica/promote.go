@@ -237,6 +237,7 @@ func (n *Node) promoteLocked(force bool) error {
 		// Our data is now the truth: every peer needs all of it.
 		for _, p := range n.peers {
 			p.bm.SetAll()
+			p.marks.setHard()
 		}
 		n.meta.FlushBitmaps()
 	}

@@ -218,6 +218,7 @@ func (a *applier) verifyItem(it *aitem) error {
 	p.sy.verifyDone += it.n
 	for _, b := range m.Bad {
 		p.bm.Set(int64(b.Start), int64(b.Count))
+		p.marks.setHard()
 		p.sy.verifyMismatch += int64(b.Count)
 		n.log.Warn("online verify: blocks differ; marked out of sync", "peer", p.cfg.Name, "off", b.Start, "len", b.Count)
 	}
@@ -244,6 +245,7 @@ func (s *session) onVerifyReply(payload []byte) error {
 	p.sy.verifyDone += int64(m.Len)
 	for _, b := range m.Bad {
 		p.bm.Set(int64(b.Start), int64(b.Count))
+		p.marks.setHard()
 		p.sy.verifyMismatch += int64(b.Count)
 		n.log.Warn("online verify: blocks differ; marked out of sync", "peer", p.cfg.Name, "off", b.Start, "len", b.Count)
 	}

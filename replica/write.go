@@ -230,6 +230,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		for _, p := range n.peers {
 			if e.ship&p.bit == 0 {
 				p.bm.Set(off, length)
+				p.marks.setHard()
 			}
 		}
 		e.ready = true
@@ -353,6 +354,7 @@ func (n *Node) local(ctx context.Context, e *entry) {
 		// take it.
 		for _, p := range n.peers {
 			p.bm.Set(e.off, e.n)
+			p.marks.setHard()
 		}
 	}
 	if err != nil {
