@@ -22,18 +22,8 @@ func TestMain(m *testing.M) {
 // clock, under its first protocol (kill scenarios also under the other).
 // A failure prints the seed, the schedule and the replay command.
 func TestScenarios(t *testing.T) {
-	if testing.Short() {
-		t.Skip("process-level chaos scenarios")
-	}
-	if os.Geteuid() != 0 && os.Getenv("CI") == "true" {
-		t.Fatal("the chaos scenarios use 127.0.0.x addresses and setuid; run as root")
-	}
+	needBins(t)
 	var err error
-	if testBins == nil {
-		if testBins, err = Build("..", raceEnabled); err != nil {
-			t.Fatal(err)
-		}
-	}
 	seed := time.Now().UnixNano() % (1 << 40)
 	if s := os.Getenv("CHAOS_SEED"); s != "" {
 		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
@@ -54,6 +44,48 @@ func TestScenarios(t *testing.T) {
 				}
 				t.Log(r.Format(testing.Verbose()))
 			})
+		}
+	}
+}
+
+// One short endurance epoch: the long-lived cluster of the soak comes up,
+// takes link faults under load, heals, and checks out.
+func TestEnduranceEpoch(t *testing.T) {
+	needBins(t)
+	seed := time.Now().UnixNano() % (1 << 40)
+	if s := os.Getenv("CHAOS_SEED"); s != "" {
+		var err error
+		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := Endurance{Bins: testBins, Seed: seed, Duration: time.Nanosecond, Epoch: 12 * time.Second, Logf: t.Logf}.Run()
+	if r.Err != nil || len(r.Violations) > 0 {
+		t.Fatalf("seed %d: %v %v\nschedule: %v", seed, r.Err, r.Violations, r.Schedule)
+	}
+	if len(r.Samples) != 1 || r.Faults == 0 || r.Checked == 0 {
+		t.Fatalf("seed %d: one epoch with faults and checked writes expected: %+v", seed, r)
+	}
+	for i, g := range r.Samples[0].Goroutines {
+		if g == 0 || r.Samples[0].RSS[i] == 0 {
+			t.Errorf("node %d: no goroutine/RSS sample: %+v", i, r.Samples[0])
+		}
+	}
+}
+
+// needBins skips under -short and builds repd and repctl once.
+func needBins(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("process-level chaos scenarios")
+	}
+	if os.Geteuid() != 0 && os.Getenv("CI") == "true" {
+		t.Fatal("the chaos scenarios use 127.0.0.x addresses and setuid; run as root")
+	}
+	if testBins == nil {
+		var err error
+		if testBins, err = Build("..", raceEnabled); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

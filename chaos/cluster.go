@@ -58,6 +58,9 @@ type Options struct {
 	Timeout  time.Duration
 	Extra    string // extra [resource] lines
 	DiskDir  func(i int) string
+	// HostBase is the last byte of node 0's loopback address (node i is on
+	// 127.0.0.(HostBase+i)); 0 means 20.
+	HostBase int
 }
 
 // Cluster is a resource of processes on 127.0.0.x with a proxy on every
@@ -109,9 +112,12 @@ func NewCluster(bins *Bins, dir string, o Options, seed int64) (*Cluster, error)
 	if o.Timeout == 0 {
 		o.Timeout = 2 * time.Second
 	}
+	if o.HostBase == 0 {
+		o.HostBase = 20
+	}
 	c := &Cluster{Dir: dir, Bins: bins, Opt: o, Proxies: map[[2]int]*faultnet.Proxy{}, Seed: seed}
 	for i := range o.Nodes {
-		host := fmt.Sprintf("127.0.0.%d", 20+i)
+		host := fmt.Sprintf("127.0.0.%d", o.HostBase+i)
 		n := &Node{c: c, I: i, Name: nodeNames[i], Host: host}
 		var ports [3]int
 		for k := range ports {

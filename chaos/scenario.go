@@ -160,10 +160,13 @@ func (r *Running) wait(d time.Duration) bool {
 }
 
 // Workload starts a workload on node n.
-func (e *Env) Workload(n *Node) *Running {
+func (e *Env) Workload(n *Node) *Running { return e.workload(n, 3, 3) }
+
+// workload starts a workload of conns connections with depth writers each.
+func (e *Env) workload(n *Node, conns, depth int) *Running {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Workload{
-		Addr: n.NBD, Export: "r0", Conns: 3, Depth: 3,
+		Addr: n.NBD, Export: "r0", Conns: conns, Depth: depth,
 		Blocks: min(e.C.Opt.Size/BlockSize, 4096), MaxBlocks: 8, FlushEvery: 16,
 		Seed: e.Rng.Uint64(), H: e.H,
 	}

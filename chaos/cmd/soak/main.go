@@ -3,6 +3,12 @@
 // injected, writes checked, violations (which must be 0), and the daemons'
 // goroutines and RSS over time.
 //
+// Alongside the scenarios (each of which starts fresh daemons), an
+// endurance cluster of three daemons runs for the whole soak without a
+// restart, under a workload and a link fault every few seconds, checked
+// every epoch: its goroutines and RSS show whether a long-lived daemon
+// leaks (-endurance=false turns it off).
+//
 //	go run ./chaos/cmd/soak -duration 30m
 //	go run ./chaos/cmd/soak -seed 42 -scenario kill-primary   # replay one
 package main
@@ -26,6 +32,8 @@ func main() {
 	protocol := flag.String("protocol", "", "force protocol C or A (default: chosen by the seed)")
 	verbose := flag.Bool("v", false, "print every run's schedule")
 	race := flag.Bool("race", false, "build repd with -race")
+	endurance := flag.Bool("endurance", true, "run the long-lived endurance cluster alongside the scenarios")
+	epoch := flag.Duration("epoch", 5*time.Minute, "endurance: check and sample every epoch")
 	flag.Parse()
 
 	scs := chaos.Scenarios
@@ -63,6 +71,17 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+
+	var endRes chan *chaos.EnduranceResult
+	if *endurance {
+		endRes = make(chan *chaos.EnduranceResult, 1)
+		es := rand.Int64N(1<<40) + 1
+		fmt.Printf("# endurance cluster seed=%d epoch=%v\n", es, *epoch)
+		go func() {
+			endRes <- chaos.Endurance{Bins: bins, Seed: es, Duration: *duration, Epoch: min(*epoch, *duration),
+				Logf: func(f string, a ...any) { fmt.Printf("# "+f+"\n", a...) }}.Run()
+		}()
 	}
 
 	type agg struct{ runs, fails, faults, checked int }
@@ -130,10 +149,35 @@ func main() {
 	for _, s := range samples {
 		fmt.Println("  " + s)
 	}
+	endFailed := false
+	if endRes != nil {
+		r := <-endRes
+		fmt.Printf("endurance cluster (3 daemons, never restarted): %d epochs, %d link faults, %d writes checked, %d violations\n",
+			len(r.Samples), r.Faults, r.Checked, len(r.Violations))
+		fmt.Println("  at        goroutines (alpha beta gamma)   RSS MiB (alpha beta gamma)")
+		for _, s := range r.Samples {
+			fmt.Printf("  %6.1fmin  %-30s  %s\n", s.At.Minutes(), fmt.Sprint(s.Goroutines), mibs(s.RSS))
+		}
+		if r.Err != nil || len(r.Violations) > 0 {
+			endFailed = true
+			fmt.Println("FAILED: endurance:", r.Err, r.Violations)
+			for _, a := range r.Schedule {
+				fmt.Println("    " + a.String())
+			}
+		}
+	}
 	for _, f := range failures {
 		fmt.Println("FAILED:", f)
 	}
-	if total.fails > 0 {
+	if total.fails > 0 || endFailed {
 		os.Exit(1)
 	}
+}
+
+func mibs(xs []float64) string {
+	var parts []string
+	for _, x := range xs {
+		parts = append(parts, fmt.Sprintf("%.1f", x/(1<<20)))
+	}
+	return strings.Join(parts, " ")
 }
