@@ -225,7 +225,7 @@ func (n *Node) markMissed(p *peer, seq uint64, off, length int64) {
 	miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit
 	for _, q := range n.peers {
 		if miss&q.bit != 0 {
-			q.marks.soft(p, seq)
+			q.marks.soft(p, seq, q.bm.Count() > 0)
 			q.bm.Set(off, length)
 		}
 	}

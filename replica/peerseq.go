@@ -46,10 +46,15 @@ func (m *markOrigin) setHard() {
 	m.mu.Unlock()
 }
 
-func (m *markOrigin) soft(from *peer, seq uint64) {
+// soft records a soft mark of from's write seq; dirty: the bitmap held
+// bits before it.
+func (m *markOrigin) soft(from *peer, seq uint64, dirty bool) {
 	m.mu.Lock()
-	if m.from != nil && m.from != from {
+	switch {
+	case m.from != nil && m.from != from:
 		m.hard = true // marks of two senders' sequence spaces
+	case m.from == nil && dirty:
+		m.hard = true // bits of unknown origin (loaded from the meta file)
 	}
 	m.from = from
 	m.seq = max(m.seq, seq)
@@ -99,7 +104,7 @@ func (n *Node) noteApplied(p *peer, seq uint64, off, length int64) {
 func (n *Node) markUnconfirmed(w appliedWrite) {
 	for _, q := range n.peers {
 		if w.unconfirmed&q.bit != 0 {
-			q.marks.soft(w.from, w.seq)
+			q.marks.soft(w.from, w.seq, q.bm.Count() > 0)
 			q.bm.Set(w.off, w.n)
 		}
 	}
