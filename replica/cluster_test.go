@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -193,7 +194,8 @@ func (c *cluster) start(tn *tnode) {
 	tn.cancel, tn.done = cancel, make(chan struct{})
 	go func() {
 		defer close(tn.done)
-		if err := n.Run(ctx); err != nil {
+		// ErrClosed: the test closed the node before this goroutine ran.
+		if err := n.Run(ctx); err != nil && !errors.Is(err, ErrClosed) {
 			c.t.Errorf("%s: Run: %v", tn.cfg.Self.Name, err)
 		}
 	}()

@@ -653,5 +653,8 @@ func (n *Node) errNotPrimary(op string) error {
 	if n.demoting {
 		what = "being demoted"
 	}
+	if n.closed {
+		return fmt.Errorf("%s on %s: %w (%w): the node is shutting down", op, n.cfg.Self.Name, ErrClosed, syscall.ESHUTDOWN)
+	}
 	return fmt.Errorf("%s on %s: %w (%w): this node is %s; promote it to write", op, n.cfg.Self.Name, ErrNotPrimary, syscall.EPERM, what)
 }

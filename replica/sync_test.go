@@ -214,6 +214,11 @@ func TestVerifyFindsCorruption(t *testing.T) {
 	}
 	f.WriteAt(bytes.Repeat([]byte{0x5A}, 4096), 7<<20)
 	f.Close()
+	// A loaded machine may still be settling the connection.
+	waitFor(t, 10*time.Second, "alpha sees beta UpToDate", func() bool {
+		ps := peerState(alpha, "beta")
+		return ps.Disk == "UpToDate" && ps.Replication == Established
+	})
 	// Writes race the verify, also into the blocks around the bad one.
 	stop := make(chan struct{})
 	done := make(chan int, 2)
