@@ -66,16 +66,12 @@ func (d Endurance) Run() *EnduranceResult {
 		return res
 	}
 	defer os.RemoveAll(dir)
-	c, err := NewCluster(d.Bins, dir, Options{Nodes: 3, Protocol: "C", Timeout: time.Second, HostBase: 30}, d.Seed)
+	c, err := upCluster(d.Bins, dir, Options{Nodes: 3, Protocol: "C", Timeout: time.Second, HostBase: 30}, d.Seed)
 	if err != nil {
 		res.Err = err
 		return res
 	}
 	defer c.Close()
-	if err := c.Up(); err != nil {
-		res.Err = fmt.Errorf("cluster up: %w", err)
-		return res
-	}
 	rng := rand.New(rand.NewPCG(uint64(d.Seed), 0x656e64))
 	p := c.Nodes[0]
 	t0 := time.Now()

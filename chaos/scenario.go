@@ -256,7 +256,7 @@ func Run(cfg Config, sc Scenario, seed int64) (res *Result) {
 			return dir
 		}
 	}
-	c, err := NewCluster(cfg.Bins, dir, opt, seed)
+	c, err := upCluster(cfg.Bins, dir, opt, seed)
 	if err != nil {
 		res.Err = err
 		return res
@@ -273,10 +273,6 @@ func Run(cfg Config, sc Scenario, seed int64) (res *Result) {
 		c.Close()
 		res.WritesSent, _, _, _ = e.H.Counts()
 	}()
-	if err := c.Up(); err != nil {
-		res.Err = fmt.Errorf("cluster up: %w", err)
-		return res
-	}
 	e.Act(false, "up: %s Primary, protocol %s", c.Nodes[0].Name, proto)
 	if err := sc.Run(e); err != nil {
 		res.Err = err
@@ -325,4 +321,30 @@ func smallFS(dir string) (string, func(), error) {
 		return "", nil, fmt.Errorf("mount a small tmpfs (needs root): %v: %s", err, out)
 	}
 	return small, func() { exec.Command("umount", "-l", small).Run() }, nil
+}
+
+// upCluster creates a cluster and brings it up. The ports are picked free
+// but handed to repd later, so another process (an outgoing connection's
+// ephemeral port, another test) may take one in between: a daemon that
+// then cannot bind is a harness race, not a finding, and the cluster is
+// made again on other ports (up to three times).
+func upCluster(bins *Bins, dir string, opt Options, seed int64) (*Cluster, error) {
+	for try := 1; ; try++ {
+		c, err := NewCluster(bins, dir, opt, seed)
+		if err != nil {
+			return nil, err
+		}
+		err = c.Up()
+		if err == nil {
+			return c, nil
+		}
+		c.Close()
+		if try == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return nil, fmt.Errorf("cluster up: %w", err)
+		}
+		for _, n := range c.Nodes {
+			os.Remove(n.Disk)
+			os.Remove(n.Meta)
+		}
+	}
 }
