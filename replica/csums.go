@@ -101,8 +101,7 @@ func (n *Node) readStable(ctx context.Context, buf []byte, off int64) error {
 // so the checksum pass covers it.
 func (p *peer) targetStartLocked(s *session, sourceOutOfSync int64) {
 	if sourceOutOfSync >= p.n.cfg.Size {
-		p.bm.SetAll()
-		p.marks.setHard()
+		p.markAll()
 	}
 	p.syncTotal = max(p.bm.DirtyBytes(), sourceOutOfSync)
 	p.sy.syncStart = time.Now()

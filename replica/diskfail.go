@@ -104,8 +104,7 @@ func (p *peer) peerDiskFailedLocked() {
 	}
 	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
-			p.bm.Set(e.off, e.n)
-			p.marks.setHard()
+			p.mark(e.off, e.n)
 		}
 		n.maybeDoneLocked(e)
 	})

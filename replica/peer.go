@@ -203,8 +203,7 @@ func (p *peer) goAheadLocked() {
 	n := p.n
 	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
-			p.bm.Set(e.off, e.n)
-			p.marks.setHard()
+			p.mark(e.off, e.n)
 		}
 		n.maybeDoneLocked(e)
 	})
@@ -497,8 +496,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 		return err
 	}
 	if v.Full {
-		p.bm.SetAll()
-		p.marks.setHard()
+		p.markAll()
 	}
 	plan := Plan(v, me, them, p.bm.Count() > 0)
 	if plan == SyncSource && p.sy.userPaused {
@@ -581,8 +579,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	}
 	lost := n.j.drop(p.bit, p.ackFrom, func(e *entry) {
 		if e.marks() {
-			p.bm.Set(e.off, e.n)
-			p.marks.setHard()
+			p.mark(e.off, e.n)
 		}
 		n.maybeDoneLocked(e)
 	})
@@ -676,7 +673,9 @@ func (p *peer) exchangeBitmaps(c *protocol.Conn) error {
 				return fmt.Errorf("%w: bitmap extent %d+%d beyond %d blocks", protocol.ErrCorrupt, e.Start, e.Count, blocks)
 			}
 			bm.SetBlocks(int64(e.Start), int64(e.Start+e.Count))
-			p.marks.setHard()
+		}
+		if len(got) > 0 {
+			p.marks.setHard() // the peer's bits: not our soft marks
 		}
 		if f.Flags&protocol.FlagLast != 0 {
 			return nil

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/repd/repd/protocol"
 )
@@ -34,16 +35,32 @@ import (
 
 // markOrigin records why a peer's bitmap holds bits on a Secondary.
 type markOrigin struct {
+	hard atomic.Bool // bits set for another reason since the last clear
+
 	mu   sync.Mutex
 	from *peer  // the sender whose writes the soft marks came from
 	seq  uint64 // the highest of its sequence numbers marked
-	hard bool   // bits set for another reason since the last clear
 }
 
+// setHard notes bits set for a reason other than a soft mark. Cheap when
+// already set (a degraded Primary marks on every write).
 func (m *markOrigin) setHard() {
-	m.mu.Lock()
-	m.hard = true
-	m.mu.Unlock()
+	if !m.hard.Load() {
+		m.hard.Store(true)
+	}
+}
+
+// mark marks [off, off+n) out of sync toward p for any reason but a soft
+// mark (peerseq.go).
+func (p *peer) mark(off, n int64) {
+	p.bm.Set(off, n)
+	p.marks.setHard()
+}
+
+// markAll marks the whole device out of sync toward p.
+func (p *peer) markAll() {
+	p.bm.SetAll()
+	p.marks.setHard()
 }
 
 // soft records a soft mark of from's write seq; dirty: the bitmap held
@@ -52,9 +69,9 @@ func (m *markOrigin) soft(from *peer, seq uint64, dirty bool) {
 	m.mu.Lock()
 	switch {
 	case m.from != nil && m.from != from:
-		m.hard = true // marks of two senders' sequence spaces
+		m.setHard() // marks of two senders' sequence spaces
 	case m.from == nil && dirty:
-		m.hard = true // bits of unknown origin (loaded from the meta file)
+		m.setHard() // bits of unknown origin (loaded from the meta file)
 	}
 	m.from = from
 	m.seq = max(m.seq, seq)
@@ -63,7 +80,8 @@ func (m *markOrigin) soft(from *peer, seq uint64, dirty bool) {
 
 func (m *markOrigin) reset() {
 	m.mu.Lock()
-	m.from, m.seq, m.hard = nil, 0, false
+	m.from, m.seq = nil, 0
+	m.hard.Store(false)
 	m.mu.Unlock()
 }
 
@@ -216,7 +234,7 @@ func (n *Node) clearSoftLocked(p *peer, ps []protocol.PeerSeq) {
 		}
 		m := &q.marks
 		m.mu.Lock()
-		stale := !m.hard && m.from == p && m.seq <= e.Seq
+		stale := !m.hard.Load() && m.from == p && m.seq <= e.Seq
 		m.mu.Unlock()
 		if !stale || q.bm.Count() == 0 {
 			continue

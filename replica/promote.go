@@ -236,8 +236,7 @@ func (n *Node) promoteLocked(force bool) error {
 	if !wasConsistent {
 		// Our data is now the truth: every peer needs all of it.
 		for _, p := range n.peers {
-			p.bm.SetAll()
-			p.marks.setHard()
+			p.markAll()
 		}
 		n.meta.FlushBitmaps()
 	}

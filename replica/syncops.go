@@ -45,8 +45,7 @@ func (n *Node) Invalidate(name string) error {
 	}); err != nil {
 		return err
 	}
-	p.bm.SetAll()
-	p.marks.setHard()
+	p.markAll()
 	n.meta.FlushBitmaps()
 	// Renegotiate as the node that discards its data: the peer becomes
 	// SyncSource whatever its role.
@@ -77,8 +76,7 @@ func (n *Node) InvalidateRemote(name string) error {
 	default:
 		return fmt.Errorf("%w: peer %s is %s; wait for it to finish", ErrRefused, p.cfg.Name, p.repl)
 	}
-	p.bm.SetAll()
-	p.marks.setHard()
+	p.markAll()
 	n.meta.FlushBitmaps()
 	p.sy.userPaused = false
 	if p.repl != SyncSource {

@@ -217,8 +217,7 @@ func (a *applier) verifyItem(it *aitem) error {
 	n.mu.Lock()
 	p.sy.verifyDone += it.n
 	for _, b := range m.Bad {
-		p.bm.Set(int64(b.Start), int64(b.Count))
-		p.marks.setHard()
+		p.mark(int64(b.Start), int64(b.Count))
 		p.sy.verifyMismatch += int64(b.Count)
 		n.log.Warn("online verify: blocks differ; marked out of sync", "peer", p.cfg.Name, "off", b.Start, "len", b.Count)
 	}
@@ -244,8 +243,7 @@ func (s *session) onVerifyReply(payload []byte) error {
 	}
 	p.sy.verifyDone += int64(m.Len)
 	for _, b := range m.Bad {
-		p.bm.Set(int64(b.Start), int64(b.Count))
-		p.marks.setHard()
+		p.mark(int64(b.Start), int64(b.Count))
 		p.sy.verifyMismatch += int64(b.Count)
 		n.log.Warn("online verify: blocks differ; marked out of sync", "peer", p.cfg.Name, "off", b.Start, "len", b.Count)
 	}

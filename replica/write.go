@@ -229,8 +229,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		n.writes++
 		for _, p := range n.peers {
 			if e.ship&p.bit == 0 {
-				p.bm.Set(off, length)
-				p.marks.setHard()
+				p.mark(off, length)
 			}
 		}
 		e.ready = true
@@ -353,8 +352,7 @@ func (n *Node) local(ctx context.Context, e *entry) {
 		// This disk lacks the write: whoever resyncs with us later must
 		// take it.
 		for _, p := range n.peers {
-			p.bm.Set(e.off, e.n)
-			p.marks.setHard()
+			p.mark(e.off, e.n)
 		}
 	}
 	if err != nil {
