@@ -377,3 +377,23 @@ func peerCounter(t *testing.T, n *node, peer, field string) int64 {
 func resyncedBytes(t *testing.T, n *node, peer string) int64 {
 	return peerCounter(t, n, peer, "resynced_bytes")
 }
+
+// terminateAll stops every node with SIGTERM; an unclean exit fails the
+// test.
+func (c *cluster) terminateAll(t *testing.T) {
+	t.Helper()
+	for _, n := range c.nodes {
+		if err := n.stop(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// sameDisks fails with msg unless a's and b's backing files hold the same
+// first size bytes.
+func sameDisks(t *testing.T, a, b *node, size int64, msg string) {
+	t.Helper()
+	if hashFile(t, a.disk, size) != hashFile(t, b.disk, size) {
+		t.Fatal(msg)
+	}
+}

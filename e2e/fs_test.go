@@ -80,14 +80,8 @@ func TestFilesystemOnReplicatedDevice(t *testing.T) {
 	fuse.Wait()
 
 	waitInSync(t, c, 30*time.Second)
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if hashFile(t, p.disk, 64<<20) != hashFile(t, s.disk, 64<<20) {
-		t.Fatal("the secondary's backing file differs from the primary's")
-	}
+	c.terminateAll(t)
+	sameDisks(t, p, s, 64<<20, "the secondary's backing file differs from the primary's")
 	// The replica holds a clean filesystem with the files in it.
 	run(t, time.Minute, "e2fsck", "-f", "-n", s.disk)
 	loop2 := strings.TrimSpace(string(run(t, 30*time.Second, "losetup", "-f", "--show", "-r", s.disk)))

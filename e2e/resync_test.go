@@ -39,14 +39,8 @@ func TestFailoverFailback(t *testing.T) {
 	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x20 32M 2M", "-c", "read -P 0x10 0 8M", p.uri())
 	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x30 40M 1M", p.uri())
 	waitInSync(t, c, 30*time.Second)
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if hashFile(t, p.disk, 64<<20) != hashFile(t, s.disk, 64<<20) {
-		t.Fatal("backing files differ after failback")
-	}
+	c.terminateAll(t)
+	sameDisks(t, p, s, 64<<20, "backing files differ after failback")
 }
 
 // TestPeerOutageResyncsOnlyChanges is reference story 2: the peer is away
@@ -75,12 +69,6 @@ func TestPeerOutageResyncsOnlyChanges(t *testing.T) {
 	if float64(sent) > 1.1*float64(dirty)+256<<10 {
 		t.Fatalf("resync sent %d bytes for %d dirty bytes (limit 1.1x + 256 KiB)", sent, dirty)
 	}
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if hashFile(t, p.disk, 128<<20) != hashFile(t, s.disk, 128<<20) {
-		t.Fatal("backing files differ after resync")
-	}
+	c.terminateAll(t)
+	sameDisks(t, p, s, 128<<20, "backing files differ after resync")
 }

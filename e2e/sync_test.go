@@ -39,14 +39,8 @@ func TestCrashedPrimaryResyncsActivityLog(t *testing.T) {
 	if resynced < 1<<20 {
 		t.Fatalf("resynced %d bytes; want at least the 1 MiB written meanwhile plus the hot extents", resynced)
 	}
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if hashFile(t, p.disk, 64<<20) != hashFile(t, s.disk, 64<<20) {
-		t.Fatal("backing files differ after the crashed Primary resynced")
-	}
+	c.terminateAll(t)
+	sameDisks(t, p, s, 64<<20, "backing files differ after the crashed Primary resynced")
 }
 
 // Issue 4 story 5: a block corrupted behind repd's back on the Secondary is
@@ -76,14 +70,8 @@ func TestVerifyFindsCorruptedBlock(t *testing.T) {
 		t.Fatalf("verify found %d KiB different, want the 4 KiB corrupted", got)
 	}
 	waitInSync(t, c, 30*time.Second)
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if hashFile(t, p.disk, 64<<20) != hashFile(t, s.disk, 64<<20) {
-		t.Fatal("backing files differ after verify and resync")
-	}
+	c.terminateAll(t)
+	sameDisks(t, p, s, 64<<20, "backing files differ after verify and resync")
 }
 
 // Issue 4 story 4: both nodes promoted while partitioned and written; on
@@ -130,11 +118,7 @@ func TestSplitBrainStory(t *testing.T) {
 	if got := resyncedBytes(t, p, "beta"); got < 6<<20 {
 		t.Fatalf("resynced %d bytes to the victim; both sides' 6 MiB of changes must cross", got)
 	}
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c.terminateAll(t)
 	if h := hashFile(t, s.disk, 64<<20); h != hashFile(t, p.disk, 64<<20) || h != hp {
 		t.Fatal("after resolving, the victim does not hold the survivor's data")
 	}
