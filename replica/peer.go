@@ -731,7 +731,15 @@ func (s *session) send() error {
 		var bytes int
 		// Entries before the journal's head are freed: none waits for us.
 		p.cursor = max(p.cursor, n.j.base)
-		for p.cursor < n.j.end() && len(batch) < 1024 && int64(bytes) < min(4<<20, n.j.max/4) {
+		// more: the batch is full and ready entries wait behind it; the
+		// loop goes round again without waiting for a wake, which came
+		// when they became ready and is spent.
+		more := false
+		for p.cursor < n.j.end() {
+			if len(batch) >= 1024 || int64(bytes) >= min(4<<20, n.j.max/4) {
+				more = true
+				break
+			}
 			e := n.j.at(p.cursor)
 			if e.ship&p.bit != 0 && e.pend&p.bit != 0 {
 				if !e.ready {
@@ -742,6 +750,9 @@ func (s *session) send() error {
 				bytes += len(e.data)
 			}
 			p.cursor++
+		}
+		if more {
+			s.wakeUp()
 		}
 		if len(batch) > 0 {
 			p.sent = append(p.sent, sentMark{seq: batch[len(batch)-1].seq, at: now})
