@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"github.com/repd/repd/faultnet"
 	"slices"
@@ -387,5 +388,81 @@ func TestLinkWindowCoversTheBandwidthDelayProduct(t *testing.T) {
 	lan, _ := linkProfile("lan")
 	if w := lan.Window(); w != faultnet.DefaultMaxInFlight {
 		t.Errorf("lan window %d, want the 4 MiB floor", w)
+	}
+}
+
+func TestSyncDrillChecksAndReport(t *testing.T) {
+	r := &SyncResult{
+		DeviceBytes: 1 << 30, CSums: true, RefMBps: []float64{500, 700}, RefMeanMBps: 600, PrefillMBps: 300,
+		Resync: []SyncCase{
+			{Name: "1m", WriteSize: 1 << 20, DirtyBytes: 102 << 20, ResyncMs: 200, RateMBps: 535, Ratio: 535.0 / 600, WireSent: 102 << 20, Timing: "events"},
+			{Name: "4k", WriteSize: 4 << 10, DirtyBytes: 102 << 20, ResyncMs: 500, RateMBps: 214, Ratio: 214.0 / 600, WireSent: 103 << 20, Timing: "events"},
+		},
+		CSumsResync: &CSumsCase{ResyncMs: 900, RateMBps: 1190, SourceSent: 11 << 20, SourcePct: 100 * float64(11<<20) / (1 << 30), HashesRecv: 8 << 20},
+		Verify:      &VerifyResult{Ms: 900, RateMBps: 1190},
+	}
+	got := map[string]string{}
+	for _, c := range drillChecks(&Drills{Sync: r}) {
+		if c.Issue == 4 {
+			got[c.Name] = c.Status
+		}
+	}
+	want := map[string]string{
+		"resync of 10% dirty (1 MiB pieces) / fio 1 MiB seq write, same cluster": "PASS",
+		"checksum resync of an identical device: bytes the source sends":         "FAIL", // 11 MiB of 1 GiB > 1 %
+		"online verify of the device: rate (no target), differences":             "PASS",
+	}
+	if len(got) != len(want) {
+		t.Errorf("issue 4 checks: %v", got)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s", k, got[k], v)
+		}
+	}
+	r.Resync[0].Ratio = 0.5
+	r.CSumsResync.SourceSent = 4 << 10
+	r.Verify.MismatchKiB = 4
+	for _, c := range syncChecks(r) {
+		if w := map[string]string{"resync": "FAIL", "checksum": "PASS", "online": "FAIL"}[strings.Fields(c.Name)[0]]; c.Status != w {
+			t.Errorf("%s: %s, want %s", c.Name, c.Status, w)
+		}
+	}
+	r.Resync[0] = SyncCase{Name: "1m", Error: "boom"}
+	if c := syncChecks(r)[0]; c.Status != "FAIL" || c.Detail != "boom" {
+		t.Errorf("failed resync: %+v", c)
+	}
+	md := markdown(&Summary{Drills: &Drills{Sync: r}}, Workloads)
+	for _, w := range []string{"## Sync drill (issue #4)", "| resync, 10% dirty in 4.0 KiB pieces | 102.0 MiB | 500 ms | 214 | **0.36** |",
+		"| checksum resync, identical data |", "| online verify | 1.00 GiB compared | 900 ms | 1190 |", "error: boom", "500 and 700 MB/s, mean **600 MB/s**"} {
+		if !strings.Contains(md, w) {
+			t.Errorf("report lacks %q:\n%s", w, md)
+		}
+	}
+}
+
+func TestSyncSpan(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	evs := []syncEvent{
+		{Time: at(-50), Kind: "replication", Peer: "bravo", Old: "Off", New: "SyncSource"}, // before the trigger
+		{Time: at(-10), Kind: "replication", Peer: "bravo", Old: "SyncSource", New: "Established"},
+		{Time: at(5), Kind: "connection", Peer: "bravo", Old: "Connecting", New: "Connected"},
+		{Time: at(6), Kind: "replication", Peer: "charlie", Old: "Off", New: "SyncSource"},
+		{Time: at(7), Kind: "replication", Peer: "bravo", Old: "Off", New: "SyncSource"},
+		{Time: at(9), Kind: "peer-disk", Peer: "bravo", Old: "UpToDate", New: "Inconsistent"},
+	}
+	if s, _, ok := spanOf(evs, "bravo", "SyncSource", t0); ok || !s.Time.Equal(at(7)) {
+		t.Errorf("unfinished span: ok=%v start=%v", ok, s.Time)
+	}
+	evs = append(evs, syncEvent{Time: at(187), Kind: "replication", Peer: "bravo", Old: "SyncSource", New: "Established"})
+	s, e, ok := spanOf(evs, "bravo", "SyncSource", t0)
+	if !ok || e.Time.Sub(s.Time) != 180*time.Millisecond || e.New != "Established" {
+		t.Errorf("span: ok=%v %v..%v", ok, s.Time, e.Time)
+	}
+	var l syncEvent
+	if err := json.Unmarshal([]byte(`{"time":"2026-11-27T03:06:03.375174182Z","kind":"replication","peer":"bravo","old":"Off","new":"SyncSource"}`), &l); err != nil ||
+		l.Time.Nanosecond() != 375174182 || l.New != "SyncSource" {
+		t.Errorf("event line: %+v %v", l, err)
 	}
 }

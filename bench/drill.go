@@ -19,7 +19,7 @@ import (
 )
 
 // Drills: failover and recovery, each on a cluster of its own.
-var drillNames = []string{"rto", "rpo", "resync", "wire"}
+var drillNames = []string{"rto", "rpo", "resync", "wire", "sync"}
 
 func selectDrills(list string) ([]string, error) {
 	if list == "none" || list == "" {
@@ -44,6 +44,7 @@ type Drills struct {
 	RPO    []RPOResult   `json:"rpo,omitempty"`
 	Resync *ResyncResult `json:"resync,omitempty"`
 	Wire   []WireResult  `json:"wire,omitempty"`
+	Sync   *SyncResult   `json:"sync,omitempty"` // syncdrill.go
 }
 
 // RTOResult: kill -9 of the primary under fio load until the first write
@@ -100,7 +101,8 @@ type ResyncResult struct {
 	Error         string  `json:"error,omitempty"`
 }
 
-func runDrills(ctx context.Context, env Env, drills []string, seconds int) *Drills {
+// runDrills runs the named drills; quick shrinks the sync drill's device.
+func runDrills(ctx context.Context, env Env, drills []string, seconds int, quick bool) *Drills {
 	d := &Drills{}
 	for _, name := range drills {
 		if ctx.Err() != nil {
@@ -140,6 +142,10 @@ func runDrills(ctx context.Context, env Env, drills []string, seconds int) *Dril
 			for _, w := range d.Wire {
 				logf("wire: %+v", w)
 			}
+		case "sync":
+			r := drillSync(ctx, denv, quick)
+			d.Sync = &r
+			logf("sync: reference %s MB/s (mean %.0f), prefill %.0f MB/s %s", mbpsList(r.RefMBps), r.RefMeanMBps, r.PrefillMBps, r.Error)
 		}
 	}
 	return d

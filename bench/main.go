@@ -3,8 +3,9 @@
 // loopback and over shaped links (faultnet proxies adding delay, jitter and a
 // bandwidth cap), next to nbdkit and the bare backing file, side by side in
 // one run; then it drills failover (RTO), loss under asynchronous
-// replication (RPO), resync after an outage and bytes on the wire, and
-// writes a Markdown report, JSON and gnuplot charts.
+// replication (RPO), resync after an outage, bytes on the wire, and resync,
+// checksum resync and verify rates (sync), and writes a Markdown report,
+// JSON and gnuplot charts.
 //
 //	go run ./bench                       # the default run, ~10 minutes
 //	go run ./bench --check               # PASS/FAIL per issue target
@@ -64,7 +65,7 @@ func main() {
 func run(args []string, stdout io.Writer) int {
 	var f flags
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.StringVar(&f.targets, "targets", "default", "comma list of targets, or default, or all: "+targetNames())
+	fs.StringVar(&f.targets, "targets", "default", "comma list of targets, or default, or all, or none (the drills alone): "+targetNames())
 	fs.StringVar(&f.workloads, "workloads", "default", "comma list of workloads (job files in bench/jobs without .fio), or all; default: all on loopback, a few on the compression and link targets")
 	fs.StringVar(&f.links, "links", linkNames(), "link profiles for the link targets, or none")
 	fs.StringVar(&f.drills, "drills", strings.Join(drillNames, ","), "drills to run after the matrix, or none: "+strings.Join(drillNames, ","))
@@ -165,9 +166,11 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	if err != nil || runtime < time.Second {
 		return 2, fmt.Errorf("--runtime %q: want a duration of at least 1s (10s, 1m)", f.runtime)
 	}
-	plan, err := buildPlan(f)
-	if err != nil {
-		return 2, err
+	var plan []phase // --targets none: the drills alone
+	if f.targets != "none" {
+		if plan, err = buildPlan(f); err != nil {
+			return 2, err
+		}
 	}
 	drills, err := selectDrills(f.drills)
 	if err != nil {
@@ -304,7 +307,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	}
 	if !interrupted && len(drills) > 0 {
 		env.Dir = filepath.Join(scratch, "drills")
-		s.Drills = runDrills(ctx, env, drills, f.drillSeconds)
+		s.Drills = runDrills(ctx, env, drills, f.drillSeconds, f.quick)
 		interrupted = ctx.Err() != nil
 	}
 	s.LoadEnd = loadAvg()

@@ -269,7 +269,77 @@ func drillChecks(d *Drills) []Check {
 		}
 		cs = append(cs, ck)
 	}
-	return cs
+	return append(cs, syncChecks(d.Sync)...)
+}
+
+// syncChecks judge the sync drill (issue 4).
+func syncChecks(r *SyncResult) []Check {
+	const (
+		resyncName = "resync of 10% dirty (1 MiB pieces) / fio 1 MiB seq write, same cluster"
+		csumsName  = "checksum resync of an identical device: bytes the source sends"
+		verifyName = "online verify of the device: rate (no target), differences"
+	)
+	resyncLimit := fmt.Sprintf(">= %.2fx", syncRatioMin)
+	csumsLimit := fmt.Sprintf("< %g%% of the device", 100*csumsSourceMax)
+	const verifyLimit = "completes, 0 KiB differ"
+	if r == nil {
+		return []Check{
+			{Issue: 4, Name: resyncName, Limit: resyncLimit, Status: "SKIP", Detail: "sync drill not run"},
+			{Issue: 4, Name: csumsName, Limit: csumsLimit, Status: "SKIP", Detail: "sync drill not run"},
+			{Issue: 4, Name: verifyName, Limit: verifyLimit, Status: "SKIP", Detail: "sync drill not run"},
+		}
+	}
+	dev := fmtBytes(r.DeviceBytes)
+	ck := Check{Issue: 4, Name: resyncName, Limit: resyncLimit}
+	i := slices.IndexFunc(r.Resync, func(c SyncCase) bool { return c.Name == "1m" })
+	switch {
+	case i < 0:
+		ck.Status, ck.Detail = "FAIL", "not measured: "+r.Error
+	case r.Resync[i].Error != "":
+		ck.Status, ck.Detail = "FAIL", r.Resync[i].Error
+	case r.RefMeanMBps == 0:
+		ck.Status, ck.Detail = "SKIP", "no fio reference: "+r.Error
+	default:
+		c := r.Resync[i]
+		ck.Value = c.Ratio
+		ck.Status = passFail(c.Ratio >= syncRatioMin)
+		ck.Detail = fmt.Sprintf("%.2fx: %s dirty of %s resynced in %.0f ms, %.0f MB/s; fio %.0f MB/s (mean of %s)",
+			c.Ratio, fmtBytes(c.DirtyBytes), dev, c.ResyncMs, c.RateMBps, r.RefMeanMBps, mbpsList(r.RefMBps))
+	}
+	cs := []Check{ck}
+	ck = Check{Issue: 4, Name: csumsName, Limit: csumsLimit}
+	switch c := r.CSumsResync; {
+	case c == nil:
+		ck.Status, ck.Detail = "FAIL", "not measured: "+r.Error
+	case c.Error != "":
+		ck.Status, ck.Detail = "FAIL", c.Error
+	default:
+		ck.Value = c.SourcePct
+		ck.Status = passFail(float64(c.SourceSent) < csumsSourceMax*float64(r.DeviceBytes))
+		ck.Detail = fmt.Sprintf("%s sent (%.3f%% of %s), %s of hashes received (%.2f%%), in %.0f ms (%.0f MB/s)",
+			fmtBytes(c.SourceSent), c.SourcePct, dev, fmtBytes(c.HashesRecv), c.HashesPct, c.ResyncMs, c.RateMBps)
+	}
+	cs = append(cs, ck)
+	ck = Check{Issue: 4, Name: verifyName, Limit: verifyLimit}
+	switch v := r.Verify; {
+	case v == nil:
+		ck.Status, ck.Detail = "FAIL", "not measured: "+r.Error
+	case v.Error != "":
+		ck.Status, ck.Detail = "FAIL", v.Error
+	default:
+		ck.Value = v.RateMBps
+		ck.Status = passFail(v.MismatchKiB == 0)
+		ck.Detail = fmt.Sprintf("%.0f MB/s (%s in %.0f ms), %d KiB differ", v.RateMBps, dev, v.Ms, v.MismatchKiB)
+	}
+	return append(cs, ck)
+}
+
+func mbpsList(v []float64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmt.Sprintf("%.0f", x))
+	}
+	return strings.Join(s, " and ")
 }
 
 func passFail(ok bool) string {
@@ -468,6 +538,9 @@ func drillsMarkdown(b *strings.Builder, d *Drills) {
 			fmtBytes(r.WrittenBytes), fmtBytes(r.DirtyBytes), fmtBytes(r.ResyncedBytes), fmtBytes(r.WireBytes),
 			r.ConnectMs, r.ResyncMs, r.TotalMs, r.RateMBps, r.DirtyRateMBps)
 	}
+	if d.Sync != nil {
+		syncMarkdown(b, d.Sync)
+	}
 	if len(d.Wire) > 0 {
 		b.WriteString("## Wire bytes (issue 5)\n\n")
 		b.WriteString("Two nodes, protocol C, `compression = \"zstd\"`, loopback; 32 MiB of each kind written through NBD; wire = the primary's `bytes_sent` to the peer (frames, headers, everything), logical = bytes written.\n\n")
@@ -567,4 +640,84 @@ func littleBound(s *Summary, target, workload string) float64 {
 		}
 	}
 	return 0
+}
+
+// syncMarkdown renders the sync drill (issue 4).
+func syncMarkdown(b *strings.Builder, r *SyncResult) {
+	b.WriteString("## Sync drill (issue #4)\n\n")
+	dev := fmtBytes(r.DeviceBytes)
+	fmt.Fprintf(b, "Two nodes (alpha Primary, bravo), protocol C, `csums = true`, loopback, a %s device", dev)
+	if r.Quick {
+		fmt.Fprintf(b, " (**--quick: %s, not the 1 GiB of the issue**)", dev)
+	}
+	b.WriteString(". *Reference*: fio 1 MiB sequential writes QD8 over the whole device through alpha with bravo connected " +
+		"(every write replicated), once at the start of the drill and once at the end: ")
+	if len(r.RefMBps) > 0 {
+		fmt.Fprintf(b, "%s MB/s, mean **%.0f MB/s**. ", mbpsList(r.RefMBps), r.RefMeanMBps)
+	} else {
+		b.WriteString("not measured. ")
+	}
+	if r.PrefillMBps > 0 {
+		fmt.Fprintf(b, "Before them the same job wrote the fresh sparse backing files once (%.0f MB/s, not part of the reference: the resyncs write into written blocks). ", r.PrefillMBps)
+	}
+	b.WriteString("*Resync*: `repctl disconnect bravo` on alpha, fio randwrite of 10 % of the device in distinct blocks " +
+		"(random map, `io_size` = 10 %), `repctl connect bravo`; *time* is from alpha's `SyncSource` event to its `Established` " +
+		"(`repctl events`, the daemon's clock; the reconnect before it is not counted, *from connect* in the notes is). " +
+		"With `csums` on, the target first sends the hashes of its dirty blocks. *rate* is dirty bytes over the time. " +
+		"*Checksum resync*: `repctl invalidate-remote bravo` of identical data: bravo sends a hash of every block, alpha only the blocks that differ; " +
+		"rate is the device over the time. *Verify*: `repctl verify bravo`, from `VerifySource` to its end. " +
+		"*On the wire*: alpha's `bytes_sent` / `bytes_received` to bravo during the step (frames and headers included). " +
+		"Before each fio run and each timed step both nodes' backing files are fsynced, untimed: repd writes through the page cache and a resync makes its data durable " +
+		"(a barrier every 8 MiB, an fdatasync on the target), which would otherwise also write back what the fio run before it left dirty. MB/s = 10^6 bytes/s.\n\n")
+	if r.Error != "" {
+		fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
+	}
+	b.WriteString("| case | dirty | time | rate MB/s | × fio 1 MiB seq write | on the wire (alpha sent / received) | notes |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---|---|\n")
+	ref := func(mbps float64) string {
+		if r.RefMeanMBps == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.2f", mbps/r.RefMeanMBps)
+	}
+	timing := func(t string) string {
+		if t == "events" || t == "" {
+			return ""
+		}
+		return "; timed " + t
+	}
+	for _, c := range r.Resync {
+		name := fmt.Sprintf("resync, 10%% dirty in %s pieces", fmtBytes(c.WriteSize))
+		if c.Error != "" {
+			fmt.Fprintf(b, "| %s | | | | | | error: %s |\n", name, mdEscape(c.Error))
+			continue
+		}
+		wire := fmt.Sprintf("%s / %s", fmtBytes(c.WireSent), fmtBytes(c.WireReceived))
+		if c.DirtyBytes > 0 {
+			wire += fmt.Sprintf(" (sent %.2f× dirty)", float64(c.WireSent)/float64(c.DirtyBytes))
+		}
+		fmt.Fprintf(b, "| %s | %s | %.0f ms | %.0f | **%s** | %s | from connect %.0f ms%s |\n", name, fmtBytes(c.DirtyBytes),
+			c.ResyncMs, c.RateMBps, ref(c.RateMBps), wire, c.ConnectMs, timing(c.Timing))
+	}
+	if c := r.CSumsResync; c != nil {
+		const name = "checksum resync, identical data"
+		if c.Error != "" {
+			fmt.Fprintf(b, "| %s | | | | | | error: %s |\n", name, mdEscape(c.Error))
+		} else {
+			fmt.Fprintf(b, "| %s | %s (all marked) | %.0f ms | %.0f | %s | source sent **%s (%.3f%% of the device)** / hashes received %s (%.2f%%) | %s found equal%s |\n",
+				name, dev, c.ResyncMs, c.RateMBps, ref(c.RateMBps), fmtBytes(c.SourceSent), c.SourcePct, fmtBytes(c.HashesRecv), c.HashesPct,
+				fmtBytes(c.EqualBytes), timing(c.Timing))
+		}
+	}
+	if v := r.Verify; v != nil {
+		const name = "online verify"
+		if v.Error != "" {
+			fmt.Fprintf(b, "| %s | | | | | | error: %s |\n", name, mdEscape(v.Error))
+		} else {
+			fmt.Fprintf(b, "| %s | %s compared | %.0f ms | %.0f | %s | %s / %s | %d KiB differ%s |\n",
+				name, dev, v.Ms, v.RateMBps, ref(v.RateMBps), fmtBytes(v.WireSent), fmtBytes(v.WireRecv), v.MismatchKiB, timing(v.Timing))
+		}
+	}
+	fmt.Fprintf(b, "\nTargets (`--check`): resync in 1 MiB pieces ≥ %.1f× the reference; checksum resync source bytes < %g%% of the device; verify: rate reported, no target.\n\n",
+		syncRatioMin, 100*csumsSourceMax)
 }

@@ -1,0 +1,645 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// The sync drill (issue 4): resync, checksum resync and online verify of a
+// 1 GiB device on a two-node protocol C cluster with `csums = true`, timed
+// from the primary's event stream (`repctl events`), against fio's 1 MiB
+// sequential writes through the same cluster in the same run.
+
+// syncDrillSize is the sync drill's device, whatever --size says;
+// syncDrillQuickSize under --quick.
+const (
+	syncDrillSize      = 1 << 30
+	syncDrillQuickSize = 256 << 20
+)
+
+// Issue 4's targets.
+const (
+	syncRatioMin   = 0.8  // resync (1 MiB pieces) / fio 1 MiB seq write
+	csumsSourceMax = 0.01 // checksum resync of identical data: bytes the source sends / device
+)
+
+// SyncResult is what the sync drill measured.
+type SyncResult struct {
+	DeviceBytes int64 `json:"device_bytes"`
+	Quick       bool  `json:"quick,omitempty"` // --quick: a smaller device
+	CSums       bool  `json:"csums"`           // csums = true in the resource file
+	// RefMBps: fio 1 MiB sequential writes QD8 over the whole device
+	// through the primary with the peer connected, at the start and at the
+	// end of the drill; RefMeanMBps is their mean, the reference.
+	RefMBps []float64 `json:"ref_seqwrite_mb_per_s"`
+	// PrefillMBps is the same fio job before them, into the fresh sparse
+	// backing files: not part of the reference (the resyncs write into
+	// allocated blocks), reported for information.
+	PrefillMBps float64       `json:"prefill_mb_per_s"`
+	RefMeanMBps float64       `json:"ref_mean_mb_per_s"`
+	Resync      []SyncCase    `json:"resync,omitempty"`
+	CSumsResync *CSumsCase    `json:"csums_resync,omitempty"`
+	Verify      *VerifyResult `json:"verify,omitempty"`
+	Notes       []string      `json:"notes,omitempty"`
+	Error       string        `json:"error,omitempty"`
+}
+
+// SyncCase is one resync after 10 % of the device was written while the
+// peer was disconnected.
+type SyncCase struct {
+	Name         string  `json:"name"`          // "1m", "4k"
+	WriteSize    int64   `json:"write_size"`    // fio's block size
+	WrittenBytes int64   `json:"written_bytes"` // fio's io_size: distinct blocks
+	DirtyBytes   int64   `json:"dirty_bytes"`   // out_of_sync on the primary before the connect
+	ResyncMs     float64 `json:"resync_ms"`     // SyncSource until Established (events)
+	ConnectMs    float64 `json:"connect_to_done_ms"`
+	RateMBps     float64 `json:"rate_mb_per_s"` // dirty bytes over ResyncMs
+	Ratio        float64 `json:"ratio_to_ref"`  // RateMBps / RefMeanMBps
+	WireSent     int64   `json:"wire_sent_bytes"`
+	WireReceived int64   `json:"wire_received_bytes"`
+	Timing       string  `json:"timing"` // "events", or how else it was timed
+	Error        string  `json:"error,omitempty"`
+}
+
+// CSumsCase is `repctl invalidate-remote` of an identical device with
+// checksum-based resync: the target sends hashes, the source only the
+// blocks that differ (none).
+type CSumsCase struct {
+	ResyncMs     float64 `json:"resync_ms"`
+	RateMBps     float64 `json:"rate_mb_per_s"` // device over ResyncMs
+	SourceSent   int64   `json:"source_sent_bytes"`
+	SourcePct    float64 `json:"source_sent_pct"`
+	HashesRecv   int64   `json:"hashes_received_bytes"`
+	HashesPct    float64 `json:"hashes_received_pct"`
+	EqualBytes   int64   `json:"csums_equal_bytes,omitempty"` // the source's counter
+	ResyncedDiff int64   `json:"resynced_bytes"`              // resynced_bytes delta
+	Timing       string  `json:"timing"`
+	Error        string  `json:"error,omitempty"`
+}
+
+// VerifyResult is `repctl verify` of the whole device.
+type VerifyResult struct {
+	Ms          float64 `json:"ms"` // VerifySource until it ends (events)
+	RateMBps    float64 `json:"rate_mb_per_s"`
+	MismatchKiB int64   `json:"mismatch_kib"`
+	WireSent    int64   `json:"wire_sent_bytes"`
+	WireRecv    int64   `json:"wire_received_bytes"`
+	Timing      string  `json:"timing"`
+	Message     string  `json:"message,omitempty"` // the daemon's verify event
+	Error       string  `json:"error,omitempty"`
+}
+
+// drillSync runs the sync drill. It never panics; what failed is in Error
+// (or a case's Error) and the rest is kept.
+func drillSync(ctx context.Context, env Env, quick bool) (r SyncResult) {
+	r.DeviceBytes, r.Quick, r.CSums = syncDrillSize, quick, true
+	if quick {
+		r.DeviceBytes = syncDrillQuickSize
+	}
+	env.Size = r.DeviceBytes
+	size := r.DeviceBytes
+	c, err := startCluster(ctx, env, RepdConfig{Name: "sync", Nodes: []string{"alpha", "bravo"}, Protocol: "C",
+		Extra: map[string]string{"csums": "true"}})
+	if err != nil {
+		r.Error = "start: " + err.Error()
+		return r
+	}
+	defer c.Stop()
+	r.Notes = append(r.Notes, c.Notes...)
+	evs, stopEvents, err := startEvents(ctx, c, 0, filepath.Join(env.Dir, "events-alpha.log"))
+	if err != nil {
+		r.Error = "repctl events: " + err.Error()
+		return r
+	}
+	defer stopEvents()
+	const peer = "bravo"
+
+	ref := func(name string) (float64, error) {
+		if err := syncDisks(c); err != nil {
+			return 0, err
+		}
+		fr, err := fioRun{
+			Args: append(append([]string{}, c.Endpoint().FioArgs...), "--name="+name, "--rw=write", "--bs=1M", "--iodepth=8",
+				"--direct=1", "--refill_buffers=1", fmt.Sprintf("--size=%d", size)),
+			Output:  filepath.Join(env.Dir, name+".json"),
+			Timeout: 5 * time.Minute,
+		}.run(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("fio %s: %w", name, err)
+		}
+		return fr.Write.MBps(), c.WaitPeers(ctx, 0, time.Minute, inSync)
+	}
+	// The first pass writes every block of the fresh sparse files (and
+	// fills the device with random data for the checksum resync and the
+	// verify); the reference is measured on the written store.
+	for _, name := range []string{"prefill", "ref-start"} {
+		mbps, err := ref(name)
+		if err != nil {
+			r.Error = err.Error()
+			return r
+		}
+		if name == "prefill" {
+			r.PrefillMBps = mbps
+		} else {
+			r.RefMBps = append(r.RefMBps, mbps)
+		}
+	}
+	dirty := size / 10 / (1 << 20) * (1 << 20) // 10 %, whole MiB
+	for _, k := range []struct {
+		name    string
+		bs      int64
+		iodepth int
+	}{{"1m", 1 << 20, 8}, {"4k", 4 << 10, 32}} {
+		if ctx.Err() != nil {
+			break
+		}
+		sc := syncDirty(ctx, c, evs, env.Dir, peer, k.name, k.bs, k.iodepth, size, dirty)
+		r.Resync = append(r.Resync, sc)
+		logf("sync %s: %+v", k.name, sc)
+	}
+	if ctx.Err() == nil {
+		cs := syncCSums(ctx, c, evs, peer, size)
+		r.CSumsResync = &cs
+		logf("sync csums: %+v", cs)
+	}
+	if ctx.Err() == nil {
+		v := syncVerify(ctx, c, evs, peer, size)
+		r.Verify = &v
+		logf("sync verify: %+v", v)
+	}
+	if ctx.Err() == nil {
+		if mbps, err := ref("ref-end"); err != nil {
+			r.Error = err.Error()
+		} else {
+			r.RefMBps = append(r.RefMBps, mbps)
+		}
+	}
+	var sum float64
+	for _, v := range r.RefMBps {
+		sum += v
+	}
+	if len(r.RefMBps) > 0 {
+		r.RefMeanMBps = sum / float64(len(r.RefMBps))
+	}
+	for i := range r.Resync {
+		if r.Resync[i].Error == "" && r.RefMeanMBps > 0 {
+			r.Resync[i].Ratio = r.Resync[i].RateMBps / r.RefMeanMBps
+		}
+	}
+	if r.Error == "" && ctx.Err() != nil {
+		r.Error = "interrupted"
+	}
+	return r
+}
+
+// syncDirty disconnects the peer, writes `dirty` bytes of distinct blocks
+// of bs at random offsets through the primary, reconnects and times the
+// resync.
+func syncDirty(ctx context.Context, c *Cluster, evs *eventLog, dir, peer, name string, bs int64, iodepth int, size, dirty int64) (sc SyncCase) {
+	sc.Name, sc.WriteSize, sc.WrittenBytes = name, bs, dirty
+	defer func() {
+		if sc.Error != "" { // leave the peer connected for the steps after this one
+			c.Repctl(ctx, 0, "connect", peer)
+			c.WaitPeers(ctx, 0, time.Minute, inSync)
+		}
+	}()
+	if out, err := c.Repctl(ctx, 0, "disconnect", peer); err != nil {
+		sc.Error = fmt.Sprintf("repctl disconnect %s: %v: %s", peer, err, out)
+		return sc
+	}
+	if err := c.WaitPeers(ctx, 0, 30*time.Second, func(p peerStatus) bool { return p.Connection != "Connected" }); err != nil {
+		sc.Error = "peer still connected after disconnect: " + err.Error()
+		return sc
+	}
+	// The random map is on (fio's default): io_size of distinct blocks.
+	_, err := fioRun{
+		Args: append(append([]string{}, c.Endpoint().FioArgs...), "--name=dirty-"+name, "--rw=randwrite",
+			fmt.Sprintf("--bs=%d", bs), fmt.Sprintf("--iodepth=%d", iodepth), "--direct=1", "--refill_buffers=1",
+			"--randrepeat=0", fmt.Sprintf("--size=%d", size), fmt.Sprintf("--io_size=%d", dirty)),
+		Output:  filepath.Join(dir, "dirty-"+name+".json"),
+		Timeout: 5 * time.Minute,
+	}.run(ctx)
+	if err != nil {
+		sc.Error = "fio: " + err.Error()
+		return sc
+	}
+	before, err := peerOf(ctx, c, 0, peer)
+	if err != nil {
+		sc.Error = err.Error()
+		return sc
+	}
+	sc.DirtyBytes = before.OutOfSyncKiB << 10
+	if err := syncDisks(c); err != nil {
+		sc.Error = err.Error()
+		return sc
+	}
+	t0 := time.Now()
+	if out, err := c.Repctl(ctx, 0, "connect", peer); err != nil {
+		sc.Error = fmt.Sprintf("repctl connect %s: %v: %s", peer, err, out)
+		return sc
+	}
+	d, timing, err := waitSyncSpan(ctx, c, evs, peer, "SyncSource", "Established", t0, 3*time.Minute)
+	tDone := time.Now()
+	if err != nil {
+		sc.Error = err.Error()
+		return sc
+	}
+	after, err := peerOf(ctx, c, 0, peer)
+	if err != nil {
+		sc.Error = err.Error()
+		return sc
+	}
+	sc.ResyncMs, sc.Timing = ms(d), timing
+	if end, ok := evs.last(peer, "Established"); ok && timing == "events" {
+		sc.ConnectMs = ms(end.Sub(t0))
+	} else {
+		sc.ConnectMs = ms(tDone.Sub(t0))
+	}
+	sc.WireSent = after.BytesSent - before.BytesSent
+	sc.WireReceived = after.BytesReceived - before.BytesReceived
+	if d > 0 {
+		sc.RateMBps = float64(sc.DirtyBytes) / d.Seconds() / 1e6
+	}
+	return sc
+}
+
+// syncCSums runs `repctl invalidate-remote` of the (identical) peer and
+// counts what crossed the link.
+func syncCSums(ctx context.Context, c *Cluster, evs *eventLog, peer string, size int64) (cs CSumsCase) {
+	if err := syncDisks(c); err != nil {
+		cs.Error = err.Error()
+		return cs
+	}
+	before, err := rawPeer(ctx, c, 0, peer)
+	if err != nil {
+		cs.Error = err.Error()
+		return cs
+	}
+	t0 := time.Now()
+	if out, err := c.Repctl(ctx, 0, "invalidate-remote", peer); err != nil {
+		cs.Error = fmt.Sprintf("repctl invalidate-remote %s: %v: %s", peer, err, out)
+		return cs
+	}
+	d, timing, err := waitSyncSpan(ctx, c, evs, peer, "SyncSource", "Established", t0, 5*time.Minute)
+	if err != nil {
+		cs.Error = err.Error()
+		return cs
+	}
+	after, err := rawPeer(ctx, c, 0, peer)
+	if err != nil {
+		cs.Error = err.Error()
+		return cs
+	}
+	cs.ResyncMs, cs.Timing = ms(d), timing
+	if d > 0 {
+		cs.RateMBps = float64(size) / d.Seconds() / 1e6
+	}
+	cs.SourceSent = after.BytesSent - before.BytesSent
+	cs.HashesRecv = after.BytesReceived - before.BytesReceived
+	cs.SourcePct = 100 * float64(cs.SourceSent) / float64(size)
+	cs.HashesPct = 100 * float64(cs.HashesRecv) / float64(size)
+	cs.EqualBytes = after.CSumsEqualBytes
+	cs.ResyncedDiff = after.ResyncedBytes - before.ResyncedBytes
+	return cs
+}
+
+// syncVerify runs `repctl verify` toward the peer and times it from the
+// VerifySource event to the state that follows it.
+func syncVerify(ctx context.Context, c *Cluster, evs *eventLog, peer string, size int64) (v VerifyResult) {
+	if err := syncDisks(c); err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	before, err := rawPeer(ctx, c, 0, peer)
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	t0 := time.Now()
+	if out, err := c.Repctl(ctx, 0, "verify", peer); err != nil {
+		v.Error = fmt.Sprintf("repctl verify %s: %v: %s", peer, err, out)
+		return v
+	}
+	d, timing, err := waitSyncSpan(ctx, c, evs, peer, "VerifySource", "", t0, 5*time.Minute)
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	// A difference found would start a repair (SyncSource): let it end, so
+	// that the counters read below are the verify's and the cluster is in
+	// sync for what follows.
+	if err := c.WaitPeers(ctx, 0, 3*time.Minute, inSync); err != nil {
+		v.Error = "after verify: " + err.Error()
+	}
+	after, err := rawPeer(ctx, c, 0, peer)
+	if err != nil {
+		v.Error = err.Error()
+		return v
+	}
+	v.Ms, v.Timing = ms(d), timing
+	if d > 0 {
+		v.RateMBps = float64(size) / d.Seconds() / 1e6
+	}
+	v.MismatchKiB = after.VerifyMismatchKiB
+	v.WireSent = after.BytesSent - before.BytesSent
+	v.WireRecv = after.BytesReceived - before.BytesReceived
+	if e, ok := evs.find(func(e syncEvent) bool { return e.Kind == "verify" && e.Peer == peer && !e.Time.Before(t0) }); ok {
+		v.Message = e.Message
+	}
+	return v
+}
+
+// waitSyncSpan waits until node 0's events show peer entering state from
+// (a replication event after since) and leaving it again, and returns the
+// time in between. With want set, leaving for another state is an error.
+// If the events were missed (the stream drops events when its reader
+// lags) but the status says the peer is in sync, the wall time from since
+// is returned, and timing says so.
+func waitSyncSpan(ctx context.Context, c *Cluster, evs *eventLog, peer, from, want string, since time.Time, timeout time.Duration) (time.Duration, string, error) {
+	deadline := time.Now().Add(timeout)
+	var inSyncSince time.Time
+	for {
+		start, end, ok := evs.span(peer, from, since)
+		if ok {
+			if want != "" && end.New != want {
+				return 0, "", fmt.Errorf("%s left %s for %s, not %s", peer, from, end.New, want)
+			}
+			return end.Time.Sub(start.Time), "events", nil
+		}
+		if err := evs.failed(); err != nil {
+			return 0, "", fmt.Errorf("event stream: %w", err)
+		}
+		now := time.Now()
+		st, err := c.Status(ctx, 0)
+		if err == nil && len(st.Peers) > 0 && inSync(st.Peers[0]) {
+			// Done by the status but not by the events yet: give them a
+			// second to arrive.
+			if inSyncSince.IsZero() {
+				inSyncSince = now
+			} else if now.Sub(inSyncSince) > time.Second {
+				if !start.Time.IsZero() {
+					return inSyncSince.Sub(start.Time), "from the " + from + " event to the status poll (no end event seen)", nil
+				}
+				return inSyncSince.Sub(since), "wall clock from the command to the status poll (no " + from + " event seen)", nil
+			}
+		}
+		if now.After(deadline) {
+			s := "no status"
+			if err == nil && len(st.Peers) > 0 {
+				p := st.Peers[0]
+				s = fmt.Sprintf("%s %s/%s/%s oos=%dKiB", p.Name, p.Connection, p.Replication, p.Disk, p.OutOfSyncKiB)
+			}
+			return 0, "", fmt.Errorf("%s to the end not seen in %s (%s)", from, timeout, s)
+		}
+		if p := c.Procs[0]; p != nil {
+			if exited, perr := p.Exited(); exited {
+				return 0, "", fmt.Errorf("%s exited (%v)%s", p.Name, perr, p.LogTail())
+			}
+		}
+		evs.wait(ctx, 50*time.Millisecond)
+		if ctx.Err() != nil {
+			return 0, "", ctx.Err()
+		}
+	}
+}
+
+// syncEvent is one line of `repctl events`.
+type syncEvent struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"`
+	Peer    string    `json:"peer"`
+	Old     string    `json:"old"`
+	New     string    `json:"new"`
+	Message string    `json:"message"`
+}
+
+// eventLog collects a node's events from a `repctl events` subprocess.
+type eventLog struct {
+	mu      sync.Mutex
+	evs     []syncEvent
+	changed chan struct{} // closed and replaced on every event
+	err     error         // the stream ended early
+}
+
+// startEvents starts `repctl events` on node i, copying its lines to
+// logPath, and waits for its first line (the current state).
+func startEvents(ctx context.Context, c *Cluster, i int, logPath string) (*eventLog, func(), error) {
+	l := &eventLog{changed: make(chan struct{})}
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	pr, pw := io.Pipe()
+	cmd := exec.Command(c.repctl, "--admin", c.Data.Nodes[i].Admin, "events")
+	cmd.Stdout = pw
+	cmd.Stderr = f
+	rctx, cancel := context.WithCancel(ctx)
+	var stopping sync.Once
+	var stopped bool
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		err := runGroup(rctx, cmd)
+		pw.CloseWithError(io.EOF)
+		l.mu.Lock()
+		if !stopped {
+			l.err = fmt.Errorf("repctl events ended: %v", err)
+			if err == nil {
+				l.err = errors.New("repctl events ended")
+			}
+		}
+		close(l.changed)
+		l.changed = make(chan struct{})
+		l.mu.Unlock()
+	}()
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			f.Write(append(line, '\n'))
+			var e syncEvent
+			if json.Unmarshal(line, &e) != nil {
+				continue
+			}
+			l.mu.Lock()
+			l.evs = append(l.evs, e)
+			close(l.changed)
+			l.changed = make(chan struct{})
+			l.mu.Unlock()
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	stop := func() {
+		stopping.Do(func() {
+			l.mu.Lock()
+			stopped = true
+			l.mu.Unlock()
+			cancel()
+			<-ran
+			<-read
+			f.Close()
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		n, err := len(l.evs), l.err
+		l.mu.Unlock()
+		if n > 0 {
+			return l, stop, nil
+		}
+		if err != nil || time.Now().After(deadline) || ctx.Err() != nil {
+			stop()
+			if err == nil {
+				err = errors.New("no event in 10 s")
+			}
+			return nil, nil, err
+		}
+		l.wait(ctx, 50*time.Millisecond)
+	}
+}
+
+// wait returns after the next event, d or the end of ctx, whichever first.
+func (l *eventLog) wait(ctx context.Context, d time.Duration) {
+	l.mu.Lock()
+	ch := l.changed
+	l.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (l *eventLog) failed() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+func (l *eventLog) find(ok func(syncEvent) bool) (syncEvent, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.evs {
+		if ok(e) {
+			return e, true
+		}
+	}
+	return syncEvent{}, false
+}
+
+// last is the time of the latest replication event of peer into state.
+func (l *eventLog) last(peer, state string) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.evs) - 1; i >= 0; i-- {
+		if e := l.evs[i]; e.Kind == "replication" && e.Peer == peer && e.New == state {
+			return e.Time, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// span finds the first replication event of peer into state from at or
+// after since, and the first later one out of it.
+func (l *eventLog) span(peer, from string, since time.Time) (start, end syncEvent, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return spanOf(l.evs, peer, from, since)
+}
+
+func spanOf(evs []syncEvent, peer, from string, since time.Time) (start, end syncEvent, ok bool) {
+	for _, e := range evs {
+		if e.Kind != "replication" || e.Peer != peer || e.Time.Before(since) {
+			continue
+		}
+		switch {
+		case start.Time.IsZero() && e.New == from:
+			start = e
+		case !start.Time.IsZero() && e.Old == from:
+			return start, e, true
+		}
+	}
+	return start, syncEvent{}, false
+}
+
+// syncPeer is the part of a peer's status the sync drill reads beyond
+// peerStatus.
+type syncPeer struct {
+	Name              string `json:"name"`
+	OutOfSyncKiB      int64  `json:"out_of_sync_kib"`
+	BytesSent         int64  `json:"bytes_sent"`
+	BytesReceived     int64  `json:"bytes_received"`
+	ResyncedBytes     int64  `json:"resynced_bytes"`
+	CSumsEqualBytes   int64  `json:"csums_equal_bytes"`
+	VerifyMismatchKiB int64  `json:"verify_mismatches_kib"`
+}
+
+// syncDisks writes back the dirty pages of every node's backing file
+// (fsync) before a timed step, untimed, so every step starts alike. repd's stores write through the page cache
+// and a resync makes its data durable (a barrier every few MiB, an
+// fdatasync on the target): without this, the resync's first barrier would
+// also write back what fio left dirty a moment before, and the resync would
+// be charged for the reference's writeback.
+func syncDisks(c *Cluster) error {
+	for _, n := range c.Data.Nodes {
+		f, err := os.Open(n.Disk)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("fsync %s: %w", n.Disk, err)
+		}
+	}
+	return nil
+}
+
+// rawPeer reads node i's status of peer with `repctl status --json`.
+func rawPeer(ctx context.Context, c *Cluster, i int, peer string) (syncPeer, error) {
+	out, err := c.Repctl(ctx, i, "status", "--json")
+	if err != nil {
+		return syncPeer{}, fmt.Errorf("repctl status: %v: %s", err, out)
+	}
+	var st struct {
+		Peers []syncPeer `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return syncPeer{}, fmt.Errorf("repctl status --json: %w", err)
+	}
+	for _, p := range st.Peers {
+		if p.Name == peer {
+			return p, nil
+		}
+	}
+	return syncPeer{}, fmt.Errorf("status: no peer %s", peer)
+}
+
+// peerOf reads node i's status of peer from the admin API.
+func peerOf(ctx context.Context, c *Cluster, i int, peer string) (peerStatus, error) {
+	st, err := c.Status(ctx, i)
+	if err != nil {
+		return peerStatus{}, fmt.Errorf("status: %w", err)
+	}
+	for _, p := range st.Peers {
+		if p.Name == peer {
+			return p, nil
+		}
+	}
+	return peerStatus{}, fmt.Errorf("status: no peer %s", peer)
+}
