@@ -646,12 +646,12 @@ func littleBound(s *Summary, target, workload string) float64 {
 func syncMarkdown(b *strings.Builder, r *SyncResult) {
 	b.WriteString("## Sync drill (issue #4)\n\n")
 	dev := fmtBytes(r.DeviceBytes)
-	fmt.Fprintf(b, "Two nodes (alpha Primary, bravo), protocol C, `csums = true`, loopback, a %s device", dev)
+	fmt.Fprintf(b, "Two nodes (alpha Primary, bravo), protocol C, default configuration, loopback, a %s device", dev)
 	if r.Quick {
 		fmt.Fprintf(b, " (**--quick: %s, not the 1 GiB of the issue**)", dev)
 	}
 	b.WriteString(". *Reference*: fio 1 MiB sequential writes QD8 over the whole device through alpha with bravo connected " +
-		"(every write replicated), once at the start of the drill and once at the end: ")
+		"(every write replicated), ending with a flush (`end_fsync`: durable on both nodes, as a finished resync is), once at the start of the drill and once at the end: ")
 	if len(r.RefMBps) > 0 {
 		fmt.Fprintf(b, "%s MB/s, mean **%.0f MB/s**. ", mbpsList(r.RefMBps), r.RefMeanMBps)
 	} else {
@@ -663,8 +663,8 @@ func syncMarkdown(b *strings.Builder, r *SyncResult) {
 	b.WriteString("*Resync*: `repctl disconnect bravo` on alpha, fio randwrite of 10 % of the device in distinct blocks " +
 		"(random map, `io_size` = 10 %), `repctl connect bravo`; *time* is from alpha's `SyncSource` event to its `Established` " +
 		"(`repctl events`, the daemon's clock; the reconnect before it is not counted, *from connect* in the notes is). " +
-		"With `csums` on, the target first sends the hashes of its dirty blocks. *rate* is dirty bytes over the time. " +
-		"*Checksum resync*: `repctl invalidate-remote bravo` of identical data: bravo sends a hash of every block, alpha only the blocks that differ; " +
+		"*rate* is dirty bytes over the time. " +
+		"*Checksum resync*: on a second cluster with `csums = true`, after fio wrote the whole device, `repctl invalidate-remote bravo` of identical data: bravo sends a hash of every block, alpha only the blocks that differ; " +
 		"rate is the device over the time. *Verify*: `repctl verify bravo`, from `VerifySource` to its end. " +
 		"*On the wire*: alpha's `bytes_sent` / `bytes_received` to bravo during the step (frames and headers included). " +
 		"Before each fio run and each timed step both nodes' backing files are fsynced, untimed: repd writes through the page cache and a resync makes its data durable " +

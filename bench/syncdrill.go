@@ -10,14 +10,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
 
-// The sync drill (issue 4): resync, checksum resync and online verify of a
-// 1 GiB device on a two-node protocol C cluster with `csums = true`, timed
-// from the primary's event stream (`repctl events`), against fio's 1 MiB
-// sequential writes through the same cluster in the same run.
+// The sync drill (issue 4): resync and online verify of a 1 GiB device on a
+// two-node protocol C cluster with the default configuration, timed from
+// the primary's event stream (`repctl events`), against fio's 1 MiB
+// sequential writes (ending in a flush, as the resync ends durable) through
+// the same cluster in the same run; then checksum resync of an identical
+// device on a second cluster with `csums = true`.
 
 // syncDrillSize is the sync drill's device, whatever --size says;
 // syncDrillQuickSize under --quick.
@@ -36,7 +39,7 @@ const (
 type SyncResult struct {
 	DeviceBytes int64 `json:"device_bytes"`
 	Quick       bool  `json:"quick,omitempty"` // --quick: a smaller device
-	CSums       bool  `json:"csums"`           // csums = true in the resource file
+	CSums       bool  `json:"csums"`           // csums = true for the resyncs (the checksum case always has it)
 	// RefMBps: fio 1 MiB sequential writes QD8 over the whole device
 	// through the primary with the peer connected, at the start and at the
 	// end of the drill; RefMeanMBps is their mean, the reference.
@@ -101,36 +104,45 @@ type VerifyResult struct {
 // drillSync runs the sync drill. It never panics; what failed is in Error
 // (or a case's Error) and the rest is kept.
 func drillSync(ctx context.Context, env Env, quick bool) (r SyncResult) {
-	r.DeviceBytes, r.Quick, r.CSums = syncDrillSize, quick, true
+	r.DeviceBytes, r.Quick = syncDrillSize, quick
 	if quick {
 		r.DeviceBytes = syncDrillQuickSize
 	}
 	env.Size = r.DeviceBytes
 	size := r.DeviceBytes
-	c, err := startCluster(ctx, env, RepdConfig{Name: "sync", Nodes: []string{"alpha", "bravo"}, Protocol: "C",
-		Extra: map[string]string{"csums": "true"}})
-	if err != nil {
-		r.Error = "start: " + err.Error()
-		return r
-	}
-	defer c.Stop()
-	r.Notes = append(r.Notes, c.Notes...)
-	evs, stopEvents, err := startEvents(ctx, c, 0, filepath.Join(env.Dir, "events-alpha.log"))
-	if err != nil {
-		r.Error = "repctl events: " + err.Error()
-		return r
-	}
-	defer stopEvents()
 	const peer = "bravo"
-
-	ref := func(name string) (float64, error) {
+	// up starts a two-node protocol C cluster in dir/sub and alpha's
+	// event stream; the caller stops both.
+	up := func(sub string, extra map[string]string) (*Cluster, *eventLog, func(), error) {
+		cenv := env
+		cenv.Dir = filepath.Join(env.Dir, sub)
+		if err := os.MkdirAll(cenv.Dir, 0o755); err != nil {
+			return nil, nil, nil, err
+		}
+		c, err := startCluster(ctx, cenv, RepdConfig{Name: "sync-" + sub, Nodes: []string{"alpha", peer}, Protocol: "C", Extra: extra})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("start: %w", err)
+		}
+		r.Notes = append(r.Notes, sub+": "+strings.Join(c.Notes, "; "))
+		evs, stopEvents, err := startEvents(ctx, c, 0, filepath.Join(cenv.Dir, "events-alpha.log"))
+		if err != nil {
+			c.Stop()
+			return nil, nil, nil, fmt.Errorf("repctl events: %w", err)
+		}
+		var once sync.Once
+		return c, evs, func() { once.Do(func() { stopEvents(); c.Stop() }) }, nil
+	}
+	// fill writes the whole device with fio (1 MiB, QD8) and returns its
+	// rate. The run ends with a flush (end_fsync): durable on both nodes,
+	// as a resync is when it ends.
+	fill := func(c *Cluster, dir, name string) (float64, error) {
 		if err := syncDisks(c); err != nil {
 			return 0, err
 		}
 		fr, err := fioRun{
 			Args: append(append([]string{}, c.Endpoint().FioArgs...), "--name="+name, "--rw=write", "--bs=1M", "--iodepth=8",
-				"--direct=1", "--refill_buffers=1", fmt.Sprintf("--size=%d", size)),
-			Output:  filepath.Join(env.Dir, name+".json"),
+				"--direct=1", "--refill_buffers=1", "--end_fsync=1", fmt.Sprintf("--size=%d", size)),
+			Output:  filepath.Join(dir, name+".json"),
 			Timeout: 5 * time.Minute,
 		}.run(ctx)
 		if err != nil {
@@ -138,9 +150,16 @@ func drillSync(ctx context.Context, env Env, quick bool) (r SyncResult) {
 		}
 		return fr.Write.MBps(), c.WaitPeers(ctx, 0, time.Minute, inSync)
 	}
+	c, evs, stop, err := up("resync", nil)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer stop()
+	ref := func(name string) (float64, error) { return fill(c, c.env.Dir, name) }
 	// The first pass writes every block of the fresh sparse files (and
-	// fills the device with random data for the checksum resync and the
-	// verify); the reference is measured on the written store.
+	// fills the device with random data for the verify); the reference is
+	// measured on the written store.
 	for _, name := range []string{"prefill", "ref-start"} {
 		mbps, err := ref(name)
 		if err != nil {
@@ -167,11 +186,6 @@ func drillSync(ctx context.Context, env Env, quick bool) (r SyncResult) {
 		logf("sync %s: %+v", k.name, sc)
 	}
 	if ctx.Err() == nil {
-		cs := syncCSums(ctx, c, evs, peer, size)
-		r.CSumsResync = &cs
-		logf("sync csums: %+v", cs)
-	}
-	if ctx.Err() == nil {
 		v := syncVerify(ctx, c, evs, peer, size)
 		r.Verify = &v
 		logf("sync verify: %+v", v)
@@ -182,6 +196,24 @@ func drillSync(ctx context.Context, env Env, quick bool) (r SyncResult) {
 		} else {
 			r.RefMBps = append(r.RefMBps, mbps)
 		}
+	}
+	stop()
+	// Checksum resync of identical data, on its own cluster with csums.
+	if ctx.Err() == nil {
+		var cs CSumsCase
+		c2, evs2, stop2, err := up("csums", map[string]string{"csums": "true"})
+		if err != nil {
+			cs.Error = err.Error()
+		} else if _, err := fill(c2, c2.env.Dir, "prefill"); err != nil {
+			cs.Error = err.Error()
+		} else {
+			cs = syncCSums(ctx, c2, evs2, peer, size)
+		}
+		if stop2 != nil {
+			stop2()
+		}
+		r.CSumsResync = &cs
+		logf("sync csums: %+v", cs)
 	}
 	var sum float64
 	for _, v := range r.RefMBps {
