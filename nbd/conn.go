@@ -44,12 +44,11 @@ type conn struct {
 	size    int64
 	maxLen  int64
 
-	// Replies: one buffered writer, guarded by wmu. pending counts replies
-	// about to be written; whoever writes the last one flushes.
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	werr    error
-	pending atomic.Int32
+	// bw writes the negotiation (flushed before transmission); rw writes
+	// the replies after it.
+	bw       *bufio.Writer
+	rw       replies
+	werrOnce atomic.Bool
 
 	gate     gate
 	jobs     chan *request

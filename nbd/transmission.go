@@ -43,17 +43,16 @@ func (c *conn) transmit(exp Export) error {
 	c.maxLen = int64(c.srv.maxPayload())
 	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes())
 	c.jobs = make(chan *request)
+	c.rw.init(c.nc)
 
 	err := c.readLoop()
 
 	close(c.jobs)
 	c.workerWG.Wait()
-	c.wmu.Lock()
-	if c.werr == nil {
-		c.werr = c.bw.Flush()
-	}
-	werr := c.werr
-	c.wmu.Unlock()
+	// Every reply is written once its worker returns.
+	c.rw.mu.Lock()
+	werr := c.rw.err
+	c.rw.mu.Unlock()
 	if err == errDisc || err == nil {
 		err = werr
 	}
@@ -363,33 +362,14 @@ func (c *conn) drainBuffered() {
 	}
 }
 
-// reply writes one simple reply. Replies are written under wmu in the order
-// workers finish; the writer is flushed when no other reply is about to be
-// written, so a burst of completions shares one system call.
+// reply writes one simple reply (see replies: replies that complete while
+// another is being written share its next system call).
 func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
-	c.pending.Add(1)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	last := c.pending.Add(-1) == 0
-	if c.werr != nil {
-		return
-	}
-	b := c.bw.AvailableBuffer()
-	if cap(b) < SimpleReplySize {
-		b = make([]byte, 0, SimpleReplySize)
-	}
-	b = binary.BigEndian.AppendUint32(b, MagicSimpleReply)
-	b = binary.BigEndian.AppendUint32(b, errno)
-	b = binary.BigEndian.AppendUint64(b, cookie)
-	_, err := c.bw.Write(b)
-	if err == nil && len(data) > 0 {
-		_, err = c.bw.Write(data)
-	}
-	if err == nil && last {
-		err = c.bw.Flush()
-	}
-	if err != nil {
-		c.werr = err
+	var h [SimpleReplySize]byte
+	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
+	binary.BigEndian.PutUint32(h[4:], errno)
+	binary.BigEndian.PutUint64(h[8:], cookie)
+	if err := c.rw.reply(h[:], data); err != nil && c.werrOnce.CompareAndSwap(false, true) {
 		c.log.Debug("nbd: write reply", "err", err)
 		// The client is gone; stop the reader too.
 		c.nc.Close()
