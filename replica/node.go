@@ -126,7 +126,8 @@ type Node struct {
 	byName map[string]*peer
 
 	mu             sync.Mutex
-	cond           *sync.Cond // journal space, role changes
+	cond           *sync.Cond    // writes draining (Close, demote)
+	roomq          []*roomWaiter // starts waiting for journal room (write.go)
 	sb             bitmap.Superblock
 	role           Role
 	demoting       bool
@@ -380,6 +381,8 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	// Writes waiting for journal room give up now (ErrClosed).
+	n.wakeRoomLocked(true)
 	for n.writing > 0 {
 		n.cond.Wait()
 	}
@@ -387,7 +390,7 @@ func (n *Node) Close() error {
 		n.drainLocked()
 	}
 	cancel := n.runCancel
-	n.cond.Broadcast()
+	n.broadcastLocked()
 	n.mu.Unlock()
 	if cancel != nil {
 		cancel()
@@ -468,7 +471,7 @@ func (n *Node) Demote() error {
 		}
 	})
 	n.recomputeLocked()
-	n.cond.Broadcast()
+	n.broadcastLocked()
 	n.log.Info("demoted to Secondary")
 	n.event("role", "", Primary.String(), Secondary.String(), "")
 	for _, p := range n.peers {
@@ -643,7 +646,7 @@ func (n *Node) recomputeLocked() {
 	}
 	n.recvMask = m
 	n.recvAtomic.Store(m)
-	n.cond.Broadcast()
+	n.broadcastLocked()
 }
 
 // errNotPrimary is what I/O on a non-primary returns: EPERM for NBD.

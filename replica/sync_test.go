@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/repd/repd/faultnet"
 	"os"
 	"strings"
 	"testing"
@@ -319,5 +320,49 @@ func TestResyncDoesNotWaitForTick(t *testing.T) {
 	if d := syncDuration(c.nodes[0].events, "beta", start); d > 4*time.Second {
 		t.Fatalf("resync of %d MiB took %v: the shipper waited for its tick", testSize>>20, d)
 	}
+	c.assertEqualStores()
+}
+
+// A resync waiting for journal room stops when its session ends, although
+// no write completes to free room: the daemon's shutdown (Run's context
+// ends, then Close) during a resync over a slow link, with the journal's
+// resync half full, returns promptly, and after a restart the resync
+// finishes. It hung: the session's teardown waited for the resync
+// goroutine, which waited for room only that teardown would free.
+func TestResyncWaitingForRoomStopsWithSession(t *testing.T) {
+	c := newCluster(t, 2, func(i int, cfg *Config) {
+		cfg.Protocol = ProtocolA
+		cfg.JournalBytes = 2 << 20
+		cfg.Timeout = 30 * time.Second
+	})
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	alpha.Disconnect("beta")
+	for off := int64(0); off < testSize; off += 1 << 20 {
+		if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{byte(off>>20) | 3}, 1<<20), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.proxy(0, 1).SetLink(faultnet.Link{Bandwidth: 256 << 10}, faultnet.Link{})
+	if err := alpha.Connect("beta", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "resync under way", func() bool { return peerState(alpha, "beta").Replication == SyncSource })
+	time.Sleep(500 * time.Millisecond) // the journal's resync half fills
+	tn := c.nodes[0]
+	tn.cancel() // as repd does on SIGTERM: Run's context first, then Close
+	select {
+	case <-tn.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return: a resync waiting for journal room held its session")
+	}
+	c.stop(tn)
+	c.proxy(0, 1).SetLink(faultnet.Link{}, faultnet.Link{})
+	c.start(tn)
+	// Between two Secondaries the resync waits for a Primary.
+	if err := tn.n.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSynced(20 * time.Second)
 	c.assertEqualStores()
 }

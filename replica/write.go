@@ -188,6 +188,8 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			err = n.errNotPrimary("write")
 		case (k == kResync || k == kVerify) && n.recvMask&only == 0:
 			err = errResyncStopped
+		case ctx.Err() != nil:
+			err = ctx.Err()
 		}
 		if err != nil {
 			n.mu.Unlock()
@@ -208,7 +210,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		} else if n.pullAhead && n.cfg.Protocol == ProtocolA && n.pullAheadLocked() && !n.j.full(e.size) {
 			break
 		}
-		n.cond.Wait()
+		n.waitRoomLocked(ctx, e.size)
 	}
 	if k == kWrite && n.recvMask != n.allMask() {
 		if err := n.rotateIfNeededLocked(); err != nil {
@@ -362,6 +364,7 @@ func (n *Node) local(ctx context.Context, e *entry) {
 	if e.kind == kResync && e.data == nil && e.size > entryOverhead {
 		n.j.bytes -= e.size - entryOverhead
 		e.size = entryOverhead
+		n.wakeRoomLocked(false)
 	}
 	e.local = true
 	e.ready = true
@@ -404,7 +407,7 @@ func (n *Node) maybeDoneLocked(e *entry) {
 		if e.kind == kWrite {
 			n.meta.Complete(e.off, e.n)
 		}
-		n.cond.Broadcast()
+		n.wakeRoomLocked(false)
 	}
 	if e.closed && e.refs == 0 && !e.freed {
 		e.freed = true
@@ -517,3 +520,59 @@ func (n *Node) barrierLocked(only uint64) *entry {
 }
 
 var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// roomWaiter is a start waiting for room in the journal.
+type roomWaiter struct {
+	size int64
+	ch   chan struct{}
+}
+
+// waitRoomLocked waits, n.mu held and released meanwhile, until room for
+// size bytes may have been freed, the node's state changed or ctx ended;
+// the caller checks its conditions again. Only waiters that fit are woken
+// when room is freed (wakeRoomLocked), instead of every waiter at every
+// completed write: with the journal full (protocol A when the peer lags),
+// waking all 32 writers for one freed slot cost more CPU than the writes.
+// A session's resync waits here too: it must see its context end, or the
+// session's teardown, which waits for it, would never come.
+func (n *Node) waitRoomLocked(ctx context.Context, size int64) {
+	w := &roomWaiter{size: size, ch: make(chan struct{})}
+	n.roomq = append(n.roomq, w)
+	n.mu.Unlock()
+	select {
+	case <-w.ch:
+		n.mu.Lock()
+	case <-ctx.Done():
+		n.mu.Lock()
+		if i := slices.Index(n.roomq, w); i >= 0 {
+			n.roomq = slices.Delete(n.roomq, i, i+1)
+		}
+	}
+}
+
+// wakeRoomLocked wakes, in order, the waiters whose sizes fit into the free
+// room (all of them if the journal is empty or all is set); n.mu held.
+func (n *Node) wakeRoomLocked(all bool) {
+	if len(n.roomq) == 0 {
+		return
+	}
+	free := n.j.max - n.j.bytes
+	keep := n.roomq[:0]
+	for _, w := range n.roomq {
+		if all || n.j.bytes == 0 || w.size <= free {
+			free -= w.size
+			close(w.ch)
+			continue
+		}
+		keep = append(keep, w)
+	}
+	clear(n.roomq[len(keep):])
+	n.roomq = keep
+}
+
+// broadcastLocked wakes everyone waiting on the node's state: the writes
+// draining (Close, demote) and the starts waiting for journal room.
+func (n *Node) broadcastLocked() {
+	n.cond.Broadcast()
+	n.wakeRoomLocked(true)
+}
