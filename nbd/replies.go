@@ -71,10 +71,10 @@ func (w *replies) reply(head []byte, data []byte) error {
 			return err
 		}
 		w.writing = true
-		batch := w.pending
+		batch := append(w.pending, head...) // head stays on the caller's stack
 		w.pending = w.spare[:0]
 		w.mu.Unlock()
-		bufs := net.Buffers{batch, head, data}
+		bufs := net.Buffers{batch, data}
 		_, err := bufs.WriteTo(w.nc)
 		w.mu.Lock()
 		w.spare = batch[:0]

@@ -113,6 +113,12 @@ func (j *journal) trim() {
 		return
 	}
 	j.base += int64(i)
+	if i == len(j.ents) {
+		// Empty: start again at the front of the same array (slicing
+		// past its end would make the next push allocate a new one).
+		j.ents = j.ents[:0]
+		return
+	}
 	j.ents = j.ents[i:]
 	if cap(j.ents) > 1024 && len(j.ents) < cap(j.ents)/4 {
 		j.ents = append(make([]*entry, 0, max(64, 2*len(j.ents))), j.ents...)
