@@ -339,7 +339,10 @@ func upCluster(bins *Bins, dir string, opt Options, seed int64) (*Cluster, error
 			return c, nil
 		}
 		c.Close()
-		if try == 3 || !strings.Contains(err.Error(), "address already in use") {
+		// A port picked free was taken meanwhile: by another process, or
+		// by one of this cluster's proxies (then the resource file names
+		// it twice).
+		if try == 3 || !strings.Contains(err.Error(), "address already in use") && !strings.Contains(err.Error(), "duplicate address") {
 			return nil, fmt.Errorf("cluster up: %w", err)
 		}
 		for _, n := range c.Nodes {

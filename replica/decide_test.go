@@ -198,3 +198,28 @@ func TestJournalDropMarksUnacked(t *testing.T) {
 		}
 	}
 }
+
+// Diverging generations where one side is Inconsistent (a resync target
+// still holds its old generation until the resync ends) are not a split
+// brain: both sides refuse for now, the same way, and connect again; the
+// victim's --discard-my-data still resolves it at once.
+func TestCompareInconsistentIsNotSplitBrain(t *testing.T) {
+	a := Side{ID: 1, Name: "alpha", Disk: Inconsistent, Current: 0xEF, Bitmap: 0xA6, History: [2]uint64{0xA6}}
+	g := Side{ID: 3, Name: "gamma", Disk: UpToDate, Current: 0x78, Bitmap: 0xA6, History: [2]uint64{0xA6}}
+	if v := relate(a, g); v.Rel != RelSplitBrain {
+		t.Fatalf("the generations should diverge here: %+v", v)
+	}
+	for _, v := range []Verdict{Compare(a, g), Compare(g, a)} {
+		if errors.Is(v.Err, ErrSplitBrain) || !errors.Is(v.Err, ErrRefused) {
+			t.Fatalf("want a refusal that is not a split brain, got %+v", v)
+		}
+	}
+	a.Disk = UpToDate
+	if v := Compare(a, g); !errors.Is(v.Err, ErrSplitBrain) {
+		t.Fatalf("both UpToDate: want split brain, got %+v", v)
+	}
+	a.Disk, a.Discard = Inconsistent, true
+	if v := Compare(a, g); v.Err != nil || v.Rel != RelPeerNewer {
+		t.Fatalf("discard: %+v", v)
+	}
+}
