@@ -304,24 +304,30 @@ func syncDirty(ctx context.Context, c *Cluster, evs *eventLog, dir, peer, name s
 	return sc
 }
 
+// timedStep fsyncs both disks, reads alpha's counters for peer, runs
+// `repctl args...` on alpha and waits for the span from state `from` to
+// `want` in alpha's events (see waitSyncSpan). It returns the span, how it
+// was timed, the counters before and the command's start.
+func timedStep(ctx context.Context, c *Cluster, evs *eventLog, peer, from, want string, args ...string) (d time.Duration, timing string, before syncPeer, t0 time.Time, err error) {
+	if err = syncDisks(c); err != nil {
+		return
+	}
+	if before, err = rawPeer(ctx, c, 0, peer); err != nil {
+		return
+	}
+	t0 = time.Now()
+	if out, rerr := c.Repctl(ctx, 0, args...); rerr != nil {
+		err = fmt.Errorf("repctl %s: %v: %s", strings.Join(args, " "), rerr, out)
+		return
+	}
+	d, timing, err = waitSyncSpan(ctx, c, evs, peer, from, want, t0, 5*time.Minute)
+	return
+}
+
 // syncCSums runs `repctl invalidate-remote` of the (identical) peer and
 // counts what crossed the link.
 func syncCSums(ctx context.Context, c *Cluster, evs *eventLog, peer string, size int64) (cs CSumsCase) {
-	if err := syncDisks(c); err != nil {
-		cs.Error = err.Error()
-		return cs
-	}
-	before, err := rawPeer(ctx, c, 0, peer)
-	if err != nil {
-		cs.Error = err.Error()
-		return cs
-	}
-	t0 := time.Now()
-	if out, err := c.Repctl(ctx, 0, "invalidate-remote", peer); err != nil {
-		cs.Error = fmt.Sprintf("repctl invalidate-remote %s: %v: %s", peer, err, out)
-		return cs
-	}
-	d, timing, err := waitSyncSpan(ctx, c, evs, peer, "SyncSource", "Established", t0, 5*time.Minute)
+	d, timing, before, _, err := timedStep(ctx, c, evs, peer, "SyncSource", "Established", "invalidate-remote", peer)
 	if err != nil {
 		cs.Error = err.Error()
 		return cs
@@ -347,21 +353,7 @@ func syncCSums(ctx context.Context, c *Cluster, evs *eventLog, peer string, size
 // syncVerify runs `repctl verify` toward the peer and times it from the
 // VerifySource event to the state that follows it.
 func syncVerify(ctx context.Context, c *Cluster, evs *eventLog, peer string, size int64) (v VerifyResult) {
-	if err := syncDisks(c); err != nil {
-		v.Error = err.Error()
-		return v
-	}
-	before, err := rawPeer(ctx, c, 0, peer)
-	if err != nil {
-		v.Error = err.Error()
-		return v
-	}
-	t0 := time.Now()
-	if out, err := c.Repctl(ctx, 0, "verify", peer); err != nil {
-		v.Error = fmt.Sprintf("repctl verify %s: %v: %s", peer, err, out)
-		return v
-	}
-	d, timing, err := waitSyncSpan(ctx, c, evs, peer, "VerifySource", "", t0, 5*time.Minute)
+	d, timing, before, t0, err := timedStep(ctx, c, evs, peer, "VerifySource", "", "verify", peer)
 	if err != nil {
 		v.Error = err.Error()
 		return v
