@@ -23,13 +23,7 @@ func TestMain(m *testing.M) {
 // A failure prints the seed, the schedule and the replay command.
 func TestScenarios(t *testing.T) {
 	needBins(t)
-	var err error
-	seed := time.Now().UnixNano() % (1 << 40)
-	if s := os.Getenv("CHAOS_SEED"); s != "" {
-		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
-			t.Fatal(err)
-		}
-	}
+	seed := chaosSeed(t)
 	t.Logf("seed %d (rerun: CHAOS_SEED=%d go test ./chaos, or go run ./chaos/cmd/soak -seed N -scenario NAME)", seed, seed)
 	for _, sc := range Scenarios {
 		protos := sc.Protocols[:1]
@@ -52,13 +46,7 @@ func TestScenarios(t *testing.T) {
 // takes link faults under load, heals, and checks out.
 func TestEnduranceEpoch(t *testing.T) {
 	needBins(t)
-	seed := time.Now().UnixNano() % (1 << 40)
-	if s := os.Getenv("CHAOS_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
-			t.Fatal(err)
-		}
-	}
+	seed := chaosSeed(t)
 	r := Endurance{Bins: testBins, Seed: seed, Duration: time.Nanosecond, Epoch: 12 * time.Second, Logf: t.Logf}.Run()
 	if r.Err != nil || len(r.Violations) > 0 {
 		t.Fatalf("seed %d: %v %v\nschedule: %v", seed, r.Err, r.Violations, r.Schedule)
@@ -88,4 +76,18 @@ func needBins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// chaosSeed is $CHAOS_SEED, or a new seed from the clock.
+func chaosSeed(t *testing.T) int64 {
+	t.Helper()
+	s := os.Getenv("CHAOS_SEED")
+	if s == "" {
+		return time.Now().UnixNano() % (1 << 40)
+	}
+	seed, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatalf("CHAOS_SEED=%q: %v", s, err)
+	}
+	return seed
 }

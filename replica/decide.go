@@ -59,15 +59,15 @@ func inHistory(u uint64, h [2]uint64) bool { return u != 0 && (h[0] == u || h[1]
 func Compare(me, peer Side) Verdict {
 	v := relate(me, peer)
 	if v.Rel == RelSplitBrain && !me.Discard && !peer.Discard {
-		for _, s := range []*Side{&me, &peer} {
-			if s.Disk == Inconsistent {
+		for _, pair := range [2][2]*Side{{&me, &peer}, {&peer, &me}} {
+			if s, o := pair[0], pair[1]; s.Disk == Inconsistent {
 				// A resync target's generation is the one it had before
 				// the resync; it takes its source's when the resync
 				// ends. Diverging generations then say nothing yet:
 				// connect again later (seen when two nodes connected
 				// just as both finished resyncs from a third).
 				return Verdict{Err: fmt.Errorf("%w: %s is Inconsistent (a resync toward it is under way or was cut) and its generation (%s) diverges from %s's (%s); connecting again, after its resync ends this resolves, or run connect --discard-my-data on %s",
-					ErrRefused, s.Name, uuidString(s.Current), other(s, &me, &peer).Name, uuidString(other(s, &me, &peer).Current), s.Name)}
+					ErrRefused, s.Name, uuidString(s.Current), o.Name, uuidString(o.Current), s.Name)}
 			}
 		}
 		v.Err = fmt.Errorf("%w: %s and %s both changed the data since they were last connected; on the node whose changes should be dropped run: connect --discard-my-data (after demoting it), and connect on the other", ErrSplitBrain, me.Name, peer.Name)
@@ -309,12 +309,4 @@ func ParseAfterSB0Pri(s string) error {
 		return nil
 	}
 	return fmt.Errorf("after-sb-0pri %q: use disconnect or discard-zero-changes", s)
-}
-
-// other is whichever of a and b s is not.
-func other(s, a, b *Side) *Side {
-	if s == a {
-		return b
-	}
-	return a
 }

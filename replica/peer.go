@@ -731,15 +731,9 @@ func (s *session) send() error {
 		var bytes int
 		// Entries before the journal's head are freed: none waits for us.
 		p.cursor = max(p.cursor, n.j.base)
-		// more: the batch is full and ready entries wait behind it; the
-		// loop goes round again without waiting for a wake, which came
-		// when they became ready and is spent.
-		more := false
-		for p.cursor < n.j.end() {
-			if len(batch) >= 1024 || int64(bytes) >= min(4<<20, n.j.max/4) {
-				more = true
-				break
-			}
+		maxBytes := int(min(4<<20, n.j.max/4))
+		full := func() bool { return len(batch) >= 1024 || bytes >= maxBytes }
+		for p.cursor < n.j.end() && !full() {
 			e := n.j.at(p.cursor)
 			if e.ship&p.bit != 0 && e.pend&p.bit != 0 {
 				if !e.ready {
@@ -751,7 +745,10 @@ func (s *session) send() error {
 			}
 			p.cursor++
 		}
-		if more {
+		if full() && p.cursor < n.j.end() {
+			// Entries wait behind a full batch: go round again without
+			// waiting for a wake (theirs came when they became ready and
+			// is spent).
 			s.wakeUp()
 		}
 		if len(batch) > 0 {
