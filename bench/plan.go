@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -198,7 +199,10 @@ func (m *matrix) runPhase(ctx context.Context, ph phase) error {
 	for _, w := range ph.workloads {
 		first := len(m.s.Results)
 		for round := range max(m.repeat, 1) {
-			for _, r := range live {
+			// Each round starts one target later, so that no target
+			// always runs right after the same other one.
+			for i := range live {
+				r := live[(i+round)%len(live)]
 				if ctx.Err() != nil {
 					return errors.New("interrupted")
 				}
@@ -250,6 +254,10 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 	if m.repeat > 1 {
 		raw = filepath.Join("raw", fmt.Sprintf("%s--%s--round%d.json", w.Name, r.t.Name, round+1))
 	}
+	// The earlier job's dirty pages are written back now, not by the
+	// kernel's flusher while this job runs (it would take CPU from
+	// whichever target happened to come next).
+	syncAll()
 	stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
 	fr, err := fioRun{
 		Args:    r.ep.FioArgs,
@@ -330,4 +338,13 @@ func medianRounds(rs []Result) []Result {
 		out = append(out, med)
 	}
 	return out
+}
+
+// syncAll writes back every filesystem's dirty data (sync(2)).
+func syncAll() {
+	t := time.Now()
+	syscall.Sync()
+	if d := time.Since(t); d > 5*time.Second {
+		logf("sync before the job took %s", d.Round(time.Millisecond))
+	}
 }

@@ -378,9 +378,9 @@ func markdown(s *Summary, workloads []Workload) string {
 		fill = "fallocated"
 	}
 	fmt.Fprintf(&b, "- backing: fresh %s %s file per node on %s; NBD over %s; peers on loopback TCP\n", fill, fmtSize(o.SizeBytes), m.Filesystem, o.Transport)
-	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill\n", o.RuntimeSec, o.RampSec)
+	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill; sync(2) before every job, so no job pays for an earlier job's writeback\n", o.RuntimeSec, o.RampSec)
 	if o.Repeat > 1 {
-		fmt.Fprintf(&b, "- %d rounds of every job (each round runs every target once, in turn); each figure is the job's median round, ratios are ratios of medians\n", o.Repeat)
+		fmt.Fprintf(&b, "- %d rounds of every job (each round runs every target once, in turn, starting one target later than the round before); each figure is the job's median round, ratios are ratios of medians\n", o.Repeat)
 	}
 	if !s.Finished.IsZero() {
 		fmt.Fprintf(&b, "- duration: %s\n", s.Finished.Sub(s.Started).Round(time.Second))
