@@ -18,10 +18,14 @@ type request struct {
 	cookie uint64
 	off    int64
 	n      int64
-	buf    *[]byte // payload (WRITE) or reply data (READ); owned by the request
-	cost   int64   // bytes held in the gate
-	start  time.Time
+	buf    *[]byte       // payload (WRITE) or reply data (READ); owned by the request
+	cost   int64         // bytes held in the gate
+	start  time.Duration // since clockBase, if OnRequest is set
 }
+
+// clockBase: request times are read as time.Since(clockBase), one monotonic
+// clock read (time.Now reads the wall clock as well).
+var clockBase = time.Now()
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
 
@@ -98,7 +102,7 @@ func (c *conn) readLoop() (err error) {
 		}
 		off := binary.BigEndian.Uint64(h[16:])
 		if c.srv.OnRequest != nil {
-			r.start = time.Now()
+			r.start = time.Since(clockBase)
 		}
 		if r.typ == CmdDisc {
 			requestPool.Put(r)
@@ -329,7 +333,7 @@ func (c *conn) finish(r *request, err error) {
 // done reports r to OnRequest and returns it and its buffer to the pools.
 func (c *conn) done(r *request, err error) {
 	if f := c.srv.OnRequest; f != nil {
-		f(cmdName(r.typ), r.n, time.Since(r.start), err)
+		f(cmdName(r.typ), r.n, time.Since(clockBase)-r.start, err)
 	}
 	putBuf(r.buf)
 	*r = request{}

@@ -90,7 +90,6 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	}
 	n.writing++
 	n.mu.Unlock()
-	n.lastAppWrite.Store(time.Now().UnixNano())
 	defer func() {
 		n.mu.Lock()
 		n.writing--
@@ -164,7 +163,12 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
 		}
 	}
-	e := &entry{kind: k, flags: f, off: off, n: length, localCh: make(chan struct{}), doneCh: make(chan struct{}), born: time.Now()}
+	e := &entry{kind: k, flags: f, off: off, n: length, localCh: make(chan struct{}), doneCh: make(chan struct{})}
+	if k == kWrite {
+		// One clock read per write serves both.
+		e.born = time.Now()
+		n.lastAppWrite.Store(e.born.UnixNano())
+	}
 	e.size = entryOverhead + int64(len(src))
 	if k == kResync {
 		e.size = entryOverhead + length
