@@ -16,6 +16,25 @@ type Conn struct {
 	nc net.Conn
 	R  *Reader
 	W  *Writer
+
+	// The deadlines last set, on the monotonic clock (since clockBase):
+	// a deadline is moved only when an eighth of its timeout has passed,
+	// not at every frame (each move is a timer update in the runtime).
+	readSet, readFor   time.Duration
+	writeSet, writeFor time.Duration
+}
+
+var clockBase = time.Now()
+
+// refresh reports whether a deadline set at *set for *dur must move for a
+// new one of timeout, and notes the new one.
+func refresh(set, dur *time.Duration, timeout time.Duration) bool {
+	now := time.Since(clockBase)
+	if *dur == timeout && now-*set < timeout/8 {
+		return false
+	}
+	*set, *dur = now, timeout
+	return true
 }
 
 // NewConn wraps nc. Frames are written raw until SetCodec.
@@ -26,6 +45,13 @@ func NewConn(nc net.Conn) *Conn {
 
 // NetConn is the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// SetDeadline sets the connection's read and write deadlines (as
+// net.Conn.SetDeadline); ReadFrame and Flush set their own afresh.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.readFor, c.writeFor = 0, 0
+	return c.nc.SetDeadline(t)
+}
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }
@@ -41,21 +67,21 @@ func (c *Conn) SetCodec(codec Codec, level int) error {
 }
 
 // ReadFrame reads the next frame, failing if none arrives within timeout
-// (0: no deadline).
+// (0: no deadline; the deadline may be up to timeout/8 early).
 func (c *Conn) ReadFrame(timeout time.Duration) (Frame, error) {
-	if timeout > 0 {
+	if timeout > 0 && refresh(&c.readSet, &c.readFor, timeout) {
 		c.nc.SetReadDeadline(time.Now().Add(timeout))
 	}
 	return c.R.ReadFrame()
 }
 
 // Flush sends buffered frames, failing if the peer does not take them
-// within timeout (0: no deadline).
+// within timeout (0: no deadline; it may be up to timeout/8 early).
 func (c *Conn) Flush(timeout time.Duration) error {
 	if c.W.Buffered() == 0 {
 		return nil
 	}
-	if timeout > 0 {
+	if timeout > 0 && refresh(&c.writeSet, &c.writeFor, timeout) {
 		c.nc.SetWriteDeadline(time.Now().Add(timeout))
 	}
 	return c.W.Flush()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -496,5 +497,47 @@ func TestCompressionBacksOffOnIncompressibleData(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// A Conn moves its read deadline only every eighth of the timeout; a read
+// still fails in time when frames stop, also when SetDeadline cleared the
+// deadline (as the handshake does) just after a ReadFrame set one.
+func TestReadDeadlineHoldsWhenFramesStop(t *testing.T) {
+	const timeout = time.Second
+	for _, clear := range []bool{false, true} {
+		a, b := net.Pipe()
+		c, peer := NewConn(a), NewConn(b)
+		go func() {
+			for i := range 5 {
+				if err := peer.Send(time.Second, TypePing, 0, uint64(i), nil, nil); err != nil {
+					return
+				}
+			}
+		}()
+		for i := range 5 {
+			if _, err := c.ReadFrame(timeout); err != nil {
+				t.Fatalf("frame %d: %v", i, err)
+			}
+		}
+		if clear {
+			c.SetDeadline(time.Time{})
+		}
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { _, err := c.ReadFrame(timeout); done <- err }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("clear=%v: read with no frame coming: %v, want a deadline error", clear, err)
+			}
+			if d := time.Since(start); d > timeout+timeout/2 {
+				t.Fatalf("clear=%v: the deadline fired after %v, want within %v", clear, d, timeout)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("clear=%v: ReadFrame(%v) still waiting after 5 s: no deadline was set", clear, timeout)
+		}
+		a.Close()
+		b.Close()
 	}
 }

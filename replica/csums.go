@@ -75,6 +75,7 @@ func (n *Node) readStable(ctx context.Context, buf []byte, off int64) error {
 	for _, x := range n.inflight {
 		if x.overlaps(off, g.n) {
 			deps = append(deps, x)
+			x.localChLocked()
 		}
 	}
 	n.inflight = append(n.inflight, g)

@@ -41,8 +41,8 @@ type entry struct {
 	deps    []*entry      // earlier in-flight entries it overlaps
 	ready   bool          // data present (resync: read locally)
 	local   bool          // written locally (resync: read)
-	localCh chan struct{} // closed when local
-	doneCh  chan struct{} // closed when Done
+	localCh chan struct{} // closed when local; made on demand (localChLocked), under n.mu
+	doneCh  chan struct{} // closed when done; made on demand (Node.doneCh), under n.mu
 	closed  bool          // doneCh closed
 	freed   bool          // bytes returned, buffer released
 	err     error         // local I/O error

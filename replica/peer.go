@@ -309,7 +309,7 @@ func (p *peer) dial(ctx context.Context) (*protocol.Conn, error) {
 		return nil, err
 	}
 	c := protocol.NewConn(nc)
-	nc.SetDeadline(time.Now().Add(n.cfg.Timeout))
+	c.SetDeadline(time.Now().Add(n.cfg.Timeout))
 	h, err := protocol.Handshake(c, n.hello(), n.cfg.Secret, func(h *protocol.Hello) error {
 		if h.NodeID != p.cfg.ID {
 			return fmt.Errorf("%s expected node id %d at %s, found %s (id %d)", n.cfg.Self.Name, p.cfg.ID, p.cfg.Addr, h.Name, h.NodeID)
@@ -361,7 +361,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 		return
 	}
 	c := protocol.NewConn(nc)
-	nc.SetDeadline(time.Now().Add(n.cfg.Timeout))
+	c.SetDeadline(time.Now().Add(n.cfg.Timeout))
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
 	var p *peer
@@ -405,7 +405,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 		return
 	}
 	p.setCodec(c, h)
-	nc.SetDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
 	// Replace whatever is waiting; a live session is superseded (the peer
 	// would not dial again if it still had it).
 	n.mu.Lock()
@@ -447,7 +447,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	stop := context.AfterFunc(sctx, func() { nc.Close() })
 	defer stop()
 
-	nc.SetDeadline(time.Now().Add(n.cfg.Timeout))
+	c.SetDeadline(time.Now().Add(n.cfg.Timeout))
 	n.mu.Lock()
 	me := p.sideLocked()
 	mine := p.stateLocked(0)
@@ -502,7 +502,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	if plan == SyncSource && p.sy.userPaused {
 		plan = PausedSync // pause-sync by the operator
 	}
-	nc.SetDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
 
 	n.mu.Lock()
 	if n.role != me.Role || n.sb.Disk != me.Disk && plan != SyncTarget {

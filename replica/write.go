@@ -128,7 +128,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			// Not written here (detached disk): it counts only if a peer
 			// acknowledged it, whatever the protocol.
 			select {
-			case <-e.doneCh:
+			case <-n.doneCh(e):
 				n.mu.Lock()
 				acked := e.acked
 				n.mu.Unlock()
@@ -163,7 +163,12 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
 		}
 	}
-	e := &entry{kind: k, flags: f, off: off, n: length, localCh: make(chan struct{}), doneCh: make(chan struct{})}
+	// Its channels are made when someone waits (localChLocked, doneCh):
+	// under protocol A most writes are waited for by nobody.
+	e := &entry{kind: k, flags: f, off: off, n: length}
+	if k == kWrite && n.cfg.Protocol == ProtocolC {
+		e.doneCh = make(chan struct{}) // write waits for it
+	}
 	if k == kWrite {
 		// One clock read per write serves both.
 		e.born = time.Now()
@@ -246,6 +251,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 	for _, x := range n.inflight {
 		if x.overlaps(off, length) {
 			e.deps = append(e.deps, x)
+			x.localChLocked()
 		}
 	}
 	n.inflight = append(n.inflight, e)
@@ -372,7 +378,9 @@ func (n *Node) local(ctx context.Context, e *entry) {
 	}
 	e.local = true
 	e.ready = true
-	close(e.localCh)
+	if e.localCh != nil {
+		close(e.localCh)
+	}
 	if i := slices.Index(n.inflight, e); i >= 0 {
 		n.inflight = slices.Delete(n.inflight, i, i+1)
 	}
@@ -403,7 +411,9 @@ func allZero(b []byte) bool {
 func (n *Node) maybeDoneLocked(e *entry) {
 	if !e.closed && e.local && e.pend == 0 {
 		e.closed = true
-		close(e.doneCh)
+		if e.doneCh != nil {
+			close(e.doneCh)
+		}
 		// Its room in the journal is free now, even if a shipper is
 		// still writing its data out (that memory is bounded by the
 		// shippers' batch size).
@@ -524,6 +534,31 @@ func (n *Node) barrierLocked(only uint64) *entry {
 }
 
 var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// localChLocked returns a channel closed once e is local, making it if
+// nobody waited before; n.mu held (local closes it under n.mu).
+func (e *entry) localChLocked() chan struct{} {
+	if e.local {
+		return closedCh
+	}
+	if e.localCh == nil {
+		e.localCh = make(chan struct{})
+	}
+	return e.localCh
+}
+
+// doneCh returns a channel closed once e is done (maybeDoneLocked).
+func (n *Node) doneCh(e *entry) chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if e.closed {
+		return closedCh
+	}
+	if e.doneCh == nil {
+		e.doneCh = make(chan struct{})
+	}
+	return e.doneCh
+}
 
 // roomWaiter is a start waiting for room in the journal.
 type roomWaiter struct {
