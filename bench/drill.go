@@ -19,7 +19,7 @@ import (
 )
 
 // Drills: failover and recovery, each on a cluster of its own.
-var drillNames = []string{"rto", "rpo", "resync", "wire", "sync"}
+var drillNames = []string{"rto", "rpo", "resync", "wire", "sync", "floor"}
 
 func selectDrills(list string) ([]string, error) {
 	if list == "none" || list == "" {
@@ -45,6 +45,7 @@ type Drills struct {
 	Resync *ResyncResult `json:"resync,omitempty"`
 	Wire   []WireResult  `json:"wire,omitempty"`
 	Sync   *SyncResult   `json:"sync,omitempty"` // syncdrill.go
+	Floor  *FloorResult  `json:"floor,omitempty"` // floor.go
 }
 
 // RTOResult: kill -9 of the primary under fio load until the first write
@@ -142,6 +143,10 @@ func runDrills(ctx context.Context, env Env, drills []string, seconds int, quick
 			for _, w := range d.Wire {
 				logf("wire: %+v", w)
 			}
+		case "floor":
+			r := drillFloor(ctx, denv)
+			d.Floor = &r
+			logf("floor: %+v", r)
 		case "sync":
 			r := drillSync(ctx, denv, quick)
 			d.Sync = &r

@@ -28,6 +28,9 @@ func (d DirStats) MBps() float64 { return d.BWBytes / 1e6 }
 type FioResult struct {
 	Read  DirStats `json:"read"`
 	Write DirStats `json:"write"`
+	// CPU is fio's own CPU time from the end of ramp_time to its exit
+	// (set when fioRun.AtRamp is).
+	CPU time.Duration `json:"-"`
 }
 
 // Total is read+write IOPS and bandwidth.
@@ -120,6 +123,10 @@ type fioRun struct {
 	Output  string        // where fio writes its JSON
 	Runtime time.Duration // BENCH_RUNTIME
 	Timeout time.Duration // kill fio after this long (0: no limit but ctx)
+	// AtRamp, if set, is called once ramp_time after fio starts, when its
+	// measured window begins (fio's own CPU is then noted for
+	// FioResult.CPU).
+	AtRamp func()
 }
 
 // run starts fio, waits for it and parses its JSON.
@@ -138,12 +145,34 @@ func (f fioRun) run(ctx context.Context) (FioResult, error) {
 	var stderr bytes.Buffer
 	cmd.Stdout = &stderr
 	cmd.Stderr = &stderr
-	runErr := runGroup(ctx, cmd)
+	var fioAtRamp chan time.Duration
+	started := func(pid int) {
+		if f.AtRamp == nil {
+			return
+		}
+		fioAtRamp = make(chan time.Duration, 1)
+		time.AfterFunc(rampTime, func() {
+			c := treeCPU(pid)
+			f.AtRamp()
+			fioAtRamp <- c
+		})
+	}
+	runErr := runGroup(ctx, cmd, started)
 	out, readErr := os.ReadFile(f.Output)
 	var res FioResult
 	var parseErr error
 	if readErr == nil {
 		res, parseErr = parseFio(out)
+	}
+	if fioAtRamp != nil && cmd.ProcessState != nil {
+		select {
+		case c := <-fioAtRamp:
+			// The exit status's usage includes the job processes fio
+			// reaped.
+			ps := cmd.ProcessState
+			res.CPU = ps.UserTime() + ps.SystemTime() - c
+		default: // fio ended before its ramp did
+		}
 	}
 	switch {
 	case ctx.Err() != nil:

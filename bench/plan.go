@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -259,13 +260,23 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 	// whichever target happened to come next).
 	syncAll()
 	stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
+	type sample struct {
+		cpu time.Duration
+		at  time.Time
+	}
+	atRamp := make(chan sample, 1)
 	fr, err := fioRun{
 		Args:    r.ep.FioArgs,
 		JobFile: filepath.Join(m.jobDir, w.Name+".fio"),
 		Output:  filepath.Join(m.out, raw),
 		Runtime: m.runtime,
 		Timeout: m.runtime + rampTime + 2*time.Minute,
+		AtRamp:  func() { atRamp <- sample{pidsCPU(r.ep.PIDs()), time.Now()} },
 	}.run(ctx)
+	var cpuEnd sample
+	if len(r.ep.PIDs()) > 0 {
+		cpuEnd = sample{pidsCPU(r.ep.PIDs()), time.Now()}
+	}
 	res.MaxRSS = stopRSS()
 	r.maxRSS = max(r.maxRSS, res.MaxRSS)
 	res.RawJSON = raw
@@ -283,6 +294,24 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 		return
 	}
 	res.IOPS, res.MBps = fr.Total()
+	select {
+	case s := <-atRamp:
+		// The target's CPU from the end of the ramp to fio's exit; fio's
+		// own over the same span.
+		if ios := fr.Read.IOs + fr.Write.IOs; ios > 0 && fr.CPU > 0 {
+			window := cpuEnd.at.Sub(s.at)
+			tgt := cpuEnd.cpu - s.cpu
+			if cpuEnd.at.IsZero() {
+				tgt, window = 0, time.Duration(m.runtime) // no PIDs (local: fio alone)
+			}
+			res.CPU = &CPUStats{
+				TargetUs: float64(tgt.Microseconds()) / float64(ios),
+				FioUs:    float64(fr.CPU.Microseconds()) / float64(ios),
+				Util:     float64(tgt+fr.CPU) / float64(window) / float64(runtime.NumCPU()),
+			}
+		}
+	default:
+	}
 	if fr.Read.IOs > 0 {
 		res.Read = &fr.Read
 	}

@@ -22,10 +22,13 @@ func childAttr() *syscall.SysProcAttr {
 
 // runGroup runs cmd to completion. When ctx ends first, the command's process
 // group gets SIGINT, then SIGKILL 5 s later.
-func runGroup(ctx context.Context, cmd *exec.Cmd) error {
+func runGroup(ctx context.Context, cmd *exec.Cmd, started ...func(pid int)) error {
 	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		return err
+	}
+	for _, f := range started {
+		f(cmd.Process.Pid)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

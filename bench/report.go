@@ -22,6 +22,9 @@ type Result struct {
 	// RatioStandalone is IOPS over repd standalone's on the same workload.
 	RatioStandalone float64 `json:"ratio_to_standalone,omitempty"`
 	MaxRSS          int64   `json:"max_rss_bytes,omitempty"` // server RSS during this run
+	// CPU is what the job cost in CPU time per I/O (target and fio) and
+	// how busy it kept this machine's CPUs.
+	CPU *CPUStats `json:"cpu,omitempty"`
 	RawJSON         string  `json:"raw_json,omitempty"`      // relative to the report
 	// RoundsIOPS is every round's IOPS in run order when the job ran more
 	// than once (--repeat); the other fields are the median round's.
@@ -179,6 +182,9 @@ func evalChecks(s *Summary) []Check {
 			}
 			if b := littleBound(s, c.num, c.workload); b > 0 {
 				ck.Detail += fmt.Sprintf("; protocol C at this queue depth cannot exceed QD/RTT = %.0f IOPS (%.2fx) over the measured RTT", b, b/den.IOPS)
+			}
+			if b, why := cpuBound(s, c.num, c.den, c.workload); b > 0 {
+				ck.Detail += fmt.Sprintf("; on this machine's CPUs it cannot exceed %.2fx: %s", b, why)
 			}
 		}
 		cs = append(cs, ck)
@@ -424,15 +430,15 @@ func markdown(s *Summary, workloads []Workload) string {
 				"What exceeds the added RTT is the proxy's own cost (it runs in the harness, on the same CPUs): read the link results against the measured RTT. " +
 				"A link without a bandwidth cap carries a 10 Gbit/s bandwidth-delay product in flight per direction (at least 4 MiB); a capped one is paced to its cap.\n\n")
 		}
-		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit | rounds (IOPS) |\n")
-		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+		b.WriteString("| workload | target | IOPS | MB/s | p50 µs | p99 µs | × standalone | × nbdkit | CPU µs/IO target + fio | CPUs busy | rounds (IOPS) |\n")
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, r := range rows {
 			name := desc[r.Workload]
 			if name == "" {
 				name = r.Workload
 			}
 			if r.Error != "" {
-				fmt.Fprintf(&b, "| %s | %s | error | | | | | | |\n", name, r.Target)
+				fmt.Fprintf(&b, "| %s | %s | error | | | | | | | | |\n", name, r.Target)
 				continue
 			}
 			p50, p99 := latencies(r)
@@ -440,9 +446,14 @@ func markdown(s *Summary, workloads []Workload) string {
 			for _, x := range r.RoundsIOPS {
 				rounds = append(rounds, fmt.Sprintf("%.0f", x))
 			}
-			fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %s | %s | %s | %s | %s |\n", name, r.Target, r.IOPS, r.MBps, p50, p99, ratio(r.RatioStandalone), ratio(r.RatioNbdkit), strings.Join(rounds, " "))
+			cpu, busy := "", ""
+			if c := r.CPU; c != nil {
+				cpu = fmt.Sprintf("%.1f + %.1f", c.TargetUs, c.FioUs)
+				busy = fmt.Sprintf("%.0f %%", 100*c.Util)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %s | %s | %s | %s | %s | %s | %s |\n", name, r.Target, r.IOPS, r.MBps, p50, p99, ratio(r.RatioStandalone), ratio(r.RatioNbdkit), cpu, busy, strings.Join(rounds, " "))
 		}
-		b.WriteString("\n")
+		b.WriteString("\n*CPU µs/IO*: CPU time (user + system) of the target's processes (server and its peers) and of fio, from the end of ramp_time to fio's exit, per I/O fio counted; *CPUs busy*: both together over that span, as a share of all CPUs. Near 100 %, the job was bound by this machine's CPUs, and a target's IOPS follow the inverse of its CPU per I/O.\n\n")
 	}
 	if len(s.Charts) > 0 {
 		b.WriteString("Charts: ")
@@ -495,6 +506,17 @@ func ratio(v float64) string {
 func drillsMarkdown(b *strings.Builder, d *Drills) {
 	if d == nil {
 		return
+	}
+	if r := d.Floor; r != nil {
+		b.WriteString("## Floor drill: the least a peer's copy of a write costs\n\n")
+		b.WriteString("A bare loop in the harness, no repd: the write's bytes (behind a 32-byte header) sent over loopback TCP in batches, received in 512 KiB reads, and written with pwrite into a file of the device's size that was written over once before. " +
+			"No checksums, acks, journal or goroutine hand-offs: whatever replicates a write to a peer on this machine spends at least this much CPU time per write, on top of what the write costs standalone. " +
+			"The issue-3 checks turn it into a bound on the replicated/standalone ratio.\n\n")
+		if r.Error != "" {
+			fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
+		}
+		b.WriteString("| 4 KiB random: send + receive + pwrite | of which pwrite | 1 MiB sequential: send + receive + pwrite |\n|---:|---:|---:|\n")
+		fmt.Fprintf(b, "| %.2f µs | %.2f µs | %.0f µs |\n\n", r.Us4K, r.PwriteUs4K, r.Us1M)
 	}
 	if r := d.RTO; r != nil {
 		b.WriteString("## RTO drill\n\n")
@@ -640,6 +662,47 @@ func littleBound(s *Summary, target, workload string) float64 {
 		}
 	}
 	return 0
+}
+
+// cpuBound bounds the ratio of a replicated target's IOPS to standalone's
+// on one machine, whatever the implementation: each of its writes costs at
+// least what a standalone write cost (target and fio, CPU per I/O) plus,
+// per peer, the floor drill's cost of sending, receiving and writing the
+// bytes once more, and all of it shares these CPUs. Hence its IOPS are at
+// most CPUs / (standalone CPU per I/O + peers × floor), against
+// standalone's measured IOPS. 0 without the CPU figures or the floor
+// drill.
+func cpuBound(s *Summary, num, den, workload string) (float64, string) {
+	if den != standalone || s.Drills == nil || s.Drills.Floor == nil || s.Drills.Floor.Error != "" || s.Machine.Nproc == 0 {
+		return 0, ""
+	}
+	var meta *TargetMeta
+	for i := range s.Targets {
+		if s.Targets[i].Name == num {
+			meta = &s.Targets[i].Meta
+		}
+	}
+	var sa *Result
+	for i := range s.Results {
+		if r := &s.Results[i]; r.Workload == workload && r.Target == standalone && r.Error == "" {
+			sa = r
+		}
+	}
+	if meta == nil || meta.Kind != "repd" || meta.Peers == 0 || sa == nil || sa.CPU == nil || sa.IOPS == 0 {
+		return 0, ""
+	}
+	fl := s.Drills.Floor.Us4K
+	what := "receive and pwrite 4 KiB"
+	if workload == "seqwrite-1m-qd8" {
+		fl, what = s.Drills.Floor.Us1M, "receive and pwrite 1 MiB"
+	} else if !strings.HasPrefix(workload, "randwrite-4k") {
+		return 0, ""
+	}
+	perIO := sa.CPU.Total() + float64(meta.Peers)*fl
+	b := float64(s.Machine.Nproc) * 1e6 / perIO / sa.IOPS
+	return b, fmt.Sprintf("standalone cost %.1f µs of CPU per write (repd %.1f + fio %.1f) with the %d CPUs %.0f %% busy, "+
+		"and each peer adds at least %.1f µs to send, %s (floor drill): at most %d CPUs / %.1f µs = %.0f IOPS",
+		sa.CPU.Total(), sa.CPU.TargetUs, sa.CPU.FioUs, s.Machine.Nproc, 100*sa.CPU.Util, fl, what, s.Machine.Nproc, perIO, float64(s.Machine.Nproc)*1e6/perIO)
 }
 
 // syncMarkdown renders the sync drill (issue 4).
