@@ -44,7 +44,7 @@ type Drills struct {
 	RPO    []RPOResult   `json:"rpo,omitempty"`
 	Resync *ResyncResult `json:"resync,omitempty"`
 	Wire   []WireResult  `json:"wire,omitempty"`
-	Sync   *SyncResult   `json:"sync,omitempty"` // syncdrill.go
+	Sync   *SyncResult   `json:"sync,omitempty"`  // syncdrill.go
 	Floor  *FloorResult  `json:"floor,omitempty"` // floor.go
 }
 

@@ -24,8 +24,8 @@ type Result struct {
 	MaxRSS          int64   `json:"max_rss_bytes,omitempty"` // server RSS during this run
 	// CPU is what the job cost in CPU time per I/O (target and fio) and
 	// how busy it kept this machine's CPUs.
-	CPU *CPUStats `json:"cpu,omitempty"`
-	RawJSON         string  `json:"raw_json,omitempty"`      // relative to the report
+	CPU     *CPUStats `json:"cpu,omitempty"`
+	RawJSON string    `json:"raw_json,omitempty"` // relative to the report
 	// RoundsIOPS is every round's IOPS in run order when the job ran more
 	// than once (--repeat); the other fields are the median round's.
 	RoundsIOPS []float64 `json:"rounds_iops,omitempty"`
