@@ -70,9 +70,9 @@ func floor(ctx context.Context, env Env, r *FloorResult) error {
 	for i := range buf {
 		buf[i] = byte(rng.Uint32())
 	}
-	// Write the file over once in 4 KiB pieces, then time a second pass.
+	// Write every block once in 4 KiB pieces, then time a second pass.
 	for i := int64(0); i < blocks; i++ {
-		if _, err := f.WriteAt(buf[:4096], block()); err != nil {
+		if _, err := f.WriteAt(buf[:4096], i*4096); err != nil {
 			return err
 		}
 	}
