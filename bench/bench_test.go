@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/repd/repd/faultnet"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -464,5 +465,91 @@ func TestSyncSpan(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"time":"2026-11-27T03:06:03.375174182Z","kind":"replication","peer":"bravo","old":"Off","new":"SyncSource"}`), &l); err != nil ||
 		l.Time.Nanosecond() != 375174182 || l.New != "SyncSource" {
 		t.Errorf("event line: %+v %v", l, err)
+	}
+}
+
+// The CPU bound on a replicated ratio: CPUs / (standalone CPU per I/O +
+// peers × floor), against standalone's IOPS; absent without the floor
+// drill or the CPU figures.
+func TestCPUBound(t *testing.T) {
+	s := &Summary{
+		Machine: Machine{Nproc: 2},
+		Targets: []TargetInfo{
+			{Name: "repd", Meta: TargetMeta{Kind: "repd"}},
+			{Name: "repd-a1", Meta: TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
+			{Name: "repd-c2", Meta: TargetMeta{Kind: "repd", Protocol: "C", Peers: 2}},
+			{Name: "nbdkit", Meta: TargetMeta{Kind: "nbdkit"}},
+		},
+		Results: []Result{
+			// 8 µs of CPU per I/O at 100k IOPS on 2 CPUs: 80 % busy.
+			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 100000, CPU: &CPUStats{TargetUs: 5, FioUs: 3, Util: 0.8}},
+			{Workload: "randwrite-4k-qd32", Target: "repd-a1", IOPS: 60000},
+		},
+		Drills: &Drills{Floor: &FloorResult{Us4K: 2, Us1M: 300}},
+	}
+	// One peer: 2 CPUs / 10 µs = 200k IOPS = 2.0x of 100k.
+	if b, why := cpuBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); b < 1.999 || b > 2.001 || !strings.Contains(why, "200000 IOPS") {
+		t.Errorf("one peer: %.3f (%s), want 2.000 and 200000 IOPS", b, why)
+	}
+	// Two peers: 2 CPUs / 12 µs = 166667 IOPS.
+	if b, _ := cpuBound(s, "repd-c2", "repd", "randwrite-4k-qd32"); b < 1.666 || b > 1.667 {
+		t.Errorf("two peers: %.4f, want 1.6667", b)
+	}
+	for _, c := range []struct{ num, den, workload string }{
+		{"nbdkit", "repd", "randwrite-4k-qd32"},    // not a replicated repd
+		{"repd-a1", "nbdkit", "randwrite-4k-qd32"}, // not against standalone
+		{"repd-a1", "repd", "randread-4k-qd32"},    // no standalone result with CPU
+	} {
+		if b, _ := cpuBound(s, c.num, c.den, c.workload); b != 0 {
+			t.Errorf("%+v: bound %.3f, want none", c, b)
+		}
+	}
+	s.Drills.Floor.Error = "failed"
+	if b, _ := cpuBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); b != 0 {
+		t.Errorf("failed floor drill: bound %.3f, want none", b)
+	}
+}
+
+func TestProcCPU(t *testing.T) {
+	self, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn some CPU; the reading must grow (USER_HZ ticks: 10 ms).
+	end := time.Now().Add(100 * time.Millisecond)
+	for x := 0; time.Now().Before(end); x++ {
+		_ = x * x
+	}
+	after, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= self {
+		t.Errorf("CPU time %v after 100 ms of spinning, %v before: want more", after, self)
+	}
+	if got := treeCPU(os.Getpid()); got < after {
+		t.Errorf("treeCPU %v < procCPU %v of the same process", got, after)
+	}
+	if _, err := procCPU(1 << 30); err == nil {
+		t.Error("procCPU of a pid that cannot exist: no error")
+	}
+}
+
+// The floor drill runs on a small file and reports a positive cost for
+// each step, a 1 MiB write costing more than a 4 KiB one; a device under
+// 64 MiB is refused.
+func TestFloorDrillSmall(t *testing.T) {
+	r := drillFloor(t.Context(), Env{Dir: t.TempDir(), Size: 64 << 20})
+	if r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 {
+		t.Errorf("floor %+v: every cost must be positive", r)
+	}
+	if r.Us1M < r.Us4K {
+		t.Errorf("floor %+v: a 1 MiB write cannot cost less than a 4 KiB one", r)
+	}
+	if r := drillFloor(t.Context(), Env{Dir: t.TempDir(), Size: 1 << 20}); r.Error == "" {
+		t.Error("a 1 MiB device: no error, want one (the drill needs 64 MiB)")
 	}
 }
