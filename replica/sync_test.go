@@ -296,6 +296,19 @@ func TestInvalidatePauseResume(t *testing.T) {
 	}
 }
 
+// rewriteWhileAway disconnects peer and overwrites n's whole device in
+// 1 MiB writes (each MiB its own byte, marked with mark), so the peer's
+// next connection resyncs all of it.
+func rewriteWhileAway(t *testing.T, n *Node, peer string, mark byte) {
+	t.Helper()
+	n.Disconnect(peer)
+	for off := int64(0); off < testSize; off += 1 << 20 {
+		if err := n.WriteAt(context.Background(), bytes.Repeat([]byte{byte(off>>20) | mark}, 1<<20), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A resync larger than one shipper batch (4 MiB) runs back to back: the
 // shipper goes round again while ready entries wait, instead of sleeping
 // until its keepalive tick (here Timeout/8 = 5 s) — found by the sync
@@ -303,13 +316,7 @@ func TestInvalidatePauseResume(t *testing.T) {
 func TestResyncDoesNotWaitForTick(t *testing.T) {
 	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Timeout = 40 * time.Second })
 	alpha := c.bootstrap()
-	ctx := context.Background()
-	alpha.Disconnect("beta")
-	for off := int64(0); off < testSize; off += 1 << 20 {
-		if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{byte(off>>20) | 1}, 1<<20), off, false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rewriteWhileAway(t, alpha, "beta", 1)
 	start := time.Now()
 	if err := alpha.Connect("beta", false); err != nil {
 		t.Fatal(err)
@@ -336,13 +343,7 @@ func TestResyncWaitingForRoomStopsWithSession(t *testing.T) {
 		cfg.Timeout = 30 * time.Second
 	})
 	alpha := c.bootstrap()
-	ctx := context.Background()
-	alpha.Disconnect("beta")
-	for off := int64(0); off < testSize; off += 1 << 20 {
-		if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{byte(off>>20) | 3}, 1<<20), off, false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rewriteWhileAway(t, alpha, "beta", 3)
 	c.proxy(0, 1).SetLink(faultnet.Link{Bandwidth: 256 << 10}, faultnet.Link{})
 	if err := alpha.Connect("beta", false); err != nil {
 		t.Fatal(err)
