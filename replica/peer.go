@@ -1013,6 +1013,12 @@ func (p *peer) onState(st *protocol.State) error {
 				q.settleLocked(to)
 			}
 		}
+		if err == nil {
+			// A State this node sent before it adopted the UUID may still
+			// be on its way and would leave the peers believing it
+			// Inconsistent: say UpToDate after it.
+			n.broadcastStateLocked(nil)
+		}
 		return err
 	}
 	if p.syncStateLocked(Repl(st.Repl)) {

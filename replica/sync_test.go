@@ -367,3 +367,32 @@ func TestResyncWaitingForRoomStopsWithSession(t *testing.T) {
 	c.waitSynced(20 * time.Second)
 	c.assertEqualStores()
 }
+
+// new-current-uuid --clear-bitmap right after a connection: the peer's
+// State from the connect, still on its way, says Inconsistent; the peer
+// then adopts the new UUID and must say so again, or this node keeps
+// believing the peer Inconsistent.
+func TestNewUUIDPeerDiskConverges(t *testing.T) {
+	c := newCluster(t, 2, nil)
+	c.waitConnected(10 * time.Second)
+	// Reconnect with beta → alpha slow, so that beta's State from the
+	// connect arrives after alpha started the new UUID.
+	px := c.proxy(0, 1)
+	alpha, beta := c.nodes[0].n, c.nodes[1].n
+	before := peerState(alpha, "beta").Connects
+	px.SetLink(faultnet.Link{}, faultnet.Link{Delay: 300 * time.Millisecond})
+	px.CutAll()
+	waitFor(t, 10*time.Second, "alpha connected to beta again", func() bool {
+		ps := peerState(alpha, "beta")
+		return ps.Connects > before && ps.Connection == Connected
+	})
+	if err := alpha.NewCurrentUUID(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "beta UpToDate", func() bool { return beta.Status().Disk == "UpToDate" })
+	// Beta's older State lands within the link's delay.
+	time.Sleep(time.Second)
+	waitFor(t, 3*time.Second, "alpha sees beta UpToDate", func() bool {
+		return peerState(alpha, "beta").Disk == "UpToDate"
+	})
+}
