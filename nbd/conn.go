@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -18,8 +19,9 @@ const (
 )
 
 // conn is one client connection. Its goroutines: the one running serve (which
-// negotiates, then reads and parses requests) and up to MaxInFlight workers
-// that call the Device and write replies.
+// negotiates, then reads and parses requests, and runs a small request
+// itself when no other is waiting and the Device calls it Quick) and up to
+// MaxInFlight workers that call the Device and write replies.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -35,6 +37,8 @@ type conn struct {
 	// clearing its deadline cannot undo a stop.
 	dmu      sync.Mutex
 	stopping atomic.Bool
+	raw      syscall.RawConn // set at transmission start, see setBlocking
+	blocking bool            // the socket's mode; the reader's
 
 	// Transmission state, set once before the first request.
 	exp     Export
@@ -102,7 +106,8 @@ func (c *conn) serve() (err error) {
 }
 
 // stop asks the connection to end gracefully: the reader stops at the next
-// request boundary (a blocked read is interrupted by a past deadline),
+// request boundary (a blocked read is interrupted by a past deadline, or
+// by shutdown(SHUT_RD) when it sleeps in read(2)),
 // in-flight requests finish and are answered, then the connection closes.
 func (c *conn) stop() {
 	c.dmu.Lock()
@@ -113,6 +118,48 @@ func (c *conn) stop() {
 	if err := c.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
 		c.nc.Close()
 	}
+	if c.raw != nil {
+		// A read blocked in the kernel ignores deadlines.
+		c.shutdown(syscall.SHUT_RD)
+	}
+}
+
+func (c *conn) shutdown(how int) {
+	c.raw.Control(func(fd uintptr) { syscall.Shutdown(int(fd), how) })
+}
+
+// useRaw gives the reader control over the socket's blocking mode
+// (setBlocking) once transmission starts, and stop a way to interrupt a
+// read blocked in the kernel.
+func (c *conn) useRaw() {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.stopping.Load() {
+		c.raw = raw
+	}
+}
+
+// setBlocking switches the socket between blocking reads, where the reader
+// sleeps in read(2) until the client sends more (cheapest for a stream of
+// small requests), and the netpoller (cheapest while a large payload
+// arrives in pieces). Only the reader calls it.
+func (c *conn) setBlocking(b bool) {
+	if c.raw == nil || c.blocking == b {
+		return
+	}
+	var serr error
+	if err := c.raw.Control(func(fd uintptr) { serr = syscall.SetNonblock(int(fd), !b) }); err != nil || serr != nil {
+		return
+	}
+	c.blocking = b
 }
 
 // kill ends the connection at once: it closes the socket and cancels the
@@ -120,8 +167,19 @@ func (c *conn) stop() {
 func (c *conn) kill() {
 	c.stop()
 	c.cancel()
-	c.nc.Close()
+	c.abort()
 	c.gate.close()
+}
+
+// abort closes the socket. A read or write blocked in the kernel keeps a
+// socket open past Close, so it is shut down first.
+func (c *conn) abort() {
+	c.dmu.Lock()
+	if c.raw != nil {
+		c.shutdown(syscall.SHUT_RDWR)
+	}
+	c.dmu.Unlock()
+	c.nc.Close()
 }
 
 // setReadDeadline sets the read deadline unless the connection is stopping.

@@ -30,3 +30,11 @@ type Trimmer interface {
 type Zeroer interface {
 	WriteZeroes(ctx context.Context, off, n int64, noHole, fua bool) error
 }
+
+// Quick is a Device that can tell, before a call, that a read (write=false)
+// or write of n bytes will complete without waiting for anything but the
+// local disk: no network round trip, no queue. The server may then run it
+// on the goroutine that reads requests instead of handing it to a worker.
+type Quick interface {
+	Quick(write bool, n int64) bool
+}

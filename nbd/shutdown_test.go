@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"testing"
@@ -162,5 +163,52 @@ func TestServeConnPipe(t *testing.T) {
 	defer b.Close()
 	if err := srv.ServeConn(context.Background(), a); !errors.Is(err, nbd.ErrServerClosed) {
 		t.Fatalf("ServeConn after Shutdown: %v", err)
+	}
+}
+
+// A client that sends reads and never reads the replies leaves workers
+// blocked writing to a full socket. Shutdown must still end the connection
+// when its context ends (the socket is shut down, not only closed: a write
+// or read blocked in the kernel keeps a closed descriptor alive).
+func TestShutdownDeadlineUnreadReplies(t *testing.T) {
+	dev := newMem(64 << 20)
+	srv := &nbd.Server{Exports: []nbd.Export{{Device: dev}}}
+	addr, served := startServer(t, srv)
+	nc := rawDial(t, addr)
+	n, err := nbdtest.Negotiate(nc, nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Info(nbd.OptGo, ""); err != nil {
+		t.Fatal(err)
+	}
+	// 8 reads of 8 MiB: far more reply bytes than the socket buffers hold.
+	for i := range 8 {
+		var h [nbd.RequestSize]byte
+		binary.BigEndian.PutUint32(h[0:], nbd.MagicRequest)
+		binary.BigEndian.PutUint16(h[6:], nbd.CmdRead)
+		binary.BigEndian.PutUint64(h[8:], uint64(i))
+		binary.BigEndian.PutUint64(h[16:], uint64(i)<<23)
+		binary.BigEndian.PutUint32(h[24:], 8<<20)
+		if _, err := nc.Write(h[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the replies fill the socket
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v, want deadline exceeded (replies were never read)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown hung on a connection whose replies are not read")
+	}
+	if err := <-served; !errors.Is(err, nbd.ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
 	}
 }

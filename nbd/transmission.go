@@ -48,6 +48,7 @@ func (c *conn) transmit(exp Export) error {
 	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes())
 	c.jobs = make(chan *request)
 	c.rw.init(c.nc)
+	c.useRaw()
 
 	err := c.readLoop()
 
@@ -77,6 +78,9 @@ func (c *conn) readLoop() (err error) {
 		if c.stopping.Load() {
 			c.drainBuffered()
 			return nil
+		}
+		if c.br.Buffered() < RequestSize {
+			c.setBlocking(true)
 		}
 		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 			switch {
@@ -149,6 +153,9 @@ func (c *conn) readLoop() (err error) {
 			r.buf = getBuf(int(r.n))
 		}
 		if r.typ == CmdWrite {
+			if r.n > inlineMax && int64(c.br.Buffered()) < r.n {
+				c.setBlocking(false)
+			}
 			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
 				c.gate.release(r.cost)
 				putBuf(r.buf)
@@ -159,6 +166,10 @@ func (c *conn) readLoop() (err error) {
 				return fmt.Errorf("read write payload: %w", err)
 			}
 		}
+		if c.inlineOK(r) {
+			c.handle(r)
+			continue
+		}
 		if !c.dispatch(r) {
 			c.gate.release(r.cost)
 			putBuf(r.buf)
@@ -167,6 +178,21 @@ func (c *conn) readLoop() (err error) {
 		}
 	}
 }
+
+// inlineOK: the reader runs r itself when no further request is buffered
+// (its next read would wait for the client anyway) and r is a small read or
+// write the Device says completes without waiting for anything remote.
+func (c *conn) inlineOK(r *request) bool {
+	if r.typ != CmdRead && r.typ != CmdWrite || r.n > inlineMax || c.br.Buffered() != 0 {
+		return false
+	}
+	if q, ok := c.dev.(Quick); ok {
+		return q.Quick(r.typ == CmdWrite, r.n)
+	}
+	return false
+}
+
+const inlineMax = 64 << 10
 
 // check validates a request before any Device call, in the order the spec's
 // error values suggest: command, flags, read-only, length, range.
@@ -376,7 +402,7 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 	if err := c.rw.reply(h[:], data); err != nil && c.werrOnce.CompareAndSwap(false, true) {
 		c.log.Debug("nbd: write reply", "err", err)
 		// The client is gone; stop the reader too.
-		c.nc.Close()
+		c.abort()
 	}
 }
 

@@ -14,7 +14,28 @@ var (
 	_ nbd.Device  = (*Node)(nil)
 	_ nbd.Trimmer = (*Node)(nil)
 	_ nbd.Zeroer  = (*Node)(nil)
+	_ nbd.Quick   = (*Node)(nil)
 )
+
+// The NBD reader may run a write itself only while no peer receives it (a
+// replicated write waits for the network); reads are always local.
+func TestQuick(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolC, ProtocolA} {
+		c := newCluster(t, 2, func(_ int, cfg *Config) { cfg.Protocol = proto })
+		alpha := c.bootstrap()
+		if alpha.Quick(true, 4096) {
+			t.Fatalf("protocol %s: a write with a connected peer reported quick", proto)
+		}
+		if !alpha.Quick(false, 4096) {
+			t.Fatalf("protocol %s: a read reported not quick", proto)
+		}
+		c.stop(c.nodes[1])
+		waitFor(t, 10e9, "alpha stops replicating", func() bool { return alpha.Quick(true, 4096) })
+		if err := alpha.WriteAt(context.Background(), make([]byte, 4096), 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 // Trim, write-zeroes and FUA writes replicate; a secondary refuses writes
 // with EPERM and an Inconsistent node refuses reads.

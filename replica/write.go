@@ -615,3 +615,10 @@ func (n *Node) broadcastLocked() {
 	n.cond.Broadcast()
 	n.wakeRoomLocked(true)
 }
+
+// Quick reports whether a read or write completes without waiting for a
+// peer (nbd.Quick): reads always (they are local), writes while no peer
+// receives them. Under protocol A a write may wait for journal room.
+func (n *Node) Quick(write bool, length int64) bool {
+	return !write || n.recvAtomic.Load() == 0
+}
