@@ -76,14 +76,35 @@ func (s *syncBuf) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// freeAddr returns a free TCP address on 127.0.0.1 with a port below
+// Linux's ephemeral range (32768-60999 by default): a port taken from that
+// range by listening on port 0 could be given, between this check and the
+// node's listen, to an outgoing connection of this or another test package
+// running alongside ("bind: address already in use").
 func freeAddr(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if portsGiven[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		portsGiven[p] = true
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port in 20000-31999 on 127.0.0.1")
+	return ""
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{} // by freeAddr in this process
+)
 
 // directLinks makes newCluster connect nodes without proxies (benchmarks).
 var directLinks bool
