@@ -35,10 +35,13 @@ type conn struct {
 
 	// dmu orders read-deadline changes against stop, so that negotiation
 	// clearing its deadline cannot undo a stop.
-	dmu      sync.Mutex
-	stopping atomic.Bool
-	raw      syscall.RawConn // set at transmission start, see setBlocking
-	blocking bool            // the socket's mode; the reader's
+	dmu       sync.Mutex
+	stopping  atomic.Bool
+	raw       syscall.RawConn // set at transmission start, see setBlocking
+	blocking  bool            // the socket's mode; the reader's
+	ranInline bool            // the reader ran the last request itself
+	sinceFill int             // requests parsed since the read buffer ran dry
+	perFill   int             // moving average of sinceFill, ×16
 
 	// Transmission state, set once before the first request.
 	exp     Export
