@@ -154,6 +154,14 @@ func (pp *pipe) read() {
 		bp := pp.p.getBuf()
 		n, err := pp.src.Read((*bp)[:readSize(pp.p.link(pp.dir), len(*bp))])
 		if n > 0 {
+			// A read that returned data as a stall or partition began
+			// holds it until the gate opens again: nothing read may pass
+			// once Stall or Partition has returned.
+			open := false
+			if !pp.p.gateRead(pp.c.ctx, pp.src, &open) {
+				pp.p.putBuf(bp)
+				return
+			}
 			if !pp.ship(pp.p.link(pp.dir), bp, n) {
 				return
 			}
