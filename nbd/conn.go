@@ -48,6 +48,7 @@ type conn struct {
 	dev     Device
 	trimmer Trimmer
 	zeroer  Zeroer
+	quick   Quick
 	size    int64
 	maxLen  int64
 

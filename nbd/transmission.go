@@ -43,6 +43,7 @@ func (c *conn) transmit(exp Export) error {
 	c.dev = exp.Device
 	c.trimmer, _ = exp.Device.(Trimmer)
 	c.zeroer, _ = exp.Device.(Zeroer)
+	c.quick, _ = exp.Device.(Quick)
 	c.size = exp.Device.Size()
 	c.maxLen = int64(c.srv.maxPayload())
 	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes())
@@ -196,10 +197,7 @@ func (c *conn) inlineOK(r *request) bool {
 	if r.typ != CmdRead && r.typ != CmdWrite || r.n > inlineMax || c.br.Buffered() != 0 {
 		return false
 	}
-	if q, ok := c.dev.(Quick); ok {
-		return q.Quick(r.typ == CmdWrite, r.n)
-	}
-	return false
+	return c.quick != nil && c.quick.Quick(r.typ == CmdWrite, r.n)
 }
 
 const inlineMax = 64 << 10
