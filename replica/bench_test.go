@@ -44,6 +44,11 @@ func BenchmarkWrite4kQD32(b *testing.B) {
 		defer st.Close()
 		run(b, st)
 	})
+	b.Run("node", func(b *testing.B) {
+		// A primary without peers: the store plus the write path's own cost.
+		c := newCluster(b, 1, nil)
+		run(b, c.bootstrap())
+	})
 	for _, proto := range []Protocol{ProtocolC, ProtocolA} {
 		b.Run("protocol"+proto.String(), func(b *testing.B) {
 			directLinks = true

@@ -93,11 +93,11 @@ func (s *session) resyncPass() (bool, error) {
 		if err := s.pace(ln); err != nil {
 			return false, err
 		}
-		ent, err := n.start(s.ctx, kResync, off, ln, nil, 0, p.bit)
+		ent, err := n.start(s.ctx, kResync, off, ln, nil, 0, p.bit, "")
 		if err != nil {
 			return false, err
 		}
-		n.local(s.ctx, ent)
+		n.local(s.ctx, ent, false)
 		if ent.err != nil {
 			return false, ent.err
 		}

@@ -82,26 +82,30 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	if length == 0 {
 		return nil
 	}
-	n.mu.Lock()
-	if n.role != Primary || n.demoting || n.closed {
+	if !n.primary.Load() {
+		// Refused before the activity log is touched; start checks
+		// again under the lock.
+		n.mu.Lock()
 		err := n.errNotPrimary(op)
 		n.mu.Unlock()
 		return err
 	}
-	n.writing++
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		n.writing--
-		if n.writing == 0 {
-			n.cond.Broadcast()
-		}
-		n.mu.Unlock()
-	}()
 	chunk := int64(protocol.MaxData)
 	if p == nil {
 		chunk = maxRange
 	}
+	// The first entry's start counts the write in n.writing (Close and
+	// demote wait for it); a write of one entry that waits for no ack is
+	// uncounted by its local, under the lock local takes anyway.
+	single := length <= chunk
+	counted, uncounted := false, false
+	defer func() {
+		if counted && !uncounted {
+			n.mu.Lock()
+			n.endWriteLocked()
+			n.mu.Unlock()
+		}
+	}()
 	var one [1]*entry
 	ents := one[:0]
 	var err error
@@ -112,11 +116,16 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			data = p[done : done+c]
 		}
 		var e *entry
-		e, err = n.start(ctx, kWrite, off+done, c, data, f, 0)
+		count := ""
+		if !counted {
+			count = op
+		}
+		e, err = n.start(ctx, kWrite, off+done, c, data, f, 0, count)
 		if err != nil {
 			break
 		}
-		n.local(ctx, e)
+		counted = true
+		uncounted = n.local(ctx, e, single)
 		ents = append(ents, e)
 		done += c
 	}
@@ -142,7 +151,8 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			}
 			continue
 		}
-		if n.cfg.Protocol == ProtocolC {
+		if e.doneCh != nil {
+			// Protocol C, shipped: wait for the acks.
 			select {
 			case <-e.doneCh:
 			case <-ctx.Done():
@@ -157,20 +167,23 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 
 // start puts an entry into the journal. For kResync the entry goes to peer
 // only and is not ready until read by local.
-func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*entry, error) {
+//
+// A write's first entry names the write in count: it is refused unless the
+// node is Primary and not being demoted, and is counted in n.writing.
+func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte, f protocol.Flags, only uint64, count string) (*entry, error) {
 	if k == kWrite {
 		if err := n.meta.Activate(ctx, off, length); err != nil {
 			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
 		}
 	}
 	// Its channels are made when someone waits (localChLocked, doneCh):
-	// under protocol A most writes are waited for by nobody.
+	// under protocol A most writes are waited for by nobody, and without
+	// peers none are.
 	e := &entry{kind: k, flags: f, off: off, n: length}
-	if k == kWrite && n.cfg.Protocol == ProtocolC {
-		e.doneCh = make(chan struct{}) // write waits for it
-	}
-	if k == kWrite {
-		// One clock read per write serves both.
+	if k == kWrite && n.recvAtomic.Load() != 0 {
+		// The clock is read only while a peer receives writes: born
+		// measures their lag (a zero born is left out), lastAppWrite
+		// paces a resync, which runs only towards a receiving peer.
 		e.born = time.Now()
 		n.lastAppWrite.Store(e.born.UnixNano())
 	}
@@ -193,6 +206,8 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		switch {
 		case n.closed:
 			err = ErrClosed
+		case k == kWrite && count != "" && (n.role != Primary || n.demoting || n.closed):
+			err = n.errNotPrimary(count)
 		case k == kWrite && (n.role != Primary || n.closed):
 			err = n.errNotPrimary("write")
 		case (k == kResync || k == kVerify) && n.recvMask&only == 0:
@@ -229,11 +244,17 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			return nil, err
 		}
 	}
+	if count != "" {
+		n.writing++
+	}
 	e.seq = n.nextSeq
 	n.nextSeq++
 	switch k {
 	case kWrite:
 		e.ship = n.recvMask
+		if e.ship != 0 && n.cfg.Protocol == ProtocolC {
+			e.doneCh = make(chan struct{}) // write waits for the acks
+		}
 		if e.ship != 0 && len(src) > 0 && e.buf == nil {
 			n.copyData(e, src)
 		}
@@ -322,8 +343,10 @@ func (n *Node) wakeLocked(mask uint64) {
 }
 
 // local performs an entry's local part: wait for the earlier entries it
-// overlaps, then write (or, for resync, read) the store.
-func (n *Node) local(ctx context.Context, e *entry) {
+// overlaps, then write (or, for resync, read) the store. With uncount, a
+// write entry that is done once local (no ack to wait for, written here)
+// ends its write in n.writing; local reports whether it did.
+func (n *Node) local(ctx context.Context, e *entry, uncount bool) (uncounted bool) {
 	for _, d := range e.deps {
 		<-d.localCh
 	}
@@ -389,7 +412,20 @@ func (n *Node) local(ctx context.Context, e *entry) {
 	if e.kind == kResync || e.kind == kVerify {
 		n.wakeLocked(e.ship)
 	}
+	if uncount && e.kind == kWrite && !e.noLocal && e.doneCh == nil {
+		n.endWriteLocked()
+		uncounted = true
+	}
 	n.mu.Unlock()
+	return uncounted
+}
+
+// endWriteLocked ends a write counted by start; n.mu held.
+func (n *Node) endWriteLocked() {
+	n.writing--
+	if n.writing == 0 {
+		n.cond.Broadcast()
+	}
 }
 
 var zeros = make([]byte, protocol.MaxData)
