@@ -3,7 +3,6 @@ package replica
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -71,23 +70,15 @@ func (n *Node) sumsBatch() int64 {
 func (n *Node) readStable(ctx context.Context, buf []byte, off int64) error {
 	g := &entry{kind: kResync, off: off, n: int64(len(buf)), localCh: make(chan struct{})}
 	n.mu.Lock()
-	var deps []*entry
-	for _, x := range n.inflight {
-		if x.overlaps(off, g.n) {
-			deps = append(deps, x)
-			x.localChLocked()
-		}
-	}
-	n.inflight = append(n.inflight, g)
+	deps := n.inflight.overlapping(off, g.n, nil)
+	n.inflight.add(g)
 	n.mu.Unlock()
 	for _, d := range deps {
 		<-d.localCh
 	}
 	err := n.st.ReadAt(ctx, buf, off)
 	n.mu.Lock()
-	if i := slices.Index(n.inflight, g); i >= 0 {
-		n.inflight = slices.Delete(n.inflight, i, i+1)
-	}
+	n.inflight.remove(g)
 	close(g.localCh)
 	n.mu.Unlock()
 	return err

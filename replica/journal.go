@@ -54,14 +54,56 @@ type entry struct {
 	acked    uint64 // peers that acknowledged it
 	size     int64
 	born     time.Time // when the write entered the journal (protocol-A lag)
+	slot     int       // index in n.inflight while there
 }
 
 // marks says whether a peer that loses the entry must have its range
 // marked out of sync.
 func (e *entry) marks() bool { return e.kind == kWrite || e.kind == kResync }
 
-func (e *entry) overlaps(off, n int64) bool {
-	return e.kind != kBarrier && e.off < off+n && off < e.off+e.n
+// inflightSet holds the entries not yet local, for the overlap checks of
+// later ones. Their ranges sit in one array, so a check reads no entry;
+// each entry knows its index, so removal swaps the last one into its place.
+type inflightSet struct {
+	spans []byteRange
+	ents  []*entry
+}
+
+// byteRange is [off, end).
+type byteRange struct{ off, end int64 }
+
+// overlapping appends to deps each entry overlapping [off, off+n) and makes
+// sure it has a local channel to wait on; n.mu held.
+func (s *inflightSet) overlapping(off, n int64, deps []*entry) []*entry {
+	end := off + n
+	for i, x := range s.spans {
+		if x.off < end && off < x.end {
+			e := s.ents[i]
+			e.localChLocked()
+			deps = append(deps, e)
+		}
+	}
+	return deps
+}
+
+func (s *inflightSet) add(e *entry) {
+	e.slot = len(s.ents)
+	s.spans = append(s.spans, byteRange{e.off, e.off + e.n})
+	s.ents = append(s.ents, e)
+}
+
+// remove takes e out if it is in.
+func (s *inflightSet) remove(e *entry) {
+	i := e.slot
+	if i < 0 || i >= len(s.ents) || s.ents[i] != e {
+		return
+	}
+	last := len(s.ents) - 1
+	s.spans[i], s.ents[i] = s.spans[last], s.ents[last]
+	s.ents[i].slot = i
+	s.ents[last] = nil
+	s.spans, s.ents = s.spans[:last], s.ents[:last]
+	e.slot = -1
 }
 
 // journal is the ordered in-memory log of entries not yet acknowledged by

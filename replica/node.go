@@ -137,8 +137,8 @@ type Node struct {
 	crashedPrimary bool
 	nextSeq        uint64
 	j              journal
-	inflight       []*entry // entries not yet local, in seq order (overlap checks)
-	writing        int      // application writes between submit and completion
+	inflight       inflightSet // entries not yet local (overlap checks)
+	writing        int         // application writes between submit and completion
 	writes         int64
 	recvMask       uint64        // peers that receive the primary's writes (Receiving)
 	recvAtomic     atomic.Uint64 // recvMask, for the appliers

@@ -269,13 +269,8 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		e.ship = only
 	}
 	e.pend = e.ship
-	for _, x := range n.inflight {
-		if x.overlaps(off, length) {
-			e.deps = append(e.deps, x)
-			x.localChLocked()
-		}
-	}
-	n.inflight = append(n.inflight, e)
+	e.deps = n.inflight.overlapping(off, length, e.deps)
+	n.inflight.add(e)
 	n.j.push(e)
 	n.wakeLocked(e.ship)
 	n.mu.Unlock()
@@ -404,9 +399,7 @@ func (n *Node) local(ctx context.Context, e *entry, uncount bool) (uncounted boo
 	if e.localCh != nil {
 		close(e.localCh)
 	}
-	if i := slices.Index(n.inflight, e); i >= 0 {
-		n.inflight = slices.Delete(n.inflight, i, i+1)
-	}
+	n.inflight.remove(e)
 	n.maybeDoneLocked(e)
 	n.j.trim()
 	if e.kind == kResync || e.kind == kVerify {
