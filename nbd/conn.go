@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 const (
@@ -42,6 +44,7 @@ type conn struct {
 	ranInline bool            // the reader ran the last request itself
 	sinceFill int             // requests parsed since the read buffer ran dry
 	perFill   int             // moving average of sinceFill, ×16
+	tryFirst  bool            // reads try non-blocking receives first (sockReader)
 
 	// Transmission state, set once before the first request.
 	exp     Export
@@ -90,7 +93,7 @@ func (c *conn) serve() (err error) {
 			err = fmt.Errorf("nbd: panic: %v", v)
 		}
 	}()
-	c.br = bufio.NewReaderSize(c.nc, readBufSize)
+	c.br = bufio.NewReaderSize(sockReader{c}, readBufSize)
 	c.bw = bufio.NewWriterSize(c.nc, writeBufSize)
 	exp, ok, err := c.negotiate()
 	if !ok {
@@ -164,6 +167,50 @@ func (c *conn) setBlocking(b bool) {
 		return
 	}
 	c.blocking = b
+}
+
+// sockReader is what the connection's bufio.Reader reads from. While the
+// client pipelines small requests, the next one is usually on its way when
+// the buffer runs dry: a read then first tries a few non-blocking receives,
+// letting the other goroutines run between them, before it waits. A reader
+// that sleeps must be woken by the client's next send, which costs the
+// client a wake-up (on a VM, an inter-processor interrupt) and the reader a
+// context switch.
+type sockReader struct{ c *conn }
+
+// receiveTries bounds the non-blocking receives of one read.
+const receiveTries = 4
+
+func (s sockReader) Read(p []byte) (int, error) {
+	c := s.c
+	if c.tryFirst && c.raw != nil && len(p) > 0 {
+		for i := range receiveTries {
+			if i > 0 {
+				runtime.Gosched()
+			}
+			n, errno, ok := c.receive(p)
+			if !ok || errno != syscall.EAGAIN && errno != 0 || errno == 0 && n == 0 {
+				// Closed, failed or at EOF: the ordinary read
+				// reports it.
+				break
+			}
+			if errno == 0 {
+				return n, nil
+			}
+		}
+	}
+	return c.nc.Read(p)
+}
+
+// receive is one non-blocking recv(2) into p; ok is false if the socket is
+// closed.
+func (c *conn) receive(p []byte) (n int, errno syscall.Errno, ok bool) {
+	err := c.raw.Control(func(fd uintptr) {
+		// MSG_DONTWAIT: it never blocks, so the scheduler need not know.
+		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), syscall.MSG_DONTWAIT, 0, 0)
+		n, errno = int(r), e
+	})
+	return n, errno, err == nil
 }
 
 // kill ends the connection at once: it closes the socket and cancels the

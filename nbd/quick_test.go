@@ -3,7 +3,9 @@ package nbd_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
@@ -223,4 +225,70 @@ func mixedRounds(c *nbdtest.Client, base, span int, seed uint64) error {
 		return errors.New("final content differs from the model")
 	}
 	return nil
+}
+
+// A client that pipelines small writes, then half-closes its side after a
+// last batch, gets every reply and then the end of the connection: the
+// reader, trying non-blocking receives first while the client pipelines,
+// meets the end of the stream there and stops as it would in read(2).
+func TestPipelinedClientHalfCloses(t *testing.T) {
+	const batch, size, rounds = 32, 1024, 50
+	dev := newQuick(rounds*batch*size, true)
+	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}})
+	nc := rawDial(t, addr)
+	n, err := nbdtest.Negotiate(nc, nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Info(nbd.OptGo, ""); err != nil {
+		t.Fatal(err)
+	}
+	rd := n.Reader()
+	reply := make([]byte, nbd.SimpleReplySize)
+	for round := range rounds {
+		var req []byte
+		for i := range batch {
+			var h [nbd.RequestSize]byte
+			binary.BigEndian.PutUint32(h[0:], nbd.MagicRequest)
+			binary.BigEndian.PutUint16(h[6:], nbd.CmdWrite)
+			binary.BigEndian.PutUint64(h[8:], uint64(round*batch+i))
+			binary.BigEndian.PutUint64(h[16:], uint64((round*batch+i)*size))
+			binary.BigEndian.PutUint32(h[24:], size)
+			req = append(req, h[:]...)
+			req = append(req, pattern(size, byte(round*batch+i))...)
+		}
+		if _, err := nc.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		if round == rounds-1 {
+			if err := nc.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seen := map[uint64]bool{}
+		for range batch {
+			if _, err := io.ReadFull(rd, reply); err != nil {
+				t.Fatalf("round %d: reply: %v", round, err)
+			}
+			if e := binary.BigEndian.Uint32(reply[4:]); e != 0 {
+				t.Fatalf("round %d: error %d", round, e)
+			}
+			seen[binary.BigEndian.Uint64(reply[8:])] = true
+		}
+		if len(seen) != batch {
+			t.Fatalf("round %d: %d distinct replies, want %d", round, len(seen), batch)
+		}
+	}
+	if _, err := rd.ReadByte(); err != io.EOF {
+		t.Fatalf("after the last reply: %v, want EOF (the server closes)", err)
+	}
+	got := make([]byte, rounds*batch*size)
+	if err := dev.ReadAt(context.Background(), got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range rounds * batch {
+		if !bytes.Equal(got[i*size:(i+1)*size], pattern(size, byte(i))) {
+			t.Fatalf("block %d differs", i)
+		}
+	}
 }
