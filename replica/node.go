@@ -147,7 +147,6 @@ type Node struct {
 	authLim        authLimiter  // incoming handshakes after authentication failures
 	lastAppWrite   atomic.Int64 // unix nanos of the last application write (resync yields)
 	detached       atomic.Bool  // the local disk failed (on-io-error detach): Failed, not used
-	primary        atomic.Bool  // role == Primary, for write's check before it locks
 	applied        appliedRing  // a Secondary's recent writes other nodes may lack (peerseq.go)
 
 	evMu sync.Mutex // serializes OnEvent calls
@@ -466,7 +465,6 @@ func (n *Node) Demote() error {
 	defer n.unlock()
 	n.demoting = false
 	n.role = Secondary
-	n.primary.Store(false)
 	err := n.persist(func(sb *bitmap.Superblock) {
 		if ferr == nil {
 			sb.Flags &^= bitmap.FlagPrimary

@@ -241,7 +241,6 @@ func (n *Node) promoteLocked(force bool) error {
 		n.meta.FlushBitmaps()
 	}
 	n.role = Primary
-	n.primary.Store(true)
 	n.recomputeLocked()
 	n.log.Info("promoted to Primary", "force", force, "current", uuidString(n.sb.GI.Current))
 	n.event("role", "", Secondary.String(), Primary.String(), "")

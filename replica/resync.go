@@ -93,7 +93,7 @@ func (s *session) resyncPass() (bool, error) {
 		if err := s.pace(ln); err != nil {
 			return false, err
 		}
-		ent, err := n.start(s.ctx, kResync, off, ln, nil, 0, p.bit, "")
+		ent, err := n.start(s.ctx, kResync, off, ln, nil, 0, p.bit)
 		if err != nil {
 			return false, err
 		}

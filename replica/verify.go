@@ -107,7 +107,7 @@ func (s *session) verifyPass() error {
 		if err := s.pace(ln); err != nil {
 			return err
 		}
-		e, err := n.start(s.ctx, kVerify, off, ln, nil, 0, p.bit, "")
+		e, err := n.start(s.ctx, kVerify, off, ln, nil, 0, p.bit)
 		if err == errResyncStopped {
 			return nil
 		}

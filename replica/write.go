@@ -82,25 +82,26 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	if length == 0 {
 		return nil
 	}
-	if !n.primary.Load() {
-		// Refused before the activity log is touched; start checks
-		// again under the lock.
-		n.mu.Lock()
+	n.mu.Lock()
+	if n.role != Primary || n.demoting || n.closed {
 		err := n.errNotPrimary(op)
 		n.mu.Unlock()
 		return err
 	}
+	// Counted before the activity log is touched: Close and demote wait
+	// for every write that may still change it. A write of one entry that
+	// waits for no ack is uncounted by its local, under the lock local
+	// takes anyway; any other when it returns.
+	n.writing++
+	n.mu.Unlock()
 	chunk := int64(protocol.MaxData)
 	if p == nil {
 		chunk = maxRange
 	}
-	// The first entry's start counts the write in n.writing (Close and
-	// demote wait for it); a write of one entry that waits for no ack is
-	// uncounted by its local, under the lock local takes anyway.
 	single := length <= chunk
-	counted, uncounted := false, false
+	uncounted := false
 	defer func() {
-		if counted && !uncounted {
+		if !uncounted {
 			n.mu.Lock()
 			n.endWriteLocked()
 			n.mu.Unlock()
@@ -116,15 +117,10 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			data = p[done : done+c]
 		}
 		var e *entry
-		count := ""
-		if !counted {
-			count = op
-		}
-		e, err = n.start(ctx, kWrite, off+done, c, data, f, 0, count)
+		e, err = n.start(ctx, kWrite, off+done, c, data, f, 0)
 		if err != nil {
 			break
 		}
-		counted = true
 		uncounted = n.local(ctx, e, single)
 		ents = append(ents, e)
 		done += c
@@ -167,10 +163,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 
 // start puts an entry into the journal. For kResync the entry goes to peer
 // only and is not ready until read by local.
-//
-// A write's first entry names the write in count: it is refused unless the
-// node is Primary and not being demoted, and is counted in n.writing.
-func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte, f protocol.Flags, only uint64, count string) (*entry, error) {
+func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*entry, error) {
 	if k == kWrite {
 		if err := n.meta.Activate(ctx, off, length); err != nil {
 			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
@@ -206,8 +199,6 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		switch {
 		case n.closed:
 			err = ErrClosed
-		case k == kWrite && count != "" && (n.role != Primary || n.demoting || n.closed):
-			err = n.errNotPrimary(count)
 		case k == kWrite && (n.role != Primary || n.closed):
 			err = n.errNotPrimary("write")
 		case (k == kResync || k == kVerify) && n.recvMask&only == 0:
@@ -243,9 +234,6 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			n.meta.Complete(off, length)
 			return nil, err
 		}
-	}
-	if count != "" {
-		n.writing++
 	}
 	e.seq = n.nextSeq
 	n.nextSeq++
@@ -338,9 +326,10 @@ func (n *Node) wakeLocked(mask uint64) {
 }
 
 // local performs an entry's local part: wait for the earlier entries it
-// overlaps, then write (or, for resync, read) the store. With uncount, a
-// write entry that is done once local (no ack to wait for, written here)
-// ends its write in n.writing; local reports whether it did.
+// overlaps, then write (or, for resync, read) the store. With uncount (the
+// write's only entry), a write entry that is done once local (no ack to
+// wait for, written here) ends its write in n.writing; local reports
+// whether it did.
 func (n *Node) local(ctx context.Context, e *entry, uncount bool) (uncounted bool) {
 	for _, d := range e.deps {
 		<-d.localCh
@@ -413,7 +402,7 @@ func (n *Node) local(ctx context.Context, e *entry, uncount bool) (uncounted boo
 	return uncounted
 }
 
-// endWriteLocked ends a write counted by start; n.mu held.
+// endWriteLocked ends a write counted in n.writing; n.mu held.
 func (n *Node) endWriteLocked() {
 	n.writing--
 	if n.writing == 0 {
