@@ -1,6 +1,7 @@
 package nbd_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log/slog"
@@ -238,6 +239,22 @@ func rawDial(t testing.TB, addr string) net.Conn {
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// rawGo dials addr, negotiates the default export with OPT_GO and returns
+// the raw connection and the reader of its replies, for tests that write
+// requests themselves.
+func rawGo(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	nc := rawDial(t, addr)
+	n, err := nbdtest.Negotiate(nc, nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Info(nbd.OptGo, ""); err != nil {
+		t.Fatal(err)
+	}
+	return nc, n.Reader()
 }
 
 // waitClosed fails unless the client's connection ends within d.

@@ -235,15 +235,7 @@ func TestPipelinedClientHalfCloses(t *testing.T) {
 	const batch, size, rounds = 32, 1024, 50
 	dev := newQuick(rounds*batch*size, true)
 	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}})
-	nc := rawDial(t, addr)
-	n, err := nbdtest.Negotiate(nc, nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Info(nbd.OptGo, ""); err != nil {
-		t.Fatal(err)
-	}
-	rd := n.Reader()
+	nc, rd := rawGo(t, addr)
 	reply := make([]byte, nbd.SimpleReplySize)
 	for round := range rounds {
 		var req []byte
