@@ -44,7 +44,6 @@ type conn struct {
 	ranInline bool            // the reader ran the last request itself
 	sinceFill int             // requests parsed since the read buffer ran dry
 	perFill   int             // moving average of sinceFill, ×16
-	tryFirst  bool            // reads try non-blocking receives first (sockReader)
 
 	// Transmission state, set once before the first request.
 	exp     Export
@@ -169,13 +168,13 @@ func (c *conn) setBlocking(b bool) {
 	c.blocking = b
 }
 
-// sockReader is what the connection's bufio.Reader reads from. While the
-// client pipelines small requests, the next one is usually on its way when
-// the buffer runs dry: a read then first tries a few non-blocking receives,
-// letting the other goroutines run between them, before it waits. A reader
-// that sleeps must be woken by the client's next send, which costs the
-// client a wake-up (on a VM, an inter-processor interrupt) and the reader a
-// context switch.
+// sockReader is what the connection's bufio.Reader reads from. A read that
+// would sleep in read(2) (blocking mode: the client pipelines small
+// requests, so the next one is usually on its way) first tries a few
+// non-blocking receives, letting the other goroutines run between them. A
+// reader that sleeps must be woken by the client's next send, which costs
+// the client a wake-up (on a VM, an inter-processor interrupt) and the
+// reader a context switch.
 type sockReader struct{ c *conn }
 
 // receiveTries bounds the non-blocking receives of one read.
@@ -183,20 +182,21 @@ const receiveTries = 4
 
 func (s sockReader) Read(p []byte) (int, error) {
 	c := s.c
-	if c.tryFirst && c.raw != nil && len(p) > 0 {
+	if c.blocking && len(p) > 0 {
+	tries:
 		for i := range receiveTries {
 			if i > 0 {
 				runtime.Gosched()
 			}
 			n, errno, ok := c.receive(p)
-			if !ok || errno != syscall.EAGAIN && errno != 0 || errno == 0 && n == 0 {
-				// Closed, failed or at EOF: the ordinary read
-				// reports it.
-				break
-			}
-			if errno == 0 {
+			switch {
+			case ok && errno == 0 && n > 0:
 				return n, nil
+			case ok && errno == syscall.EAGAIN:
+				continue
 			}
+			// Closed, failed or at EOF: the ordinary read reports it.
+			break tries
 		}
 	}
 	return c.nc.Read(p)

@@ -36,10 +36,12 @@
 // When the reader has no further request buffered and the Device reports a
 // small read or write Quick (it waits for nothing but the local disk), the
 // reader runs it itself: the hand-off to a worker would cost more than the
-// request, and the reader would otherwise only wait for the client. Between
-// requests the reader sleeps in a blocking read(2) rather than the Go
-// netpoller (cheaper per wake-up at small-request rates); it switches the
-// socket back to non-blocking while a large WRITE payload arrives in pieces.
+// request, and the reader would otherwise only wait for the client. While it
+// does so for a client that pipelines, the reader waits for the next
+// request with a few non-blocking receives and then a blocking read(2)
+// rather than the Go netpoller (cheaper per wake-up at small-request
+// rates); otherwise, and while a large WRITE payload arrives in pieces, it
+// waits in the netpoller.
 // A refused request gets an error reply and the connection goes on (a
 // refused WRITE's payload is read and discarded); only broken framing (bad
 // request magic, a WRITE longer than MaxPayload, a truncated stream) closes

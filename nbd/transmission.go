@@ -81,8 +81,8 @@ func (c *conn) readLoop() (err error) {
 			return nil
 		}
 		if c.br.Buffered() < RequestSize {
-			// Trying non-blocking receives first (sockReader), then
-			// sleeping in read(2), pays while the reader runs requests
+			// Blocking mode (non-blocking receives first, see
+			// sockReader, then sleeping in read(2)) pays while the reader runs requests
 			// itself and the client pipelines them (reads return more
 			// than one request on average: the next one is near). A
 			// reader that hands every request to a worker, or whose
@@ -90,9 +90,7 @@ func (c *conn) readLoop() (err error) {
 			// netpoller.
 			c.perFill += (c.sinceFill<<4 - c.perFill) / 8
 			c.sinceFill = 0
-			pipelined := c.ranInline && c.perFill > 20
-			c.setBlocking(pipelined)
-			c.tryFirst = pipelined
+			c.setBlocking(c.ranInline && c.perFill > 20)
 		}
 		c.sinceFill++
 		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
