@@ -52,6 +52,7 @@ type flags struct {
 	transport          string
 	localEngine        string
 	prealloc           bool
+	keepCache          bool
 	check, strict      bool
 	keep               bool
 	rereport           string
@@ -79,6 +80,7 @@ func run(args []string, stdout io.Writer) int {
 	fs.StringVar(&f.transport, "transport", "unix", "NBD transport for all NBD targets: unix or tcp (127.0.0.1)")
 	fs.StringVar(&f.localEngine, "local-engine", "libaio", "fio ioengine of the local target: libaio or io_uring")
 	fs.BoolVar(&f.prealloc, "prealloc", false, "fallocate backing files instead of creating them sparse")
+	fs.BoolVar(&f.keepCache, "keep-cache", false, "do not drop the page cache before every job (dropping it needs root)")
 	fs.BoolVar(&f.check, "check", false, "evaluate repd's issue targets and print PASS/FAIL lines")
 	fs.BoolVar(&f.strict, "strict", false, "with --check: exit 1 unless every check passes (SKIP fails too)")
 	fs.IntVar(&f.repeat, "repeat", 3, "rounds of every job, targets interleaved in each round; the report gives each job's median round (this machine's noise is large: compare medians)")
@@ -224,6 +226,14 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		return 1, err
 	}
 
+	dropCache := false
+	if !f.keepCache {
+		if err := dropPageCache(); err != nil {
+			logf("the page cache stays between jobs (--keep-cache to say so): %v", err)
+		} else {
+			dropCache = true
+		}
+	}
 	s := &Summary{
 		Started: started,
 		Machine: machineInfo(repo, scratch),
@@ -235,6 +245,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 			Transport:   f.transport,
 			LocalEngine: f.localEngine,
 			Prealloc:    f.prealloc,
+			DropCache:   dropCache,
 		},
 	}
 	for _, ph := range plan {
@@ -270,7 +281,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		return 1, err
 	}
 	defer copyLogs(scratch, filepath.Join(out, "logs"))
-	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime, repeat: f.repeat}
+	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime, repeat: f.repeat, dropCache: dropCache}
 	for _, ph := range plan {
 		for _, t := range ph.targets {
 			for _, w := range ph.workloads {

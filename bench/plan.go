@@ -126,8 +126,9 @@ type matrix struct {
 	scratch, out string
 	jobDir       string
 	runtime      time.Duration
-	repeat       int // rounds per job
-	total, n     int // jobs in all phases, jobs started
+	repeat       int  // rounds per job
+	dropCache    bool // drop the page cache before every job
+	total, n     int  // jobs in all phases, jobs started
 }
 
 type running struct {
@@ -257,8 +258,17 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 	}
 	// The earlier job's dirty pages are written back now, not by the
 	// kernel's flusher while this job runs (it would take CPU from
-	// whichever target happened to come next).
+	// whichever target happened to come next). Then the page cache goes:
+	// what an earlier job left in it changes what this one costs (after
+	// 4 KiB random writes, the file's cache is made of 4 KiB pages, and a
+	// 1 MiB pwrite into them costs the kernel about three times what it
+	// costs on a cold cache), so every job starts from the same state.
 	syncAll()
+	if m.dropCache {
+		if err := dropPageCache(); err != nil {
+			logf("drop the page cache: %v", err)
+		}
+	}
 	stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
 	type sample struct {
 		cpu time.Duration
@@ -376,4 +386,10 @@ func syncAll() {
 	if d := time.Since(t); d > 5*time.Second {
 		logf("sync before the job took %s", d.Round(time.Millisecond))
 	}
+}
+
+// dropPageCache drops the clean pages of the page cache
+// (/proc/sys/vm/drop_caches, root only); after sync(2) that is all of it.
+func dropPageCache() error {
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0)
 }

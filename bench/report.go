@@ -81,6 +81,7 @@ type Options struct {
 	Transport   string         `json:"transport"`
 	LocalEngine string         `json:"local_engine"`
 	Prealloc    bool           `json:"prealloc"`
+	DropCache   bool           `json:"drop_cache"` // page cache dropped before every job
 }
 
 // PhaseOptions is one group's targets and workloads.
@@ -384,7 +385,11 @@ func markdown(s *Summary, workloads []Workload) string {
 		fill = "fallocated"
 	}
 	fmt.Fprintf(&b, "- backing: fresh %s %s file per node on %s; NBD over %s; peers on loopback TCP\n", fill, fmtSize(o.SizeBytes), m.Filesystem, o.Transport)
-	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill; sync(2) before every job, so no job pays for an earlier job's writeback\n", o.RuntimeSec, o.RampSec)
+	cache := "; the page cache kept between jobs"
+	if o.DropCache {
+		cache = ", then the page cache dropped, so every job starts from a cold cache whatever ran before it"
+	}
+	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill; sync(2) before every job, so no job pays for an earlier job's writeback%s\n", o.RuntimeSec, o.RampSec, cache)
 	if o.Repeat > 1 {
 		fmt.Fprintf(&b, "- %d rounds of every job (each round runs every target once, in turn, starting one target later than the round before); each figure is the job's median round, ratios are ratios of medians\n", o.Repeat)
 	}
