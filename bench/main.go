@@ -229,7 +229,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	dropCache := false
 	if !f.keepCache {
 		if err := dropPageCache(); err != nil {
-			logf("the page cache stays between jobs (--keep-cache to say so): %v", err)
+			logf("the page cache is kept between jobs (dropping it needs root): %v", err)
 		} else {
 			dropCache = true
 		}
