@@ -248,6 +248,7 @@ type gate struct {
 	mu       sync.Mutex
 	cond     sync.Cond
 	n        int
+	inFlight atomic.Int32 // n, for readers without mu
 	bytes    int64
 	maxN     int
 	maxBytes int64
@@ -274,6 +275,7 @@ func (g *gate) acquire(size int64) bool {
 		return false
 	}
 	g.n++
+	g.inFlight.Store(int32(g.n))
 	g.bytes += size
 	return true
 }
@@ -281,6 +283,7 @@ func (g *gate) acquire(size int64) bool {
 func (g *gate) release(size int64) {
 	g.mu.Lock()
 	g.n--
+	g.inFlight.Store(int32(g.n))
 	g.bytes -= size
 	g.mu.Unlock()
 	g.cond.Signal()

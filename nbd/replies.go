@@ -36,8 +36,9 @@ func (w *replies) init(nc net.Conn) {
 // reply sends one simple reply header and its data (nil for none). It
 // returns after the reply is written (by this goroutine or by the writer at
 // work) or the connection failed; the error is the connection's first write
-// error.
-func (w *replies) reply(head []byte, data []byte) error {
+// error. With others (more requests in flight), a reply that starts a write
+// first lets the goroutines that are ready to reply add theirs.
+func (w *replies) reply(head []byte, data []byte, others bool) error {
 	w.mu.Lock()
 	if w.err != nil {
 		err := w.err
@@ -53,10 +54,12 @@ func (w *replies) reply(head []byte, data []byte) error {
 			return nil
 		}
 		w.writing = true
-		// Let workers that are ready to reply add theirs to this write.
-		w.mu.Unlock()
-		runtime.Gosched()
-		w.mu.Lock()
+		if others {
+			// Let workers that are ready to reply add theirs to this write.
+			w.mu.Unlock()
+			runtime.Gosched()
+			w.mu.Lock()
+		}
 	} else {
 		// data is the request's buffer, freed when we return: write it
 		// ourselves, in turn, after what is pending.

@@ -39,7 +39,7 @@ func TestRepliesConcurrent(t *testing.T) {
 				var h [SimpleReplySize]byte
 				binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 				binary.BigEndian.PutUint64(h[8:], cookie)
-				if err := w.reply(h[:], data); err != nil {
+				if err := w.reply(h[:], data, cookie%3 != 0); err != nil { // both with and without the yield
 					t.Error(err)
 					return
 				}
@@ -74,10 +74,10 @@ func TestRepliesConcurrent(t *testing.T) {
 	// After the peer is gone every reply fails, none hangs.
 	b.Close()
 	var h [SimpleReplySize]byte
-	if err := w.reply(h[:], nil); err == nil {
+	if err := w.reply(h[:], nil, false); err == nil {
 		t.Fatal("reply to a closed peer succeeded")
 	}
-	if err := w.reply(h[:], make([]byte, copyReplyMax+1)); err == nil {
+	if err := w.reply(h[:], make([]byte, copyReplyMax+1), true); err == nil {
 		t.Fatal("big reply after a failure succeeded")
 	}
 }

@@ -408,7 +408,11 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], errno)
 	binary.BigEndian.PutUint64(h[8:], cookie)
-	if err := c.rw.reply(h[:], data); err != nil && c.werrOnce.CompareAndSwap(false, true) {
+	// Other requests in flight may complete in a moment: give their replies
+	// a chance to join this one's write. With none (a client that waits for
+	// each reply), the yield would only wake an idle thread for nothing.
+	others := c.gate.inFlight.Load() > 1
+	if err := c.rw.reply(h[:], data, others); err != nil && c.werrOnce.CompareAndSwap(false, true) {
 		c.log.Debug("nbd: write reply", "err", err)
 		// The client is gone; stop the reader too.
 		c.abort()
