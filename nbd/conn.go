@@ -247,8 +247,7 @@ func (c *conn) setReadDeadline(t time.Time) {
 type gate struct {
 	mu       sync.Mutex
 	cond     sync.Cond
-	n        int
-	inFlight atomic.Int32 // n, for readers without mu
+	n        atomic.Int32 // requests in flight; changed under mu, read without it
 	bytes    int64
 	maxN     int
 	maxBytes int64
@@ -268,22 +267,20 @@ func (g *gate) init(maxN int, maxBytes int64) {
 func (g *gate) acquire(size int64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for !g.closed && (g.n >= g.maxN || (g.n > 0 && g.bytes+size > g.maxBytes)) {
+	for !g.closed && (int(g.n.Load()) >= g.maxN || (g.n.Load() > 0 && g.bytes+size > g.maxBytes)) {
 		g.cond.Wait()
 	}
 	if g.closed {
 		return false
 	}
-	g.n++
-	g.inFlight.Store(int32(g.n))
+	g.n.Add(1)
 	g.bytes += size
 	return true
 }
 
 func (g *gate) release(size int64) {
 	g.mu.Lock()
-	g.n--
-	g.inFlight.Store(int32(g.n))
+	g.n.Add(-1)
 	g.bytes -= size
 	g.mu.Unlock()
 	g.cond.Signal()

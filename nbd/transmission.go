@@ -82,12 +82,12 @@ func (c *conn) readLoop() (err error) {
 		}
 		if c.br.Buffered() < RequestSize {
 			// Blocking mode (non-blocking receives first, see
-			// sockReader, then sleeping in read(2)) pays while the reader runs requests
-			// itself and the client pipelines them (reads return more
-			// than one request on average: the next one is near). A
-			// reader that hands every request to a worker, or whose
-			// client waits for each reply (QD1), waits cheaper in the
-			// netpoller.
+			// sockReader, then sleeping in read(2)) pays while the
+			// reader runs requests itself and the client pipelines them
+			// (reads return more than one request on average: the next
+			// one is near). A reader that hands every request to a
+			// worker, or whose client waits for each reply (QD1), waits
+			// cheaper in the netpoller.
 			c.perFill += (c.sinceFill<<4 - c.perFill) / 8
 			c.sinceFill = 0
 			c.setBlocking(c.ranInline && c.perFill > 20)
@@ -411,7 +411,7 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 	// Other requests in flight may complete in a moment: give their replies
 	// a chance to join this one's write. With none (a client that waits for
 	// each reply), the yield would only wake an idle thread for nothing.
-	others := c.gate.inFlight.Load() > 1
+	others := c.gate.n.Load() > 1
 	if err := c.rw.reply(h[:], data, others); err != nil && c.werrOnce.CompareAndSwap(false, true) {
 		c.log.Debug("nbd: write reply", "err", err)
 		// The client is gone; stop the reader too.
