@@ -1,8 +1,8 @@
 // Package admin is repd's control surface: an HTTP+JSON API served on a unix
 // socket (mode 0600, or 0660 with a group), used by repctl.
 //
-//	GET  /v1/status                   → replica.Status
-//	GET  /v1/events                   → one replica.Event JSON object per line, streamed
+//	GET  /v1/status                   → api.Status
+//	GET  /v1/events                   → one api.Event JSON object per line, streamed
 //	POST /v1/primary     {"force":b}  → promote
 //	POST /v1/secondary                → demote
 //	POST /v1/connect     {"peer":s,"discard_my_data":b}
@@ -28,12 +28,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/replica"
 )
 
 // Controller is what the admin API drives: a replica.Node.
 type Controller interface {
-	Status() replica.Status
+	Status() api.Status
 	Promote(force bool) error
 	Demote() error
 	Connect(peer string, discardMyData bool) error
@@ -184,11 +185,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // behind loses events rather than stalling the node.
 type Hub struct {
 	mu   sync.Mutex
-	subs map[chan replica.Event]struct{}
+	subs map[chan api.Event]struct{}
 }
 
 // Publish sends e to every subscriber; it never blocks.
-func (h *Hub) Publish(e replica.Event) {
+func (h *Hub) Publish(e api.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for ch := range h.subs {
@@ -200,11 +201,11 @@ func (h *Hub) Publish(e replica.Event) {
 }
 
 // Subscribe returns a channel of events and a function that ends the subscription.
-func (h *Hub) Subscribe() (<-chan replica.Event, func()) {
-	ch := make(chan replica.Event, 256)
+func (h *Hub) Subscribe() (<-chan api.Event, func()) {
+	ch := make(chan api.Event, 256)
 	h.mu.Lock()
 	if h.subs == nil {
-		h.subs = map[chan replica.Event]struct{}{}
+		h.subs = map[chan api.Event]struct{}{}
 	}
 	h.subs[ch] = struct{}{}
 	h.mu.Unlock()
@@ -246,16 +247,16 @@ func serveEvents(w http.ResponseWriter, r *http.Request, c Controller, hub *Hub)
 
 // existing describes the current state as "exists" events, so a consumer
 // of the stream needs no separate status call.
-func existing(s replica.Status) []replica.Event {
+func existing(s api.Status) []api.Event {
 	now := time.Now()
-	evs := []replica.Event{
+	evs := []api.Event{
 		{Time: now, Kind: "exists", New: s.Role.String(), Message: "role"},
 		{Time: now, Kind: "exists", New: s.Disk, Message: "disk"},
 	}
 	for _, p := range s.Peers {
 		evs = append(evs,
-			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: p.Connection.String(), Message: "connection"},
-			replica.Event{Time: now, Kind: "exists", Peer: p.Name, New: p.Replication.String(), Message: "replication"})
+			api.Event{Time: now, Kind: "exists", Peer: p.Name, New: p.Connection.String(), Message: "connection"},
+			api.Event{Time: now, Kind: "exists", Peer: p.Name, New: p.Replication.String(), Message: "replication"})
 	}
 	return evs
 }

@@ -11,7 +11,7 @@ import (
 	"net"
 	"net/http"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
 // Client talks to a daemon's admin socket.
@@ -82,8 +82,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 // Status returns the node's status.
-func (c *Client) Status(ctx context.Context) (replica.Status, error) {
-	var s replica.Status
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var s api.Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
 	return s, err
 }
@@ -116,7 +116,7 @@ func (c *Client) NewCurrentUUID(ctx context.Context, clearBitmap bool) error {
 
 // Events streams events to fn until ctx ends, fn returns an error, or the
 // daemon goes away.
-func (c *Client) Events(ctx context.Context, fn func(replica.Event) error) error {
+func (c *Client) Events(ctx context.Context, fn func(api.Event) error) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://repd/v1/events", nil)
 	if err != nil {
 		return err
@@ -132,7 +132,7 @@ func (c *Client) Events(ctx context.Context, fn func(replica.Event) error) error
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
-		var e replica.Event
+		var e api.Event
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			return fmt.Errorf("bad event from daemon: %w", err)
 		}

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/repd/repd/admin"
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
 	"github.com/repd/repd/nbd/nbdtest"
-	"github.com/repd/repd/replica"
 )
 
 // Bins are the binaries a run uses.
@@ -306,7 +306,7 @@ func (n *Node) LogTail(k int) string {
 }
 
 // Status asks the daemon over its admin socket.
-func (n *Node) Status() (replica.Status, error) {
+func (n *Node) Status() (api.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return n.admin.Status(ctx)
@@ -392,7 +392,7 @@ func (c *Cluster) allConnected() bool {
 			return false
 		}
 		for _, ps := range s.Peers {
-			if c.byName(ps.Name).Running() && ps.Connection != replica.Connected {
+			if c.byName(ps.Name).Running() && ps.Connection != api.Connected {
 				return false
 			}
 		}
@@ -431,7 +431,7 @@ func (c *Cluster) WaitInSync(d time.Duration) error {
 				if !c.byName(ps.Name).Running() {
 					continue
 				}
-				if ps.Connection != replica.Connected || ps.Replication != replica.Established || ps.OutOfSyncKiB != 0 {
+				if ps.Connection != api.Connected || ps.Replication != api.Established || ps.OutOfSyncKiB != 0 {
 					last = fmt.Sprintf("%s→%s %s/%s oos %dKiB %s", n.Name, ps.Name, ps.Connection, ps.Replication, ps.OutOfSyncKiB, ps.LastError)
 					return false
 				}
@@ -491,7 +491,7 @@ func (c *Cluster) StopAndHash() error {
 	var order []*Node
 	for _, n := range c.Nodes {
 		s, err := n.Status()
-		if err == nil && s.Role == replica.Primary {
+		if err == nil && s.Role == api.Primary {
 			WaitFor("journal drained", 10*time.Second, func() bool {
 				s, err := n.Status()
 				return err != nil || s.JournalBytes == 0

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
 // documentedStatusFields reads the field names of the `status --json`
@@ -57,7 +57,7 @@ func jsonFields(typ reflect.Type) []string {
 func TestStatusJSONSchema(t *testing.T) {
 	doc := documentedStatusFields(t)
 	code := map[string]bool{}
-	for _, f := range append(jsonFields(reflect.TypeOf(replica.Status{})), jsonFields(reflect.TypeOf(replica.PeerStatus{}))...) {
+	for _, f := range append(jsonFields(reflect.TypeOf(api.Status{})), jsonFields(reflect.TypeOf(api.PeerStatus{}))...) {
 		code[f] = true
 		if !doc[f] {
 			t.Errorf("status field %q is not documented in README.md", f)

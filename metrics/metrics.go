@@ -17,12 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
 // Source is what metrics are read from at scrape time.
 type Source interface {
-	Status() replica.Status
+	Status() api.Status
 }
 
 // Metrics holds a node's registry and the request instruments the NBD
@@ -99,7 +99,7 @@ func (m *Metrics) Handler() http.Handler {
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		s := m.src.Status()
 		code := http.StatusServiceUnavailable
-		if s.Role == replica.Primary && s.Disk == "UpToDate" {
+		if s.Role == api.Primary && s.Disk == "UpToDate" {
 			code = http.StatusOK
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -158,7 +158,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
-	gauge(descRole, b2f(s.Role == replica.Primary))
+	gauge(descRole, b2f(s.Role == api.Primary))
 	for _, st := range []string{"Diskless", "Inconsistent", "Outdated", "UpToDate", "Failed"} {
 		gauge(descDisk, b2f(s.Disk == st), st)
 	}
@@ -166,8 +166,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descJournalMax, float64(s.JournalMax))
 	counter(descWrites, float64(s.Writes))
 	for _, p := range s.Peers {
-		gauge(descConn, b2f(p.Connection == replica.Connected), p.Name)
-		for _, st := range []replica.Repl{replica.ReplOff, replica.Established, replica.SyncSource, replica.SyncTarget, replica.PausedSync, replica.Ahead, replica.Behind} {
+		gauge(descConn, b2f(p.Connection == api.Connected), p.Name)
+		for _, st := range []api.Repl{api.ReplOff, api.Established, api.SyncSource, api.SyncTarget, api.PausedSync, api.Ahead, api.Behind} {
 			gauge(descRepl, b2f(p.Replication == st), p.Name, st.String())
 		}
 		gauge(descOOS, float64(p.OutOfSyncKiB*1024), p.Name)

@@ -6,16 +6,16 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
-type fixed replica.Status
+type fixed api.Status
 
-func (f fixed) Status() replica.Status { return replica.Status(f) }
+func (f fixed) Status() api.Status { return api.Status(f) }
 
 // The transport counters of every peer are exported.
 func TestTransportMetrics(t *testing.T) {
-	m := New(fixed{Role: replica.Primary, Disk: "UpToDate", Peers: []replica.PeerStatus{{
+	m := New(fixed{Role: api.Primary, Disk: "UpToDate", Peers: []api.PeerStatus{{
 		Name: "beta", BytesSent: 1000, LogicalBytes: 4000, CompressionRatio: 4, DedupBlocks: 3, DedupBytesSaved: 3 * 4096,
 		ZeroBlocks: 2, DedupMisses: 1, AuthFailures: 5, BadFrames: 7,
 	}}})

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 )
 
@@ -64,7 +65,7 @@ func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte)
 	a.n.mu.Lock()
 	role := a.n.role
 	a.n.mu.Unlock()
-	if role == Primary {
+	if role == api.Primary {
 		return fmt.Errorf("%w: peer %s sent a write to this Primary (%s)", ErrRefused, a.s.p.cfg.Name, a.n.cfg.Self.Name)
 	}
 	if f&protocol.FlagResync != 0 {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/repd/repd/api"
 )
 
 // 4 KiB random writes at queue depth 32: the store alone, then a primary
@@ -49,7 +51,7 @@ func BenchmarkWrite4kQD32(b *testing.B) {
 		c := newCluster(b, 1, nil)
 		run(b, c.bootstrap())
 	})
-	for _, proto := range []Protocol{ProtocolC, ProtocolA} {
+	for _, proto := range []api.Protocol{api.ProtocolC, api.ProtocolA} {
 		b.Run("protocol"+proto.String(), func(b *testing.B) {
 			directLinks = true
 			defer func() { directLinks = false }()

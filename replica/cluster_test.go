@@ -16,6 +16,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
 )
 
@@ -36,10 +37,10 @@ type tnode struct {
 
 type eventLog struct {
 	mu  sync.Mutex
-	evs []Event
+	evs []api.Event
 }
 
-func (l *eventLog) add(e Event) {
+func (l *eventLog) add(e api.Event) {
 	l.mu.Lock()
 	l.evs = append(l.evs, e)
 	l.mu.Unlock()
@@ -141,7 +142,7 @@ func newClusterWrap(t testing.TB, k int, mod func(i int, c *Config), wrap func(i
 	}
 	for i := range k {
 		cfg := Config{
-			Resource: "r0", Size: testSize, Protocol: ProtocolC,
+			Resource: "r0", Size: testSize, Protocol: api.ProtocolC,
 			Self:     PeerConfig{ID: uint8(i + 1), Name: names[i], Addr: addrs[i]},
 			MetaPath: filepath.Join(c.dir, names[i]+".meta"), Secret: []byte("s3cret"),
 			Timeout: time.Second, ConnectInterval: 50 * time.Millisecond,
@@ -259,13 +260,13 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func peerState(n *Node, peer string) PeerStatus {
+func peerState(n *Node, peer string) api.PeerStatus {
 	for _, p := range n.Status().Peers {
 		if p.Name == peer {
 			return p
 		}
 	}
-	return PeerStatus{}
+	return api.PeerStatus{}
 }
 
 // waitSynced waits until every pair of nodes is Connected and Established
@@ -279,7 +280,7 @@ func (c *cluster) waitSynced(d time.Duration) {
 				return false
 			}
 			for _, p := range s.Peers {
-				if p.Connection != Connected || p.Replication != Established || p.OutOfSyncKiB != 0 {
+				if p.Connection != api.Connected || p.Replication != api.Established || p.OutOfSyncKiB != 0 {
 					return false
 				}
 			}
@@ -294,7 +295,7 @@ func (c *cluster) waitConnected(d time.Duration) {
 	waitFor(c.t, d, "all nodes connected", func() bool {
 		for _, tn := range c.nodes {
 			for _, p := range tn.n.Status().Peers {
-				if p.Connection != Connected {
+				if p.Connection != api.Connected {
 					return false
 				}
 			}

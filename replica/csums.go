@@ -8,6 +8,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 )
 
@@ -123,7 +124,7 @@ func (s *session) csumsPass() error {
 			return err
 		}
 		n.mu.Lock()
-		active := p.sess == s && p.repl == SyncTarget
+		active := p.sess == s && p.repl == api.SyncTarget
 		n.mu.Unlock()
 		if !active {
 			return nil
@@ -168,7 +169,7 @@ func (s *session) onCsums(payload []byte) error {
 		return p.readErr("csums", fmt.Errorf("%w: Csums %d+%d with %d sums", protocol.ErrCorrupt, off, ln, len(h.Sums)))
 	}
 	n.mu.Lock()
-	active := p.sess == s && p.repl == SyncSource
+	active := p.sess == s && p.repl == api.SyncSource
 	epoch := p.resyncs
 	n.mu.Unlock()
 	if !active {
@@ -186,7 +187,7 @@ func (s *session) onCsums(payload []byte) error {
 	// Only if the peer received every write since the read: the same
 	// session, syncing all along (pull-ahead or a pause would have
 	// started a new resync).
-	if p.sess != s || p.repl != SyncSource || p.resyncs != epoch {
+	if p.sess != s || p.repl != api.SyncSource || p.resyncs != epoch {
 		return nil
 	}
 	var equal int64

@@ -5,6 +5,8 @@ package replica
 
 import (
 	"fmt"
+
+	"github.com/repd/repd/api"
 )
 
 // Side is one node as seen in a connect decision: its role, disk, and
@@ -12,7 +14,7 @@ import (
 type Side struct {
 	ID             uint8
 	Name           string
-	Role           Role
+	Role           api.Role
 	Disk           Disk
 	Current        uint64
 	Bitmap         uint64
@@ -73,14 +75,14 @@ func Compare(me, peer Side) Verdict {
 		v.Err = fmt.Errorf("%w: %s and %s both changed the data since they were last connected; on the node whose changes should be dropped run: connect --discard-my-data (after demoting it), and connect on the other", ErrSplitBrain, me.Name, peer.Name)
 		return v
 	}
-	if me.Role == Primary && peer.Role == Primary {
+	if me.Role == api.Primary && peer.Role == api.Primary {
 		return Verdict{Err: fmt.Errorf("%w: both %s and %s are Primary; demote one of them, then connect", ErrRefused, me.Name, peer.Name)}
 	}
 	if me.Discard && peer.Discard {
 		return Verdict{Err: fmt.Errorf("%w: both %s and %s asked to discard their data; only the victim of a split brain may", ErrRefused, me.Name, peer.Name)}
 	}
 	for _, s := range []*Side{&me, &peer} {
-		if s.Discard && s.Role == Primary {
+		if s.Discard && s.Role == api.Primary {
 			return Verdict{Err: fmt.Errorf("%w: %s is Primary and cannot discard its data; demote it first", ErrRefused, s.Name)}
 		}
 	}
@@ -96,11 +98,11 @@ func Compare(me, peer Side) Verdict {
 	case RelUnrelated:
 		v.Err = fmt.Errorf("%w: %s and %s have no common data generation (current %s vs %s); connect --discard-my-data on the node to overwrite with a full sync", ErrUnrelated, me.Name, peer.Name, uuidString(me.Current), uuidString(peer.Current))
 	case RelPeerNewer:
-		if me.Role == Primary {
+		if me.Role == api.Primary {
 			v.Err = fmt.Errorf("%w: peer %s has data this Primary (%s) lacks; demote %s so it can become the sync target, or disconnect", ErrRefused, peer.Name, me.Name, me.Name)
 		}
 	case RelMeNewer:
-		if peer.Role == Primary {
+		if peer.Role == api.Primary {
 			v.Err = fmt.Errorf("%w: this node (%s) has data the Primary %s lacks; demote %s so it can become the sync target, or disconnect", ErrRefused, me.Name, peer.Name, peer.Name)
 		}
 	}
@@ -140,7 +142,7 @@ func relate(me, peer Side) Verdict {
 func preferSource(me, peer Side) bool {
 	switch {
 	case me.Role != peer.Role:
-		return me.Role == Primary
+		return me.Role == api.Primary
 	case me.CrashedPrimary != peer.CrashedPrimary:
 		return me.CrashedPrimary
 	case (me.Disk == UpToDate) != (peer.Disk == UpToDate):
@@ -154,42 +156,42 @@ func preferSource(me, peer Side) bool {
 // runs only from a Primary source (or toward a node that discards its data):
 // between two Secondaries it waits (PausedSync) until one is promoted, so it
 // never races a Primary's stream to the same target.
-func Plan(v Verdict, me, peer Side, dirty bool) Repl {
+func Plan(v Verdict, me, peer Side, dirty bool) api.Repl {
 	if v.Err != nil {
-		return ReplOff
+		return api.ReplOff
 	}
 	if failedDisk(me.Disk) || failedDisk(peer.Disk) {
 		// A Failed disk is neither read nor written by a resync. A
 		// detached Primary still replicates to an in-sync peer.
-		if v.Rel == RelInSync && !v.Full && (me.Role == Primary && !failedDisk(peer.Disk) || peer.Role == Primary && !failedDisk(me.Disk)) {
-			return Established
+		if v.Rel == RelInSync && !v.Full && (me.Role == api.Primary && !failedDisk(peer.Disk) || peer.Role == api.Primary && !failedDisk(me.Disk)) {
+			return api.Established
 		}
-		return ReplOff
+		return api.ReplOff
 	}
 	if v.Rel == RelInSync && !dirty && !v.Full {
-		return Established
+		return api.Established
 	}
-	if v.Rel == RelInSync && !v.Full && me.Role != Primary && peer.Role != Primary &&
+	if v.Rel == RelInSync && !v.Full && me.Role != api.Primary && peer.Role != api.Primary &&
 		!me.CrashedPrimary && !peer.CrashedPrimary && me.Disk == UpToDate && peer.Disk == UpToDate {
 		// Two secondaries of the same generation: their marks only
 		// tracked writes both received from the Primary while they were
 		// apart from each other. Nothing to sync; the caller clears them.
-		return Established
+		return api.Established
 	}
 	src, dst := peer, me
 	if v.SourceIsMe {
 		src, dst = me, peer
 	}
 	if src.Disk != UpToDate && src.Disk != Outdated {
-		return PausedSync
+		return api.PausedSync
 	}
-	if src.Role != Primary && !dst.Discard {
-		return PausedSync
+	if src.Role != api.Primary && !dst.Discard {
+		return api.PausedSync
 	}
 	if v.SourceIsMe {
-		return SyncSource
+		return api.SyncSource
 	}
-	return SyncTarget
+	return api.SyncTarget
 }
 
 func failedDisk(d Disk) bool { return d == Failed || d == Diskless }
@@ -198,15 +200,15 @@ func failedDisk(d Disk) bool { return d == Failed || d == Diskless }
 type PeerView struct {
 	Name      string
 	Connected bool // connection established (any replication state)
-	Role      Role
-	Repl      Repl
+	Role      api.Role
+	Repl      api.Repl
 	Newer     bool // the peer has data this node lacks (it would be our sync source)
 }
 
 // CanPromote says whether this node may become Primary.
 func CanPromote(force bool, disk Disk, peers []PeerView) error {
 	for _, p := range peers {
-		if p.Connected && p.Role == Primary {
+		if p.Connected && p.Role == api.Primary {
 			return fmt.Errorf("%w: peer %s is Primary; demote it first or disconnect", ErrRefused, p.Name)
 		}
 	}
@@ -230,8 +232,8 @@ func CanPromote(force bool, disk Disk, peers []PeerView) error {
 }
 
 // CanDemote says whether this node may become Secondary.
-func CanDemote(role Role) error {
-	if role != Primary {
+func CanDemote(role api.Role) error {
+	if role != api.Primary {
 		return fmt.Errorf("%w: this node is already Secondary", ErrRefused)
 	}
 	return nil
@@ -240,8 +242,8 @@ func CanDemote(role Role) error {
 // Receiving says whether a peer in this connection and replication state
 // gets the primary's writes. Every other peer has them marked in its
 // bitmap instead.
-func Receiving(c ConnState, r Repl) bool {
-	return c == Connected && (r == Established || r == SyncSource || r == VerifySource || r == VerifyTarget)
+func Receiving(c api.ConnState, r api.Repl) bool {
+	return c == api.Connected && (r == api.Established || r == api.SyncSource || r == api.VerifySource || r == api.VerifyTarget)
 }
 
 // NeedRotate says whether a Primary about to write must first start a new
@@ -275,11 +277,11 @@ func Rotate(current uint64, bitmaps []uint64, history [2]uint64, away []bool, fr
 // protocol C acknowledged by every peer that was sent it and is still
 // connected (pending holds those that have not acked; a peer that
 // disconnects is removed from it after its bitmap was marked).
-func Done(proto Protocol, local bool, pending uint64) bool {
+func Done(proto api.Protocol, local bool, pending uint64) bool {
 	if !local {
 		return false
 	}
-	return proto == ProtocolA || pending == 0
+	return proto == api.ProtocolA || pending == 0
 }
 
 // AutoResolve applies the automatic split-brain policy after-sb-0pri when
@@ -288,7 +290,7 @@ func Done(proto Protocol, local bool, pending uint64) bool {
 // made any, the higher node id does. It says which side discards; both are
 // false when the policy does not apply (the operator decides).
 func AutoResolve(policy string, me, peer Side, myChanges, peerChanges int64) (discardMe, discardPeer bool) {
-	if policy != "discard-zero-changes" || me.Role == Primary || peer.Role == Primary {
+	if policy != "discard-zero-changes" || me.Role == api.Primary || peer.Role == api.Primary {
 		return false, false
 	}
 	switch {

@@ -3,11 +3,13 @@ package replica
 import (
 	"errors"
 	"testing"
+
+	"github.com/repd/repd/api"
 )
 
 func TestCompare(t *testing.T) {
 	const X, Y, Z, H = 0x10, 0x20, 0x30, 0x40
-	prim := func(s Side) Side { s.Role = Primary; return s }
+	prim := func(s Side) Side { s.Role = api.Primary; return s }
 	up := func(id uint8, cur, bm uint64, hist ...uint64) Side {
 		s := Side{ID: id, Name: string(rune('a' + id)), Disk: UpToDate, Current: cur, Bitmap: bm}
 		copy(s.History[:], hist)
@@ -63,20 +65,20 @@ func TestCompare(t *testing.T) {
 }
 
 func TestCompareDiscardResolvesSplitBrain(t *testing.T) {
-	a := Side{ID: 1, Name: "a", Role: Primary, Disk: UpToDate, Current: 0x20, Bitmap: 0x10}
+	a := Side{ID: 1, Name: "a", Role: api.Primary, Disk: UpToDate, Current: 0x20, Bitmap: 0x10}
 	b := Side{ID: 2, Name: "b", Disk: UpToDate, Current: 0x30, Bitmap: 0x10, Discard: true}
 	v := Compare(b, a)
 	if v.Err != nil || v.Rel != RelPeerNewer || v.SourceIsMe || v.Full {
 		t.Fatalf("victim: %+v", v)
 	}
-	if p := Plan(v, b, a, true); p != SyncTarget {
+	if p := Plan(v, b, a, true); p != api.SyncTarget {
 		t.Fatalf("victim plan %v", p)
 	}
 	w := Compare(a, b)
 	if w.Err != nil || !w.SourceIsMe {
 		t.Fatalf("survivor: %+v", w)
 	}
-	if p := Plan(w, a, b, true); p != SyncSource {
+	if p := Plan(w, a, b, true); p != api.SyncSource {
 		t.Fatalf("survivor plan %v", p)
 	}
 	// Unrelated data with discard: full sync.
@@ -92,7 +94,7 @@ func TestCompareDiscardResolvesSplitBrain(t *testing.T) {
 }
 
 func TestPlan(t *testing.T) {
-	p := Side{ID: 1, Role: Primary, Disk: UpToDate}
+	p := Side{ID: 1, Role: api.Primary, Disk: UpToDate}
 	s := Side{ID: 2, Disk: UpToDate}
 	inc := Side{ID: 3, Disk: Inconsistent}
 	tests := []struct {
@@ -100,16 +102,16 @@ func TestPlan(t *testing.T) {
 		v        Verdict
 		me, peer Side
 		dirty    bool
-		want     Repl
+		want     api.Repl
 	}{
-		{"in sync, clean", Verdict{Rel: RelInSync}, p, s, false, Established},
-		{"in sync, dirty, me primary", Verdict{Rel: RelInSync, SourceIsMe: true}, p, s, true, SyncSource},
-		{"newer primary", Verdict{Rel: RelMeNewer, SourceIsMe: true}, p, s, true, SyncSource},
-		{"target of primary", Verdict{Rel: RelPeerNewer}, s, p, true, SyncTarget},
-		{"two secondaries differ: wait", Verdict{Rel: RelMeNewer, SourceIsMe: true}, s, Side{ID: 3, Disk: UpToDate}, true, PausedSync},
-		{"two secondaries same generation: settle", Verdict{Rel: RelInSync, SourceIsMe: true}, s, Side{ID: 3, Disk: UpToDate}, true, Established},
-		{"source inconsistent: wait", Verdict{Rel: RelInSync, SourceIsMe: true}, inc, p, true, PausedSync},
-		{"refused", Verdict{Err: ErrRefused}, p, s, true, ReplOff},
+		{"in sync, clean", Verdict{Rel: RelInSync}, p, s, false, api.Established},
+		{"in sync, dirty, me primary", Verdict{Rel: RelInSync, SourceIsMe: true}, p, s, true, api.SyncSource},
+		{"newer primary", Verdict{Rel: RelMeNewer, SourceIsMe: true}, p, s, true, api.SyncSource},
+		{"target of primary", Verdict{Rel: RelPeerNewer}, s, p, true, api.SyncTarget},
+		{"two secondaries differ: wait", Verdict{Rel: RelMeNewer, SourceIsMe: true}, s, Side{ID: 3, Disk: UpToDate}, true, api.PausedSync},
+		{"two secondaries same generation: settle", Verdict{Rel: RelInSync, SourceIsMe: true}, s, Side{ID: 3, Disk: UpToDate}, true, api.Established},
+		{"source inconsistent: wait", Verdict{Rel: RelInSync, SourceIsMe: true}, inc, p, true, api.PausedSync},
+		{"refused", Verdict{Err: ErrRefused}, p, s, true, api.ReplOff},
 	}
 	for _, tc := range tests {
 		if got := Plan(tc.v, tc.me, tc.peer, tc.dirty); got != tc.want {
@@ -131,8 +133,8 @@ func TestCanPromote(t *testing.T) {
 		{"inconsistent forced", true, Inconsistent, nil, true},
 		{"outdated", false, Outdated, nil, false},
 		{"failed even forced", true, Failed, nil, false},
-		{"connected primary", true, UpToDate, []PeerView{{Name: "b", Connected: true, Role: Primary}}, false},
-		{"disconnected primary", false, UpToDate, []PeerView{{Name: "b", Role: Primary}}, true},
+		{"connected primary", true, UpToDate, []PeerView{{Name: "b", Connected: true, Role: api.Primary}}, false},
+		{"disconnected primary", false, UpToDate, []PeerView{{Name: "b", Role: api.Primary}}, true},
 		{"peer newer", false, UpToDate, []PeerView{{Name: "b", Connected: true, Newer: true}}, false},
 		{"peer newer forced", true, UpToDate, []PeerView{{Name: "b", Connected: true, Newer: true}}, true},
 	}
@@ -160,10 +162,10 @@ func TestRotateAndNeedRotate(t *testing.T) {
 }
 
 func TestDone(t *testing.T) {
-	if !Done(ProtocolA, true, 0b11) || Done(ProtocolA, false, 0) {
+	if !Done(api.ProtocolA, true, 0b11) || Done(api.ProtocolA, false, 0) {
 		t.Fatal("protocol A completes on the local write alone")
 	}
-	if Done(ProtocolC, true, 0b10) || !Done(ProtocolC, true, 0) || Done(ProtocolC, false, 0) {
+	if Done(api.ProtocolC, true, 0b10) || !Done(api.ProtocolC, true, 0) || Done(api.ProtocolC, false, 0) {
 		t.Fatal("protocol C needs local and every pending ack")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/zeebo/blake3"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 )
 
@@ -54,7 +55,7 @@ type linkStats struct {
 	authFailures atomic.Int64  // handshakes refused for a failed authentication
 }
 
-func (l *linkStats) fill(ps *PeerStatus) {
+func (l *linkStats) fill(ps *api.PeerStatus) {
 	ps.LogicalBytes = l.logical.Load()
 	ps.DedupBlocks = l.dedupBlocks.Load()
 	ps.DedupBytesSaved = ps.DedupBlocks * protocol.DedupBlock

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/nbd"
 )
 
@@ -20,7 +21,7 @@ var (
 // The NBD reader may run a write itself only while no peer receives it (a
 // replicated write waits for the network); reads are always local.
 func TestQuick(t *testing.T) {
-	for _, proto := range []Protocol{ProtocolC, ProtocolA} {
+	for _, proto := range []api.Protocol{api.ProtocolC, api.ProtocolA} {
 		c := newCluster(t, 2, func(_ int, cfg *Config) { cfg.Protocol = proto })
 		alpha := c.bootstrap()
 		if alpha.Quick(true, 4096) {

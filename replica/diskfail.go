@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"syscall"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 )
 
@@ -77,15 +78,15 @@ func (n *Node) detachLocked(op string, err error) {
 		n.event("disk", "", old.String(), Failed.String(), fmt.Sprintf("%s: %v", op, err))
 	}
 	for _, p := range n.peers {
-		if p.conn != Connected {
+		if p.conn != api.Connected {
 			continue
 		}
 		switch {
-		case p.repl == SyncSource || p.repl == SyncTarget || p.repl == VerifySource || p.repl == VerifyTarget:
+		case p.repl == api.SyncSource || p.repl == api.SyncTarget || p.repl == api.VerifySource || p.repl == api.VerifyTarget:
 			// This disk can be neither read nor written for a resync.
 			p.restartLocked("local disk failed")
-		case n.role != Primary:
-			p.setReplLocked(ReplOff)
+		case n.role != api.Primary:
+			p.setReplLocked(api.ReplOff)
 			p.sendStateLocked(0)
 		default:
 			p.sendStateLocked(0)
@@ -99,7 +100,7 @@ func (n *Node) detachLocked(op string, err error) {
 // held.
 func (p *peer) peerDiskFailedLocked() {
 	n := p.n
-	if p.repl == ReplOff {
+	if p.repl == api.ReplOff {
 		return
 	}
 	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
@@ -110,7 +111,7 @@ func (p *peer) peerDiskFailedLocked() {
 	})
 	n.j.trim()
 	p.sent, p.resyncAcked = nil, nil
-	p.setReplLocked(ReplOff)
+	p.setReplLocked(api.ReplOff)
 	n.log.Warn("peer's disk failed: not replicating to it until it comes back with a working disk", "peer", p.cfg.Name)
 }
 

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // faultyStore fails every write, zeroes, trim and flush with err once armed
@@ -99,7 +101,7 @@ func TestSecondaryDiskFailureDetaches(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "beta Failed, seen by alpha", func() bool {
 		ps := peerState(alpha, "beta")
-		return beta.Status().Disk == "Failed" && ps.Disk == "Failed" && ps.Replication == ReplOff
+		return beta.Status().Disk == "Failed" && ps.Disk == "Failed" && ps.Replication == api.ReplOff
 	})
 	if fs[1].failed.Load() == 0 {
 		t.Fatal("the faulty store never failed")
@@ -114,7 +116,7 @@ func TestSecondaryDiskFailureDetaches(t *testing.T) {
 		}
 	}
 	ps := peerState(alpha, "beta")
-	if ps.Connection != Connected || ps.Connects != 1 || ps.OutOfSyncKiB == 0 {
+	if ps.Connection != api.Connected || ps.Connects != 1 || ps.OutOfSyncKiB == 0 {
 		t.Fatalf("alpha's view of beta: %+v (want Connected once, out of sync marked)", ps)
 	}
 	if n := fs[1].failed.Load(); n > 20 {

@@ -3,6 +3,7 @@ package replica
 import (
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
 )
@@ -47,7 +48,7 @@ func (n *Node) drainLocked() {
 // lacks writes; n.mu held.
 func (p *peer) leftLocked(s *session) error {
 	n := p.n
-	if s.leavingSeq == 0 || s.ap.acked.Load() >= s.leavingSeq || n.role != Secondary || n.sb.Disk != UpToDate {
+	if s.leavingSeq == 0 || s.ap.acked.Load() >= s.leavingSeq || n.role != api.Secondary || n.sb.Disk != UpToDate {
 		return nil
 	}
 	n.log.Warn("the Primary left before its last writes were applied here: disk Outdated", "peer", p.cfg.Name)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
 )
 
@@ -25,7 +26,7 @@ func TestProtocolACloseDrainsJournal(t *testing.T) {
 		{"acks lost", faultnet.Link{Delay: time.Hour}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Protocol = ProtocolA })
+			c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Protocol = api.ProtocolA })
 			alpha := c.bootstrap()
 			c.proxy(0, 1).SetLink(faultnet.Link{Delay: 30 * time.Millisecond}, tc.link)
 			ctx := context.Background()
@@ -42,7 +43,7 @@ func TestProtocolACloseDrainsJournal(t *testing.T) {
 			}
 			c.stop(c.nodes[0])
 			beta := c.nodes[1].n
-			waitFor(t, 5*time.Second, "beta sees alpha gone", func() bool { return peerState(beta, "alpha").Connection != Connected })
+			waitFor(t, 5*time.Second, "beta sees alpha gone", func() bool { return peerState(beta, "alpha").Connection != api.Connected })
 			disk := beta.Status().Disk
 			if tc.outdate {
 				if disk != "Outdated" {
@@ -65,7 +66,7 @@ func TestProtocolACloseDrainsJournal(t *testing.T) {
 // A Secondary whose connection to the leaving Primary ends before it
 // applied the announced final barrier marks its disk Outdated.
 func TestLeavingPrimaryOutdatesLaggingSecondary(t *testing.T) {
-	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Protocol = ProtocolA })
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Protocol = api.ProtocolA })
 	c.bootstrap()
 	beta := c.nodes[1].n
 	p := beta.byName["alpha"]

@@ -55,6 +55,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
 )
@@ -71,8 +72,8 @@ type PeerConfig struct {
 type Config struct {
 	Resource    string
 	Size        int64
-	Protocol    Protocol // 'A' or 'C' (default C)
-	Granularity int64    // bitmap block, default 4096
+	Protocol    api.Protocol // 'A' or 'C' (default C)
+	Granularity int64        // bitmap block, default 4096
 	Self        PeerConfig
 	Peers       []PeerConfig // the other nodes, at most 63
 	MetaPath    string       // this node's meta file
@@ -94,8 +95,8 @@ type Config struct {
 	// (protocol.NewTLSConfig: mutual certificates); the HMAC handshake
 	// still runs inside.
 	TLS     *tls.Config
-	Logger  *slog.Logger // nil: discard
-	OnEvent func(Event)  // every state change; called without locks held, in order
+	Logger  *slog.Logger    // nil: discard
+	OnEvent func(api.Event) // every state change; called without locks held, in order
 	// CSums: checksum-based resync (the target sends block hashes, the
 	// source sends only the blocks that differ). Used when both sides set it.
 	CSums bool
@@ -129,7 +130,7 @@ type Node struct {
 	cond           *sync.Cond    // writes draining (Close, demote)
 	roomq          []*roomWaiter // starts waiting for journal room (write.go)
 	sb             bitmap.Superblock
-	role           Role
+	role           api.Role
 	demoting       bool
 	promoting      *promoteWait // our promote request, waiting for the peers (promote.go)
 	grant          *grant       // a peer's promotion we granted
@@ -143,7 +144,7 @@ type Node struct {
 	recvMask       uint64        // peers that receive the primary's writes (Receiving)
 	recvAtomic     atomic.Uint64 // recvMask, for the appliers
 	markMu         sync.RWMutex  // appliers' marks (read) vs settleLocked (write)
-	evq            []Event
+	evq            []api.Event
 	authLim        authLimiter  // incoming handshakes after authentication failures
 	lastAppWrite   atomic.Int64 // unix nanos of the last application write (resync yields)
 	detached       atomic.Bool  // the local disk failed (on-io-error detach): Failed, not used
@@ -162,9 +163,9 @@ type Node struct {
 // starts no goroutines; call Run.
 func Open(cfg Config, st Store) (*Node, error) {
 	if cfg.Protocol == 0 {
-		cfg.Protocol = ProtocolC
+		cfg.Protocol = api.ProtocolC
 	}
-	if cfg.Protocol != ProtocolA && cfg.Protocol != ProtocolC {
+	if cfg.Protocol != api.ProtocolA && cfg.Protocol != api.ProtocolC {
 		return nil, fmt.Errorf("protocol %q: use A or C", cfg.Protocol)
 	}
 	if cfg.Granularity == 0 {
@@ -220,7 +221,7 @@ func Open(cfg Config, st Store) (*Node, error) {
 			return nil, fmt.Errorf("node id %d of peer %s is used twice", pc.ID, pc.Name)
 		}
 		seen[pc.ID] = true
-		p := &peer{n: n, idx: i, bit: 1 << uint(i), cfg: pc, conn: Connecting,
+		p := &peer{n: n, idx: i, bit: 1 << uint(i), cfg: pc, conn: api.Connecting,
 			incoming: make(chan *protocol.Conn, 1), kick: make(chan struct{}, 1)}
 		n.peers = append(n.peers, p)
 		n.byName[pc.Name] = p
@@ -297,7 +298,7 @@ func (n *Node) event(kind, peer, old, new, msg string) {
 	if n.cfg.OnEvent == nil {
 		return
 	}
-	n.evq = append(n.evq, Event{Time: time.Now(), Kind: kind, Peer: peer, Old: old, New: new, Message: msg})
+	n.evq = append(n.evq, api.Event{Time: time.Now(), Kind: kind, Peer: peer, Old: old, New: new, Message: msg})
 }
 
 // unlock releases n.mu and delivers queued events.
@@ -386,7 +387,7 @@ func (n *Node) Close() error {
 	for n.writing > 0 {
 		n.cond.Wait()
 	}
-	if n.role == Primary && n.runCancel != nil {
+	if n.role == api.Primary && n.runCancel != nil {
 		n.drainLocked()
 	}
 	cancel := n.runCancel
@@ -432,8 +433,8 @@ func (n *Node) Size() int64 { return n.cfg.Size }
 func (n *Node) peerViews() []PeerView {
 	v := make([]PeerView, len(n.peers))
 	for i, p := range n.peers {
-		v[i] = PeerView{Name: p.cfg.Name, Connected: p.conn == Connected, Role: p.peerRole, Repl: p.repl,
-			Newer: p.conn == Connected && p.verdict.Rel == RelPeerNewer}
+		v[i] = PeerView{Name: p.cfg.Name, Connected: p.conn == api.Connected, Role: p.peerRole, Repl: p.repl,
+			Newer: p.conn == api.Connected && p.verdict.Rel == RelPeerNewer}
 	}
 	return v
 }
@@ -464,7 +465,7 @@ func (n *Node) Demote() error {
 	n.mu.Lock()
 	defer n.unlock()
 	n.demoting = false
-	n.role = Secondary
+	n.role = api.Secondary
 	err := n.persist(func(sb *bitmap.Superblock) {
 		if ferr == nil {
 			sb.Flags &^= bitmap.FlagPrimary
@@ -473,9 +474,9 @@ func (n *Node) Demote() error {
 	n.recomputeLocked()
 	n.broadcastLocked()
 	n.log.Info("demoted to Secondary")
-	n.event("role", "", Primary.String(), Secondary.String(), "")
+	n.event("role", "", api.Primary.String(), api.Secondary.String(), "")
 	for _, p := range n.peers {
-		if p.conn == Connected {
+		if p.conn == api.Connected {
 			p.sendStateLocked(0)
 		}
 	}
@@ -503,16 +504,16 @@ func (n *Node) Connect(name string, discardMyData bool) error {
 	}
 	n.mu.Lock()
 	defer n.unlock()
-	if discardMyData && n.role == Primary {
+	if discardMyData && n.role == api.Primary {
 		return fmt.Errorf("%w: this node is Primary and cannot discard its data; demote it first", ErrRefused)
 	}
-	if p.conn == Connected && !discardMyData {
+	if p.conn == api.Connected && !discardMyData {
 		return nil
 	}
 	p.discard = discardMyData
 	p.splitBrain = false
-	if p.conn == StandAlone {
-		p.setConnLocked(Connecting, "")
+	if p.conn == api.StandAlone {
+		p.setConnLocked(api.Connecting, "")
 	}
 	if p.sess != nil && discardMyData {
 		p.restartLocked("connect --discard-my-data")
@@ -530,7 +531,7 @@ func (n *Node) Disconnect(name string) error {
 	}
 	n.mu.Lock()
 	defer n.unlock()
-	p.setConnLocked(StandAlone, "disconnected by the operator")
+	p.setConnLocked(api.StandAlone, "disconnected by the operator")
 	if p.sess != nil {
 		p.sess.cancel()
 	}
@@ -546,14 +547,14 @@ func (n *Node) Disconnect(name string) error {
 func (n *Node) NewCurrentUUID(clearBitmap bool) error {
 	n.mu.Lock()
 	defer n.unlock()
-	if n.role == Primary && clearBitmap {
+	if n.role == api.Primary && clearBitmap {
 		return fmt.Errorf("%w: new-current-uuid --clear-bitmap is for fresh, idle resources; demote first", ErrRefused)
 	}
 	for _, p := range n.peers {
-		if p.conn == Connected && p.peerRole == Primary {
+		if p.conn == api.Connected && p.peerRole == api.Primary {
 			return fmt.Errorf("%w: peer %s is Primary; run it there", ErrRefused, p.cfg.Name)
 		}
-		if p.conn == Connected && p.repl != Established && p.repl != PausedSync {
+		if p.conn == api.Connected && p.repl != api.Established && p.repl != api.PausedSync {
 			return fmt.Errorf("%w: peer %s is %s; wait for it to finish", ErrRefused, p.cfg.Name, p.repl)
 		}
 	}
@@ -566,7 +567,7 @@ func (n *Node) NewCurrentUUID(clearBitmap bool) error {
 		if clearBitmap {
 			sb.Disk = UpToDate
 			for _, p := range n.peers {
-				if p.conn == Connected {
+				if p.conn == api.Connected {
 					sb.GI.Bitmap[p.slot] = 0
 				}
 			}
@@ -576,14 +577,14 @@ func (n *Node) NewCurrentUUID(clearBitmap bool) error {
 		return err
 	}
 	for _, p := range n.peers {
-		if p.conn != Connected {
+		if p.conn != api.Connected {
 			continue
 		}
 		if clearBitmap {
 			p.peerDisk = UpToDate
 			to := p.repl
-			if to == PausedSync {
-				to = Established
+			if to == api.PausedSync {
+				to = api.Established
 			}
 			p.settleLocked(to)
 		}
@@ -600,17 +601,17 @@ func (n *Node) NewCurrentUUID(clearBitmap bool) error {
 }
 
 // Status returns a snapshot of the node's state.
-func (n *Node) Status() Status {
+func (n *Node) Status() api.Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	s := Status{
+	s := api.Status{
 		Resource: n.cfg.Resource, Node: n.cfg.Self.Name, NodeID: n.cfg.Self.ID, Role: n.role,
 		Disk: n.sb.Disk.String(), Protocol: n.cfg.Protocol, Size: n.cfg.Size,
 		CurrentUUID: uuidString(n.sb.GI.Current), JournalBytes: n.j.bytes, JournalMax: n.j.max, JournalAgeMS: n.j.age(time.Now()).Milliseconds(),
-		Writes: n.writes, Peers: []PeerStatus{},
+		Writes: n.writes, Peers: []api.PeerStatus{},
 	}
 	for _, p := range n.peers {
-		ps := PeerStatus{
+		ps := api.PeerStatus{
 			Name: p.cfg.Name, NodeID: p.cfg.ID, Address: p.cfg.Addr, Connection: p.conn, Replication: p.repl,
 			OutOfSyncKiB: p.bm.DirtyBytes() / 1024, BitmapUUID: uuidString(n.sb.GI.Bitmap[p.slot]),
 			SplitBrain: p.splitBrain, LastError: p.lastErr,
@@ -618,11 +619,11 @@ func (n *Node) Status() Status {
 			Connects: p.connects, Resyncs: p.resyncs, ResyncedBytes: p.resynced.Load(),
 			Acks: p.acks, AckLatencyUS: p.ackLatency.Microseconds(),
 		}
-		if p.conn == Connected {
+		if p.conn == api.Connected {
 			ps.Role = p.peerRole.String()
 			ps.Disk = p.peerDisk.String()
 		}
-		if p.repl == SyncSource || p.repl == SyncTarget {
+		if p.repl == api.SyncSource || p.repl == api.SyncTarget {
 			total := max(p.syncTotal, 1)
 			left := p.bm.DirtyBytes()
 			pct := 100 * float64(total-min(left, total)) / float64(total)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
 )
@@ -35,14 +36,14 @@ type peer struct {
 	marks                                     markOrigin // why bm holds bits, on a Secondary (peerseq.go)
 
 	// guarded by Node.mu
-	conn        ConnState
-	repl        Repl
+	conn        api.ConnState
+	repl        api.Repl
 	sess        *session
 	discard     bool // next handshake: discard my data
 	splitBrain  bool
 	lastErr     string
 	verdict     Verdict
-	peerRole    Role
+	peerRole    api.Role
 	peerDisk    Disk
 	cursor      int64 // journal position of the next entry to ship
 	ackFrom     int64 // journal position of the oldest entry maybe unacked
@@ -122,7 +123,7 @@ func (p *peer) kickLocked() {
 	}
 }
 
-func (p *peer) setConnLocked(c ConnState, msg string) {
+func (p *peer) setConnLocked(c api.ConnState, msg string) {
 	if p.conn == c {
 		return
 	}
@@ -132,7 +133,7 @@ func (p *peer) setConnLocked(c ConnState, msg string) {
 	p.n.recomputeLocked()
 }
 
-func (p *peer) setReplLocked(r Repl) {
+func (p *peer) setReplLocked(r api.Repl) {
 	if p.repl == r {
 		return
 	}
@@ -146,7 +147,7 @@ func (p *peer) setReplLocked(r Repl) {
 // one step as far as the appliers are concerned: a write applied
 // concurrently either sees p receiving (r) and marks nothing, or marks
 // before the clear. n.mu held.
-func (p *peer) settleLocked(r Repl) {
+func (p *peer) settleLocked(r api.Repl) {
 	p.n.markMu.Lock()
 	defer p.n.markMu.Unlock()
 	p.bm.ClearAll()
@@ -209,7 +210,7 @@ func (p *peer) goAheadLocked() {
 	})
 	p.resyncAcked = nil
 	p.sent = nil
-	p.setReplLocked(Ahead)
+	p.setReplLocked(api.Ahead)
 	n.log.Warn("journal full: pulling ahead of peer, which resyncs later", "peer", p.cfg.Name, "journal_bytes", n.j.bytes)
 	p.sendStateLocked(0)
 }
@@ -223,7 +224,7 @@ func (p *peer) run(ctx context.Context) {
 	dials := n.cfg.Self.ID < p.cfg.ID
 	for ctx.Err() == nil {
 		n.mu.Lock()
-		standalone := p.conn == StandAlone
+		standalone := p.conn == api.StandAlone
 		n.mu.Unlock()
 		if standalone {
 			p.drainIncoming()
@@ -381,7 +382,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 			return err
 		}
 		n.mu.Lock()
-		standalone := p.conn == StandAlone
+		standalone := p.conn == api.StandAlone
 		n.mu.Unlock()
 		if standalone {
 			return fmt.Errorf("node %s is StandAlone toward %s (disconnected by the operator or after a split brain); run connect there", n.cfg.Self.Name, h.Name)
@@ -469,7 +470,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	if err := theirs.Decode(f.Payload); err != nil {
 		return err
 	}
-	them := Side{ID: p.cfg.ID, Name: p.cfg.Name, Role: Role(theirs.Role), Disk: Disk(theirs.Disk), Current: theirs.Current,
+	them := Side{ID: p.cfg.ID, Name: p.cfg.Name, Role: api.Role(theirs.Role), Disk: Disk(theirs.Disk), Current: theirs.Current,
 		Bitmap: theirs.Bitmap, History: theirs.History, Discard: theirs.Flags&protocol.StateDiscardMyData != 0,
 		CrashedPrimary: theirs.Flags&protocol.StateCrashedPrim != 0}
 	s.sy.csums = n.cfg.CSums && theirs.Flags&protocol.StateCSums != 0
@@ -487,7 +488,7 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 				n.event("split-brain", p.cfg.Name, "", "", v.Err.Error())
 			}
 			n.log.Error("refusing peer: data diverged; no data touched", "peer", p.cfg.Name, "err", v.Err)
-			p.setConnLocked(StandAlone, v.Err.Error())
+			p.setConnLocked(api.StandAlone, v.Err.Error())
 		}
 		n.unlock()
 		return &verdictError{v.Err}
@@ -499,17 +500,17 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 		p.markAll()
 	}
 	plan := Plan(v, me, them, p.bm.Count() > 0)
-	if plan == SyncSource && p.sy.userPaused {
-		plan = PausedSync // pause-sync by the operator
+	if plan == api.SyncSource && p.sy.userPaused {
+		plan = api.PausedSync // pause-sync by the operator
 	}
 	c.SetDeadline(time.Time{})
 
 	n.mu.Lock()
-	if n.role != me.Role || n.sb.Disk != me.Disk && plan != SyncTarget {
+	if n.role != me.Role || n.sb.Disk != me.Disk && plan != api.SyncTarget {
 		n.mu.Unlock()
 		return errors.New("local state changed during the handshake; renegotiating")
 	}
-	if plan == SyncTarget {
+	if plan == api.SyncTarget {
 		if err := n.persist(func(sb *bitmap.Superblock) {
 			sb.Disk = Inconsistent
 			sb.Flags |= bitmap.FlagResyncTarget
@@ -518,12 +519,12 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 			return err
 		}
 	}
-	settle := plan == Established && v.Rel == RelInSync && n.role == Secondary && them.Role == Secondary
+	settle := plan == api.Established && v.Rel == RelInSync && n.role == api.Secondary && them.Role == api.Secondary
 	if settle {
 		p.bm.ClearAll() // before the checks below; settleLocked clears again atomically
 	}
-	if plan == Established && n.role == Primary && p.bm.Count() > 0 && !n.detached.Load() {
-		plan = SyncSource // written to while we were negotiating
+	if plan == api.Established && n.role == api.Primary && p.bm.Count() > 0 && !n.detached.Load() {
+		plan = api.SyncSource // written to while we were negotiating
 	}
 	p.sess = s
 	p.verdict = v
@@ -534,20 +535,20 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	p.peerRole, p.peerDisk = them.Role, them.Disk
 	p.cursor, p.ackFrom = n.j.end(), n.j.end()
 	p.sent, p.resyncAcked = nil, nil
-	p.setConnLocked(Connected, fmt.Sprintf("%s (%s)", v.Rel, plan))
+	p.setConnLocked(api.Connected, fmt.Sprintf("%s (%s)", v.Rel, plan))
 	if settle {
 		p.settleLocked(plan)
 	} else {
 		p.setReplLocked(plan)
 	}
-	if plan == SyncSource {
+	if plan == api.SyncSource {
 		p.startSyncLocked()
 		p.syncStartedLocked()
 	}
-	if plan == SyncTarget {
+	if plan == api.SyncTarget {
 		p.targetStartLocked(s, 0)
 	}
-	if plan == Established && n.sb.GI.Bitmap[p.slot] != 0 && p.bm.Count() == 0 {
+	if plan == api.Established && n.sb.GI.Bitmap[p.slot] != 0 && p.bm.Count() == 0 {
 		n.persist(func(sb *bitmap.Superblock) { sb.GI.Bitmap[p.slot] = 0 })
 	}
 	p.sendStateLocked(0)
@@ -585,9 +586,9 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	})
 	n.j.trim()
 	p.sent, p.resyncAcked = nil, nil
-	p.setReplLocked(ReplOff)
-	if p.conn == Connected {
-		p.setConnLocked(Connecting, s.err.Error())
+	p.setReplLocked(api.ReplOff)
+	if p.conn == api.Connected {
+		p.setConnLocked(api.Connecting, s.err.Error())
 	}
 	n.recomputeLocked()
 	n.unlock()
@@ -759,8 +760,8 @@ func (s *session) send() error {
 			timeout = fmt.Errorf("peer %s did not acknowledge writes within %v; dropping it (its bitmap covers what it missed)", p.cfg.Name, n.cfg.Timeout)
 		}
 		peerSeqs := s.peerSeqsLocked()
-		if p.repl == Ahead && n.j.bytes <= n.j.max/4 {
-			p.setReplLocked(SyncSource)
+		if p.repl == api.Ahead && n.j.bytes <= n.j.max/4 {
+			p.setReplLocked(api.SyncSource)
 			p.startSyncLocked()
 			p.sendStateLocked(0)
 		}
@@ -893,7 +894,7 @@ func (s *session) receive() error {
 			if err := st.Decode(f.Payload); err != nil {
 				return p.readErr("state", err)
 			}
-			if st.Flags&protocol.StateOutdated != 0 && Role(st.Role) == Primary {
+			if st.Flags&protocol.StateOutdated != 0 && api.Role(st.Role) == api.Primary {
 				s.leavingSeq = f.Seq // drain.go
 			}
 			if err := p.onState(&st); err != nil {
@@ -926,7 +927,7 @@ func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 	if seq > p.ackSeq {
 		p.ackSeq = seq
 	}
-	if p.repl == Established && p.bm.Count() == 0 {
+	if p.repl == api.Established && p.bm.Count() == 0 {
 		p.haveSeq = p.ackSeq
 	}
 	i := 0
@@ -972,8 +973,8 @@ func (p *peer) onState(st *protocol.State) error {
 	n := p.n
 	n.mu.Lock()
 	defer n.unlock()
-	role, disk := Role(st.Role), Disk(st.Disk)
-	if role == Primary && n.role == Primary {
+	role, disk := api.Role(st.Role), Disk(st.Disk)
+	if role == api.Primary && n.role == api.Primary {
 		err := fmt.Errorf("%w: both %s and %s are Primary; demote one of them", ErrRefused, n.cfg.Self.Name, p.cfg.Name)
 		n.log.Error("two primaries", "peer", p.cfg.Name)
 		return err
@@ -986,7 +987,7 @@ func (p *peer) onState(st *protocol.State) error {
 		n.event("peer-disk", p.cfg.Name, p.peerDisk.String(), disk.String(), "")
 		p.peerDisk = disk
 	}
-	if (disk == Failed || disk == Diskless) && role != Primary {
+	if (disk == Failed || disk == Diskless) && role != api.Primary {
 		p.peerDiskFailedLocked()
 		return nil
 	}
@@ -999,16 +1000,16 @@ func (p *peer) onState(st *protocol.State) error {
 			sb.Disk = UpToDate
 			sb.Flags &^= bitmap.FlagResyncTarget
 			for _, q := range n.peers {
-				if q.conn == Connected {
+				if q.conn == api.Connected {
 					sb.GI.Bitmap[q.slot] = 0
 				}
 			}
 		})
 		for _, q := range n.peers {
-			if q.conn == Connected {
+			if q.conn == api.Connected {
 				to := q.repl
-				if to == PausedSync {
-					to = Established
+				if to == api.PausedSync {
+					to = api.Established
 				}
 				q.settleLocked(to)
 			}
@@ -1021,21 +1022,21 @@ func (p *peer) onState(st *protocol.State) error {
 		}
 		return err
 	}
-	if p.syncStateLocked(Repl(st.Repl)) {
+	if p.syncStateLocked(api.Repl(st.Repl)) {
 		return nil
 	}
-	switch Repl(st.Repl) {
-	case Ahead:
-		if p.repl != Behind {
-			p.setReplLocked(Behind)
+	switch api.Repl(st.Repl) {
+	case api.Ahead:
+		if p.repl != api.Behind {
+			p.setReplLocked(api.Behind)
 			if n.sb.Disk == UpToDate {
 				return n.persist(func(sb *bitmap.Superblock) { sb.Disk = Outdated })
 			}
 		}
 		return nil
-	case SyncSource:
-		if p.repl != SyncTarget {
-			p.setReplLocked(SyncTarget)
+	case api.SyncSource:
+		if p.repl != api.SyncTarget {
+			p.setReplLocked(api.SyncTarget)
 			p.targetStartLocked(p.sess, int64(st.OutOfSync))
 			return n.persist(func(sb *bitmap.Superblock) {
 				sb.Disk = Inconsistent
@@ -1047,9 +1048,9 @@ func (p *peer) onState(st *protocol.State) error {
 	// Two secondaries that were apart now share a generation (one of them
 	// finished a resync from the Primary): they are in sync.
 	// Not after a crash as Primary: the activity log's marks must resync.
-	if p.repl == PausedSync && role == Secondary && n.role == Secondary && st.Current == n.sb.GI.Current &&
+	if p.repl == api.PausedSync && role == api.Secondary && n.role == api.Secondary && st.Current == n.sb.GI.Current &&
 		disk == UpToDate && n.sb.Disk == UpToDate && !n.crashedPrimary && st.Flags&protocol.StateCrashedPrim == 0 {
-		p.settleLocked(Established)
+		p.settleLocked(api.Established)
 		p.sendStateLocked(0)
 		if n.sb.GI.Bitmap[p.slot] != 0 {
 			return n.persist(func(sb *bitmap.Superblock) { sb.GI.Bitmap[p.slot] = 0 })
@@ -1057,10 +1058,10 @@ func (p *peer) onState(st *protocol.State) error {
 		return nil
 	}
 	// In sync with a Primary that started a new generation: follow it.
-	if role == Primary && p.repl == Established && n.sb.Disk == UpToDate && st.Current != 0 && st.Current != n.sb.GI.Current {
+	if role == api.Primary && p.repl == api.Established && n.sb.Disk == UpToDate && st.Current != 0 && st.Current != n.sb.GI.Current {
 		away := make([]bool, len(n.sb.GI.Bitmap))
 		for _, q := range n.peers {
-			away[q.slot] = q != p && !(q.conn == Connected && q.repl == Established)
+			away[q.slot] = q != p && !(q.conn == api.Connected && q.repl == api.Established)
 		}
 		err := n.persist(func(sb *bitmap.Superblock) {
 			sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, st.Current)
@@ -1075,7 +1076,7 @@ func (p *peer) onState(st *protocol.State) error {
 // n.mu held.
 func (n *Node) broadcastStateLocked(except *peer) {
 	for _, q := range n.peers {
-		if q != except && q.conn == Connected {
+		if q != except && q.conn == api.Connected {
 			q.sendStateLocked(0)
 		}
 	}
@@ -1110,7 +1111,7 @@ func (p *peer) onResyncDone(current uint64) error {
 	// What the activity log marked is repaired now.
 	n.crashedPrimary = false
 	p.verdict = Verdict{Rel: RelInSync} // the connect-time verdict is history now
-	p.setReplLocked(Established)
+	p.setReplLocked(api.Established)
 	n.log.Info("resync finished: UpToDate", "source", p.cfg.Name, "current", uuidString(current))
 	n.broadcastStateLocked(nil)
 	return nil

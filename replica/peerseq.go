@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 )
 
@@ -191,7 +192,7 @@ func (n *Node) appliedLost(p *peer) int {
 // since last; n.mu held.
 func (s *session) peerSeqsLocked() []byte {
 	p, n := s.p, s.p.n
-	if n.role != Primary || p.ls.features.Load()&protocol.FeatureCluster == 0 {
+	if n.role != api.Primary || p.ls.features.Load()&protocol.FeatureCluster == 0 {
 		return nil
 	}
 	s.seqs = s.seqs[:0]
@@ -219,7 +220,7 @@ func (s *session) peerSeqsLocked() []byte {
 // n.mu, n.markMu (for writing: no applier marks meanwhile) and the applied
 // ring's lock held.
 func (n *Node) clearSoftLocked(p *peer, ps []protocol.PeerSeq) {
-	if n.role != Secondary || p.peerRole != Primary {
+	if n.role != api.Secondary || p.peerRole != api.Primary {
 		return
 	}
 	for _, e := range ps {

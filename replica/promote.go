@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
 )
@@ -58,13 +59,13 @@ func (n *Node) grantBlocksLocked(except *peer) error {
 // becoming Primary (see above).
 func (n *Node) Promote(force bool) error {
 	n.mu.Lock()
-	if err := n.canStartPromoteLocked(force); err != nil || n.role == Primary {
+	if err := n.canStartPromoteLocked(force); err != nil || n.role == api.Primary {
 		n.unlock()
 		return err
 	}
 	asked := map[*peer]bool{}
 	for _, p := range n.peers {
-		if p.conn == Connected && p.sess != nil && p.ls.features.Load()&protocol.FeatureCluster != 0 {
+		if p.conn == api.Connected && p.sess != nil && p.ls.features.Load()&protocol.FeatureCluster != 0 {
 			asked[p] = true
 		}
 	}
@@ -131,7 +132,7 @@ func (n *Node) canStartPromoteLocked(force bool) error {
 		return ErrClosed
 	case n.demoting:
 		return fmt.Errorf("%w: a demote is in progress; wait for it to finish", ErrRefused)
-	case n.role == Primary:
+	case n.role == api.Primary:
 		return nil
 	case n.promoting != nil:
 		return fmt.Errorf("%w: a promote is already in progress on this node", ErrRefused)
@@ -149,7 +150,7 @@ func (p *peer) onPromoteReq(s *session, token uint64) {
 	defer n.unlock()
 	var reason string
 	switch {
-	case n.role == Primary:
+	case n.role == api.Primary:
 		reason = fmt.Sprintf("peer %s is Primary; demote it first or disconnect", n.cfg.Self.Name)
 	case n.grantBlocksLocked(p) != nil:
 		reason = fmt.Sprintf("peer %s is becoming Primary", n.grant.p.cfg.Name)
@@ -240,15 +241,15 @@ func (n *Node) promoteLocked(force bool) error {
 		}
 		n.meta.FlushBitmaps()
 	}
-	n.role = Primary
+	n.role = api.Primary
 	n.recomputeLocked()
 	n.log.Info("promoted to Primary", "force", force, "current", uuidString(n.sb.GI.Current))
-	n.event("role", "", Secondary.String(), Primary.String(), "")
+	n.event("role", "", api.Secondary.String(), api.Primary.String(), "")
 	for _, p := range n.peers {
-		if p.conn != Connected {
+		if p.conn != api.Connected {
 			continue
 		}
-		if p.repl == PausedSync || !wasConsistent || (p.repl == Established && p.bm.Count() > 0) {
+		if p.repl == api.PausedSync || !wasConsistent || (p.repl == api.Established && p.bm.Count() > 0) {
 			// Re-plan the connection with this node as Primary.
 			p.restartLocked("re-planning the connection after promote")
 			continue

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // Two operators promote two connected Secondaries at the same moment:
@@ -32,9 +34,9 @@ func TestConcurrentPromote(t *testing.T) {
 	wins := map[string]int{}
 	for round := range rounds {
 		waitFor(t, 5*time.Second, "both Secondary, seen as such, no grant held", func() bool {
-			return a.Status().Role == Secondary && b.Status().Role == Secondary &&
+			return a.Status().Role == api.Secondary && b.Status().Role == api.Secondary &&
 				peerState(a, "beta").Role == "Secondary" && peerState(b, "alpha").Role == "Secondary" &&
-				peerState(a, "beta").Replication == Established && idle(a) && idle(b)
+				peerState(a, "beta").Replication == api.Established && idle(a) && idle(b)
 		})
 		var errs [2]error
 		var wg sync.WaitGroup
@@ -49,7 +51,7 @@ func TestConcurrentPromote(t *testing.T) {
 		}
 		wg.Wait()
 		ra, rb := a.Status().Role, b.Status().Role
-		if ra == Primary && rb == Primary {
+		if ra == api.Primary && rb == api.Primary {
 			t.Fatalf("round %d: both Primary (errors %v, %v)", round, errs[0], errs[1])
 		}
 		if errs[0] == nil && errs[1] == nil {
@@ -63,7 +65,7 @@ func TestConcurrentPromote(t *testing.T) {
 		switch {
 		case errs[0] == nil:
 			wins["alpha"]++
-			if ra != Primary {
+			if ra != api.Primary {
 				t.Fatalf("round %d: alpha's promote succeeded but it is %v", round, ra)
 			}
 			if err := a.Demote(); err != nil {
@@ -71,7 +73,7 @@ func TestConcurrentPromote(t *testing.T) {
 			}
 		case errs[1] == nil:
 			wins["beta"]++
-			if rb != Primary {
+			if rb != api.Primary {
 				t.Fatalf("round %d: beta's promote succeeded but it is %v", round, rb)
 			}
 			if err := b.Demote(); err != nil {
@@ -88,7 +90,7 @@ func TestConcurrentPromote(t *testing.T) {
 	if wins["none"] == rounds {
 		t.Fatal("no promote ever succeeded")
 	}
-	if st := peerState(a, "beta"); st.Connection != Connected {
+	if st := peerState(a, "beta"); st.Connection != api.Connected {
 		t.Fatalf("alpha and beta lost their connection: %+v", st)
 	}
 	if a.Status().Peers[0].Connects != 1 {

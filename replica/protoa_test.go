@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
 )
 
@@ -50,7 +51,7 @@ func timedWriters(t *testing.T, c *cluster, prim *Node, d time.Duration) (time.D
 // slow the writes; the peer goes Behind, then resyncs.
 func TestProtocolAPullAhead(t *testing.T) {
 	c := newCluster(t, 2, func(i int, cfg *Config) {
-		cfg.Protocol = ProtocolA
+		cfg.Protocol = api.ProtocolA
 		cfg.JournalBytes = 1 << 20
 		cfg.OnCongestion = "pull-ahead"
 	})
@@ -92,7 +93,7 @@ func TestProtocolAPullAhead(t *testing.T) {
 // instead, so throughput follows the link; the peer never falls behind.
 func TestProtocolABlock(t *testing.T) {
 	c := newCluster(t, 2, func(i int, cfg *Config) {
-		cfg.Protocol = ProtocolA
+		cfg.Protocol = api.ProtocolA
 		cfg.JournalBytes = 1 << 20
 		cfg.Timeout = 5 * time.Second
 	})

@@ -3,6 +3,7 @@ package replica
 import (
 	"errors"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
 )
@@ -30,24 +31,24 @@ func (s *session) resyncLoop() error {
 		switch {
 		case !mine:
 			continue
-		case repl == VerifySource:
+		case repl == api.VerifySource:
 			if err := s.verifyPass(); err != nil {
 				return err
 			}
 			continue
-		case repl == SyncTarget && s.sy.csums:
+		case repl == api.SyncTarget && s.sy.csums:
 			if err := s.csumsPass(); err != nil {
 				return err
 			}
 			continue
-		case repl == SyncSource:
+		case repl == api.SyncSource:
 			if err := s.waitCsums(); err != nil {
 				return err
 			}
 		}
 		for {
 			n.mu.Lock()
-			active := p.repl == SyncSource && p.sess == s
+			active := p.repl == api.SyncSource && p.sess == s
 			n.mu.Unlock()
 			if !active {
 				break
@@ -118,7 +119,7 @@ func (s *session) resyncPass() (bool, error) {
 	}
 	n.mu.Lock()
 	defer n.unlock()
-	if p.repl != SyncSource || p.sess != s {
+	if p.repl != api.SyncSource || p.sess != s {
 		return false, errResyncStopped
 	}
 	if bm.Count() != 0 {
@@ -129,7 +130,7 @@ func (s *session) resyncPass() (bool, error) {
 		return false, err
 	}
 	p.verdict = Verdict{Rel: RelInSync}
-	p.setReplLocked(Established)
+	p.setReplLocked(api.Established)
 	p.peerDisk = UpToDate
 	rd := protocol.ResyncDone{Current: n.sb.GI.Current}
 	s.queue(ctrlMsg{t: protocol.TypeResyncDone, payload: rd.Append(nil)})

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
 )
 
@@ -109,7 +110,7 @@ func TestSplitBrain(t *testing.T) {
 	beta := c.nodes[1].n
 	c.proxy(0, 1).Partition(true)
 	waitFor(t, 5*time.Second, "partition noticed", func() bool {
-		return peerState(alpha, "beta").Connection != Connected && peerState(beta, "alpha").Connection != Connected
+		return peerState(alpha, "beta").Connection != api.Connected && peerState(beta, "alpha").Connection != api.Connected
 	})
 	if err := beta.Promote(false); err != nil {
 		t.Fatal(err)
@@ -134,7 +135,7 @@ func TestSplitBrain(t *testing.T) {
 	}
 	ps := peerState(alpha, "beta")
 	t.Logf("alpha sees beta: %s / %s: %s", ps.Connection, ps.Replication, ps.LastError)
-	if ps.Connection != StandAlone {
+	if ps.Connection != api.StandAlone {
 		t.Fatalf("after split brain alpha is %s toward beta, want StandAlone", ps.Connection)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -192,7 +193,7 @@ func TestBadPeers(t *testing.T) {
 		}
 	}
 	nc.Close()
-	if ps := peerState(c.nodes[1].n, "alpha"); ps.Connection != Connected {
+	if ps := peerState(c.nodes[1].n, "alpha"); ps.Connection != api.Connected {
 		t.Fatalf("beta lost alpha over garbage: %+v", ps)
 	}
 	// Intruders: a node with the id of gamma (not configured), another
@@ -236,7 +237,7 @@ func TestBadPeers(t *testing.T) {
 	if fileHash(t, c.nodes[1].path) != hb {
 		t.Fatal("beta's data changed")
 	}
-	if ps := peerState(c.nodes[1].n, "alpha"); ps.Connection != Connected {
+	if ps := peerState(c.nodes[1].n, "alpha"); ps.Connection != api.Connected {
 		t.Fatalf("beta lost alpha: %+v", ps)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // Story 1 and 2: protocol C, three nodes, concurrent random writes from
@@ -113,7 +115,7 @@ func TestPartitionMarksAndResyncs(t *testing.T) {
 	mu.Unlock()
 	c.isolate(2, true)
 	waitFor(t, 5*time.Second, "alpha to drop gamma", func() bool {
-		return peerState(prim, "gamma").Connection != Connected
+		return peerState(prim, "gamma").Connection != api.Connected
 	})
 	time.Sleep(500 * time.Millisecond)
 	close(stop)

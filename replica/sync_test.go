@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/repd/repd/faultnet"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/faultnet"
 
 	"github.com/repd/repd/bitmap"
 )
@@ -59,7 +61,7 @@ func TestAutoResolve(t *testing.T) {
 	a := Side{ID: 1, Name: "alpha"}
 	b := Side{ID: 2, Name: "beta"}
 	pa := a
-	pa.Role = Primary
+	pa.Role = api.Primary
 	for _, tc := range []struct {
 		policy       string
 		me, peer     Side
@@ -129,7 +131,7 @@ func TestCrashedPrimaryMarksHotExtents(t *testing.T) {
 	// still see the old connection to a Primary alpha.
 	waitFor(t, 10*time.Second, "alpha and beta connected, alpha Secondary", func() bool {
 		ps := peerState(beta, "alpha")
-		return ps.Connection == Connected && ps.Role == Secondary.String()
+		return ps.Connection == api.Connected && ps.Role == api.Secondary.String()
 	})
 	if err := beta.Promote(false); err != nil {
 		t.Fatal(err)
@@ -218,7 +220,7 @@ func TestVerifyFindsCorruption(t *testing.T) {
 	// A loaded machine may still be settling the connection.
 	waitFor(t, 10*time.Second, "alpha sees beta UpToDate", func() bool {
 		ps := peerState(alpha, "beta")
-		return ps.Disk == "UpToDate" && ps.Replication == Established
+		return ps.Disk == "UpToDate" && ps.Replication == api.Established
 	})
 	// Writes race the verify, also into the blocks around the bad one.
 	stop := make(chan struct{})
@@ -230,7 +232,7 @@ func TestVerifyFindsCorruption(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "verify finished", func() bool {
 		r := peerState(alpha, "beta").Replication
-		return r != VerifySource
+		return r != api.VerifySource
 	})
 	close(stop)
 	t.Logf("%d writes during the verify", <-done+<-done)
@@ -261,15 +263,15 @@ func TestInvalidatePauseResume(t *testing.T) {
 	if err := beta.Invalidate("alpha"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "alpha SyncSource", func() bool { return peerState(alpha, "beta").Replication == SyncSource })
+	waitFor(t, 10*time.Second, "alpha SyncSource", func() bool { return peerState(alpha, "beta").Replication == api.SyncSource })
 	if err := alpha.PauseSync("beta"); err != nil {
 		t.Fatal(err)
 	}
 	ps := peerState(alpha, "beta")
-	if ps.Replication != PausedSync || !ps.SyncPausedByUser || ps.SyncLeftBytes == 0 {
+	if ps.Replication != api.PausedSync || !ps.SyncPausedByUser || ps.SyncLeftBytes == 0 {
 		t.Fatalf("after pause-sync: %+v", ps)
 	}
-	waitFor(t, 5*time.Second, "beta sees the pause", func() bool { return peerState(beta, "alpha").Replication == PausedSync })
+	waitFor(t, 5*time.Second, "beta sees the pause", func() bool { return peerState(beta, "alpha").Replication == api.PausedSync })
 	left := peerState(alpha, "beta").OutOfSyncKiB
 	time.Sleep(300 * time.Millisecond)
 	if now := peerState(alpha, "beta").OutOfSyncKiB; now != left {
@@ -280,7 +282,7 @@ func TestInvalidatePauseResume(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "progress reported", func() bool {
 		ps := peerState(alpha, "beta")
-		return ps.SyncPercent != nil && ps.SyncRateBytesPerSec > 0 || ps.Replication == Established
+		return ps.SyncPercent != nil && ps.SyncRateBytesPerSec > 0 || ps.Replication == api.Established
 	})
 	c.waitSynced(20 * time.Second)
 	c.assertEqualStores()
@@ -338,7 +340,7 @@ func TestResyncDoesNotWaitForTick(t *testing.T) {
 // goroutine, which waited for room only that teardown would free.
 func TestResyncWaitingForRoomStopsWithSession(t *testing.T) {
 	c := newCluster(t, 2, func(i int, cfg *Config) {
-		cfg.Protocol = ProtocolA
+		cfg.Protocol = api.ProtocolA
 		cfg.JournalBytes = 2 << 20
 		cfg.Timeout = 30 * time.Second
 	})
@@ -348,7 +350,7 @@ func TestResyncWaitingForRoomStopsWithSession(t *testing.T) {
 	if err := alpha.Connect("beta", false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "resync under way", func() bool { return peerState(alpha, "beta").Replication == SyncSource })
+	waitFor(t, 10*time.Second, "resync under way", func() bool { return peerState(alpha, "beta").Replication == api.SyncSource })
 	time.Sleep(500 * time.Millisecond) // the journal's resync half fills
 	tn := c.nodes[0]
 	tn.cancel() // as repd does on SIGTERM: Run's context first, then Close
@@ -384,7 +386,7 @@ func TestNewUUIDPeerDiskConverges(t *testing.T) {
 	px.CutAll()
 	waitFor(t, 10*time.Second, "alpha connected to beta again", func() bool {
 		ps := peerState(alpha, "beta")
-		return ps.Connects > before && ps.Connection == Connected
+		return ps.Connects > before && ps.Connection == api.Connected
 	})
 	if err := alpha.NewCurrentUUID(true); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // TestSyncBench measures resync, checksum resync and verify on a 1 GiB
@@ -75,7 +77,7 @@ func TestSyncBench(t *testing.T) {
 	if err := alpha.Verify("beta"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Minute, "verify done", func() bool { return peerState(alpha, "beta").Replication == Established })
+	waitFor(t, 2*time.Minute, "verify done", func() bool { return peerState(alpha, "beta").Replication == api.Established })
 	d := time.Since(start)
 	t.Logf("verify of 1 GiB: %v, %.0f MiB/s, %d KiB differ", d.Round(time.Millisecond), float64(size)/(1<<20)/d.Seconds(), peerState(alpha, "beta").VerifyMismatchKiB)
 }

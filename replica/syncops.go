@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 )
 
@@ -16,13 +17,13 @@ import (
 func (n *Node) Invalidate(name string) error {
 	n.mu.Lock()
 	defer n.unlock()
-	if n.role == Primary || n.demoting {
+	if n.role == api.Primary || n.demoting {
 		return fmt.Errorf("%w: this node is Primary; demote it before invalidating its data", ErrRefused)
 	}
 	var p *peer
 	if name == "" {
 		for _, q := range n.peers {
-			if q.conn == Connected && q.sess != nil && q.peerDisk == UpToDate {
+			if q.conn == api.Connected && q.sess != nil && q.peerDisk == UpToDate {
 				p = q
 				break
 			}
@@ -68,19 +69,19 @@ func (n *Node) InvalidateRemote(name string) error {
 	if n.sb.Disk != UpToDate {
 		return fmt.Errorf("%w: local disk is %s; only an UpToDate node can be a sync source", ErrRefused, n.sb.Disk)
 	}
-	if p.peerRole == Primary {
+	if p.peerRole == api.Primary {
 		return fmt.Errorf("%w: peer %s is Primary; demote it first", ErrRefused, p.cfg.Name)
 	}
 	switch p.repl {
-	case Established, PausedSync, SyncSource:
+	case api.Established, api.PausedSync, api.SyncSource:
 	default:
 		return fmt.Errorf("%w: peer %s is %s; wait for it to finish", ErrRefused, p.cfg.Name, p.repl)
 	}
 	p.markAll()
 	n.meta.FlushBitmaps()
 	p.sy.userPaused = false
-	if p.repl != SyncSource {
-		p.setReplLocked(SyncSource)
+	if p.repl != api.SyncSource {
+		p.setReplLocked(api.SyncSource)
 	}
 	p.startSyncLocked()
 	p.syncStartedLocked()
@@ -108,14 +109,14 @@ func (n *Node) PauseSync(name string) error {
 		return err
 	}
 	for _, p := range ps {
-		if p.repl == SyncTarget && name != "" {
+		if p.repl == api.SyncTarget && name != "" {
 			return fmt.Errorf("%w: this node is the sync target of %s; run pause-sync on %s", ErrRefused, p.cfg.Name, p.cfg.Name)
 		}
 	}
 	for _, p := range ps {
 		p.sy.userPaused = true
-		if p.repl == SyncSource {
-			p.setReplLocked(PausedSync)
+		if p.repl == api.SyncSource {
+			p.setReplLocked(api.PausedSync)
 			p.sendStateLocked(0)
 			n.log.Info("resync paused by the operator", "peer", p.cfg.Name, "left", p.bm.DirtyBytes())
 		}
@@ -134,7 +135,7 @@ func (n *Node) ResumeSync(name string) error {
 	for _, p := range ps {
 		was := p.sy.userPaused
 		p.sy.userPaused = false
-		if was && p.repl == PausedSync {
+		if was && p.repl == api.PausedSync {
 			p.restartLocked("resume-sync")
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
 )
 
@@ -49,7 +50,7 @@ func TestThreeKillResyncsWhatGammaMissed(t *testing.T) {
 			<-done
 			c.proxy(0, 2).SetLink(faultnet.Link{}, faultnet.Link{})
 			beta := c.nodes[1].n
-			waitFor(t, 5*time.Second, "beta sees alpha gone", func() bool { return peerState(beta, "alpha").Connection != Connected })
+			waitFor(t, 5*time.Second, "beta sees alpha gone", func() bool { return peerState(beta, "alpha").Connection != api.Connected })
 			if err := beta.Promote(false); err != nil {
 				t.Fatal(err)
 			}
@@ -115,8 +116,8 @@ func (c *cluster) waitSyncedOrDump(d time.Duration) {
 				// other got): they only cost a larger resync should that
 				// node become the source. What must be zero is the
 				// Primary's; assertEqualStores checks the data itself.
-				stale := s.Role == Secondary && p.Role == Secondary.String()
-				if p.Connection != Connected || p.Replication != Established || (p.OutOfSyncKiB != 0 && !stale) {
+				stale := s.Role == api.Secondary && p.Role == api.Secondary.String()
+				if p.Connection != api.Connected || p.Replication != api.Established || (p.OutOfSyncKiB != 0 && !stale) {
 					ok = false
 				}
 			}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/repd/repd/api"
 )
 
 // BenchmarkWrite4kQD32Transport: 4 KiB writes at queue depth 32 of data
@@ -17,18 +19,18 @@ import (
 func BenchmarkWrite4kQD32Transport(b *testing.B) {
 	for _, v := range []struct {
 		name   string
-		proto  Protocol
+		proto  api.Protocol
 		codec  string
 		dedup  int64
 		repeat bool // each writer rewrites one block (the dedup case)
 	}{
-		{"C-none", ProtocolC, "none", 0, false},
-		{"C-none-dedup", ProtocolC, "none", 64 << 20, false},
-		{"C-none-dedup-repeat", ProtocolC, "none", 64 << 20, true},
-		{"A-none", ProtocolA, "none", 0, false},
-		{"A-s2", ProtocolA, "s2", 0, false},
-		{"A-zstd", ProtocolA, "zstd", 0, false},
-		{"A-zstd-dedup", ProtocolA, "zstd", 64 << 20, false},
+		{"C-none", api.ProtocolC, "none", 0, false},
+		{"C-none-dedup", api.ProtocolC, "none", 64 << 20, false},
+		{"C-none-dedup-repeat", api.ProtocolC, "none", 64 << 20, true},
+		{"A-none", api.ProtocolA, "none", 0, false},
+		{"A-s2", api.ProtocolA, "s2", 0, false},
+		{"A-zstd", api.ProtocolA, "zstd", 0, false},
+		{"A-zstd-dedup", api.ProtocolA, "zstd", 64 << 20, false},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			directLinks = true

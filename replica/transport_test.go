@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 )
 
@@ -184,7 +185,7 @@ func TestDedupMissResends(t *testing.T) {
 	if !bytes.Equal(readFileAt(t, c.nodes[1].path, 2<<20, len(later)), later) {
 		t.Fatal("the write after it did not reach beta")
 	}
-	if ps.Connects != 1 || ps.Connection != Connected {
+	if ps.Connects != 1 || ps.Connection != api.Connected {
 		t.Fatalf("the connection did not survive the miss: %+v", ps)
 	}
 	// The index proved stale and was cleared: h goes as data again, then
@@ -312,7 +313,7 @@ func TestTLS(t *testing.T) {
 	if fileHash(t, c.nodes[1].path) != hb {
 		t.Fatal("beta's data changed")
 	}
-	if ps := peerState(c.nodes[1].n, "alpha"); ps.Connection != Connected {
+	if ps := peerState(c.nodes[1].n, "alpha"); ps.Connection != api.Connected {
 		t.Fatalf("beta lost alpha: %+v", ps)
 	}
 }
@@ -391,7 +392,7 @@ func TestAuthFailuresRateLimited(t *testing.T) {
 	if ps.AuthFailures != 5 {
 		t.Errorf("beta counted %d authentication failures from alpha's address, want 5", ps.AuthFailures)
 	}
-	if ps.Connection != Connected || !strings.Contains(ps.LastError, "authentication failed") {
+	if ps.Connection != api.Connected || !strings.Contains(ps.LastError, "authentication failed") {
 		t.Errorf("beta toward alpha: %+v", ps)
 	}
 	// While one penalized handshake runs, another from the same address is

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 )
 
@@ -44,12 +45,12 @@ func (n *Node) Verify(name string) error {
 	if n.sb.Disk != UpToDate || p.peerDisk != UpToDate {
 		return fmt.Errorf("%w: verify needs both disks UpToDate; %s is %s and peer %s is %s", ErrRefused, n.cfg.Self.Name, n.sb.Disk, p.cfg.Name, p.peerDisk)
 	}
-	if p.repl != Established {
+	if p.repl != api.Established {
 		return fmt.Errorf("%w: peer %s is %s; verify runs from Established (wait for it: repctl wait-sync)", ErrRefused, p.cfg.Name, p.repl)
 	}
-	if n.role != Primary {
+	if n.role != api.Primary {
 		for _, q := range n.peers {
-			if q.conn == Connected && q.peerRole == Primary {
+			if q.conn == api.Connected && q.peerRole == api.Primary {
 				return fmt.Errorf("%w: peer %s is Primary; run verify there (its writes would race a verify from this Secondary)", ErrRefused, q.cfg.Name)
 			}
 		}
@@ -60,7 +61,7 @@ func (n *Node) Verify(name string) error {
 	p.sy.verifyMismatch = 0
 	p.sy.verifyStart = time.Now()
 	p.sy.verifyMeter = rateMeter{}
-	p.setReplLocked(VerifySource)
+	p.setReplLocked(api.VerifySource)
 	p.sendStateLocked(0)
 	select {
 	case p.sess.resync <- struct{}{}:
@@ -75,7 +76,7 @@ func (n *Node) Verify(name string) error {
 func (n *Node) connectedPeerLocked(name string) (*peer, error) {
 	if name == "" {
 		for _, p := range n.peers {
-			if p.conn == Connected && p.sess != nil {
+			if p.conn == api.Connected && p.sess != nil {
 				return p, nil
 			}
 		}
@@ -85,7 +86,7 @@ func (n *Node) connectedPeerLocked(name string) (*peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.conn != Connected || p.sess == nil {
+	if p.conn != api.Connected || p.sess == nil {
 		return nil, fmt.Errorf("%w: peer %s is not connected", ErrRefused, name)
 	}
 	return p, nil
@@ -98,7 +99,7 @@ func (s *session) verifyPass() error {
 	step := n.sumsBatch() * n.cfg.Granularity
 	for off := int64(0); off < n.cfg.Size; off += step {
 		n.mu.Lock()
-		active := p.sess == s && p.repl == VerifySource
+		active := p.sess == s && p.repl == api.VerifySource
 		n.mu.Unlock()
 		if !active {
 			return nil
@@ -124,7 +125,7 @@ func (s *session) verifyPass() error {
 	}
 	for {
 		n.mu.Lock()
-		active := p.sess == s && p.repl == VerifySource
+		active := p.sess == s && p.repl == api.VerifySource
 		pending := p.sy.verifyPending
 		if active && pending == 0 {
 			p.verifyFinishedLocked()
@@ -150,13 +151,13 @@ func (p *peer) verifyFinishedLocked() {
 		"seconds", time.Since(p.sy.verifyStart).Seconds())
 	n.event("verify", p.cfg.Name, "", "", msg)
 	n.meta.FlushBitmaps()
-	if n.role == Primary && p.bm.Count() > 0 {
-		p.setReplLocked(SyncSource)
+	if n.role == api.Primary && p.bm.Count() > 0 {
+		p.setReplLocked(api.SyncSource)
 		p.startSyncLocked()
 		p.sy.syncStart = time.Now()
 		p.sy.meter = rateMeter{}
 	} else {
-		p.setReplLocked(Established)
+		p.setReplLocked(api.Established)
 	}
 	p.sendStateLocked(0)
 }
@@ -252,42 +253,42 @@ func (s *session) onVerifyReply(payload []byte) error {
 
 // syncStateLocked handles the replication states a peer announces for
 // verify and pause-sync; it reports whether it handled r. n.mu held.
-func (p *peer) syncStateLocked(r Repl) bool {
+func (p *peer) syncStateLocked(r api.Repl) bool {
 	switch {
-	case r == VerifySource && p.repl == Established:
+	case r == api.VerifySource && p.repl == api.Established:
 		p.sy.verifyTotal = p.n.cfg.Size
 		p.sy.verifyDone = 0
 		p.sy.verifyMismatch = 0
 		p.sy.verifyStart = time.Now()
 		p.sy.verifyMeter = rateMeter{}
-		p.setReplLocked(VerifyTarget)
+		p.setReplLocked(api.VerifyTarget)
 		return true
-	case r == VerifySource:
+	case r == api.VerifySource:
 		return true
-	case p.repl == VerifyTarget && r != SyncSource:
+	case p.repl == api.VerifyTarget && r != api.SyncSource:
 		p.verifyFinishedLocked()
 		return true
-	case r == PausedSync && p.repl == SyncTarget:
-		p.setReplLocked(PausedSync)
+	case r == api.PausedSync && p.repl == api.SyncTarget:
+		p.setReplLocked(api.PausedSync)
 		return true
 	}
 	return false
 }
 
 // syncStatusLocked fills the resync and verify progress of ps; n.mu held.
-func (p *peer) syncStatusLocked(ps *PeerStatus) {
+func (p *peer) syncStatusLocked(ps *api.PeerStatus) {
 	now := time.Now()
 	ps.SyncPausedByUser = p.sy.userPaused
 	ps.CSumsEqualBytes = p.sy.csumsEqual.Load()
 	ps.VerifyMismatchKiB = p.sy.verifyMismatch / 1024
 	switch p.repl {
-	case SyncSource, SyncTarget, PausedSync:
-		if p.repl == PausedSync && !p.sy.userPaused {
+	case api.SyncSource, api.SyncTarget, api.PausedSync:
+		if p.repl == api.PausedSync && !p.sy.userPaused {
 			break
 		}
 		total := max(p.syncTotal, 1)
 		left := p.bm.DirtyBytes()
-		if p.repl == SyncTarget {
+		if p.repl == api.SyncTarget {
 			left = max(p.syncTotal-p.sy.recvResync.Load(), 0)
 			if left == 0 && p.bm.Count() > 0 {
 				left = min(p.bm.DirtyBytes(), p.n.cfg.Granularity)
@@ -297,11 +298,11 @@ func (p *peer) syncStatusLocked(ps *PeerStatus) {
 		pct := 100 * float64(total-left) / float64(total)
 		ps.SyncPercent = &pct
 		ps.SyncLeftBytes = left
-		if p.repl != PausedSync {
+		if p.repl != api.PausedSync {
 			ps.SyncRateBytesPerSec = p.sy.meter.sample(now, total-left)
 			ps.SyncETASeconds = int64(ETA(left, ps.SyncRateBytesPerSec).Seconds() + 0.5)
 		}
-	case VerifySource, VerifyTarget:
+	case api.VerifySource, api.VerifyTarget:
 		total := max(p.sy.verifyTotal, 1)
 		done := min(p.sy.verifyDone, total)
 		pct := 100 * float64(done) / float64(total)

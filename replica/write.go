@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
 )
@@ -83,7 +84,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 		return nil
 	}
 	n.mu.Lock()
-	if n.role != Primary || n.demoting || n.closed {
+	if n.role != api.Primary || n.demoting || n.closed {
 		err := n.errNotPrimary(op)
 		n.mu.Unlock()
 		return err
@@ -199,7 +200,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		switch {
 		case n.closed:
 			err = ErrClosed
-		case k == kWrite && (n.role != Primary || n.closed):
+		case k == kWrite && (n.role != api.Primary || n.closed):
 			err = n.errNotPrimary("write")
 		case (k == kResync || k == kVerify) && n.recvMask&only == 0:
 			err = errResyncStopped
@@ -222,7 +223,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 			}
 		} else if !n.j.full(e.size) {
 			break
-		} else if n.pullAhead && n.cfg.Protocol == ProtocolA && n.pullAheadLocked() && !n.j.full(e.size) {
+		} else if n.pullAhead && n.cfg.Protocol == api.ProtocolA && n.pullAheadLocked() && !n.j.full(e.size) {
 			break
 		}
 		n.waitRoomLocked(ctx, e.size)
@@ -240,7 +241,7 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 	switch k {
 	case kWrite:
 		e.ship = n.recvMask
-		if e.ship != 0 && n.cfg.Protocol == ProtocolC {
+		if e.ship != 0 && n.cfg.Protocol == api.ProtocolC {
 			e.doneCh = make(chan struct{}) // write waits for the acks
 		}
 		if e.ship != 0 && len(src) > 0 && e.buf == nil {
@@ -309,7 +310,7 @@ func (n *Node) rotateIfNeededLocked() error {
 	}
 	n.log.Info("new current UUID: writing while a peer is away", "current", uuidString(n.sb.GI.Current))
 	for _, p := range n.peers {
-		if p.conn == Connected {
+		if p.conn == api.Connected {
 			p.sendStateLocked(0)
 		}
 	}
@@ -459,7 +460,7 @@ func (n *Node) pullAheadLocked() bool {
 			continue
 		}
 		for _, p := range n.peers {
-			if e.pend&p.bit != 0 && p.repl != Ahead {
+			if e.pend&p.bit != 0 && p.repl != api.Ahead {
 				p.goAheadLocked()
 			}
 		}
@@ -475,12 +476,12 @@ func (n *Node) pullAheadLocked() bool {
 // awaited: a flush is local only. On a Secondary it flushes the store.
 func (n *Node) Flush(ctx context.Context) error {
 	n.mu.Lock()
-	primary := n.role == Primary
+	primary := n.role == api.Primary
 	n.mu.Unlock()
 	if !primary {
 		return n.st.Flush(ctx)
 	}
-	return n.flush(ctx, n.cfg.Protocol == ProtocolC)
+	return n.flush(ctx, n.cfg.Protocol == api.ProtocolC)
 }
 
 func (n *Node) flush(ctx context.Context, wait bool) error {

@@ -11,7 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
 func cmdStatus() *cli.Command {
@@ -69,7 +69,7 @@ func cmdEvents() *cli.Command {
 				return err
 			}
 			enc := json.NewEncoder(os.Stdout)
-			err = cl.Events(c.Context, func(e replica.Event) error { return enc.Encode(e) })
+			err = cl.Events(c.Context, func(e api.Event) error { return enc.Encode(e) })
 			if c.Context.Err() != nil {
 				return nil
 			}
@@ -79,7 +79,7 @@ func cmdEvents() *cli.Command {
 }
 
 // printStatus renders st like `drbdadm status`.
-func printStatus(w io.Writer, st replica.Status, colour bool) {
+func printStatus(w io.Writer, st api.Status, colour bool) {
 	paint := func(s string) string {
 		if !colour {
 			return s
@@ -116,7 +116,7 @@ func printStatus(w io.Writer, st replica.Status, colour bool) {
 		}
 		fmt.Fprintln(w, line)
 		var parts []string
-		if p.Connection == replica.Connected {
+		if p.Connection == api.Connected {
 			parts = append(parts, "replication:"+paint(p.Replication.String()))
 		}
 		if p.Disk != "" {

@@ -11,9 +11,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/repd/repd/admin"
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/config"
-	"github.com/repd/repd/replica"
 )
 
 // peerVerb is a verb that takes at most one peer name and calls fn.
@@ -101,7 +101,7 @@ func cmdVerify() *cli.Command {
 					return err
 				}
 				for _, p := range st.Peers {
-					if p.Replication == replica.VerifySource {
+					if p.Replication == api.VerifySource {
 						peer = p.Name
 					}
 				}
@@ -123,7 +123,7 @@ func cmdVerify() *cli.Command {
 					if p.Name != peer && peer != "" {
 						continue
 					}
-					if p.Replication != replica.VerifySource {
+					if p.Replication != api.VerifySource {
 						if tty {
 							fmt.Println()
 						}
@@ -145,7 +145,7 @@ func cmdVerify() *cli.Command {
 	}
 }
 
-func verifyLine(p replica.PeerStatus) string {
+func verifyLine(p api.PeerStatus) string {
 	s := p.Name + ":" + p.Replication.String()
 	if p.VerifyPercent != nil {
 		s += " " + bar(*p.VerifyPercent)
@@ -157,7 +157,7 @@ func verifyLine(p replica.PeerStatus) string {
 }
 
 // syncProgress renders a resync's progress: done:xx.x% left, rate, ETA.
-func syncProgress(p replica.PeerStatus) string {
+func syncProgress(p api.PeerStatus) string {
 	if p.SyncPercent == nil {
 		return ""
 	}

@@ -6,16 +6,16 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
 func TestSyncProgress(t *testing.T) {
 	pct := 42.25
-	p := replica.PeerStatus{SyncPercent: &pct, SyncLeftBytes: 100 << 20, SyncRateBytesPerSec: 50 << 20, SyncETASeconds: 2}
+	p := api.PeerStatus{SyncPercent: &pct, SyncLeftBytes: 100 << 20, SyncRateBytesPerSec: 50 << 20, SyncETASeconds: 2}
 	if got, want := syncProgress(p), "done:42.2% left:100.0MiB rate:50.0MiB/s eta:2s"; got != want {
 		t.Fatalf("syncProgress = %q, want %q", got, want)
 	}
-	if syncProgress(replica.PeerStatus{}) != "" {
+	if syncProgress(api.PeerStatus{}) != "" {
 		t.Fatal("progress without a resync")
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/repd/repd/replica"
+	"github.com/repd/repd/api"
 )
 
 func cmdWaitConnect() *cli.Command {
@@ -20,13 +20,13 @@ func cmdWaitConnect() *cli.Command {
 		ArgsUsage: "[PEER]",
 		Flags:     []cli.Flag{&cli.DurationFlag{Name: "timeout", Usage: "give up after this long (exit 5); 0 waits forever"}},
 		Action: func(c *cli.Context) error {
-			return waitUntil(c, "connected", func(st replica.Status, peer string) (bool, string) {
+			return waitUntil(c, "connected", func(st api.Status, peer string) (bool, string) {
 				done, parts := true, []string{}
 				for _, p := range st.Peers {
 					if peer != "" && p.Name != peer {
 						continue
 					}
-					if p.Connection != replica.Connected {
+					if p.Connection != api.Connected {
 						done = false
 					}
 					parts = append(parts, p.Name+":"+p.Connection.String())
@@ -44,17 +44,17 @@ func cmdWaitSync() *cli.Command {
 		ArgsUsage: "[PEER]",
 		Flags:     []cli.Flag{&cli.DurationFlag{Name: "timeout", Usage: "give up after this long (exit 5); 0 waits forever"}},
 		Action: func(c *cli.Context) error {
-			return waitUntil(c, "in sync", func(st replica.Status, peer string) (bool, string) {
+			return waitUntil(c, "in sync", func(st api.Status, peer string) (bool, string) {
 				done, parts := true, []string{}
 				for _, p := range st.Peers {
 					if peer != "" && p.Name != peer {
 						continue
 					}
-					if p.Connection != replica.Connected || p.Replication != replica.Established || p.OutOfSyncKiB != 0 {
+					if p.Connection != api.Connected || p.Replication != api.Established || p.OutOfSyncKiB != 0 {
 						done = false
 					}
 					s := fmt.Sprintf("%s:%s out-of-sync:%s", p.Name, p.Replication, kib(p.OutOfSyncKiB))
-					if p.Connection != replica.Connected {
+					if p.Connection != api.Connected {
 						s = p.Name + ":" + p.Connection.String()
 					}
 					if p.SyncPercent != nil {
@@ -76,7 +76,7 @@ func cmdWaitSync() *cli.Command {
 
 // waitUntil polls the status until cond holds. On a terminal it redraws one
 // progress line; otherwise it prints a line whenever the state changes.
-func waitUntil(c *cli.Context, what string, cond func(replica.Status, string) (bool, string)) error {
+func waitUntil(c *cli.Context, what string, cond func(api.Status, string) (bool, string)) error {
 	if c.NArg() > 1 {
 		return usageError("name at most one peer")
 	}
@@ -139,7 +139,7 @@ func report(w io.Writer, tty bool, line string, last *string) {
 	*last = line
 }
 
-func hasPeer(st replica.Status, name string) bool {
+func hasPeer(st api.Status, name string) bool {
 	for _, p := range st.Peers {
 		if p.Name == name {
 			return true

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/admin"
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/config"
 	"github.com/repd/repd/metrics"
 	"github.com/repd/repd/nbd"
@@ -175,7 +176,7 @@ func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.L
 	c := replica.Config{
 		Resource:         r.Name,
 		Size:             int64(r.Size),
-		Protocol:         replica.Protocol(r.Protocol[0]),
+		Protocol:         api.Protocol(r.Protocol[0]),
 		Granularity:      int64(r.BlockSize),
 		Self:             replica.PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: cmp.Or(self.PeerListen, self.Peer)},
 		MetaPath:         self.Meta,
