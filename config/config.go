@@ -28,6 +28,9 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/protocol"
 )
 
 // MaxNodes is the most nodes a resource may have.
@@ -42,24 +45,23 @@ type File struct {
 
 // Resource is the [resource] table.
 type Resource struct {
-	Name     string `toml:"name"`
-	Size     Bytes  `toml:"size"`
-	Protocol string `toml:"protocol"`
+	Name     string       `toml:"name"`
+	Size     Bytes        `toml:"size"`
+	Protocol api.Protocol `toml:"protocol"` // 0 until validated: then A or C (default)
 	// BlockSize is the bitmap granularity: the unit of out-of-sync tracking,
 	// resync and verify. A power of two from 4 KiB to 1 MiB.
-	BlockSize       Bytes    `toml:"block-size"`
-	SecretFile      string   `toml:"secret-file"`
-	Timeout         Duration `toml:"timeout"`
-	ConnectInterval Duration `toml:"connect-interval"`
-	JournalSize     Bytes    `toml:"journal-size"`
-	OnCongestion    string   `toml:"on-congestion"`
-	// OnIOError is the local disk failure policy (DRBD's on-io-error):
-	// "detach" (default) or "pass-on".
-	OnIOError        string `toml:"on-io-error"`
-	Compression      string `toml:"compression"`
-	CompressionLevel int    `toml:"compression-level"`
-	ALExtents        int    `toml:"al-extents"`
-	AdminGroup       string `toml:"admin-group"`
+	BlockSize       Bytes      `toml:"block-size"`
+	SecretFile      string     `toml:"secret-file"`
+	Timeout         Duration   `toml:"timeout"`
+	ConnectInterval Duration   `toml:"connect-interval"`
+	JournalSize     Bytes      `toml:"journal-size"`
+	OnCongestion    Congestion `toml:"on-congestion"`
+	// OnIOError is the local disk failure policy (DRBD's on-io-error).
+	OnIOError        IOErrorPolicy  `toml:"on-io-error"`
+	Compression      protocol.Codec `toml:"compression"`
+	CompressionLevel int            `toml:"compression-level"`
+	ALExtents        int            `toml:"al-extents"`
+	AdminGroup       string         `toml:"admin-group"`
 	// CSums: checksum-based resync (the target sends block hashes, the
 	// source sends only the blocks that differ).
 	CSums bool `toml:"csums"`
@@ -67,9 +69,8 @@ type Resource struct {
 	ResyncRate Bytes `toml:"resync-rate"`
 	// ResyncMinRate is what resync slows down to while the application
 	// writes (DRBD's c-min-rate; 0 = resync does not yield).
-	ResyncMinRate Bytes `toml:"resync-min-rate"`
-	// AfterSB0Pri: "disconnect" (default) or "discard-zero-changes".
-	AfterSB0Pri string `toml:"after-sb-0pri"`
+	ResyncMinRate Bytes            `toml:"resync-min-rate"`
+	AfterSB0Pri   SplitBrainPolicy `toml:"after-sb-0pri"`
 	// TLS on the peer link (transport.go): this node's certificate and key
 	// and the CA that signed every node's, as PEM files (relative to the
 	// resource file); all three or none.
@@ -97,17 +98,15 @@ type Node struct {
 	Metrics    string `toml:"metrics"`
 }
 
-// Defaults applied by Load to fields left out.
+// Defaults applied by Load to fields left out. The policies' defaults are
+// their zero values (policy.go); compression's is protocol.CodecNone.
 const (
-	DefaultProtocol     = "C"
-	DefaultBlockSize    = 4096
-	DefaultTimeout      = 5 * time.Second
-	DefaultConnect      = 200 * time.Millisecond
-	DefaultJournalSize  = 64 << 20
-	DefaultOnCongestion = "block"
-	DefaultOnIOError    = "detach"
-	DefaultCompression  = "none"
-	DefaultALExtents    = 1237 // DRBD's default al-extents
+	DefaultProtocol    = api.ProtocolC
+	DefaultBlockSize   = 4096
+	DefaultTimeout     = 5 * time.Second
+	DefaultConnect     = 200 * time.Millisecond
+	DefaultJournalSize = 64 << 20
+	DefaultALExtents   = 1237 // DRBD's default al-extents
 )
 
 // Load reads, parses and validates the resource file at path.
@@ -158,12 +157,8 @@ func (f *File) validate() error {
 	if r.Size <= 0 {
 		return errors.New("resource.size: missing or not positive (e.g. size = \"1GiB\")")
 	}
-	if r.Protocol == "" {
+	if r.Protocol == 0 {
 		r.Protocol = DefaultProtocol
-	}
-	r.Protocol = strings.ToUpper(r.Protocol)
-	if r.Protocol != "A" && r.Protocol != "C" {
-		return fmt.Errorf("resource.protocol %q: must be \"A\" (async) or \"C\" (sync)", r.Protocol)
 	}
 	if r.BlockSize == 0 {
 		r.BlockSize = DefaultBlockSize
@@ -192,26 +187,6 @@ func (f *File) validate() error {
 	if r.JournalSize < 1<<20 {
 		return fmt.Errorf("resource.journal-size %d: must be at least 1MiB", r.JournalSize)
 	}
-	if r.OnCongestion == "" {
-		r.OnCongestion = DefaultOnCongestion
-	}
-	if r.OnCongestion != "block" && r.OnCongestion != "pull-ahead" {
-		return fmt.Errorf("resource.on-congestion %q: must be \"block\" or \"pull-ahead\"", r.OnCongestion)
-	}
-	if r.OnIOError == "" {
-		r.OnIOError = DefaultOnIOError
-	}
-	if r.OnIOError != "detach" && r.OnIOError != "pass-on" {
-		return fmt.Errorf("resource.on-io-error %q: must be \"detach\" or \"pass-on\"", r.OnIOError)
-	}
-	if r.Compression == "" {
-		r.Compression = DefaultCompression
-	}
-	switch r.Compression {
-	case "none", "s2", "zstd":
-	default:
-		return fmt.Errorf("resource.compression %q: must be \"none\", \"s2\" or \"zstd\"", r.Compression)
-	}
 	if r.CompressionLevel < 0 || r.CompressionLevel > 22 {
 		return fmt.Errorf("resource.compression-level %d: must be 0..22", r.CompressionLevel)
 	}
@@ -220,11 +195,6 @@ func (f *File) validate() error {
 	}
 	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {
 		return fmt.Errorf("resource.resync-rate and resync-min-rate must not be negative")
-	}
-	switch r.AfterSB0Pri {
-	case "", "disconnect", "discard-zero-changes":
-	default:
-		return fmt.Errorf("resource.after-sb-0pri %q: must be \"disconnect\" or \"discard-zero-changes\"", r.AfterSB0Pri)
 	}
 	if r.ALExtents == 0 {
 		r.ALExtents = DefaultALExtents

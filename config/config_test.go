@@ -1,12 +1,16 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/protocol"
 )
 
 const good = `
@@ -37,10 +41,10 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Resource.Size != 64<<20 || f.Resource.Protocol != "C" || f.Resource.BlockSize != 4096 {
+	if f.Resource.Size != 64<<20 || f.Resource.Protocol != api.ProtocolC || f.Resource.BlockSize != 4096 {
 		t.Fatalf("resource = %+v", f.Resource)
 	}
-	if time.Duration(f.Resource.Timeout) != DefaultTimeout || f.Resource.OnCongestion != "block" {
+	if time.Duration(f.Resource.Timeout) != DefaultTimeout || f.Resource.OnCongestion != CongestionBlock {
 		t.Fatalf("defaults not applied: %+v", f.Resource)
 	}
 	b, err := f.Node("beta")
@@ -105,7 +109,7 @@ func TestParseSyncKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := f.Resource
-	if !r.CSums || r.ResyncRate != 100<<20 || r.ResyncMinRate != 10<<20 || r.AfterSB0Pri != "discard-zero-changes" {
+	if !r.CSums || r.ResyncRate != 100<<20 || r.ResyncMinRate != 10<<20 || r.AfterSB0Pri != SplitBrainDiscardZeroChanges {
 		t.Fatalf("resource = %+v", r)
 	}
 }
@@ -141,4 +145,54 @@ func TestEveryKeyDocumented(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestPolicyWords: each policy key takes exactly its words, parsed into the
+// typed value the engine uses, and refuses any other naming the key.
+func TestPolicyWords(t *testing.T) {
+	for _, c := range []struct {
+		line  string
+		check func(Resource) bool
+	}{
+		{`on-congestion = "pull-ahead"`, func(r Resource) bool { return r.OnCongestion == CongestionPullAhead }},
+		{`on-congestion = "block"`, func(r Resource) bool { return r.OnCongestion == CongestionBlock }},
+		{`on-io-error = "pass-on"`, func(r Resource) bool { return r.OnIOError == IOErrorPassOn }},
+		{`after-sb-0pri = "disconnect"`, func(r Resource) bool { return r.AfterSB0Pri == SplitBrainDisconnect }},
+		{`compression = "zstd"`, func(r Resource) bool { return r.Compression == protocol.CodecZstd }},
+		{`protocol = "A"`, func(r Resource) bool { return r.Protocol == api.ProtocolA }},
+	} {
+		src := strings.Replace(good, `protocol = "c"`, c.line, 1)
+		if !strings.HasPrefix(c.line, "protocol") {
+			src = strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\n"+c.line, 1)
+		}
+		f, err := Parse([]byte(src))
+		if err != nil {
+			t.Errorf("%s: %v", c.line, err)
+			continue
+		}
+		if !c.check(f.Resource) {
+			t.Errorf("%s: parsed as %+v", c.line, f.Resource)
+		}
+		if got := strings.SplitN(c.line, `"`, 3)[1]; !strings.EqualFold(fmt.Sprint(valueOf(f.Resource, c.line)), got) {
+			t.Errorf("%s: String() = %v", c.line, valueOf(f.Resource, c.line))
+		}
+	}
+	_, err := Parse([]byte(strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\non-congestion = \"Block\"", 1)))
+	if err == nil || !strings.Contains(err.Error(), "resource.on-congestion") || !strings.Contains(err.Error(), `"block" or "pull-ahead"`) {
+		t.Fatalf("a wrong word: %v", err)
+	}
+}
+
+func valueOf(r Resource, line string) any {
+	switch strings.Fields(line)[0] {
+	case "on-congestion":
+		return r.OnCongestion
+	case "on-io-error":
+		return r.OnIOError
+	case "after-sb-0pri":
+		return r.AfterSB0Pri
+	case "compression":
+		return r.Compression
+	}
+	return r.Protocol
 }

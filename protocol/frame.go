@@ -105,6 +105,16 @@ func (c Codec) String() string {
 	return fmt.Sprintf("Codec(%d)", uint8(c))
 }
 
+// UnmarshalText implements encoding.TextUnmarshaler with ParseCodec's names.
+func (c *Codec) UnmarshalText(b []byte) error {
+	x, err := ParseCodec(string(b))
+	if err != nil {
+		return err
+	}
+	*c = x
+	return nil
+}
+
 // ParseCodec maps a configuration name ("", "none", "s2", "zstd") to a Codec.
 func ParseCodec(name string) (Codec, error) {
 	switch name {

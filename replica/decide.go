@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/config"
 )
 
 // Side is one node as seen in a connect decision: its role, disk, and
@@ -273,24 +274,13 @@ func Rotate(current uint64, bitmaps []uint64, history [2]uint64, away []bool, fr
 	return fresh, history
 }
 
-// Done says whether a write may complete: written locally, and under
-// protocol C acknowledged by every peer that was sent it and is still
-// connected (pending holds those that have not acked; a peer that
-// disconnects is removed from it after its bitmap was marked).
-func Done(proto api.Protocol, local bool, pending uint64) bool {
-	if !local {
-		return false
-	}
-	return proto == api.ProtocolA || pending == 0
-}
-
 // AutoResolve applies the automatic split-brain policy after-sb-0pri when
 // neither side is Primary: with "discard-zero-changes", a side that made no
 // changes (nothing marked toward the other) discards its data; when neither
 // made any, the higher node id does. It says which side discards; both are
 // false when the policy does not apply (the operator decides).
-func AutoResolve(policy string, me, peer Side, myChanges, peerChanges int64) (discardMe, discardPeer bool) {
-	if policy != "discard-zero-changes" || me.Role == api.Primary || peer.Role == api.Primary {
+func AutoResolve(policy config.SplitBrainPolicy, me, peer Side, myChanges, peerChanges int64) (discardMe, discardPeer bool) {
+	if policy != config.SplitBrainDiscardZeroChanges || me.Role == api.Primary || peer.Role == api.Primary {
 		return false, false
 	}
 	switch {
@@ -302,13 +292,4 @@ func AutoResolve(policy string, me, peer Side, myChanges, peerChanges int64) (di
 		return false, true
 	}
 	return false, false
-}
-
-// ParseAfterSB0Pri checks an after-sb-0pri policy name.
-func ParseAfterSB0Pri(s string) error {
-	switch s {
-	case "", "disconnect", "discard-zero-changes":
-		return nil
-	}
-	return fmt.Errorf("after-sb-0pri %q: use disconnect or discard-zero-changes", s)
 }

@@ -161,15 +161,6 @@ func TestRotateAndNeedRotate(t *testing.T) {
 	}
 }
 
-func TestDone(t *testing.T) {
-	if !Done(api.ProtocolA, true, 0b11) || Done(api.ProtocolA, false, 0) {
-		t.Fatal("protocol A completes on the local write alone")
-	}
-	if Done(api.ProtocolC, true, 0b10) || !Done(api.ProtocolC, true, 0) || Done(api.ProtocolC, false, 0) {
-		t.Fatal("protocol C needs local and every pending ack")
-	}
-}
-
 // What a disconnect marks: every entry still owed by the peer, no matter
 // whether it was shipped, and nothing else.
 func TestJournalDropMarksUnacked(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/config"
 )
 
 // The local disk failure policy, DRBD's on-io-error (Config.OnIOError):
@@ -37,19 +38,10 @@ import (
 // bitmap; run `repctl invalidate` for a full resync if the disk was
 // replaced or its content is in doubt.
 
-// checkOnIOError validates the policy name.
-func checkOnIOError(s string) error {
-	switch s {
-	case "", "detach", "pass-on":
-		return nil
-	}
-	return fmt.Errorf("on-io-error %q: use detach or pass-on", s)
-}
-
 // diskError says whether err from the local store is a failure of the disk
 // that the detach policy acts on.
 func (n *Node) diskError(err error) bool {
-	if err == nil || n.cfg.OnIOError == "pass-on" {
+	if err == nil || n.cfg.OnIOError == config.IOErrorPassOn {
 		return false
 	}
 	return !errors.Is(err, syscall.EINVAL) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&

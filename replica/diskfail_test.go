@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/config"
 )
 
 // faultyStore fails every write, zeroes, trim and flush with err once armed
@@ -174,8 +175,8 @@ func TestPrimaryDiskFailureDetaches(t *testing.T) {
 // (ENOSPC here, which NBD reports as ENOSPC). With on-io-error pass-on the
 // error goes to the caller and the disk stays UpToDate.
 func TestPrimaryDiskFailureNoPeer(t *testing.T) {
-	for _, policy := range []string{"detach", "pass-on"} {
-		t.Run(policy, func(t *testing.T) {
+	for _, policy := range []config.IOErrorPolicy{config.IOErrorDetach, config.IOErrorPassOn} {
+		t.Run(policy.String(), func(t *testing.T) {
 			c, fs := faultyCluster(t, 2, syscall.ENOSPC, func(i int, cfg *Config) { cfg.OnIOError = policy })
 			alpha := c.bootstrap()
 			ctx := context.Background()
@@ -188,7 +189,7 @@ func TestPrimaryDiskFailureNoPeer(t *testing.T) {
 				t.Fatalf("write: %v", err)
 			}
 			want := "Failed"
-			if policy == "pass-on" {
+			if policy == config.IOErrorPassOn {
 				want = "UpToDate"
 			}
 			if d := alpha.Status().Disk; d != want {

@@ -43,10 +43,8 @@ package replica
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
@@ -57,62 +55,9 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/config"
 	"github.com/repd/repd/protocol"
 )
-
-// PeerConfig names a node of the resource. Addr is its replication listen
-// address (host:port).
-type PeerConfig struct {
-	ID   uint8
-	Name string
-	Addr string
-}
-
-// Config configures a Node.
-type Config struct {
-	Resource    string
-	Size        int64
-	Protocol    api.Protocol // 'A' or 'C' (default C)
-	Granularity int64        // bitmap block, default 4096
-	Self        PeerConfig
-	Peers       []PeerConfig // the other nodes, at most 63
-	MetaPath    string       // this node's meta file
-	// Secret is the shared secret for the peers' mutual HMAC
-	// authentication. The handshake always runs; an empty secret is an
-	// empty HMAC key (fine for tests, not for production).
-	Secret           []byte
-	Timeout          time.Duration // peer ack timeout, default 5s
-	ConnectInterval  time.Duration // reconnect backoff base, default 200ms (max 5s)
-	JournalBytes     int64         // default 64 MiB
-	OnCongestion     string        // "block" (default) or "pull-ahead"
-	Compression      string        // "none" (default), "s2", "zstd"
-	CompressionLevel int
-	// DedupIndexBytes bounds the memory of each peer's dedup index (about
-	// 128 bytes per 4 KiB block remembered); 0 disables deduplication
-	// (zero blocks included).
-	DedupIndexBytes int64
-	// TLS, if not nil, runs every peer connection over TLS 1.3 with it
-	// (protocol.NewTLSConfig: mutual certificates); the HMAC handshake
-	// still runs inside.
-	TLS     *tls.Config
-	Logger  *slog.Logger    // nil: discard
-	OnEvent func(api.Event) // every state change; called without locks held, in order
-	// CSums: checksum-based resync (the target sends block hashes, the
-	// source sends only the blocks that differ). Used when both sides set it.
-	CSums bool
-	// ResyncRate caps resync and verify traffic in bytes/s (0: unlimited).
-	ResyncRate int64
-	// ResyncMinRate is what resync slows down to while application writes
-	// are active (DRBD's c-min-rate); 0: resync does not yield.
-	ResyncMinRate int64
-	// AfterSB0Pri is the automatic split-brain policy when neither side is
-	// Primary: "disconnect" (default: wait for the operator) or
-	// "discard-zero-changes" (a side that wrote nothing becomes the target).
-	AfterSB0Pri string
-	// OnIOError is the local disk failure policy: "detach" (default) or
-	// "pass-on" (diskfail.go).
-	OnIOError string
-}
 
 // Node is one node's replica of a resource.
 type Node struct {
@@ -162,74 +107,31 @@ type Node struct {
 // Open opens (or creates) the meta file and returns a Node over st. It
 // starts no goroutines; call Run.
 func Open(cfg Config, st Store) (*Node, error) {
-	if cfg.Protocol == 0 {
-		cfg.Protocol = api.ProtocolC
-	}
-	if cfg.Protocol != api.ProtocolA && cfg.Protocol != api.ProtocolC {
-		return nil, fmt.Errorf("protocol %q: use A or C", cfg.Protocol)
-	}
-	if cfg.Granularity == 0 {
-		cfg.Granularity = 4096
-	}
-	if cfg.Size <= 0 || cfg.Size != st.Size() {
-		return nil, fmt.Errorf("size %d does not match the backing store's %d bytes", cfg.Size, st.Size())
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 5 * time.Second
-	}
-	if cfg.ConnectInterval <= 0 {
-		cfg.ConnectInterval = 200 * time.Millisecond
-	}
-	if cfg.JournalBytes <= 0 {
-		cfg.JournalBytes = 64 << 20
-	}
-	switch cfg.OnCongestion {
-	case "", "block", "pull-ahead":
-	default:
-		return nil, fmt.Errorf("on-congestion %q: use block or pull-ahead", cfg.OnCongestion)
-	}
-	if err := checkOnIOError(cfg.OnIOError); err != nil {
-		return nil, err
-	}
-	if err := checkSyncConfig(cfg); err != nil {
-		return nil, err
-	}
-	codec, err := protocol.ParseCodec(cfg.Compression)
+	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	if len(cfg.Peers) > 63 {
-		return nil, fmt.Errorf("%d peers: at most 63", len(cfg.Peers))
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.Size <= 0 || cfg.Size != st.Size() {
+		return nil, fmt.Errorf("size %d does not match the backing store's %d bytes", cfg.Size, st.Size())
 	}
 	n := &Node{
 		cfg:       cfg,
 		st:        st,
 		log:       cfg.Logger.With("resource", cfg.Resource, "node", cfg.Self.Name),
-		codec:     codec,
-		pullAhead: cfg.OnCongestion == "pull-ahead",
+		codec:     cfg.Compression,
+		pullAhead: cfg.OnCongestion == config.CongestionPullAhead,
 		byName:    map[string]*peer{},
 		nextSeq:   1,
 	}
 	n.cond = sync.NewCond(&n.mu)
 	n.j.max = cfg.JournalBytes
-	seen := map[uint8]bool{cfg.Self.ID: true}
 	for i, pc := range cfg.Peers {
-		if seen[pc.ID] {
-			return nil, fmt.Errorf("node id %d of peer %s is used twice", pc.ID, pc.Name)
-		}
-		seen[pc.ID] = true
 		p := &peer{n: n, idx: i, bit: 1 << uint(i), cfg: pc, conn: api.Connecting,
 			incoming: make(chan *protocol.Conn, 1), kick: make(chan struct{}, 1)}
 		n.peers = append(n.peers, p)
 		n.byName[pc.Name] = p
 	}
-	m, created, err := bitmap.OpenOrCreate(cfg.MetaPath, bitmap.Identity{
-		Resource: cfg.Resource, Size: cfg.Size, Granularity: cfg.Granularity,
-		NodeID: cfg.Self.ID, MaxPeers: max(8, len(cfg.Peers)),
-	})
+	m, created, err := bitmap.OpenOrCreate(cfg.MetaPath, cfg.identity())
 	if err != nil {
 		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
 	}

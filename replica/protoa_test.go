@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/config"
 	"github.com/repd/repd/faultnet"
 )
 
@@ -53,7 +54,7 @@ func TestProtocolAPullAhead(t *testing.T) {
 	c := newCluster(t, 2, func(i int, cfg *Config) {
 		cfg.Protocol = api.ProtocolA
 		cfg.JournalBytes = 1 << 20
-		cfg.OnCongestion = "pull-ahead"
+		cfg.OnCongestion = config.CongestionPullAhead
 	})
 	alpha := c.bootstrap()
 	c.proxy(0, 1).SetLink(faultnet.Link{Bandwidth: 2 << 20}, faultnet.Link{})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
+	"github.com/repd/repd/protocol"
 )
 
 // Story 6: promote and demote rules.
@@ -248,14 +249,15 @@ func TestBadPeers(t *testing.T) {
 // references and zero markers cross the corrupting link too).
 func TestCorruptFramesRepaired(t *testing.T) {
 	for _, v := range []struct {
-		name, codec string
-		dedup       int64
-	}{{"s2", "s2", 0}, {"zstd-dedup", "zstd", 4 << 20}} {
+		name  string
+		codec protocol.Codec
+		dedup int64
+	}{{"s2", protocol.CodecS2, 0}, {"zstd-dedup", protocol.CodecZstd, 4 << 20}} {
 		t.Run(v.name, func(t *testing.T) { testCorruptFramesRepaired(t, v.codec, v.dedup) })
 	}
 }
 
-func testCorruptFramesRepaired(t *testing.T, codec string, dedup int64) {
+func testCorruptFramesRepaired(t *testing.T, codec protocol.Codec, dedup int64) {
 	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.Compression, cfg.DedupIndexBytes = codec, dedup })
 	alpha := c.bootstrap()
 	c.proxy(0, 1).SetLink(faultnet.Link{CorruptProb: 0.01}, faultnet.Link{CorruptProb: 0.01})

@@ -153,14 +153,6 @@ func (n *Node) peersNamedLocked(name string) ([]*peer, error) {
 	return []*peer{p}, nil
 }
 
-// checkSyncConfig validates the resync settings of cfg.
-func checkSyncConfig(cfg Config) error {
-	if cfg.ResyncRate < 0 || cfg.ResyncMinRate < 0 {
-		return fmt.Errorf("resync rates must not be negative (resync-rate %d, resync-min-rate %d)", cfg.ResyncRate, cfg.ResyncMinRate)
-	}
-	return ParseAfterSB0Pri(cfg.AfterSB0Pri)
-}
-
 // autoResolve applies Config.AfterSB0Pri to a split-brain verdict: when it
 // picks a victim, the sides are compared again as if the victim had
 // connected with --discard-my-data. Both nodes reach the same choice.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/protocol"
 )
 
 // BenchmarkWrite4kQD32Transport: 4 KiB writes at queue depth 32 of data
@@ -20,17 +21,17 @@ func BenchmarkWrite4kQD32Transport(b *testing.B) {
 	for _, v := range []struct {
 		name   string
 		proto  api.Protocol
-		codec  string
+		codec  protocol.Codec
 		dedup  int64
 		repeat bool // each writer rewrites one block (the dedup case)
 	}{
-		{"C-none", api.ProtocolC, "none", 0, false},
-		{"C-none-dedup", api.ProtocolC, "none", 64 << 20, false},
-		{"C-none-dedup-repeat", api.ProtocolC, "none", 64 << 20, true},
-		{"A-none", api.ProtocolA, "none", 0, false},
-		{"A-s2", api.ProtocolA, "s2", 0, false},
-		{"A-zstd", api.ProtocolA, "zstd", 0, false},
-		{"A-zstd-dedup", api.ProtocolA, "zstd", 64 << 20, false},
+		{"C-none", api.ProtocolC, protocol.CodecNone, 0, false},
+		{"C-none-dedup", api.ProtocolC, protocol.CodecNone, 64 << 20, false},
+		{"C-none-dedup-repeat", api.ProtocolC, protocol.CodecNone, 64 << 20, true},
+		{"A-none", api.ProtocolA, protocol.CodecNone, 0, false},
+		{"A-s2", api.ProtocolA, protocol.CodecS2, 0, false},
+		{"A-zstd", api.ProtocolA, protocol.CodecZstd, 0, false},
+		{"A-zstd-dedup", api.ProtocolA, protocol.CodecZstd, 64 << 20, false},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			directLinks = true

@@ -93,7 +93,7 @@ func measure(t *testing.T, prim *Node, peer string, data []byte, off int64, chun
 func TestTransportRatios(t *testing.T) {
 	level, _ := strconv.Atoi(os.Getenv("REPD_ZSTD_LEVEL")) // default 0: zstd's fastest
 	c := newCluster(t, 2, func(i int, cfg *Config) {
-		cfg.Compression = "zstd"
+		cfg.Compression = protocol.CodecZstd
 		cfg.CompressionLevel = level
 		cfg.DedupIndexBytes = 8 << 20
 	})
@@ -269,7 +269,7 @@ func TestTLS(t *testing.T) {
 	pki := newTestPKI(t, "r0 CA")
 	c := newCluster(t, 2, func(i int, cfg *Config) {
 		cfg.TLS = pki.config(t, cfg.Self.Name)
-		cfg.Compression = "s2"
+		cfg.Compression = protocol.CodecS2
 		cfg.DedupIndexBytes = 1 << 20
 	})
 	alpha := c.bootstrap()

@@ -12,8 +12,8 @@ import (
 
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/api"
-	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/config"
+	"github.com/repd/repd/replica"
 )
 
 // peerVerb is a verb that takes at most one peer name and calls fn.
@@ -220,21 +220,15 @@ func runCreateMD(conf, name string, force bool) error {
 	if err != nil {
 		return cli.Exit(err.Error()+"; pass --node", exitUsage)
 	}
-	id := bitmap.Identity{Resource: f.Resource.Name, Size: int64(f.Resource.Size), Granularity: int64(f.Resource.BlockSize),
-		NodeID: uint8(*n.ID), MaxPeers: max(8, len(f.Nodes)-1)}
-	create := bitmap.Create
-	if force {
-		create = bitmap.CreateForce
-	}
-	m, err := create(n.Meta, id)
+	cfg, err := replica.FromFile(f, n.Name)
 	if err != nil {
-		if errors.Is(err, bitmap.ErrExists) {
+		return cli.Exit(err.Error(), exitUsage)
+	}
+	if err := replica.CreateMeta(cfg, force); err != nil {
+		if errors.Is(err, replica.ErrMetaExists) {
 			return cli.Exit(fmt.Sprintf("meta file %s exists; use --force to overwrite it (its bitmaps and generation identifiers are lost)", n.Meta), exitRefused)
 		}
 		return cli.Exit(err.Error(), exitRefused)
-	}
-	if err := m.Close(); err != nil {
-		return err
 	}
 	fmt.Printf("initialized meta file %s for node %s of resource %s\n", n.Meta, n.Name, f.Resource.Name)
 	return nil

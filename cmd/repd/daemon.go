@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,11 +13,9 @@ import (
 	"time"
 
 	"github.com/repd/repd/admin"
-	"github.com/repd/repd/api"
 	"github.com/repd/repd/config"
 	"github.com/repd/repd/metrics"
 	"github.com/repd/repd/nbd"
-	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica"
 )
 
@@ -44,17 +41,12 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	secret, err := f.Secret()
+	rcfg, err := replica.FromFile(f, self.Name)
 	if err != nil {
 		return err
 	}
+	rcfg.Logger = o.log // the engine names resource and node itself
 	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
-	rcfg := replicaConfig(f, self, secret, o.log) // the engine names resource and node itself
-	if cert, key, ca, ok := f.TLSFiles(); ok {
-		if rcfg.TLS, err = protocol.LoadTLSConfig(cert, key, ca); err != nil {
-			return err
-		}
-	}
 
 	st, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
 	if err != nil {
@@ -169,37 +161,4 @@ func wrap(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", what, err)
-}
-
-func replicaConfig(f *config.File, self *config.Node, secret []byte, log *slog.Logger) replica.Config {
-	r := f.Resource
-	c := replica.Config{
-		Resource:         r.Name,
-		Size:             int64(r.Size),
-		Protocol:         api.Protocol(r.Protocol[0]),
-		Granularity:      int64(r.BlockSize),
-		Self:             replica.PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: cmp.Or(self.PeerListen, self.Peer)},
-		MetaPath:         self.Meta,
-		Secret:           secret,
-		Timeout:          time.Duration(r.Timeout),
-		ConnectInterval:  time.Duration(r.ConnectInterval),
-		JournalBytes:     int64(r.JournalSize),
-		OnCongestion:     r.OnCongestion,
-		Compression:      r.Compression,
-		CompressionLevel: r.CompressionLevel,
-		DedupIndexBytes:  f.DedupIndexBytes(),
-		CSums:            r.CSums,
-		ResyncRate:       int64(r.ResyncRate),
-		ResyncMinRate:    int64(r.ResyncMinRate),
-		AfterSB0Pri:      r.AfterSB0Pri,
-		OnIOError:        r.OnIOError,
-		Logger:           log,
-	}
-	for i := range f.Nodes {
-		n := &f.Nodes[i]
-		if n.Name != self.Name {
-			c.Peers = append(c.Peers, replica.PeerConfig{ID: uint8(*n.ID), Name: n.Name, Addr: n.Peer})
-		}
-	}
-	return c
 }
