@@ -237,3 +237,12 @@ func (s *Status) Peer(name string) (PeerStatus, bool) {
 	}
 	return PeerStatus{}, false
 }
+
+// FormatUUID writes a generation identifier as status and logs show it:
+// 16 hex digits, or "" for none (0).
+func FormatUUID(u uint64) string {
+	if u == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%016X", u)
+}

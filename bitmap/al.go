@@ -103,7 +103,7 @@ func (a *activityLog) decodeRecord(p []byte, instance uint64) (uint64, []int64, 
 
 // load finds the newest valid record in the ring. Its extents become hot
 // with no writes in flight.
-func (a *activityLog) load(f file, instance uint64) error {
+func (a *activityLog) load(f File, instance uint64) error {
 	found := false
 	for i := 0; i < alRing; i++ {
 		p := make([]byte, a.lay.alRecBytes)

@@ -16,7 +16,7 @@ import (
 // Truncate), counting from 0, and every one after it, as a disk that went
 // away would. A failing WriteAt writes the first half of its buffer first.
 type faultyFile struct {
-	file
+	File
 	mu     sync.Mutex
 	ops    int
 	failAt int
@@ -38,24 +38,24 @@ func (f *faultyFile) fail() bool {
 
 func (f *faultyFile) WriteAt(p []byte, off int64) (int, error) {
 	if f.fail() {
-		n, _ := f.file.WriteAt(p[:len(p)/2], off)
+		n, _ := f.File.WriteAt(p[:len(p)/2], off)
 		return n, errInjected
 	}
-	return f.file.WriteAt(p, off)
+	return f.File.WriteAt(p, off)
 }
 
 func (f *faultyFile) Sync() error {
 	if f.fail() {
 		return errInjected
 	}
-	return f.file.Sync()
+	return f.File.Sync()
 }
 
 func (f *faultyFile) Truncate(size int64) error {
 	if f.fail() {
 		return errInjected
 	}
-	return f.file.Truncate(size)
+	return f.File.Truncate(size)
 }
 
 // crashFile is an in-memory file that keeps only what was synced when it
@@ -344,7 +344,7 @@ func TestFailEachWrite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ff := &faultyFile{file: real, failAt: i}
+		ff := &faultyFile{File: real, failAt: i}
 		r := rand.New(rand.NewPCG(7, 7))
 		m, err := createOn(ff, path, id, false)
 		var cs crashState

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 )
 
-// file is what the meta file needs from the operating system. Tests put
+// File is what the meta File needs from the operating system. Tests put
 // faulty and crashable implementations behind it.
-type file interface {
+type File interface {
 	ReadAt(p []byte, off int64) (int, error)
 	WriteAt(p []byte, off int64) (int, error)
 	// Sync makes every completed WriteAt and Truncate durable (fdatasync).
@@ -94,7 +94,7 @@ func syncDir(path string) error {
 }
 
 // readFull reads len(p) bytes at off; a short read is io.ErrUnexpectedEOF.
-func readFull(f file, p []byte, off int64) error {
+func readFull(f File, p []byte, off int64) error {
 	n, err := f.ReadAt(p, off)
 	if n == len(p) {
 		return nil
@@ -106,7 +106,7 @@ func readFull(f file, p []byte, off int64) error {
 }
 
 // writeFull writes p at off.
-func writeFull(f file, p []byte, off int64) error {
+func writeFull(f File, p []byte, off int64) error {
 	n, err := f.WriteAt(p, off)
 	if err == nil && n != len(p) {
 		err = io.ErrShortWrite

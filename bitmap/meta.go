@@ -16,7 +16,7 @@ import (
 // (old or new), but the caller should treat the backing disk as failed.
 type Meta struct {
 	path string
-	f    file
+	f    File
 	lay  layout
 
 	sbMu     sync.Mutex // serializes superblock writes
@@ -67,7 +67,7 @@ func create(path string, id Identity, force bool) (*Meta, error) {
 }
 
 // createOn initializes f. The identity is valid and has its defaults.
-func createOn(f file, path string, id Identity, force bool) (*Meta, error) {
+func createOn(f File, path string, id Identity, force bool) (*Meta, error) {
 	if !force {
 		hdr := make([]byte, headerBytes)
 		n, _ := f.ReadAt(hdr, 0)
@@ -108,7 +108,7 @@ func createOn(f file, path string, id Identity, force bool) (*Meta, error) {
 	return m, nil
 }
 
-func newMeta(f file, path string, sb Superblock, slot int, instance uint64) *Meta {
+func newMeta(f File, path string, sb Superblock, slot int, instance uint64) *Meta {
 	m := &Meta{
 		path:     path,
 		f:        f,
@@ -150,9 +150,20 @@ func Open(path string, id Identity) (*Meta, error) {
 // exist, is empty, or its header is all zeros (a Create that never
 // completed).
 func OpenOrCreate(path string, id Identity) (*Meta, bool, error) {
-	f, err := openOS(path, true)
+	return OpenOrCreateWrapped(path, id, nil)
+}
+
+// OpenOrCreateWrapped is OpenOrCreate with the file, once opened and
+// locked, passed through wrap (when not nil) before anything is read or
+// written: a decorator that injects faults, for tests.
+func OpenOrCreateWrapped(path string, id Identity, wrap func(File) File) (*Meta, bool, error) {
+	o, err := openOS(path, true)
 	if err != nil {
 		return nil, false, fmt.Errorf("open meta file: %w", err)
+	}
+	var f File = o
+	if wrap != nil {
+		f = wrap(o)
 	}
 	hdr := make([]byte, headerBytes)
 	n, _ := f.ReadAt(hdr, 0)
@@ -208,7 +219,7 @@ func readHeader(f interface {
 }
 
 // openOn reads and checks f. id nil skips the identity check.
-func openOn(f file, path string, id *Identity) (*Meta, error) {
+func openOn(f File, path string, id *Identity) (*Meta, error) {
 	sb, instance, slot, err := readHeader(f, path)
 	if err != nil {
 		return nil, err

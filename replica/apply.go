@@ -8,6 +8,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/bufpool"
 )
 
 // applyWorkers is how many writes a receiving node applies at once.
@@ -59,7 +60,8 @@ func newApplier(s *session) *applier {
 
 // close stops taking work; wait waits for the queued work to finish.
 func (a *applier) close() { close(a.work) }
-func (a *applier) wait()  { a.wg.Wait() }
+
+func (a *applier) wait() { a.wg.Wait() }
 
 func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte) error {
 	a.n.mu.Lock()
@@ -69,7 +71,7 @@ func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte)
 		return fmt.Errorf("%w: peer %s sent a write to this Primary (%s)", ErrRefused, a.s.p.cfg.Name, a.n.cfg.Self.Name)
 	}
 	if f&protocol.FlagResync != 0 {
-		a.s.p.sy.recvResync.Add(n)
+		a.s.p.sync.recvResync.Add(n)
 	}
 	it := &aitem{seq: seq, flags: f, off: off, n: n, done: make(chan struct{})}
 	a.submit(it, data)
@@ -121,7 +123,7 @@ func (a *applier) submit(it *aitem, data []byte) {
 		return
 	}
 	if len(data) > 0 {
-		it.data, it.buf = getBuf(len(data))
+		it.data, it.buf = bufpool.Get(len(data))
 		copy(it.data, data)
 	}
 	a.work <- it
@@ -184,7 +186,7 @@ func (a *applier) apply(it *aitem) {
 }
 
 func (a *applier) finish(it *aitem, ok bool) {
-	putBuf(it.buf)
+	bufpool.Put(it.buf)
 	it.buf, it.data = nil, nil
 	a.mu.Lock()
 	it.finished = true
@@ -237,8 +239,25 @@ func (n *Node) markMissed(p *peer, seq uint64, off, length int64) {
 	miss := n.allMask() &^ n.recvAtomic.Load() &^ p.bit
 	for _, q := range n.peers {
 		if miss&q.bit != 0 {
-			q.marks.soft(p, seq, q.bm.Count() > 0)
-			q.bm.Set(off, length)
+			q.marks.soft(p, seq, q.bitmap.Count() > 0)
+			q.bitmap.Set(off, length)
 		}
+	}
+}
+
+// waitRange waits until every received write overlapping [off, off+n) is
+// applied. Called by the receiver, the only submitter, so none is added
+// meanwhile.
+func (a *applier) waitRange(off, n int64) {
+	var wait []*aitem
+	a.mu.Lock()
+	for _, x := range a.active {
+		if !x.barrier && x.off < off+n && off < x.off+x.n {
+			wait = append(wait, x)
+		}
+	}
+	a.mu.Unlock()
+	for _, x := range wait {
+		<-x.done
 	}
 }

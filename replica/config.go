@@ -71,6 +71,9 @@ type Config struct {
 	AfterSB0Pri config.SplitBrainPolicy
 	// OnIOError is the local disk failure policy (diskfail.go).
 	OnIOError config.IOErrorPolicy
+	// WrapMeta, if set, decorates the meta file once it is opened: fault
+	// injection for tests. Nil in production.
+	WrapMeta func(bitmap.File) bitmap.File
 }
 
 // maxPeers is the most peers a node has (bits of a uint64 mask, less one

@@ -3,51 +3,14 @@ package replica
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
-	"time"
 
 	"github.com/zeebo/blake3"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/bufpool"
+	"github.com/repd/repd/replica/internal/journal"
 )
-
-// Checksum-based resync (Config.CSums, used when both sides set it):
-//
-//  1. The sync target walks its bitmap for the source and sends the BLAKE3
-//     hash of every marked block (Csums frames, up to MaxSums blocks each),
-//     then CsumsDone.
-//  2. The source hashes the same blocks, read once every earlier in-flight
-//     write into them is local (and holding later ones back meanwhile), and
-//     clears the bits of the blocks that are equal. A block written after
-//     that read is shipped to the target anyway: it receives the source's
-//     writes during the resync.
-//  3. After CsumsDone the source's ordinary resync pass sends the blocks
-//     still marked (all-zero ones as zeroes ranges, without data).
-
-// sessSync is a session's share of resync, checksum and verify state.
-type sessSync struct {
-	csums     bool          // both sides do checksum-based resync
-	csumsDone chan struct{} // the target sent CsumsDone
-	bucket    tokenBucket   // paces resync and verify (resync goroutine only)
-}
-
-// peerSync is a peer's resync and verify bookkeeping. Fields are guarded by
-// Node.mu unless atomic.
-type peerSync struct {
-	userPaused bool // pause-sync by the operator
-	syncStart  time.Time
-	meter      rateMeter
-	csumsEqual atomic.Int64 // bytes found equal by checksum resync (not sent)
-	recvResync atomic.Int64 // target: resync bytes received in this resync
-
-	verifyTotal    int64 // bytes to verify
-	verifyDone     int64 // bytes compared
-	verifyPending  int   // Verify requests without a reply (source)
-	verifyMismatch int64 // bytes found different by the last verify
-	verifyStart    time.Time
-	verifyMeter    rateMeter
-}
 
 // hashBlocks appends the BLAKE3 of each gran-sized block of b to sums.
 func hashBlocks(sums [][protocol.SumSize]byte, b []byte, gran int64) [][protocol.SumSize]byte {
@@ -69,43 +32,20 @@ func (n *Node) sumsBatch() int64 {
 // is local, holding back later overlapping writes until the read is done:
 // the data read is a state the range passed through in sequence order.
 func (n *Node) readStable(ctx context.Context, buf []byte, off int64) error {
-	g := &entry{kind: kResync, off: off, n: int64(len(buf)), localCh: make(chan struct{})}
+	g := &journal.Entry{Kind: journal.Resync, Off: off, N: int64(len(buf)), LocalCh: make(chan struct{})}
 	n.mu.Lock()
-	deps := n.inflight.overlapping(off, g.n, nil)
-	n.inflight.add(g)
+	deps := n.inflight.Overlapping(off, g.N, nil)
+	n.inflight.Add(g)
 	n.mu.Unlock()
 	for _, d := range deps {
-		<-d.localCh
+		<-d.LocalCh
 	}
 	err := n.st.ReadAt(ctx, buf, off)
 	n.mu.Lock()
-	n.inflight.remove(g)
-	close(g.localCh)
+	n.inflight.Remove(g)
+	close(g.LocalCh)
 	n.mu.Unlock()
 	return err
-}
-
-// targetStartLocked notes that this node became p's sync target and wakes
-// the session's resync goroutine (which sends the hashes under csums);
-// n.mu held.
-//
-// sourceOutOfSync is what the source announced it has marked: a full resync
-// started during the session (invalidate-remote) marks everything here too,
-// so the checksum pass covers it.
-func (p *peer) targetStartLocked(s *session, sourceOutOfSync int64) {
-	if sourceOutOfSync >= p.n.cfg.Size {
-		p.markAll()
-	}
-	p.syncTotal = max(p.bm.DirtyBytes(), sourceOutOfSync)
-	p.sy.syncStart = time.Now()
-	p.sy.meter = rateMeter{}
-	p.sy.recvResync.Store(0)
-	if s != nil {
-		select {
-		case s.resync <- struct{}{}:
-		default:
-		}
-	}
 }
 
 // csumsPass runs on the sync target: it sends the hashes of every marked
@@ -113,7 +53,7 @@ func (p *peer) targetStartLocked(s *session, sourceOutOfSync int64) {
 func (s *session) csumsPass() error {
 	p, n := s.p, s.p.n
 	gran := n.cfg.Granularity
-	bm := p.bm
+	bm := p.bitmap
 	blocks := bm.Blocks()
 	batch := n.sumsBatch()
 	buf := make([]byte, batch*gran)
@@ -175,8 +115,8 @@ func (s *session) onCsums(payload []byte) error {
 	if !active {
 		return nil
 	}
-	buf, pb := getBuf(int(ln))
-	defer putBuf(pb)
+	buf, pb := bufpool.Get(int(ln))
+	defer bufpool.Put(pb)
 	if err := n.readStable(s.ctx, buf, off); err != nil {
 		return fmt.Errorf("checksum resync: read %d+%d: %w", off, ln, err)
 	}
@@ -194,30 +134,30 @@ func (s *session) onCsums(payload []byte) error {
 	for i := range mine {
 		if mine[i] == h.Sums[i] {
 			bo := off + int64(i)*gran
-			if k := min(gran, off+ln-bo); p.bm.Clear(bo, k) > 0 {
+			if k := min(gran, off+ln-bo); p.bitmap.Clear(bo, k) > 0 {
 				equal += k
 			}
 		}
 	}
-	p.sy.csumsEqual.Add(equal)
+	p.sync.csumsEqual.Add(equal)
 	return nil
 }
 
 // onCsumsDone runs on the sync source: the resync pass may start.
 func (s *session) onCsumsDone() {
 	select {
-	case s.sy.csumsDone <- struct{}{}:
+	case s.sync.csumsDone <- struct{}{}:
 	default:
 	}
 }
 
 // waitCsums makes the source's resync wait for the target's hashes.
 func (s *session) waitCsums() error {
-	if !s.sy.csums {
+	if !s.sync.csums {
 		return nil
 	}
 	select {
-	case <-s.sy.csumsDone:
+	case <-s.sync.csumsDone:
 		return nil
 	case <-s.ctx.Done():
 		return s.ctx.Err()

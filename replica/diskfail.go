@@ -9,6 +9,7 @@ import (
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/config"
+	"github.com/repd/repd/replica/internal/journal"
 )
 
 // The local disk failure policy, DRBD's on-io-error (Config.OnIOError):
@@ -32,11 +33,46 @@ import (
 //     Primary marks what was not acknowledged and resyncs it after the
 //     reconnect.
 //
+// A meta file that cannot be written (a superblock update or the
+// out-of-sync bitmaps) detaches the disk under either policy: without it
+// the node can record neither its state nor what its peers miss, and a
+// resync after a crash would trust marks that never reached disk.
+//
 // There is no attach verb: restart repd with a working disk. A disk that
 // was Failed opens as Outdated (never promotable without --force, never a
 // sync source for an UpToDate peer) and is resynced from the Primary by its
 // bitmap; run `repctl invalidate` for a full resync if the disk was
 // replaced or its content is in doubt.
+
+// flushBitmapsLocked makes the in-memory out-of-sync bitmaps durable for
+// op. A mark must be on disk before anything relies on it: after a crash a
+// resync covers only what the meta file holds. When the meta file cannot be
+// written the node cannot keep that promise, so, as DRBD does on a
+// meta-data I/O error, it detaches its disk whatever on-io-error says
+// (reads EIO, a Primary writes through its peers only, never a sync
+// source; restart repd with a working meta file to attach again) and
+// returns the error. n.mu held.
+func (n *Node) flushBitmapsLocked(op string) error {
+	err := n.meta.FlushBitmaps()
+	if err == nil {
+		return nil
+	}
+	n.detachLocked(op+": write the out-of-sync bitmaps to the meta file", err)
+	return fmt.Errorf("%s on %s: the meta file %s cannot be written (%w); the local disk is detached", op, n.cfg.Self.Name, n.cfg.MetaPath, err)
+}
+
+// flushBitmaps is flushBitmapsLocked without n.mu held: the flush runs
+// unlocked, the detach on failure locked.
+func (n *Node) flushBitmaps(op string) error {
+	err := n.meta.FlushBitmaps()
+	if err == nil {
+		return nil
+	}
+	n.mu.Lock()
+	n.detachLocked(op+": write the out-of-sync bitmaps to the meta file", err)
+	n.unlock()
+	return fmt.Errorf("%s on %s: the meta file %s cannot be written (%w); the local disk is detached", op, n.cfg.Self.Name, n.cfg.MetaPath, err)
+}
 
 // diskError says whether err from the local store is a failure of the disk
 // that the detach policy acts on.
@@ -61,13 +97,13 @@ func (n *Node) detachLocked(op string, err error) {
 	}
 	n.detached.Store(true)
 	n.log.Error("local disk failed: detaching it (on-io-error detach); restart repd with a working disk to attach one", "op", op, "err", err)
-	old := n.sb.Disk
+	old := n.super.Disk
 	if e := n.persist(func(*bitmap.Superblock) {}); e != nil {
 		n.log.Error("could not record the failed disk in the meta data", "err", e)
 	}
-	n.sb.Disk = Failed
-	if old != Failed && n.sb.Disk == Failed {
-		n.event("disk", "", old.String(), Failed.String(), fmt.Sprintf("%s: %v", op, err))
+	n.super.Disk = diskFailed
+	if old != diskFailed && n.super.Disk == diskFailed {
+		n.event("disk", "", old.String(), diskFailed.String(), fmt.Sprintf("%s: %v", op, err))
 	}
 	for _, p := range n.peers {
 		if p.conn != api.Connected {
@@ -95,24 +131,18 @@ func (p *peer) peerDiskFailedLocked() {
 	if p.repl == api.ReplOff {
 		return
 	}
-	n.j.drop(p.bit, p.ackFrom, func(e *entry) {
-		if e.marks() {
-			p.mark(e.off, e.n)
-		}
-		n.maybeDoneLocked(e)
-	})
-	n.j.trim()
-	p.sent, p.resyncAcked = nil, nil
+	n.journal.Drop(&p.progress, p.bit, p.lostLocked)
+	n.journal.Trim()
 	p.setReplLocked(api.ReplOff)
 	n.log.Warn("peer's disk failed: not replicating to it until it comes back with a working disk", "peer", p.cfg.Name)
 }
 
 // noCopyError is the error of a write on a detached Primary that no peer
 // acknowledged.
-func (n *Node) noCopyError(op string, e *entry) error {
-	cause := e.localErr
+func (n *Node) noCopyError(op string, e *journal.Entry) error {
+	cause := e.LocalErr
 	if cause == nil {
 		cause = syscall.EIO
 	}
-	return fmt.Errorf("%s %d+%d on %s: local disk Failed (detached) and no peer acknowledged the write: %w", op, e.off, e.n, n.cfg.Self.Name, cause)
+	return fmt.Errorf("%s %d+%d on %s: local disk Failed (detached) and no peer acknowledged the write: %w", op, e.Off, e.N, n.cfg.Self.Name, cause)
 }

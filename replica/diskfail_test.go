@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/config"
+	"github.com/repd/repd/protocol"
 )
 
 // faultyStore fails every write, zeroes, trim and flush with err once armed
@@ -107,7 +110,7 @@ func TestSecondaryDiskFailureDetaches(t *testing.T) {
 	if fs[1].failed.Load() == 0 {
 		t.Fatal("the faulty store never failed")
 	}
-	if d := beta.meta.Superblock().Disk; d != Failed {
+	if d := beta.meta.Superblock().Disk; d != diskFailed {
 		t.Fatalf("beta's meta superblock says %v", d)
 	}
 	time.Sleep(1500 * time.Millisecond) // > Timeout: no ack timeout, no reconnect
@@ -198,4 +201,123 @@ func TestPrimaryDiskFailureNoPeer(t *testing.T) {
 			t.Logf("%s: %v", policy, err)
 		})
 	}
+}
+
+// faultyMeta fails every write and sync of a meta file once armed.
+type faultyMeta struct {
+	bitmap.File
+	armed atomic.Bool
+}
+
+func (f *faultyMeta) WriteAt(p []byte, off int64) (int, error) {
+	if f.armed.Load() {
+		return 0, syscall.EIO
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f *faultyMeta) Sync() error {
+	if f.armed.Load() {
+		return syscall.EIO
+	}
+	return f.File.Sync()
+}
+
+// A meta file that cannot be written any more detaches the local disk
+// whatever on-io-error says (its out-of-sync marks could not be trusted
+// after a crash), and the verb that needed the marks durable fails saying
+// so: here invalidate on a Secondary, and the disconnect marks of a
+// Primary whose peer went away.
+func TestMetaWriteFailureDetaches(t *testing.T) {
+	metas := make([]*faultyMeta, 2)
+	c := newCluster(t, 2, func(i int, cfg *Config) {
+		cfg.OnIOError = config.IOErrorPassOn // meta failures detach even so
+		cfg.WrapMeta = func(f bitmap.File) bitmap.File {
+			metas[i] = &faultyMeta{File: f}
+			return metas[i]
+		}
+	})
+	alpha := c.bootstrap()
+	beta := c.nodes[1].n
+	ctx := context.Background()
+	if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{3}, 64<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+
+	metas[1].armed.Store(true)
+	err := beta.Invalidate("alpha")
+	if err == nil || !strings.Contains(err.Error(), "meta file") || !strings.Contains(err.Error(), "detached") {
+		t.Fatalf("invalidate with a broken meta file: %v", err)
+	}
+	if d := beta.Status().Disk; d != "Failed" {
+		t.Fatalf("beta's disk is %s after a meta write failure, want Failed", d)
+	}
+	if err := beta.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read on a detached node: %v", err)
+	}
+
+	// alpha: an activity-log transaction (a write to a cold extent)
+	// cannot be written, so alpha detaches; with beta Failed too the
+	// write has no copy anywhere and is not acknowledged.
+	metas[0].armed.Store(true)
+	if err := alpha.WriteAt(ctx, make([]byte, 4096), testSize-4096, false); err == nil {
+		t.Fatal("a write with no copy anywhere was acknowledged")
+	}
+	if d := alpha.Status().Disk; d != "Failed" {
+		t.Fatalf("alpha's disk is %s after an activity-log write failure, want Failed", d)
+	}
+}
+
+// A Primary whose peer drops away with writes unacknowledged marks them;
+// when those marks cannot reach the meta file it detaches.
+func TestMetaFailureAtDisconnect(t *testing.T) {
+	metas := make([]*faultyMeta, 2)
+	c := newCluster(t, 2, func(i int, cfg *Config) {
+		cfg.WrapMeta = func(f bitmap.File) bitmap.File {
+			metas[i] = &faultyMeta{File: f}
+			return metas[i]
+		}
+	})
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	if err := alpha.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil { // the extent is hot now
+		t.Fatal(err)
+	}
+	metas[0].armed.Store(true)
+	c.proxy(0, 1).Partition(true)
+	// Protocol C: the write waits for beta's ack until beta is dropped,
+	// then completes on alpha's copy (marked toward beta).
+	if err := alpha.WriteAt(ctx, make([]byte, 4096), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "alpha detached", func() bool { return alpha.Status().Disk == "Failed" })
+}
+
+// A frame the writer refuses (here a control frame larger than any frame
+// may be) is not dropped silently: the session ends with the error, and
+// the peers connect again.
+func TestUnwritableFrameEndsSession(t *testing.T) {
+	c := newCluster(t, 2, nil)
+	alpha := c.bootstrap()
+	p, _ := alpha.peerByName("beta")
+	alpha.mu.Lock()
+	s := p.sess
+	before := p.connects
+	alpha.mu.Unlock()
+	if s == nil {
+		t.Fatal("no session")
+	}
+	s.queue(ctrlMsg{t: protocol.TypeState, payload: make([]byte, protocol.MaxPayload+1)})
+	waitFor(t, 10*time.Second, "a new session", func() bool {
+		alpha.mu.Lock()
+		defer alpha.mu.Unlock()
+		return p.connects > before && p.sess != nil && p.sess != s
+	})
+	c.logs.mu.Lock()
+	logs := c.logs.b.String()
+	c.logs.mu.Unlock()
+	if !strings.Contains(logs, "write State frame") {
+		t.Fatalf("the session did not end with the frame's error; logs:\n%s", logs)
+	}
+	c.waitSynced(20 * time.Second)
 }

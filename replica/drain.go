@@ -23,21 +23,21 @@ func (n *Node) drainLocked() {
 		return
 	}
 	for _, p := range n.peers {
-		if b.ship&p.bit != 0 && p.sess != nil && p.ls.features.Load()&protocol.FeatureCluster != 0 {
+		if b.Ship&p.bit != 0 && p.sess != nil && p.features.Load()&protocol.FeatureCluster != 0 {
 			st := p.stateLocked(protocol.StateOutdated)
-			p.sess.queue(ctrlMsg{t: protocol.TypeState, seq: b.seq, payload: st.Append(nil)})
+			p.sess.queue(ctrlMsg{t: protocol.TypeState, seq: b.Seq, payload: st.Append(nil)})
 		}
 	}
 	n.mu.Unlock()
 	t := time.NewTimer(n.cfg.Timeout)
 	select {
-	case <-b.doneCh:
+	case <-b.DoneCh:
 	case <-t.C:
 	}
 	t.Stop()
 	n.mu.Lock()
 	for _, p := range n.peers {
-		if b.ship&p.bit != 0 && b.acked&p.bit == 0 {
+		if b.Ship&p.bit != 0 && b.Acked&p.bit == 0 {
 			n.log.Warn("peer did not acknowledge the final barrier: it marks its disk Outdated", "peer", p.cfg.Name)
 		}
 	}
@@ -48,9 +48,9 @@ func (n *Node) drainLocked() {
 // lacks writes; n.mu held.
 func (p *peer) leftLocked(s *session) error {
 	n := p.n
-	if s.leavingSeq == 0 || s.ap.acked.Load() >= s.leavingSeq || n.role != api.Secondary || n.sb.Disk != UpToDate {
+	if s.leavingSeq == 0 || s.applier.acked.Load() >= s.leavingSeq || n.role != api.Secondary || n.super.Disk != diskUpToDate {
 		return nil
 	}
 	n.log.Warn("the Primary left before its last writes were applied here: disk Outdated", "peer", p.cfg.Name)
-	return n.persist(func(sb *bitmap.Superblock) { sb.Disk = Outdated })
+	return n.persist(func(sb *bitmap.Superblock) { sb.Disk = diskOutdated })
 }

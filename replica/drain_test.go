@@ -70,21 +70,21 @@ func TestLeavingPrimaryOutdatesLaggingSecondary(t *testing.T) {
 	c.bootstrap()
 	beta := c.nodes[1].n
 	p := beta.byName["alpha"]
-	s := &session{p: p, ap: &applier{}, leavingSeq: 100}
-	s.ap.acked.Store(100)
+	s := &session{p: p, applier: &applier{}, leavingSeq: 100}
+	s.applier.acked.Store(100)
 	beta.mu.Lock()
 	err := p.leftLocked(s) // applied up to the final barrier: nothing
-	disk := beta.sb.Disk
+	disk := beta.super.Disk
 	beta.mu.Unlock()
-	if err != nil || disk != UpToDate {
+	if err != nil || disk != diskUpToDate {
 		t.Fatalf("barrier applied: %v, disk %v", err, disk)
 	}
-	s.ap.acked.Store(99)
+	s.applier.acked.Store(99)
 	beta.mu.Lock()
 	err = p.leftLocked(s)
-	disk = beta.sb.Disk
+	disk = beta.super.Disk
 	beta.mu.Unlock()
-	if err != nil || disk != Outdated {
+	if err != nil || disk != diskOutdated {
 		t.Fatalf("barrier not applied: %v, disk %v", err, disk)
 	}
 }

@@ -51,19 +51,6 @@ func (m *markOrigin) setHard() {
 	}
 }
 
-// mark marks [off, off+n) out of sync toward p for any reason but a soft
-// mark (peerseq.go).
-func (p *peer) mark(off, n int64) {
-	p.bm.Set(off, n)
-	p.marks.setHard()
-}
-
-// markAll marks the whole device out of sync toward p.
-func (p *peer) markAll() {
-	p.bm.SetAll()
-	p.marks.setHard()
-}
-
 // soft records a soft mark of from's write seq; dirty: the bitmap held
 // bits before it.
 func (m *markOrigin) soft(from *peer, seq uint64, dirty bool) {
@@ -123,8 +110,8 @@ func (n *Node) noteApplied(p *peer, seq uint64, off, length int64) {
 func (n *Node) markUnconfirmed(w appliedWrite) {
 	for _, q := range n.peers {
 		if w.unconfirmed&q.bit != 0 {
-			q.marks.soft(w.from, w.seq, q.bm.Count() > 0)
-			q.bm.Set(w.off, w.n)
+			q.marks.soft(w.from, w.seq, q.bitmap.Count() > 0)
+			q.bitmap.Set(w.off, w.n)
 		}
 	}
 }
@@ -192,7 +179,7 @@ func (n *Node) appliedLost(p *peer) int {
 // since last; n.mu held.
 func (s *session) peerSeqsLocked() []byte {
 	p, n := s.p, s.p.n
-	if n.role != api.Primary || p.ls.features.Load()&protocol.FeatureCluster == 0 {
+	if n.role != api.Primary || p.features.Load()&protocol.FeatureCluster == 0 {
 		return nil
 	}
 	s.seqs = s.seqs[:0]
@@ -202,7 +189,7 @@ func (s *session) peerSeqsLocked() []byte {
 			continue
 		}
 		i := len(s.seqs)
-		s.seqs = append(s.seqs, protocol.PeerSeq{NodeID: q.cfg.ID, Seq: q.haveSeq})
+		s.seqs = append(s.seqs, protocol.PeerSeq{NodeID: q.cfg.ID, Seq: q.progress.Have})
 		if !changed && s.sentSeqs[i] != s.seqs[i] {
 			changed = true
 		}
@@ -237,11 +224,11 @@ func (n *Node) clearSoftLocked(p *peer, ps []protocol.PeerSeq) {
 		m.mu.Lock()
 		stale := !m.hard.Load() && m.from == p && m.seq <= e.Seq
 		m.mu.Unlock()
-		if !stale || q.bm.Count() == 0 {
+		if !stale || q.bitmap.Count() == 0 {
 			continue
 		}
-		n.log.Info("cleared marks toward a node the Primary reports holding those writes", "peer", q.cfg.Name, "primary", p.cfg.Name, "up_to_seq", e.Seq, "bytes", q.bm.DirtyBytes())
-		q.bm.ClearAll()
+		n.log.Info("cleared marks toward a node the Primary reports holding those writes", "peer", q.cfg.Name, "primary", p.cfg.Name, "up_to_seq", e.Seq, "bytes", q.bitmap.DirtyBytes())
+		q.bitmap.ClearAll()
 		m.reset()
 		if q.sess != nil {
 			q.sendStateLocked(0)

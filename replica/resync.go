@@ -1,12 +1,122 @@
 package replica
 
 import (
+	"context"
 	"errors"
+	"sync/atomic"
+	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/decide"
+	"github.com/repd/repd/replica/internal/journal"
+	"github.com/repd/repd/replica/internal/pace"
 )
+
+// Checksum-based resync (Config.CSums, used when both sides set it):
+//
+//  1. The sync target walks its bitmap for the source and sends the BLAKE3
+//     hash of every marked block (Csums frames, up to MaxSums blocks each),
+//     then CsumsDone.
+//  2. The source hashes the same blocks, read once every earlier in-flight
+//     write into them is local (and holding later ones back meanwhile), and
+//     clears the bits of the blocks that are equal. A block written after
+//     that read is shipped to the target anyway: it receives the source's
+//     writes during the resync.
+//  3. After CsumsDone the source's ordinary resync pass sends the blocks
+//     still marked (all-zero ones as zeroes ranges, without data).
+
+// sessSync is a session's share of resync, checksum and verify state.
+type sessSync struct {
+	csums     bool          // both sides do checksum-based resync
+	csumsDone chan struct{} // the target sent CsumsDone
+	bucket    pace.Bucket   // paces resync and verify (resync goroutine only)
+}
+
+// peerSync is a peer's resync and verify bookkeeping. Fields are guarded by
+// Node.mu unless atomic.
+type peerSync struct {
+	userPaused bool // pause-sync by the operator
+	syncStart  time.Time
+	meter      pace.Meter
+	csumsEqual atomic.Int64 // bytes found equal by checksum resync (not sent)
+	recvResync atomic.Int64 // target: resync bytes received in this resync
+
+	verifyTotal    int64 // bytes to verify
+	verifyDone     int64 // bytes compared
+	verifyPending  int   // Verify requests without a reply (source)
+	verifyMismatch int64 // bytes found different by the last verify
+	verifyStart    time.Time
+	verifyMeter    pace.Meter
+}
+
+// targetStartLocked notes that this node became p's sync target and wakes
+// the session's resync goroutine (which sends the hashes under csums);
+// n.mu held.
+//
+// sourceOutOfSync is what the source announced it has marked: a full resync
+// started during the session (invalidate-remote) marks everything here too,
+// so the checksum pass covers it.
+func (p *peer) targetStartLocked(s *session, sourceOutOfSync int64) {
+	if sourceOutOfSync >= p.n.cfg.Size {
+		p.markAll()
+	}
+	p.syncTotal = max(p.bitmap.DirtyBytes(), sourceOutOfSync)
+	p.sync.syncStart = time.Now()
+	p.sync.meter = pace.Meter{}
+	p.sync.recvResync.Store(0)
+	if s != nil {
+		select {
+		case s.resync <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pace waits until n more bytes of resync or verify traffic may go.
+func (s *session) pace(n int64) error {
+	nd := s.p.n
+	busy := time.Since(time.Unix(0, nd.lastAppWrite.Load())) < pace.AppBusyWindow
+	rate := pace.Budget(nd.cfg.ResyncRate, nd.cfg.ResyncMinRate, busy)
+	d := s.sync.bucket.Delay(time.Now(), rate, n)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// waitCtx sleeps d or until ctx ends.
+func waitCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startSyncLocked makes p a sync target of this node; n.mu held.
+func (p *peer) startSyncLocked() {
+	p.syncTotal = p.bitmap.DirtyBytes()
+	p.resyncs++
+	p.progress.ResyncAcked = nil
+	if p.sess != nil {
+		select {
+		case p.sess.resync <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // resyncBarrierBytes is how much resync data is sent between barriers: the
 // bits of acked blocks clear when the next barrier is acked (the target
@@ -36,7 +146,7 @@ func (s *session) resyncLoop() error {
 				return err
 			}
 			continue
-		case repl == api.SyncTarget && s.sy.csums:
+		case repl == api.SyncTarget && s.sync.csums:
 			if err := s.csumsPass(); err != nil {
 				return err
 			}
@@ -71,7 +181,7 @@ func (s *session) resyncLoop() error {
 // whether the bitmap is clear afterwards (and then ends the resync).
 func (s *session) resyncPass() (bool, error) {
 	p, n := s.p, s.p.n
-	bm := p.bm
+	bm := p.bitmap
 	gran := n.cfg.Granularity
 	blocks := bm.Blocks()
 	maxRun := max(int64(protocol.MaxData)/gran, 1)
@@ -94,13 +204,13 @@ func (s *session) resyncPass() (bool, error) {
 		if err := s.pace(ln); err != nil {
 			return false, err
 		}
-		ent, err := n.start(s.ctx, kResync, off, ln, nil, 0, p.bit)
+		ent, err := n.start(s.ctx, journal.Resync, off, ln, nil, 0, p.bit)
 		if err != nil {
 			return false, err
 		}
 		n.local(s.ctx, ent, false)
-		if ent.err != nil {
-			return false, ent.err
+		if ent.Err != nil {
+			return false, ent.Err
 		}
 		i = e
 		if sinceBarrier += ln; sinceBarrier >= resyncBarrierBytes {
@@ -113,7 +223,7 @@ func (s *session) resyncPass() (bool, error) {
 		return false, errResyncStopped
 	}
 	select {
-	case <-bar.doneCh:
+	case <-bar.DoneCh:
 	case <-s.ctx.Done():
 		return false, s.ctx.Err()
 	}
@@ -129,11 +239,18 @@ func (s *session) resyncPass() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	p.verdict = Verdict{Rel: RelInSync}
+	p.verdict = decide.Verdict{Rel: decide.RelInSync}
 	p.setReplLocked(api.Established)
-	p.peerDisk = UpToDate
-	rd := protocol.ResyncDone{Current: n.sb.GI.Current}
+	p.peerDisk = diskUpToDate
+	rd := protocol.ResyncDone{Current: n.super.GI.Current}
 	s.queue(ctrlMsg{t: protocol.TypeResyncDone, payload: rd.Append(nil)})
-	n.log.Info("resync finished", "target", p.cfg.Name, "bytes", p.resynced.Load())
+	n.log.Info("resync finished", "target", p.cfg.Name, "bytes", p.stats.resynced.Load())
 	return true, nil
+}
+
+// syncStartedLocked resets the progress meter of a resync this node
+// sources; n.mu held.
+func (p *peer) syncStartedLocked() {
+	p.sync.syncStart = time.Now()
+	p.sync.meter = pace.Meter{}
 }

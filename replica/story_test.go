@@ -125,7 +125,7 @@ func TestPartitionMarksAndResyncs(t *testing.T) {
 	}
 	t.Logf("slowest write %v; %d writes while gamma was cut off", slowest, len(during))
 	// Every write gamma lacks is marked in alpha's bitmap for gamma.
-	bm := prim.byName["gamma"].bm
+	bm := prim.byName["gamma"].bitmap
 	missing := 0
 	for _, r := range during {
 		if bytes.Equal(readFileAt(t, gamma.path, r.off, len(r.data)), r.data) {

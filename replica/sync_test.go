@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
-	"github.com/repd/repd/config"
 	"github.com/repd/repd/faultnet"
 
 	"github.com/repd/repd/bitmap"
@@ -27,66 +26,6 @@ func (c *cluster) crash(tn *tnode) {
 	tn.n = nil
 }
 
-func TestResyncBudget(t *testing.T) {
-	for _, tc := range []struct {
-		max, min int64
-		busy     bool
-		want     int64
-	}{
-		{0, 0, false, 0},
-		{0, 0, true, 0},
-		{100, 10, false, 100},
-		{100, 10, true, 10},
-		{0, 10, true, 10},
-		{0, 10, false, 0},
-		{5, 10, true, 5}, // the maximum wins
-	} {
-		if got := ResyncBudget(tc.max, tc.min, tc.busy); got != tc.want {
-			t.Errorf("ResyncBudget(%d, %d, %v) = %d, want %d", tc.max, tc.min, tc.busy, got, tc.want)
-		}
-	}
-	var b tokenBucket
-	now := time.Now()
-	if d := b.delay(now, 1000, 100); d != 0 {
-		t.Fatalf("first 100 bytes of a 1000 B/s bucket wait %v", d)
-	}
-	if d := b.delay(now, 1000, 1000); d < 900*time.Millisecond || d > 1100*time.Millisecond {
-		t.Fatalf("1000 more bytes at 1000 B/s wait %v, want ~1s", d)
-	}
-	if ETA(100, 10) != 10*time.Second || ETA(100, 0) != 0 {
-		t.Fatal("ETA")
-	}
-}
-
-func TestAutoResolve(t *testing.T) {
-	a := Side{ID: 1, Name: "alpha"}
-	b := Side{ID: 2, Name: "beta"}
-	pa := a
-	pa.Role = api.Primary
-	for _, tc := range []struct {
-		policy       config.SplitBrainPolicy
-		me, peer     Side
-		mine, theirs int64
-		dm, dp       bool
-	}{
-		{config.SplitBrainDisconnect, a, b, 0, 10, false, false},
-		{config.SplitBrainDiscardZeroChanges, a, b, 0, 10, true, false},
-		{config.SplitBrainDiscardZeroChanges, a, b, 10, 0, false, true},
-		{config.SplitBrainDiscardZeroChanges, a, b, 10, 10, false, false},
-		{config.SplitBrainDiscardZeroChanges, a, b, 0, 0, false, true}, // higher id discards
-		{config.SplitBrainDiscardZeroChanges, b, a, 0, 0, true, false},
-		{config.SplitBrainDiscardZeroChanges, pa, b, 0, 10, false, false}, // a Primary: 0pri does not apply
-	} {
-		dm, dp := AutoResolve(tc.policy, tc.me, tc.peer, tc.mine, tc.theirs)
-		if dm != tc.dm || dp != tc.dp {
-			t.Errorf("%q %s/%s changes %d/%d: got %v,%v want %v,%v", tc.policy, tc.me.Name, tc.peer.Name, tc.mine, tc.theirs, dm, dp, tc.dm, tc.dp)
-		}
-	}
-}
-
-// A Primary that crashes (no Close) marks its activity log's hot extents
-// out of sync at the next open, and they resync; a clean Close marks
-// nothing.
 func TestCrashedPrimaryMarksHotExtents(t *testing.T) {
 	c := newCluster(t, 2, nil)
 	alpha := c.bootstrap()

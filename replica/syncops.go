@@ -2,7 +2,6 @@ package replica
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
@@ -23,7 +22,7 @@ func (n *Node) Invalidate(name string) error {
 	var p *peer
 	if name == "" {
 		for _, q := range n.peers {
-			if q.conn == api.Connected && q.sess != nil && q.peerDisk == UpToDate {
+			if q.conn == api.Connected && q.sess != nil && q.peerDisk == diskUpToDate {
 				p = q
 				break
 			}
@@ -36,18 +35,20 @@ func (n *Node) Invalidate(name string) error {
 		if p, err = n.connectedPeerLocked(name); err != nil {
 			return err
 		}
-		if p.peerDisk != UpToDate {
+		if p.peerDisk != diskUpToDate {
 			return fmt.Errorf("%w: peer %s is %s; a full resync needs an UpToDate source", ErrRefused, name, p.peerDisk)
 		}
 	}
 	if err := n.persist(func(sb *bitmap.Superblock) {
-		sb.Disk = Inconsistent
+		sb.Disk = diskInconsistent
 		sb.Flags |= bitmap.FlagResyncTarget
 	}); err != nil {
 		return err
 	}
 	p.markAll()
-	n.meta.FlushBitmaps()
+	if err := n.flushBitmapsLocked("invalidate"); err != nil {
+		return err
+	}
 	// Renegotiate as the node that discards its data: the peer becomes
 	// SyncSource whatever its role.
 	p.discard = true
@@ -66,8 +67,8 @@ func (n *Node) InvalidateRemote(name string) error {
 	if err != nil {
 		return err
 	}
-	if n.sb.Disk != UpToDate {
-		return fmt.Errorf("%w: local disk is %s; only an UpToDate node can be a sync source", ErrRefused, n.sb.Disk)
+	if n.super.Disk != diskUpToDate {
+		return fmt.Errorf("%w: local disk is %s; only an UpToDate node can be a sync source", ErrRefused, n.super.Disk)
 	}
 	if p.peerRole == api.Primary {
 		return fmt.Errorf("%w: peer %s is Primary; demote it first", ErrRefused, p.cfg.Name)
@@ -78,8 +79,10 @@ func (n *Node) InvalidateRemote(name string) error {
 		return fmt.Errorf("%w: peer %s is %s; wait for it to finish", ErrRefused, p.cfg.Name, p.repl)
 	}
 	p.markAll()
-	n.meta.FlushBitmaps()
-	p.sy.userPaused = false
+	if err := n.flushBitmapsLocked("invalidate-remote"); err != nil {
+		return err
+	}
+	p.sync.userPaused = false
 	if p.repl != api.SyncSource {
 		p.setReplLocked(api.SyncSource)
 	}
@@ -88,13 +91,6 @@ func (n *Node) InvalidateRemote(name string) error {
 	p.sendStateLocked(0)
 	n.log.Warn("invalidate-remote: full resync to peer", "peer", p.cfg.Name)
 	return nil
-}
-
-// syncStartedLocked resets the progress meter of a resync this node
-// sources; n.mu held.
-func (p *peer) syncStartedLocked() {
-	p.sy.syncStart = time.Now()
-	p.sy.meter = rateMeter{}
 }
 
 // PauseSync pauses the resync toward peer name (every peer when empty):
@@ -114,11 +110,11 @@ func (n *Node) PauseSync(name string) error {
 		}
 	}
 	for _, p := range ps {
-		p.sy.userPaused = true
+		p.sync.userPaused = true
 		if p.repl == api.SyncSource {
 			p.setReplLocked(api.PausedSync)
 			p.sendStateLocked(0)
-			n.log.Info("resync paused by the operator", "peer", p.cfg.Name, "left", p.bm.DirtyBytes())
+			n.log.Info("resync paused by the operator", "peer", p.cfg.Name, "left", p.bitmap.DirtyBytes())
 		}
 	}
 	return nil
@@ -133,43 +129,11 @@ func (n *Node) ResumeSync(name string) error {
 		return err
 	}
 	for _, p := range ps {
-		was := p.sy.userPaused
-		p.sy.userPaused = false
+		was := p.sync.userPaused
+		p.sync.userPaused = false
 		if was && p.repl == api.PausedSync {
 			p.restartLocked("resume-sync")
 		}
 	}
 	return nil
-}
-
-func (n *Node) peersNamedLocked(name string) ([]*peer, error) {
-	if name == "" {
-		return n.peers, nil
-	}
-	p, err := n.peerByName(name)
-	if err != nil {
-		return nil, err
-	}
-	return []*peer{p}, nil
-}
-
-// autoResolve applies Config.AfterSB0Pri to a split-brain verdict: when it
-// picks a victim, the sides are compared again as if the victim had
-// connected with --discard-my-data. Both nodes reach the same choice.
-func (p *peer) autoResolve(v Verdict, me, them *Side, theirChanges int64) Verdict {
-	n := p.n
-	dm, dp := AutoResolve(n.cfg.AfterSB0Pri, *me, *them, p.bm.DirtyBytes(), theirChanges)
-	if !dm && !dp {
-		return v
-	}
-	me.Discard, them.Discard = dm, dp
-	victim := n.cfg.Self.Name
-	if dp {
-		victim = p.cfg.Name
-	}
-	n.log.Warn("split brain resolved by after-sb-0pri discard-zero-changes", "peer", p.cfg.Name, "victim", victim)
-	n.mu.Lock()
-	n.event("split-brain", p.cfg.Name, "", "", "resolved automatically (after-sb-0pri discard-zero-changes): "+victim+" discards its data")
-	n.unlock()
-	return Compare(*me, *them)
 }

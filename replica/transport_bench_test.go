@@ -9,6 +9,8 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/dedup"
+	"github.com/repd/repd/replica/internal/journal"
 )
 
 // BenchmarkWrite4kQD32Transport: 4 KiB writes at queue depth 32 of data
@@ -85,15 +87,14 @@ func BenchmarkWrite4kQD32Transport(b *testing.B) {
 // The shipper's cost of dedup per unique 4 KiB write: zero check, BLAKE3,
 // index lookup, invalidation and insertion.
 func BenchmarkDedupEncode4k(b *testing.B) {
-	tx := &dedupTx{idx: newDedupIndex(64 << 20 / dedupEntryBytes), same: map[uint64]int{}}
+	tx := dedup.NewEncoder(64 << 20)
 	r := rand.New(rand.NewPCG(1, 2))
-	e := &entry{n: 4096, data: randBlock(r, 4096)}
-	var ls linkStats
+	e := &journal.Entry{N: 4096, Data: randBlock(r, 4096)}
 	b.SetBytes(4096)
 	b.ReportAllocs()
 	for i := range b.N {
-		e.data[0], e.data[1], e.data[2] = byte(i), byte(i>>8), byte(i>>16)
-		e.off = r.Int64N(1<<30/4096) * 4096
-		tx.encode(e, &ls)
+		e.Data[0], e.Data[1], e.Data[2] = byte(i), byte(i>>8), byte(i>>16)
+		e.Off = r.Int64N(1<<30/4096) * 4096
+		tx.Encode(e.Off, e.Data, nil)
 	}
 }

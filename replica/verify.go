@@ -7,10 +7,13 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/bufpool"
+	"github.com/repd/repd/replica/internal/journal"
+	"github.com/repd/repd/replica/internal/pace"
 )
 
 // Online verify (repctl verify): the verify source walks the whole device
-// in batches; each batch is a kVerify entry of the journal, so it takes its
+// in batches; each batch is a journal.Verify entry of the journal, so it takes its
 // place in the write sequence. The source hashes the batch once every
 // earlier overlapping write is local (later ones wait for the read), ships
 // the hashes in sequence order, and the target's applier hashes its copy at
@@ -42,8 +45,8 @@ func (n *Node) Verify(name string) error {
 	if err != nil {
 		return err
 	}
-	if n.sb.Disk != UpToDate || p.peerDisk != UpToDate {
-		return fmt.Errorf("%w: verify needs both disks UpToDate; %s is %s and peer %s is %s", ErrRefused, n.cfg.Self.Name, n.sb.Disk, p.cfg.Name, p.peerDisk)
+	if n.super.Disk != diskUpToDate || p.peerDisk != diskUpToDate {
+		return fmt.Errorf("%w: verify needs both disks UpToDate; %s is %s and peer %s is %s", ErrRefused, n.cfg.Self.Name, n.super.Disk, p.cfg.Name, p.peerDisk)
 	}
 	if p.repl != api.Established {
 		return fmt.Errorf("%w: peer %s is %s; verify runs from Established (wait for it: repctl wait-sync)", ErrRefused, p.cfg.Name, p.repl)
@@ -55,12 +58,12 @@ func (n *Node) Verify(name string) error {
 			}
 		}
 	}
-	p.sy.verifyTotal = n.cfg.Size
-	p.sy.verifyDone = 0
-	p.sy.verifyPending = 0
-	p.sy.verifyMismatch = 0
-	p.sy.verifyStart = time.Now()
-	p.sy.verifyMeter = rateMeter{}
+	p.sync.verifyTotal = n.cfg.Size
+	p.sync.verifyDone = 0
+	p.sync.verifyPending = 0
+	p.sync.verifyMismatch = 0
+	p.sync.verifyStart = time.Now()
+	p.sync.verifyMeter = pace.Meter{}
 	p.setReplLocked(api.VerifySource)
 	p.sendStateLocked(0)
 	select {
@@ -71,28 +74,7 @@ func (n *Node) Verify(name string) error {
 	return nil
 }
 
-// connectedPeerLocked finds the named peer (or the first connected one) and
-// refuses one that is not connected; n.mu held.
-func (n *Node) connectedPeerLocked(name string) (*peer, error) {
-	if name == "" {
-		for _, p := range n.peers {
-			if p.conn == api.Connected && p.sess != nil {
-				return p, nil
-			}
-		}
-		return nil, fmt.Errorf("%w: no peer is connected", ErrRefused)
-	}
-	p, err := n.peerByName(name)
-	if err != nil {
-		return nil, err
-	}
-	if p.conn != api.Connected || p.sess == nil {
-		return nil, fmt.Errorf("%w: peer %s is not connected", ErrRefused, name)
-	}
-	return p, nil
-}
-
-// verifyPass runs on the verify source: one kVerify entry per batch, then
+// verifyPass runs on the verify source: one journal.Verify entry per batch, then
 // it waits for every reply and ends the verify.
 func (s *session) verifyPass() error {
 	p, n := s.p, s.p.n
@@ -108,7 +90,7 @@ func (s *session) verifyPass() error {
 		if err := s.pace(ln); err != nil {
 			return err
 		}
-		e, err := n.start(s.ctx, kVerify, off, ln, nil, 0, p.bit)
+		e, err := n.start(s.ctx, journal.Verify, off, ln, nil, 0, p.bit)
 		if err == errResyncStopped {
 			return nil
 		}
@@ -116,17 +98,17 @@ func (s *session) verifyPass() error {
 			return err
 		}
 		n.mu.Lock()
-		p.sy.verifyPending++
+		p.sync.verifyPending++
 		n.mu.Unlock()
 		n.local(s.ctx, e, false)
-		if e.err != nil {
-			return e.err
+		if e.Err != nil {
+			return e.Err
 		}
 	}
 	for {
 		n.mu.Lock()
 		active := p.sess == s && p.repl == api.VerifySource
-		pending := p.sy.verifyPending
+		pending := p.sync.verifyPending
 		if active && pending == 0 {
 			p.verifyFinishedLocked()
 			n.unlock()
@@ -146,33 +128,37 @@ func (s *session) verifyPass() error {
 // with differences marked starts the repair at once.
 func (p *peer) verifyFinishedLocked() {
 	n := p.n
-	msg := fmt.Sprintf("verify with %s finished: %d KiB differ, %d KiB out of sync", p.cfg.Name, p.sy.verifyMismatch/1024, p.bm.DirtyBytes()/1024)
-	n.log.Info("online verify finished", "peer", p.cfg.Name, "mismatch_bytes", p.sy.verifyMismatch,
-		"seconds", time.Since(p.sy.verifyStart).Seconds())
+	msg := fmt.Sprintf("verify with %s finished: %d KiB differ, %d KiB out of sync", p.cfg.Name, p.sync.verifyMismatch/1024, p.bitmap.DirtyBytes()/1024)
+	n.log.Info("online verify finished", "peer", p.cfg.Name, "mismatch_bytes", p.sync.verifyMismatch,
+		"seconds", time.Since(p.sync.verifyStart).Seconds())
 	n.event("verify", p.cfg.Name, "", "", msg)
-	n.meta.FlushBitmaps()
-	if n.role == api.Primary && p.bm.Count() > 0 {
+	if err := n.flushBitmapsLocked("verify"); err != nil {
+		// Detached: no resync from here; the differences stay marked in
+		// memory (and on the peer, which marked them too).
+		n.log.Error("verify's marks are not durable", "peer", p.cfg.Name, "err", err)
+	}
+	if n.role == api.Primary && p.bitmap.Count() > 0 && !n.detached.Load() {
 		p.setReplLocked(api.SyncSource)
 		p.startSyncLocked()
-		p.sy.syncStart = time.Now()
-		p.sy.meter = rateMeter{}
+		p.sync.syncStart = time.Now()
+		p.sync.meter = pace.Meter{}
 	} else {
 		p.setReplLocked(api.Established)
 	}
 	p.sendStateLocked(0)
 }
 
-// hashLocal is a kVerify entry's local part: read and hash the range. The
+// hashLocal is a journal.Verify entry's local part: read and hash the range. The
 // entry's data becomes the Verify payload.
-func (n *Node) hashLocal(ctx context.Context, e *entry) error {
-	buf, pb := getBuf(int(e.n))
-	defer putBuf(pb)
-	if err := n.st.ReadAt(ctx, buf, e.off); err != nil {
+func (n *Node) hashLocal(ctx context.Context, e *journal.Entry) error {
+	buf, pb := bufpool.Get(int(e.N))
+	defer bufpool.Put(pb)
+	if err := n.st.ReadAt(ctx, buf, e.Off); err != nil {
 		return err
 	}
-	h := protocol.Hashes{Off: uint64(e.off), Len: uint64(e.n)}
-	h.Sums = hashBlocks(make([][protocol.SumSize]byte, 0, (e.n+n.cfg.Granularity-1)/n.cfg.Granularity), buf, n.cfg.Granularity)
-	e.data = h.Append(make([]byte, 0, 20+len(h.Sums)*protocol.SumSize))
+	h := protocol.Hashes{Off: uint64(e.Off), Len: uint64(e.N)}
+	h.Sums = hashBlocks(make([][protocol.SumSize]byte, 0, (e.N+n.cfg.Granularity-1)/n.cfg.Granularity), buf, n.cfg.Granularity)
+	e.Data = h.Append(make([]byte, 0, 20+len(h.Sums)*protocol.SumSize))
 	return nil
 }
 
@@ -196,8 +182,8 @@ func (a *applier) verify(seq uint64, payload []byte) error {
 func (a *applier) verifyItem(it *aitem) error {
 	n, p := a.n, a.s.p
 	gran := n.cfg.Granularity
-	buf, pb := getBuf(int(it.n))
-	defer putBuf(pb)
+	buf, pb := bufpool.Get(int(it.n))
+	defer bufpool.Put(pb)
 	if err := n.st.ReadAt(context.Background(), buf, it.off); err != nil {
 		return err
 	}
@@ -216,10 +202,10 @@ func (a *applier) verifyItem(it *aitem) error {
 		}
 	}
 	n.mu.Lock()
-	p.sy.verifyDone += it.n
+	p.sync.verifyDone += it.n
 	for _, b := range m.Bad {
 		p.mark(int64(b.Start), int64(b.Count))
-		p.sy.verifyMismatch += int64(b.Count)
+		p.sync.verifyMismatch += int64(b.Count)
 		n.log.Warn("online verify: blocks differ; marked out of sync", "peer", p.cfg.Name, "off", b.Start, "len", b.Count)
 	}
 	n.mu.Unlock()
@@ -239,13 +225,13 @@ func (s *session) onVerifyReply(payload []byte) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if p.sy.verifyPending > 0 {
-		p.sy.verifyPending--
+	if p.sync.verifyPending > 0 {
+		p.sync.verifyPending--
 	}
-	p.sy.verifyDone += int64(m.Len)
+	p.sync.verifyDone += int64(m.Len)
 	for _, b := range m.Bad {
 		p.mark(int64(b.Start), int64(b.Count))
-		p.sy.verifyMismatch += int64(b.Count)
+		p.sync.verifyMismatch += int64(b.Count)
 		n.log.Warn("online verify: blocks differ; marked out of sync", "peer", p.cfg.Name, "off", b.Start, "len", b.Count)
 	}
 	return nil
@@ -256,11 +242,11 @@ func (s *session) onVerifyReply(payload []byte) error {
 func (p *peer) syncStateLocked(r api.Repl) bool {
 	switch {
 	case r == api.VerifySource && p.repl == api.Established:
-		p.sy.verifyTotal = p.n.cfg.Size
-		p.sy.verifyDone = 0
-		p.sy.verifyMismatch = 0
-		p.sy.verifyStart = time.Now()
-		p.sy.verifyMeter = rateMeter{}
+		p.sync.verifyTotal = p.n.cfg.Size
+		p.sync.verifyDone = 0
+		p.sync.verifyMismatch = 0
+		p.sync.verifyStart = time.Now()
+		p.sync.verifyMeter = pace.Meter{}
 		p.setReplLocked(api.VerifyTarget)
 		return true
 	case r == api.VerifySource:
@@ -273,43 +259,4 @@ func (p *peer) syncStateLocked(r api.Repl) bool {
 		return true
 	}
 	return false
-}
-
-// syncStatusLocked fills the resync and verify progress of ps; n.mu held.
-func (p *peer) syncStatusLocked(ps *api.PeerStatus) {
-	now := time.Now()
-	ps.SyncPausedByUser = p.sy.userPaused
-	ps.CSumsEqualBytes = p.sy.csumsEqual.Load()
-	ps.VerifyMismatchKiB = p.sy.verifyMismatch / 1024
-	switch p.repl {
-	case api.SyncSource, api.SyncTarget, api.PausedSync:
-		if p.repl == api.PausedSync && !p.sy.userPaused {
-			break
-		}
-		total := max(p.syncTotal, 1)
-		left := p.bm.DirtyBytes()
-		if p.repl == api.SyncTarget {
-			left = max(p.syncTotal-p.sy.recvResync.Load(), 0)
-			if left == 0 && p.bm.Count() > 0 {
-				left = min(p.bm.DirtyBytes(), p.n.cfg.Granularity)
-			}
-		}
-		left = min(left, total)
-		pct := 100 * float64(total-left) / float64(total)
-		ps.SyncPercent = &pct
-		ps.SyncLeftBytes = left
-		if p.repl != api.PausedSync {
-			ps.SyncRateBytesPerSec = p.sy.meter.sample(now, total-left)
-			ps.SyncETASeconds = int64(ETA(left, ps.SyncRateBytesPerSec).Seconds() + 0.5)
-		}
-	case api.VerifySource, api.VerifyTarget:
-		total := max(p.sy.verifyTotal, 1)
-		done := min(p.sy.verifyDone, total)
-		pct := 100 * float64(done) / float64(total)
-		ps.VerifyPercent = &pct
-		ps.VerifiedBytes = done
-		ps.VerifyRateBytesSec = p.sy.verifyMeter.sample(now, done)
-		ps.SyncLeftBytes = total - done
-		ps.SyncETASeconds = int64(ETA(total-done, ps.VerifyRateBytesSec).Seconds() + 0.5)
-	}
 }

@@ -11,6 +11,10 @@ import (
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/bufpool"
+	"github.com/repd/repd/replica/internal/decide"
+	"github.com/repd/repd/replica/internal/dedup"
+	"github.com/repd/repd/replica/internal/journal"
 )
 
 // The path of a write on the Primary (see DESIGN.md):
@@ -31,12 +35,12 @@ import (
 // refuses (its data may be a mix of generations).
 func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 	n.mu.Lock()
-	disk := n.sb.Disk
+	disk := n.super.Disk
 	n.mu.Unlock()
-	if disk == Failed {
+	if disk == diskFailed {
 		return fmt.Errorf("read on %s: local disk Failed (detached after an I/O error); reads are not served from peers, fail over to an UpToDate node (%w)", n.cfg.Self.Name, syscall.EIO)
 	}
-	if disk != UpToDate {
+	if disk != diskUpToDate {
 		return fmt.Errorf("read on %s: local disk is %s, its data is not consistent; read from the Primary (%w)", n.cfg.Self.Name, disk, syscall.EIO)
 	}
 	return n.st.ReadAt(ctx, p, off)
@@ -108,7 +112,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			n.mu.Unlock()
 		}
 	}()
-	var one [1]*entry
+	var one [1]*journal.Entry
 	ents := one[:0]
 	var err error
 	for done := int64(0); done < length && err == nil; {
@@ -117,8 +121,8 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 		if p != nil {
 			data = p[done : done+c]
 		}
-		var e *entry
-		e, err = n.start(ctx, kWrite, off+done, c, data, f, 0)
+		var e *journal.Entry
+		e, err = n.start(ctx, journal.Write, off+done, c, data, f, 0)
 		if err != nil {
 			break
 		}
@@ -127,16 +131,16 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 		done += c
 	}
 	for _, e := range ents {
-		if e.err != nil && err == nil {
-			err = e.err
+		if e.Err != nil && err == nil {
+			err = e.Err
 		}
-		if e.noLocal {
+		if e.NoLocal {
 			// Not written here (detached disk): it counts only if a peer
 			// acknowledged it, whatever the protocol.
 			select {
 			case <-n.doneCh(e):
 				n.mu.Lock()
-				acked := e.acked
+				acked := e.Acked
 				n.mu.Unlock()
 				if acked == 0 && err == nil {
 					err = n.noCopyError(op, e)
@@ -148,10 +152,10 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			}
 			continue
 		}
-		if e.doneCh != nil {
+		if e.DoneCh != nil {
 			// Protocol C, shipped: wait for the acks.
 			select {
-			case <-e.doneCh:
+			case <-e.DoneCh:
 			case <-ctx.Done():
 				if err == nil {
 					err = ctx.Err()
@@ -162,35 +166,43 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	return err
 }
 
-// start puts an entry into the journal. For kResync the entry goes to peer
+// start puts an entry into the journal. For journal.Resync the entry goes to peer
 // only and is not ready until read by local.
-func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*entry, error) {
-	if k == kWrite {
+func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*journal.Entry, error) {
+	// Its channels are made when someone waits (LocalChan, doneCh): under
+	// protocol A most writes are waited for by nobody, and without peers
+	// none are.
+	e := &journal.Entry{Kind: k, Flags: f, Off: off, N: length}
+	if k == journal.Write && !n.detached.Load() {
+		// A detached disk is not written here: nothing to protect.
 		if err := n.meta.Activate(ctx, off, length); err != nil {
-			return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("activity log for %d+%d: %w", off, length, err)
+			}
+			// The meta file cannot take the transaction (diskfail.go):
+			// the write goes on without the local disk.
+			n.detach("activity log transaction", err)
+		} else {
+			e.AL = true
 		}
 	}
-	// Its channels are made when someone waits (localChLocked, doneCh):
-	// under protocol A most writes are waited for by nobody, and without
-	// peers none are.
-	e := &entry{kind: k, flags: f, off: off, n: length}
-	if k == kWrite && n.recvAtomic.Load() != 0 {
+	if k == journal.Write && n.recvAtomic.Load() != 0 {
 		// The clock is read only while a peer receives writes: born
 		// measures their lag (a zero born is left out), lastAppWrite
 		// paces a resync, which runs only towards a receiving peer.
-		e.born = time.Now()
-		n.lastAppWrite.Store(e.born.UnixNano())
+		e.Born = time.Now()
+		n.lastAppWrite.Store(e.Born.UnixNano())
 	}
-	e.size = entryOverhead + int64(len(src))
-	if k == kResync {
-		e.size = entryOverhead + length
-		e.data, e.buf = getBuf(int(length))
+	e.Size = journal.Overhead + int64(len(src))
+	if k == journal.Resync {
+		e.Size = journal.Overhead + length
+		e.Data, e.Buf = bufpool.Get(int(length))
 	} else if len(src) > 0 && n.recvAtomic.Load() == 0 {
 		// No peer receives writes now: borrow the caller's buffer, which
 		// stays valid until the write completes, instead of copying it.
 		// Should a peer start receiving before the entry is sequenced,
 		// the copy is made below.
-		e.data = src
+		e.Data = src
 	} else if len(src) > 0 {
 		n.copyData(e, src)
 	}
@@ -200,94 +212,92 @@ func (n *Node) start(ctx context.Context, k kind, off, length int64, src []byte,
 		switch {
 		case n.closed:
 			err = ErrClosed
-		case k == kWrite && (n.role != api.Primary || n.closed):
+		case k == journal.Write && (n.role != api.Primary || n.closed):
 			err = n.errNotPrimary("write")
-		case (k == kResync || k == kVerify) && n.recvMask&only == 0:
+		case (k == journal.Resync || k == journal.Verify) && n.recvMask&only == 0:
 			err = errResyncStopped
 		case ctx.Err() != nil:
 			err = ctx.Err()
 		}
 		if err != nil {
 			n.mu.Unlock()
-			putBuf(e.buf)
-			if k == kWrite {
+			bufpool.Put(e.Buf)
+			if e.AL {
 				n.meta.Complete(off, length)
 			}
 			return nil, err
 		}
-		if k == kResync || k == kVerify {
+		if k == journal.Resync || k == journal.Verify {
 			// Resync gets half the journal, so application writes are not
 			// starved.
-			if n.j.bytes == 0 || n.j.bytes+e.size <= n.j.max/2 {
+			if n.journal.Bytes == 0 || n.journal.Bytes+e.Size <= n.journal.Max/2 {
 				break
 			}
-		} else if !n.j.full(e.size) {
+		} else if !n.journal.Full(e.Size) {
 			break
-		} else if n.pullAhead && n.cfg.Protocol == api.ProtocolA && n.pullAheadLocked() && !n.j.full(e.size) {
+		} else if n.pullAhead && n.cfg.Protocol == api.ProtocolA && n.pullAheadLocked() && !n.journal.Full(e.Size) {
 			break
 		}
-		n.waitRoomLocked(ctx, e.size)
+		n.waitRoomLocked(ctx, e.Size)
 	}
-	if k == kWrite && n.recvMask != n.allMask() {
+	if k == journal.Write && n.recvMask != n.allMask() {
 		if err := n.rotateIfNeededLocked(); err != nil {
 			n.mu.Unlock()
-			putBuf(e.buf)
-			n.meta.Complete(off, length)
+			bufpool.Put(e.Buf)
+			if e.AL {
+				n.meta.Complete(off, length)
+			}
 			return nil, err
 		}
 	}
-	e.seq = n.nextSeq
+	e.Seq = n.nextSeq
 	n.nextSeq++
 	switch k {
-	case kWrite:
-		e.ship = n.recvMask
-		if e.ship != 0 && n.cfg.Protocol == api.ProtocolC {
-			e.doneCh = make(chan struct{}) // write waits for the acks
+	case journal.Write:
+		e.Ship = n.recvMask
+		if e.Ship != 0 && n.cfg.Protocol == api.ProtocolC {
+			e.DoneCh = make(chan struct{}) // write waits for the acks
 		}
-		if e.ship != 0 && len(src) > 0 && e.buf == nil {
+		if e.Ship != 0 && len(src) > 0 && e.Buf == nil {
 			n.copyData(e, src)
 		}
 		n.writes++
 		for _, p := range n.peers {
-			if e.ship&p.bit == 0 {
+			if e.Ship&p.bit == 0 {
 				p.mark(off, length)
 			}
 		}
-		e.ready = true
-	case kResync, kVerify:
-		e.ship = only
+		e.Ready = true
+	case journal.Resync, journal.Verify:
+		e.Ship = only
 	}
-	e.pend = e.ship
-	e.deps = n.inflight.overlapping(off, length, e.deps)
-	n.inflight.add(e)
-	n.j.push(e)
-	n.wakeLocked(e.ship)
+	e.Pend = e.Ship
+	e.Deps = n.inflight.Overlapping(off, length, e.Deps)
+	n.inflight.Add(e)
+	n.journal.Push(e)
+	n.wakeLocked(e.Ship)
 	n.mu.Unlock()
 	return e, nil
 }
 
 // copyData gives e its own copy of a write's data, which the shippers may
 // still read after the caller's write has completed (protocol A).
-func (n *Node) copyData(e *entry, src []byte) {
-	e.data, e.buf = getBuf(len(src))
-	copy(e.data, src)
+func (n *Node) copyData(e *journal.Entry, src []byte) {
+	e.Data, e.Buf = bufpool.Get(len(src))
+	copy(e.Data, src)
 	if n.cfg.DedupIndexBytes > 0 {
 		// Here, in the writer's goroutine, rather than in the peers'
 		// shippers.
-		e.fp = fingerprints(e.data)
+		e.FP = dedup.Fingerprints(e.Data)
 	}
 }
 
 var errResyncStopped = fmt.Errorf("resync stopped")
 
-func (n *Node) allMask() uint64 {
-	return uint64(1)<<uint(len(n.peers)) - 1
-}
-
 // rotateIfNeededLocked starts a new current UUID if a peer that will miss
 // this write has no bitmap UUID yet; n.mu held.
 func (n *Node) rotateIfNeededLocked() error {
-	bms := n.sb.GI.Bitmap
+	bms := n.super.GI.Bitmap
 	recv := make([]bool, len(bms))
 	for i := range recv {
 		recv[i] = true
@@ -295,7 +305,7 @@ func (n *Node) rotateIfNeededLocked() error {
 	for _, p := range n.peers {
 		recv[p.slot] = n.recvMask&p.bit != 0
 	}
-	if !NeedRotate(bms, recv) {
+	if !decide.NeedRotate(bms, recv) {
 		return nil
 	}
 	away := make([]bool, len(recv))
@@ -303,12 +313,12 @@ func (n *Node) rotateIfNeededLocked() error {
 		away[i] = !recv[i]
 	}
 	err := n.persist(func(sb *bitmap.Superblock) {
-		sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
+		sb.GI.Current, sb.GI.History = decide.Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
 	})
 	if err != nil {
 		return err
 	}
-	n.log.Info("new current UUID: writing while a peer is away", "current", uuidString(n.sb.GI.Current))
+	n.log.Info("new current UUID: writing while a peer is away", "current", api.FormatUUID(n.super.GI.Current))
 	for _, p := range n.peers {
 		if p.conn == api.Connected {
 			p.sendStateLocked(0)
@@ -331,71 +341,70 @@ func (n *Node) wakeLocked(mask uint64) {
 // write's only entry), a write entry that is done once local (no ack to
 // wait for, written here) ends its write in n.writing; local reports
 // whether it did.
-func (n *Node) local(ctx context.Context, e *entry, uncount bool) (uncounted bool) {
-	for _, d := range e.deps {
-		<-d.localCh
+func (n *Node) local(ctx context.Context, e *journal.Entry, uncount bool) (uncounted bool) {
+	for _, d := range e.Deps {
+		<-d.LocalCh
 	}
-	e.deps = nil
+	e.Deps = nil
 	var err error
-	fua := e.flags&protocol.FlagFUA != 0
+	fua := e.Flags&protocol.FlagFUA != 0
 	detached := n.detached.Load()
 	switch {
-	case detached && e.kind == kWrite:
+	case detached && e.Kind == journal.Write:
 		// The local disk failed: the peers' copies are the copies.
-		e.noLocal = true
-	case detached && e.kind == kResync:
-		err = fmt.Errorf("resync read %d+%d on %s: local disk Failed", e.off, e.n, n.cfg.Self.Name)
-	case e.kind == kVerify:
+		e.NoLocal = true
+	case detached && e.Kind == journal.Resync:
+		err = fmt.Errorf("resync read %d+%d on %s: local disk Failed", e.Off, e.N, n.cfg.Self.Name)
+	case e.Kind == journal.Verify:
 		err = n.hashLocal(ctx, e)
-	case e.kind == kResync:
-		err = n.st.ReadAt(ctx, e.data, e.off)
-		if err == nil && allZero(e.data) {
+	case e.Kind == journal.Resync:
+		err = n.st.ReadAt(ctx, e.Data, e.Off)
+		if err == nil && allZero(e.Data) {
 			// All-zero blocks travel as a zeroes range, without data.
-			e.flags |= protocol.FlagZeroes
-			putBuf(e.buf)
-			e.data, e.buf = nil, nil
+			e.Flags |= protocol.FlagZeroes
+			bufpool.Put(e.Buf)
+			e.Data, e.Buf = nil, nil
 		}
-	case e.flags&protocol.FlagTrim != 0:
-		err = n.st.Trim(ctx, e.off, e.n, fua)
-	case e.flags&protocol.FlagZeroes != 0:
-		err = n.st.WriteZeroes(ctx, e.off, e.n, e.flags&protocol.FlagNoHole != 0, fua)
+	case e.Flags&protocol.FlagTrim != 0:
+		err = n.st.Trim(ctx, e.Off, e.N, fua)
+	case e.Flags&protocol.FlagZeroes != 0:
+		err = n.st.WriteZeroes(ctx, e.Off, e.N, e.Flags&protocol.FlagNoHole != 0, fua)
 	default:
-		err = n.st.WriteAt(ctx, e.data, e.off, fua)
+		err = n.st.WriteAt(ctx, e.Data, e.Off, fua)
 	}
 	n.mu.Lock()
-	if err != nil && e.kind == kWrite && n.diskError(err) {
-		n.log.Error("local write failed", "off", e.off, "len", e.n, "err", err)
+	if err != nil && e.Kind == journal.Write && n.diskError(err) {
+		n.log.Error("local write failed", "off", e.Off, "len", e.N, "err", err)
 		n.detachLocked("write", err)
-		e.noLocal, e.localErr, err = true, err, nil
+		e.NoLocal, e.LocalErr, err = true, err, nil
 	}
-	if e.noLocal {
+	if e.NoLocal {
 		// This disk lacks the write: whoever resyncs with us later must
 		// take it.
 		for _, p := range n.peers {
-			p.mark(e.off, e.n)
+			p.mark(e.Off, e.N)
 		}
 	}
 	if err != nil {
-		e.err = err
-		n.log.Error("local I/O failed", "off", e.off, "len", e.n, "err", err)
+		e.Err = err
+		n.log.Error("local I/O failed", "off", e.Off, "len", e.N, "err", err)
 	}
-	if e.kind == kResync && e.data == nil && e.size > entryOverhead {
-		n.j.bytes -= e.size - entryOverhead
-		e.size = entryOverhead
+	if e.Kind == journal.Resync && e.Data == nil && e.Size > journal.Overhead {
+		n.journal.Shrink(e, journal.Overhead)
 		n.wakeRoomLocked(false)
 	}
-	e.local = true
-	e.ready = true
-	if e.localCh != nil {
-		close(e.localCh)
+	e.Local = true
+	e.Ready = true
+	if e.LocalCh != nil {
+		close(e.LocalCh)
 	}
-	n.inflight.remove(e)
+	n.inflight.Remove(e)
 	n.maybeDoneLocked(e)
-	n.j.trim()
-	if e.kind == kResync || e.kind == kVerify {
-		n.wakeLocked(e.ship)
+	n.journal.Trim()
+	if e.Kind == journal.Resync || e.Kind == journal.Verify {
+		n.wakeLocked(e.Ship)
 	}
-	if uncount && e.kind == kWrite && !e.noLocal && e.doneCh == nil {
+	if uncount && e.Kind == journal.Write && !e.NoLocal && e.DoneCh == nil {
 		n.endWriteLocked()
 		uncounted = true
 	}
@@ -427,25 +436,24 @@ func allZero(b []byte) bool {
 // maybeDoneLocked completes an entry that is local and owes no acks, and
 // frees it once no shipper holds it; n.mu held. The caller trims the
 // journal.
-func (n *Node) maybeDoneLocked(e *entry) {
-	if !e.closed && e.local && e.pend == 0 {
-		e.closed = true
-		if e.doneCh != nil {
-			close(e.doneCh)
-		}
+func (n *Node) maybeDoneLocked(e *journal.Entry) {
+	if !e.Closed && e.Local && e.Pend == 0 {
 		// Its room in the journal is free now, even if a shipper is
 		// still writing its data out (that memory is bounded by the
 		// shippers' batch size).
-		n.j.bytes -= e.size
-		if e.kind == kWrite {
-			n.meta.Complete(e.off, e.n)
+		n.journal.Close(e)
+		if e.DoneCh != nil {
+			close(e.DoneCh)
+		}
+		if e.AL {
+			n.meta.Complete(e.Off, e.N)
 		}
 		n.wakeRoomLocked(false)
 	}
-	if e.closed && e.refs == 0 && !e.freed {
-		e.freed = true
-		putBuf(e.buf)
-		e.buf, e.data = nil, nil
+	if e.Closed && e.Refs == 0 && !e.Freed {
+		e.Freed = true
+		bufpool.Put(e.Buf)
+		e.Buf, e.Data = nil, nil
 	}
 }
 
@@ -454,17 +462,17 @@ func (n *Node) maybeDoneLocked(e *entry) {
 // their bitmaps and they are resynced once the journal drains. It reports
 // whether it freed anything; n.mu held.
 func (n *Node) pullAheadLocked() bool {
-	for pos := n.j.base; pos < n.j.end(); pos++ {
-		e := n.j.at(pos)
-		if e.freed || e.pend == 0 {
+	for pos := n.journal.Base; pos < n.journal.End(); pos++ {
+		e := n.journal.At(pos)
+		if e.Freed || e.Pend == 0 {
 			continue
 		}
 		for _, p := range n.peers {
-			if e.pend&p.bit != 0 && p.repl != api.Ahead {
+			if e.Pend&p.bit != 0 && p.repl != api.Ahead {
 				p.goAheadLocked()
 			}
 		}
-		n.j.trim()
+		n.journal.Trim()
 		return true
 	}
 	return false
@@ -496,7 +504,7 @@ func (n *Node) flush(ctx context.Context, wait bool) error {
 	if !n.detached.Load() {
 		if wait && b != nil {
 			select {
-			case <-b.doneCh:
+			case <-b.DoneCh:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -506,12 +514,12 @@ func (n *Node) flush(ctx context.Context, wait bool) error {
 	// Detached: the flush holds if a peer made everything durable.
 	if b != nil {
 		select {
-		case <-b.doneCh:
+		case <-b.DoneCh:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 		n.mu.Lock()
-		acked := b.acked
+		acked := b.Acked
 		n.mu.Unlock()
 		if acked != 0 {
 			return nil
@@ -526,7 +534,7 @@ func (n *Node) flush(ctx context.Context, wait bool) error {
 
 // barrier appends a barrier for the receiving peers (or for only, if not
 // zero); nil if no peer would get it.
-func (n *Node) barrier(only uint64) *entry {
+func (n *Node) barrier(only uint64) *journal.Entry {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -536,7 +544,7 @@ func (n *Node) barrier(only uint64) *entry {
 }
 
 // barrierLocked is barrier with n.mu held, also while closing.
-func (n *Node) barrierLocked(only uint64) *entry {
+func (n *Node) barrierLocked(only uint64) *journal.Entry {
 	mask := n.recvMask
 	if only != 0 {
 		mask &= only
@@ -544,39 +552,25 @@ func (n *Node) barrierLocked(only uint64) *entry {
 	if mask == 0 {
 		return nil
 	}
-	e := &entry{kind: kBarrier, seq: n.nextSeq, ship: mask, pend: mask, ready: true, local: true,
-		size: entryOverhead, localCh: closedCh, doneCh: make(chan struct{})}
+	e := &journal.Entry{Kind: journal.Barrier, Seq: n.nextSeq, Ship: mask, Pend: mask, Ready: true, Local: true,
+		Size: journal.Overhead, LocalCh: journal.ClosedCh, DoneCh: make(chan struct{})}
 	n.nextSeq++
-	n.j.push(e)
+	n.journal.Push(e)
 	n.wakeLocked(mask)
 	return e
 }
 
-var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-// localChLocked returns a channel closed once e is local, making it if
-// nobody waited before; n.mu held (local closes it under n.mu).
-func (e *entry) localChLocked() chan struct{} {
-	if e.local {
-		return closedCh
-	}
-	if e.localCh == nil {
-		e.localCh = make(chan struct{})
-	}
-	return e.localCh
-}
-
 // doneCh returns a channel closed once e is done (maybeDoneLocked).
-func (n *Node) doneCh(e *entry) chan struct{} {
+func (n *Node) doneCh(e *journal.Entry) chan struct{} {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if e.closed {
-		return closedCh
+	if e.Closed {
+		return journal.ClosedCh
 	}
-	if e.doneCh == nil {
-		e.doneCh = make(chan struct{})
+	if e.DoneCh == nil {
+		e.DoneCh = make(chan struct{})
 	}
-	return e.doneCh
+	return e.DoneCh
 }
 
 // roomWaiter is a start waiting for room in the journal.
@@ -614,10 +608,10 @@ func (n *Node) wakeRoomLocked(all bool) {
 	if len(n.roomq) == 0 {
 		return
 	}
-	free := n.j.max - n.j.bytes
+	free := n.journal.Max - n.journal.Bytes
 	keep := n.roomq[:0]
 	for _, w := range n.roomq {
-		if all || n.j.bytes == 0 || w.size <= free {
+		if all || n.journal.Bytes == 0 || w.size <= free {
 			free -= w.size
 			close(w.ch)
 			continue
@@ -626,13 +620,6 @@ func (n *Node) wakeRoomLocked(all bool) {
 	}
 	clear(n.roomq[len(keep):])
 	n.roomq = keep
-}
-
-// broadcastLocked wakes everyone waiting on the node's state: the writes
-// draining (Close, demote) and the starts waiting for journal room.
-func (n *Node) broadcastLocked() {
-	n.cond.Broadcast()
-	n.wakeRoomLocked(true)
 }
 
 // Quick reports whether a read or write completes without waiting for a

@@ -1,13 +1,42 @@
-package replica
-
-// The decisions of the engine, as plain functions of their inputs: no
-// sockets, files, clocks or locks. The goroutines that move bytes call them.
+// Package decide holds the decisions of the replication engine as plain
+// functions of their inputs: how two nodes that connect relate and who
+// resyncs from whom (Compare, Plan), who may be promoted or demoted, when a
+// new data generation starts (NeedRotate, Rotate), which peers receive
+// writes, and the automatic split-brain policy. No sockets, files, clocks
+// or locks: the goroutines that move bytes, in package replica, call them,
+// and table tests tell their stories.
+package decide
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/config"
+)
+
+// Disk is a disk state, as the meta file stores it.
+type Disk = bitmap.DiskState
+
+// Disk states.
+const (
+	Diskless     = bitmap.DiskDiskless
+	Inconsistent = bitmap.DiskInconsistent
+	Outdated     = bitmap.DiskOutdated
+	UpToDate     = bitmap.DiskUpToDate
+	Failed       = bitmap.DiskFailed
+)
+
+// Sentinel errors; replica exports the same values. A returned error wraps
+// one of them with a sentence giving the reason and the remedy.
+var (
+	// ErrRefused: the operation is not allowed in the current state.
+	ErrRefused = errors.New("refused")
+	// ErrSplitBrain: two nodes both changed the data since they last agreed.
+	ErrSplitBrain = errors.New("split brain")
+	// ErrUnrelated: a peer's data shares no history with ours.
+	ErrUnrelated = errors.New("unrelated data")
 )
 
 // Side is one node as seen in a connect decision: its role, disk, and
@@ -70,7 +99,7 @@ func Compare(me, peer Side) Verdict {
 				// connect again later (seen when two nodes connected
 				// just as both finished resyncs from a third).
 				return Verdict{Err: fmt.Errorf("%w: %s is Inconsistent (a resync toward it is under way or was cut) and its generation (%s) diverges from %s's (%s); connecting again, after its resync ends this resolves, or run connect --discard-my-data on %s",
-					ErrRefused, s.Name, uuidString(s.Current), o.Name, uuidString(o.Current), s.Name)}
+					ErrRefused, s.Name, api.FormatUUID(s.Current), o.Name, api.FormatUUID(o.Current), s.Name)}
 			}
 		}
 		v.Err = fmt.Errorf("%w: %s and %s both changed the data since they were last connected; on the node whose changes should be dropped run: connect --discard-my-data (after demoting it), and connect on the other", ErrSplitBrain, me.Name, peer.Name)
@@ -97,7 +126,7 @@ func Compare(me, peer Side) Verdict {
 	}
 	switch v.Rel {
 	case RelUnrelated:
-		v.Err = fmt.Errorf("%w: %s and %s have no common data generation (current %s vs %s); connect --discard-my-data on the node to overwrite with a full sync", ErrUnrelated, me.Name, peer.Name, uuidString(me.Current), uuidString(peer.Current))
+		v.Err = fmt.Errorf("%w: %s and %s have no common data generation (current %s vs %s); connect --discard-my-data on the node to overwrite with a full sync", ErrUnrelated, me.Name, peer.Name, api.FormatUUID(me.Current), api.FormatUUID(peer.Current))
 	case RelPeerNewer:
 		if me.Role == api.Primary {
 			v.Err = fmt.Errorf("%w: peer %s has data this Primary (%s) lacks; demote %s so it can become the sync target, or disconnect", ErrRefused, peer.Name, me.Name, me.Name)

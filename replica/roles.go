@@ -1,13 +1,135 @@
 package replica
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/decide"
 )
+
+// peerViews builds the promote decision's input; n.mu held.
+func (n *Node) peerViews() []decide.PeerView {
+	v := make([]decide.PeerView, len(n.peers))
+	for i, p := range n.peers {
+		v[i] = decide.PeerView{Name: p.cfg.Name, Connected: p.conn == api.Connected, Role: p.peerRole, Repl: p.repl,
+			Newer: p.conn == api.Connected && p.verdict.Rel == decide.RelPeerNewer}
+	}
+	return v
+}
+
+// Demote makes this node Secondary: new writes are refused at once,
+// in-flight ones complete, everything is flushed (to the peers too), then
+// the role changes.
+func (n *Node) Demote() error {
+	n.mu.Lock()
+	if err := decide.CanDemote(n.role); err != nil || n.demoting {
+		n.mu.Unlock()
+		if err == nil {
+			err = fmt.Errorf("%w: a demote is already in progress", ErrRefused)
+		}
+		return err
+	}
+	n.demoting = true
+	for n.writing > 0 {
+		n.cond.Wait()
+	}
+	n.mu.Unlock()
+	ferr := n.flush(context.Background(), true)
+	if ferr == nil {
+		// No write is in flight: release the activity log (flushing
+		// its bits) before the crash flag goes.
+		ferr = n.meta.ReleaseIdle(context.Background())
+	}
+	n.mu.Lock()
+	defer n.unlock()
+	n.demoting = false
+	n.role = api.Secondary
+	err := n.persist(func(sb *bitmap.Superblock) {
+		if ferr == nil {
+			sb.Flags &^= bitmap.FlagPrimary
+		}
+	})
+	n.recomputeLocked()
+	n.broadcastLocked()
+	n.log.Info("demoted to Secondary")
+	n.event("role", "", api.Primary.String(), api.Secondary.String(), "")
+	for _, p := range n.peers {
+		if p.conn == api.Connected {
+			p.sendStateLocked(0)
+		}
+	}
+	if ferr != nil {
+		n.log.Warn("flush during demote failed", "err", ferr)
+	}
+	return err
+}
+
+// NewCurrentUUID starts a new data generation. With clearBitmap (DRBD's
+// new-current-uuid --clear-bitmap) it declares the data of every connected
+// node identical: this node and the connected peers become UpToDate with
+// the new UUID and empty bitmaps, skipping the initial full sync of
+// brand-new empty disks. Refused on a Primary, and while a peer is syncing.
+func (n *Node) NewCurrentUUID(clearBitmap bool) error {
+	n.mu.Lock()
+	defer n.unlock()
+	if n.role == api.Primary && clearBitmap {
+		return fmt.Errorf("%w: new-current-uuid --clear-bitmap is for fresh, idle resources; demote first", ErrRefused)
+	}
+	for _, p := range n.peers {
+		if p.conn == api.Connected && p.peerRole == api.Primary {
+			return fmt.Errorf("%w: peer %s is Primary; run it there", ErrRefused, p.cfg.Name)
+		}
+		if p.conn == api.Connected && p.repl != api.Established && p.repl != api.PausedSync {
+			return fmt.Errorf("%w: peer %s is %s; wait for it to finish", ErrRefused, p.cfg.Name, p.repl)
+		}
+	}
+	u := newUUID()
+	err := n.persist(func(sb *bitmap.Superblock) {
+		if sb.GI.Current != 0 {
+			sb.GI.History = [2]uint64{sb.GI.Current, sb.GI.History[0]}
+		}
+		sb.GI.Current = u
+		if clearBitmap {
+			sb.Disk = diskUpToDate
+			for _, p := range n.peers {
+				if p.conn == api.Connected {
+					sb.GI.Bitmap[p.slot] = 0
+				}
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range n.peers {
+		if p.conn != api.Connected {
+			continue
+		}
+		if clearBitmap {
+			p.peerDisk = diskUpToDate
+			to := p.repl
+			if to == api.PausedSync {
+				to = api.Established
+			}
+			p.settleLocked(to)
+		}
+		var f uint8
+		if clearBitmap {
+			f = protocol.StateNewUUID
+		}
+		p.sendStateLocked(f)
+	}
+	n.recomputeLocked()
+	if err := n.flushBitmapsLocked("new-current-uuid"); err != nil {
+		return err
+	}
+	n.log.Info("new current UUID", "current", api.FormatUUID(u), "clear_bitmap", clearBitmap)
+	return nil
+}
 
 // Promotion is a cluster-wide state change in two phases, like DRBD 9's:
 // while connected to peers, the node to be promoted asks every connected
@@ -65,7 +187,7 @@ func (n *Node) Promote(force bool) error {
 	}
 	asked := map[*peer]bool{}
 	for _, p := range n.peers {
-		if p.conn == api.Connected && p.sess != nil && p.ls.features.Load()&protocol.FeatureCluster != 0 {
+		if p.conn == api.Connected && p.sess != nil && p.features.Load()&protocol.FeatureCluster != 0 {
 			asked[p] = true
 		}
 	}
@@ -140,7 +262,7 @@ func (n *Node) canStartPromoteLocked(force bool) error {
 	if err := n.grantBlocksLocked(nil); err != nil {
 		return err
 	}
-	return CanPromote(force, n.sb.Disk, n.peerViews())
+	return decide.CanPromote(force, n.super.Disk, n.peerViews())
 }
 
 // onPromoteReq answers a peer's promote request.
@@ -214,20 +336,20 @@ func (p *peer) promoteLostLocked() {
 
 // promoteLocked makes this node Primary once the peers agreed; n.mu held.
 func (n *Node) promoteLocked(force bool) error {
-	wasConsistent := n.sb.Disk == UpToDate
-	away := make([]bool, len(n.sb.GI.Bitmap))
-	rotate := !wasConsistent || n.sb.GI.Current == 0
+	wasConsistent := n.super.Disk == diskUpToDate
+	away := make([]bool, len(n.super.GI.Bitmap))
+	rotate := !wasConsistent || n.super.GI.Current == 0
 	for _, p := range n.peers {
-		if !Receiving(p.conn, p.repl) || !wasConsistent {
+		if !decide.Receiving(p.conn, p.repl) || !wasConsistent {
 			away[p.slot] = true
 			rotate = true
 		}
 	}
 	err := n.persist(func(sb *bitmap.Superblock) {
 		if rotate {
-			sb.GI.Current, sb.GI.History = Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
+			sb.GI.Current, sb.GI.History = decide.Rotate(sb.GI.Current, sb.GI.Bitmap, sb.GI.History, away, newUUID())
 		}
-		sb.Disk = UpToDate
+		sb.Disk = diskUpToDate
 		sb.Flags |= bitmap.FlagPrimary
 		sb.Flags &^= bitmap.FlagResyncTarget
 	})
@@ -239,17 +361,19 @@ func (n *Node) promoteLocked(force bool) error {
 		for _, p := range n.peers {
 			p.markAll()
 		}
-		n.meta.FlushBitmaps()
+		if err := n.flushBitmapsLocked("promote"); err != nil {
+			return err
+		}
 	}
 	n.role = api.Primary
 	n.recomputeLocked()
-	n.log.Info("promoted to Primary", "force", force, "current", uuidString(n.sb.GI.Current))
+	n.log.Info("promoted to Primary", "force", force, "current", api.FormatUUID(n.super.GI.Current))
 	n.event("role", "", api.Secondary.String(), api.Primary.String(), "")
 	for _, p := range n.peers {
 		if p.conn != api.Connected {
 			continue
 		}
-		if p.repl == api.PausedSync || !wasConsistent || (p.repl == api.Established && p.bm.Count() > 0) {
+		if p.repl == api.PausedSync || !wasConsistent || (p.repl == api.Established && p.bitmap.Count() > 0) {
 			// Re-plan the connection with this node as Primary.
 			p.restartLocked("re-planning the connection after promote")
 			continue

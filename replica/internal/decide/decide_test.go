@@ -1,10 +1,11 @@
-package replica
+package decide
 
 import (
 	"errors"
 	"testing"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/config"
 )
 
 func TestCompare(t *testing.T) {
@@ -161,37 +162,6 @@ func TestRotateAndNeedRotate(t *testing.T) {
 	}
 }
 
-// What a disconnect marks: every entry still owed by the peer, no matter
-// whether it was shipped, and nothing else.
-func TestJournalDropMarksUnacked(t *testing.T) {
-	var j journal
-	j.max = 1 << 20
-	const a, b = 1, 2
-	for i := range 6 {
-		j.push(&entry{seq: uint64(i + 1), off: int64(i) * 4096, n: 4096, ship: a | b, pend: a | b, size: 100})
-	}
-	j.push(&entry{seq: 7, kind: kBarrier, ship: a | b, pend: a | b})
-	var acked []uint64
-	next := j.ack(b, 0, 3, func(e *entry) { acked = append(acked, e.seq) })
-	if next != 3 || len(acked) != 3 {
-		t.Fatalf("ack up to 3: next %d acked %v", next, acked)
-	}
-	var marked []int64
-	n := j.drop(b, next, func(e *entry) {
-		if e.kind != kBarrier {
-			marked = append(marked, e.off)
-		}
-	})
-	if n != 4 || len(marked) != 3 || marked[0] != 3*4096 || marked[2] != 5*4096 {
-		t.Fatalf("dropped %d, marked %v", n, marked)
-	}
-	for pos := j.base; pos < j.end(); pos++ {
-		if e := j.at(pos); e.pend != a {
-			t.Fatalf("entry %d still waits for %b", e.seq, e.pend)
-		}
-	}
-}
-
 // Diverging generations where one side is Inconsistent (a resync target
 // still holds its old generation until the resync ends) are not a split
 // brain: both sides refuse for now, the same way, and connect again; the
@@ -216,3 +186,33 @@ func TestCompareInconsistentIsNotSplitBrain(t *testing.T) {
 		t.Fatalf("discard: %+v", v)
 	}
 }
+
+func TestAutoResolve(t *testing.T) {
+	a := Side{ID: 1, Name: "alpha"}
+	b := Side{ID: 2, Name: "beta"}
+	pa := a
+	pa.Role = api.Primary
+	for _, tc := range []struct {
+		policy       config.SplitBrainPolicy
+		me, peer     Side
+		mine, theirs int64
+		dm, dp       bool
+	}{
+		{config.SplitBrainDisconnect, a, b, 0, 10, false, false},
+		{config.SplitBrainDiscardZeroChanges, a, b, 0, 10, true, false},
+		{config.SplitBrainDiscardZeroChanges, a, b, 10, 0, false, true},
+		{config.SplitBrainDiscardZeroChanges, a, b, 10, 10, false, false},
+		{config.SplitBrainDiscardZeroChanges, a, b, 0, 0, false, true}, // higher id discards
+		{config.SplitBrainDiscardZeroChanges, b, a, 0, 0, true, false},
+		{config.SplitBrainDiscardZeroChanges, pa, b, 0, 10, false, false}, // a Primary: 0pri does not apply
+	} {
+		dm, dp := AutoResolve(tc.policy, tc.me, tc.peer, tc.mine, tc.theirs)
+		if dm != tc.dm || dp != tc.dp {
+			t.Errorf("%q %s/%s changes %d/%d: got %v,%v want %v,%v", tc.policy, tc.me.Name, tc.peer.Name, tc.mine, tc.theirs, dm, dp, tc.dm, tc.dp)
+		}
+	}
+}
+
+// A Primary that crashes (no Close) marks its activity log's hot extents
+// out of sync at the next open, and they resync; a clean Close marks
+// nothing.

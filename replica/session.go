@@ -1,0 +1,163 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/dedup"
+	"github.com/repd/repd/replica/internal/journal"
+)
+
+// dedupState is a session's dedup state.
+type dedupState struct {
+	tx     *dedup.Encoder // shipper only; nil: dedup is off for this session
+	txInit bool
+	head   []byte // the shipper's scratch for DedupWrite heads
+
+	rx dedupRx // receiver only
+
+	mu     sync.Mutex
+	resend []*journal.Entry // writes whose data the peer asked for; refs held
+}
+
+// dedupRx is the receiver's side: the hole (the seq of a write whose data
+// was requested) and the sequence frames held back behind it.
+type dedupRx struct {
+	hole uint64
+	held []protocol.Frame
+	dw   protocol.DedupWrite
+}
+
+// session is one live connection to a peer.
+type session struct {
+	p       *peer
+	c       *protocol.Conn
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wake    chan struct{}
+	resync  chan struct{}
+	applier *applier
+
+	errOnce sync.Once
+	err     error
+
+	ctrlMu sync.Mutex
+	ctrl   []ctrlMsg
+
+	dedup    dedupState
+	frameErr error // the sender's first frame write error (sender.go)
+
+	seqs, sentSeqs []protocol.PeerSeq // PeerSeqs to send, last sent (peerseq.go)
+	leavingSeq     uint64             // the leaving Primary's final barrier (drain.go)
+	sync           sessSync           // checksum resync, pacing (csums.go)
+}
+
+type ctrlMsg struct {
+	t       protocol.Type
+	f       protocol.Flags
+	seq     uint64
+	payload []byte
+}
+
+func (s *session) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// fail ends the session with err (the first error wins).
+func (s *session) fail(err error) {
+	s.errOnce.Do(func() { s.err = err })
+	s.cancel()
+}
+
+func (s *session) queue(m ctrlMsg) {
+	s.ctrlMu.Lock()
+	s.ctrl = append(s.ctrl, m)
+	s.ctrlMu.Unlock()
+	s.wakeUp()
+}
+
+// session runs one authenticated connection: the negotiation
+// (handshake.go), then the sender, the receiver with its appliers and the
+// resync until one of them fails, then the teardown.
+func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
+	nc := c.NetConn()
+	defer nc.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &session{p: p, c: c, ctx: sctx, cancel: cancel, wake: make(chan struct{}, 1), resync: make(chan struct{}, 1)}
+	s.sync.csumsDone = make(chan struct{}, 1)
+	stop := context.AfterFunc(sctx, func() { nc.Close() })
+	defer stop()
+	if err := p.negotiate(s); err != nil {
+		return err
+	}
+	s.run()
+	err := p.teardown(s)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// run runs the session's goroutines until the session fails, and waits for
+// them and for the writes being applied.
+func (s *session) run() {
+	p, n := s.p, s.p.n
+	s.applier = newApplier(s)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); s.fail(s.send()) }()
+	go func() { defer wg.Done(); s.fail(s.resyncLoop()) }()
+	go func() {
+		defer wg.Done()
+		err := s.receive()
+		s.applier.close()
+		s.fail(err)
+	}()
+	wg.Wait()
+	s.applier.wait()
+	if k := n.appliedLost(p); k > 0 {
+		n.log.Info("connection to the sender ended: marked its writes other nodes may lack", "peer", p.cfg.Name, "writes", k)
+	}
+
+}
+
+// teardown detaches the ended session s from p: whatever p still owed an
+// ack for is marked out of sync, the connection goes back to Connecting.
+// It returns the session's error.
+func (p *peer) teardown(s *session) error {
+	n := p.n
+	n.mu.Lock()
+	p.sess = nil
+	p.promoteLostLocked()
+	if err := p.leftLocked(s); err != nil {
+		n.log.Error("marking the disk Outdated failed", "err", err)
+	}
+	lost := n.journal.Drop(&p.progress, p.bit, p.lostLocked)
+	n.journal.Trim()
+	p.setReplLocked(api.ReplOff)
+	if p.conn == api.Connected {
+		p.setConnLocked(api.Connecting, s.err.Error())
+	}
+	n.recomputeLocked()
+	n.unlock()
+	n.log.Warn("peer disconnected", "peer", p.cfg.Name, "err", s.err, "unacked_marked", lost)
+	if err := n.flushBitmaps("peer disconnected"); err != nil {
+		n.log.Error("marks of the writes the peer missed are not durable", "peer", p.cfg.Name, "err", err)
+	}
+	return s.err
+}
+
+func (p *peer) readErr(what string, err error) error {
+	if errors.Is(err, protocol.ErrCorrupt) {
+		p.stats.badFrames.Add(1)
+	}
+	return fmt.Errorf("%s from %s: %w", what, p.cfg.Name, err)
+}
