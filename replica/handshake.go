@@ -11,7 +11,7 @@ import (
 	"github.com/repd/repd/replica/internal/decide"
 )
 
-// errRefusedHere marks a session refused by our own verdict (already
+// verdictError marks a session refused by our own verdict (already
 // logged).
 type verdictError struct{ err error }
 
@@ -67,15 +67,9 @@ func (p *peer) exchangeBitmaps(c *protocol.Conn) error {
 	}
 	var got []protocol.Extent
 	for {
-		f, err := c.ReadFrame(0)
+		f, err := p.expect(c, protocol.TypeBitmap, "bitmap")
 		if err != nil {
-			return p.readErr("read bitmap", err)
-		}
-		if f.Type == protocol.TypeRefuse {
-			return &protocol.RefusedError{Reason: string(f.Payload)}
-		}
-		if f.Type != protocol.TypeBitmap {
-			return fmt.Errorf("%w: %s during bitmap exchange", protocol.ErrUnexpected, f.Type)
+			return err
 		}
 		got, err = protocol.DecodeExtents(f.Payload, got[:0])
 		if err != nil {
@@ -133,15 +127,9 @@ func (p *peer) negotiate(s *session) error {
 	if err := c.Send(0, protocol.TypeState, 0, 0, mine.Append(nil), nil); err != nil {
 		return fmt.Errorf("send state: %w", err)
 	}
-	f, err := c.ReadFrame(0)
+	f, err := p.expect(c, protocol.TypeState, "state")
 	if err != nil {
-		return p.readErr("read state", err)
-	}
-	if f.Type == protocol.TypeRefuse {
-		return &protocol.RefusedError{Reason: string(f.Payload)}
-	}
-	if f.Type != protocol.TypeState {
-		return fmt.Errorf("%w: %s instead of State", protocol.ErrUnexpected, f.Type)
+		return err
 	}
 	var theirs protocol.State
 	if err := theirs.Decode(f.Payload); err != nil {
@@ -235,4 +223,20 @@ func (p *peer) negotiate(s *session) error {
 	n.unlock()
 	n.log.Info("peer connected", "peer", p.cfg.Name, "relation", v.Rel.String(), "replication", plan.String(), "out_of_sync", p.bitmap.DirtyBytes())
 	return nil
+}
+
+// expect reads the next frame of the negotiation, which must be of type t:
+// a Refuse becomes a *protocol.RefusedError, any other type an error.
+func (p *peer) expect(c *protocol.Conn, t protocol.Type, what string) (protocol.Frame, error) {
+	f, err := c.ReadFrame(0)
+	if err != nil {
+		return f, p.readErr("read "+what, err)
+	}
+	if f.Type == protocol.TypeRefuse {
+		return f, &protocol.RefusedError{Reason: string(f.Payload)}
+	}
+	if f.Type != t {
+		return f, fmt.Errorf("%w: %s from %s while waiting for %s", protocol.ErrUnexpected, f.Type, p.cfg.Name, t)
+	}
+	return f, nil
 }
