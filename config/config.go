@@ -71,6 +71,18 @@ type Resource struct {
 	// writes (DRBD's c-min-rate; 0 = resync does not yield).
 	ResyncMinRate Bytes            `toml:"resync-min-rate"`
 	AfterSB0Pri   SplitBrainPolicy `toml:"after-sb-0pri"`
+	// Quorum: "majority" (the default with three voters or more: data
+	// nodes and witnesses), "off" (the default with two) or a number of
+	// votes, more than half of the voters.
+	Quorum Quorum `toml:"quorum"`
+	// OnNoQuorum: what a Primary without quorum does with I/O.
+	OnNoQuorum NoQuorumPolicy `toml:"on-no-quorum"`
+	// AutoPromote: the nodes that keep quorum elect a successor when the
+	// Primary is lost. Needs quorum.
+	AutoPromote bool `toml:"auto-promote"`
+	// AutoFailback: a Primary steps down for an in-sync node of higher
+	// priority. Needs auto-promote.
+	AutoFailback bool `toml:"auto-failback"`
 	// TLS on the peer link (transport.go): this node's certificate and key
 	// and the CA that signed every node's, as PEM files (relative to the
 	// resource file); all three or none.
@@ -86,10 +98,15 @@ type Resource struct {
 type Node struct {
 	Name string `toml:"name"`
 	ID   *int   `toml:"id"`
+	// Disk is the data's file or block device, or "none" for a witness: a
+	// node that stores no data, votes, and is never Primary.
 	Disk string `toml:"disk"`
-	Meta string `toml:"meta"`
-	NBD  string `toml:"nbd"`
-	Peer string `toml:"peer"`
+	// Priority ranks the candidates of an automatic failover (higher
+	// first, after the freshness of their data).
+	Priority int    `toml:"priority"`
+	Meta     string `toml:"meta"`
+	NBD      string `toml:"nbd"`
+	Peer     string `toml:"peer"`
 	// PeerListen, if set, is where this node listens for peers, while the
 	// others dial Peer: for a proxy or NAT between them (link shaping in
 	// tests and benchmarks, a replication proxy on a WAN).
@@ -210,6 +227,7 @@ func (f *File) validate() error {
 	}
 	names := map[string]int{}
 	ids := map[int]string{}
+	witnesses := 0
 	peers := map[string]string{}
 	for i := range f.Nodes {
 		n := &f.Nodes[i]
@@ -236,16 +254,27 @@ func (f *File) validate() error {
 			return fmt.Errorf("%s: duplicate id %d (also node %q)", at, *n.ID, other)
 		}
 		ids[*n.ID] = n.Name
-		for _, fld := range []struct{ key, val string }{{"disk", n.Disk}, {"meta", n.Meta}, {"nbd", n.NBD}, {"admin", n.Admin}} {
+		for _, fld := range []struct{ key, val string }{{"disk", n.Disk}, {"meta", n.Meta}, {"admin", n.Admin}} {
 			if fld.val == "" {
-				return fmt.Errorf("%s.%s: missing", at, fld.key)
+				return fmt.Errorf("%s.%s: missing (a witness has disk = \"none\" and a small state file as meta)", at, fld.key)
 			}
+		}
+		if n.NBD == "" && !n.Witness() {
+			return fmt.Errorf("%s.nbd: missing", at)
+		}
+		if n.Witness() && n.NBD != "" {
+			return fmt.Errorf("%s.nbd: a witness (disk = \"none\") serves no data; remove nbd", at)
 		}
 		if n.Disk == n.Meta {
 			return fmt.Errorf("%s.meta: must differ from disk %q", at, n.Disk)
 		}
-		if _, _, err := SplitListen(n.NBD); err != nil {
-			return fmt.Errorf("%s.nbd: %w", at, err)
+		if n.NBD != "" {
+			if _, _, err := SplitListen(n.NBD); err != nil {
+				return fmt.Errorf("%s.nbd: %w", at, err)
+			}
+		}
+		if n.Witness() {
+			witnesses++
 		}
 		if len(f.Nodes) > 1 && n.Peer == "" {
 			return fmt.Errorf("%s.peer: missing (a resource with several nodes needs a peer address on each)", at)
@@ -277,6 +306,12 @@ func (f *File) validate() error {
 			}
 		}
 	}
+	if witnesses == len(f.Nodes) {
+		return errors.New("node: every node is a witness (disk = \"none\"); at least one must hold the data")
+	}
+	if err := r.validateQuorum(len(f.Nodes)); err != nil {
+		return err
+	}
 	// Nodes on one host (same peer host, or a single-host test cluster) must
 	// not share local resources.
 	for i := range f.Nodes {
@@ -289,11 +324,40 @@ func (f *File) validate() error {
 				{"disk", a.Disk, b.Disk}, {"meta", a.Meta, b.Meta}, {"nbd", a.NBD, b.NBD},
 				{"admin", a.Admin, b.Admin}, {"metrics", a.Metrics, b.Metrics},
 			} {
-				if fld.x != "" && fld.x == fld.y {
+				if fld.x != "" && fld.x != "none" && fld.x == fld.y {
 					return fmt.Errorf("node %q.%s: duplicate %q (also node %q on the same host)", b.Name, fld.key, fld.x, a.Name)
 				}
 			}
 		}
+	}
+	return nil
+}
+
+// validateQuorum resolves the quorum default for voters nodes and refuses
+// settings that allow two nodes to have quorum apart.
+func (r *Resource) validateQuorum(voters int) error {
+	if r.Quorum == QuorumUnset {
+		r.Quorum = QuorumOff
+		if voters >= 3 {
+			r.Quorum = QuorumMajority
+		}
+	}
+	if need := r.Quorum.Votes(voters); need > 0 {
+		if need > voters {
+			return fmt.Errorf("resource.quorum %d: more votes than the %d nodes of the resource", need, voters)
+		}
+		if 2*need <= voters {
+			return fmt.Errorf("resource.quorum %d: with %d voters, two halves of a partition could both have %d votes; use at least %d, or \"majority\"", need, voters, need, voters/2+1)
+		}
+	}
+	if r.AutoPromote && r.Quorum == QuorumOff {
+		if voters < 3 {
+			return fmt.Errorf("resource.auto-promote needs quorum, and %d nodes cannot have it safely: add a witness (a [[node]] with disk = \"none\") and set quorum = \"majority\"", voters)
+		}
+		return errors.New("resource.auto-promote needs quorum: set quorum = \"majority\" (or a number of votes), not \"off\"")
+	}
+	if r.AutoFailback && !r.AutoPromote {
+		return errors.New("resource.auto-failback needs auto-promote = true")
 	}
 	return nil
 }
@@ -339,6 +403,9 @@ func SplitListen(addr string) (network, address string, err error) {
 	}
 	return "tcp", addr, nil
 }
+
+// Witness reports whether the node is a witness (disk = "none").
+func (n *Node) Witness() bool { return n.Disk == "none" }
 
 // Node returns the node called name.
 func (f *File) Node(name string) (*Node, error) {

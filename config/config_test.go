@@ -196,3 +196,58 @@ func valueOf(r Resource, line string) any {
 	}
 	return r.Protocol
 }
+
+const witnessNode = `
+[[node]]
+name = "tie"
+disk = "none"
+meta = "/tmp/tie.state"
+peer = "127.0.0.3:7789"
+admin = "/tmp/tie.sock"
+`
+
+// quorum defaults to majority with three voters (a witness counts) and to
+// off with two; settings that let both halves of a partition have quorum,
+// or automatic failover without quorum, are refused.
+func TestQuorumKeys(t *testing.T) {
+	two, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if two.Resource.Quorum != QuorumOff || two.Resource.Quorum.Votes(2) != 0 {
+		t.Fatalf("two nodes: quorum %v", two.Resource.Quorum)
+	}
+	three, err := Parse([]byte(good + witnessNode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if three.Resource.Quorum != QuorumMajority || three.Resource.Quorum.Votes(3) != 2 {
+		t.Fatalf("two nodes and a witness: quorum %v", three.Resource.Quorum)
+	}
+	w, _ := three.Node("tie")
+	if !w.Witness() || w.NBD != "" {
+		t.Fatalf("witness: %+v", w)
+	}
+	withRes := func(lines string, nodes string) error {
+		_, err := Parse([]byte(strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\n"+lines, 1) + nodes))
+		return err
+	}
+	if err := withRes("quorum = 2\nauto-promote = true\non-no-quorum = \"io-error\"\nauto-failback = true", witnessNode); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ lines, nodes, want string }{
+		{"quorum = 1", witnessNode, "two halves"},
+		{"quorum = 4", witnessNode, "more votes"},
+		{"quorum = \"most\"", witnessNode, "majority"},
+		{"auto-promote = true", "", "add a witness"},
+		{"quorum = \"off\"\nauto-promote = true", witnessNode, "needs quorum"},
+		{"auto-failback = true", witnessNode, "needs auto-promote"},
+		{"on-no-quorum = \"panic\"", witnessNode, "suspend-io"},
+		{"", strings.Replace(witnessNode, `admin = "/tmp/tie.sock"`, "admin = \"/tmp/tie.sock\"\nnbd = \"127.0.0.3:10809\"", 1), "serves no data"},
+	} {
+		err := withRes(c.lines, c.nodes)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want an error with %q", c.lines, err, c.want)
+		}
+	}
+}

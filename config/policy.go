@@ -107,3 +107,84 @@ func quoteAll(names []string) string {
 	}
 	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }
+
+// NoQuorumPolicy is resource.on-no-quorum: what a Primary that lost quorum
+// does with writes and flushes.
+type NoQuorumPolicy uint8
+
+// No-quorum policies.
+const (
+	// NoQuorumSuspendIO: writes and flushes wait (the default); they
+	// complete if quorum returns before another node is promoted, and
+	// fail with EIO once this node learns it was replaced.
+	NoQuorumSuspendIO NoQuorumPolicy = iota
+	// NoQuorumIOError: writes and flushes fail with EIO at once.
+	NoQuorumIOError
+)
+
+var noQuorumNames = []string{"suspend-io", "io-error"}
+
+func (p NoQuorumPolicy) String() string { return word(noQuorumNames, uint8(p)) }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *NoQuorumPolicy) UnmarshalText(b []byte) error {
+	return parseWord(noQuorumNames, b, (*uint8)(p))
+}
+
+// Quorum is resource.quorum: how many votes a node needs, itself included,
+// to have quorum. In TOML: "majority", "off", or a number of votes.
+type Quorum int
+
+// Quorum settings besides a number of votes. The zero value is "not set":
+// validation turns it into majority with three voters or more, else off.
+const (
+	QuorumUnset    Quorum = 0
+	QuorumOff      Quorum = -1
+	QuorumMajority Quorum = -2
+)
+
+func (q Quorum) String() string {
+	switch q {
+	case QuorumUnset:
+		return "unset"
+	case QuorumOff:
+		return "off"
+	case QuorumMajority:
+		return "majority"
+	}
+	return fmt.Sprint(int(q))
+}
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (q *Quorum) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		if x < 1 || x > MaxNodes {
+			return fmt.Errorf("%d: a number of votes is 1..%d", x, MaxNodes)
+		}
+		*q = Quorum(x)
+		return nil
+	case string:
+		switch strings.TrimSpace(x) {
+		case "majority":
+			*q = QuorumMajority
+			return nil
+		case "off":
+			*q = QuorumOff
+			return nil
+		}
+	}
+	return fmt.Errorf("%v: must be \"majority\", \"off\" or a number of votes", v)
+}
+
+// Votes is how many votes quorum needs among voters nodes (0: quorum is
+// off).
+func (q Quorum) Votes(voters int) int {
+	switch q {
+	case QuorumOff, QuorumUnset:
+		return 0
+	case QuorumMajority:
+		return voters/2 + 1
+	}
+	return int(q)
+}
