@@ -78,6 +78,7 @@ declare -A pkg=(
   [xargs]=findutils
   [kill]=procps
   [make]=make
+  [bash]=bash
   [apt-get]=apt
 )
 
