@@ -162,18 +162,33 @@ type Event struct {
 
 // Status is a snapshot of a node's state.
 type Status struct {
-	Resource     string       `json:"resource"`
-	Node         string       `json:"node"`
-	NodeID       uint8        `json:"node_id"`
-	Role         Role         `json:"role"`
-	Disk         string       `json:"disk"` // UpToDate, Outdated, Inconsistent, Diskless, Failed
-	Protocol     Protocol     `json:"protocol"`
-	Size         int64        `json:"size"`
-	CurrentUUID  string       `json:"current_uuid"`
-	JournalBytes int64        `json:"journal_bytes"`
-	JournalMax   int64        `json:"journal_max"`
-	JournalAgeMS int64        `json:"journal_age_ms"`
-	Writes       int64        `json:"writes"`
+	Resource     string   `json:"resource"`
+	Node         string   `json:"node"`
+	NodeID       uint8    `json:"node_id"`
+	Role         Role     `json:"role"`
+	Disk         string   `json:"disk"` // UpToDate, Outdated, Inconsistent, Diskless, Failed
+	Protocol     Protocol `json:"protocol"`
+	Size         int64    `json:"size"`
+	CurrentUUID  string   `json:"current_uuid"`
+	JournalBytes int64    `json:"journal_bytes"`
+	JournalMax   int64    `json:"journal_max"`
+	JournalAgeMS int64    `json:"journal_age_ms"`
+	Writes       int64    `json:"writes"`
+	// Quorum (all zero when quorum is off): whether this node has it, the
+	// votes present and needed among the resource's voters, the Primary's
+	// lease ("held", "expired", or "" on a Secondary) and how long it has
+	// left, writes and flushes waiting for quorum, and why the last
+	// election ended as it did.
+	Quorum       bool         `json:"quorum"`
+	Votes        int          `json:"votes"`
+	VotesNeeded  int          `json:"votes_needed"`
+	Voters       int          `json:"voters"`
+	Lease        string       `json:"lease,omitempty"`
+	LeaseLeftMS  int64        `json:"lease_left_ms,omitempty"`
+	SuspendedIO  int          `json:"suspended_io"`
+	Witness      bool         `json:"witness,omitempty"`
+	AutoPromote  bool         `json:"auto_promote,omitempty"`
+	LastElection string       `json:"last_election,omitempty"`
 	Peers        []PeerStatus `json:"peers"`
 }
 
@@ -220,6 +235,10 @@ type PeerStatus struct {
 	ZeroBlocks       int64   `json:"zero_blocks"`       // 4 KiB zero blocks sent as markers
 	DedupMisses      int64   `json:"dedup_misses"`      // references the peer could not resolve (data resent)
 	AuthFailures     int64   `json:"auth_failures"`     // handshakes with the peer that failed authentication
+	// Witness: the peer stores no data and only votes.
+	Witness bool `json:"witness,omitempty"`
+	// Votes: the peer's vote counts toward this node's quorum now.
+	Votes bool `json:"votes"`
 }
 
 // String renders a status as indented JSON (for logs and tests).

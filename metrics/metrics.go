@@ -99,7 +99,10 @@ func (m *Metrics) Handler() http.Handler {
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		s := m.src.Status()
 		code := http.StatusServiceUnavailable
-		if s.Role == api.Primary && s.Disk == "UpToDate" {
+		// Only a Primary whose writes are acknowledged: UpToDate and,
+		// with quorum, holding its lease (a Primary cut off from the
+		// quorum answers 503 before another node takes over).
+		if s.Role == api.Primary && s.Disk == "UpToDate" && (s.VotesNeeded == 0 || s.Lease == "held") {
 			code = http.StatusOK
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -141,11 +144,21 @@ var (
 	descZero       = prometheus.NewDesc("repd_peer_zero_blocks_total", "4 KiB all-zero blocks sent to the peer as markers.", []string{"peer"}, nil)
 	descDedupMiss  = prometheus.NewDesc("repd_peer_dedup_misses_total", "Dedup references the peer could not resolve (the data was resent).", []string{"peer"}, nil)
 	descAuthFail   = prometheus.NewDesc("repd_peer_auth_failures_total", "Handshakes with the peer (or from its address) that failed authentication.", []string{"peer"}, nil)
+
+	descQuorum     = prometheus.NewDesc("repd_quorum", "1 if this node has quorum (always 1 with quorum off).", nil, nil)
+	descVotes      = prometheus.NewDesc("repd_quorum_votes", "Votes present, this node's included.", nil, nil)
+	descVotesNeed  = prometheus.NewDesc("repd_quorum_votes_needed", "Votes quorum needs (0: quorum off).", nil, nil)
+	descVoters     = prometheus.NewDesc("repd_quorum_voters", "Voters of the resource: data nodes and witnesses.", nil, nil)
+	descLease      = prometheus.NewDesc("repd_lease_held", "1 if this Primary holds its lease (quorum acknowledged it).", nil, nil)
+	descLeaseLeft  = prometheus.NewDesc("repd_lease_left_seconds", "How long this Primary's lease has left.", nil, nil)
+	descSuspended  = prometheus.NewDesc("repd_io_suspended", "Writes and flushes waiting for quorum.", nil, nil)
+	descPeerVotes  = prometheus.NewDesc("repd_peer_votes", "1 if the peer's vote counts toward quorum now.", []string{"peer"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descAcks, descAckLat, descSyncRate, descSyncLeft, descVerifyMis, descResynced, descSplit,
-		descLogical, descRatio, descDedup, descDedupSaved, descZero, descDedupMiss, descAuthFail} {
+		descLogical, descRatio, descDedup, descDedupSaved, descZero, descDedupMiss, descAuthFail,
+		descQuorum, descVotes, descVotesNeed, descVoters, descLease, descLeaseLeft, descSuspended, descPeerVotes} {
 		ch <- d
 	}
 }
@@ -165,7 +178,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descJournal, float64(s.JournalBytes))
 	gauge(descJournalMax, float64(s.JournalMax))
 	counter(descWrites, float64(s.Writes))
+	gauge(descQuorum, b2f(s.VotesNeeded == 0 || s.Quorum))
+	gauge(descVotes, float64(s.Votes))
+	gauge(descVotesNeed, float64(s.VotesNeeded))
+	gauge(descVoters, float64(s.Voters))
+	gauge(descLease, b2f(s.Lease == "held"))
+	gauge(descLeaseLeft, float64(s.LeaseLeftMS)/1e3)
+	gauge(descSuspended, float64(s.SuspendedIO))
 	for _, p := range s.Peers {
+		gauge(descPeerVotes, b2f(p.Votes), p.Name)
 		gauge(descConn, b2f(p.Connection == api.Connected), p.Name)
 		for _, st := range []api.Repl{api.ReplOff, api.Established, api.SyncSource, api.SyncTarget, api.PausedSync, api.Ahead, api.Behind} {
 			gauge(descRepl, b2f(p.Replication == st), p.Name, st.String())

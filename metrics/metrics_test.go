@@ -38,3 +38,35 @@ func TestTransportMetrics(t *testing.T) {
 		}
 	}
 }
+
+// /health answers 200 only on an UpToDate Primary that, with quorum, holds
+// its lease; the quorum gauges follow the status.
+func TestHealthAndQuorum(t *testing.T) {
+	for _, c := range []struct {
+		s    api.Status
+		code int
+	}{
+		{api.Status{Role: api.Primary, Disk: "UpToDate"}, 200}, // quorum off
+		{api.Status{Role: api.Primary, Disk: "UpToDate", VotesNeeded: 2, Votes: 2, Quorum: true, Lease: "held"}, 200},
+		{api.Status{Role: api.Primary, Disk: "UpToDate", VotesNeeded: 2, Votes: 1, Lease: "expired"}, 503},
+		{api.Status{Role: api.Secondary, Disk: "UpToDate", VotesNeeded: 2, Votes: 3, Quorum: true}, 503},
+		{api.Status{Role: api.Primary, Disk: "Failed"}, 503},
+	} {
+		rec := httptest.NewRecorder()
+		New(fixed(c.s)).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/health", nil))
+		if rec.Code != c.code {
+			t.Errorf("%+v: /health %d, want %d", c.s, rec.Code, c.code)
+		}
+	}
+	m := New(fixed{Role: api.Primary, Disk: "UpToDate", VotesNeeded: 2, Votes: 2, Voters: 3, Quorum: true, Lease: "held", LeaseLeftMS: 1500, SuspendedIO: 0,
+		Peers: []api.PeerStatus{{Name: "tie", Witness: true, Votes: true}}})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{"repd_quorum 1", "repd_quorum_votes 2", "repd_quorum_votes_needed 2", "repd_quorum_voters 3",
+		"repd_lease_held 1", "repd_lease_left_seconds 1.5", `repd_peer_votes{peer="tie"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+}

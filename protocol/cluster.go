@@ -26,12 +26,32 @@ import (
 // the nodes that may lack them.
 //
 //	count u8 | count × (node id u8 | seq u64)
+//
+// Lease (with quorum): a Primary asks every voter, a few times per
+// timeout and at once when its data generation changes, to acknowledge
+// its lease for that generation. seq is the request's token (its send
+// time on the Primary's monotonic clock, in nanoseconds), the payload the
+// generation (u64). LeaseAck carries the same seq and generation; with
+// FlagLeaseRefused its payload is the UTF-8 reason instead. A voter that
+// acknowledges promises not to help another node to the Primary role for
+// a while after it received the request (replica/quorum.go).
 const (
 	TypePromoteReq   Type = 20
 	TypePromoteReply Type = 21
 	TypePromoteEnd   Type = 22
 	TypePeerSeqs     Type = 23
+	TypeLease        Type = 24
+	TypeLeaseAck     Type = 25
 )
+
+// StateQuorate in a State's flags: the sender is a Primary holding its
+// lease (a quorum acknowledged its data generation). Every write
+// acknowledged anywhere under quorum is in its data: a node whose data
+// diverged from it discards its changes and resyncs from it.
+const StateQuorate uint8 = 1 << 4
+
+// FlagLeaseRefused marks a LeaseAck that refuses the lease.
+const FlagLeaseRefused Flags = 1 << 0
 
 // FeatureCluster: answers PromoteReq and understands PromoteEnd, PeerSeqs
 // and StateOutdated.

@@ -44,7 +44,7 @@ const (
 	// 14: TypeDataReq (dedup.go); 15 reserved. 16..19: checksum resync and
 	// online verify (sync.go). 20..23: promotion and peer sequence numbers
 	// (cluster.go).
-	typeMax = TypePeerSeqs
+	typeMax = TypeLeaseAck
 )
 
 var typeNames = [...]string{
@@ -54,7 +54,7 @@ var typeNames = [...]string{
 	TypeResyncDone: "ResyncDone", TypeCsums: "Csums", TypeCsumsDone: "CsumsDone",
 	TypeVerify: "Verify", TypeVerifyReply: "VerifyReply", TypeDataReq: "DataReq",
 	TypePromoteReq: "PromoteReq", TypePromoteReply: "PromoteReply", TypePromoteEnd: "PromoteEnd",
-	TypePeerSeqs: "PeerSeqs",
+	TypePeerSeqs: "PeerSeqs", TypeLease: "Lease", TypeLeaseAck: "LeaseAck",
 }
 
 func (t Type) String() string {

@@ -102,6 +102,11 @@ type State struct {
 	Bitmap    uint64
 	History   [2]uint64
 	OutOfSync uint64
+	// AppliedFrom and Applied: the last Primary whose writes the node
+	// applied, and its sequence number up to which they are applied (for
+	// elections).
+	AppliedFrom uint8
+	Applied     uint64
 }
 
 // Append appends the payload encoding of s to b.
@@ -111,7 +116,9 @@ func (s *State) Append(b []byte) []byte {
 	b = binary.LittleEndian.AppendUint64(b, s.Bitmap)
 	b = binary.LittleEndian.AppendUint64(b, s.History[0])
 	b = binary.LittleEndian.AppendUint64(b, s.History[1])
-	return binary.LittleEndian.AppendUint64(b, s.OutOfSync)
+	b = binary.LittleEndian.AppendUint64(b, s.OutOfSync)
+	b = append(b, s.AppliedFrom)
+	return binary.LittleEndian.AppendUint64(b, s.Applied)
 }
 
 // Decode parses a State payload.
@@ -126,6 +133,8 @@ func (s *State) Decode(p []byte) error {
 	s.History[0] = d.u64()
 	s.History[1] = d.u64()
 	s.OutOfSync = d.u64()
+	s.AppliedFrom = d.u8()
+	s.Applied = d.u64()
 	return d.done("State")
 }
 

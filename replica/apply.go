@@ -209,6 +209,8 @@ func (a *applier) finish(it *aitem, ok bool) {
 	}
 	if i > 0 && !a.broken {
 		a.acked.Store(upto)
+		a.n.lastApplied.Store(upto) // for elections (election.go)
+		a.n.lastAppliedBy.Store(uint32(a.s.p.cfg.ID))
 	}
 	if len(a.items) == 0 {
 		a.cond.Broadcast()

@@ -197,15 +197,18 @@ func newClusterWrap(t testing.TB, k int, mod func(i int, c *Config), wrap func(i
 
 func (c *cluster) start(tn *tnode) {
 	c.t.Helper()
-	st, err := OpenFileStore(tn.path, tn.cfg.Size)
-	if err != nil {
-		c.t.Fatal(err)
-	}
 	tn.events = &eventLog{}
 	tn.cfg.OnEvent = tn.events.add
-	var store Store = st
-	if tn.wrap != nil {
-		store = tn.wrap(st)
+	var store Store
+	if !tn.cfg.Self.Witness {
+		st, err := OpenFileStore(tn.path, tn.cfg.Size)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		store = st
+		if tn.wrap != nil {
+			store = tn.wrap(st)
+		}
 	}
 	n, err := Open(tn.cfg, store)
 	if err != nil {
@@ -276,7 +279,7 @@ func (c *cluster) waitSynced(d time.Duration) {
 	waitFor(c.t, d, "all nodes connected, established, in sync", func() bool {
 		for _, tn := range c.nodes {
 			s := tn.n.Status()
-			if s.Disk != "UpToDate" {
+			if s.Disk != "UpToDate" && !s.Witness {
 				return false
 			}
 			for _, p := range s.Peers {
@@ -318,6 +321,9 @@ func (c *cluster) bootstrap() *Node {
 	}
 	waitFor(c.t, 5*time.Second, "peers see the primary", func() bool {
 		for _, tn := range c.nodes[1:] {
+			if tn.n == nil {
+				continue
+			}
 			if peerState(tn.n, c.nodes[0].cfg.Self.Name).Role != "Primary" {
 				return false
 			}
@@ -355,6 +361,9 @@ func (c *cluster) assertEqualStores() {
 	c.t.Helper()
 	want := fileHash(c.t, c.nodes[0].path)
 	for _, tn := range c.nodes[1:] {
+		if tn.cfg.Self.Witness {
+			continue
+		}
 		if got := fileHash(c.t, tn.path); got != want {
 			c.t.Fatalf("store of %s differs from %s's (blake3 %x vs %x)", tn.cfg.Self.Name, c.nodes[0].cfg.Self.Name, got[:8], want[:8])
 		}

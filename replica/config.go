@@ -22,6 +22,10 @@ type PeerConfig struct {
 	ID   uint8
 	Name string
 	Addr string
+	// Witness: the node stores no data; it only votes (quorum.go).
+	Witness bool
+	// Priority ranks the node as a successor in an automatic failover.
+	Priority int
 }
 
 // Config configures a Node. FromFile builds it from a resource file; the
@@ -71,6 +75,16 @@ type Config struct {
 	AfterSB0Pri config.SplitBrainPolicy
 	// OnIOError is the local disk failure policy (diskfail.go).
 	OnIOError config.IOErrorPolicy
+	// Quorum is the number of votes a node needs, itself included, among
+	// the resource's voters (Self and Peers, witnesses too); 0: quorum is
+	// off. Must be more than half the voters (quorum.go).
+	Quorum int
+	// OnNoQuorum: what a Primary without quorum does with writes.
+	OnNoQuorum config.NoQuorumPolicy
+	// AutoPromote: elect a successor when the Primary is lost (needs
+	// Quorum); AutoFailback: step down for an in-sync node of higher
+	// priority (election.go).
+	AutoPromote, AutoFailback bool
 	// WrapMeta, if set, decorates the meta file once it is opened: fault
 	// injection for tests. Nil in production.
 	WrapMeta func(bitmap.File) bitmap.File
@@ -99,7 +113,7 @@ func FromFile(f *config.File, name string) (Config, error) {
 		Protocol:         r.Protocol,
 		Granularity:      int64(r.BlockSize),
 		ALExtents:        r.ALExtents,
-		Self:             PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: cmp.Or(self.PeerListen, self.Peer)},
+		Self:             PeerConfig{ID: uint8(*self.ID), Name: self.Name, Addr: cmp.Or(self.PeerListen, self.Peer), Witness: self.Witness(), Priority: self.Priority},
 		MetaPath:         self.Meta,
 		Secret:           secret,
 		Timeout:          time.Duration(r.Timeout),
@@ -114,11 +128,15 @@ func FromFile(f *config.File, name string) (Config, error) {
 		ResyncMinRate:    int64(r.ResyncMinRate),
 		AfterSB0Pri:      r.AfterSB0Pri,
 		OnIOError:        r.OnIOError,
+		Quorum:           r.Quorum.Votes(len(f.Nodes)),
+		OnNoQuorum:       r.OnNoQuorum,
+		AutoPromote:      r.AutoPromote,
+		AutoFailback:     r.AutoFailback,
 	}
 	for i := range f.Nodes {
 		n := &f.Nodes[i]
 		if n.Name != self.Name {
-			c.Peers = append(c.Peers, PeerConfig{ID: uint8(*n.ID), Name: n.Name, Addr: n.Peer})
+			c.Peers = append(c.Peers, PeerConfig{ID: uint8(*n.ID), Name: n.Name, Addr: n.Peer, Witness: n.Witness(), Priority: n.Priority})
 		}
 	}
 	if cert, key, ca, ok := f.TLSFiles(); ok {
@@ -166,10 +184,28 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		seen[pc.ID] = true
 	}
+	voters := len(c.Peers) + 1
+	if c.Quorum < 0 || c.Quorum > voters || c.Quorum > 0 && 2*c.Quorum <= voters {
+		return c, fmt.Errorf("quorum %d: with %d voters it must be more than half of them, at most all (0: off)", c.Quorum, voters)
+	}
+	if c.AutoPromote && c.Quorum == 0 {
+		return c, errors.New("auto-promote needs quorum")
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return c, nil
+}
+
+// dataPeers counts the peers that hold data (not witnesses).
+func (c Config) dataPeers() int {
+	k := 0
+	for _, p := range c.Peers {
+		if !p.Witness {
+			k++
+		}
+	}
+	return k
 }
 
 // identity is what the meta file of this node belongs to and its layout:
@@ -177,7 +213,7 @@ func (c Config) withDefaults() (Config, error) {
 func (c Config) identity() bitmap.Identity {
 	return bitmap.Identity{
 		Resource: c.Resource, Size: c.Size, Granularity: c.Granularity,
-		NodeID: c.Self.ID, MaxPeers: max(8, len(c.Peers)), ALExtents: c.ALExtents,
+		NodeID: c.Self.ID, MaxPeers: max(8, c.dataPeers()), ALExtents: c.ALExtents,
 	}
 }
 

@@ -131,9 +131,10 @@ func (p *peer) peerDiskFailedLocked() {
 	if p.repl == api.ReplOff {
 		return
 	}
+	p.setReplLocked(api.ReplOff)
+	n.dropLeaseLocked(p)
 	n.journal.Drop(&p.progress, p.bit, p.lostLocked)
 	n.journal.Trim()
-	p.setReplLocked(api.ReplOff)
 	n.log.Warn("peer's disk failed: not replicating to it until it comes back with a working disk", "peer", p.cfg.Name)
 }
 

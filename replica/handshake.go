@@ -139,9 +139,10 @@ func (p *peer) negotiate(s *session) error {
 		Bitmap: theirs.Bitmap, History: theirs.History, Discard: theirs.Flags&protocol.StateDiscardMyData != 0,
 		CrashedPrimary: theirs.Flags&protocol.StateCrashedPrim != 0}
 	s.sync.csums = n.cfg.CSums && theirs.Flags&protocol.StateCSums != 0
-	v := decide.Compare(me, them)
-	if errors.Is(v.Err, ErrSplitBrain) {
-		v = p.autoResolve(v, &me, &them, int64(theirs.OutOfSync))
+	v, err := p.quorumVerdict(&me, &them, mine.Flags&protocol.StateQuorate != 0, theirs.Flags&protocol.StateQuorate != 0, int64(theirs.OutOfSync))
+	if err != nil {
+		c.Refuse(time.Second, err.Error())
+		return &verdictError{err}
 	}
 	if v.Err != nil {
 		c.Refuse(time.Second, v.Err.Error())
@@ -205,6 +206,8 @@ func (p *peer) negotiate(s *session) error {
 	p.splitBrain = false
 	p.connects++
 	p.peerRole, p.peerDisk = them.Role, them.Disk
+	p.state = theirs
+	n.notePrimaryLocked(p)
 	n.journal.Start(&p.progress)
 	p.setConnLocked(api.Connected, fmt.Sprintf("%s (%s)", v.Rel, plan))
 	if settle {
@@ -239,4 +242,64 @@ func (p *peer) expect(c *protocol.Conn, t protocol.Type, what string) (protocol.
 		return f, fmt.Errorf("%w: %s from %s while waiting for %s", protocol.ErrUnexpected, f.Type, p.cfg.Name, t)
 	}
 	return f, nil
+}
+
+// quorumVerdict compares the two sides at connect, with what quorum adds
+// (quorum.go): of two Primaries the one without its lease steps down (it
+// was replaced) and both connect again; data diverged from a Primary that
+// holds its lease (meQuorate, themQuorate: the flags each side sent) is the
+// other side's, never acknowledged under quorum, and is discarded by a
+// resync from that Primary; any other divergence waits for that Primary
+// instead of being reported as split brain. The error is a quiet refusal:
+// connect again later.
+func (p *peer) quorumVerdict(me, them *decide.Side, meQuorate, themQuorate bool, theirChanges int64) (decide.Verdict, error) {
+	n := p.n
+	if !n.quorumOn() {
+		v := decide.Compare(*me, *them)
+		if errors.Is(v.Err, ErrSplitBrain) {
+			v = p.autoResolve(v, me, them, theirChanges)
+		}
+		return v, nil
+	}
+	if me.Role == api.Primary && them.Role == api.Primary {
+		switch {
+		case themQuorate && !meQuorate:
+			n.mu.Lock()
+			n.stepDownLocked(fmt.Sprintf("%s is Primary and holds its lease", p.cfg.Name))
+			n.unlock()
+			return decide.Verdict{}, fmt.Errorf("%w: %s stepped down for %s, the Primary with quorum; connecting again", ErrRefused, n.cfg.Self.Name, p.cfg.Name)
+		case meQuorate && !themQuorate:
+			return decide.Verdict{}, fmt.Errorf("%w: %s holds the lease as Primary; %s must step down; connecting again", ErrRefused, n.cfg.Self.Name, p.cfg.Name)
+		case !meQuorate && !themQuorate:
+			return decide.Verdict{}, fmt.Errorf("%w: %s and %s are both Primary and neither holds its lease; waiting for one to be confirmed", ErrRefused, n.cfg.Self.Name, p.cfg.Name)
+		}
+	}
+	v := decide.Compare(*me, *them)
+	if !errors.Is(v.Err, ErrSplitBrain) && !errors.Is(v.Err, ErrUnrelated) && !(v.Rel == decide.RelPeerNewer && me.Role == api.Primary) {
+		return v, nil
+	}
+	switch {
+	case themQuorate:
+		me.Discard = true
+	case meQuorate:
+		them.Discard = true
+	default:
+		return decide.Verdict{}, fmt.Errorf("%w: the data of %s and %s diverged; with quorum the Primary that holds its lease decides; connecting again later", ErrRefused, n.cfg.Self.Name, p.cfg.Name)
+	}
+	if me.Role == api.Primary && me.Discard {
+		n.mu.Lock()
+		n.stepDownLocked(fmt.Sprintf("%s is Primary with quorum and its data diverged from this node's", p.cfg.Name))
+		n.unlock()
+		return decide.Verdict{}, fmt.Errorf("%w: %s stepped down; connecting again", ErrRefused, n.cfg.Self.Name)
+	}
+	victim := n.cfg.Self.Name
+	if them.Discard {
+		victim = p.cfg.Name
+	}
+	msg := fmt.Sprintf("%s's changes since it last shared a generation with the Primary that holds quorum were never acknowledged under quorum: they are discarded by a resync", victim)
+	n.log.Warn("diverged data resolved by quorum", "peer", p.cfg.Name, "victim", victim)
+	n.mu.Lock()
+	n.event("discard", p.cfg.Name, "", victim, msg)
+	n.unlock()
+	return decide.Compare(*me, *them), nil
 }

@@ -211,7 +211,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 	defer stop()
 	var p *peer
 	h, err := protocol.Handshake(c, n.hello(), n.cfg.Secret, func(h *protocol.Hello) error {
-		for _, q := range n.peers {
+		for _, q := range n.all {
 			if q.cfg.ID == h.NodeID {
 				p = q
 			}
@@ -380,7 +380,7 @@ func (n *Node) admit(ctx context.Context, nc net.Conn) (_ net.Conn, done func(er
 // peerAt is the only peer configured at host ip, if there is one.
 func (n *Node) peerAt(ip string) *peer {
 	var found *peer
-	for _, p := range n.peers {
+	for _, p := range n.all {
 		host, _, err := net.SplitHostPort(p.cfg.Addr)
 		if err != nil || host != ip {
 			continue

@@ -30,7 +30,10 @@ type Node struct {
 	codec     protocol.Codec
 	pullAhead bool
 
+	// peers are the nodes this one exchanges data with; all adds the
+	// vote-only ones (witnesses, or on a witness every node; witness.go).
 	peers  []*peer
+	all    []*peer
 	byName map[string]*peer
 
 	mu             sync.Mutex
@@ -56,6 +59,9 @@ type Node struct {
 	lastAppWrite   atomic.Int64      // unix nanos of the last application write (resync yields)
 	detached       atomic.Bool       // the local disk failed (on-io-error detach): Failed, not used
 	applied        appliedRing       // a Secondary's recent writes other nodes may lack (peerseq.go)
+	quorum         quorumState       // votes, lease, promise (quorum.go)
+	lastApplied    atomic.Uint64     // the last Primary's sequence number applied here (election.go)
+	lastAppliedBy  atomic.Uint32     // that Primary's node id
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -73,6 +79,9 @@ func Open(cfg Config, st Store) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Self.Witness {
+		return openWitness(cfg)
+	}
 	if cfg.Size <= 0 || cfg.Size != st.Size() {
 		return nil, fmt.Errorf("size %d does not match the backing store's %d bytes", cfg.Size, st.Size())
 	}
@@ -85,14 +94,7 @@ func Open(cfg Config, st Store) (*Node, error) {
 		byName:    map[string]*peer{},
 		nextSeq:   1,
 	}
-	n.cond = sync.NewCond(&n.mu)
-	n.journal.Max = cfg.JournalBytes
-	for i, pc := range cfg.Peers {
-		p := &peer{n: n, idx: i, bit: 1 << uint(i), cfg: pc, conn: api.Connecting,
-			incoming: make(chan *protocol.Conn, 1), kick: make(chan struct{}, 1)}
-		n.peers = append(n.peers, p)
-		n.byName[pc.Name] = p
-	}
+	n.init()
 	m, created, err := bitmap.OpenOrCreateWrapped(cfg.MetaPath, cfg.identity(), cfg.WrapMeta)
 	if err != nil {
 		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
@@ -137,6 +139,45 @@ func Open(cfg Config, st Store) (*Node, error) {
 	return n, nil
 }
 
+// init builds the node's peers and the state every node has. A data node
+// exchanges data with every data peer; witnesses are vote-only peers.
+func (n *Node) init() {
+	n.cond = sync.NewCond(&n.mu)
+	n.journal.Max = n.cfg.JournalBytes
+	n.quorum.lastPrimary.Store(int64(mono())) // a promise made before a restart still runs
+	n.quorum.changed = make(chan struct{})
+	n.quorum.leaseUntil.Store(int64(decide.Forever))
+	if n.quorumOn() {
+		n.quorum.leaseUntil.Store(0)
+	}
+	for _, pc := range n.cfg.Peers {
+		p := &peer{n: n, idx: -1, slot: -1, cfg: pc, conn: api.Connecting,
+			incoming: make(chan *protocol.Conn, 1), kick: make(chan struct{}, 1)}
+		if pc.Witness || n.cfg.Self.Witness {
+			p.voteOnly = true
+		} else {
+			p.idx = len(n.peers)
+			p.bit = 1 << uint(p.idx)
+			n.peers = append(n.peers, p)
+		}
+		n.all = append(n.all, p)
+		n.byName[pc.Name] = p
+	}
+}
+
+// openWitness opens a witness: no store, no meta file but its state file;
+// its disk is Diskless and it is Secondary for good.
+func openWitness(cfg Config) (*Node, error) {
+	n := &Node{cfg: cfg, log: cfg.Logger.With("resource", cfg.Resource, "node", cfg.Self.Name), byName: map[string]*peer{}, nextSeq: 1}
+	n.init()
+	n.super.Disk = diskless
+	if err := n.loadWitnessState(); err != nil {
+		return nil, err
+	}
+	n.log.Info("opened as witness", "known_generation", api.FormatUUID(n.quorum.known))
+	return n, nil
+}
+
 // persist applies fn to the superblock durably and refreshes the copy.
 // Called with n.mu held (or before Run).
 func (n *Node) persist(fn func(*bitmap.Superblock)) error {
@@ -151,10 +192,19 @@ func (n *Node) persist(fn func(*bitmap.Superblock)) error {
 		n.detachLocked("meta data update", err)
 		return fmt.Errorf("persist meta data: %w (local disk detached)", err)
 	}
-	old := n.super.Disk
+	old, gen := n.super.Disk, n.super.GI.Current
 	n.super = n.meta.Superblock()
 	if old != n.super.Disk {
 		n.event("disk", "", old.String(), n.super.Disk.String(), "")
+	}
+	if gen != n.super.GI.Current && n.role == api.Primary {
+		// The lease is for a generation: a new one must be acknowledged
+		// by a quorum before any write completes in it (quorum.go).
+		n.resetLeaseLocked()
+	}
+	if old != n.super.Disk || gen != n.super.GI.Current {
+		n.tellVotersLocked()
+		n.recomputeLeaseLocked() // this node's own vote may have changed
 	}
 	return nil
 }
@@ -218,11 +268,18 @@ func (n *Node) Run(ctx context.Context) error {
 		<-ctx.Done()
 		ln.Close()
 	}()
-	for _, p := range n.peers {
+	for _, p := range n.all {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
 			p.run(ctx)
+		}()
+	}
+	if n.cfg.AutoPromote && !n.cfg.Self.Witness {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.elect(ctx)
 		}()
 	}
 	n.accept(ctx, ln)
@@ -249,11 +306,15 @@ func (n *Node) Close() error {
 	}
 	cancel := n.runCancel
 	n.broadcastLocked()
+	n.quorumChangedLocked()
 	n.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
 	n.wg.Wait()
+	if n.cfg.Self.Witness {
+		return nil // no store, no meta file; the state file is written as it changes
+	}
 	var err error
 	if !n.detached.Load() {
 		err = n.st.Flush(context.Background())

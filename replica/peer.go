@@ -3,6 +3,7 @@ package replica
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
@@ -23,11 +24,14 @@ func (n *Node) peerByName(name string) (*peer, error) {
 // the mutex comment are guarded by Node.mu.
 type peer struct {
 	n      *Node
-	idx    int
-	bit    uint64
+	idx    int    // index in Node.peers; -1 for a vote-only peer
+	bit    uint64 // 1<<idx; 0 for a vote-only peer
 	cfg    PeerConfig
-	slot   int            // bitmap slot in the meta file
-	bitmap *bitmap.Bitmap // blocks the peer may lack
+	slot   int            // bitmap slot in the meta file; -1 for a vote-only peer
+	bitmap *bitmap.Bitmap // blocks the peer may lack; nil for a vote-only peer
+	// voteOnly: the peer or this node is a witness; their sessions carry
+	// no data (witness.go).
+	voteOnly bool
 
 	incoming chan *protocol.Conn // authenticated connections from the listener
 	kick     chan struct{}       // wake the run loop (connect, disconnect)
@@ -48,9 +52,13 @@ type peer struct {
 	peerRole   api.Role
 	peerDisk   bitmap.DiskState
 	progress   journal.Progress // what was shipped to the peer, what it acknowledged
-	syncTotal  int64
-	connects   int64
-	resyncs    int64
+	state      protocol.State   // the peer's last State
+	// leaseExpiry (on a Primary): until when the peer's acknowledgement of
+	// a lease request for the current generation counts (quorum.go).
+	leaseExpiry time.Duration
+	syncTotal   int64
+	connects    int64
+	resyncs     int64
 }
 
 func (p *peer) kickLocked() {
@@ -68,6 +76,7 @@ func (p *peer) setConnLocked(c api.ConnState, msg string) {
 	p.n.log.Info("connection state", "peer", p.cfg.Name, "old", p.conn, "new", c, "msg", msg)
 	p.conn = c
 	p.n.recomputeLocked()
+	p.n.recomputeLeaseLocked() // the votes present changed
 }
 
 func (p *peer) setReplLocked(r api.Repl) {
@@ -112,11 +121,18 @@ func (p *peer) stateLocked(flags uint8) protocol.State {
 	gi := n.super.GI
 	st := protocol.State{
 		Role: protocol.WireRole(n.role), Disk: protocol.WireDisk(n.super.Disk), Repl: protocol.WireRepl(p.repl),
-		Flags: flags, Current: gi.Current, Bitmap: gi.Bitmap[p.slot], History: gi.History,
-		OutOfSync: uint64(p.bitmap.DirtyBytes()),
+		Flags: flags, Current: gi.Current, History: gi.History,
+		AppliedFrom: uint8(n.lastAppliedBy.Load()), Applied: n.lastApplied.Load(),
+	}
+	if p.bitmap != nil {
+		st.Bitmap = gi.Bitmap[p.slot]
+		st.OutOfSync = uint64(p.bitmap.DirtyBytes())
 	}
 	if p.discard {
 		st.Flags |= protocol.StateDiscardMyData
+	}
+	if n.role == api.Primary && n.quorumOn() && n.leaseHeld() {
+		st.Flags |= protocol.StateQuorate
 	}
 	if n.crashedPrimary {
 		st.Flags |= protocol.StateCrashedPrim
@@ -135,6 +151,24 @@ func (p *peer) sendStateLocked(flags uint8) {
 	p.sess.queue(ctrlMsg{t: protocol.TypeState, payload: st.Append(nil)})
 }
 
+// noteStateLocked records the State p announced: its role and disk (with
+// an event on a change), and the rest for elections. n.mu held.
+func (p *peer) noteStateLocked(st *protocol.State) {
+	n := p.n
+	role, disk := api.Role(st.Role), bitmap.DiskState(st.Disk)
+	if role != p.peerRole {
+		n.event("peer-role", p.cfg.Name, p.peerRole.String(), role.String(), "")
+		p.peerRole = role
+	}
+	if disk != p.peerDisk {
+		n.event("peer-disk", p.cfg.Name, p.peerDisk.String(), disk.String(), "")
+		p.peerDisk = disk
+	}
+	p.state = *st
+	n.notePrimaryLocked(p)
+	n.recomputeLeaseLocked()
+}
+
 // lostLocked is what becomes of an entry the peer will not acknowledge
 // (dropped by a disconnect, a timeout, a pull-ahead): its range is marked
 // out of sync toward the peer and it completes for the others; n.mu held.
@@ -149,8 +183,9 @@ func (p *peer) lostLocked(e *journal.Entry) {
 // an ack for is marked in its bitmap.
 func (p *peer) goAheadLocked() {
 	n := p.n
-	n.journal.Drop(&p.progress, p.bit, p.lostLocked)
 	p.setReplLocked(api.Ahead)
+	n.dropLeaseLocked(p)
+	n.journal.Drop(&p.progress, p.bit, p.lostLocked)
 	n.log.Warn("journal full: pulling ahead of peer, which resyncs later", "peer", p.cfg.Name, "journal_bytes", n.journal.Bytes)
 	p.sendStateLocked(0)
 }
@@ -158,7 +193,7 @@ func (p *peer) goAheadLocked() {
 // broadcastStateLocked sends our State to every connected peer but except;
 // n.mu held.
 func (n *Node) broadcastStateLocked(except *peer) {
-	for _, q := range n.peers {
+	for _, q := range n.all {
 		if q != except && q.conn == api.Connected {
 			q.sendStateLocked(0)
 		}
@@ -182,11 +217,27 @@ func (n *Node) peersNamedLocked(name string) ([]*peer, error) {
 	if name == "" {
 		return n.peers, nil
 	}
-	p, err := n.peerByName(name)
+	p, err := n.dataPeerLocked(name)
 	if err != nil {
 		return nil, err
 	}
 	return []*peer{p}, nil
+}
+
+// dataPeerLocked finds the named peer and refuses a vote-only one for the
+// verbs that move data. n.mu held.
+func (n *Node) dataPeerLocked(name string) (*peer, error) {
+	p, err := n.peerByName(name)
+	if err != nil {
+		return nil, err
+	}
+	if p.voteOnly {
+		if n.cfg.Self.Witness {
+			return nil, n.witnessRefusal("a data verb")
+		}
+		return nil, fmt.Errorf("%w: %s is a witness: it holds no data", ErrRefused, name)
+	}
+	return p, nil
 }
 
 // connectedPeerLocked finds the named peer (or the first connected one) and
@@ -200,7 +251,7 @@ func (n *Node) connectedPeerLocked(name string) (*peer, error) {
 		}
 		return nil, fmt.Errorf("%w: no peer is connected", ErrRefused)
 	}
-	p, err := n.peerByName(name)
+	p, err := n.dataPeerLocked(name)
 	if err != nil {
 		return nil, err
 	}

@@ -179,7 +179,7 @@ func (n *Node) appliedLost(p *peer) int {
 // since last; n.mu held.
 func (s *session) peerSeqsLocked() []byte {
 	p, n := s.p, s.p.n
-	if n.role != api.Primary || p.features.Load()&protocol.FeatureCluster == 0 {
+	if n.role != api.Primary || p.voteOnly || p.features.Load()&protocol.FeatureCluster == 0 {
 		return nil
 	}
 	s.seqs = s.seqs[:0]

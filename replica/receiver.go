@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -200,6 +201,12 @@ func (s *session) receive() error {
 			}
 			return p.readErr("receive", err)
 		}
+		if p.peerRole == api.Primary {
+			n.heardFromPrimary() // the promise to a Primary runs from its last message
+		}
+		if p.voteOnly && isWitnessData(f.Type) {
+			return fmt.Errorf("%w: %s frame from %s on a vote-only link (a witness stores no data)", protocol.ErrUnexpected, f.Type, p.cfg.Name)
+		}
 		switch f.Type {
 		case protocol.TypeWrite, protocol.TypeBarrier, protocol.TypeResyncDone, protocol.TypeVerify:
 			// In sequence order, held back while a write's data is
@@ -226,7 +233,7 @@ func (s *session) receive() error {
 		case protocol.TypeBarrierAck:
 			n.onAck(p, f.Seq, true)
 		case protocol.TypePromoteReq:
-			p.onPromoteReq(s, f.Seq)
+			p.onPromoteReq(s, f.Seq, len(f.Payload) == 1 && f.Payload[0] == 1)
 		case protocol.TypePromoteReply:
 			p.onPromoteReply(f.Seq, string(f.Payload))
 		case protocol.TypePromoteEnd:
@@ -237,6 +244,13 @@ func (s *session) receive() error {
 				return p.readErr("PeerSeqs", err)
 			}
 			n.onPeerSeqs(p, ps)
+		case protocol.TypeLease:
+			if len(f.Payload) != 8 {
+				return p.readErr("lease", fmt.Errorf("%w: Lease payload of %d bytes", protocol.ErrCorrupt, len(f.Payload)))
+			}
+			s.onLease(f.Seq, binary.LittleEndian.Uint64(f.Payload))
+		case protocol.TypeLeaseAck:
+			s.onLeaseAck(f.Seq, f.Flags&protocol.FlagLeaseRefused != 0, f.Payload)
 		case protocol.TypePing:
 			s.queue(ctrlMsg{t: protocol.TypePong, seq: f.Seq})
 		case protocol.TypePong:
@@ -292,17 +306,18 @@ func (p *peer) onState(st *protocol.State) error {
 	defer n.unlock()
 	role, disk := api.Role(st.Role), bitmap.DiskState(st.Disk)
 	if role == api.Primary && n.role == api.Primary {
+		if n.quorumOn() && !n.leaseHeld() {
+			// This node lost its lease and p is Primary now.
+			n.stepDownLocked(fmt.Sprintf("%s announced it is Primary", p.cfg.Name))
+			return fmt.Errorf("stepped down: %s is Primary", p.cfg.Name)
+		}
 		err := fmt.Errorf("%w: both %s and %s are Primary; demote one of them", ErrRefused, n.cfg.Self.Name, p.cfg.Name)
 		n.log.Error("two primaries", "peer", p.cfg.Name)
 		return err
 	}
-	if role != p.peerRole {
-		n.event("peer-role", p.cfg.Name, p.peerRole.String(), role.String(), "")
-		p.peerRole = role
-	}
-	if disk != p.peerDisk {
-		n.event("peer-disk", p.cfg.Name, p.peerDisk.String(), disk.String(), "")
-		p.peerDisk = disk
+	p.noteStateLocked(st)
+	if p.voteOnly {
+		return nil
 	}
 	if (disk == diskFailed || disk == diskless) && role != api.Primary {
 		p.peerDiskFailedLocked()
@@ -416,6 +431,9 @@ func (p *peer) onResyncDone(current uint64) error {
 	p.bitmap.ClearAll()
 	if err := n.flushBitmapsLocked("resync done"); err != nil {
 		return err
+	}
+	if n.quorum.replaced.Swap(false) {
+		n.log.Info("resynced from the new Primary: the writes of the replaced Primary are gone", "source", p.cfg.Name)
 	}
 	// What the activity log marked is repaired now.
 	n.crashedPrimary = false

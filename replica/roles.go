@@ -2,7 +2,9 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/repd/repd/api"
@@ -24,7 +26,11 @@ func (n *Node) peerViews() []decide.PeerView {
 // Demote makes this node Secondary: new writes are refused at once,
 // in-flight ones complete, everything is flushed (to the peers too), then
 // the role changes.
-func (n *Node) Demote() error {
+func (n *Node) Demote() error { return n.demote(true) }
+
+// demote is Demote; byOperator keeps this node out of elections for a
+// while, so that auto-promote hands the role to another node.
+func (n *Node) demote(byOperator bool) error {
 	n.mu.Lock()
 	if err := decide.CanDemote(n.role); err != nil || n.demoting {
 		n.mu.Unlock()
@@ -48,20 +54,20 @@ func (n *Node) Demote() error {
 	defer n.unlock()
 	n.demoting = false
 	n.role = api.Secondary
+	if byOperator {
+		n.quorum.noCandidacyUntil = mono() + n.electRetry()
+	}
 	err := n.persist(func(sb *bitmap.Superblock) {
 		if ferr == nil {
 			sb.Flags &^= bitmap.FlagPrimary
 		}
 	})
 	n.recomputeLocked()
+	n.resetLeaseLocked()
 	n.broadcastLocked()
 	n.log.Info("demoted to Secondary")
 	n.event("role", "", api.Primary.String(), api.Secondary.String(), "")
-	for _, p := range n.peers {
-		if p.conn == api.Connected {
-			p.sendStateLocked(0)
-		}
-	}
+	n.broadcastStateLocked(nil)
 	if ferr != nil {
 		n.log.Warn("flush during demote failed", "err", ferr)
 	}
@@ -74,6 +80,9 @@ func (n *Node) Demote() error {
 // the new UUID and empty bitmaps, skipping the initial full sync of
 // brand-new empty disks. Refused on a Primary, and while a peer is syncing.
 func (n *Node) NewCurrentUUID(clearBitmap bool) error {
+	if n.cfg.Self.Witness {
+		return n.witnessRefusal("new-current-uuid")
+	}
 	n.mu.Lock()
 	defer n.unlock()
 	if n.role == api.Primary && clearBitmap {
@@ -177,28 +186,61 @@ func (n *Node) grantBlocksLocked(except *peer) error {
 }
 
 // Promote makes this node Primary. Without force it refuses a disk that is
-// not UpToDate; it always refuses while a connected peer is Primary or is
-// becoming Primary (see above).
-func (n *Node) Promote(force bool) error {
+// not UpToDate, and with quorum it needs quorum and waits until the lease
+// of a Primary it heard from must be over; it always refuses while a
+// connected peer is Primary or is becoming Primary (see above). With force
+// the quorum checks are skipped: the operator takes the risk of two
+// Primaries.
+func (n *Node) Promote(force bool) error { return n.promote(force, false) }
+
+// errPromiseWait marks a refusal that goes away by itself: a voter's
+// promise to an earlier Primary still runs.
+var errPromiseWait = errors.New("a promise to an earlier Primary still runs")
+
+// waitPrefix starts a PromoteReply refusal for the same reason.
+const waitPrefix = "wait: "
+
+// promote is Promote; auto marks an election, where a voter that would
+// rank better refuses.
+func (n *Node) promote(force, auto bool) error {
+	deadline := mono() + 2*decide.Promise(n.cfg.Timeout)
+	for {
+		err := n.promoteOnce(force, auto)
+		if !errors.Is(err, errPromiseWait) || mono() > deadline || auto {
+			return err
+		}
+		t := time.NewTimer(min(n.cfg.Timeout/4, 250*time.Millisecond))
+		<-t.C
+	}
+}
+
+func (n *Node) promoteOnce(force, auto bool) error {
 	n.mu.Lock()
 	if err := n.canStartPromoteLocked(force); err != nil || n.role == api.Primary {
 		n.unlock()
 		return err
 	}
 	asked := map[*peer]bool{}
-	for _, p := range n.peers {
+	for _, p := range n.all {
 		if p.conn == api.Connected && p.sess != nil && p.features.Load()&protocol.FeatureCluster != 0 {
 			asked[p] = true
 		}
 	}
 	if len(asked) == 0 {
 		defer n.unlock()
+		if err := n.quorumVerdictLocked(force, nil); err != nil {
+			return err
+		}
 		return n.promoteLocked(force)
 	}
 	w := &promoteWait{token: newUUID(), asked: asked, replies: map[*peer]string{}, done: make(chan struct{})}
 	n.promoting = w
+	var payload []byte
+	if auto {
+		payload = []byte{1}
+	}
 	for p := range asked {
-		p.sess.queue(ctrlMsg{t: protocol.TypePromoteReq, seq: w.token})
+		p.sess.queue(ctrlMsg{t: protocol.TypePromoteReq, seq: w.token, payload: payload})
 	}
 	n.unlock()
 
@@ -213,6 +255,7 @@ func (n *Node) Promote(force bool) error {
 	defer n.unlock()
 	n.promoting = nil
 	var err error
+	wait := false
 	for p := range asked {
 		reason, ok := w.replies[p]
 		switch {
@@ -224,12 +267,20 @@ func (n *Node) Promote(force bool) error {
 			if err == nil {
 				err = fmt.Errorf("%w: peer %s did not answer the promote request within %v; its connection was dropped, retry", ErrRefused, p.cfg.Name, n.cfg.Timeout)
 			}
+		case strings.HasPrefix(reason, waitPrefix):
+			wait = true
+			if err == nil {
+				err = fmt.Errorf("%w: peer %s refused for now: %s", ErrRefused, p.cfg.Name, strings.TrimPrefix(reason, waitPrefix))
+			}
 		case reason != "" && err == nil:
 			err = fmt.Errorf("%w: %s", ErrRefused, reason)
 		}
 	}
 	if err == nil {
 		err = n.canStartPromoteLocked(force)
+	}
+	if err == nil {
+		err = n.quorumVerdictLocked(force, w)
 	}
 	if err == nil {
 		err = n.promoteLocked(force)
@@ -242,14 +293,43 @@ func (n *Node) Promote(force bool) error {
 	}
 	if err != nil {
 		n.log.Info("promote refused", "err", err)
+		if wait {
+			err = fmt.Errorf("%w (%w)", err, errPromiseWait)
+		}
 	}
 	return err
+}
+
+// quorumVerdictLocked checks, with quorum on and no force, that the votes
+// granted (this node's and its connected voters' in w, nil when none was
+// asked) make quorum. n.mu held.
+func (n *Node) quorumVerdictLocked(force bool, w *promoteWait) error {
+	if force || !n.quorumOn() {
+		return nil
+	}
+	votes := 0
+	if n.selfVotes() {
+		votes++
+	}
+	if w != nil {
+		for p := range w.asked {
+			if reason, ok := w.replies[p]; ok && reason == "" && p.peerVotes() {
+				votes++
+			}
+		}
+	}
+	if votes < n.cfg.Quorum {
+		return fmt.Errorf("%w: no quorum: %d of the %d votes needed (of %d voters) granted the promotion; repctl primary --force promotes anyway and risks two Primaries writing apart (split brain) if the others can still reach each other", ErrRefused, votes, n.cfg.Quorum, n.voters())
+	}
+	return nil
 }
 
 // canStartPromoteLocked checks what Promote checks before and after asking
 // the peers; n.mu held.
 func (n *Node) canStartPromoteLocked(force bool) error {
 	switch {
+	case n.cfg.Self.Witness:
+		return fmt.Errorf("%w: %s is a witness: it holds no data and is never Primary", ErrRefused, n.cfg.Self.Name)
 	case n.closed:
 		return ErrClosed
 	case n.demoting:
@@ -262,11 +342,22 @@ func (n *Node) canStartPromoteLocked(force bool) error {
 	if err := n.grantBlocksLocked(nil); err != nil {
 		return err
 	}
-	return decide.CanPromote(force, n.super.Disk, n.peerViews())
+	if err := decide.CanPromote(force, n.super.Disk, n.peerViews()); err != nil {
+		return err
+	}
+	if !force && n.quorumOn() {
+		if !n.hasQuorumLocked() {
+			return fmt.Errorf("%w: no quorum: %d of %d votes present, %d needed; repctl primary --force promotes anyway and risks two Primaries writing apart (split brain) if the others can still reach each other", ErrRefused, n.votesLocked(), n.voters(), n.cfg.Quorum)
+		}
+		if wait := time.Duration(n.quorum.lastPrimary.Load()) + decide.Promise(n.cfg.Timeout) - mono(); wait > 0 {
+			return fmt.Errorf("%w: this node heard from a Primary (or started) %v ago; that Primary's lease may run for up to %v more (%w)", ErrRefused, (mono() - time.Duration(n.quorum.lastPrimary.Load())).Round(time.Millisecond), wait.Round(time.Millisecond), errPromiseWait)
+		}
+	}
+	return nil
 }
 
 // onPromoteReq answers a peer's promote request.
-func (p *peer) onPromoteReq(s *session, token uint64) {
+func (p *peer) onPromoteReq(s *session, token uint64, election bool) {
 	n := p.n
 	n.mu.Lock()
 	defer n.unlock()
@@ -278,14 +369,43 @@ func (p *peer) onPromoteReq(s *session, token uint64) {
 		reason = fmt.Sprintf("peer %s is becoming Primary", n.grant.p.cfg.Name)
 	case n.promoting != nil && n.cfg.Self.ID < p.cfg.ID:
 		reason = fmt.Sprintf("peer %s is becoming Primary", n.cfg.Self.Name)
+	case n.quorumOn():
+		reason = n.grantReasonLocked(p, election)
 	}
 	if reason == "" {
 		n.grant = &grant{p: p, token: token, until: time.Now().Add(3 * n.cfg.Timeout)}
-		n.log.Info("granted promote request", "peer", p.cfg.Name)
+		n.log.Info("granted promote request", "peer", p.cfg.Name, "election", election)
 	} else {
 		n.log.Info("refused promote request", "peer", p.cfg.Name, "reason", reason)
 	}
 	s.queue(ctrlMsg{t: protocol.TypePromoteReply, seq: token, payload: []byte(reason)})
+}
+
+// grantReasonLocked is a voter's answer to p's promotion request with
+// quorum on: "" to grant, else why not (decide.MayGrant; in an election a
+// voter that would rank better refuses too). n.mu held.
+func (n *Node) grantReasonLocked(p *peer, election bool) string {
+	cand := p.candidate()
+	if p.cfg.Witness {
+		return fmt.Sprintf("%s is a witness: it is never Primary", p.cfg.Name)
+	}
+	for _, q := range n.all {
+		if q != p && q.conn == api.Connected && q.peerRole == api.Primary {
+			return fmt.Sprintf("peer %s is Primary", q.cfg.Name)
+		}
+	}
+	g := decide.GrantCheck{Now: mono(), LastPrimary: time.Duration(n.quorum.lastPrimary.Load()), Promise: decide.Promise(n.cfg.Timeout),
+		Witness: n.cfg.Self.Witness, Known: n.quorum.known, Me: n.candidateLocked(), MeVotes: n.selfVotes()}
+	if err := decide.MayGrant(g, cand); err != nil {
+		if g.Now < g.LastPrimary+g.Promise {
+			return waitPrefix + fmt.Sprintf("%s: %v", n.cfg.Self.Name, err)
+		}
+		return fmt.Sprintf("%s: %v", n.cfg.Self.Name, err)
+	}
+	if election && n.betterCandidateLocked(cand) {
+		return fmt.Sprintf("%s is a better successor than %s", n.cfg.Self.Name, p.cfg.Name)
+	}
+	return ""
 }
 
 // onPromoteReply records a peer's answer to our promote request.
@@ -366,7 +486,11 @@ func (n *Node) promoteLocked(force bool) error {
 		}
 	}
 	n.role = api.Primary
+	n.quorum.replaced.Store(false)
+	n.quorum.supports = nil
 	n.recomputeLocked()
+	n.resetLeaseLocked()
+	n.tellVotersLocked()
 	n.log.Info("promoted to Primary", "force", force, "current", api.FormatUUID(n.super.GI.Current))
 	n.event("role", "", api.Secondary.String(), api.Primary.String(), "")
 	for _, p := range n.peers {

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"encoding/binary"
 	"fmt"
 	"runtime"
 	"time"
@@ -115,11 +116,12 @@ func (s *session) send() error {
 		case <-tick.C:
 		}
 		now := time.Now()
+		n.mu.Lock()
+		// Taken under n.mu: a State queued with a change of role or
+		// generation goes before a lease request that follows it.
 		s.ctrlMu.Lock()
 		ctrl, s.ctrl = s.ctrl, ctrl[:0]
 		s.ctrlMu.Unlock()
-
-		n.mu.Lock()
 		maxBytes := int(min(4<<20, n.journal.Max/4))
 		var more bool
 		batch, more = n.journal.Ship(&p.progress, p.bit, batch[:0], func(k, bytes int) bool { return k >= 1024 || bytes >= maxBytes })
@@ -131,6 +133,11 @@ func (s *session) send() error {
 		}
 		if len(batch) > 0 {
 			p.progress.Shipped(batch[len(batch)-1].Seq, now)
+		}
+		var lease []byte
+		if n.role == api.Primary && n.quorumOn() && (s.leaseDue || now.Sub(s.lastLease) >= n.cfg.Timeout/4) {
+			lease = binary.LittleEndian.AppendUint64(nil, n.super.GI.Current)
+			s.leaseDue, s.lastLease = false, now
 		}
 		var timeout error
 		if p.progress.Overdue(now, n.cfg.Timeout) {
@@ -150,13 +157,18 @@ func (s *session) send() error {
 		for _, m := range ctrl {
 			s.frame(m.t, m.f, m.seq, m.payload, nil)
 		}
+		if lease != nil {
+			s.frame(protocol.TypeLease, 0, uint64(mono()), lease, nil)
+		}
 		if peerSeqs != nil {
 			s.frame(protocol.TypePeerSeqs, 0, 0, peerSeqs, nil)
 		}
 		resent := s.shipResends(head[:0])
-		if a := s.applier.acked.Load(); a > sentAck {
-			s.frame(protocol.TypeAck, 0, a, nil, nil)
-			sentAck = a
+		if s.applier != nil {
+			if a := s.applier.acked.Load(); a > sentAck {
+				s.frame(protocol.TypeAck, 0, a, nil, nil)
+				sentAck = a
+			}
 		}
 		for _, e := range batch {
 			switch e.Kind {

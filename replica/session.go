@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
@@ -51,6 +52,11 @@ type session struct {
 	dedup    dedupState
 	frameErr error // the sender's first frame write error (sender.go)
 
+	// The Primary's lease requests to the peer (sender.go; quorum.go):
+	// when the last went, and whether one is due at once. Node.mu.
+	lastLease time.Time
+	leaseDue  bool
+
 	seqs, sentSeqs []protocol.PeerSeq // PeerSeqs to send, last sent (peerseq.go)
 	leavingSeq     uint64             // the leaving Primary's final barrier (drain.go)
 	sync           sessSync           // checksum resync, pacing (csums.go)
@@ -95,7 +101,11 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 	s.sync.csumsDone = make(chan struct{}, 1)
 	stop := context.AfterFunc(sctx, func() { nc.Close() })
 	defer stop()
-	if err := p.negotiate(s); err != nil {
+	negotiate := p.negotiate
+	if p.voteOnly {
+		negotiate = p.negotiateVote
+	}
+	if err := negotiate(s); err != nil {
 		return err
 	}
 	s.run()
@@ -110,8 +120,15 @@ func (p *peer) session(ctx context.Context, c *protocol.Conn) error {
 // them and for the writes being applied.
 func (s *session) run() {
 	p, n := s.p, s.p.n
-	s.applier = newApplier(s)
 	var wg sync.WaitGroup
+	if p.voteOnly {
+		wg.Add(2)
+		go func() { defer wg.Done(); s.fail(s.send()) }()
+		go func() { defer wg.Done(); s.fail(s.receive()) }()
+		wg.Wait()
+		return
+	}
+	s.applier = newApplier(s)
 	wg.Add(3)
 	go func() { defer wg.Done(); s.fail(s.send()) }()
 	go func() { defer wg.Done(); s.fail(s.resyncLoop()) }()
@@ -140,17 +157,22 @@ func (p *peer) teardown(s *session) error {
 	if err := p.leftLocked(s); err != nil {
 		n.log.Error("marking the disk Outdated failed", "err", err)
 	}
-	lost := n.journal.Drop(&p.progress, p.bit, p.lostLocked)
-	n.journal.Trim()
-	p.setReplLocked(api.ReplOff)
+	p.setReplLocked(api.ReplOff) // p receives no more writes
 	if p.conn == api.Connected {
 		p.setConnLocked(api.Connecting, s.err.Error())
 	}
+	// Before any write completes without p (the drop below completes
+	// them): p's lease acknowledgement no longer counts.
+	n.dropLeaseLocked(p)
+	lost := n.journal.Drop(&p.progress, p.bit, p.lostLocked)
+	n.journal.Trim()
 	n.recomputeLocked()
 	n.unlock()
 	n.log.Warn("peer disconnected", "peer", p.cfg.Name, "err", s.err, "unacked_marked", lost)
-	if err := n.flushBitmaps("peer disconnected"); err != nil {
-		n.log.Error("marks of the writes the peer missed are not durable", "peer", p.cfg.Name, "err", err)
+	if !p.voteOnly {
+		if err := n.flushBitmaps("peer disconnected"); err != nil {
+			n.log.Error("marks of the writes the peer missed are not durable", "peer", p.cfg.Name, "err", err)
+		}
 	}
 	return s.err
 }

@@ -48,25 +48,30 @@ func (n *Node) Status() api.Status {
 		CurrentUUID: api.FormatUUID(n.super.GI.Current), JournalBytes: n.journal.Bytes, JournalMax: n.journal.Max, JournalAgeMS: n.journal.Age(time.Now()).Milliseconds(),
 		Writes: n.writes, Peers: []api.PeerStatus{},
 	}
-	for _, p := range n.peers {
+	n.quorumStatusLocked(&s)
+	for _, p := range n.all {
 		ps := api.PeerStatus{
 			Name: p.cfg.Name, NodeID: p.cfg.ID, Address: p.cfg.Addr, Connection: p.conn, Replication: p.repl,
-			OutOfSyncKiB: p.bitmap.DirtyBytes() / 1024, BitmapUUID: api.FormatUUID(n.super.GI.Bitmap[p.slot]),
 			SplitBrain: p.splitBrain, LastError: p.lastErr,
 			Connects: p.connects, Resyncs: p.resyncs,
 			Acks: p.progress.Acks, AckLatencyUS: p.progress.Latency.Microseconds(),
+			Witness: p.cfg.Witness, Votes: n.quorumOn() && p.peerVotes(),
 		}
 		if p.conn == api.Connected {
 			ps.Role = p.peerRole.String()
 			ps.Disk = p.peerDisk.String()
 		}
-		if p.repl == api.SyncSource || p.repl == api.SyncTarget {
-			total := max(p.syncTotal, 1)
-			left := p.bitmap.DirtyBytes()
-			pct := 100 * float64(total-min(left, total)) / float64(total)
-			ps.SyncPercent = &pct
+		if p.bitmap != nil {
+			ps.OutOfSyncKiB = p.bitmap.DirtyBytes() / 1024
+			ps.BitmapUUID = api.FormatUUID(n.super.GI.Bitmap[p.slot])
+			if p.repl == api.SyncSource || p.repl == api.SyncTarget {
+				total := max(p.syncTotal, 1)
+				left := p.bitmap.DirtyBytes()
+				pct := 100 * float64(total-min(left, total)) / float64(total)
+				ps.SyncPercent = &pct
+			}
+			p.syncStatusLocked(&ps)
 		}
-		p.syncStatusLocked(&ps)
 		p.stats.fill(&ps)
 		s.Peers = append(s.Peers, ps)
 	}

@@ -34,6 +34,9 @@ import (
 // ReadAt reads from the local store. A node whose disk is not UpToDate
 // refuses (its data may be a mix of generations).
 func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if n.cfg.Self.Witness {
+		return n.witnessRefusal("read")
+	}
 	n.mu.Lock()
 	disk := n.super.Disk
 	n.mu.Unlock()
@@ -86,6 +89,15 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 	}
 	if length == 0 {
 		return nil
+	}
+	if n.cfg.Self.Witness {
+		return n.witnessRefusal(op)
+	}
+	if !n.leaseHeld() {
+		// Without quorum a write does not even start (quorum.go).
+		if err := n.waitLease(ctx, op); err != nil {
+			return err
+		}
 	}
 	n.mu.Lock()
 	if n.role != api.Primary || n.demoting || n.closed {
@@ -162,6 +174,11 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 				}
 			}
 		}
+	}
+	if err == nil && !n.leaseHeld() {
+		// Acknowledged only under the lease: a Primary that lost it may
+		// have been replaced already (quorum.go).
+		err = n.waitLease(ctx, op)
 	}
 	return err
 }
@@ -483,13 +500,22 @@ func (n *Node) pullAheadLocked() bool {
 // after its own fdatasync). Under protocol A the barrier is sent but not
 // awaited: a flush is local only. On a Secondary it flushes the store.
 func (n *Node) Flush(ctx context.Context) error {
+	if n.cfg.Self.Witness {
+		return n.witnessRefusal("flush")
+	}
 	n.mu.Lock()
 	primary := n.role == api.Primary
 	n.mu.Unlock()
 	if !primary {
 		return n.st.Flush(ctx)
 	}
-	return n.flush(ctx, n.cfg.Protocol == api.ProtocolC)
+	if err := n.flush(ctx, n.cfg.Protocol == api.ProtocolC); err != nil {
+		return err
+	}
+	if !n.leaseHeld() {
+		return n.waitLease(ctx, "flush")
+	}
+	return nil
 }
 
 func (n *Node) flush(ctx context.Context, wait bool) error {
@@ -626,5 +652,5 @@ func (n *Node) wakeRoomLocked(all bool) {
 // peer (nbd.Quick): reads always (they are local), writes while no peer
 // receives them. Under protocol A a write may wait for journal room.
 func (n *Node) Quick(write bool, length int64) bool {
-	return !write || n.recvAtomic.Load() == 0
+	return !write || n.recvAtomic.Load() == 0 && n.leaseHeld()
 }

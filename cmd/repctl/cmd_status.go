@@ -92,7 +92,7 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 			code = "1;36"
 		case "Inconsistent", "SyncSource", "SyncTarget", "PausedSync", "Connecting", "Ahead", "Behind", "Outdated", "VerifySource", "VerifyTarget":
 			code = "33"
-		case "Failed", "StandAlone", "Diskless":
+		case "Failed", "StandAlone", "Diskless", "quorum:no":
 			code = "31"
 		}
 		if code == "" {
@@ -100,8 +100,25 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 		}
 		return "\033[" + code + "m" + s + "\033[0m"
 	}
-	fmt.Fprintf(w, "%s role:%s\n", st.Resource, paint(st.Role.String()))
+	role := paint(st.Role.String())
+	if st.Witness {
+		role += " (witness)"
+	}
+	fmt.Fprintf(w, "%s role:%s\n", st.Resource, role)
 	fmt.Fprintf(w, "  disk:%s", paint(st.Disk))
+	if st.VotesNeeded > 0 {
+		q := "quorum:yes"
+		if !st.Quorum {
+			q = paint("quorum:no")
+		}
+		fmt.Fprintf(w, " %s votes:%d/%d (need %d)", q, st.Votes, st.Voters, st.VotesNeeded)
+		if st.Lease != "" {
+			fmt.Fprintf(w, " lease:%s", st.Lease)
+		}
+		if st.SuspendedIO > 0 {
+			fmt.Fprintf(w, " %s", paint(fmt.Sprintf("suspended-io:%d", st.SuspendedIO)))
+		}
+	}
 	if st.JournalBytes > 0 {
 		fmt.Fprintf(w, " journal:%s", kib(st.JournalBytes/1024))
 		if st.JournalAgeMS > 0 {
@@ -122,6 +139,9 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 		if p.Disk != "" {
 			parts = append(parts, "peer-disk:"+paint(p.Disk))
 		}
+		if p.Witness {
+			parts = append(parts, "witness")
+		}
 		if s := syncProgress(p); s != "" {
 			parts = append(parts, s)
 		}
@@ -131,7 +151,9 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 		if p.VerifyMismatchKiB > 0 {
 			parts = append(parts, "verify-differ:"+kib(p.VerifyMismatchKiB))
 		}
-		parts = append(parts, "out-of-sync:"+kib(p.OutOfSyncKiB))
+		if !p.Witness {
+			parts = append(parts, "out-of-sync:"+kib(p.OutOfSyncKiB))
+		}
 		if p.SplitBrain {
 			parts = append(parts, "split-brain:yes")
 		}
@@ -139,6 +161,9 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 		if p.LastError != "" {
 			fmt.Fprintf(w, "    last-error: %s\n", p.LastError)
 		}
+	}
+	if st.LastElection != "" {
+		fmt.Fprintf(w, "  last-election: %s\n", st.LastElection)
 	}
 }
 

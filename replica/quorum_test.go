@@ -1,0 +1,251 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/config"
+)
+
+// quorumCluster builds k nodes with quorum majority; the nodes listed in
+// witnesses are witnesses. mod adjusts each node's configuration after.
+func quorumCluster(t *testing.T, k int, witnesses []int, mod func(i int, cfg *Config)) *cluster {
+	t.Helper()
+	isWitness := func(name string) bool {
+		for _, w := range witnesses {
+			if names[w] == name {
+				return true
+			}
+		}
+		return false
+	}
+	return newCluster(t, k, func(i int, cfg *Config) {
+		cfg.Quorum = k/2 + 1
+		cfg.Self.Witness = isWitness(cfg.Self.Name)
+		for j := range cfg.Peers {
+			cfg.Peers[j].Witness = isWitness(cfg.Peers[j].Name)
+		}
+		if mod != nil {
+			mod(i, cfg)
+		}
+	})
+}
+
+// ackedWrites records what a writer saw acknowledged, to check later that
+// none is lost.
+type ackedWrites struct {
+	mu   sync.Mutex
+	data map[int64][]byte // the last acknowledged content of each block
+}
+
+func (a *ackedWrites) write(t *testing.T, n *Node, ctx context.Context, off int64, b byte) error {
+	data := bytes.Repeat([]byte{b}, 4096)
+	err := n.WriteAt(ctx, data, off, false)
+	if err == nil {
+		a.mu.Lock()
+		if a.data == nil {
+			a.data = map[int64][]byte{}
+		}
+		a.data[off] = data
+		a.mu.Unlock()
+	}
+	return err
+}
+
+// check asserts every acknowledged write is on the node's disk.
+func (a *ackedWrites) check(t *testing.T, tn *tnode) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for off, want := range a.data {
+		if got := readFileAt(t, tn.path, off, len(want)); !bytes.Equal(got, want) {
+			t.Fatalf("%s lacks the write acknowledged at %d (has %x..., want %x...)", tn.cfg.Self.Name, off, got[:4], want[:4])
+		}
+	}
+}
+
+// Two data nodes and a witness, auto-promote: the Primary is cut off from
+// both. Its writes stop being acknowledged (they hang: suspend-io) before
+// the other data node is elected Primary; once the partition heals the old
+// Primary learns it was replaced, fails the suspended write with EIO,
+// steps down and resyncs, and no node reports split brain. Every write
+// acknowledged anywhere is on the new Primary.
+func TestQuorumWitnessFailover(t *testing.T) {
+	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) { cfg.AutoPromote = true })
+	c.waitConnected(10 * time.Second)
+	alpha, beta := c.nodes[0].n, c.nodes[1].n
+	if err := alpha.NewCurrentUUID(true); err != nil {
+		t.Fatal(err)
+	}
+	// The election promotes one data node (the lower id: same data,
+	// same priority).
+	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	if s := beta.Status(); s.Role != api.Secondary || !s.Quorum || s.Votes != 3 {
+		t.Fatalf("beta: %+v", s)
+	}
+	var acked ackedWrites
+	ctx := context.Background()
+	for i := range 20 {
+		if err := acked.write(t, alpha, ctx, int64(i)*4096, byte(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := alpha.Status(); s.Lease != "held" || !s.Quorum {
+		t.Fatalf("alpha: lease %q quorum %v", s.Lease, s.Quorum)
+	}
+
+	cut := time.Now()
+	c.isolate(0, true)
+	done := make(chan error, 1)
+	go func() {
+		// Issued after the cut: beta cannot have it, so it must not be
+		// acknowledged.
+		done <- acked.write(t, alpha, ctx, 100*4096, 0xAA)
+	}()
+	waitFor(t, 15*time.Second, "beta elected", func() bool { return beta.Status().Role == api.Primary })
+	elected := time.Since(cut)
+	select {
+	case err := <-done:
+		t.Fatalf("alpha's write completed while it was cut off: %v", err)
+	default:
+	}
+	if s := alpha.Status(); s.Lease != "expired" || s.SuspendedIO == 0 {
+		t.Fatalf("alpha cut off: lease %q, %d suspended", s.Lease, s.SuspendedIO)
+	}
+	if err := acked.write(t, beta, ctx, 200*4096, 0xBB); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("beta elected %v after the cut; %s", elected.Round(time.Millisecond), beta.Status().LastElection)
+
+	c.isolate(0, false)
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "became Primary") {
+			t.Fatalf("the suspended write on the replaced Primary: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the suspended write did not fail after the partition healed")
+	}
+	c.waitSynced(20 * time.Second)
+	if alpha.Status().Role != api.Secondary {
+		t.Fatal("alpha is still Primary")
+	}
+	for _, tn := range c.nodes {
+		for _, p := range tn.n.Status().Peers {
+			if p.SplitBrain {
+				t.Fatalf("%s reports split brain with %s", tn.cfg.Self.Name, p.Name)
+			}
+		}
+	}
+	acked.check(t, c.nodes[1])
+	acked.check(t, c.nodes[0])
+	c.assertEqualStores()
+}
+
+// With on-no-quorum io-error a Primary cut off fails writes with EIO once
+// its lease is over, instead of suspending them; quorum back, writes work.
+func TestQuorumIOError(t *testing.T) {
+	c := quorumCluster(t, 3, nil, func(i int, cfg *Config) { cfg.OnNoQuorum = config.NoQuorumIOError })
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	if err := alpha.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	c.isolate(0, true)
+	var err error
+	waitFor(t, 10*time.Second, "a write fails with EIO", func() bool {
+		err = alpha.WriteAt(ctx, make([]byte, 4096), 4096, false)
+		return err != nil
+	})
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "io-error") {
+		t.Fatalf("write without quorum: %v", err)
+	}
+	if err := alpha.Flush(ctx); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("flush without quorum: %v", err)
+	}
+	c.isolate(0, false)
+	waitFor(t, 15*time.Second, "writes work again", func() bool {
+		return alpha.WriteAt(ctx, make([]byte, 4096), 8192, false) == nil
+	})
+}
+
+// Without auto-promote nobody replaces a cut-off Primary: its suspended
+// write completes once the partition heals, with quorum.
+func TestQuorumSuspendedWriteCompletes(t *testing.T) {
+	c := quorumCluster(t, 3, nil, nil)
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	c.isolate(0, true)
+	waitFor(t, 10*time.Second, "alpha's lease expired", func() bool { return alpha.Status().Lease == "expired" })
+	done := make(chan error, 1)
+	go func() { done <- alpha.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 0, false) }()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("a write completed without quorum: %v", err)
+	default:
+	}
+	if n := alpha.Status().SuspendedIO; n != 1 {
+		t.Fatalf("%d suspended, want 1", n)
+	}
+	c.isolate(0, false)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the suspended write failed: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the suspended write did not complete once quorum returned")
+	}
+	c.waitSynced(20 * time.Second)
+	c.assertEqualStores()
+}
+
+// A Secondary cut off from the Primary misses writes the Primary goes on
+// acknowledging with the witness's vote; when the Primary is then lost, the
+// witness refuses to elect the node that lacks them (no acknowledged write
+// is lost: the resource waits for the old Primary instead), and manual
+// promotion without --force is refused for lack of quorum.
+func TestQuorumOutdatedNodeNotElected(t *testing.T) {
+	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) { cfg.AutoPromote = true })
+	c.waitConnected(10 * time.Second)
+	alpha, beta := c.nodes[0].n, c.nodes[1].n
+	if err := alpha.NewCurrentUUID(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	var acked ackedWrites
+	ctx := context.Background()
+	c.proxy(0, 1).Partition(true) // alpha and beta apart; both still reach the witness
+	for i := range 10 {
+		// Acknowledged with the witness's vote, without beta.
+		if err := acked.write(t, alpha, ctx, int64(i)*4096, byte(0x10+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.stop(c.nodes[0]) // alpha is lost
+	time.Sleep(3 * c.nodes[0].cfg.Timeout)
+	if s := beta.Status(); s.Role == api.Primary {
+		t.Fatalf("beta, which lacks acknowledged writes, was elected: %s", s.LastElection)
+	}
+	err := beta.Promote(false)
+	if err == nil || !errors.Is(err, ErrRefused) {
+		t.Fatalf("manual promote of the outdated node: %v", err)
+	}
+	t.Logf("refused as expected: %v", err)
+	// alpha returns: it has the newest data and is elected again.
+	c.proxy(0, 1).Partition(false)
+	c.start(c.nodes[0])
+	alpha = c.nodes[0].n
+	waitFor(t, 20*time.Second, "alpha elected again", func() bool { return alpha.Status().Role == api.Primary })
+	c.waitSynced(20 * time.Second)
+	acked.check(t, c.nodes[1])
+	c.assertEqualStores()
+}
