@@ -145,14 +145,14 @@ var (
 	descDedupMiss  = prometheus.NewDesc("repd_peer_dedup_misses_total", "Dedup references the peer could not resolve (the data was resent).", []string{"peer"}, nil)
 	descAuthFail   = prometheus.NewDesc("repd_peer_auth_failures_total", "Handshakes with the peer (or from its address) that failed authentication.", []string{"peer"}, nil)
 
-	descQuorum     = prometheus.NewDesc("repd_quorum", "1 if this node has quorum (always 1 with quorum off).", nil, nil)
-	descVotes      = prometheus.NewDesc("repd_quorum_votes", "Votes present, this node's included.", nil, nil)
-	descVotesNeed  = prometheus.NewDesc("repd_quorum_votes_needed", "Votes quorum needs (0: quorum off).", nil, nil)
-	descVoters     = prometheus.NewDesc("repd_quorum_voters", "Voters of the resource: data nodes and witnesses.", nil, nil)
-	descLease      = prometheus.NewDesc("repd_lease_held", "1 if this Primary holds its lease (quorum acknowledged it).", nil, nil)
-	descLeaseLeft  = prometheus.NewDesc("repd_lease_left_seconds", "How long this Primary's lease has left.", nil, nil)
-	descSuspended  = prometheus.NewDesc("repd_io_suspended", "Writes and flushes waiting for quorum.", nil, nil)
-	descPeerVotes  = prometheus.NewDesc("repd_peer_votes", "1 if the peer's vote counts toward quorum now.", []string{"peer"}, nil)
+	descQuorum    = prometheus.NewDesc("repd_quorum", "1 if this node has quorum (always 1 with quorum off).", nil, nil)
+	descVotes     = prometheus.NewDesc("repd_quorum_votes", "Votes present, this node's included.", nil, nil)
+	descVotesNeed = prometheus.NewDesc("repd_quorum_votes_needed", "Votes quorum needs (0: quorum off).", nil, nil)
+	descVoters    = prometheus.NewDesc("repd_quorum_voters", "Voters of the resource: data nodes and witnesses.", nil, nil)
+	descLease     = prometheus.NewDesc("repd_lease_held", "1 if this Primary holds its lease (quorum acknowledged it).", nil, nil)
+	descLeaseLeft = prometheus.NewDesc("repd_lease_left_seconds", "How long this Primary's lease has left.", nil, nil)
+	descSuspended = prometheus.NewDesc("repd_io_suspended", "Writes and flushes waiting for quorum.", nil, nil)
+	descPeerVotes = prometheus.NewDesc("repd_peer_votes", "1 if the peer's vote counts toward quorum now.", []string{"peer"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
