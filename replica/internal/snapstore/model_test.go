@@ -657,9 +657,11 @@ func (h *harness) checkAll() {
 	for _, m := range v {
 		h.checkImage(m)
 	}
+	// Since each snapshot until now, and to each of the next three: every
+	// epoch boundary, and cumulative spans.
 	for i, a := range v {
 		h.checkChanged(a, nil)
-		for _, b := range v[i+1:] {
+		for _, b := range v[i+1 : min(i+4, len(v))] {
 			h.checkChanged(a, b)
 		}
 	}
@@ -761,12 +763,12 @@ func storyOps(t *testing.T, seed uint64, steps int) int {
 }
 
 // faultPoints picks which operations of a story of total to fail: every
-// one of the first 40 (creation, first snapshots), then about n more,
+// one of the first head (creation, first snapshots), then about n more,
 // evenly.
-func faultPoints(total, n int) []int {
+func faultPoints(total, head, n int) []int {
 	var ks []int
 	for k := 0; k < total; k++ {
-		if k < 40 || k%max(1, (total-40)/n) == 0 {
+		if k < head || k%max(1, (total-head)/n) == 0 {
 			ks = append(ks, k)
 		}
 	}
@@ -780,13 +782,13 @@ func faultPoints(total, n int) []int {
 // story.
 func TestCrashDuringOps(t *testing.T) {
 	const steps = 150
-	seeds, points := 4, 80
+	seeds, head, points := 4, 40, 80
 	if testing.Short() || raceEnabled {
-		seeds, points = 2, 12
+		seeds, head, points = 1, 12, 16
 	}
 	for seed := uint64(200); seed < 200+uint64(seeds); seed++ {
 		total := storyOps(t, seed, steps)
-		ks := faultPoints(total, points)
+		ks := faultPoints(total, head, points)
 		for _, k := range ks {
 			r := rand.New(rand.NewPCG(seed, 3))
 			f := newCrashFile()
@@ -824,12 +826,12 @@ func TestCrashDuringOps(t *testing.T) {
 // ends with a crash, after which everything still checks.
 func TestTransientFault(t *testing.T) {
 	const steps = 150
-	points := 80
+	head, points := 40, 80
 	if testing.Short() || raceEnabled {
-		points = 12
+		head, points = 12, 12
 	}
 	total := storyOps(t, 9, steps)
-	ks := faultPoints(total, points)
+	ks := faultPoints(total, head, points)
 	for _, k := range ks {
 		r := rand.New(rand.NewPCG(9, 3))
 		f := newCrashFile()

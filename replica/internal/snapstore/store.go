@@ -138,6 +138,8 @@ type slotInfo struct {
 	next  int32  // next copy of the same chunk (higher tag), -1: none
 }
 
+// check validates what the caller gave; the full geometry is checked
+// against the store file's (an existing store) or the defaults (a new one).
 func (o Options) check() error {
 	switch {
 	case o.DeviceSize <= 0:
@@ -146,14 +148,25 @@ func (o Options) check() error {
 		return errors.New("Options.Capacity must be set: the bytes of preserved data the store may hold")
 	}
 	block, chunk := o.geometry()
+	if o.BlockSize != 0 && o.ChunkSize == 0 {
+		chunk = MaxChunkSize // whichever the file has, at most this
+	}
+	if o.ChunkSize == 0 {
+		return checkGeometry(o.DeviceSize, block, chunk, max(o.Capacity, chunk))
+	}
 	return checkGeometry(o.DeviceSize, block, chunk, o.Capacity)
 }
 
-// geometry is the block and chunk size of a new store.
+// geometry is the block and chunk size of a new store: 4 KiB blocks and
+// 64 KiB chunks unless given (a larger block makes the chunk at least as
+// large).
 func (o Options) geometry() (block, chunk int64) {
 	block, chunk = o.BlockSize, o.ChunkSize
 	if block == 0 {
-		block = min(DefaultBlockSize, max(chunk, MinBlockSize))
+		block = DefaultBlockSize
+		if chunk != 0 {
+			block = min(block, chunk)
+		}
 	}
 	if chunk == 0 {
 		chunk = max(DefaultChunkSize, block)
@@ -226,6 +239,10 @@ func openOn(f file, path string, opt Options) (*Store, error) {
 		blank = true
 	}
 	if blank {
+		block, chunk := opt.geometry()
+		if err := checkGeometry(opt.DeviceSize, block, chunk, opt.Capacity); err != nil {
+			return nil, fmt.Errorf("create snapshot store %s: %w", path, err)
+		}
 		h, err := initFile(f, path, opt, log)
 		if err != nil {
 			return nil, err
