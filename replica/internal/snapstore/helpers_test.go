@@ -27,6 +27,9 @@ type crashFile struct {
 	failOnce bool
 	failed   bool
 	syncs    int
+	// failSync, if positive, makes the disk go away at that sync (counting
+	// from 1): it and every mutating operation after it fail.
+	failSync int
 	// gate, if set, is called (without the lock) before every Sync.
 	gate func()
 }
@@ -110,6 +113,9 @@ func (f *crashFile) Sync() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failSync > 0 && f.syncs+1 >= f.failSync && f.failAt < 0 {
+		f.failAt = f.ops // this one and all after
+	}
 	if f.fault() {
 		return errInjected
 	}
