@@ -7,12 +7,25 @@
 //
 // # How the caller uses it
 //
-//	Open(path, Options{DeviceSize, BlockSize, Capacity, ...})
+//	Open(path, Options{DeviceSize, BlockSize, Capacity, OnInvalidate, Logger})
 //	before every change of live [off, off+n):  Preserve(ctx, off, n, readLive), then issue the change
 //	at a barrier (no write between Preserve and completion, live flushed):  Create(name, now)
-//	serve RESOURCE@NAME:  ReadAt(ctx, name, p, off, readLive)
+//	serve RESOURCE@NAME:  Get(name), ReadAt(ctx, name, p, off, readLive)
 //	block status "changed since A (until B)":  ChangedRange(A, B, off, n, fn)
 //	List, Delete, Stats, Close
+//
+// Every change of the live device goes through Preserve: on the Primary the
+// NBD writes, trims and write-zeroes; on a Secondary the replicated writes
+// and resync writes too, or its snapshots would see them. A Secondary takes
+// a snapshot where the barrier is in the replication stream: after every
+// write before it is applied (Preserve, write, flush) and before any after
+// it starts. The store does not know roles, disk states or the stream; a
+// snapshot of an Inconsistent disk is the caller's to refuse.
+//
+// Locking, for the caller: Preserve, ReadAt, ChangedRange and List run
+// concurrently; Create, Delete and Close wait for the calls in progress. A
+// ReadFunc must read the backing store directly, never wait for writes in
+// flight or for the caller's barrier (see ReadFunc).
 //
 // # Copy-on-write and sharing
 //

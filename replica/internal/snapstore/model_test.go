@@ -684,7 +684,7 @@ func modelOptions(r *rand.Rand) Options {
 func TestModel(t *testing.T) {
 	seeds, steps := 30, 600
 	if testing.Short() || raceEnabled {
-		seeds, steps = 6, 300
+		seeds, steps = 4, 300
 	}
 	var total tally
 	for seed := uint64(1); seed <= uint64(seeds); seed++ {
@@ -732,7 +732,7 @@ func (c *tally) require(t testing.TB) {
 func TestCrashBetweenOps(t *testing.T) {
 	seeds := 30
 	if testing.Short() || raceEnabled {
-		seeds = 6
+		seeds = 4
 	}
 	for seed := uint64(100); seed < 100+uint64(seeds); seed++ {
 		r := rand.New(rand.NewPCG(seed, 2))
@@ -784,7 +784,7 @@ func TestCrashDuringOps(t *testing.T) {
 	const steps = 150
 	seeds, head, points := 4, 40, 80
 	if testing.Short() || raceEnabled {
-		seeds, head, points = 1, 12, 16
+		seeds, head, points = 1, 10, 12
 	}
 	for seed := uint64(200); seed < 200+uint64(seeds); seed++ {
 		total := storyOps(t, seed, steps)
@@ -828,7 +828,7 @@ func TestTransientFault(t *testing.T) {
 	const steps = 150
 	head, points := 40, 80
 	if testing.Short() || raceEnabled {
-		head, points = 12, 12
+		head, points = 10, 10
 	}
 	total := storyOps(t, 9, steps)
 	ks := faultPoints(total, head, points)

@@ -1047,6 +1047,26 @@ func (s *Store) List() []Info {
 	return out
 }
 
+// Get returns snapshot name's Info, or ErrNotFound: what an NBD handshake
+// for RESOURCE@NAME asks.
+func (s *Store) Get(name string) (Info, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.usable(); err != nil {
+		return Info{}, err
+	}
+	i := s.find(name)
+	if i < 0 {
+		return Info{}, fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
+	}
+	in := s.infoOf(i)
+	if in.Valid {
+		bytes, excl := s.usage()
+		in.Bytes, in.Exclusive = bytes[i], excl[i]
+	}
+	return in, nil
+}
+
 // usage returns, per table index, the bytes of copies each valid snapshot
 // reads and those only it reads. s.mu held (shared is enough).
 func (s *Store) usage() (bytes, excl [MaxSnapshots]int64) {

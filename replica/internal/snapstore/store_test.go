@@ -43,10 +43,11 @@ func (l *fileLive) write(t testing.TB, p []byte, off int64) {
 	}
 }
 
+// image reads the whole device. Safe from any goroutine (t.Error).
 func (l *fileLive) image(t testing.TB, size int64) []byte {
 	p := make([]byte, size)
 	if err := l.read(p, 0); err != nil {
-		t.Fatal(err)
+		t.Error(err)
 	}
 	return p
 }
@@ -135,6 +136,12 @@ func TestRestart(t *testing.T) {
 	}
 	if st := s.Stats(); st.Used != 3*65536 {
 		t.Fatalf("used %d", st.Used)
+	}
+	if in, err := s.Get("daily.1"); err != nil || in != got[0] {
+		t.Fatalf("get daily.1: %+v %v, list says %+v", in, err, got[0])
+	}
+	if _, err := s.Get("daily.3"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get unknown: %v", err)
 	}
 	if !bytes.Equal(readSnap(t, s, "daily.1", live, size), img1) || !bytes.Equal(readSnap(t, s, "daily.2", live, size), img2) {
 		t.Fatal("snapshot images differ after restart")
@@ -838,7 +845,7 @@ func TestCrashConcurrent(t *testing.T) {
 	const size, chunk = 64 * 4096, 4096
 	iters := 200
 	if testing.Short() || raceEnabled {
-		iters = 60
+		iters = 30
 	}
 	for it := range iters {
 		r := rand.New(rand.NewPCG(uint64(it), 15))
