@@ -875,9 +875,9 @@ func (s *Store) mergeEpochs(h *header, drop []int) (newCur []uint64, err error) 
 		wrote = true
 	}
 	if curDropped && len(remain) > 0 && newCur == nil {
-		// The dropped current had no receiver in groups only if ... it
-		// always has one: the newest remaining snapshot precedes it.
-		return nil, fmt.Errorf("internal error: no receiver for the current epoch")
+		// Cannot happen: the newest remaining snapshot precedes the
+		// dropped current one, so it receives its epoch.
+		return nil, fmt.Errorf("internal error: no snapshot received the current epoch")
 	}
 	if wrote {
 		if err := s.f.Sync(); err != nil {

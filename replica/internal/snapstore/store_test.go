@@ -729,10 +729,20 @@ func TestConcurrent(t *testing.T) {
 	images := make(map[string][]byte)
 	stop := make(chan struct{})
 	var wg, bg sync.WaitGroup
+	var checked sync.Map
+	const wantChecked = 5
+	readBack := func() int {
+		n := 0
+		checked.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	deadline := time.Now().Add(60 * time.Second)
 	for w := range writers {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(w), 12))
-			for range rounds {
+			// At least rounds writes each, and on until the readers have
+			// checked enough snapshots while writes were going on.
+			for i := 0; i < rounds || readBack() < wantChecked && time.Now().Before(deadline); i++ {
 				off := r.Int64N(size - 1)
 				n := 1 + r.Int64N(min(size-off, 3*chunk)-1)
 				data := randBytes(r, n)
@@ -782,7 +792,6 @@ func TestConcurrent(t *testing.T) {
 			imgMu.Unlock()
 		}
 	})
-	var checked sync.Map
 	for g := range 3 {
 		bg.Go(func() { // readers and diffs
 			r := rand.New(rand.NewPCG(uint64(g), 14))
@@ -822,10 +831,9 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 	close(stop)
 	bg.Wait()
-	n := 0
-	checked.Range(func(any, any) bool { n++; return true })
-	if n < 5 {
-		t.Fatalf("only %d snapshots were read back", n)
+	n := readBack()
+	if n < wantChecked {
+		t.Fatalf("only %d snapshots were read back in a minute", n)
 	}
 	// Quiet now: every valid snapshot reads whole.
 	for _, in := range s.List() {
