@@ -87,7 +87,7 @@ func (t Target) String() string {
 	}
 	path := "/" + (&url.URL{Path: t.Export}).EscapedPath()
 	if t.Network == "unix" {
-		return scheme + "+unix://" + path + "?socket=" + url.QueryEscape(t.Address)
+		return scheme + "+unix://" + path + "?socket=" + strings.ReplaceAll(url.QueryEscape(t.Address), "%2F", "/")
 	}
 	return scheme + "://" + t.Address + path
 }
