@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -104,7 +105,7 @@ func readManifest(dir string) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("backup manifest: %w", err)
 	}
 	var m Manifest
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
 		return Manifest{}, fmt.Errorf("backup manifest %s: %w", filepath.Join(dir, ManifestName), err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -121,6 +122,11 @@ func (r *Repo) Restore(ctx context.Context, point, target string, o RestoreOptio
 	}
 	if err := f.Close(); err != nil {
 		return written, fmt.Errorf("restore: %w", err)
+	}
+	if !exists {
+		if err := syncDir(filepath.Dir(target)); err != nil {
+			return written, fmt.Errorf("restore: %w", err)
+		}
 	}
 	return written, nil
 }

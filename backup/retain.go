@@ -129,7 +129,7 @@ func (r *Repo) merge(ctx context.Context, p Point) (Point, error) {
 		return Point{}, fmt.Errorf("retention: %w", err)
 	}
 	q := p
-	q.File, q.Kind, q.Backing = file, KindFull, ""
+	q.File, q.Kind, q.Backing, q.BaseSnapshot = file, KindFull, "", ""
 	q.DataBytes, q.FileBytes, q.SHA256 = data, fsize, sum
 	return q, nil
 }

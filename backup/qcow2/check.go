@@ -30,8 +30,9 @@ func (r *Report) errorf(format string, a ...any) {
 	}
 }
 
-// maxCheckClusters bounds the host clusters Check counts (4 bytes each).
-const maxCheckClusters = 1 << 28
+// maxCheckClusters bounds the host clusters Check counts (a byte and a bit
+// each: 1 GiB of counters for a 64 TiB file of 64 KiB clusters).
+const maxCheckClusters = 1 << 30
 
 // Check verifies the image's metadata as qemu-img check does: every L1 and
 // L2 entry, every cluster referenced exactly as often as its refcount says,
@@ -47,7 +48,7 @@ func (im *Image) Check() (*Report, error) {
 	if hostClusters > maxCheckClusters {
 		return nil, fmt.Errorf("qcow2 %s: %d host clusters, more than the check handles", im.path, hostClusters)
 	}
-	used := make([]uint32, hostClusters)
+	used := make([]uint8, hostClusters) // references, saturating at 255
 	ref := func(off int64, what string) bool {
 		if off%cs != 0 {
 			r.errorf("%s at %d is not cluster-aligned", what, off)
@@ -57,7 +58,9 @@ func (im *Image) Check() (*Report, error) {
 			r.errorf("%s at %d lies beyond the end of the file (%d bytes)", what, off, im.fileSize)
 			return false
 		}
-		used[off/cs]++
+		if used[off/cs] < 255 {
+			used[off/cs]++
+		}
 		return true
 	}
 	ref(0, "header")
@@ -126,45 +129,43 @@ func (im *Image) Check() (*Report, error) {
 			blocks[i] = int64(e)
 		}
 	}
-	// Stored refcounts against the references counted.
+	// Stored refcounts against the references counted, block by block;
+	// remember which clusters have a refcount of exactly 1.
 	rbits := int64(1) << im.h.refcountOrder
 	perBlock := cs * 8 / rbits
-	stored := make([]uint64, hostClusters)
+	one := make([]uint64, (hostClusters+63)/64)
 	blk := make([]byte, cs)
-	for i := range blocks {
-		first := int64(i) * perBlock
-		if blocks[i] == 0 || first >= hostClusters {
-			continue
+	for i := int64(0); i < hostClusters; i++ {
+		bi, k := i/perBlock, i%perBlock
+		if k == 0 && bi < int64(len(blocks)) && blocks[bi] != 0 {
+			if _, err := im.f.ReadAt(blk, blocks[bi]); err != nil {
+				return nil, fmt.Errorf("qcow2 %s: read refcount block at %d: %w", im.path, blocks[bi], err)
+			}
 		}
-		if _, err := im.f.ReadAt(blk, blocks[i]); err != nil {
-			return nil, fmt.Errorf("qcow2 %s: read refcount block at %d: %w", im.path, blocks[i], err)
+		s := uint64(0)
+		if bi < int64(len(blocks)) && blocks[bi] != 0 {
+			s = refcountAt(blk, k, rbits)
 		}
-		for k := int64(0); k < perBlock && first+k < hostClusters; k++ {
-			stored[first+k] = refcountAt(blk, k, rbits)
+		if s == 1 {
+			one[i/64] |= 1 << (i % 64)
 		}
-	}
-	for i := range used {
-		s, u := stored[i], uint64(used[i])
+		u := uint64(used[i])
 		switch {
-		case s == u:
+		case s == u || (u == 255 && s >= 255):
 		case u == 0:
 			r.Leaks++
-		case s < u:
-			r.errorf("cluster %d (offset %d) has refcount %d but %d references", i, int64(i)*cs, s, u)
 		default:
-			r.errorf("cluster %d (offset %d) has refcount %d but %d references", i, int64(i)*cs, s, u)
+			r.errorf("cluster %d (offset %d) has refcount %d but %d references", i, i*cs, s, u)
 		}
 	}
 	// Pass 2: COPIED flags must say whether the refcount is exactly 1.
-	rc := func(off int64) uint64 {
-		if off/cs < hostClusters {
-			return stored[off/cs]
-		}
-		return 0
+	isOne := func(off int64) bool {
+		i := off / cs
+		return i < hostClusters && one[i/64]&(1<<(i%64)) != 0
 	}
 	for i, e := range im.l1 {
-		if off := int64(e & offsetMask); off != 0 && (e&entryCopied != 0) != (rc(off) == 1) {
-			r.errorf("L1 entry %d: COPIED flag %v, refcount %d", i, e&entryCopied != 0, rc(off))
+		if off := int64(e & offsetMask); off != 0 && (e&entryCopied != 0) != isOne(off) {
+			r.errorf("L1 entry %d: COPIED flag %v, refcount 1: %v", i, e&entryCopied != 0, isOne(off))
 		}
 	}
 	err = im.walk(func(l1i int64, _ int64, l2 []uint64) {
@@ -173,8 +174,8 @@ func (im *Image) Check() (*Report, error) {
 			if off == 0 || e&entryCompressed != 0 {
 				continue
 			}
-			if (e&entryCopied != 0) != (rc(off) == 1) {
-				r.errorf("L2 entry of cluster %d: COPIED flag %v, refcount %d", l1i*im.l2Entries+int64(i), e&entryCopied != 0, rc(off))
+			if (e&entryCopied != 0) != isOne(off) {
+				r.errorf("L2 entry of cluster %d: COPIED flag %v, refcount 1: %v", l1i*im.l2Entries+int64(i), e&entryCopied != 0, isOne(off))
 			}
 		}
 	})

@@ -19,7 +19,7 @@ type Options struct {
 	Export string
 	// TLS, when set, makes NBD_OPT_STARTTLS the first option; a server that
 	// refuses it is an error (no silent downgrade). An empty ServerName is
-	// taken from the host dialed.
+	// taken from the host dialed ("localhost" for a unix socket).
 	TLS *tls.Config
 	// MetaContexts are selected with NBD_OPT_SET_META_CONTEXT (they need
 	// structured replies). A context the server does not offer is simply
@@ -104,16 +104,26 @@ func Dial(ctx context.Context, network, address string, opts Options) (*Client, 
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	if opts.TLS != nil && opts.TLS.ServerName == "" && !opts.TLS.InsecureSkipVerify && network == "tcp" {
-		cfg := opts.TLS.Clone()
-		cfg.ServerName, _, _ = net.SplitHostPort(address)
-		opts.TLS = cfg
-	}
+	opts.TLS = serverName(opts.TLS, network, address)
 	c, err := New(ctx, conn, opts)
 	if err != nil {
 		return nil, fmt.Errorf("nbd %s %s export %q: %w", network, address, opts.Export, err)
 	}
 	return c, nil
+}
+
+// serverName fills in the name the server's certificate must carry when
+// cfg leaves it empty: the host dialed, or "localhost" for a unix socket.
+func serverName(cfg *tls.Config, network, address string) *tls.Config {
+	if cfg == nil || cfg.ServerName != "" || cfg.InsecureSkipVerify {
+		return cfg
+	}
+	cfg = cfg.Clone()
+	cfg.ServerName = "localhost"
+	if network == "tcp" {
+		cfg.ServerName, _, _ = net.SplitHostPort(address)
+	}
+	return cfg
 }
 
 // New negotiates opts.Export over conn, which it owns from then on (it is

@@ -35,7 +35,14 @@ func (c *Client) handshake(opts Options) error {
 		if !c.structured {
 			return fmt.Errorf("metadata contexts %q need structured replies, which the server does not offer", opts.MetaContexts)
 		}
-		if err := c.setMetaContexts(opts.MetaContexts); err != nil {
+		err := c.setMetaContexts(opts.MetaContexts)
+		if isOptionError(err, repErrUnsup) {
+			// A server without metadata contexts: none are selected, and
+			// HasMetaContext says so.
+			c.log.Debug("nbd server does not support metadata contexts", "err", err)
+			err = nil
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -403,10 +410,7 @@ func negotiateOnly(ctx context.Context, network, address string, tlsConfig *tls.
 		return fmt.Errorf("nbd dial %s %s: %w", network, address, err)
 	}
 	defer conn.Close()
-	if tlsConfig != nil && tlsConfig.ServerName == "" && !tlsConfig.InsecureSkipVerify && network == "tcp" {
-		tlsConfig = tlsConfig.Clone()
-		tlsConfig.ServerName, _, _ = net.SplitHostPort(address)
-	}
+	tlsConfig = serverName(tlsConfig, network, address)
 	c := &Client{conn: conn, raw: conn, br: bufio.NewReaderSize(conn, 64<<10), bw: bufio.NewWriterSize(conn, 4<<10)}
 	done := c.arm(ctx)
 	err = c.greet()

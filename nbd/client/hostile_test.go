@@ -452,3 +452,41 @@ func TestUnusualReplies(t *testing.T) {
 		t.Fatalf("read after a server error: %v", err)
 	}
 }
+
+// A server that knows no metadata contexts: the client goes on without
+// them, and says so through HasMetaContext.
+func TestServerWithoutMetaContexts(t *testing.T) {
+	addr := attack(t, func(f *fake) {
+		f.greet()
+		for {
+			opt, _ := f.option()
+			switch opt {
+			case 8:
+				f.optReply(opt, 1, nil)
+			case 7:
+				f.optReply(opt, 3, append(append(be16(0), be64(1<<20)...), be16(1|2)...))
+				f.optReply(opt, 1, nil)
+				_, ck, off, n := f.request()
+				f.chunk(1, 2, ck, 12, be64(off), be32(n))
+				io.Copy(io.Discard, f.r)
+				return
+			default:
+				f.optReply(opt, 0x80000001, nil)
+			}
+		}
+	})
+	c, err := dialFake(addr, client.Options{MetaContexts: []string{client.ContextAllocation}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.HasMetaContext(client.ContextAllocation) || len(c.MetaContexts()) != 0 {
+		t.Fatalf("contexts %v from a server without them", c.MetaContexts())
+	}
+	if _, err := c.BlockStatus(context.Background(), 0, 4096); err == nil {
+		t.Fatal("block status without contexts succeeded")
+	}
+	if err := c.Read(context.Background(), make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+}
