@@ -248,7 +248,13 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	prog.end()
 	fmt.Fprintf(o.out, "%s backup of %s: read %s, stored %s in %s\n", p.Kind, p.Source, size(p.BytesRead), size(p.FileBytes), p.File)
 	if snaps != nil && hadLast && last.Snapshot != name {
-		if err := snaps.Delete(ctx, last.Snapshot); err != nil {
+		// The new snapshot is the base of the next incremental; the previous
+		// one (still there unless a --full replaced a lost one) is not needed.
+		have, err := snaps.List(ctx)
+		if err == nil && slices.Contains(have, last.Snapshot) {
+			err = snaps.Delete(ctx, last.Snapshot)
+		}
+		if err != nil {
 			fmt.Fprintf(o.out, "warning: the previous backup's snapshot %q was not deleted: %v\n", last.Snapshot, err)
 		}
 	}

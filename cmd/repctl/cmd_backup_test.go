@@ -207,8 +207,12 @@ func TestBackupCommand(t *testing.T) {
 	if l, _ := q.List(ctx); len(l) != 0 {
 		t.Fatalf("the failed backup left its snapshot: %v", l)
 	}
-	if p, err := runBackup(ctx, o, q, q.uri); err != nil || p.Kind != backup.KindFull {
-		t.Fatalf("--full: %+v %v", p, err)
+	out.Reset()
+	if p, err := runBackup(ctx, o, q, q.uri); err != nil || p.Kind != backup.KindFull || strings.Contains(out.String(), "warning") {
+		t.Fatalf("--full: %+v %v\n%s", p, err, out.String())
+	}
+	if l, _ := q.List(ctx); !slices.Equal(l, []string{"n4"}) {
+		t.Fatalf("snapshots after --full: %v", l)
 	}
 }
 
