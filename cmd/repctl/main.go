@@ -104,6 +104,9 @@ func newApp() *cli.App {
 			cmdResumeSync(),
 			cmdVerify(),
 			cmdCreateMD(),
+			cmdBackup(),
+			cmdRestore(),
+			cmdBackups(),
 		},
 	}
 }

@@ -1,0 +1,302 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/repd/repd/backup/qcow2"
+	"github.com/repd/repd/nbd/client"
+)
+
+// Source is a point-in-time export to back up; *client.Client is one.
+type Source interface {
+	Export() string
+	Size() int64
+	ReadOnly() bool
+	HasMetaContext(name string) bool
+	Extents(ctx context.Context, name string, off, n int64, fn func(client.Extent) error) error
+	ReadBatch(ctx context.Context, spans []client.Span) error
+}
+
+// Request says what to back up.
+type Request struct {
+	// Snapshot is the name of the snapshot the source shows. The next
+	// incremental reads the changes since it from the dirty bitmap of that
+	// name (qemu:dirty-bitmap:SNAPSHOT).
+	Snapshot string
+	// Full makes a full backup even when the chain has points (a new chain
+	// starts; the old points stay until retention drops them).
+	Full bool
+}
+
+// ErrNoBitmap means an incremental backup is impossible: the export has no
+// dirty bitmap for the previous point's snapshot (it was deleted, or the
+// source is another device). Take a full backup.
+var ErrNoBitmap = errors.New("no dirty bitmap for the previous backup's snapshot")
+
+// ErrSizeChanged means the export's size differs from the chain's.
+var ErrSizeChanged = errors.New("the export's size differs from the backup chain's")
+
+// Incremental reports whether Backup with req would be incremental, and the
+// snapshot whose dirty bitmap it needs.
+func (r *Repo) Incremental(req Request) (base string, ok bool) {
+	last, have := r.Last()
+	if !have || req.Full {
+		return "", false
+	}
+	return last.Snapshot, true
+}
+
+// MetaContexts are the metadata contexts to negotiate (client.Options) for
+// a backup with req.
+func (r *Repo) MetaContexts(req Request) []string {
+	ctxs := []string{client.ContextAllocation}
+	if base, ok := r.Incremental(req); ok {
+		ctxs = append(ctxs, client.DirtyBitmapContext(base))
+	}
+	return ctxs
+}
+
+// span is a byte range [off, end) to read from the source.
+type span struct{ off, end int64 }
+
+// windowBytes is how much a copy step reads at once (pipelined requests).
+const windowBytes = 8 << 20
+
+// Backup reads src into a new point: full (only what base:allocation does
+// not report as zeroes) when the chain is empty or req.Full, else
+// incremental (only what the previous point's dirty bitmap reports
+// changed). The point is in the manifest when Backup returns nil.
+func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, error) {
+	if req.Snapshot == "" || len(req.Snapshot) > 1024 {
+		return Point{}, fmt.Errorf("backup: name the snapshot the export shows (1..1024 bytes)")
+	}
+	size := src.Size()
+	if size <= 0 {
+		return Point{}, fmt.Errorf("backup: export %q is empty", src.Export())
+	}
+	if !src.ReadOnly() {
+		r.log.Warn("backup: the export is writable, so it is probably not a snapshot; the backup is consistent only if nothing writes meanwhile", "export", src.Export())
+	}
+	start := r.o.Now()
+	base, inc := r.Incremental(req)
+	var prev Point
+	if inc {
+		prev, _ = r.Last()
+		if prev.Snapshot == req.Snapshot {
+			return Point{}, fmt.Errorf("backup: snapshot %q is the previous point's already; take a new snapshot", req.Snapshot)
+		}
+		if size != r.m.VirtualSize {
+			return Point{}, fmt.Errorf("backup: %w: export %q has %d bytes, the chain in %s %d; take a full backup (--full)", ErrSizeChanged, src.Export(), size, r.dir, r.m.VirtualSize)
+		}
+		if !src.HasMetaContext(client.DirtyBitmapContext(base)) {
+			return Point{}, fmt.Errorf("backup: %w: export %q offers no %s (was snapshot %q deleted?); take a full backup (--full)", ErrNoBitmap, src.Export(), client.DirtyBitmapContext(base), base)
+		}
+	}
+	cs := r.o.ClusterSize
+	if inc {
+		cs = r.m.ClusterSize
+	}
+
+	// Scan: what to read.
+	var spans []span
+	total, reported := int64(0), int64(0)
+	add := func(e client.Extent) error {
+		if n := len(spans); n > 0 && spans[n-1].end == e.Off {
+			spans[n-1].end = e.End()
+		} else {
+			spans = append(spans, span{e.Off, e.End()})
+		}
+		total += e.Len
+		if e.End()-reported >= windowBytes*8 {
+			r.progress(Progress{Phase: "scan", Done: e.End(), Total: size})
+			reported = e.End()
+		}
+		return nil
+	}
+	var err error
+	switch {
+	case inc:
+		err = src.Extents(ctx, client.DirtyBitmapContext(base), 0, size, func(e client.Extent) error {
+			if e.Flags&client.StateDirty != 0 {
+				return add(e)
+			}
+			return nil
+		})
+	case src.HasMetaContext(client.ContextAllocation):
+		err = src.Extents(ctx, client.ContextAllocation, 0, size, func(e client.Extent) error {
+			if e.Flags&client.StateZero == 0 {
+				return add(e)
+			}
+			return nil
+		})
+	default:
+		r.log.Info("backup: the export offers no base:allocation; reading all of it", "export", src.Export())
+		err = add(client.Extent{Off: 0, Len: size})
+	}
+	if err != nil {
+		return Point{}, fmt.Errorf("backup: scan %q: %w", src.Export(), err)
+	}
+	r.progress(Progress{Phase: "scan", Done: size, Total: size})
+
+	kind := KindFull
+	if inc {
+		kind = KindInc
+	}
+	file := r.newName(start, kind)
+	co := qcow2.CreateOptions{Size: size, ClusterSize: cs}
+	if inc {
+		co.BackingFile, co.BackingFormat = prev.File, "qcow2"
+	}
+	w, err := qcow2.Create(r.path(file+".partial"), co)
+	if err != nil {
+		return Point{}, fmt.Errorf("backup: %w", err)
+	}
+	var fill func(p []byte, off int64) error // what the bytes not read hold
+	if inc {
+		chain, err := qcow2.OpenChain(r.path(prev.File))
+		if err != nil {
+			w.Abort()
+			os.Remove(w.Path())
+			return Point{}, fmt.Errorf("backup: the previous point: %w", err)
+		}
+		defer chain.Close()
+		fill = func(p []byte, off int64) error { _, err := chain.ReadAt(p, off); return err }
+	}
+	r.log.Info("backup: copying", "export", src.Export(), "kind", kind, "file", file, "bytes", total, "ranges", len(spans))
+	if err := r.copy(ctx, src, w, spans, total, fill); err != nil {
+		w.Abort()
+		os.Remove(w.Path())
+		return Point{}, fmt.Errorf("backup %q to %s: %w", src.Export(), file, err)
+	}
+	data := w.DataClusters * int64(cs)
+	if err := w.Close(); err != nil {
+		os.Remove(w.Path())
+		return Point{}, fmt.Errorf("backup: %w", err)
+	}
+	if err := r.publish(file); err != nil {
+		os.Remove(w.Path())
+		return Point{}, err
+	}
+	sum, fsize, err := r.fileSum(file)
+	if err != nil {
+		return Point{}, fmt.Errorf("backup: %w (the file %s is not in the manifest)", err, file)
+	}
+	p := Point{File: file, Kind: kind, Snapshot: req.Snapshot, Time: start.UTC(), Source: src.Export(),
+		BytesRead: total, DataBytes: data, FileBytes: fsize, SHA256: sum}
+	m := r.Manifest()
+	if inc {
+		p.Backing, p.BaseSnapshot = prev.File, base
+	}
+	// A full backup after other points starts a new chain in the same
+	// directory; retention drops the old one once enough points follow.
+	m.VirtualSize, m.ClusterSize = size, cs
+	m.Points = append(m.Points, p)
+	if err := r.commit(m); err != nil {
+		return Point{}, err
+	}
+	return p, nil
+}
+
+// copy reads spans from src and writes every cluster they touch: read
+// bytes, and for the rest of a touched cluster what fill gives (the
+// previous point), or zeroes without fill.
+func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []span, total int64, fill func([]byte, int64) error) error {
+	cs := int64(w.ClusterSize())
+	size := w.Size()
+	per := max(windowBytes/cs, 1)
+	buf := make([]byte, per*cs)
+	covered := make([]int64, per)
+	done := int64(0)
+	pos := int64(0)
+	for i := 0; i < len(spans); {
+		c0 := max(spans[i].off, pos) / cs
+		c1 := min(c0+per, w.Clusters())
+		lo, hi := c0*cs, min(c1*cs, size)
+		clear(buf)
+		clear(covered)
+		var reads []client.Span
+		for j := i; j < len(spans) && spans[j].off < hi; j++ {
+			a, b := max(spans[j].off, lo), min(spans[j].end, hi)
+			if a >= b {
+				continue
+			}
+			reads = append(reads, client.Span{Off: a, Buf: buf[a-lo : b-lo]})
+			for c := a / cs; c*cs < b; c++ {
+				covered[c-c0] += min(b, (c+1)*cs) - max(a, c*cs)
+			}
+			done += b - a
+		}
+		if err := src.ReadBatch(ctx, reads); err != nil {
+			return err
+		}
+		for c := c0; c < c1; c++ {
+			k := c - c0
+			if covered[k] == 0 {
+				continue
+			}
+			cl := buf[k*cs : (k+1)*cs]
+			clen := min(cs, size-c*cs)
+			if covered[k] < clen && fill != nil {
+				if err := fillGaps(cl[:clen], c*cs, reads, fill); err != nil {
+					return fmt.Errorf("the previous point at %d: %w", c*cs, err)
+				}
+			}
+			var err error
+			switch {
+			case !allZero(cl):
+				err = w.WriteCluster(c, cl)
+			case fill != nil:
+				err = w.WriteZeroCluster(c) // hides what the previous point held
+			}
+			if err != nil {
+				return err
+			}
+		}
+		r.progress(Progress{Phase: "copy", File: w.Path(), Done: done, Total: total})
+		pos = hi
+		for i < len(spans) && spans[i].end <= pos {
+			i++
+		}
+	}
+	return nil
+}
+
+// fillGaps fills the bytes of cluster cl (at off) that no read covered.
+func fillGaps(cl []byte, off int64, reads []client.Span, fill func([]byte, int64) error) error {
+	end := off + int64(len(cl))
+	at := off
+	for _, s := range reads {
+		a, b := max(s.Off, off), min(s.Off+int64(len(s.Buf)), end)
+		if a >= b {
+			continue
+		}
+		if a > at {
+			if err := fill(cl[at-off:a-off], at); err != nil {
+				return err
+			}
+		}
+		at = max(at, b)
+	}
+	if at < end {
+		return fill(cl[at-off:], at)
+	}
+	return nil
+}
+
+// zeroes is compared against: bytes.Equal is vectorised.
+var zeroes = make([]byte, qcow2.MaxClusterSize)
+
+func allZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroes))
+		if !bytes.Equal(b[:n], zeroes[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/repd/repd/admin"
+	"github.com/repd/repd/backup"
+	"github.com/repd/repd/config"
+	nbdclient "github.com/repd/repd/nbd/client"
+)
+
+// Snapshots creates and deletes the point-in-time snapshots a backup reads.
+// repd serves each snapshot NAME of resource R as the read-only NBD export
+// R@NAME, with the metadata contexts base:allocation and, for every other
+// snapshot OTHER, qemu:dirty-bitmap:OTHER (the blocks changed between
+// OTHER and NAME).
+type Snapshots interface {
+	Create(ctx context.Context, name string) error
+	Delete(ctx context.Context, name string) error
+	List(ctx context.Context) ([]string, error)
+}
+
+// errNoSnapshotAPI: repd's admin API has no snapshot endpoints yet.
+var errNoSnapshotAPI = errors.New("this node's admin API cannot create or delete snapshots yet (issue 19); " +
+	"to back up an export you created yourself, give --uri URI --snapshot NAME")
+
+// adminSnapshots is Snapshots over the node's admin API. The endpoints do
+// not exist yet: this is the one missing piece of `repctl backup`.
+type adminSnapshots struct{ cl *admin.Client }
+
+func (adminSnapshots) Create(context.Context, string) error   { return errNoSnapshotAPI }
+func (adminSnapshots) Delete(context.Context, string) error   { return errNoSnapshotAPI }
+func (adminSnapshots) List(context.Context) ([]string, error) { return nil, errNoSnapshotAPI }
+
+func cmdBackup() *cli.Command {
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "back up the resource into a directory of qcow2 files: full, then incremental",
+		Description: "Takes a snapshot on the node, reads its export RESOURCE@SNAPSHOT over NBD into DIR\n" +
+			"(a full backup reads only allocated data; an incremental only the blocks changed\n" +
+			"since the previous backup's snapshot, which is then deleted), and records the\n" +
+			"chain in DIR/manifest.json. --keep N merges the oldest points so that at most N\n" +
+			"remain, each restorable (repctl restore, or qemu-img convert -O raw DIR/POINT.qcow2 TARGET).\n" +
+			"--uri backs up an export that already is a snapshot (nothing is created or deleted).",
+		Flags: []cli.Flag{
+			&cli.PathFlag{Name: "to", Usage: "backup directory (created if missing)", Required: true},
+			&cli.StringFlag{Name: "snapshot", Usage: "name of the snapshot to take (default backup-TIME); with --uri, the name of the snapshot the export shows"},
+			&cli.BoolFlag{Name: "full", Usage: "a full backup even if the directory has points"},
+			&cli.IntFlag{Name: "keep", Usage: "after the backup, keep at most this many points (0: keep all)"},
+			&cli.StringFlag{Name: "uri", Usage: "back up this NBD export (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH) instead of taking a snapshot"},
+			&cli.StringFlag{Name: "nbd", Usage: "the node's NBD address (HOST:PORT or unix:/PATH; default: --node's nbd in --config)"},
+			&cli.StringFlag{Name: "resource", Usage: "resource name (default: from --config, or the node's status)"},
+			&cli.PathFlag{Name: "tls-ca", Usage: "use TLS on the NBD connection, trusting this CA certificate (PEM)"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log what is done to stderr"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usageError("backup takes no arguments (the directory is --to DIR)")
+			}
+			o := backupOpts{
+				dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), keep: c.Int("keep"),
+				out: os.Stdout, tty: isTerminal(os.Stdout), log: cliLogger(c.Bool("verbose")),
+			}
+			if o.keep < 0 {
+				return usageError("--keep %d: give a number of points, at least 1 (0 keeps all)", o.keep)
+			}
+			var err error
+			if o.tls, err = tlsConfig(c.Path("tls-ca")); err != nil {
+				return err
+			}
+			if u := c.String("uri"); u != "" {
+				if o.snapshot == "" {
+					return usageError("--uri needs --snapshot NAME: the name of the snapshot the export shows (the next incremental asks for its dirty bitmap)")
+				}
+				if c.String("nbd") != "" {
+					return usageError("--uri and --nbd exclude each other")
+				}
+				if _, err := nbdclient.ParseURI(u); err != nil {
+					return usageError("--uri: %v", err)
+				}
+				_, err := runBackup(c.Context, o, nil, func(string) string { return u })
+				return err
+			}
+			target, resource, snaps, err := nodeBackupTarget(c)
+			if err != nil {
+				return err
+			}
+			target.TLS = o.tls != nil
+			_, err = runBackup(c.Context, o, snaps, func(snap string) string {
+				t := target
+				t.Export = resource + "@" + snap
+				return t.String()
+			})
+			return err
+		},
+	}
+}
+
+// backupOpts are repctl backup's settings.
+type backupOpts struct {
+	dir      string
+	snapshot string
+	full     bool
+	keep     int
+	tls      *tls.Config
+	out      io.Writer
+	tty      bool
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// nodeBackupTarget finds the node's NBD address, the resource name and its
+// snapshots from the global flags and --nbd/--resource.
+func nodeBackupTarget(c *cli.Context) (nbdclient.Target, string, Snapshots, error) {
+	cl, err := client(c)
+	if err != nil {
+		return nbdclient.Target{}, "", nil, err
+	}
+	addr, resource := c.String("nbd"), c.String("resource")
+	if p := c.Path("config"); p != "" && (addr == "" || resource == "") {
+		f, err := config.Load(p)
+		if err != nil {
+			return nbdclient.Target{}, "", nil, cli.Exit(err.Error(), exitUsage)
+		}
+		name := c.String("node")
+		if name == "" {
+			name, _ = os.Hostname()
+		}
+		n, err := f.Node(name)
+		if err != nil {
+			return nbdclient.Target{}, "", nil, cli.Exit(err.Error()+"; pass --node", exitUsage)
+		}
+		if addr == "" {
+			addr = n.NBD
+		}
+		if resource == "" {
+			resource = f.Resource.Name
+		}
+	}
+	if addr == "" {
+		return nbdclient.Target{}, "", nil, usageError("say where the node serves NBD: --nbd HOST:PORT (or unix:/PATH), or --config FILE --node NAME")
+	}
+	if resource == "" {
+		st, err := cl.Status(c.Context)
+		if err != nil {
+			return nbdclient.Target{}, "", nil, err
+		}
+		resource = st.Resource
+	}
+	t, err := nbdTarget(addr)
+	if err != nil {
+		return nbdclient.Target{}, "", nil, err
+	}
+	return t, resource, adminSnapshots{cl}, nil
+}
+
+// nbdTarget is where to reach a node whose NBD listen address is addr
+// (config's nbd: HOST:PORT or unix:/PATH); a node listening on every
+// address is reached on loopback.
+func nbdTarget(addr string) (nbdclient.Target, error) {
+	network, address, err := config.SplitListen(addr)
+	if err != nil {
+		return nbdclient.Target{}, usageError("NBD address %v", err)
+	}
+	if network == "tcp" {
+		host, port, _ := net.SplitHostPort(address)
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+			if ip.To4() == nil {
+				host = "::1"
+			}
+		}
+		address = net.JoinHostPort(host, port)
+	}
+	return nbdclient.Target{Network: network, Address: address}, nil
+}
+
+// runBackup takes one backup into o.dir. With snaps it creates the snapshot
+// and, once the backup is in the manifest, deletes the previous point's
+// snapshot (the new one is the base of the next incremental); on failure
+// it deletes the snapshot it created. Without snaps the export named by
+// uriOf is backed up as it is. uriOf gives the URI of a snapshot's export.
+func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(snap string) string) (backup.Point, error) {
+	if o.now == nil {
+		o.now = time.Now
+	}
+	start := o.now()
+	prog := &progressLine{w: o.out, tty: o.tty}
+	repo, err := backup.Open(o.dir, backup.Options{Logger: o.log, Progress: prog.report, Now: func() time.Time { return start }})
+	if err != nil {
+		return backup.Point{}, err
+	}
+	defer repo.Close()
+	name := o.snapshot
+	if name == "" {
+		name = "backup-" + start.UTC().Format("20060102T150405Z")
+	}
+	req := backup.Request{Snapshot: name, Full: o.full}
+	base, inc := repo.Incremental(req)
+	last, hadLast := repo.Last()
+	if snaps != nil {
+		if inc {
+			have, err := snaps.List(ctx)
+			if err != nil {
+				return backup.Point{}, fmt.Errorf("list snapshots: %w", err)
+			}
+			if !slices.Contains(have, base) {
+				return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, so what changed since cannot be known: take a full backup (--full)", base)
+			}
+		}
+		if err := snaps.Create(ctx, name); err != nil {
+			return backup.Point{}, fmt.Errorf("create snapshot %q: %w", name, err)
+		}
+	}
+	fail := func(err error) (backup.Point, error) {
+		prog.end()
+		if snaps != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if derr := snaps.Delete(dctx, name); derr != nil {
+				return backup.Point{}, fmt.Errorf("%w (and the snapshot %q could not be deleted: %v)", err, name, derr)
+			}
+		}
+		return backup.Point{}, err
+	}
+	uri := uriOf(name)
+	c, err := nbdclient.DialURI(ctx, uri, nbdclient.Options{MetaContexts: repo.MetaContexts(req), TLS: o.tls, Logger: o.log})
+	if err != nil {
+		return fail(err)
+	}
+	p, err := repo.Backup(ctx, c, req)
+	c.Close()
+	if err != nil {
+		return fail(err)
+	}
+	prog.end()
+	fmt.Fprintf(o.out, "%s backup of %s: read %s, stored %s in %s\n", p.Kind, p.Source, size(p.BytesRead), size(p.FileBytes), p.File)
+	if snaps != nil && hadLast && last.Snapshot != name {
+		// The new snapshot is the base of the next incremental; the previous
+		// one (still there unless a --full replaced a lost one) is not needed.
+		have, err := snaps.List(ctx)
+		if err == nil && slices.Contains(have, last.Snapshot) {
+			err = snaps.Delete(ctx, last.Snapshot)
+		}
+		if err != nil {
+			fmt.Fprintf(o.out, "warning: the previous backup's snapshot %q was not deleted: %v\n", last.Snapshot, err)
+		}
+	}
+	if o.keep > 0 {
+		dropped, err := repo.Retain(ctx, o.keep)
+		prog.end()
+		if err != nil {
+			return p, fmt.Errorf("the backup is done, retention failed: %w", err)
+		}
+		if len(dropped) > 0 {
+			fmt.Fprintf(o.out, "retention: merged or dropped %d old points, %d kept\n", len(dropped), len(repo.Manifest().Points))
+		}
+	}
+	return p, nil
+}
+
+// progressLine draws backup.Progress on a terminal (one line, redrawn at
+// most 10 times a second) and prints nothing otherwise.
+type progressLine struct {
+	w     io.Writer
+	tty   bool
+	last  time.Time
+	drawn bool
+}
+
+func (l *progressLine) report(p backup.Progress) {
+	if !l.tty || p.Total <= 0 || (time.Since(l.last) < 100*time.Millisecond && p.Done < p.Total) {
+		return
+	}
+	l.last = time.Now()
+	l.drawn = true
+	fmt.Fprintf(l.w, "\r\033[K%-8s %s %s/%s", p.Phase, bar(100*float64(p.Done)/float64(p.Total)), size(p.Done), size(p.Total))
+}
+
+// end finishes a drawn line.
+func (l *progressLine) end() {
+	if l.drawn {
+		fmt.Fprintln(l.w)
+		l.drawn = false
+	}
+}
+
+func size(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// tlsConfig trusts the CA in file, or returns nil for no TLS.
+func tlsConfig(file string) (*tls.Config, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, usageError("--tls-ca: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, usageError("--tls-ca %s: no PEM certificate in it", file)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// cliLogger logs to stderr when verbose, else nowhere.
+func cliLogger(verbose bool) *slog.Logger {
+	if !verbose {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/backup"
+	nbdclient "github.com/repd/repd/nbd/client"
+)
+
+// requireTool finds an external tool. Under CI=true a missing tool fails the
+// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
+	}
+	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
+	return ""
+}
+
+func runCmd(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, requireTool(t, name), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// qemuSnapshots implements Snapshots the way repd will, with QEMU: the
+// device is a qcow2 image; a snapshot is a copy of it served read-only by
+// its own qemu-nbd as r0@NAME, with the dirty bitmap of every other
+// snapshot; each snapshot's bitmap on the device records what changes
+// after it.
+type qemuSnapshots struct {
+	t     testing.TB
+	dir   string
+	disk  string
+	snaps map[string]*exec.Cmd
+	order []string
+}
+
+func newQemuSnapshots(t testing.TB) *qemuSnapshots {
+	q := &qemuSnapshots{t: t, dir: t.TempDir(), snaps: map[string]*exec.Cmd{}}
+	q.disk = filepath.Join(q.dir, "disk.qcow2")
+	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", q.disk, "8M")
+	t.Cleanup(func() {
+		for _, n := range q.order {
+			q.stop(n)
+		}
+	})
+	return q
+}
+
+func (q *qemuSnapshots) write(cmds ...string) {
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	runCmd(q.t, "qemu-io", append(args, q.disk)...)
+}
+
+func (q *qemuSnapshots) sock(name string) string   { return filepath.Join(q.dir, name+".sock") }
+func (q *qemuSnapshots) copyOf(name string) string { return filepath.Join(q.dir, name+".qcow2") }
+
+func (q *qemuSnapshots) uri(name string) string {
+	return nbdclient.Target{Network: "unix", Address: q.sock(name), Export: "r0@" + name}.String()
+}
+
+func (q *qemuSnapshots) Create(_ context.Context, name string) error {
+	if _, ok := q.snaps[name]; ok {
+		return fmt.Errorf("snapshot %q exists", name)
+	}
+	if out, err := exec.Command("qemu-img", "bitmap", "--add", "-g", "4096", q.disk, name).CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	src, _ := os.ReadFile(q.disk)
+	os.WriteFile(q.copyOf(name), src, 0o600)
+	args := []string{"-r", "-t", "-e", "4", "-f", "qcow2", "-x", "r0@" + name, "-k", q.sock(name)}
+	for _, other := range q.order {
+		args = append(args, "-B", other)
+	}
+	cmd := exec.Command(requireTool(q.t, "qemu-nbd"), append(args, q.copyOf(name))...)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	q.snaps[name] = cmd
+	q.order = append(q.order, name)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("unix", q.sock(name)); err == nil {
+			c.Close()
+			return nil
+		}
+	}
+	return fmt.Errorf("qemu-nbd for %s did not start", name)
+}
+
+func (q *qemuSnapshots) stop(name string) {
+	if cmd := q.snaps[name]; cmd != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	delete(q.snaps, name)
+}
+
+func (q *qemuSnapshots) Delete(_ context.Context, name string) error {
+	if _, ok := q.snaps[name]; !ok {
+		return fmt.Errorf("no snapshot %q", name)
+	}
+	q.stop(name)
+	q.order = slices.DeleteFunc(q.order, func(s string) bool { return s == name })
+	if out, err := exec.Command("qemu-img", "bitmap", "--remove", q.disk, name).CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+func (q *qemuSnapshots) List(context.Context) ([]string, error) {
+	return append([]string(nil), q.order...), nil
+}
+
+func TestBackupCommand(t *testing.T) {
+	q := newQemuSnapshots(t)
+	q.write("write -P 0x11 0 1M", "write -P 0x22 5M 512k")
+	dir := filepath.Join(t.TempDir(), "b")
+	var out bytes.Buffer
+	clk := time.Date(2026, 12, 5, 8, 0, 0, 0, time.UTC)
+	o := backupOpts{dir: dir, out: &out, now: func() time.Time { clk = clk.Add(time.Minute); return clk }}
+	ctx := context.Background()
+
+	o.snapshot = "n1"
+	p1, err := runBackup(ctx, o, q, q.uri)
+	if err != nil || p1.Kind != backup.KindFull {
+		t.Fatalf("first backup: %+v %v", p1, err)
+	}
+	q.write("write -P 0x33 64k 4k")
+	o.snapshot = "n2"
+	p2, err := runBackup(ctx, o, q, q.uri)
+	if err != nil || p2.Kind != backup.KindInc || p2.BytesRead != 4096 {
+		t.Fatalf("incremental: %+v %v", p2, err)
+	}
+	// The previous base snapshot is gone, the new one stays for next time.
+	if l, _ := q.List(ctx); !slices.Equal(l, []string{"n2"}) {
+		t.Fatalf("snapshots after the incremental: %v", l)
+	}
+	q.write("write -z 0 64k")
+	o.snapshot, o.keep = "", 2 // default name backup-TIME
+	p3, err := runBackup(ctx, o, q, q.uri)
+	if err != nil || p3.Snapshot != "backup-"+strings.TrimSuffix(p3.File, "-inc.qcow2") {
+		t.Fatalf("third backup: %+v %v", p3, err)
+	}
+	if pts := len(mustManifest(t, dir).Points); pts != 2 {
+		t.Fatalf("--keep 2 left %d points", pts)
+	}
+	t.Logf("repctl backup output:\n%s", out.String())
+
+	// Restore the latest point and compare with its snapshot.
+	target := filepath.Join(t.TempDir(), "r.raw")
+	out.Reset()
+	if err := runRestore(ctx, restoreOpts{dir: dir, point: "latest", target: target, out: &out}); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", target, q.copyOf(p3.Snapshot))
+	if !strings.Contains(out.String(), "restored "+p3.File) {
+		t.Fatalf("restore output: %s", out.String())
+	}
+	err = runRestore(ctx, restoreOpts{dir: dir, point: "latest", target: "nbd://127.0.0.1/r0", out: io.Discard})
+	if err == nil || exitCode(err) != exitUsage || !strings.Contains(err.Error(), "qemu-img convert -n") {
+		t.Fatalf("restore to an NBD URI: %v", err)
+	}
+	out.Reset()
+	if err := runBackups(ctx, dir, true, false, &out); err != nil || !strings.Contains(out.String(), "verified 2 points") {
+		t.Fatalf("backups --verify: %v\n%s", err, out.String())
+	}
+
+	// The base snapshot vanished: the incremental is refused, --full works.
+	q.Delete(ctx, p3.Snapshot)
+	o.snapshot, o.keep = "n4", 0
+	if _, err := runBackup(ctx, o, q, q.uri); err == nil || !strings.Contains(err.Error(), "--full") {
+		t.Fatalf("incremental without its base snapshot: %v", err)
+	}
+	if l, _ := q.List(ctx); len(l) != 0 {
+		t.Fatalf("snapshots left after a refused backup: %v", l)
+	}
+	// A backup that fails after the snapshot was taken deletes it again.
+	o.full = true
+	if _, err := runBackup(ctx, o, q, func(string) string { return "nbd+unix:///r0@n4?socket=/nonexistent" }); err == nil {
+		t.Fatal("backup from a missing export succeeded")
+	}
+	if l, _ := q.List(ctx); len(l) != 0 {
+		t.Fatalf("the failed backup left its snapshot: %v", l)
+	}
+	out.Reset()
+	if p, err := runBackup(ctx, o, q, q.uri); err != nil || p.Kind != backup.KindFull || strings.Contains(out.String(), "warning") {
+		t.Fatalf("--full: %+v %v\n%s", p, err, out.String())
+	}
+	if l, _ := q.List(ctx); !slices.Equal(l, []string{"n4"}) {
+		t.Fatalf("snapshots after --full: %v", l)
+	}
+}
+
+func mustManifest(t *testing.T, dir string) backup.Manifest {
+	t.Helper()
+	r, err := backup.Open(dir, backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	return r.Manifest()
+}
+
+// The command line: --uri backs up an export as it is; without a way to
+// reach the node it is a usage error; against a node the snapshot API's
+// absence is said plainly.
+func TestBackupCLI(t *testing.T) {
+	q := newQemuSnapshots(t)
+	q.write("write -P 0x44 0 256k")
+	if err := q.Create(context.Background(), "ext"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if code := run([]string{"repctl", "backup", "--to", dir, "--uri", q.uri("ext"), "--snapshot", "ext"}); code != exitOK {
+		t.Fatalf("repctl backup --uri: exit %d", code)
+	}
+	if m := mustManifest(t, dir); len(m.Points) != 1 || m.Points[0].Snapshot != "ext" || m.Points[0].BytesRead != 256<<10 {
+		t.Fatalf("manifest: %+v", m.Points)
+	}
+	if l, _ := q.List(context.Background()); !slices.Equal(l, []string{"ext"}) {
+		t.Fatalf("--uri touched the snapshots: %v", l)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"backup", "--to", dir, "--uri", q.uri("ext")}, exitUsage},                    // no --snapshot
+		{[]string{"backup", "--to", dir, "--uri", "http://x/y", "--snapshot", "s"}, exitUsage}, // not an NBD URI
+		{[]string{"backup", "--to", dir}, exitUsage},                                           // no node
+		{[]string{"backup", "--to", dir, "--keep", "-1", "--uri", q.uri("ext"), "--snapshot", "s"}, exitUsage},
+		{[]string{"--admin", filepath.Join(dir, "none.sock"), "backup", "--to", dir, "--nbd", "127.0.0.1:1", "--resource", "r0", "--full"}, exitError},
+		{[]string{"restore", "--from", dir}, exitUsage}, // no --to
+		{[]string{"restore", "--from", dir, "--point", "nope", "--to", filepath.Join(dir, "x")}, exitUsage},
+	} {
+		if code := run(append([]string{"repctl"}, tc.args...)); code != tc.code {
+			t.Errorf("repctl %s: exit %d, want %d", strings.Join(tc.args, " "), code, tc.code)
+		}
+	}
+	// The node path reaches the snapshot API and says it is missing.
+	err := func() error {
+		_, err := runBackup(context.Background(), backupOpts{dir: dir, out: io.Discard, full: true}, adminSnapshots{}, q.uri)
+		return err
+	}()
+	if err == nil || !strings.Contains(err.Error(), "cannot create or delete snapshots yet") {
+		t.Fatalf("backup through the admin API: %v", err)
+	}
+}
+
+func TestNBDTarget(t *testing.T) {
+	for in, want := range map[string]string{
+		"0.0.0.0:10809":         "nbd://127.0.0.1:10809/r0@s",
+		"[::]:10809":            "nbd://[::1]:10809/r0@s",
+		"10.0.0.1:10900":        "nbd://10.0.0.1:10900/r0@s",
+		"unix:/run/repd/r0.nbd": "nbd+unix:///r0@s?socket=/run/repd/r0.nbd",
+	} {
+		tg, err := nbdTarget(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg.Export = "r0@s"
+		if tg.String() != want {
+			t.Errorf("nbdTarget(%q) = %s, want %s", in, tg, want)
+		}
+	}
+	if _, err := nbdTarget("nowhere"); err == nil || exitCode(err) != exitUsage {
+		t.Fatalf("bad address: %v", err)
+	}
+}
