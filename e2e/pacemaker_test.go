@@ -230,6 +230,21 @@ func (s *pcmkSandbox) mustExec(args ...string) string {
 	return out
 }
 
+// hide makes a command of /usr/sbin vanish inside the sandbox.
+func (s *pcmkSandbox) hide(name string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.script, "hide", s.dir, name)
+	cmd.Env = s.env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.t.Fatalf("hide %s in the sandbox: %v\n%s", name, err, out)
+	}
+	if out, err := s.exec("bash", "-c", "command -v "+name); err == nil {
+		s.t.Fatalf("%s is still found in the sandbox after hiding it: %s", name, out)
+	}
+}
+
 // mon is the cluster's state as crm_mon sees it.
 func (s *pcmkSandbox) mon() *crmMon {
 	s.t.Helper()
@@ -369,10 +384,17 @@ func hostState(t *testing.T) []string {
 // TestPacemakerPromotableClone runs ocf:repd:repd as a promotable clone
 // under a real one-node Pacemaker and Corosync: Pacemaker starts it, leaves
 // an Inconsistent disk unpromoted, promotes it once the agent's monitor
-// sets a promotion score, demotes it for a ban on the promoted role,
-// promotes it again when the ban is cleared and stops it; repd's own
-// status follows each step and no operation fails.
+// sets a promotion score (through crm_master), demotes it for a ban on the
+// promoted role, sets the score again with crm_master gone (Pacemaker 3's
+// way: crm_attribute --promotion), promotes it again when the ban is
+// cleared and stops it; repd's own status follows each step, no operation
+// fails, and the host is left as it was.
 func TestPacemakerPromotableClone(t *testing.T) {
+	phase := time.Now()
+	step := func(what string) {
+		t.Logf("%-40s %v", what, time.Since(phase).Round(time.Millisecond))
+		phase = time.Now()
+	}
 	if os.Getuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("the Pacemaker test needs root (namespaces and mounts); CI runs as root")
@@ -395,8 +417,9 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB"})
 	alpha, beta := c.nodes[0], c.nodes[1]
 	start := time.Now()
+	phase = start
 	sb := startPcmkSandbox(t, ocfAgentPath(t), alpha.name)
-	t.Logf("one-node cluster up with a DC in %v", time.Since(start).Round(time.Millisecond))
+	step("one-node cluster up with a DC")
 	m := sb.mon()
 	if m.Summary.DC.Name != alpha.name || m.Summary.DC.WithQuorum != "true" {
 		t.Fatalf("DC %q with quorum %q, want %s with quorum", m.Summary.DC.Name, m.Summary.DC.WithQuorum, alpha.name)
@@ -447,11 +470,12 @@ func TestPacemakerPromotableClone(t *testing.T) {
 
 	// Started, and not promoted: both disks are brand new (Inconsistent), so
 	// the agent sets no promotion score.
-	waitFor(t, "Pacemaker to start the clone and monitor it", 30*time.Second, func() bool {
+	waitFor(t, "Pacemaker to start the clone and monitor it", 60*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Unpromoted" && m.ran(alpha.name, rsc, "monitor", "0")
 	})
-	waitFor(t, "alpha and beta Connected", 30*time.Second, func() bool {
+	step("started, unpromoted")
+	waitFor(t, "alpha and beta Connected", 60*time.Second, func() bool {
 		s := alpha.status()
 		return len(s.Peers) == 1 && s.Peers[0].Connection == "Connected"
 	})
@@ -471,10 +495,11 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	// the score and Pacemaker promotes.
 	alpha.mustCtl("new-current-uuid", "--clear-bitmap")
 	// Promoted, and the promoted role's monitor says so (rc 8).
-	waitFor(t, "Pacemaker to promote alpha", 30*time.Second, func() bool {
+	waitFor(t, "Pacemaker to promote alpha", 60*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Promoted" && m.ran(alpha.name, rsc, "monitor", "8")
 	})
+	step("promoted")
 	m = sb.mon()
 	if v := m.attr(alpha.name, score); v != "10000" {
 		t.Errorf("promotion score %s=%q, want 10000 (UpToDate, peer connected)", score, v)
@@ -482,42 +507,57 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	if s := alpha.status(); s.Role != "Primary" || s.Disk != "UpToDate" {
 		t.Fatalf("Pacemaker says Promoted but repd says %s/%s", s.Role, s.Disk)
 	}
-	waitFor(t, "beta to see alpha Primary", 10*time.Second, func() bool {
+	waitFor(t, "beta to see alpha Primary", 30*time.Second, func() bool {
 		s := beta.status()
 		return len(s.Peers) == 1 && s.Peers[0].Role == "Primary"
 	})
 
 	// Demote: a ban on the promoted role.
 	sb.mustExec("crm_resource", "--ban", "--promoted", "--resource", clone, "--node", alpha.name)
-	waitFor(t, "Pacemaker to demote alpha", 30*time.Second, func() bool {
+	waitFor(t, "Pacemaker to demote alpha", 60*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Unpromoted" && m.ran(alpha.name, rsc, "demote", "0")
 	})
+	step("demoted (ban)")
 	if s := alpha.status(); s.Role != "Secondary" {
 		t.Fatalf("Pacemaker demoted alpha but repd says %s", s.Role)
 	}
+	// Pacemaker 3 has no crm_master; the agent then sets its score with
+	// crm_attribute --promotion. Hide crm_master inside the sandbox, let any
+	// monitor that still saw it finish, drop the score: it must come back,
+	// set by that other path.
+	sb.hide("crm_master")
+	time.Sleep(2500 * time.Millisecond) // > 2 unpromoted monitor intervals
+	sb.mustExec("crm_attribute", "--node", alpha.name, "--name", score, "--lifetime", "reboot", "--delete")
+	waitFor(t, "the agent to set the score again without crm_master", 30*time.Second, func() bool {
+		return sb.mon().attr(alpha.name, score) == "10000"
+	})
+	step("score set without crm_master")
+
 	// And back.
 	sb.mustExec("crm_resource", "--clear", "--resource", clone)
-	waitFor(t, "Pacemaker to promote alpha again", 30*time.Second, func() bool {
+	waitFor(t, "Pacemaker to promote alpha again", 60*time.Second, func() bool {
 		return sb.mon().role(clone, alpha.name) == "Promoted"
 	})
+	step("promoted again (clear)")
 	if s := alpha.status(); s.Role != "Primary" {
 		t.Fatalf("Pacemaker promoted alpha again but repd says %s", s.Role)
 	}
 
 	// Stop: Pacemaker demotes, then stops; the daemon exits cleanly.
 	sb.mustExec("crm_resource", "--resource", clone, "--meta", "--set-parameter", "target-role", "--parameter-value", "Stopped")
-	waitFor(t, "Pacemaker to stop the clone", 60*time.Second, func() bool {
+	waitFor(t, "Pacemaker to stop the clone", 90*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Stopped" && m.ran(alpha.name, rsc, "stop", "0")
 	})
+	step("stopped")
 	if out, err := alpha.ctl("status", "--json"); err == nil {
 		t.Fatalf("alpha's repd still answers after Pacemaker stopped it:\n%s", out)
 	}
 	if b, err := os.ReadFile(filepath.Join(statedir, alpha.name+".log")); err != nil || !strings.Contains(string(b), "stopped cleanly") {
 		t.Errorf("alpha's log (the agent's logfile) does not show a clean stop (err %v)", err)
 	}
-	waitFor(t, "beta to see alpha gone", 10*time.Second, func() bool {
+	waitFor(t, "beta to see alpha gone", 30*time.Second, func() bool {
 		s := beta.status()
 		return len(s.Peers) == 1 && s.Peers[0].Connection != "Connected"
 	})
@@ -530,6 +570,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	}
 
 	sb.stop()
+	step("cluster shut down")
 	t.Logf("whole cluster story in %v", time.Since(start).Round(time.Millisecond))
 	if after := hostState(t); !slices.Equal(before, after) {
 		t.Errorf("the sandbox changed the host:\nbefore %v\nafter  %v", before, after)

@@ -18,6 +18,9 @@
 #   pacemaker-sandbox.sh exec DIR COMMAND [ARG...]
 #       Runs COMMAND inside the running sandbox (crm_mon, cibadmin,
 #       crm_resource, repctl, ...), with /usr/sbin on PATH.
+#   pacemaker-sandbox.sh hide DIR COMMAND
+#       Makes COMMAND vanish from /usr/sbin inside the running sandbox, as on
+#       a Pacemaker without it (crm_master is gone in Pacemaker 3).
 #   pacemaker-sandbox.sh stop DIR
 #       Stops a sandbox started in DIR and waits for it (at most 3 minutes).
 #
@@ -234,6 +237,29 @@ cmd_exec() {
 	exec nsenter --target "$pid" --net --mount --pid --wd=/ -- "$@"
 }
 
+# cmd_hide binds, over /usr/sbin, a directory of links to the real one's
+# entries but COMMAND's. Only the sandbox's mount namespace sees it.
+cmd_hide() {
+	local dir=$1 name=${2:-}
+	case "$name" in
+	"" | */* | .*) die "hide: want a command name in /usr/sbin" ;;
+	esac
+	[ -e "/usr/sbin/$name" ] || die "hide: /usr/sbin/$name does not exist"
+	# shellcheck disable=SC2016 # expanded by the inner bash
+	cmd_exec "$dir" bash -c '
+		set -e
+		name=$1
+		real=/run/sandbox-sbin/real view=/run/sandbox-sbin/view
+		if ! mountpoint -q "$real"; then
+			mkdir -p "$real" "$view"
+			mount --bind /usr/sbin "$real"
+			for f in "$real"/*; do ln -s "$f" "$view/${f##*/}"; done
+			mount --bind "$view" /usr/sbin
+		fi
+		rm -f "$view/$name"
+	' hide "$name"
+}
+
 cmd_stop() {
 	local dir=$1 upid pid n=900
 	pid=$(init_pid "$dir")
@@ -253,6 +279,7 @@ case "$verb" in
 start) cmd_start "$@" ;;
 __init) cmd_init "$@" ;;
 exec) cmd_exec "$@" ;;
+hide) cmd_hide "$@" ;;
 stop) cmd_stop "$@" ;;
 *) usage ;;
 esac
