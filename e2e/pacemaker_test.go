@@ -78,8 +78,11 @@ type crmMon struct {
 	} `xml:"failures>failure"`
 }
 
-// role is the clone instance's role on node ("Promoted", "Unpromoted",
-// "Stopped"; Pacemaker before 2.1 said "Master" and "Slave").
+// role is the clone instance's role on node: "Promoted", "Unpromoted",
+// "Stopped", or one in passing ("Starting", "Promoting", "Demoting",
+// "Stopping"); Pacemaker before 2.1 said "Master" and "Slave". Not the
+// active attribute: crm_mon 2.1.5 calls a Demoting instance inactive, and
+// its text says "No active resources" while the daemon is still Primary.
 func (m *crmMon) role(clone, node string) string {
 	for _, c := range m.Clones {
 		if c.ID != clone {
@@ -87,7 +90,7 @@ func (m *crmMon) role(clone, node string) string {
 		}
 		for _, r := range c.Resources {
 			for _, n := range r.Nodes {
-				if n.Name == node && r.Active == "true" {
+				if n.Name == node {
 					switch r.Role {
 					case "Master":
 						return "Promoted"
@@ -356,6 +359,19 @@ func (s *pcmkSandbox) cleanup() {
 	}
 }
 
+// pollFor is waitFor at a pace fit for crm_mon, which costs a bash, an
+// nsenter and a CIB query per call.
+func pollFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // xmlAttr escapes s for an XML attribute value.
 func xmlAttr(s string) string {
 	var b strings.Builder
@@ -470,7 +486,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 
 	// Started, and not promoted: both disks are brand new (Inconsistent), so
 	// the agent sets no promotion score.
-	waitFor(t, "Pacemaker to start the clone and monitor it", 60*time.Second, func() bool {
+	pollFor(t, "Pacemaker to start the clone and monitor it", 60*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Unpromoted" && m.ran(alpha.name, rsc, "monitor", "0")
 	})
@@ -495,7 +511,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	// the score and Pacemaker promotes.
 	alpha.mustCtl("new-current-uuid", "--clear-bitmap")
 	// Promoted, and the promoted role's monitor says so (rc 8).
-	waitFor(t, "Pacemaker to promote alpha", 60*time.Second, func() bool {
+	pollFor(t, "Pacemaker to promote alpha", 60*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Promoted" && m.ran(alpha.name, rsc, "monitor", "8")
 	})
@@ -514,7 +530,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 
 	// Demote: a ban on the promoted role.
 	sb.mustExec("crm_resource", "--ban", "--promoted", "--resource", clone, "--node", alpha.name)
-	waitFor(t, "Pacemaker to demote alpha", 60*time.Second, func() bool {
+	pollFor(t, "Pacemaker to demote alpha", 60*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Unpromoted" && m.ran(alpha.name, rsc, "demote", "0")
 	})
@@ -529,14 +545,14 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	sb.hide("crm_master")
 	time.Sleep(2500 * time.Millisecond) // > 2 unpromoted monitor intervals
 	sb.mustExec("crm_attribute", "--node", alpha.name, "--name", score, "--lifetime", "reboot", "--delete")
-	waitFor(t, "the agent to set the score again without crm_master", 30*time.Second, func() bool {
+	pollFor(t, "the agent to set the score again without crm_master", 30*time.Second, func() bool {
 		return sb.mon().attr(alpha.name, score) == "10000"
 	})
 	step("score set without crm_master")
 
 	// And back.
 	sb.mustExec("crm_resource", "--clear", "--resource", clone)
-	waitFor(t, "Pacemaker to promote alpha again", 60*time.Second, func() bool {
+	pollFor(t, "Pacemaker to promote alpha again", 60*time.Second, func() bool {
 		return sb.mon().role(clone, alpha.name) == "Promoted"
 	})
 	step("promoted again (clear)")
@@ -546,7 +562,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 
 	// Stop: Pacemaker demotes, then stops; the daemon exits cleanly.
 	sb.mustExec("crm_resource", "--resource", clone, "--meta", "--set-parameter", "target-role", "--parameter-value", "Stopped")
-	waitFor(t, "Pacemaker to stop the clone", 90*time.Second, func() bool {
+	pollFor(t, "Pacemaker to stop the clone", 90*time.Second, func() bool {
 		m := sb.mon()
 		return m.role(clone, alpha.name) == "Stopped" && m.ran(alpha.name, rsc, "stop", "0")
 	})
