@@ -403,8 +403,9 @@ func hostState(t *testing.T) []string {
 // sets a promotion score (through crm_master), demotes it for a ban on the
 // promoted role, sets the score again with crm_master gone (Pacemaker 3's
 // way: crm_attribute --promotion), promotes it again when the ban is
-// cleared and stops it; repd's own status follows each step, no operation
-// fails, and the host is left as it was.
+// cleared, recovers it when its daemon is killed (restart, promote) and
+// stops it; repd's own status follows each step, no operation fails but
+// the one caused, and the host is left as it was.
 func TestPacemakerPromotableClone(t *testing.T) {
 	phase := time.Now()
 	step := func(what string) {
@@ -559,6 +560,48 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	if s := alpha.status(); s.Role != "Primary" {
 		t.Fatalf("Pacemaker promoted alpha again but repd says %s", s.Role)
 	}
+
+	// The Primary's daemon dies: the promoted monitor finds it not running,
+	// Pacemaker records the failure, starts the daemon again and, once the
+	// monitor sets the score (alpha comes back UpToDate and reconnects to
+	// beta), promotes it again. Then the operator cleans the failure up.
+	pidfile := filepath.Join(statedir, alpha.name+".pid")
+	pidb, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatalf("the agent's pid file: %v", err)
+	}
+	nspid := strings.TrimSpace(string(pidb)) // a PID in the sandbox's namespace
+	sb.mustExec("kill", "-KILL", nspid)
+	pollFor(t, "Pacemaker to notice the dead daemon", 60*time.Second, func() bool {
+		return len(sb.mon().Failures) > 0
+	})
+	pollFor(t, "Pacemaker to restart and promote alpha", 90*time.Second, func() bool {
+		m := sb.mon()
+		return m.role(clone, alpha.name) == "Promoted" && m.ran(alpha.name, rsc, "monitor", "8")
+	})
+	step("recovered from a killed daemon")
+	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) == nspid {
+		t.Errorf("the pid file still names the killed daemon (%s)", nspid)
+	}
+	if s := alpha.status(); s.Role != "Primary" || s.Disk != "UpToDate" {
+		t.Fatalf("Pacemaker recovered alpha as Promoted but repd says %s/%s", s.Role, s.Disk)
+	}
+	// The failure Pacemaker shows says what happened (the agent's exit
+	// reason), whichever operation recorded it last.
+	fails := sb.mon().Failures
+	explained := false
+	for _, f := range fails {
+		t.Logf("failure Pacemaker recorded: %s on %s: %s (%s)", f.OpKey, f.Node, f.ExitStat, f.ExitRsn)
+		explained = explained || strings.Contains(f.ExitRsn, "repd for alpha is not running")
+	}
+	if !explained {
+		t.Errorf("no failure Pacemaker recorded gives the agent's reason (repd not running): %+v", fails)
+	}
+	sb.mustExec("crm_resource", "--cleanup", "--resource", clone)
+	pollFor(t, "the failure to be cleaned up", 60*time.Second, func() bool {
+		m := sb.mon()
+		return len(m.Failures) == 0 && m.role(clone, alpha.name) == "Promoted"
+	})
 
 	// Stop: Pacemaker demotes, then stops; the daemon exits cleanly.
 	sb.mustExec("crm_resource", "--resource", clone, "--meta", "--set-parameter", "target-role", "--parameter-value", "Stopped")
