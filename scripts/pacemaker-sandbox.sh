@@ -138,7 +138,7 @@ cmd_init() {
 	ip link set lo up
 	# State and runtime directories on tmpfs: private to this mount namespace.
 	for d in /run /dev/shm /var/lib/pacemaker /var/lib/corosync /var/log/pacemaker; do
-		mkdir -p "$d" 2>/dev/null || true
+		[ -d "$d" ] || die "$d does not exist: install the Debian packages corosync and pacemaker"
 		mount -t tmpfs -o mode=0755 sandbox "$d"
 	done
 	chmod 1777 /dev/shm
@@ -200,33 +200,32 @@ cmd_init() {
 
 	# pacemakerd stops the resources first, then its daemons.
 	kill -TERM "$ppid" 2>/dev/null || true
-	if ! wait_exit "$ppid" 150; then
-		echo "pacemaker-sandbox: pacemakerd did not stop within 150s; killing it" >&2
-		rc=1
-	fi
+	stop_child pacemakerd "$ppid" 150 || rc=1
 	kill -TERM "$cpid" 2>/dev/null || true
-	if ! wait_exit "$cpid" 20; then
-		echo "pacemaker-sandbox: corosync did not stop within 20s; killing it" >&2
-		rc=1
-	fi
+	stop_child corosync "$cpid" 20 || rc=1
 	echo stopped
 	exit "$rc"
 }
 
-# wait_exit PID SECONDS waits for a child to exit; SIGKILL after SECONDS.
-wait_exit() {
-	local pid=$1 n=$(($2 * 5))
+# stop_child NAME PID SECONDS waits for a signalled child to exit, sends
+# SIGKILL after SECONDS, and fails unless it exited by itself with status 0.
+stop_child() {
+	local name=$1 pid=$2 n=$(($3 * 5)) st=0
 	while kill -0 "$pid" 2>/dev/null; do
 		n=$((n - 1))
 		if [ $n -le 0 ]; then
+			echo "pacemaker-sandbox: $name did not stop within $3s; killing it" >&2
 			kill -KILL "$pid" 2>/dev/null || true
 			wait "$pid" 2>/dev/null || true
 			return 1
 		fi
 		sleep 0.2
 	done
-	wait "$pid" 2>/dev/null || true
-	return 0
+	wait "$pid" 2>/dev/null || st=$?
+	if [ "$st" -ne 0 ]; then
+		echo "pacemaker-sandbox: $name exited with status $st" >&2
+		return 1
+	fi
 }
 
 cmd_exec() {
