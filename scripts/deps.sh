@@ -93,7 +93,6 @@ declare -A pkg=(
   [install]=coreutils
   [touch]=coreutils
   [ln]=coreutils
-  [bash]=bash
   [xargs]=findutils
   [kill]=procps
   [make]=make
