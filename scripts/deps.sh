@@ -41,6 +41,21 @@ declare -A pkg=(
   # resource-agents, absent on a fresh machine)
   [ocf-tester]=resource-agents
   [xmllint]=libxml2-utils
+  # a real one-node cluster for the agent (scripts/pacemaker-sandbox.sh,
+  # e2e/pacemaker_test.go): the cluster stack, Pacemaker's command-line
+  # tools (a Recommends of pacemaker) and the namespaces it runs in
+  [corosync]=corosync
+  [corosync-quorumtool]=corosync
+  [pacemakerd]=pacemaker
+  [crm_node]=pacemaker
+  [cibadmin]=pacemaker-cli-utils
+  [crm_mon]=pacemaker-cli-utils
+  [crm_resource]=pacemaker-cli-utils
+  [crm_attribute]=pacemaker-cli-utils
+  [crm_verify]=pacemaker-cli-utils
+  [unshare]=util-linux
+  [nsenter]=util-linux
+  [mountpoint]=util-linux
   # network, bench and lint
   [ip]=iproute2
   [curl]=curl
@@ -75,6 +90,9 @@ declare -A pkg=(
   [seq]=coreutils
   [uname]=coreutils
   [setsid]=util-linux
+  [install]=coreutils
+  [touch]=coreutils
+  [ln]=coreutils
   [xargs]=findutils
   [kill]=procps
   [make]=make
