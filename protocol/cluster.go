@@ -26,12 +26,9 @@ import (
 // the nodes that may lack them.
 //
 //	count u8 | count × (node id u8 | seq u64)
-const (
-	TypePromoteReq   Type = 20
-	TypePromoteReply Type = 21
-	TypePromoteEnd   Type = 22
-	TypePeerSeqs     Type = 23
-)
+//
+// The frame types are TypePromoteReq, TypePromoteReply, TypePromoteEnd and
+// TypePeerSeqs (types.go).
 
 // FeatureCluster: answers PromoteReq and understands PromoteEnd, PeerSeqs
 // and StateOutdated.
