@@ -253,6 +253,7 @@ type Writer struct {
 	enc     encoder
 	minComp int
 	hdr     [HeaderSize]byte
+	sum     [TrailerSize]byte
 	scratch []byte // joined payload to compress
 	out     []byte // compressed payload
 	digest  *xxhash.Digest
@@ -360,9 +361,8 @@ func (w *Writer) emit(h *Header, a, b []byte) error {
 		d.Write(w.hdr[:])
 		d.Write(a)
 		d.Write(b)
-		var sum [TrailerSize]byte
-		binary.LittleEndian.PutUint64(sum[:], d.Sum64())
-		tr = sum[:]
+		binary.LittleEndian.PutUint64(w.sum[:], d.Sum64())
+		tr = w.sum[:]
 	}
 	w.bw.Write(w.hdr[:])
 	w.bw.Write(a)
