@@ -108,8 +108,9 @@
 // ‖ payload) of Hello_D and Hello_L, then of Auth_D too. A check that
 // fails is answered with a Refuse frame naming the field, then the
 // connection is closed. A peer of another version gets "protocol version
-// N is not supported"; a peer sending anything else gets a Refuse and
-// ErrUnexpected.
+// N is not supported"; a handshake frame out of turn gets a Refuse and
+// ErrUnexpected; anything else (another type, a compressed or oversized
+// frame, garbage) is ErrCorrupt and the connection is just closed.
 //
 // Why relaying and reflecting proofs fail. A proof is a MAC under K over
 // everything both sides said, in order, and over who said it in which
@@ -142,8 +143,12 @@
 //     nonce of the verifier, and each side draws a fresh one per
 //     connection.
 //
-// Without a secret (no secret-file) the same exchange runs with K derived
-// from the empty secret: it proves nothing, as there is nothing to prove.
+// What the proofs do not show: every node of a resource holds the same
+// secret, so a proof shows that the peer knows it, not which node it is. A
+// node that has the secret is trusted to claim only its own id (with TLS,
+// certificates name the nodes). Without a secret (no secret-file) the
+// same exchange runs with K derived from the empty secret: it proves
+// nothing, as there is nothing to prove.
 //
 // # Authenticated frames
 //

@@ -64,12 +64,12 @@ type Session struct {
 // Domain-separation strings of the handshake's hashes. Part of the wire
 // format.
 const (
-	ctxAuthKey       = "repd 2025-01 peer link v2: authentication key from the shared secret"
-	ctxTranscript    = "repd 2025-01 peer link v2: handshake transcript\x00"
-	ctxDialerProof   = "repd 2025-01 peer link v2: proof of the dialer\x00"
-	ctxListenerProof = "repd 2025-01 peer link v2: proof of the listener\x00"
-	ctxKeyDialer     = "repd 2025-01 peer link v2: frame key, dialer to listener"
-	ctxKeyListener   = "repd 2025-01 peer link v2: frame key, listener to dialer"
+	ctxAuthKey       = "repd 2026-12-05 peer link v2: authentication key from the shared secret"
+	ctxTranscript    = "repd 2026-12-05 peer link v2: handshake transcript\x00"
+	ctxDialerProof   = "repd 2026-12-05 peer link v2: proof of the dialer\x00"
+	ctxListenerProof = "repd 2026-12-05 peer link v2: proof of the listener\x00"
+	ctxKeyDialer     = "repd 2026-12-05 peer link v2: frame key, dialer to listener"
+	ctxKeyListener   = "repd 2026-12-05 peer link v2: frame key, listener to dialer"
 )
 
 // Dial runs the dialer's side of the handshake on c (see the package
