@@ -35,14 +35,10 @@ import (
 // FlagLeaseRefused its payload is the UTF-8 reason instead. A voter that
 // acknowledges promises not to help another node to the Primary role for
 // a while after it received the request (replica/quorum.go).
-const (
-	TypePromoteReq   Type = 20
-	TypePromoteReply Type = 21
-	TypePromoteEnd   Type = 22
-	TypePeerSeqs     Type = 23
-	TypeLease        Type = 24
-	TypeLeaseAck     Type = 25
-)
+//
+// The frame types are TypePromoteReq, TypePromoteReply, TypePromoteEnd,
+// TypePeerSeqs, TypeLease and TypeLeaseAck (types.go). A PromoteReq's one
+// optional payload byte, 1, marks an election.
 
 // StateQuorate in a State's flags: the sender is a Primary holding its
 // lease (a quorum acknowledged its data generation). Every write

@@ -27,10 +27,6 @@ import (
 //
 // Part of the wire format; sent only to peers announcing FeatureDedup.
 
-// TypeDataReq asks the sender for the full data of write seq. (The value is
-// in the range frame.go reserves for dedup.)
-const TypeDataReq Type = 14
-
 // DedupBlock is the unit of deduplication.
 const DedupBlock = 4096
 

@@ -1,12 +1,13 @@
-// Package protocol is the wire format between repd peers: checksummed,
-// versioned frames; payload codecs (raw, s2, zstd); the handshake with
-// mutual HMAC authentication; and the messages of replication (state, write,
-// ack, barrier, ping, bitmap, resync).
+// Package protocol is the wire format between repd peers: checksummed or
+// authenticated, versioned frames; payload codecs (raw, s2, zstd); the
+// handshake, in which each side proves the shared secret over everything
+// both said; and the messages of replication (state, write, ack, barrier,
+// ping, bitmap, resync, verify, promotion).
 //
 // # Frame layout
 //
 // Every value is little endian. A frame is a 24-byte header, a payload of
-// PayloadLen bytes encoded by Codec, and an 8-byte trailer:
+// PayloadLen bytes encoded by Codec, and a trailer of 8 or 16 bytes:
 //
 //		 0       4    5    6    7    8            12           16                      24
 //		 +-------+----+----+----+----+------------+------------+-----------------------+
@@ -14,45 +15,71 @@
 //		 +-------+----+----+----+----+------------+------------+-----------------------+
 //		 | payload (payload len bytes; raw len bytes once decoded by the codec)        |
 //		 +-----------------------------------------------------------------------------+
-//		 | xxhash64(header ‖ payload), 8 bytes                                         |
+//		 | trailer: xxhash64(header ‖ payload), 8 bytes                                |
+//		 |   or, on an authenticated link (below), the first 16 bytes of               |
+//		 |   BLAKE3-keyed(frame key, payload ‖ header ‖ counter u64)                   |
 //		 +-----------------------------------------------------------------------------+
 //
 //	  - magic is Magic ("RPD\x01" read as bytes 'R','P','D',0x01).
-//	  - ver is Version. A reader refuses frames of another version with a
-//	    *VersionError, except a Refuse frame, whose layout never changes, so a
-//	    peer of any version can read why it was turned away.
+//	  - ver is Version (2). Before the handshake completed a reader refuses
+//	    frames of another version with a *VersionError, except a Refuse
+//	    frame, whose layout never changes, so a peer of any version can read
+//	    why it was turned away.
 //	  - type is a Type; flag holds Flags whose meaning depends on the type;
 //	    codc is a Codec.
 //	  - raw len is the payload length after decoding; it equals payload len for
-//	    CodecNone. Both are at most MaxPayload.
+//	    CodecNone. Both are at most the type's limit (types.go), itself at
+//	    most MaxPayload.
 //	  - seq is the frame's 64-bit number: the write's sequence number, the
 //	    cumulative ack, the barrier number, the ping token.
 //
-// The checksum covers the header and the encoded payload. A frame with a bad
-// magic, version, type, codec, length or checksum is an error wrapping
+// The trailer covers the header and the encoded payload. A frame with a
+// bad magic, version, type, codec, length or trailer is an error wrapping
 // ErrCorrupt (or a *VersionError); the caller closes the connection. A
 // reader never returns a frame that failed a check, so nothing corrupt is
-// ever applied.
+// ever applied, and nothing unauthenticated is ever decompressed.
+//
+// # Frame types and what they may carry
+//
+// typeTable (types.go) lists every type with its name, when it may travel
+// and the most payload it may carry; the Reader enforces it before it
+// reads a payload, the Writer before it sends one. Before the handshake
+// completed (a new Conn) only Hello, Auth and Refuse pass, uncompressed,
+// each at most MaxPreAuthPayload (1 KiB) — a Hello is at most
+// MaxHelloSize (185) bytes — and the Reader and Writer hold about 2 KiB of
+// buffers each: an unauthenticated connection costs a few KiB, whatever it
+// announces. The 256 KiB buffers come with the handshake's success; from
+// then on Hello and Auth are refused and every other type passes, up to
+// its limit.
 //
 // # Payloads
 //
 // Message payloads are fixed fields followed by variable ones; strings are a
 // uint16 length then UTF-8 bytes. See the Append and Decode methods of each
 // message type for the exact layouts: Hello, Auth, State, Write, Bitmap,
-// ResyncDone. Ack, Barrier, BarrierAck, Ping and Pong carry only seq. Refuse
-// carries a UTF-8 sentence. A Write with FlagDedup carries a DedupWrite
-// (zero and reference blocks, dedup.go); DataReq (seq only) asks for the
-// full data of such a write, which comes back as a Write with FlagResend.
+// ResyncDone, Hashes (Csums, Verify), Mismatches (VerifyReply). Ack,
+// Barrier, BarrierAck, Ping, Pong, CsumsDone, PromoteReq and PromoteEnd
+// carry only seq. Refuse carries a UTF-8 sentence (ReasonText cleans it
+// for a log line). A Write with FlagDedup carries a DedupWrite (zero and
+// reference blocks, dedup.go); DataReq (seq only) asks for the full data
+// of such a write, which comes back as a Write with FlagResend.
 // PromoteReq, PromoteReply (a UTF-8 refusal, empty when granted) and
 // PromoteEnd make a promotion a two-phase cluster-wide change; PeerSeqs
 // tells a Secondary which writes the other nodes hold (cluster.go).
 // StateOutdated in a State tells the receiver its data lacks writes.
 //
+// Decoders bound what a payload can make the receiver do: Hello names
+// are 1 to 64 letters, digits, '-', '_' or '.' (ValidName); a Hashes or
+// Mismatches covers one batch (1 to MaxData bytes, at most MaxSums
+// sums or ranges); no range's end may overflow 64 bits; extents are
+// non-empty.
+//
 // # Compression
 //
-// A frame's payload is compressed with the connection's codec unless it is
-// short, its sampled bytes look random, or the result does not shrink by
-// at least 1/32: then it goes raw (CodecNone).
+// After the handshake, a frame's payload is compressed with the
+// connection's codec unless it is short, its sampled bytes look random,
+// or the result does not shrink by at least 1/32: then it goes raw
+// (CodecNone).
 //
 // Application data larger than MaxData is split by the sender into several
 // Write frames; MaxPayload bounds every frame so a reader's memory is
@@ -60,14 +87,88 @@
 //
 // # Handshake
 //
-// Both sides send Hello at once (version in the header, feature bits,
-// resource, size, granularity, node id and name, a 32-byte random nonce) and
-// check the other's: a different version, resource, size or granularity is
-// answered with a Refuse frame naming the field, then the connection is
-// closed. Then both send Auth: HMAC-SHA256 over the other side's nonce, the
-// own nonce and the own node id with the shared secret, and check the
-// other's with a constant-time compare. Only then is any state exchanged
-// (State, then the Bitmap frames, by the replica package).
+// The dialer D (the node that opened the TCP connection) and the listener
+// L take turns; every step is one frame:
+//
+//	D → L  Hello_D   features, size, granularity, node id, nonce N_D (32
+//	                 random bytes), resource, name
+//	L      checks Hello_D: version, names, resource, size, granularity,
+//	       frame authentication (FeatureFrameMAC), the caller's check
+//	L → D  Hello_L   the same fields of L, with its nonce N_L
+//	D      checks Hello_L the same way, and that L's node id is the one
+//	       it meant to reach (Dial's want)
+//	D → L  Auth_D = BLAKE3-keyed(K, "proof of the dialer" ‖ T2 ‖ id_D ‖ id_L)
+//	L      verifies Auth_D (constant time); a wrong one is refused here,
+//	       and L has proved nothing
+//	L → D  Auth_L = BLAKE3-keyed(K, "proof of the listener" ‖ T3 ‖ id_D ‖ id_L)
+//	D      verifies Auth_L
+//
+// where K = BLAKE3-derive-key("... authentication key ...", secret), and
+// T2, T3 are the BLAKE3 hashes of the transcript: the exact bytes (header
+// ‖ payload) of Hello_D and Hello_L, then of Auth_D too. A check that
+// fails is answered with a Refuse frame naming the field, then the
+// connection is closed. A peer of another version gets "protocol version
+// N is not supported"; a handshake frame out of turn gets a Refuse and
+// ErrUnexpected; anything else (another type, a compressed or oversized
+// frame, garbage) is ErrCorrupt and the connection is just closed.
+//
+// Why relaying and reflecting proofs fail. A proof is a MAC under K over
+// everything both sides said, in order, and over who said it in which
+// role. An attacker without the secret can only hand on proofs that
+// honest nodes made, so it must find an honest node that proves a
+// transcript some other honest node accepts:
+//
+//   - A listener proves nothing before it verified the dialer's proof over
+//     the same transcript. So a listener can never be used as an oracle:
+//     to get Auth_L, the attacker needs Auth_D first.
+//   - A dialer proves only a transcript that starts with its own Hello,
+//     with a nonce it just drew, followed by exactly the Hello it received,
+//     and only after checking that Hello names the node it dialed. A
+//     listener L accepts Auth_D only over its own Hello with its own fresh
+//     N_L. So an accepted Auth_D means that D saw L's Hello unchanged and L
+//     saw D's Hello unchanged: the attacker merely passed the bytes between
+//     D and L, who wanted to talk to each other. Forwarding D's proof to a
+//     third node M fails (M's Hello and nonce are not in it); claiming to
+//     be D towards L while D dials M fails (D's transcript holds M's Hello,
+//     or D refuses it as not the node it dialed).
+//   - Reflection fails: the dialer's and the listener's proofs use
+//     different domain strings, and a node's Hello is always first in the
+//     transcripts it proves as dialer and second in those it proves as
+//     listener, so no proof of a node serves as a proof towards that node
+//     or in the other role.
+//   - Swapping or altering a Hello (its nonce, id, names, features — e.g.
+//     clearing FeatureFrameMAC to downgrade the link) changes the
+//     transcript on one side only: the proofs do not verify.
+//   - Replaying an old handshake fails: the replayed proof is over an old
+//     nonce of the verifier, and each side draws a fresh one per
+//     connection.
+//
+// What the proofs do not show: every node of a resource holds the same
+// secret, so a proof shows that the peer knows it, not which node it is. A
+// node that has the secret is trusted to claim only its own id (with TLS,
+// certificates name the nodes). Without a secret (no secret-file) the
+// same exchange runs with K derived from the empty secret: it proves
+// nothing, as there is nothing to prove.
+//
+// # Authenticated frames
+//
+// When both sides have a secret and the link is not TLS (FeatureFrameMAC
+// in both Hellos; a difference is refused), every frame after the
+// handshake carries a 16-byte MAC instead of the xxhash64 trailer:
+//
+//	key_D→L = BLAKE3-derive-key("... frame key, dialer to listener", K ‖ T4)
+//	key_L→D = BLAKE3-derive-key("... frame key, listener to dialer", K ‖ T4)
+//	MAC     = first 16 bytes of BLAKE3-keyed(key, payload ‖ header ‖ counter u64)
+//
+// where T4 is the hash of all four handshake frames (Session.Transcript)
+// and counter is the number of frames sent in that direction since the
+// handshake (0 for the first). The counter is not sent: a frame altered,
+// injected, replayed or reordered, or a frame after a dropped one, fails
+// the check with an error wrapping ErrCorrupt and ErrFrameAuth, and the
+// Reader stays failed. (Frames cut off at the end of a connection are not
+// detected here; the replication protocol's acks account for them.) On a
+// TLS link TLS authenticates every byte and frames keep xxhash64, as they
+// do without a secret.
 //
 // With TLS configured (tls.go) the connection is a TLS 1.3 session with
 // certificates on both sides, and all of the above runs inside it.

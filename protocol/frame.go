@@ -2,67 +2,40 @@ package protocol
 
 import (
 	"bufio"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/blake3"
 )
 
 // Frame geometry. Part of the wire format: do not change without a new
 // Version.
 const (
-	Magic       uint32 = 0x01445052 // "RPD\x01" as bytes
-	Version     uint8  = 1
-	HeaderSize         = 24
-	TrailerSize        = 8
+	Magic      uint32 = 0x01445052 // "RPD\x01" as bytes
+	Version    uint8  = 2
+	HeaderSize        = 24
+	// TrailerSize is the xxhash64 trailer of frames during the handshake,
+	// and after it on TLS links or without a secret.
+	TrailerSize = 8
+	// MACSize is the keyed-BLAKE3 trailer of frames after a handshake with
+	// a shared secret on a link without TLS.
+	MACSize = 16
 	// MaxData is the most application data one Write frame carries.
 	MaxData = 1 << 20
 	// MaxPayload bounds a frame's payload, encoded or decoded.
 	MaxPayload = MaxData + 4096
 )
 
-// Type is a frame's message type. Part of the wire format.
-type Type uint8
-
-// Message types. Part of the wire format: values never change meaning.
+// Buffer sizes: small until the peer proved the secret, so an
+// unauthenticated connection holds little memory.
 const (
-	TypeHello      Type = 1  // Hello
-	TypeAuth       Type = 2  // Auth
-	TypeRefuse     Type = 3  // UTF-8 reason; readable at any version
-	TypeState      Type = 4  // State
-	TypeWrite      Type = 5  // Write; seq = sequence number
-	TypeAck        Type = 6  // seq = every write up to seq applied (cumulative)
-	TypeBarrier    Type = 7  // seq = barrier number (in the write sequence)
-	TypeBarrierAck Type = 8  // seq = barrier durable, and all before it
-	TypePing       Type = 9  // seq = token
-	TypePong       Type = 10 // seq = token of the ping answered
-	TypeBitmap     Type = 11 // Bitmap extents; FlagLast on the final one
-	TypeResyncReq  Type = 12 // Range: target asks for blocks (reserved for checksum resync)
-	TypeResyncDone Type = 13 // ResyncDone; seq = last barrier of the resync
-	// 14: TypeDataReq (dedup.go); 15 reserved. 16..19: checksum resync and
-	// online verify (sync.go). 20..23: promotion and peer sequence numbers
-	// (cluster.go).
-	typeMax = TypeLeaseAck
+	preAuthBuf  = 2 << 10
+	postAuthBuf = 256 << 10
 )
-
-var typeNames = [...]string{
-	TypeHello: "Hello", TypeAuth: "Auth", TypeRefuse: "Refuse", TypeState: "State",
-	TypeWrite: "Write", TypeAck: "Ack", TypeBarrier: "Barrier", TypeBarrierAck: "BarrierAck",
-	TypePing: "Ping", TypePong: "Pong", TypeBitmap: "Bitmap", TypeResyncReq: "ResyncReq",
-	TypeResyncDone: "ResyncDone", TypeCsums: "Csums", TypeCsumsDone: "CsumsDone",
-	TypeVerify: "Verify", TypeVerifyReply: "VerifyReply", TypeDataReq: "DataReq",
-	TypePromoteReq: "PromoteReq", TypePromoteReply: "PromoteReply", TypePromoteEnd: "PromoteEnd",
-	TypePeerSeqs: "PeerSeqs", TypeLease: "Lease", TypeLeaseAck: "LeaseAck",
-}
-
-func (t Type) String() string {
-	if t >= 1 && t <= typeMax && typeNames[t] != "" {
-		return typeNames[t]
-	}
-	return fmt.Sprintf("Type(%d)", uint8(t))
-}
 
 // Flags qualify a frame; their meaning depends on the type. Part of the wire
 // format.
@@ -131,6 +104,11 @@ func ParseCodec(name string) (Codec, error) {
 // ErrCorrupt is wrapped by every error about a malformed frame.
 var ErrCorrupt = errors.New("corrupt frame")
 
+// ErrFrameAuth is wrapped (with ErrCorrupt) by the error about a frame
+// whose MAC does not verify on an authenticated connection: it was
+// altered, injected, replayed, reordered, or one before it was dropped.
+var ErrFrameAuth = errors.New("frame authentication failed")
+
 // VersionError is a frame of another protocol version.
 type VersionError struct{ Got uint8 }
 
@@ -183,25 +161,49 @@ func parseHeader(b []byte) Header {
 	}
 }
 
-// check validates a header before its payload is read.
-func (h *Header) check() error {
+// check validates a header before its payload is read, by the rules of
+// typeTable: before the handshake (open false) only handshake types,
+// uncompressed, of at most MaxPreAuthPayload bytes; after it every other
+// type, at most its limit.
+func (h *Header) check(open bool) error {
 	if h.Magic != Magic {
 		return fmt.Errorf("%w: bad magic %#08x", ErrCorrupt, h.Magic)
 	}
-	if h.Type == 0 || h.Type > typeMax || typeNames[h.Type] == "" {
-		if h.Version != Version {
+	ti := h.Type.info()
+	if h.Version != Version {
+		// Before the handshake a Refuse of any version is read, so a peer
+		// of another version can say why it turns us away; other frames
+		// of another version name the version. After the handshake the
+		// version is settled: another is corruption.
+		if open {
+			return fmt.Errorf("%w: %s frame of version %d on a version %d connection", ErrCorrupt, h.Type, h.Version, Version)
+		}
+		if h.Type != TypeRefuse {
 			return &VersionError{Got: h.Version}
 		}
+	}
+	if ti == nil {
 		return fmt.Errorf("%w: unknown type %d", ErrCorrupt, uint8(h.Type))
 	}
-	if h.Version != Version && h.Type != TypeRefuse {
-		return &VersionError{Got: h.Version}
+	limit := ti.limit
+	if open {
+		if ti.when&postAuth == 0 {
+			return fmt.Errorf("%w: %s frame after the handshake", ErrCorrupt, h.Type)
+		}
+	} else {
+		if ti.when&preAuth == 0 {
+			return fmt.Errorf("%w: %s frame before the handshake completed", ErrCorrupt, h.Type)
+		}
+		if h.Codec != CodecNone {
+			return fmt.Errorf("%w: %s frame compressed (%s) before the handshake completed", ErrCorrupt, h.Type, h.Codec)
+		}
+		limit = min(limit, MaxPreAuthPayload)
 	}
 	if h.Codec > codecMax {
 		return fmt.Errorf("%w: unknown codec %d", ErrCorrupt, uint8(h.Codec))
 	}
-	if h.PayloadLen > MaxPayload || h.RawLen > MaxPayload {
-		return fmt.Errorf("%w: %s payload of %d bytes (%d decoded) exceeds %d", ErrCorrupt, h.Type, h.PayloadLen, h.RawLen, MaxPayload)
+	if h.PayloadLen > limit || h.RawLen > limit {
+		return fmt.Errorf("%w: %s payload of %d bytes (%d decoded) exceeds %d", ErrCorrupt, h.Type, h.PayloadLen, h.RawLen, limit)
 	}
 	if h.Codec == CodecNone && h.PayloadLen != h.RawLen {
 		return fmt.Errorf("%w: raw payload length %d != %d", ErrCorrupt, h.PayloadLen, h.RawLen)
@@ -209,14 +211,49 @@ func (h *Header) check() error {
 	return nil
 }
 
+// frameMAC authenticates one direction of a connection: the keyed BLAKE3
+// of payload ‖ header ‖ counter, truncated to MACSize, where counter is
+// the number of frames sent in this direction since the handshake.
+type frameMAC struct {
+	h   *blake3.Hasher
+	ctr uint64
+	sum [32]byte
+}
+
+func newFrameMAC(key *[32]byte) *frameMAC {
+	h, err := blake3.NewKeyed(key[:])
+	if err != nil {
+		panic(err) // the key is 32 bytes
+	}
+	return &frameMAC{h: h}
+}
+
+// next returns the MAC of the next frame of the direction and counts it.
+func (m *frameMAC) next(hdr, a, b []byte) []byte {
+	h := m.h
+	h.Reset()
+	h.Write(a)
+	h.Write(b)
+	h.Write(hdr)
+	var c [8]byte
+	binary.LittleEndian.PutUint64(c[:], m.ctr)
+	h.Write(c[:])
+	m.ctr++
+	return h.Sum(m.sum[:0])[:MACSize]
+}
+
 // Writer encodes frames into a buffered writer. It is not safe for
 // concurrent use: one goroutine owns a connection's Writer. Frames are only
 // sent by Flush (or when the buffer fills).
 type Writer struct {
+	dst     io.Writer
 	bw      *bufio.Writer
+	open    bool      // past the handshake: every post-handshake type, compression
+	mac     *frameMAC // keyed-BLAKE3 trailers; nil: xxhash64
 	enc     encoder
 	minComp int
 	hdr     [HeaderSize]byte
+	sum     [TrailerSize]byte
 	scratch []byte // joined payload to compress
 	out     []byte // compressed payload
 	digest  *xxhash.Digest
@@ -233,30 +270,60 @@ type Writer struct {
 // compressible is compressed again within maxSkip frames.
 const maxSkip = 63
 
-// NewWriter returns a Writer on w encoding payloads with codec at level
-// (codec-specific; 0 is the codec's default). Payloads shorter than 128
-// bytes, payloads whose sampled bytes look random (compressible), and
-// payloads that do not shrink, are sent raw.
+// NewWriter returns a Writer on w for the frames after a handshake (xxhash64
+// trailers), encoding payloads with codec at level (codec-specific; 0 is
+// the codec's default). Payloads shorter than 128 bytes, payloads whose
+// sampled bytes look random (compressible), and payloads that do not
+// shrink, are sent raw. A Conn's Writer starts in the handshake state
+// instead (NewConn).
 func NewWriter(w io.Writer, codec Codec, level int) (*Writer, error) {
 	enc, err := newEncoder(codec, level)
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{bw: bufio.NewWriterSize(w, 256<<10), enc: enc, minComp: 128, digest: xxhash.New()}, nil
+	return &Writer{dst: w, bw: bufio.NewWriterSize(w, postAuthBuf), open: true, enc: enc, minComp: 128, digest: xxhash.New()}, nil
+}
+
+// newHandshakeWriter returns a Writer for the handshake: a small buffer,
+// handshake frame types only, no compression.
+func newHandshakeWriter(w io.Writer) *Writer {
+	return &Writer{dst: w, bw: bufio.NewWriterSize(w, preAuthBuf), minComp: 128, digest: xxhash.New()}
+}
+
+// openWith ends the handshake state: a big buffer, every post-handshake
+// type, and MAC trailers if mac is not nil. Nothing may be buffered.
+func (w *Writer) openWith(mac *frameMAC) error {
+	if w.bw.Buffered() != 0 {
+		return fmt.Errorf("open writer: %d handshake bytes not flushed", w.bw.Buffered())
+	}
+	w.bw = bufio.NewWriterSize(w.dst, postAuthBuf)
+	w.open, w.mac = true, mac
+	return nil
 }
 
 // BytesWritten is the number of bytes of frames written so far.
 func (w *Writer) BytesWritten() int64 { return w.n }
 
 // WriteFrame writes a frame whose payload is head ‖ data (either may be
-// empty). The slices are not retained.
+// empty). The slices are not retained. A type that may not travel now
+// (handshake types after the handshake, others before it) or a payload
+// above the type's limit is refused.
 func (w *Writer) WriteFrame(t Type, f Flags, seq uint64, head, data []byte) error {
+	ti := t.info()
+	switch {
+	case ti == nil:
+		return fmt.Errorf("unknown frame type %d", uint8(t))
+	case w.open && ti.when&postAuth == 0:
+		return fmt.Errorf("%s frame after the handshake", t)
+	case !w.open && ti.when&preAuth == 0:
+		return fmt.Errorf("%s frame before the handshake completed", t)
+	}
 	raw := len(head) + len(data)
-	if raw > MaxPayload {
-		return fmt.Errorf("%s frame payload %d bytes exceeds %d", t, raw, MaxPayload)
+	if raw > int(ti.limit) {
+		return fmt.Errorf("%s frame payload %d bytes exceeds %d", t, raw, ti.limit)
 	}
 	h := Header{Magic: Magic, Version: Version, Type: t, Flags: f, Codec: CodecNone, PayloadLen: uint32(raw), RawLen: uint32(raw), Seq: seq}
-	if w.enc != nil && raw >= w.minComp && (len(data) == 0 || compressible(data)) {
+	if w.open && w.enc != nil && raw >= w.minComp && (len(data) == 0 || compressible(data)) {
 		if w.skip > 0 {
 			w.skip--
 			return w.emit(&h, head, data)
@@ -285,18 +352,23 @@ func (w *Writer) WriteFrame(t Type, f Flags, seq uint64, head, data []byte) erro
 
 func (w *Writer) emit(h *Header, a, b []byte) error {
 	putHeader(w.hdr[:], h)
-	d := w.digest
-	d.Reset()
-	d.Write(w.hdr[:])
-	d.Write(a)
-	d.Write(b)
-	var tr [TrailerSize]byte
-	binary.LittleEndian.PutUint64(tr[:], d.Sum64())
+	var tr []byte
+	if w.mac != nil {
+		tr = w.mac.next(w.hdr[:], a, b)
+	} else {
+		d := w.digest
+		d.Reset()
+		d.Write(w.hdr[:])
+		d.Write(a)
+		d.Write(b)
+		binary.LittleEndian.PutUint64(w.sum[:], d.Sum64())
+		tr = w.sum[:]
+	}
 	w.bw.Write(w.hdr[:])
 	w.bw.Write(a)
 	w.bw.Write(b)
-	_, err := w.bw.Write(tr[:])
-	w.n += int64(HeaderSize + len(a) + len(b) + TrailerSize)
+	_, err := w.bw.Write(tr)
+	w.n += int64(HeaderSize + len(a) + len(b) + len(tr))
 	return err
 }
 
@@ -309,7 +381,11 @@ func (w *Writer) Buffered() int { return w.bw.Buffered() }
 // Reader decodes frames from a buffered reader. It is not safe for
 // concurrent use.
 type Reader struct {
+	src     io.Reader
 	br      *bufio.Reader
+	open    bool      // past the handshake: every post-handshake type, full sizes, codecs
+	mac     *frameMAC // keyed-BLAKE3 trailers; nil: xxhash64
+	err     error     // a frame failed authentication: the stream is over
 	dec     decoders
 	hdr     [HeaderSize]byte
 	buf     []byte // encoded payload + trailer
@@ -319,9 +395,47 @@ type Reader struct {
 	lastHdr Header
 }
 
-// NewReader returns a Reader on r.
+// NewReader returns a Reader on r for the frames after a handshake, with
+// xxhash64 trailers. A Conn's Reader starts in the handshake state instead
+// (NewConn).
 func NewReader(r io.Reader) *Reader {
-	return &Reader{br: bufio.NewReaderSize(r, 256<<10), digest: xxhash.New()}
+	return &Reader{src: r, br: bufio.NewReaderSize(r, postAuthBuf), open: true, digest: xxhash.New()}
+}
+
+// newHandshakeReader returns a Reader for the handshake: a small buffer,
+// handshake frame types only, uncompressed, at most MaxPreAuthPayload
+// bytes each.
+func newHandshakeReader(r io.Reader) *Reader {
+	return &Reader{src: r, br: bufio.NewReaderSize(r, preAuthBuf), digest: xxhash.New()}
+}
+
+// openWith ends the handshake state: a big buffer (keeping what the small
+// one holds already), every post-handshake type, and MAC trailers if mac
+// is not nil.
+func (r *Reader) openWith(mac *frameMAC) {
+	src := r.src
+	if r.br.Buffered() > 0 {
+		src = &drainReader{br: r.br, r: r.src}
+	}
+	r.br = bufio.NewReaderSize(src, postAuthBuf)
+	r.buf = nil
+	r.open, r.mac = true, mac
+}
+
+// drainReader reads what br holds, then from r.
+type drainReader struct {
+	br *bufio.Reader
+	r  io.Reader
+}
+
+func (d *drainReader) Read(p []byte) (int, error) {
+	if d.br != nil {
+		if d.br.Buffered() > 0 {
+			return d.br.Read(p)
+		}
+		d.br = nil
+	}
+	return d.r.Read(p)
 }
 
 // BytesRead is the number of bytes of frames read so far.
@@ -332,19 +446,31 @@ func (r *Reader) LastHeader() Header { return r.lastHdr }
 
 // ReadFrame reads and checks the next frame. The returned payload is valid
 // until the next call. Errors other than io errors wrap ErrCorrupt or are a
-// *VersionError.
+// *VersionError. After a frame failed authentication (ErrFrameAuth) every
+// call returns that error.
 func (r *Reader) ReadFrame() (Frame, error) {
+	if r.err != nil {
+		return Frame{}, r.err
+	}
 	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
 		return Frame{}, err
 	}
 	h := parseHeader(r.hdr[:])
 	r.lastHdr = h
-	if err := h.check(); err != nil {
+	if err := h.check(r.open); err != nil {
 		return Frame{}, err
 	}
-	n := int(h.PayloadLen) + TrailerSize
+	tl := TrailerSize
+	if r.mac != nil {
+		tl = MACSize
+	}
+	n := int(h.PayloadLen) + tl
 	if cap(r.buf) < n {
-		r.buf = make([]byte, n, max(n, 4096))
+		c := max(n, 4096)
+		if !r.open {
+			c = MaxPreAuthPayload + TrailerSize
+		}
+		r.buf = make([]byte, n, c)
 	}
 	buf := r.buf[:n]
 	if _, err := io.ReadFull(r.br, buf); err != nil {
@@ -355,12 +481,21 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	}
 	r.n += int64(HeaderSize + n)
 	payload := buf[:h.PayloadLen]
-	d := r.digest
-	d.Reset()
-	d.Write(r.hdr[:])
-	d.Write(payload)
-	if got, want := d.Sum64(), binary.LittleEndian.Uint64(buf[h.PayloadLen:]); got != want {
-		return Frame{}, fmt.Errorf("%w: %s frame seq %d: checksum %#016x, trailer says %#016x", ErrCorrupt, h.Type, h.Seq, got, want)
+	if r.mac != nil {
+		ctr := r.mac.ctr
+		if want := r.mac.next(r.hdr[:], payload, nil); subtle.ConstantTimeCompare(want, buf[h.PayloadLen:]) != 1 {
+			r.err = fmt.Errorf("%w: %w: %s frame seq %d is not frame %d from the authenticated peer (altered, injected, replayed, reordered, or one was dropped)",
+				ErrCorrupt, ErrFrameAuth, h.Type, h.Seq, ctr)
+			return Frame{}, r.err
+		}
+	} else {
+		d := r.digest
+		d.Reset()
+		d.Write(r.hdr[:])
+		d.Write(payload)
+		if got, want := d.Sum64(), binary.LittleEndian.Uint64(buf[h.PayloadLen:]); got != want {
+			return Frame{}, fmt.Errorf("%w: %s frame seq %d: checksum %#016x, trailer says %#016x", ErrCorrupt, h.Type, h.Seq, got, want)
+		}
 	}
 	if h.Codec != CodecNone {
 		out, err := r.dec.decode(h.Codec, r.raw[:0], payload, int(h.RawLen))

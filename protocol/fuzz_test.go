@@ -2,7 +2,13 @@ package protocol
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 )
 
 // FuzzReadFrame feeds arbitrary bytes to the frame reader and the message
@@ -13,6 +19,8 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(encodeFrame(f, CodecS2, TypeWrite, 2, append((&Write{Off: 4096, Len: 512}).AppendHead(nil), make([]byte, 512)...)))
 	f.Add(encodeFrame(f, CodecZstd, TypeBitmap, 0, AppendExtents(nil, []Extent{{1, 2}})))
 	f.Add(encodeFrame(f, CodecNone, TypeHello, 0, (&Hello{Resource: "r0", Name: "a"}).Append(nil)))
+	f.Add(encodeFrame(f, CodecNone, TypeCsums, 0, (&Hashes{Off: 4096, Len: 8192, Sums: make([][SumSize]byte, 2)}).Append(nil)))
+	f.Add(encodeFrame(f, CodecNone, TypeVerifyReply, 0, (&Mismatches{Off: 0, Len: 8192, Bad: []Extent{{4096, 4096}}}).Append(nil)))
 	f.Add(encodeFrame(f, CodecNone, TypeState, 0, (&State{Current: 5}).Append(nil)))
 	dw := DedupWrite{Off: 8192, Len: 3*DedupBlock + 100, Kinds: []BlockKind{BlockZero, BlockRef, BlockData, BlockData},
 		Refs: []Ref{{Src: 4096, Hash: [32]byte{7}}}, Data: make([]byte, DedupBlock+100)}
@@ -22,7 +30,25 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(encodeFrame(f, CodecNone, TypePeerSeqs, 0, AppendPeerSeqs(nil, []PeerSeq{{2, 99}, {3, 12}})))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r := NewReader(bytes.NewReader(b))
+		// As during the handshake (only small handshake frames pass)...
+		r := newHandshakeReader(bytes.NewReader(b))
+		for range 4 {
+			fr, err := r.ReadFrame()
+			if err != nil {
+				break
+			}
+			if fr.Type != TypeHello && fr.Type != TypeAuth && fr.Type != TypeRefuse || len(fr.Payload) > MaxPreAuthPayload {
+				t.Fatalf("%s frame of %d bytes read before the handshake", fr.Type, len(fr.Payload))
+			}
+			if fr.Type == TypeHello {
+				var h Hello
+				if h.Decode(fr.Payload) == nil && (!ValidName(h.Name) || !ValidName(h.Resource)) {
+					t.Fatalf("Hello with names %q, %q decoded", h.Name, h.Resource)
+				}
+			}
+		}
+		// ...and after it.
+		r = NewReader(bytes.NewReader(b))
 		for range 4 {
 			fr, err := r.ReadFrame()
 			if err != nil {
@@ -71,9 +97,99 @@ func FuzzReadFrame(f *testing.F) {
 			case TypeResyncReq:
 				var g Range
 				g.Decode(fr.Payload)
+			case TypeCsums, TypeVerify:
+				var h Hashes
+				if h.Decode(fr.Payload) == nil && (h.Len == 0 || h.Len > MaxData || h.Off+h.Len < h.Off || len(h.Sums) > MaxSums) {
+					t.Fatalf("Hashes %d+%d with %d sums accepted", h.Off, h.Len, len(h.Sums))
+				}
+			case TypeVerifyReply:
+				var m Mismatches
+				if m.Decode(fr.Payload) == nil {
+					if m.Len == 0 || m.Len > MaxData || m.Off+m.Len < m.Off {
+						t.Fatalf("Mismatches %d+%d accepted", m.Off, m.Len)
+					}
+					for _, e := range m.Bad {
+						if e.Count == 0 || e.Start < m.Off || e.Start+e.Count > m.Off+m.Len {
+							t.Fatalf("mismatch %d+%d outside %d+%d accepted", e.Start, e.Count, m.Off, m.Len)
+						}
+					}
+				}
 			case TypePeerSeqs:
 				if ps, err := DecodePeerSeqs(fr.Payload, nil); err == nil && !bytes.Equal(AppendPeerSeqs(nil, ps), fr.Payload) {
 					t.Fatalf("re-encoded PeerSeqs differs")
+				}
+			}
+		}
+	})
+}
+
+// scriptConn is the far side of a handshake as a script: reads come from
+// b, writes are taken and dropped.
+type scriptConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (s scriptConn) Read(p []byte) (int, error)       { return s.r.Read(p) }
+func (s scriptConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (s scriptConn) SetDeadline(time.Time) error      { return nil }
+func (s scriptConn) SetReadDeadline(time.Time) error  { return nil }
+func (s scriptConn) SetWriteDeadline(time.Time) error { return nil }
+func (s scriptConn) Close() error                     { return nil }
+func (s scriptConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// FuzzHandshake feeds arbitrary bytes as the other side of Dial and of
+// Accept, with and without a secret: nothing may panic, every failure is
+// one of the handshake's errors, a refusal's text is clean, and no
+// handshake succeeds (the bytes cannot hold a proof over the nonce this
+// side draws afresh).
+func FuzzHandshake(f *testing.F) {
+	secret := []byte("fuzz-secret-fuzz")
+	dialerHello := validHello(1, "alpha")
+	dialerHello.Features |= FeatureFrameMAC
+	listenerHello := validHello(2, "beta")
+	listenerHello.Features |= FeatureFrameMAC
+	proof := make([]byte, AuthSize)
+	for _, h := range []*Hello{dialerHello, listenerHello} {
+		hello := rawFrame(Version, TypeHello, h.Append(nil))
+		f.Add(hello)
+		f.Add(append(append([]byte{}, hello...), rawFrame(Version, TypeAuth, proof)...))
+		f.Add(append(append([]byte{}, hello...), rawFrame(Version, TypeRefuse, []byte("go\naway"))...))
+		f.Add(append(append([]byte{}, hello...), rawFrame(Version, TypePing, nil)...))
+	}
+	f.Add(rawFrame(1, TypeHello, dialerHello.Append(nil)))
+	f.Add(rawFrame(Version, TypeRefuse, []byte("no")))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, dial := range []bool{true, false} {
+			for _, key := range [][]byte{secret, nil} {
+				c := NewConn(scriptConn{r: bytes.NewReader(b)})
+				var err error
+				if dial {
+					_, err = Dial(c, validHello(1, "alpha"), key, 2, nil)
+				} else {
+					_, err = Accept(c, validHello(2, "beta"), key, nil)
+				}
+				if err == nil {
+					t.Fatalf("dial %v: a handshake succeeded against fixed bytes", dial)
+				}
+				var ve *VersionError
+				var re *RefusedError
+				switch {
+				case errors.As(err, &re):
+					if strings.ContainsAny(re.Reason, "\n\r") || !utf8.ValidString(re.Reason) || len(re.Reason) > MaxReason+3 {
+						t.Fatalf("refusal text %q", re.Reason)
+					}
+				case errors.Is(err, ErrCorrupt), errors.Is(err, ErrAuth), errors.Is(err, ErrMismatch),
+					errors.Is(err, ErrUnexpected), errors.As(err, &ve), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+				default:
+					t.Fatalf("dial %v: unexpected error %v", dial, err)
+				}
+				if strings.ContainsAny(err.Error(), "\n\r") {
+					t.Fatalf("error with a line break: %q", err)
+				}
+				if c.R.open || c.W.open {
+					t.Fatal("connection opened after a failed handshake")
 				}
 			}
 		}

@@ -11,6 +11,12 @@ const (
 	FeatureZstd uint64 = 1 << 1 // decodes zstd payloads
 	// FeatureDedup: resolves FlagDedup writes and answers DataReq.
 	FeatureDedup uint64 = 1 << 2
+	// FeatureFrameMAC: after the handshake the sender's frames carry
+	// keyed-BLAKE3 MACs instead of xxhash64 (it has a shared secret and the
+	// link is not TLS). Not a capability but a mode both sides must share:
+	// Dial and Accept set or clear it in the Hello they send and refuse a
+	// peer that differs.
+	FeatureFrameMAC uint64 = 1 << 4
 	// Features is what this implementation supports.
 	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster
 )
@@ -18,10 +24,20 @@ const (
 // NonceSize is the size of a handshake nonce.
 const NonceSize = 32
 
+// MaxNameLen bounds node and resource names (the configuration's rule:
+// letters, digits, '-', '_' and '.', at most 64).
+const MaxNameLen = 64
+
+// helloFixed is the size of a Hello's fixed fields.
+const helloFixed = 8 + 8 + 4 + 1 + NonceSize
+
 // Hello opens a connection.
 //
 //	features u64 | size u64 | granularity u32 | node id u8 | nonce [32]
 //	| resource str | name str
+//
+// Decode refuses a resource or node name that breaks the configuration's
+// rule (ValidName), so no name a peer chose reaches a log line unchecked.
 type Hello struct {
 	Features    uint64
 	Size        uint64
@@ -53,11 +69,52 @@ func (h *Hello) Decode(p []byte) error {
 	copy(h.Nonce[:], d.bytes(NonceSize))
 	h.Resource = d.str()
 	h.Name = d.str()
-	return d.done("Hello")
+	if err := d.done("Hello"); err != nil {
+		return err
+	}
+	return h.validate()
 }
 
-// Auth answers the peer's nonce: mac [32].
-type Auth struct{ MAC [32]byte }
+// validate checks the names of h.
+func (h *Hello) validate() error {
+	if !ValidName(h.Resource) {
+		return fmt.Errorf("%w: Hello names resource %s: want 1 to %d letters, digits, '-', '_' or '.'", ErrCorrupt, quoteName(h.Resource), MaxNameLen)
+	}
+	if !ValidName(h.Name) {
+		return fmt.Errorf("%w: Hello names node %s: want 1 to %d letters, digits, '-', '_' or '.'", ErrCorrupt, quoteName(h.Name), MaxNameLen)
+	}
+	return nil
+}
+
+// ValidName reports whether s is a valid node or resource name: 1 to
+// MaxNameLen letters, digits, '-', '_' or '.'.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > MaxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '-' || c == '_' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// quoteName quotes an invalid name for an error message: escaped, and cut
+// to its first 32 bytes.
+func quoteName(s string) string {
+	if len(s) > 32 {
+		return fmt.Sprintf("%+q... (%d bytes)", s[:32], len(s))
+	}
+	return fmt.Sprintf("%+q", s)
+}
+
+// AuthSize is the size of an Auth payload.
+const AuthSize = 32
+
+// Auth is a handshake proof: mac [32] (handshake.go).
+type Auth struct{ MAC [AuthSize]byte }
 
 // Append appends the payload encoding of a to b.
 func (a *Auth) Append(b []byte) []byte { return append(b, a.MAC[:]...) }
@@ -195,17 +252,26 @@ func AppendExtents(b []byte, ex []Extent) []byte {
 	return b
 }
 
-// DecodeExtents parses a Bitmap payload, appending to ex.
+// DecodeExtents parses a Bitmap payload, appending to ex. An extent
+// that is empty or whose end overflows is refused.
 func DecodeExtents(p []byte, ex []Extent) ([]Extent, error) {
+	return decodeExtents(p, ex, MaxExtents, "Bitmap")
+}
+
+func decodeExtents(p []byte, ex []Extent, most int, what string) ([]Extent, error) {
 	d := decoder{p: p}
 	n := int(d.u32())
-	if n > MaxExtents || len(d.p) != 16*n {
-		return ex, fmt.Errorf("%w: Bitmap frame says %d extents in %d bytes", ErrCorrupt, n, len(p))
+	if d.bad || n > most || len(d.p) != 16*n {
+		return ex, fmt.Errorf("%w: %s payload says %d extents in %d bytes (at most %d)", ErrCorrupt, what, n, len(p), most)
 	}
 	for range n {
-		ex = append(ex, Extent{Start: d.u64(), Count: d.u64()})
+		e := Extent{Start: d.u64(), Count: d.u64()}
+		if e.Count == 0 || e.Start+e.Count < e.Start {
+			return ex, fmt.Errorf("%w: %s extent %d+%d is empty or overflows", ErrCorrupt, what, e.Start, e.Count)
+		}
+		ex = append(ex, e)
 	}
-	return ex, d.done("Bitmap")
+	return ex, d.done(what)
 }
 
 // ResyncDone ends a resync: the target takes Current as its current UUID.

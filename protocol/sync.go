@@ -5,23 +5,6 @@ import (
 	"fmt"
 )
 
-// Message types of checksum-based resync and online verify. Part of the
-// wire format.
-const (
-	// TypeCsums: Hashes of blocks the sync target has marked; the source
-	// keeps the bits of blocks that differ and clears the others.
-	TypeCsums Type = 16
-	// TypeCsumsDone: the sync target sent the hashes of every marked
-	// block; the source now sends the blocks still marked.
-	TypeCsumsDone Type = 17
-	// TypeVerify: Hashes of the verify source's blocks; seq is a sequence
-	// number in the write stream, so both sides hash the same state.
-	TypeVerify Type = 18
-	// TypeVerifyReply: Mismatches, the verify target's answer to one
-	// Verify (seq = the Verify's).
-	TypeVerifyReply Type = 19
-)
-
 // StateCSums in a State's flags: the sender does checksum-based resync
 // (resource.csums). Used only when both sides set it.
 const StateCSums uint8 = 1 << 6
@@ -29,12 +12,24 @@ const StateCSums uint8 = 1 << 6
 // SumSize is the size of one block hash (BLAKE3-256).
 const SumSize = 32
 
-// MaxSums bounds the hashes of one Hashes payload.
-const MaxSums = 4096
+// Granularity bounds: the smallest and largest block a Hashes payload may
+// hash (the bitmap package's bounds; the configuration asks for 4 KiB or
+// more).
+const (
+	MinGranularity = 512
+	MaxGranularity = MaxData
+)
+
+// MaxSums bounds the hashes of one Hashes payload: one batch of MaxData
+// bytes at the smallest granularity. (A batch is what one frame may make
+// the receiver read and hash: at most MaxData bytes, whatever the count.)
+const MaxSums = MaxData / MinGranularity
 
 // Hashes are the BLAKE3-256 sums of consecutive blocks of Len bytes from
 // Off, block by block at the resource's granularity (the last one may be
-// shorter).
+// shorter). One Hashes covers one batch: 1 to MaxData bytes, so at most
+// ceil(Len/MinGranularity) sums; Decode refuses more, and ranges whose
+// end overflows.
 //
 //	off u64 | len u64 | count u32 | count × [32]byte
 type Hashes struct {
@@ -62,8 +57,11 @@ func (h *Hashes) Decode(p []byte) error {
 	if d.bad || n > MaxSums || len(d.p) != n*SumSize {
 		return fmt.Errorf("%w: Hashes payload of %d bytes says %d sums", ErrCorrupt, len(p), n)
 	}
-	if h.Off+h.Len < h.Off {
-		return fmt.Errorf("%w: Hashes range %d+%d overflows", ErrCorrupt, h.Off, h.Len)
+	if err := checkBatch("Hashes", h.Off, h.Len); err != nil {
+		return err
+	}
+	if n == 0 || uint64(n) > (h.Len+MinGranularity-1)/MinGranularity {
+		return fmt.Errorf("%w: Hashes of %d bytes carries %d sums, want 1 to %d", ErrCorrupt, h.Len, n, (h.Len+MinGranularity-1)/MinGranularity)
 	}
 	h.Sums = h.Sums[:0]
 	for range n {
@@ -75,7 +73,9 @@ func (h *Hashes) Decode(p []byte) error {
 }
 
 // Mismatches answers a Verify: the byte ranges of [Off, Off+Len) whose
-// hashes differ (as Extents of Start=offset, Count=length).
+// hashes differ (as Extents of Start=offset, Count=length). Like Hashes it
+// covers one batch (1 to MaxData bytes, not overflowing), with at most
+// MaxSums non-empty ranges inside it.
 //
 //	off u64 | len u64 | Bitmap-style extents
 type Mismatches struct {
@@ -97,15 +97,30 @@ func (m *Mismatches) Decode(p []byte) error {
 	}
 	m.Off = binary.LittleEndian.Uint64(p)
 	m.Len = binary.LittleEndian.Uint64(p[8:])
+	if err := checkBatch("Mismatches", m.Off, m.Len); err != nil {
+		return err
+	}
 	var err error
-	m.Bad, err = DecodeExtents(p[16:], m.Bad[:0])
+	m.Bad, err = decodeExtents(p[16:], m.Bad[:0], MaxSums, "Mismatches")
 	if err != nil {
 		return err
 	}
 	for _, e := range m.Bad {
-		if e.Start < m.Off || e.Count > m.Len || e.Start-m.Off > m.Len-e.Count {
+		if e.Count == 0 || e.Start < m.Off || e.Count > m.Len || e.Start-m.Off > m.Len-e.Count {
 			return fmt.Errorf("%w: mismatch %d+%d outside %d+%d", ErrCorrupt, e.Start, e.Count, m.Off, m.Len)
 		}
+	}
+	return nil
+}
+
+// checkBatch vets the range of a Hashes or Mismatches payload: 1 to
+// MaxData bytes, its end not overflowing.
+func checkBatch(what string, off, n uint64) error {
+	if n == 0 || n > MaxData {
+		return fmt.Errorf("%w: %s range %d+%d: want 1 to %d bytes (one batch)", ErrCorrupt, what, off, n, MaxData)
+	}
+	if off+n < off {
+		return fmt.Errorf("%w: %s range %d+%d overflows", ErrCorrupt, what, off, n)
 	}
 	return nil
 }

@@ -42,9 +42,10 @@ type Config struct {
 	Self      PeerConfig
 	Peers     []PeerConfig // the other nodes, at most 63
 	MetaPath  string       // this node's meta file
-	// Secret is the shared secret for the peers' mutual HMAC
-	// authentication. The handshake always runs; an empty secret is an
-	// empty HMAC key (fine for tests, not for production).
+	// Secret is the shared secret the peers prove to each other in the
+	// handshake (keyed BLAKE3; protocol.Dial, Accept), and, without TLS,
+	// the key of every frame's MAC. The handshake always runs; an empty
+	// secret is an empty key (fine for tests, not for production).
 	Secret           []byte
 	Timeout          time.Duration // peer ack timeout, default 5s
 	ConnectInterval  time.Duration // reconnect backoff base, default 200ms (max 5s)
@@ -57,7 +58,7 @@ type Config struct {
 	// (zero blocks included).
 	DedupIndexBytes int64
 	// TLS, if not nil, runs every peer connection over TLS 1.3 with it
-	// (protocol.NewTLSConfig: mutual certificates); the HMAC handshake
+	// (protocol.NewTLSConfig: mutual certificates); the secret's handshake
 	// still runs inside.
 	TLS     *tls.Config
 	Logger  *slog.Logger    // nil: discard

@@ -236,7 +236,7 @@ func (p *peer) expect(c *protocol.Conn, t protocol.Type, what string) (protocol.
 		return f, p.readErr("read "+what, err)
 	}
 	if f.Type == protocol.TypeRefuse {
-		return f, &protocol.RefusedError{Reason: string(f.Payload)}
+		return f, &protocol.RefusedError{Reason: protocol.ReasonText(f.Payload)}
 	}
 	if f.Type != t {
 		return f, fmt.Errorf("%w: %s from %s while waiting for %s", protocol.ErrUnexpected, f.Type, p.cfg.Name, t)

@@ -155,18 +155,13 @@ func (p *peer) dial(ctx context.Context) (*protocol.Conn, error) {
 	}
 	c := protocol.NewConn(nc)
 	c.SetDeadline(time.Now().Add(n.cfg.Timeout))
-	h, err := protocol.Handshake(c, n.hello(), n.cfg.Secret, func(h *protocol.Hello) error {
-		if h.NodeID != p.cfg.ID {
-			return fmt.Errorf("%s expected node id %d at %s, found %s (id %d)", n.cfg.Self.Name, p.cfg.ID, p.cfg.Addr, h.Name, h.NodeID)
-		}
-		return nil
-	})
+	s, err := protocol.Dial(c, n.hello(), n.cfg.Secret, p.cfg.ID, nil)
 	if err != nil {
 		p.noteHandshakeErr(err)
 		nc.Close()
-		return nil, fmt.Errorf("handshake with %s: %w", p.cfg.Name, err)
+		return nil, fmt.Errorf("handshake with %s at %s: %w", p.cfg.Name, p.cfg.Addr, err)
 	}
-	p.setCodec(c, h)
+	p.setCodec(c, s.Peer)
 	return c, nil
 }
 
@@ -210,7 +205,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
 	var p *peer
-	h, err := protocol.Handshake(c, n.hello(), n.cfg.Secret, func(h *protocol.Hello) error {
+	s, err := protocol.Accept(c, n.hello(), n.cfg.Secret, func(h *protocol.Hello) error {
 		for _, q := range n.all {
 			if q.cfg.ID == h.NodeID {
 				p = q
@@ -249,7 +244,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 		nc.Close()
 		return
 	}
-	p.setCodec(c, h)
+	p.setCodec(c, s.Peer)
 	c.SetDeadline(time.Time{})
 	// Replace whatever is waiting; a live session is superseded (the peer
 	// would not dial again if it still had it).

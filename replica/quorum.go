@@ -356,7 +356,7 @@ func (s *session) onLeaseAck(token uint64, refused bool, payload []byte) {
 		return
 	}
 	if refused {
-		reason := string(payload)
+		reason := protocol.ReasonText(payload)
 		n.log.Debug("lease refused", "peer", p.cfg.Name, "reason", reason)
 		if p.leaseExpiry != 0 {
 			p.leaseExpiry = 0

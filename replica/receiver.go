@@ -235,7 +235,7 @@ func (s *session) receive() error {
 		case protocol.TypePromoteReq:
 			p.onPromoteReq(s, f.Seq, len(f.Payload) == 1 && f.Payload[0] == 1)
 		case protocol.TypePromoteReply:
-			p.onPromoteReply(f.Seq, string(f.Payload))
+			p.onPromoteReply(f.Seq, protocol.ReasonText(f.Payload))
 		case protocol.TypePromoteEnd:
 			p.onPromoteEnd(f.Seq)
 		case protocol.TypePeerSeqs:
@@ -266,7 +266,7 @@ func (s *session) receive() error {
 				return err
 			}
 		case protocol.TypeRefuse:
-			return &protocol.RefusedError{Reason: string(f.Payload)}
+			return &protocol.RefusedError{Reason: protocol.ReasonText(f.Payload)}
 		default:
 			return fmt.Errorf("%w: %s frame from %s after the handshake", protocol.ErrUnexpected, f.Type, p.cfg.Name)
 		}

@@ -357,8 +357,8 @@ func TestAuthFailuresRateLimited(t *testing.T) {
 		nc.SetDeadline(time.Now().Add(5 * time.Second))
 		conn := protocol.NewConn(nc)
 		start := time.Now()
-		_, err = protocol.Handshake(conn, &protocol.Hello{Features: protocol.Features, Size: testSize, Granularity: 4096,
-			NodeID: 1, Nonce: protocol.NewNonce(), Resource: "r0", Name: "alpha"}, []byte(secret), nil)
+		_, err = protocol.Dial(conn, &protocol.Hello{Features: protocol.Features, Size: testSize, Granularity: 4096,
+			NodeID: 1, Resource: "r0", Name: "alpha"}, []byte(secret), 2, nil)
 		took := time.Since(start)
 		var after []protocol.Type
 		for {
