@@ -1,7 +1,7 @@
 // Package authlimit slows down peers that fail to authenticate.
 //
 // Every incoming handshake from a remote IP that recently failed to
-// authenticate (wrong HMAC secret, or a TLS certificate the CA does not
+// authenticate (wrong shared secret, or a TLS certificate the CA does not
 // vouch for) is answered only after a delay that doubles with each failure
 // (DelayBase, up to half the peer timeout so a peer whose secret was
 // fixed still gets through), and only one such handshake per IP runs at a
