@@ -17,7 +17,9 @@
 //   - Node (node.go) owns the role, its copy of the meta file's superblock
 //     (generation identifiers, disk state), the journal and in-flight set,
 //     the mask of peers that receive writes, and the promotion in progress
-//     (roles.go). The write path is write.go; the operator's verbs are
+//     (roles.go), and its part in quorum: the lease it holds as Primary,
+//     the promise it keeps as a voter, the Primary it supports
+//     (quorum.go). The write path is write.go; the operator's verbs are
 //     roles.go, syncops.go, verify.go and link.go (connect, disconnect).
 //   - peer (peer.go) is this node's relation to one other node for the
 //     node's lifetime: connection and replication state, what the peer
@@ -74,4 +76,21 @@
 //     (peerseq.go); a closing Primary drains its journal (drain.go).
 //   - Not yet done: a Primary as SyncTarget (refused: demote it first),
 //     reads served from a peer on a detached Primary.
+//
+// # Quorum, lease and failover
+//
+// With Config.Quorum a Primary acknowledges I/O only while it holds a
+// lease: a quorum of voters (data nodes and witnesses) acknowledged its
+// current data generation within the timeout, counted from the request's
+// send time. Each acknowledging voter promises not to help another node to
+// the Primary role until 9/8 of the timeout after it last heard from that
+// Primary, on its own clock; quorums intersect, so the old Primary stops
+// acknowledging before any successor can be elected, whatever the clocks'
+// rates within ±5.8 %. A Primary that loses a data peer drops that peer's
+// acknowledgement and starts a new generation before any write completes
+// without it, and a voter never grants the Primary role to a node older
+// than what it knows: no node lacking an acknowledged protocol-C write is
+// elected. Witnesses (witness.go) hold no data, only the newest generation
+// announced to them. Elections (election.go) pick the best candidate the
+// quorum sees. quorum.go has the details; docs/quorum.md the argument.
 package replica
