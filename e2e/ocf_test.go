@@ -541,6 +541,22 @@ func TestOCFAgentValidate(t *testing.T) {
 				t.Fatal(err)
 			}
 			a.expect("validate-all", ocfErrConfigured, "OCF_RESKEY_config="+bad)
+			// repd's own automatic failover: Pacemaker must not manage it
+			// too.
+			conf, err := os.ReadFile(c.conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			auto := filepath.Join(t.TempDir(), "auto.toml")
+			withAuto := strings.Replace(string(conf), "[resource]\n", "[resource]\nauto-promote = true\n", 1) +
+				"\n[[node]]\nname = \"tie\"\ndisk = \"none\"\nmeta = \"" + filepath.Join(t.TempDir(), "tie.state") + "\"\npeer = \"127.0.0.9:7789\"\nadmin = \"" + filepath.Join(t.TempDir(), "tie.sock") + "\"\n"
+			if err := os.WriteFile(auto, []byte(withAuto), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, out = a.run("validate-all", "OCF_RESKEY_config="+auto)
+			if code != ocfErrConfigured || !strings.Contains(out, "auto-promote") {
+				t.Errorf("validate-all with auto-promote = true: exit %d, want 6 naming auto-promote\n%s", code, out)
+			}
 			a.expect("validate-all", ocfErrInstalled, "OCF_RESKEY_repd_bin=/nonexistent/repd")
 			a.expect("validate-all", ocfErrInstalled, "OCF_RESKEY_repctl_bin=/nonexistent/repctl")
 			a.expect("validate-all", ocfErrConfigured, "OCF_RESKEY_log_level=loud")

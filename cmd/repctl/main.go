@@ -104,6 +104,7 @@ func newApp() *cli.App {
 			cmdResumeSync(),
 			cmdVerify(),
 			cmdCreateMD(),
+			cmdCheckConfig(),
 			cmdBackup(),
 			cmdRestore(),
 			cmdBackups(),
