@@ -17,14 +17,14 @@ import (
 // not) before its cumulative Ack covers seq.
 //
 // A Secondary asks the Primary for a snapshot with SnapshotReq (seq = a
-// request token) and gets SnapshotReply (same seq; empty when every node
-// asked for created it, else the UTF-8 reasons) once the snapshot exists
-// on the nodes or failed.
+// request token) and gets SnapshotReply (same seq) once the snapshot
+// exists on the nodes asked for, or failed on one of them.
 //
 //	Snapshot       name (1..MaxNameLen bytes: letters, digits, '-', '_', '.')
-//	SnapshotAck    UTF-8 reason, empty: created
+//	SnapshotAck    empty: created; with FlagSnapshotFailed the UTF-8 reason
 //	SnapshotReq    flags u8 | count u8 | count × node id u8 | name
-//	SnapshotReply  UTF-8 reason, empty: created
+//	SnapshotReply  the names of the nodes that created it, comma-separated;
+//	               with FlagSnapshotFailed the UTF-8 reasons instead
 //
 // SnapshotReq's flags: SnapAll (every connected UpToDate node; no ids
 // follow). Without SnapAll and with no ids the snapshot is for the
@@ -33,6 +33,10 @@ import (
 // FeatureSnapshot: takes snapshots in the write stream (Snapshot,
 // SnapshotAck) and asks for them (SnapshotReq, SnapshotReply).
 const FeatureSnapshot uint64 = 1 << 5
+
+// FlagSnapshotFailed marks a SnapshotAck or SnapshotReply whose snapshot
+// was not created (on some node, for a reply); the payload says why.
+const FlagSnapshotFailed Flags = 1 << 0
 
 // SnapAll in a SnapshotReq's flags: every connected UpToDate node.
 const SnapAll uint8 = 1 << 0
@@ -103,7 +107,6 @@ func (r *SnapshotReq) Decode(p []byte) error {
 	return nil
 }
 
-// SnapshotReason reads the payload of a SnapshotAck or SnapshotReply: ""
-// when the snapshot was created, else the reason, cleaned for a log line
-// (ReasonText).
+// SnapshotReason reads the text of a SnapshotAck or SnapshotReply (a
+// reason, or a reply's node names), cleaned for a log line (ReasonText).
 func SnapshotReason(p []byte) string { return ReasonText(p) }

@@ -62,13 +62,13 @@ const (
 	// TypeSnapshot: seq = a sequence number in the write stream; payload:
 	// the snapshot's name.
 	TypeSnapshot Type = 26
-	// TypeSnapshotAck: seq = the Snapshot's; payload: UTF-8 reason, empty
-	// when the snapshot was created.
+	// TypeSnapshotAck: seq = the Snapshot's; with FlagSnapshotFailed the
+	// UTF-8 reason it was not created.
 	TypeSnapshotAck Type = 27
 	// TypeSnapshotReq: seq = request token; payload: SnapshotReq.
 	TypeSnapshotReq Type = 28
-	// TypeSnapshotReply: seq = the request's token; payload: UTF-8 reason,
-	// empty when the snapshot was created.
+	// TypeSnapshotReply: seq = the request's token; payload: the nodes
+	// that created it, or with FlagSnapshotFailed the UTF-8 reasons.
 	TypeSnapshotReply Type = 29
 
 	typeMax = TypeSnapshotReply
