@@ -374,7 +374,7 @@ func TestSnapshotRefusals(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	w, err := Open(Config{Resource: "r0", Size: testSize, Self: PeerConfig{ID: 3, Name: "tie", Addr: "127.0.0.1:1", Witness: true},
-		Peers: []PeerConfig{{ID: 1, Name: "alpha", Addr: "127.0.0.1:2"}, {ID: 2, Name: "beta", Addr: "127.0.0.1:3"}},
+		Peers:    []PeerConfig{{ID: 1, Name: "alpha", Addr: "127.0.0.1:2"}, {ID: 2, Name: "beta", Addr: "127.0.0.1:3"}},
 		MetaPath: filepath.Join(dir, "tie.state"), Quorum: 2, SnapshotStoreBytes: 1 << 20}, nil)
 	if err != nil {
 		t.Fatal(err)
