@@ -49,9 +49,11 @@ import (
 // cannot be an NBD export suffix (RESOURCE@NAME).
 //
 // A full store invalidates the snapshots that needed the copy, durably,
-// and the write goes on. If the store cannot even record that (its file
-// failed), the node keeps writing, says so (log, event "snapshot" failed)
-// and refuses reads of every snapshot from then on.
+// and the write goes on. A copy that fails otherwise (the store file, or
+// reading the live device) invalidates every snapshot, durably, and the
+// write goes on. If the store cannot even record that, the node keeps
+// writing, says so (log, event "snapshot" failed) and refuses reads of
+// every snapshot from then on.
 
 // Sentinel errors of snapshots, for errors.Is.
 var (
@@ -154,22 +156,30 @@ func (n *Node) snapEvent(name, what, msg string) {
 
 // preserve must run before every change of the live range [off,
 // off+length): it copies what the snapshots still need. It never stops
-// the write: an error it cannot record makes every snapshot unreadable.
+// the write: when the copy fails (the store file, or reading the live
+// device), every snapshot is invalidated, durably; if even that cannot be
+// recorded, reads of every snapshot are refused from then on.
 func (n *Node) preserve(off, length int64) {
 	s := n.snap
 	if s == nil {
 		return
 	}
-	if err := s.Preserve(context.Background(), off, length, n.readLive); err != nil {
-		n.snapshotsFailed(err)
+	err := s.Preserve(context.Background(), off, length, n.readLive)
+	if err == nil {
+		return
+	}
+	n.log.Error("preserving data for the snapshots failed: invalidating every snapshot; the write goes on", "off", off, "len", length, "err", err)
+	if aerr := s.Abandon(err); aerr != nil {
+		n.snapshotsFailed(aerr)
 	}
 }
 
-// snapshotsFailed records that the store could not preserve a chunk a
-// snapshot needs: the write goes on, the snapshots are not to be read.
+// snapshotsFailed records that the store could neither preserve a chunk a
+// snapshot needs nor invalidate the snapshots: the write goes on, the
+// snapshots are not to be read.
 func (n *Node) snapshotsFailed(err error) {
-	msg := fmt.Sprintf("the snapshot store could not preserve data a snapshot needs (%v): writes go on, reads of every snapshot are refused "+
-		"until repd restarts with a working store; delete and take the snapshots again", err)
+	msg := fmt.Sprintf("the snapshot store could not preserve data a snapshot needs nor record that (%v): writes go on, reads of every "+
+		"snapshot are refused; restart repd with a working store, then delete the snapshots and take them again", err)
 	if !n.snapBroken.CompareAndSwap(nil, &msg) {
 		return
 	}
@@ -482,7 +492,8 @@ func (n *Node) snapPeerLocked(p *peer) error {
 	case p.peerDisk != diskUpToDate:
 		return fmt.Errorf("%w: the disk of peer %s is %s: a snapshot needs an UpToDate disk", ErrRefused, p.cfg.Name, p.peerDisk)
 	case p.repl != api.Established || n.recvMask&p.bit == 0:
-		return fmt.Errorf("%w: peer %s is %s, not Established: it does not follow the write stream now", ErrRefused, p.cfg.Name, p.repl)
+		return fmt.Errorf("%w: the replication with peer %s is %s, not Established: it does not follow the write stream now; "+
+			"wait until it is in sync (repctl wait-sync %s)", ErrRefused, p.cfg.Name, p.repl, p.cfg.Name)
 	}
 	return nil
 }

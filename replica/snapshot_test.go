@@ -653,3 +653,68 @@ func TestSnapshotChangedAndAllocation(t *testing.T) {
 		t.Fatalf("snapshot allocation covers %d of %d bytes", total, testSize)
 	}
 }
+
+// failReadStore fails reads while fail is set, as a disk with a bad
+// sector would.
+type failReadStore struct {
+	Store
+	fail *atomic.Bool
+}
+
+func (s *failReadStore) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if s.fail.Load() {
+		return errors.New("read: input/output error (injected)")
+	}
+	return s.Store.ReadAt(ctx, p, off)
+}
+
+// When the data a snapshot needs cannot be preserved (here: the live
+// device cannot be read for the copy), the write still goes on; every
+// snapshot is invalidated, durably (still invalid after a restart), with
+// an event; the store takes no new snapshot until it is reopened.
+func TestSnapshotPreserveFails(t *testing.T) {
+	var fail atomic.Bool
+	c := snapCluster(t, 1, 1<<20, func(i int, s Store) Store { return &failReadStore{Store: s, fail: &fail} })
+	tn := c.nodes[0]
+	n := tn.n
+	if err := n.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := n.Snapshot(ctx, "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	fail.Store(true)
+	if err := n.WriteAt(ctx, bytes.Repeat([]byte{9}, 4096), 0, false); err != nil {
+		t.Fatalf("the write failed with the snapshot's copy: %v", err)
+	}
+	fail.Store(false)
+	if got := readFileAt(t, tn.path, 0, 4096); !bytes.Equal(got, bytes.Repeat([]byte{9}, 4096)) {
+		t.Fatal("the write did not reach the disk")
+	}
+	l := n.SnapshotList()
+	if len(l.Snapshots) != 1 || l.Snapshots[0].Valid || !strings.Contains(l.Snapshots[0].Reason, "could not be preserved") {
+		t.Fatalf("after a failed copy: %+v", l)
+	}
+	if _, err := n.SnapshotDevice("s"); !errors.Is(err, ErrSnapshotInvalid) {
+		t.Fatalf("open: %v", err)
+	}
+	if !tn.events.has("snapshot", "") {
+		t.Fatal("no snapshot event")
+	}
+	if _, err := n.Snapshot(ctx, "t", nil); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "restart repd") {
+		t.Fatalf("a snapshot on a failed store: %v", err)
+	}
+	if s := n.Status(); s.SnapshotStoreFailed == "" {
+		t.Fatal("status does not say the store failed")
+	}
+	c.stop(tn)
+	c.start(tn)
+	n = tn.n
+	if l := n.Snapshots(); len(l) != 1 || l[0].Valid {
+		t.Fatalf("after a restart: %+v", l)
+	}
+	if _, err := n.Snapshot(ctx, "t", nil); err != nil {
+		t.Fatalf("a snapshot on the reopened store: %v", err)
+	}
+}
