@@ -353,15 +353,14 @@ func (n *Node) snapshotPrimary(ctx context.Context, name string, all bool, nodes
 			if !all {
 				return res, err
 			}
-			errs = append(errs, err.Error())
+			errs = append(errs, reasonOf(err))
 			self = false
 		}
 	}
 	n.mu.Lock()
 	if n.closed || n.role != api.Primary || n.demoting {
-		err := n.errNotPrimary("snapshot")
 		n.mu.Unlock()
-		return res, fmt.Errorf("%w: %w", ErrRefused, err)
+		return res, fmt.Errorf("%w: %s is no longer Primary (closing, or demoted meanwhile); try again", ErrRefused, n.cfg.Self.Name)
 	}
 	var ship uint64
 	var targets []*peer
@@ -396,7 +395,7 @@ func (n *Node) snapshotPrimary(ctx context.Context, name string, all bool, nodes
 	if !self && ship == 0 {
 		n.mu.Unlock()
 		if len(errs) > 0 {
-			return res, fmt.Errorf("%s", strings.Join(errs, "; "))
+			return res, fmt.Errorf("%w: %s", ErrRefused, strings.Join(errs, "; "))
 		}
 		return res, fmt.Errorf("%w: no node can take the snapshot: none of the peers is connected, Established and UpToDate", ErrRefused)
 	}
@@ -439,7 +438,7 @@ func (n *Node) snapshotPrimary(ctx context.Context, name string, all bool, nodes
 		n.endWriteLocked()
 		n.unlock()
 		if err != nil {
-			errs = append(errs, err.Error())
+			errs = append(errs, reasonOf(err))
 		} else {
 			res.Created = append(res.Created, n.cfg.Self.Name)
 		}
@@ -479,6 +478,12 @@ func (n *Node) snapshotPrimary(ctx context.Context, name string, all bool, nodes
 		return res, fmt.Errorf("%s: %w", msg, cerr)
 	}
 	return res, fmt.Errorf("%w: %s", ErrRefused, msg)
+}
+
+// reasonOf is err's text without the "refused: " of ErrRefused, to be
+// joined with others under one.
+func reasonOf(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrRefused.Error()+": ")
 }
 
 // snapPeerLocked says why peer p cannot take a snapshot in the write
@@ -666,7 +671,7 @@ func (s *session) onSnapshotReq(token uint64, payload []byte) error {
 		n.log.Info("snapshot requested by a Secondary", "peer", p.cfg.Name, "snapshot", req.Name, "nodes", nodes)
 		res, err := n.snapshotPrimary(s.ctx, req.Name, req.All, nodes, p)
 		if err != nil {
-			reply(true, err.Error())
+			reply(true, reasonOf(err))
 			return
 		}
 		reply(false, strings.Join(res.Created, ","))
@@ -705,7 +710,7 @@ func (a *applier) applySnapshot(it *aitem, flushErr error) {
 	if err != nil {
 		n.log.Warn("snapshot in the write stream not taken", "snapshot", it.snap, "peer", a.s.p.cfg.Name, "err", err)
 		m.f = protocol.FlagSnapshotFailed
-		msg := strings.TrimPrefix(err.Error(), ErrRefused.Error()+": ")
+		msg := reasonOf(err)
 		if len(msg) > protocol.MaxReason {
 			msg = msg[:protocol.MaxReason]
 		}

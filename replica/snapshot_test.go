@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/protocol"
 )
 
@@ -717,4 +720,77 @@ func TestSnapshotPreserveFails(t *testing.T) {
 	if _, err := n.Snapshot(ctx, "t", nil); err != nil {
 		t.Fatalf("a snapshot on the reopened store: %v", err)
 	}
+}
+
+var _ nbd.Device = (*SnapshotDevice)(nil)
+
+// requireTool finds an external tool; under CI=true a missing one fails.
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
+	}
+	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
+	return ""
+}
+
+// A SnapshotDevice served as a read-only NBD export reads, with libnbd's
+// nbdcopy, as the device was when the snapshot was taken, while the live
+// device has moved on; qemu-io's write to it is refused.
+func TestSnapshotServedOverNBD(t *testing.T) {
+	nbdcopy, qemuIO := requireTool(t, "nbdcopy"), requireTool(t, "qemu-io")
+	c := snapCluster(t, 1, 4<<20, nil)
+	n := c.nodes[0].n
+	if err := n.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(8, 9))
+	want := randBlock(r, 2<<20)
+	if err := n.WriteAt(ctx, want, 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Snapshot(ctx, "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WriteAt(ctx, randBlock(r, 1<<20), 2<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := n.SnapshotDevice("s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: "r0@s", Device: dev, ReadOnly: true}}}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, l) }()
+	defer func() { cancel(); <-done }()
+	uri := "nbd+unix:///r0@s?socket=" + sock
+	out := filepath.Join(t.TempDir(), "s.img")
+	if b, err := exec.Command(nbdcopy, uri, out).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy: %v\n%s", err, b)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := make([]byte, testSize)
+	copy(image[1<<20:], want)
+	if !bytes.Equal(got, image) {
+		t.Fatal("the snapshot's export does not hold the device as it was")
+	}
+	b, _ := exec.Command(qemuIO, "-f", "raw", "-c", "write 0 4k", uri).CombinedOutput()
+	if msg := strings.ToLower(string(b)); !strings.Contains(msg, "not permitted") && !strings.Contains(msg, "read-only") && !strings.Contains(msg, "permission denied") {
+		t.Fatalf("a write to the snapshot's export was not refused:\n%s", b)
+	}
+	t.Logf("qemu-io: %s", bytes.TrimSpace(b))
 }
