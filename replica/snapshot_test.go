@@ -102,20 +102,24 @@ func (b *blockWriters) run(t *testing.T, n *Node, w int, lo, hi int64, stop <-ch
 // check asserts that the image (read by read) holds, for every block
 // written, the last write acknowledged before called, or a write issued
 // before returned (in flight across the snapshot), and never a write
-// issued after returned nor one older than the last acknowledged.
+// issued after returned nor one older than the last acknowledged. And that
+// the image is one point of time: no write it lacks was acknowledged
+// before a write it holds was issued.
 func (b *blockWriters) check(t *testing.T, what string, called, returned time.Time, read func(off int64) []byte) (inFlight int) {
 	t.Helper()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var lastIn, firstOut time.Time // the latest issue of a write held, the earliest ack of one lacked
 	for off, ws := range b.blocks {
 		got := read(off)
 		allowed := [][]byte{make([]byte, 4096)} // never written before: zeroes
-		for _, w := range ws {
+		idx := []int{-1}
+		for i, w := range ws {
 			switch {
 			case w.acked.Before(called):
-				allowed = [][]byte{w.data} // a later acknowledged write replaces it
+				allowed, idx = [][]byte{w.data}, []int{i} // a later acknowledged write replaces it
 			case w.issued.Before(returned):
-				allowed = append(allowed, w.data)
+				allowed, idx = append(allowed, w.data), append(idx, i)
 			}
 		}
 		found := -1
@@ -132,6 +136,16 @@ func (b *blockWriters) check(t *testing.T, what string, called, returned time.Ti
 		if found > 0 {
 			inFlight++
 		}
+		if i := idx[found]; i >= 0 && ws[i].issued.After(lastIn) {
+			lastIn = ws[i].issued
+		}
+		if i := idx[found] + 1; i < len(ws) && (firstOut.IsZero() || ws[i].acked.Before(firstOut)) {
+			firstOut = ws[i].acked
+		}
+	}
+	if !firstOut.IsZero() && firstOut.Before(lastIn) {
+		t.Fatalf("%s is not one point: it lacks a write acknowledged at %v but holds one issued later, at %v",
+			what, firstOut.Format(time.StampMicro), lastIn.Format(time.StampMicro))
 	}
 	return inFlight
 }
@@ -142,7 +156,13 @@ func (b *blockWriters) check(t *testing.T, what string, called, returned time.Ti
 // way; the Secondary's image equals the Primary's byte for byte; and
 // neither changes while the writers go on.
 func TestSnapshotConsistentPoint(t *testing.T) {
-	c := snapCluster(t, 2, 8<<20, nil)
+	for _, proto := range []api.Protocol{api.ProtocolC, api.ProtocolA} {
+		t.Run("protocol "+proto.String(), func(t *testing.T) { testSnapshotConsistentPoint(t, proto) })
+	}
+}
+
+func testSnapshotConsistentPoint(t *testing.T, proto api.Protocol) {
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.SnapshotStoreBytes, cfg.Protocol = 8<<20, proto })
 	alpha := c.bootstrap()
 	beta := c.nodes[1].n
 	bw := &blockWriters{blocks: map[int64][]timedWrite{}}
@@ -197,6 +217,10 @@ func TestSnapshotConsistentPoint(t *testing.T) {
 	if fileHash(t, c.nodes[0].path) == ha {
 		t.Fatal("the live device equals the snapshot after later writes")
 	}
+	if err := alpha.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSynced(10 * time.Second)
 	for _, tn := range c.nodes {
 		l := tn.n.SnapshotList()
 		if !l.Enabled || len(l.Snapshots) != 1 || l.Snapshots[0].Name != "point" || !l.Snapshots[0].Valid || l.Snapshots[0].Bytes == 0 {
