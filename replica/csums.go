@@ -85,7 +85,9 @@ func (s *session) csumsPass() error {
 		}
 		sums = hashBlocks(sums[:0], buf[:ln], gran)
 		h := protocol.Hashes{Off: uint64(off), Len: uint64(ln), Sums: sums}
-		s.queue(ctrlMsg{t: protocol.TypeCsums, payload: h.Append(nil)})
+		if err := s.queueWait(ctrlMsg{t: protocol.TypeCsums, payload: h.Append(nil)}); err != nil {
+			return err
+		}
 		sent += ln
 		i = e
 	}
