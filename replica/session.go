@@ -28,10 +28,10 @@ type dedupState struct {
 // dedupRx is the receiver's side: the hole (the seq of a write whose data
 // was requested) and the sequence frames held back behind it.
 type dedupRx struct {
-	hole uint64
+	hole      uint64
 	held      []protocol.Frame
 	heldBytes int64 // their payloads, bounded by maxHeldBytes
-	dw   protocol.DedupWrite
+	dw        protocol.DedupWrite
 }
 
 // session is one live connection to a peer.
@@ -90,11 +90,11 @@ func (s *session) fail(err error) {
 // asked for pile up behind a blocked sender) or sends whole writes behind a
 // dedup reference it never resolves.
 const (
-	maxCtrlBytes    = 32 << 20 // control frames queued for the sender
-	maxCtrlMsgs     = 1 << 16
+	maxCtrlBytes     = 32 << 20 // control frames queued for the sender
+	maxCtrlMsgs      = 1 << 16
 	ctrlBackpressure = 4 << 20  // a checksum resync's hashes wait above this
-	maxHeldBytes    = 96 << 20 // frames held behind an unresolved dedup reference
-	maxHeldFrames   = 1 << 15
+	maxHeldBytes     = 96 << 20 // frames held behind an unresolved dedup reference
+	maxHeldFrames    = 1 << 15
 )
 
 // errCtrlOverflow ends a session whose control queue overflowed.
