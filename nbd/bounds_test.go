@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -243,7 +245,7 @@ func TestWriteTimeout(t *testing.T) {
 func TestWriteTimeoutSlowReader(t *testing.T) {
 	dev := newMem(4 << 20)
 	copy(dev.data, pattern(1<<20, 7))
-	srv := &nbd.Server{WriteTimeout: 100 * time.Millisecond, Exports: []nbd.Export{{Device: dev}}}
+	srv := &nbd.Server{WriteTimeout: 400 * time.Millisecond, Exports: []nbd.Export{{Device: dev}}}
 	nc, br, _, _ := pipeGo(t, srv)
 	if _, err := nc.Write(request(nbd.CmdRead, 0, 1, 0, 1<<20)); err != nil {
 		t.Fatal(err)
@@ -255,9 +257,11 @@ func TestWriteTimeoutSlowReader(t *testing.T) {
 	}
 	got := make([]byte, 1<<20)
 	start := time.Now()
-	for off := 0; off < len(got); off += 64 << 10 {
-		time.Sleep(20 * time.Millisecond) // 16 pieces: 320ms, over 3 timeouts
-		if _, err := io.ReadFull(br, got[off:off+64<<10]); err != nil {
+	for off := 0; off < len(got); off += 32 << 10 {
+		// 32 pieces: about 800ms, twice the timeout; a 256 KiB piece of
+		// the reply takes about 200ms.
+		time.Sleep(25 * time.Millisecond)
+		if _, err := io.ReadFull(br, got[off:off+32<<10]); err != nil {
 			t.Fatalf("after %d bytes (%v): %v", off, time.Since(start), err)
 		}
 	}
@@ -403,5 +407,46 @@ func TestMaxHandshakes(t *testing.T) {
 			c.Close()
 		}
 		return ok
+	})
+}
+
+// A client that pipelines small quick requests puts the reader in blocking
+// mode (it sleeps in read(2)); the socket is then blocking for writes as
+// well, where a deadline does not reach a write stuck in the kernel. The
+// write timeout must still cut a client that stops reading.
+func TestWriteTimeoutBlockingMode(t *testing.T) {
+	var logs logBuffer
+	dev := newQuick(1<<20, true)
+	srv := &nbd.Server{WriteTimeout: 300 * time.Millisecond, Logger: logs.logger(), Exports: []nbd.Export{{Device: dev}}}
+	addr := serve(t, srv)
+	nc, _ := rawGo(t, addr)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// Bursts of 32 small reads, one write each: every read(2) of the
+		// server returns many requests, the reader runs the last of each
+		// burst itself and switches to blocking reads.
+		for i := uint64(0); ; i++ {
+			var b []byte
+			for j := range uint64(32) {
+				b = append(b, request(nbd.CmdRead, 0, i*32+j, (j%256)*4096, 4096)...)
+			}
+			nc.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := nc.Write(b); err != nil {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					continue // the server stopped reading: keep trying
+				}
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	waitFor(t, "the disconnect of a client that reads nothing", 15*time.Second, func() bool {
+		return strings.Contains(logs.String(), "does not read its replies")
 	})
 }

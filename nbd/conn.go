@@ -161,6 +161,18 @@ func (c *conn) useRaw() {
 	if err != nil {
 		return
 	}
+	if d := c.srv.writeTimeout(); d > 0 {
+		// In blocking mode a reply write waits in write(2), where the
+		// write deadline does not reach: the kernel bounds it instead,
+		// then the netpoller sees the deadline passed.
+		tv := syscall.NsecToTimeval(d.Nanoseconds())
+		var serr error
+		if err := raw.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptTimeval(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDTIMEO, &tv)
+		}); err != nil || serr != nil {
+			return // no blocking mode without the bound
+		}
+	}
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if !c.stopping.Load() {
@@ -171,7 +183,9 @@ func (c *conn) useRaw() {
 // setBlocking switches the socket between blocking reads, where the reader
 // sleeps in read(2) until the client sends more (cheapest for a stream of
 // small requests), and the netpoller (cheapest while a large payload
-// arrives in pieces). Only the reader calls it.
+// arrives in pieces). Writes block too in blocking mode; SO_SNDTIMEO (set
+// by useRaw) keeps the write timeout working there. Only the reader calls
+// it.
 func (c *conn) setBlocking(b bool) {
 	if c.raw == nil || c.blocking == b {
 		return

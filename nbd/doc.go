@@ -95,16 +95,20 @@
 //   - Payload: READ and WRITE at most MaxPayload (default 32 MiB); a longer
 //     WRITE closes the connection (its payload is not read), a refused
 //     WRITE's payload is skipped without a buffer.
-//   - Write deadline: a client that takes no reply bytes for WriteTimeout
+//   - Write deadline: replies go to the socket in pieces of at most 256
+//     KiB, each of which the client must take within WriteTimeout
 //     (default 30s; between 7/8 of it and all of it, since the deadline is
-//     refreshed when an eighth has passed) is disconnected, its requests'
-//     buffers freed. A slow client that keeps reading is not cut on plain
-//     connections; over TLS each write of at most 256 KiB gets the whole
-//     timeout (crypto/tls cannot resume a write that timed out).
+//     refreshed when an eighth has passed). A client that does not read is
+//     disconnected that long after the socket's buffers filled, and its
+//     requests' buffers freed; a slow client that reads at least 256 KiB
+//     per WriteTimeout (about 10 KB/s at the default) is not cut.
+//   - Retained buffers: a connection keeps its read and write buffers (128
+//     KiB each) and at most 1 MiB of reply batch between writes.
 //
 // Per connection the server thus holds at most about MaxInFlightBytes +
-// MaxReplyBacklog + 256 KiB of read and write buffers; for the whole
-// server MaxConns times that. With the defaults a connection reading 64
-// KiB requests holds at most 4 MiB of request buffers (MaxInFlight × 64
-// KiB).
+// MaxReplyBacklog + 1.3 MiB, and for the whole server MaxConns times that
+// (with the defaults about 5 GiB: lower MaxConns, or MaxInFlightBytes, on
+// a small machine). Replies are counted in the in-flight bytes until
+// written, so a client reading 64 KiB requests holds at most 4 MiB of
+// request and reply buffers (MaxInFlight × 64 KiB), the backlog included.
 package nbd

@@ -14,10 +14,17 @@ import (
 // replies; larger data goes to the socket from the request's buffer.
 const copyReplyMax = 64 << 10
 
-// tlsWriteChunk bounds one write to a connection that cannot resume a
-// write after a timeout (TLS: crypto/tls fails for good once a write times
-// out), so that each piece gets a whole WriteTimeout.
-const tlsWriteChunk = 256 << 10
+// writeChunk bounds one write to the socket under the write deadline: a
+// client must take each piece within WriteTimeout (at the default 30s, at
+// least about 10 KB/s while replies wait). A write that timed out is not
+// resumed: crypto/tls fails for good, and on a plain socket the bytes
+// written before the deadline could be a trickle into the kernel's
+// buffers, not the client reading.
+const writeChunk = 256 << 10
+
+// maxRetained bounds the batch buffer a connection keeps for reuse between
+// writes; a larger one (a burst of replies) is left to the GC.
+const maxRetained = 1 << 20
 
 // ErrWriteTimeout ends a connection whose client took no reply bytes for
 // WriteTimeout.
@@ -33,14 +40,19 @@ var ErrWriteTimeout = errors.New("nbd: client does not read its replies")
 // A reply keeps its request's gate budget (one request and its bytes)
 // until it is written, and its bytes count in the gate's backlog from
 // reply until written: a client that does not read stops the reader, the
-// queue does not grow. Every write has a deadline WriteTimeout ahead
-// (refreshed when an eighth of it has passed); a write that times out
-// without progress fails the connection, one that made progress goes on.
+// queue does not grow. Replies go to the socket in pieces of at most
+// writeChunk, each under a deadline WriteTimeout ahead (refreshed when an
+// eighth of it has passed); a piece not taken in time fails the
+// connection.
 type replies struct {
 	nc      net.Conn
 	g       *gate
 	timeout time.Duration // 0: none
-	resume  bool          // nc can go on writing after a timeout (not TLS)
+	// failed is called once, by the writer whose write failed, before
+	// any budget is given back: it must stop the reader (close the gate),
+	// or the freed budget would admit requests for a dead connection.
+	failed func(error)
+	once   sync.Once
 
 	mu       sync.Mutex
 	pending  []byte // replies not yet handed to the socket
@@ -55,11 +67,11 @@ type replies struct {
 	deadline time.Time // the socket's write deadline; the writer's
 }
 
-func (w *replies) init(nc net.Conn, g *gate, timeout time.Duration, resume bool) {
+func (w *replies) init(nc net.Conn, g *gate, timeout time.Duration, failed func(error)) {
 	w.nc = nc
 	w.g = g
 	w.timeout = max(timeout, 0)
-	w.resume = resume
+	w.failed = failed
 	w.turn = sync.NewCond(&w.mu)
 }
 
@@ -120,11 +132,12 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 		w.pending, w.pendN, w.pendCost = w.spare[:0], 0, 0
 		w.mu.Unlock()
 		err := w.send(batch, data)
+		w.fail(err)
 		w.g.sent(int64(len(batch) + len(data)))
 		w.g.releaseN(pn, pc)
 		w.give(held, cost)
 		w.mu.Lock()
-		w.spare = batch[:0]
+		w.keep(batch)
 		if err != nil && w.err == nil {
 			w.err = err
 		}
@@ -136,10 +149,11 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 		w.spare = nil
 		w.mu.Unlock()
 		err := w.send(batch, nil)
+		w.fail(err)
 		w.g.sent(int64(len(batch)))
 		w.g.releaseN(pn, pc)
 		w.mu.Lock()
-		w.spare = batch[:0]
+		w.keep(batch)
 		if err != nil && w.err == nil {
 			w.err = err
 		}
@@ -159,6 +173,23 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 	return err
 }
 
+// keep keeps a written batch's buffer for the next batch, unless it grew
+// beyond maxRetained. Under mu.
+func (w *replies) keep(batch []byte) {
+	if cap(batch) <= maxRetained {
+		w.spare = batch[:0]
+	} else {
+		w.spare = nil
+	}
+}
+
+// fail reports a write error, once.
+func (w *replies) fail(err error) {
+	if err != nil && w.failed != nil {
+		w.once.Do(func() { w.failed(err) })
+	}
+}
+
 // give returns a reply's own gate budget.
 func (w *replies) give(held bool, cost int64) {
 	if held {
@@ -166,84 +197,52 @@ func (w *replies) give(held bool, cost int64) {
 	}
 }
 
-// send writes a, then b (if any), to the socket under the write deadline.
-// Only the writer calls it.
+// send writes a, then b (if any), to the socket. Only the writer calls it.
 func (w *replies) send(a, b []byte) error {
 	if w.timeout == 0 {
-		return w.write(a, b)
+		if len(b) == 0 {
+			_, err := w.nc.Write(a)
+			return err
+		}
+		bufs := net.Buffers{a, b}
+		_, err := bufs.WriteTo(w.nc)
+		return err
 	}
-	if !w.resume {
-		// One piece at a time, each with a fresh deadline.
-		for _, p := range [2][]byte{a, b} {
-			for len(p) > 0 {
-				k := min(len(p), tlsWriteChunk)
-				w.refreshDeadline(true)
-				if _, err := w.nc.Write(p[:k]); err != nil {
-					return w.writeError(err)
-				}
-				p = p[k:]
+	if len(b) > 0 && len(a)+len(b) <= writeChunk {
+		// One piece: one system call.
+		w.refreshDeadline()
+		bufs := net.Buffers{a, b}
+		_, err := bufs.WriteTo(w.nc)
+		return w.writeError(err, len(a)+len(b))
+	}
+	for _, p := range [2][]byte{a, b} {
+		for len(p) > 0 {
+			k := min(len(p), writeChunk)
+			w.refreshDeadline()
+			if _, err := w.nc.Write(p[:k]); err != nil {
+				return w.writeError(err, k)
 			}
+			p = p[k:]
 		}
-		return nil
 	}
-	force := false
-	for {
-		w.refreshDeadline(force)
-		n, err := w.writeN(&a, &b)
-		if err == nil {
-			return nil
-		}
-		if n > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-			// Slow, but the client reads: a fresh deadline for the rest.
-			force = true
-			continue
-		}
-		return w.writeError(err)
-	}
+	return nil
 }
 
-// write writes a and b with one system call.
-func (w *replies) write(a, b []byte) error {
-	_, err := w.writeN(&a, &b)
+func (w *replies) writeError(err error, n int) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %d bytes of replies not taken in %v (write timeout)", ErrWriteTimeout, n, w.timeout)
+	}
 	return err
 }
 
-// writeN writes *a and *b (one writev when both are there) and leaves in
-// them what was not written.
-func (w *replies) writeN(a, b *[]byte) (int64, error) {
-	if len(*b) == 0 {
-		n, err := w.nc.Write(*a)
-		*a = (*a)[n:]
-		return int64(n), err
-	}
-	bufs := net.Buffers{*a, *b}
-	n, err := bufs.WriteTo(w.nc) // consumes what it wrote
-	*a, *b = nil, nil
-	switch len(bufs) {
-	case 2:
-		*a, *b = bufs[0], bufs[1]
-	case 1:
-		*b = bufs[0]
-	}
-	return n, err
-}
-
-// refreshDeadline moves the write deadline WriteTimeout ahead when force
-// is set or an eighth of it has passed since it was set (a system call
-// saved on most writes: a stalled write fails after 7/8 to 8/8 of
-// WriteTimeout without progress).
-func (w *replies) refreshDeadline(force bool) {
+// refreshDeadline moves the write deadline WriteTimeout ahead once an
+// eighth of it has passed since it was set (a system call saved on most
+// writes: a piece gets between 7/8 of WriteTimeout and all of it).
+func (w *replies) refreshDeadline() {
 	now := time.Now()
-	if !force && w.deadline.Sub(now) > w.timeout-w.timeout/8 {
+	if w.deadline.Sub(now) > w.timeout-w.timeout/8 {
 		return
 	}
 	w.deadline = now.Add(w.timeout)
 	w.nc.SetWriteDeadline(w.deadline)
-}
-
-func (w *replies) writeError(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w: no reply bytes taken for %v (write timeout)", ErrWriteTimeout, w.timeout)
-	}
-	return err
 }

@@ -19,7 +19,7 @@ func TestRepliesConcurrent(t *testing.T) {
 	var gt gate
 	gt.init(1<<20, 1<<40, 1<<40)
 	var w replies
-	w.init(a, &gt, 0, true)
+	w.init(a, &gt, 0, nil)
 	const writers, each = 16, 200
 	size := func(cookie uint64) int {
 		switch cookie % 7 {

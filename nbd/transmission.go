@@ -48,7 +48,7 @@ func (c *conn) transmit(exp Export) error {
 	c.maxLen = int64(c.srv.maxPayload())
 	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes(), c.srv.maxReplyBacklog())
 	c.jobs = make(chan *request)
-	c.rw.init(c.nc, &c.gate, c.srv.writeTimeout(), !c.tls)
+	c.rw.init(c.nc, &c.gate, c.srv.writeTimeout(), c.writeFailed)
 	c.useRaw()
 
 	err := c.readLoop()
@@ -416,16 +416,23 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte, held bool, cost i
 	// a chance to join this one's write. With none (a client that waits for
 	// each reply), the yield would only wake an idle thread for nothing.
 	others := c.gate.n.Load() > 1
-	if err := c.rw.reply(h[:], data, others, held, cost); err != nil && c.werrOnce.CompareAndSwap(false, true) {
-		if errors.Is(err, ErrWriteTimeout) {
-			c.log.Warn("nbd: disconnecting a client that does not read its replies", "err", err)
-		} else {
-			c.log.Debug("nbd: write reply", "err", err)
-		}
-		// The client is gone or stuck; stop the reader too, wherever it waits.
-		c.abort()
-		c.gate.close()
+	c.rw.reply(h[:], data, others, held, cost) // a failure ends the connection through writeFailed
+}
+
+// writeFailed ends the connection after a failed reply write: the client
+// is gone or stuck. It stops the reader wherever it waits, before the
+// failed replies give their budget back.
+func (c *conn) writeFailed(err error) {
+	if !c.werrOnce.CompareAndSwap(false, true) {
+		return
 	}
+	if errors.Is(err, ErrWriteTimeout) {
+		c.log.Warn("nbd: disconnecting a client that does not read its replies", "err", err)
+	} else {
+		c.log.Debug("nbd: write reply", "err", err)
+	}
+	c.gate.close()
+	c.abort()
 }
 
 func cmdName(typ uint16) string {
