@@ -10,13 +10,35 @@ import (
 	"time"
 )
 
+// NBDTLSMode is resource.nbd-tls: whether NBD clients cannot, may or must
+// use TLS (NBD_OPT_STARTTLS).
+type NBDTLSMode uint8
+
+// NBD TLS modes.
+const (
+	// NBDTLSOff: no TLS; NBD_OPT_STARTTLS is refused (the default).
+	NBDTLSOff NBDTLSMode = iota
+	// NBDTLSAllow: a client may upgrade to TLS or stay plain.
+	NBDTLSAllow
+	// NBDTLSRequire: plain clients are refused.
+	NBDTLSRequire
+)
+
+var nbdTLSNames = []string{"off", "allow", "require"}
+
+func (m NBDTLSMode) String() string { return word(nbdTLSNames, uint8(m)) }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *NBDTLSMode) UnmarshalText(b []byte) error {
+	return parseWord(nbdTLSNames, b, (*uint8)(m))
+}
+
 // NBDExposure holds the [resource] keys that say who may use the NBD export
 // and how much one client may hold. It is embedded in Resource: its keys
 // sit in [resource] beside the others.
 type NBDExposure struct {
-	// NBDTLS is "off" (default), "allow" (a client may upgrade with
-	// NBD_OPT_STARTTLS) or "require" (plain clients are refused).
-	NBDTLS string `toml:"nbd-tls"`
+	// NBDTLS: "off" (default), "allow" or "require".
+	NBDTLS NBDTLSMode `toml:"nbd-tls"`
 	// This node's certificate and key for NBD clients, PEM (relative to
 	// the resource file); required unless nbd-tls is "off".
 	NBDTLSCert string `toml:"nbd-tls-cert"`
@@ -32,9 +54,8 @@ type NBDExposure struct {
 	NBDWriteTimeout Duration `toml:"nbd-write-timeout"`
 }
 
-// Defaults of the NBD exposure keys.
+// Defaults of the NBD exposure keys (nbd-tls: its zero value, off).
 const (
-	DefaultNBDTLS            = "off"
 	DefaultNBDMaxConnections = 64
 	DefaultNBDWriteTimeout   = 30 * time.Second
 )
@@ -42,20 +63,14 @@ const (
 // validateNBD checks the NBD exposure keys and applies their defaults.
 func (r *Resource) validateNBD() error {
 	x := &r.NBDExposure
-	if x.NBDTLS == "" {
-		x.NBDTLS = DefaultNBDTLS
-	}
-	if !slices.Contains([]string{"off", "allow", "require"}, x.NBDTLS) {
-		return fmt.Errorf("resource.nbd-tls %q: must be \"off\", \"allow\" (clients may use TLS) or \"require\" (plain clients are refused)", x.NBDTLS)
-	}
-	if x.NBDTLS == "off" {
+	if x.NBDTLS == NBDTLSOff {
 		for _, k := range []struct{ key, val string }{{"nbd-tls-cert", x.NBDTLSCert}, {"nbd-tls-key", x.NBDTLSKey}, {"nbd-tls-ca", x.NBDTLSCA}} {
 			if k.val != "" {
 				return fmt.Errorf("resource.%s is set but nbd-tls is \"off\": set nbd-tls = \"allow\" or \"require\" to use it, or remove %s", k.key, k.key)
 			}
 		}
 	} else if x.NBDTLSCert == "" || x.NBDTLSKey == "" {
-		return fmt.Errorf("resource.nbd-tls = %q needs nbd-tls-cert and nbd-tls-key: this node's certificate and key for NBD clients, PEM files", x.NBDTLS)
+		return fmt.Errorf("resource.nbd-tls = %q needs nbd-tls-cert and nbd-tls-key: this node's certificate and key for NBD clients, PEM files", x.NBDTLS.String())
 	}
 	if x.NBDMaxConnections == 0 {
 		x.NBDMaxConnections = DefaultNBDMaxConnections

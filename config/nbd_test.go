@@ -60,7 +60,7 @@ func TestNBDKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := f.Resource.NBDExposure
-	if x.NBDTLS != "off" || x.NBDMaxConnections != DefaultNBDMaxConnections || time.Duration(x.NBDWriteTimeout) != DefaultNBDWriteTimeout {
+	if x.NBDTLS != NBDTLSOff || x.NBDMaxConnections != DefaultNBDMaxConnections || time.Duration(x.NBDWriteTimeout) != DefaultNBDWriteTimeout {
 		t.Fatalf("defaults: %+v", x)
 	}
 	if _, _, _, ok := f.NBDTLSFiles(); ok {
@@ -79,6 +79,9 @@ func TestNBDKeys(t *testing.T) {
 	if f.Resource.NBDMaxConnections != 8 || time.Duration(f.Resource.NBDWriteTimeout) != 2*time.Second {
 		t.Fatalf("limits: %+v", f.Resource.NBDExposure)
 	}
+	if f.Resource.NBDTLS != NBDTLSRequire {
+		t.Fatalf("nbd-tls = %v", f.Resource.NBDTLS)
+	}
 	tc, pool, err := f.LoadNBDTLS()
 	if err != nil || len(tc.Certificate) != 1 || pool == nil {
 		t.Fatalf("LoadNBDTLS: %v", err)
@@ -92,7 +95,7 @@ func TestNBDKeys(t *testing.T) {
 	}
 
 	for _, tc := range []struct{ name, extra, want string }{
-		{"bad mode", kv("nbd-tls", "on"), `resource.nbd-tls "on": must be "off", "allow"`},
+		{"bad mode", kv("nbd-tls", "on"), `"on": must be "off", "allow" or "require"`},
 		{"require without cert", kv("nbd-tls", "require"), "resource.nbd-tls = \"require\" needs nbd-tls-cert and nbd-tls-key"},
 		{"allow without key", kv("nbd-tls", "allow") + kv("nbd-tls-cert", cert), "needs nbd-tls-cert and nbd-tls-key"},
 		{"cert without tls", kv("nbd-tls-cert", cert) + kv("nbd-tls-key", key), "resource.nbd-tls-cert is set but nbd-tls is \"off\""},

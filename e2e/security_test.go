@@ -341,14 +341,13 @@ func TestNBDTLSRequire(t *testing.T) {
 func TestNBDBadTLSConfigRefused(t *testing.T) {
 	buildBinaries(t)
 	dir := t.TempDir()
-	files := writeTLSFiles(t, dir, "127.0.0.1")
-	_ = files
+	writeTLSFiles(t, dir, "127.0.0.1") // nbd.crt, nbd.key, nbd-ca.crt
 	base := "[resource]\nname=\"r\"\nsize=\"1MiB\"\n%s\n[[node]]\nname=\"a\"\ndisk=\"DIR/a\"\nmeta=\"DIR/m\"\nnbd=\"127.0.0.1:1\"\nadmin=\"DIR/s\"\n"
 	for _, tc := range []struct{ name, extra, want string }{
 		{"no certificate", `nbd-tls = "require"`, `resource.nbd-tls = "require" needs nbd-tls-cert and nbd-tls-key`},
 		{"missing file", "nbd-tls = \"allow\"\nnbd-tls-cert = \"gone.crt\"\nnbd-tls-key = \"nbd.key\"", "resource.nbd-tls-cert " + filepath.Join(dir, "gone.crt")},
 		{"key is not the CA", "nbd-tls = \"require\"\nnbd-tls-cert = \"nbd.crt\"\nnbd-tls-key = \"nbd.key\"\nnbd-tls-ca = \"nbd.key\"", "resource.nbd-tls-ca"},
-		{"bad mode", `nbd-tls = "yes"`, `resource.nbd-tls "yes"`},
+		{"bad mode", `nbd-tls = "yes"`, `"resource.nbd-tls"): "yes": must be "off", "allow" or "require"`},
 		{"cert without tls", `nbd-tls-cert = "nbd.crt"`, `resource.nbd-tls-cert is set but nbd-tls is "off"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

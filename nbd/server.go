@@ -64,16 +64,6 @@ func (m TLSMode) String() string {
 	return fmt.Sprintf("TLSMode(%d)", int(m))
 }
 
-// ParseTLSMode parses "off", "allow" or "require".
-func ParseTLSMode(s string) (TLSMode, error) {
-	for _, m := range []TLSMode{TLSOff, TLSAllow, TLSRequire} {
-		if s == m.String() {
-			return m, nil
-		}
-	}
-	return 0, fmt.Errorf("TLS mode %q: want \"off\", \"allow\" or \"require\"", s)
-}
-
 // ErrTooManyConns is returned by ServeConn for a connection refused because
 // MaxConns connections are served, or MaxHandshakes are negotiating.
 var ErrTooManyConns = errors.New("nbd: too many connections")

@@ -201,12 +201,16 @@ func privateNBD(address string) bool {
 // resource file (nil in mode off). A certificate that does not name the
 // node's NBD host is only warned about: clients may dial a DNS name.
 func nbdTLSConfig(f *config.File, self *config.Node, log *slog.Logger) (*tls.Config, nbd.TLSMode, error) {
-	mode, err := nbd.ParseTLSMode(f.Resource.NBDTLS)
-	if err != nil {
-		return nil, 0, fmt.Errorf("resource.nbd-tls: %w", err)
-	}
-	if mode == nbd.TLSOff {
-		return nil, mode, nil
+	var mode nbd.TLSMode
+	switch f.Resource.NBDTLS {
+	case config.NBDTLSOff:
+		return nil, nbd.TLSOff, nil
+	case config.NBDTLSAllow:
+		mode = nbd.TLSAllow
+	case config.NBDTLSRequire:
+		mode = nbd.TLSRequire
+	default:
+		return nil, 0, fmt.Errorf("resource.nbd-tls: %v", f.Resource.NBDTLS)
 	}
 	cert, clientCAs, err := f.LoadNBDTLS()
 	if err != nil {
