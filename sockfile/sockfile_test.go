@@ -27,11 +27,11 @@ func TestListen(t *testing.T) {
 	if _, err := Listen(path, 0o600); err == nil || !strings.Contains(err.Error(), "another process is listening") {
 		t.Fatalf("live socket: %v", err)
 	}
-	go func() {
+	go func(l *net.UnixListener) {
 		if c, err := l.Accept(); err == nil {
 			c.Close()
 		}
-	}()
+	}(l)
 	c, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatalf("the live listener was taken over: %v", err)
