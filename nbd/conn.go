@@ -83,9 +83,6 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 }
 
 func remoteAddr(nc net.Conn) string {
-	if nc == nil {
-		return ""
-	}
 	if a := nc.RemoteAddr(); a != nil {
 		return a.String()
 	}
@@ -368,9 +365,10 @@ func (g *gate) sent(n int64) {
 	// The reader sets waiting before it checks the backlog, under mu: if
 	// it missed this decrement, this sees waiting and signals after its Wait.
 	if g.backlog.Add(-n) < g.maxBacklog && g.waiting.Load() {
+		// Taking mu orders the signal after the reader's Wait.
 		g.mu.Lock()
-		g.mu.Unlock() //nolint:staticcheck // orders the signal after the reader's Wait
 		g.cond.Signal()
+		g.mu.Unlock()
 	}
 }
 
