@@ -92,6 +92,9 @@ type Resource struct {
 	// DedupIndexSize bounds each peer's dedup index (default 64MiB; 0
 	// disables deduplication).
 	DedupIndexSize *Bytes `toml:"dedup-index-size"`
+	// NBDExposure: nbd-tls, nbd-tls-cert/-key/-ca, nbd-max-connections,
+	// nbd-write-timeout (nbd.go).
+	NBDExposure
 }
 
 // Node is one [[node]] table.
@@ -138,6 +141,9 @@ func Load(path string) (*File, error) {
 	}
 	f.path = path
 	if err := f.checkTLSFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.checkNBDTLSFiles(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return f, nil
@@ -208,6 +214,9 @@ func (f *File) validate() error {
 		return fmt.Errorf("resource.compression-level %d: must be 0..22", r.CompressionLevel)
 	}
 	if err := r.validateTransport(); err != nil {
+		return err
+	}
+	if err := r.validateNBD(); err != nil {
 		return err
 	}
 	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {

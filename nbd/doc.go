@@ -23,8 +23,10 @@
 // BLOCK_SIZE: min (4), preferred (4), max (4)) then NBD_REP_ACK; after
 // GO's ACK the transmission phase starts. NBD_OPT_LIST answers one
 // NBD_REP_SERVER (name length (4) | name | description) per export, then ACK.
-// NBD_OPT_ABORT is acknowledged and the connection closed. Any other option
-// gets NBD_REP_ERR_UNSUP, its data read and discarded.
+// NBD_OPT_ABORT is acknowledged and the connection closed.
+// NBD_OPT_STARTTLS (no data) is answered NBD_REP_ACK, after which the TLS
+// handshake runs and option haggling goes on inside TLS (see TLS below).
+// Any other option gets NBD_REP_ERR_UNSUP, its data read and discarded.
 //
 // Transmission:
 //
@@ -46,4 +48,67 @@
 // refused WRITE's payload is read and discarded); only broken framing (bad
 // request magic, a WRITE longer than MaxPayload, a truncated stream) closes
 // a connection, after its in-flight requests have been answered.
+//
+// # TLS
+//
+// Server.TLSMode picks one of the spec's three modes. TLSOff (NOTLS):
+// NBD_OPT_STARTTLS gets NBD_REP_ERR_POLICY. TLSAllow (SELECTIVETLS, no
+// export TLS-only): a client may upgrade or stay plain. TLSRequire
+// (FORCEDTLS): before TLS, every option but NBD_OPT_STARTTLS and
+// NBD_OPT_ABORT gets NBD_REP_ERR_TLS_REQD with a message saying so, and
+// NBD_OPT_EXPORT_NAME (which has no error reply) ends the session, as does
+// anything from a client without NBD_FLAG_C_FIXED_NEWSTYLE (TLS needs fixed
+// newstyle). NBD_OPT_STARTTLS with data, or once TLS runs, gets
+// NBD_REP_ERR_INVALID. Bytes the client sent behind NBD_OPT_STARTTLS before
+// its TLS handshake end the session (they would otherwise be read as if
+// they came inside TLS: the STARTTLS injection attack). The handshake is
+// crypto/tls's with Server.TLS (TLSConfig: TLS 1.3, and client
+// certificates signed by a given CA for mutual TLS); crypto/tls has no
+// TLS-PSK. A session that ends cleanly (NBD_CMD_DISC, NBD_OPT_ABORT) gets
+// a close_notify alert before the socket closes; a failed one is only
+// closed.
+//
+// # Bounds
+//
+// Everything a client sends is hostile until proven otherwise; what one
+// can make the server hold is bounded, and each bound has a test that
+// performs the attack:
+//
+//   - Connections: at most MaxConns served at once (default 64), of which
+//     at most MaxHandshakes (default 16) still negotiating. A connection
+//     beyond either is closed at once, before the greeting; refusals are
+//     logged at most once a second with a count.
+//   - Handshake: HandshakeTimeout (default 30s) bounds option haggling and
+//     the TLS handshake together; an option's data is at most 64 KiB (a
+//     longer one closes the connection); option replies are flushed one
+//     option at a time under the same deadline.
+//   - Requests in flight: at most MaxInFlight (default 64) requests and
+//     MaxInFlightBytes (default 64 MiB) of payload per connection (a single
+//     larger request is admitted alone), counted from the moment the
+//     reader admits a request until its reply has been written to the
+//     socket, not merely queued: a client that does not read its replies
+//     stops the reader (backpressure), it cannot make the server queue.
+//   - Reply backlog: at most MaxReplyBacklog (default 16 MiB) of reply
+//     bytes queued for the socket per connection, including replies the
+//     reader gives itself to refused requests (which hold no in-flight
+//     budget); at the bound the reader takes no further request.
+//   - Payload: READ and WRITE at most MaxPayload (default 32 MiB); a longer
+//     WRITE closes the connection (its payload is not read), a refused
+//     WRITE's payload is skipped without a buffer.
+//   - Write deadline: replies go to the socket in pieces of at most 256
+//     KiB, each of which the client must take within WriteTimeout
+//     (default 30s; between 7/8 of it and all of it, since the deadline is
+//     refreshed when an eighth has passed). A client that does not read is
+//     disconnected that long after the socket's buffers filled, and its
+//     requests' buffers freed; a slow client that reads at least 256 KiB
+//     per WriteTimeout (about 10 KB/s at the default) is not cut.
+//   - Retained buffers: a connection keeps its read and write buffers (128
+//     KiB each) and at most 1 MiB of reply batch between writes.
+//
+// Per connection the server thus holds at most about MaxInFlightBytes +
+// MaxReplyBacklog + 1.3 MiB, and for the whole server MaxConns times that
+// (with the defaults about 5 GiB: lower MaxConns, or MaxInFlightBytes, on
+// a small machine). Replies are counted in the in-flight bytes until
+// written, so a client reading 64 KiB requests holds at most 4 MiB of
+// request and reply buffers (MaxInFlight × 64 KiB), the backlog included.
 package nbd

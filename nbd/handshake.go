@@ -16,7 +16,7 @@ var errAbort = errors.New("nbd: client aborted negotiation")
 func (c *conn) negotiate() (exp Export, ok bool, err error) {
 	if d := c.srv.handshakeTimeout(); d > 0 {
 		c.setReadDeadline(time.Now().Add(d))
-		c.nc.SetWriteDeadline(time.Now().Add(d))
+		c.sock.SetWriteDeadline(time.Now().Add(d))
 	}
 
 	var greet [18]byte
@@ -38,6 +38,7 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 	}
 	fixed := cflags&FlagCFixedNewstyle != 0
 	noZeroes := cflags&FlagCNoZeroes != 0
+	toldTLS := false
 
 	for {
 		if _, err := io.ReadFull(c.br, b[:16]); err != nil {
@@ -61,6 +62,25 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 		if !fixed && opt != OptExportName {
 			// A non-fixed newstyle client knows no option replies.
 			return exp, false, fmt.Errorf("option %d from a client without fixed newstyle", opt)
+		}
+		if c.srv.TLSMode == TLSRequire && !c.tls {
+			// FORCEDTLS: only STARTTLS and ABORT before TLS.
+			switch opt {
+			case OptStartTLS, OptAbort:
+			case OptExportName:
+				// It cannot be refused: the spec has the session end.
+				return exp, false, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS", ErrTLSRequired)
+			default:
+				if !toldTLS {
+					toldTLS = true
+					c.log.Info("nbd: plain client refused: TLS required", "option", opt)
+				}
+				c.optError(opt, RepErrTLSReqd, "TLS is required on this server: connect with TLS (nbds:// URI, tls-creds, or -certfile/-cacertfile)")
+				if err := c.bw.Flush(); err != nil {
+					return exp, false, fmt.Errorf("send option reply: %w", err)
+				}
+				continue
+			}
 		}
 
 		switch opt {
@@ -110,6 +130,22 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 				return e, true, nil
 			}
 
+		case OptStartTLS:
+			switch {
+			case n != 0:
+				c.optError(opt, RepErrInvalid, "NBD_OPT_STARTTLS takes no data")
+			case c.tls:
+				c.optError(opt, RepErrInvalid, "TLS is already running on this connection")
+			case c.srv.TLSMode == TLSOff:
+				c.optError(opt, RepErrPolicy, "TLS is not enabled on this server")
+			default:
+				c.optReply(opt, RepAck, nil)
+				if err := c.startTLS(); err != nil {
+					return exp, false, err
+				}
+				continue
+			}
+
 		case OptStructuredReply:
 			// Simple replies only.
 			c.optError(opt, RepErrUnsup, "structured replies are not supported")
@@ -129,7 +165,7 @@ func (c *conn) endNegotiation() error {
 		return fmt.Errorf("enter transmission: %w", err)
 	}
 	c.setReadDeadline(time.Time{})
-	c.nc.SetWriteDeadline(time.Time{})
+	c.sock.SetWriteDeadline(time.Time{})
 	return nil
 }
 

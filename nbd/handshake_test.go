@@ -159,7 +159,6 @@ func TestUnsupportedOptions(t *testing.T) {
 		data []byte
 	}{
 		{nbd.OptStructuredReply, nil},
-		{nbd.OptStartTLS, nil},
 		{nbd.OptListMetaContext, nbdtest.InfoData("disk0")},
 		{nbd.OptPeekExport, nil},
 		{0xdead, bytes.Repeat([]byte{0xaa}, 5000)},

@@ -46,9 +46,9 @@ func (c *conn) transmit(exp Export) error {
 	c.quick, _ = exp.Device.(Quick)
 	c.size = exp.Device.Size()
 	c.maxLen = int64(c.srv.maxPayload())
-	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes())
+	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes(), c.srv.maxReplyBacklog())
 	c.jobs = make(chan *request)
-	c.rw.init(c.nc)
+	c.rw.init(c.nc, &c.gate, c.srv.writeTimeout(), c.writeFailed)
 	c.useRaw()
 
 	err := c.readLoop()
@@ -59,7 +59,8 @@ func (c *conn) transmit(exp Export) error {
 	c.rw.mu.Lock()
 	werr := c.rw.err
 	c.rw.mu.Unlock()
-	if err == errDisc || err == nil {
+	if err == errDisc || err == nil || werr != nil {
+		// A failed write also ends the reader (abort): report the cause.
 		err = werr
 	}
 	return err
@@ -78,6 +79,9 @@ func (c *conn) readLoop() (err error) {
 	for {
 		if c.stopping.Load() {
 			c.drainBuffered()
+			return nil
+		}
+		if !c.gate.roomToReply() {
 			return nil
 		}
 		if c.br.Buffered() < RequestSize {
@@ -331,8 +335,7 @@ func (c *conn) handle(r *request) {
 	if err != nil {
 		c.log.Debug("nbd: device error", "cmd", cmdName(r.typ), "off", r.off, "n", r.n, "err", err)
 	}
-	c.reply(r.cookie, errorCode(err), data)
-	c.gate.release(r.cost)
+	c.reply(r.cookie, errorCode(err), data, true, r.cost) // gives the gate back once written
 	c.done(r, err)
 }
 
@@ -361,7 +364,7 @@ func (c *conn) finish(r *request, err error) {
 	if err != nil {
 		c.log.Debug("nbd: request refused", "cmd", cmdName(r.typ), "flags", r.flags, "off", r.off, "n", r.n, "err", err)
 	}
-	c.reply(r.cookie, errorCode(err), nil)
+	c.reply(r.cookie, errorCode(err), nil, false, 0)
 	c.done(r, err)
 }
 
@@ -397,13 +400,14 @@ func (c *conn) drainBuffered() {
 		} else {
 			c.br.Discard(RequestSize)
 		}
-		c.reply(cookie, ESHUTDOWN, nil)
+		c.reply(cookie, ESHUTDOWN, nil, false, 0)
 	}
 }
 
 // reply writes one simple reply (see replies: replies that complete while
-// another is being written share its next system call).
-func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
+// another is being written share its next system call). held: the reply
+// holds one request and cost bytes of the gate until it is written.
+func (c *conn) reply(cookie uint64, errno uint32, data []byte, held bool, cost int64) {
 	var h [SimpleReplySize]byte
 	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], errno)
@@ -412,11 +416,23 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 	// a chance to join this one's write. With none (a client that waits for
 	// each reply), the yield would only wake an idle thread for nothing.
 	others := c.gate.n.Load() > 1
-	if err := c.rw.reply(h[:], data, others); err != nil && c.werrOnce.CompareAndSwap(false, true) {
-		c.log.Debug("nbd: write reply", "err", err)
-		// The client is gone; stop the reader too.
-		c.abort()
+	c.rw.reply(h[:], data, others, held, cost) // a failure ends the connection through writeFailed
+}
+
+// writeFailed ends the connection after a failed reply write: the client
+// is gone or stuck. It stops the reader wherever it waits, before the
+// failed replies give their budget back.
+func (c *conn) writeFailed(err error) {
+	if !c.werrOnce.CompareAndSwap(false, true) {
+		return
 	}
+	if errors.Is(err, ErrWriteTimeout) {
+		c.log.Warn("nbd: disconnecting a client that does not read its replies", "err", err)
+	} else {
+		c.log.Debug("nbd: write reply", "err", err)
+	}
+	c.gate.close()
+	c.abort()
 }
 
 func cmdName(typ uint16) string {

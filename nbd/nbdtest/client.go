@@ -8,6 +8,7 @@ package nbdtest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -64,10 +65,35 @@ func Negotiate(c net.Conn, clientFlags uint32) (*Negotiation, error) {
 	return n, nil
 }
 
+// NewNegotiation speaks option haggling on c, whose greeting and client
+// flags are already exchanged (for a connection a test upgraded itself).
+func NewNegotiation(c net.Conn) *Negotiation {
+	return &Negotiation{Conn: c, br: bufio.NewReader(c)}
+}
+
 // Reader is the buffered reader of the connection: after a successful
 // Info(nbd.OptGo, ...) a caller may speak the transmission phase itself by
 // writing to Conn and reading from Reader.
 func (n *Negotiation) Reader() *bufio.Reader { return n.br }
+
+// StartTLS sends NBD_OPT_STARTTLS and, after the server's NBD_REP_ACK,
+// runs the TLS handshake with cfg; option haggling then goes on inside TLS
+// (Conn is the TLS connection). A refusal is returned as *OptionError.
+func (n *Negotiation) StartTLS(cfg *tls.Config) error {
+	if _, err := n.Option(nbd.OptStartTLS, nil); err != nil {
+		return err
+	}
+	if n.br.Buffered() > 0 {
+		return errors.New("server sent data after its STARTTLS reply")
+	}
+	tc := tls.Client(n.Conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	n.Conn = tc
+	n.br = bufio.NewReader(tc)
+	return nil
+}
 
 // SendOption sends one option with raw data.
 func (n *Negotiation) SendOption(opt uint32, data []byte) error {
