@@ -50,31 +50,48 @@ func run(ctx context.Context, o options) error {
 	rcfg.Logger = o.log // the engine names resource and node itself
 	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
 
-	nbdTLS, nbdMode, err := nbdTLSConfig(f, self, log)
-	if err != nil {
-		return err
+	// A witness (disk = "none") has no store and serves no NBD: it votes.
+	witness := self.Witness()
+	var nbdTLS *tls.Config
+	var nbdMode nbd.TLSMode
+	if !witness {
+		if nbdTLS, nbdMode, err = nbdTLSConfig(f, self, log); err != nil {
+			return err
+		}
 	}
-
-	st, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
-	if err != nil {
-		return fmt.Errorf("node %q.disk: %w", self.Name, err)
+	var st replica.Store
+	if !witness {
+		fs, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
+		if err != nil {
+			return fmt.Errorf("node %q.disk: %w", self.Name, err)
+		}
+		st = fs
 	}
 	hub := &admin.Hub{}
 	rcfg.OnEvent = hub.Publish
 	node, err := replica.Open(rcfg, st)
 	if err != nil {
-		st.Close()
+		if st != nil {
+			st.Close()
+		}
 		return err
 	}
 
-	nbdL, err := listenNBD(self.NBD)
-	if err != nil {
-		node.Close()
-		return fmt.Errorf("node %q.nbd: %w", self.Name, err)
+	var nbdL net.Listener
+	if !witness {
+		if nbdL, err = listenNBD(self.NBD); err != nil {
+			node.Close()
+			return fmt.Errorf("node %q.nbd: %w", self.Name, err)
+		}
+	}
+	closeNBD := func() {
+		if nbdL != nil {
+			nbdL.Close()
+		}
 	}
 	adminL, err := admin.Listen(self.Admin, f.Resource.AdminGroup, log)
 	if err != nil {
-		nbdL.Close()
+		closeNBD()
 		node.Close()
 		return fmt.Errorf("node %q.admin: %w", self.Name, err)
 	}
@@ -83,7 +100,7 @@ func run(ctx context.Context, o options) error {
 	if self.Metrics != "" {
 		if metricsL, err = net.Listen("tcp", self.Metrics); err != nil {
 			adminL.Close()
-			nbdL.Close()
+			closeNBD()
 			node.Close()
 			return fmt.Errorf("node %q.metrics: %w", self.Name, err)
 		}
@@ -123,14 +140,19 @@ func run(ctx context.Context, o options) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- wrap("metrics", httpServe(mxSrv, metricsL)) }()
 	}
-	wg.Add(3)
+	wg.Add(2)
 	go func() { defer wg.Done(); errc <- wrap("replication", node.Run(runCtx)) }()
-	go func() { defer wg.Done(); errc <- wrap("nbd", srv.Serve(runCtx, nbdL)) }()
 	go func() { defer wg.Done(); errc <- wrap("admin", httpServe(api, adminL)) }()
+	if !witness {
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- wrap("nbd", srv.Serve(runCtx, nbdL)) }()
+	} else {
+		log.Info("witness: no data, no NBD; votes only")
+	}
 	log.Info("repd started", "nbd", self.NBD, "nbd_tls", nbdMode, "nbd_mutual_tls", nbdTLS != nil && nbdTLS.ClientCAs != nil,
 		"nbd_max_connections", f.Resource.NBDMaxConnections, "peer", self.Peer, "admin", self.Admin, "metrics", self.Metrics,
 		"protocol", f.Resource.Protocol, "size", int64(f.Resource.Size))
-	if nbdMode == nbd.TLSOff && !privateNBD(self.NBD) {
+	if !witness && nbdMode == nbd.TLSOff && !privateNBD(self.NBD) {
 		log.Warn("NBD is served in plain text on a non-loopback address: whoever reaches it can read and write the device; "+
 			"bind it to a private address or set nbd-tls (see SECURITY.md)", "nbd", self.NBD)
 	}
@@ -146,11 +168,13 @@ func run(ctx context.Context, o options) error {
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("nbd shutdown", "err", err)
-	}
-	if err := node.Flush(sctx); err != nil {
-		log.Warn("final flush", "err", err)
+	if !witness {
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("nbd shutdown", "err", err)
+		}
+		if err := node.Flush(sctx); err != nil {
+			log.Warn("final flush", "err", err)
+		}
 	}
 	cancel()
 	api.Shutdown(sctx)
