@@ -172,9 +172,13 @@ func run(ctx context.Context, o options) error {
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn("nbd shutdown", "err", err)
 		}
-		if err := node.Flush(sctx); err != nil {
+		// Best effort, bounded: a Primary that lost quorum would wait
+		// for its lease; Close flushes the local store in any case.
+		fctx, fcancel := context.WithTimeout(sctx, 2*time.Duration(f.Resource.Timeout))
+		if err := node.Flush(fctx); err != nil {
 			log.Warn("final flush", "err", err)
 		}
+		fcancel()
 	}
 	cancel()
 	api.Shutdown(sctx)
