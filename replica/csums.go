@@ -107,7 +107,7 @@ func (s *session) onCsums(payload []byte) error {
 	}
 	gran := n.cfg.Granularity
 	off, ln := int64(h.Off), int64(h.Len)
-	if off < 0 || ln <= 0 || off%gran != 0 || off+ln > n.cfg.Size || (ln+gran-1)/gran != int64(len(h.Sums)) {
+	if off < 0 || ln <= 0 || off%gran != 0 || off > n.cfg.Size || ln > n.cfg.Size-off || (ln+gran-1)/gran != int64(len(h.Sums)) {
 		return p.readErr("csums", fmt.Errorf("%w: Csums %d+%d with %d sums", protocol.ErrCorrupt, off, ln, len(h.Sums)))
 	}
 	n.mu.Lock()
