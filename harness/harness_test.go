@@ -293,3 +293,21 @@ func TestClusterLifecycle(t *testing.T) {
 		t.Errorf("WaitFor timeout: %v", err)
 	}
 }
+
+func TestPeerPredicates(t *testing.T) {
+	ok := api.PeerStatus{Connection: api.Connected, Replication: api.Established, Disk: "UpToDate"}
+	for _, c := range []struct {
+		p        api.PeerStatus
+		conn, in bool
+	}{
+		{ok, true, true},
+		{api.PeerStatus{Connection: api.Connected, Replication: api.Established, Disk: "UpToDate", OutOfSyncKiB: 8}, true, false},
+		{api.PeerStatus{Connection: api.Connected, Replication: api.SyncSource, Disk: "Inconsistent"}, true, false},
+		{api.PeerStatus{Connection: api.Connected, Replication: api.Established, Disk: "Inconsistent"}, true, false},
+		{api.PeerStatus{Connection: api.Connecting}, false, false},
+	} {
+		if Connected(c.p) != c.conn || InSync(c.p) != c.in {
+			t.Errorf("%+v: Connected %v InSync %v, want %v %v", c.p, Connected(c.p), InSync(c.p), c.conn, c.in)
+		}
+	}
+}
