@@ -68,48 +68,6 @@ func TestDrillChecks(t *testing.T) {
 	}
 }
 
-func TestSyncDrillChecks(t *testing.T) {
-	r := &result.SyncResult{
-		DeviceBytes: 1 << 30, CSums: true, RefMBps: []float64{500, 700}, RefMeanMBps: 600, PrefillMBps: 300,
-		Resync: []result.SyncCase{
-			{Name: "1m", WriteSize: 1 << 20, DirtyBytes: 102 << 20, ResyncMs: 200, RateMBps: 535, Ratio: 535.0 / 600, WireSent: 102 << 20, Timing: "events"},
-			{Name: "4k", WriteSize: 4 << 10, DirtyBytes: 102 << 20, ResyncMs: 500, RateMBps: 214, Ratio: 214.0 / 600, WireSent: 103 << 20, Timing: "events"},
-		},
-		CSumsResync: &result.CSumsCase{ResyncMs: 900, RateMBps: 1190, SourceSent: 11 << 20, SourcePct: 100 * float64(11<<20) / (1 << 30), HashesRecv: 8 << 20},
-		Verify:      &result.VerifyResult{Ms: 900, RateMBps: 1190},
-	}
-	got := map[string]string{}
-	for _, c := range Drills(&result.Drills{Sync: r}) {
-		if c.Issue == 4 {
-			got[c.Name] = c.Status
-		}
-	}
-	want := map[string]string{
-		"resync of 10% dirty (1 MiB pieces) / fio 1 MiB seq write, same cluster": "PASS",
-		"checksum resync of an identical device: bytes the source sends":         "FAIL", // 11 MiB of 1 GiB > 1 %
-		"online verify of the device: rate (no target), differences":             "PASS",
-	}
-	if len(got) != len(want) {
-		t.Errorf("issue 4 checks: %v", got)
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s: %s, want %s", k, got[k], v)
-		}
-	}
-	r.Resync[0].Ratio = 0.5
-	r.CSumsResync.SourceSent = 4 << 10
-	r.Verify.MismatchKiB = 4
-	for _, c := range Sync(r) {
-		if w := map[string]string{"resync": "FAIL", "checksum": "PASS", "online": "FAIL"}[strings.Fields(c.Name)[0]]; c.Status != w {
-			t.Errorf("%s: %s, want %s", c.Name, c.Status, w)
-		}
-	}
-	r.Resync[0] = result.SyncCase{Name: "1m", Error: "boom"}
-	if c := Sync(r)[0]; c.Status != "FAIL" || c.Detail != "boom" {
-		t.Errorf("failed resync: %+v", c)
-	}
-}
 
 // The CPU bound on a replicated ratio: CPUs / (standalone CPU per I/O +
 // peers × floor), against standalone's IOPS; absent without the floor

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/repd/repd/bench/internal/check"
 	"github.com/repd/repd/bench/internal/result"
 	"github.com/repd/repd/bench/internal/target"
 )
@@ -78,7 +79,7 @@ func TestMarkdownSections(t *testing.T) {
 	}
 }
 
-func TestSyncDrillReport(t *testing.T) {
+func TestSyncDrillChecksAndReport(t *testing.T) {
 	r := &result.SyncResult{
 		DeviceBytes: 1 << 30, CSums: true, RefMBps: []float64{500, 700}, RefMeanMBps: 600, PrefillMBps: 300,
 		Resync: []result.SyncCase{
@@ -88,7 +89,37 @@ func TestSyncDrillReport(t *testing.T) {
 		CSumsResync: &result.CSumsCase{ResyncMs: 900, RateMBps: 1190, SourceSent: 11 << 20, SourcePct: 100 * float64(11<<20) / (1 << 30), HashesRecv: 8 << 20},
 		Verify:      &result.VerifyResult{Ms: 900, RateMBps: 1190},
 	}
+	got := map[string]string{}
+	for _, c := range check.Drills(&result.Drills{Sync: r}) {
+		if c.Issue == 4 {
+			got[c.Name] = c.Status
+		}
+	}
+	want := map[string]string{
+		"resync of 10% dirty (1 MiB pieces) / fio 1 MiB seq write, same cluster": "PASS",
+		"checksum resync of an identical device: bytes the source sends":         "FAIL", // 11 MiB of 1 GiB > 1 %
+		"online verify of the device: rate (no target), differences":             "PASS",
+	}
+	if len(got) != len(want) {
+		t.Errorf("issue 4 checks: %v", got)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s", k, got[k], v)
+		}
+	}
+	r.Resync[0].Ratio = 0.5
+	r.CSumsResync.SourceSent = 4 << 10
+	r.Verify.MismatchKiB = 4
+	for _, c := range check.Sync(r) {
+		if w := map[string]string{"resync": "FAIL", "checksum": "PASS", "online": "FAIL"}[strings.Fields(c.Name)[0]]; c.Status != w {
+			t.Errorf("%s: %s, want %s", c.Name, c.Status, w)
+		}
+	}
 	r.Resync[0] = result.SyncCase{Name: "1m", Error: "boom"}
+	if c := check.Sync(r)[0]; c.Status != "FAIL" || c.Detail != "boom" {
+		t.Errorf("failed resync: %+v", c)
+	}
 	md := Markdown(&result.Summary{Drills: &result.Drills{Sync: r}}, nil)
 	for _, w := range []string{"## Sync drill (issue #4)", "| resync, 10% dirty in 4.0 KiB pieces | 102.0 MiB | 500 ms | 214 | **0.36** |",
 		"| checksum resync, identical data |", "| online verify | 1.00 GiB compared | 900 ms | 1190 |", "error: boom", "500 and 700 MB/s, mean **600 MB/s**"} {
