@@ -444,8 +444,37 @@ func (c *Cluster) Up(ctx context.Context) error {
 // WaitConnected waits until every running node sees every running peer
 // Connected.
 func (c *Cluster) WaitConnected(ctx context.Context, d time.Duration) error {
+	return c.waitRunning(ctx, "all peers Connected", d, func(n *Node, s api.Status) string {
+		for _, ps := range c.runningPeers(s) {
+			if ps.Connection != api.Connected {
+				return fmt.Sprintf("%s→%s %s %s", n.Name, ps.Name, ps.Connection, ps.LastError)
+			}
+		}
+		return ""
+	})
+}
+
+// WaitInSync waits until every running node is UpToDate and sees every
+// running peer Established with nothing out of sync.
+func (c *Cluster) WaitInSync(ctx context.Context, d time.Duration) error {
+	return c.waitRunning(ctx, "running nodes in sync", d, func(n *Node, s api.Status) string {
+		if s.Disk != "UpToDate" {
+			return n.Name + " disk " + s.Disk
+		}
+		for _, ps := range c.runningPeers(s) {
+			if ps.Connection != api.Connected || ps.Replication != api.Established || ps.OutOfSyncKiB != 0 {
+				return fmt.Sprintf("%s→%s %s/%s oos %dKiB %s", n.Name, ps.Name, ps.Connection, ps.Replication, ps.OutOfSyncKiB, ps.LastError)
+			}
+		}
+		return ""
+	})
+}
+
+// waitRunning polls every running node's status until missing returns ""
+// for each; otherwise it says what is missing, for the timeout's error.
+func (c *Cluster) waitRunning(ctx context.Context, what string, d time.Duration, missing func(n *Node, s api.Status) string) error {
 	var last string
-	err := WaitFor(ctx, "all peers Connected", d, func() bool {
+	err := WaitFor(ctx, what, d, func() bool {
 		for _, n := range c.Nodes {
 			if !n.Running() {
 				continue
@@ -455,11 +484,8 @@ func (c *Cluster) WaitConnected(ctx context.Context, d time.Duration) error {
 				last = err.Error()
 				return false
 			}
-			for _, ps := range s.Peers {
-				if m := c.Node(ps.Name); m != nil && m.Running() && ps.Connection != api.Connected {
-					last = fmt.Sprintf("%s→%s %s %s", n.Name, ps.Name, ps.Connection, ps.LastError)
-					return false
-				}
+			if last = missing(n, s); last != "" {
+				return false
 			}
 		}
 		return true
@@ -470,40 +496,15 @@ func (c *Cluster) WaitConnected(ctx context.Context, d time.Duration) error {
 	return nil
 }
 
-// WaitInSync waits until every running node is UpToDate and sees every
-// running peer Established with nothing out of sync.
-func (c *Cluster) WaitInSync(ctx context.Context, d time.Duration) error {
-	var last string
-	err := WaitFor(ctx, "running nodes in sync", d, func() bool {
-		for _, n := range c.Nodes {
-			if !n.Running() {
-				continue
-			}
-			s, err := n.Status(ctx)
-			if err != nil {
-				last = err.Error()
-				return false
-			}
-			if s.Disk != "UpToDate" {
-				last = n.Name + " disk " + s.Disk
-				return false
-			}
-			for _, ps := range s.Peers {
-				if m := c.Node(ps.Name); m == nil || !m.Running() {
-					continue
-				}
-				if ps.Connection != api.Connected || ps.Replication != api.Established || ps.OutOfSyncKiB != 0 {
-					last = fmt.Sprintf("%s→%s %s/%s oos %dKiB %s", n.Name, ps.Name, ps.Connection, ps.Replication, ps.OutOfSyncKiB, ps.LastError)
-					return false
-				}
-			}
+// runningPeers are the peers in s whose node runs here.
+func (c *Cluster) runningPeers(s api.Status) []api.PeerStatus {
+	var out []api.PeerStatus
+	for _, ps := range s.Peers {
+		if m := c.Node(ps.Name); m != nil && m.Running() {
+			out = append(out, ps)
 		}
-		return true
-	})
-	if err != nil {
-		return fmt.Errorf("%w (last: %s)", err, last)
 	}
-	return nil
+	return out
 }
 
 // waitDisk waits until each of nodes reports disk state want in its own
