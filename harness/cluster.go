@@ -88,7 +88,10 @@ var defaultNames = []string{"alpha", "beta", "gamma", "delta", "epsilon", "zeta"
 
 func (o Options) withDefaults() (Options, error) {
 	if o.Nodes == 0 {
-		o.Nodes = max(len(o.Names), 2)
+		o.Nodes = len(o.Names)
+		if o.Names == nil {
+			o.Nodes = 2
+		}
 	}
 	if o.Names == nil {
 		o.Names = defaultNames

@@ -125,6 +125,20 @@ func TestResourceFileShared(t *testing.T) {
 	}
 }
 
+// Names alone set the number of nodes.
+func TestOptionsNames(t *testing.T) {
+	for _, names := range [][]string{{"alpha"}, {"alpha", "bravo", "charlie"}} {
+		c, err := New(&Bins{}, t.TempDir(), Options{Names: names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if len(c.Nodes) != len(names) || c.Nodes[len(names)-1].Name != names[len(names)-1] {
+			t.Errorf("names %q: %d nodes", names, len(c.Nodes))
+		}
+	}
+}
+
 // Options that cannot make a cluster are refused with what to change.
 func TestOptionsRefused(t *testing.T) {
 	long := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
