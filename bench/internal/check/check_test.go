@@ -68,7 +68,6 @@ func TestDrillChecks(t *testing.T) {
 	}
 }
 
-
 // The CPU bound on a replicated ratio: CPUs / (standalone CPU per I/O +
 // peers × floor), against standalone's IOPS; absent without the floor
 // drill or the CPU figures.
