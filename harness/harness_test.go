@@ -264,8 +264,19 @@ func TestClusterLifecycle(t *testing.T) {
 		t.Fatal("killed node still counts as running")
 	}
 	write(3, 8<<20)
-	if err := s.Start(ctx); err != nil {
+	// The restart goes through a wrapper that execs repd (as a test that
+	// runs it in another namespace does).
+	wrapper := filepath.Join(t.TempDir(), "wrap")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\necho wrapped\nexec \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
+	}
+	cmd := exec.Command(wrapper, s.Command().Args...)
+	cmd.Env = QuickExitEnv()
+	if err := s.StartCommand(ctx, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s.LogTail(100000), "wrapped") {
+		t.Error("the wrapper's output is not in the node's log")
 	}
 	if err := s.Start(ctx); err == nil || !strings.Contains(err.Error(), "runs already") {
 		t.Errorf("second start of a running node: %v", err)

@@ -65,9 +65,23 @@ func (n *Node) current() *process {
 	return n.proc
 }
 
+// Command is `repd --config CONF --node NAME` with Options.Args, not
+// started.
+func (n *Node) Command() *exec.Cmd {
+	cmd := exec.Command(n.c.Bins.Repd, append([]string{"--config", n.Conf, "--node", n.Name}, n.c.Opt.Args...)...)
+	cmd.Env = QuickExitEnv()
+	return cmd
+}
+
 // Spawn starts repd without waiting for it. A node whose last process
 // exited by itself may be spawned again.
-func (n *Node) Spawn() error {
+func (n *Node) Spawn() error { return n.SpawnCommand(n.Command()) }
+
+// SpawnCommand starts cmd as the node's process: Command, or a wrapper
+// that runs it (in another namespace, say). Its output goes to the node's
+// log; it runs in its own process group (Stop and Kill signal the group)
+// with a parent-death signal.
+func (n *Node) SpawnCommand(cmd *exec.Cmd) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if p := n.proc; p != nil && !p.exited() {
@@ -78,13 +92,17 @@ func (n *Node) Spawn() error {
 		return fmt.Errorf("start repd %s: %w", n.Name, err)
 	}
 	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(n.c.Bins.Repd, append([]string{"--config", n.Conf, "--node", n.Name}, n.c.Opt.Args...)...)
-	cmd.Env = QuickExitEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so that a Ctrl-C on a terminal reaches the
 	// caller alone, which stops the nodes in order; and a parent-death
 	// signal, so that no repd outlives a caller that was killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pgid = true, 0
+	if cmd.SysProcAttr.Pdeathsig == 0 {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start repd %s: %w", n.Name, err)
 	}
@@ -96,8 +114,11 @@ func (n *Node) Spawn() error {
 
 // Start starts repd and waits until its admin API answers (it listens on
 // its NBD address before that).
-func (n *Node) Start(ctx context.Context) error {
-	if err := n.Spawn(); err != nil {
+func (n *Node) Start(ctx context.Context) error { return n.StartCommand(ctx, n.Command()) }
+
+// StartCommand is SpawnCommand, then waits as Start does.
+func (n *Node) StartCommand(ctx context.Context, cmd *exec.Cmd) error {
+	if err := n.SpawnCommand(cmd); err != nil {
 		return err
 	}
 	const limit = 30 * time.Second
