@@ -154,9 +154,22 @@ func (n *node) start() {
 	}
 }
 
+// startWith runs cmd, a wrapper that runs the node's daemon (bins.repd
+// --config c.conf --node NAME), as the node's process, and waits until its
+// admin socket answers.
+func (n *node) startWith(cmd *exec.Cmd) {
+	n.c.t.Helper()
+	if err := n.h.StartCommand(context.Background(), cmd); err != nil {
+		n.c.t.Fatal(err)
+	}
+}
+
 // stop signals the daemon and waits for it to exit; the exit error is nil
 // for a clean exit.
 func (n *node) stop(sig syscall.Signal) error { return n.h.Signal(sig) }
+
+// pid is the daemon's process id (0 when it does not run).
+func (n *node) pid() int { return n.h.Pid() }
 
 // running reports whether the daemon started by start runs.
 func (n *node) running() bool { return n.h.Running() }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
 )
@@ -34,7 +35,7 @@ func singleWith(t *testing.T, size, extra string) *node {
 	n.mustCtl("primary", "--force")
 	waitFor(t, "alpha Primary/UpToDate", 10*time.Second, func() bool {
 		s := n.status()
-		return s.Role == "Primary" && s.Disk == "UpToDate"
+		return s.Role == api.Primary && s.Disk == "UpToDate"
 	})
 	return n
 }
@@ -42,7 +43,7 @@ func singleWith(t *testing.T, size, extra string) *node {
 // rssKiB is the daemon's resident set size (VmRSS in /proc/PID/status).
 func (n *node) rssKiB(t *testing.T) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.pid()))
 	if err != nil {
 		t.Fatal(err)
 	}
