@@ -50,8 +50,13 @@ type Resource struct {
 	Protocol api.Protocol `toml:"protocol"` // 0 until validated: then A or C (default)
 	// BlockSize is the bitmap granularity: the unit of out-of-sync tracking,
 	// resync and verify. A power of two from 4 KiB to 1 MiB.
-	BlockSize       Bytes      `toml:"block-size"`
-	SecretFile      string     `toml:"secret-file"`
+	BlockSize  Bytes  `toml:"block-size"`
+	SecretFile string `toml:"secret-file"`
+	// Insecure lets a resource of several nodes run its peer links
+	// without authentication (no secret-file, no TLS): anyone who reaches
+	// a peer port can then write to the device. Unsafe; for a trusted
+	// private network only.
+	Insecure        bool       `toml:"insecure"`
 	Timeout         Duration   `toml:"timeout"`
 	ConnectInterval Duration   `toml:"connect-interval"`
 	JournalSize     Bytes      `toml:"journal-size"`
@@ -144,6 +149,9 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := f.checkNBDTLSFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.checkSecretFile(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return f, nil
@@ -315,6 +323,12 @@ func (f *File) validate() error {
 			}
 		}
 	}
+	if len(f.Nodes) > 1 && r.SecretFile == "" && r.TLSCert == "" && !r.Insecure {
+		return fmt.Errorf("resource %s: %d nodes and no peer authentication: whoever reaches a peer port could write to the device. "+
+			"Give every node the same secret: `head -c 32 /dev/urandom | base64 > /etc/repd/%s.secret; chmod 600 /etc/repd/%s.secret` "+
+			"and secret-file = \"%s.secret\" (or TLS: tls-cert, tls-key, tls-ca); insecure = true runs without (unsafe: a trusted private network only)",
+			r.Name, len(f.Nodes), r.Name, r.Name, r.Name)
+	}
 	if witnesses == len(f.Nodes) {
 		return errors.New("node: every node is a witness (disk = \"none\"); at least one must hold the data")
 	}
@@ -430,6 +444,28 @@ func (f *File) Node(name string) (*Node, error) {
 	return nil, fmt.Errorf("no node %q in the resource file (nodes: %s)", name, strings.Join(known, ", "))
 }
 
+// checkSecretFile refuses a secret file that is missing, not a regular
+// file, or open to group or others. It needs no read permission on the
+// file (repctl check-config may run as an admin-group user).
+func (f *File) checkSecretFile() error {
+	p := f.Resource.SecretFile
+	if p == "" {
+		return nil
+	}
+	p = f.rel(p)
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("resource.secret-file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("resource.secret-file %s: not a regular file (%s)", p, fi.Mode().Type())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("resource.secret-file %s: mode %04o lets group or others read or change the secret; chmod 600 %s", p, perm, p)
+	}
+	return nil
+}
+
 // Secret reads the shared secret named by resource.secret-file (relative
 // paths are relative to the resource file). No file configured → nil.
 func (f *File) Secret() ([]byte, error) {
@@ -437,9 +473,10 @@ func (f *File) Secret() ([]byte, error) {
 	if p == "" {
 		return nil, nil
 	}
-	if !filepath.IsAbs(p) && f.path != "" {
-		p = filepath.Join(filepath.Dir(f.path), p)
+	if err := f.checkSecretFile(); err != nil {
+		return nil, err
 	}
+	p = f.rel(p)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("resource.secret-file: %w", err)

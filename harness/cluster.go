@@ -27,6 +27,8 @@ package harness
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -56,6 +58,11 @@ type Options struct {
 	Timeout         time.Duration
 	ConnectInterval time.Duration
 	Extra           string // more [resource] lines, verbatim
+	// Insecure runs a cluster of several nodes without peer
+	// authentication (insecure = true). Otherwise the harness writes a
+	// fresh secret (mode 0600) and names it as secret-file, unless Extra
+	// sets secret-file, TLS or insecure itself.
+	Insecure bool
 	// HostBase is the last byte of node 0's loopback address: node i is
 	// on 127.0.0.(HostBase+i). Default 2.
 	HostBase int
@@ -139,6 +146,8 @@ type Cluster struct {
 	// where each node has its own (Node.Conf).
 	Conf    string
 	Proxies map[[2]int]*faultnet.Proxy // [dialer, listener]
+	// Secret is the secret file the harness wrote ("" if none).
+	Secret string
 	// Notes say what Up had to do beyond the plan (a repeated command, a
 	// reconnect), for a report.
 	Notes []string
@@ -210,6 +219,9 @@ func New(bins *Bins, dir string, o Options) (*Cluster, error) {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
+	if err := c.writeSecret(); err != nil {
+		return fail(err)
+	}
 	if o.Prealloc {
 		for _, n := range c.Nodes {
 			if err := fallocate(n.Disk, o.Size); err != nil {
@@ -264,6 +276,12 @@ func (c *Cluster) resourceFile(self int) string {
 	if o.ConnectInterval > 0 {
 		fmt.Fprintf(&b, "connect-interval = %q\n", o.ConnectInterval.String())
 	}
+	if c.Secret != "" {
+		fmt.Fprintf(&b, "secret-file = %q\n", c.Secret)
+	}
+	if o.Insecure {
+		b.WriteString("insecure = true # the harness was asked for unauthenticated peer links\n")
+	}
 	if x := strings.TrimSpace(o.Extra); x != "" {
 		b.WriteString(x + "\n")
 	}
@@ -279,6 +297,29 @@ func (c *Cluster) resourceFile(self int) string {
 		}
 	}
 	return b.String()
+}
+
+// writeSecret gives a cluster of several nodes a shared secret, as repd
+// requires, unless the options choose otherwise (Options.Insecure).
+func (c *Cluster) writeSecret() error {
+	o := c.Opt
+	if o.Nodes < 2 || o.Insecure {
+		return nil
+	}
+	for _, key := range []string{"secret-file", "tls-cert", "insecure"} {
+		if strings.Contains(o.Extra, key) {
+			return nil
+		}
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	c.Secret = filepath.Join(c.Dir, o.Resource+".secret")
+	if err := os.WriteFile(c.Secret, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("harness: write the secret: %w", err)
+	}
+	return nil
 }
 
 func fallocate(path string, size int64) error {

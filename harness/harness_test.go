@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +123,41 @@ func TestResourceFileShared(t *testing.T) {
 		if err != nil || fi.Size() != 64<<20 {
 			t.Errorf("preallocated disk %s: %v %v", n.Disk, fi, err)
 		}
+	}
+	// Peer links are authenticated: a secret only its owner reads, which
+	// repd's loader accepts.
+	if f.Resource.SecretFile != c.Secret || c.Secret == "" || f.Resource.Insecure {
+		t.Errorf("secret-file %q, harness secret %q, insecure %v", f.Resource.SecretFile, c.Secret, f.Resource.Insecure)
+	}
+	if fi, err := os.Stat(c.Secret); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("secret %s: %v %v", c.Secret, fi, err)
+	}
+	if lf, err := config.Load(c.Conf); err != nil {
+		t.Errorf("repd's loader: %v", err)
+	} else if sec, err := lf.Secret(); err != nil || len(sec) < 32 {
+		t.Errorf("secret: %d bytes, %v", len(sec), err)
+	}
+}
+
+// Insecure asks for unauthenticated peer links, and says so in the file;
+// a secret or TLS in Extra is left to the caller.
+func TestResourceFileInsecure(t *testing.T) {
+	c, err := New(&Bins{}, t.TempDir(), Options{Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if f := parse(t, c.Conf); !f.Resource.Insecure || f.Resource.SecretFile != "" || c.Secret != "" {
+		t.Errorf("insecure %v, secret-file %q, harness secret %q", f.Resource.Insecure, f.Resource.SecretFile, c.Secret)
+	}
+	own := filepath.Join(t.TempDir(), "own.secret")
+	c2, err := New(&Bins{}, t.TempDir(), Options{Extra: "secret-file = " + strconv.Quote(own)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if f := parse(t, c2.Conf); f.Resource.SecretFile != own || c2.Secret != "" {
+		t.Errorf("the caller's secret-file: %q, harness secret %q", f.Resource.SecretFile, c2.Secret)
 	}
 }
 

@@ -152,6 +152,10 @@ func run(ctx context.Context, o options) error {
 	log.Info("repd started", "nbd", self.NBD, "nbd_tls", nbdMode, "nbd_mutual_tls", nbdTLS != nil && nbdTLS.ClientCAs != nil,
 		"nbd_max_connections", f.Resource.NBDMaxConnections, "peer", self.Peer, "admin", self.Admin, "metrics", self.Metrics,
 		"protocol", f.Resource.Protocol, "size", int64(f.Resource.Size))
+	if r := f.Resource; len(f.Nodes) > 1 && r.SecretFile == "" && r.TLSCert == "" {
+		log.Warn("peer links are NOT authenticated (insecure = true): whoever reaches a peer port can write to the device; "+
+			"set secret-file or TLS (see SECURITY.md)", "peer", self.Peer)
+	}
 	if !witness && nbdMode == nbd.TLSOff && !privateNBD(self.NBD) {
 		log.Warn("NBD is served in plain text on a non-loopback address: whoever reaches it can read and write the device; "+
 			"bind it to a private address or set nbd-tls (see SECURITY.md)", "nbd", self.NBD)

@@ -27,6 +27,10 @@ type RepdConfig struct {
 	Nodes    []string
 	Protocol string            // "A" or "C"
 	Extra    map[string]string // more [resource] keys, values as TOML
+	// Insecure runs the peer links without a shared secret (no frame
+	// MACs): what authentication costs shows next to the default, which
+	// has one (harness.Options.Insecure).
+	Insecure bool
 	// Link shapes every peer link (a proxy per link, seeded with Seed, so
 	// that the jitter repeats run to run); nil is plain loopback.
 	Link *link.Profile
@@ -62,7 +66,7 @@ func (rc RepdConfig) Options(env Env) harness.Options {
 		fmt.Fprintf(&extra, "%s = %s\n", k, rc.Extra[k])
 	}
 	o := harness.Options{
-		Names: rc.Nodes, Resource: "bench", Size: env.Size, Protocol: rc.Protocol, Extra: extra.String(),
+		Names: rc.Nodes, Resource: "bench", Size: env.Size, Protocol: rc.Protocol, Extra: extra.String(), Insecure: rc.Insecure,
 		NBDUnix: env.Transport == "unix", Prealloc: env.Prealloc, StopTimeout: 5 * time.Second, Logf: env.Logf,
 	}
 	if l := rc.Link; l != nil {
