@@ -52,14 +52,21 @@ type conn struct {
 	sinceFill int             // requests parsed since the read buffer ran dry
 	perFill   int             // moving average of sinceFill, ×16
 
+	// Negotiated in option haggling; read-only in transmission.
+	structured bool          // NBD_OPT_STRUCTURED_REPLY
+	metas      []metaContext // NBD_OPT_SET_META_CONTEXT's selection
+	metaExport string        // the export name it was made for
+
 	// Transmission state, set once before the first request.
-	exp     Export
-	dev     Device
-	trimmer Trimmer
-	zeroer  Zeroer
-	quick   Quick
-	size    int64
-	maxLen  int64
+	exp       Export
+	dev       Device
+	trimmer   Trimmer
+	zeroer    Zeroer
+	quick     Quick
+	allocator Allocator
+	metaDev   MetaContexts
+	size      int64
+	maxLen    int64
 
 	// bw writes the negotiation (flushed before transmission); rw writes
 	// the replies after it.

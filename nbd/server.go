@@ -33,7 +33,14 @@ const (
 	DefaultWriteTimeout     = 30 * time.Second
 	DefaultMaxConns         = 64
 	DefaultMaxHandshakes    = 16
+	DefaultMaxMetaContexts  = 16
+	DefaultMaxExtents       = 16 << 10
+	DefaultMaxStatusLength  = 1 << 30
 	maxOptionLength         = 64 << 10
+	// maxMetaQueries bounds the queries of one NBD_OPT_LIST_META_CONTEXT
+	// or NBD_OPT_SET_META_CONTEXT (more: NBD_REP_ERR_TOO_BIG); each is
+	// matched against every context the export offers.
+	maxMetaQueries = 256
 )
 
 // TLSMode says whether a connection must, may or cannot upgrade to TLS with
@@ -120,6 +127,20 @@ type Server struct {
 	MaxConns      int
 	MaxHandshakes int
 
+	// MaxMetaContexts bounds the metadata contexts one connection may
+	// select with NBD_OPT_SET_META_CONTEXT (default 16; more: the option
+	// fails with NBD_REP_ERR_TOO_BIG): each NBD_CMD_BLOCK_STATUS asks the
+	// Device about every one.
+	MaxMetaContexts int
+	// MaxExtents bounds the extents sent per context in one
+	// NBD_CMD_BLOCK_STATUS reply (default 16384, 128 KiB); the client asks
+	// again for the rest.
+	MaxExtents int
+	// MaxStatusLength bounds the range one NBD_CMD_BLOCK_STATUS asks the
+	// Device about (default 1 GiB); a longer request is answered for its
+	// first MaxStatusLength bytes, as the spec allows.
+	MaxStatusLength int64
+
 	// TLS is the server's TLS configuration: its certificate, and ClientCAs
 	// with ClientAuth = tls.RequireAndVerifyClientCert for mutual TLS (see
 	// TLSConfig). It is used when a client sends NBD_OPT_STARTTLS and
@@ -129,9 +150,9 @@ type Server struct {
 
 	// OnRequest, if set, is called after each request has been answered
 	// (not for NBD_CMD_DISC) with the command name ("read", "write",
-	// "flush", "trim", "cache", "write_zeroes" or "unknown"), its length,
-	// the time from parse to reply, and the error answered (nil on
-	// success). It runs on the connection's goroutines and must be quick.
+	// "flush", "trim", "cache", "write_zeroes", "block_status" or
+	// "unknown"), its length, the time from parse to reply, and the error
+	// answered (nil on success). It runs on the connection's goroutines and must be quick.
 	OnRequest func(cmd string, n int64, dur time.Duration, err error)
 
 	mu          sync.Mutex
@@ -464,4 +485,25 @@ func (s *Server) handshakeTimeout() time.Duration {
 		return DefaultHandshakeTimeout
 	}
 	return s.HandshakeTimeout
+}
+
+func (s *Server) maxMetaContexts() int {
+	if s.MaxMetaContexts > 0 {
+		return s.MaxMetaContexts
+	}
+	return DefaultMaxMetaContexts
+}
+
+func (s *Server) maxExtents() int {
+	if s.MaxExtents > 0 {
+		return s.MaxExtents
+	}
+	return DefaultMaxExtents
+}
+
+func (s *Server) maxStatusLength() int64 {
+	if s.MaxStatusLength > 0 {
+		return s.MaxStatusLength
+	}
+	return DefaultMaxStatusLength
 }
