@@ -35,6 +35,12 @@ type conn struct {
 	log  *slog.Logger
 
 	handshaking bool // counted in srv.handshaking; under srv.mu
+	// serving is the export the connection entered transmission on, once
+	// it did (transmitting); under srv.mu, for CloseExport. A channel is closed
+	// (ended) when the connection has ended and its goroutines exited.
+	serving      string
+	transmitting bool
+	ended        chan struct{}
 
 	// ctx is given to the Device; kill cancels it.
 	ctx    context.Context
@@ -83,7 +89,7 @@ type conn struct {
 }
 
 func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
-	c := &conn{srv: s, sock: nc, nc: nc}
+	c := &conn{srv: s, sock: nc, nc: nc, ended: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.log = s.logger().With("remote", remoteAddr(nc))
 	return c

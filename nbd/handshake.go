@@ -85,7 +85,7 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 
 		switch opt {
 		case OptExportName:
-			e, found := c.srv.lookup(string(data))
+			e, found := c.srv.enter(c, string(data))
 			if !found {
 				return exp, false, fmt.Errorf("unknown export %q", data)
 			}
@@ -214,7 +214,11 @@ func (c *conn) info(opt uint32, data []byte) (e Export, name string, found, done
 		c.optError(opt, RepErrInvalid, "information request count does not match option length")
 		return e, name, false, false
 	}
-	e, found = c.srv.lookup(name)
+	if opt == OptGo {
+		e, found = c.srv.enter(c, name)
+	} else {
+		e, found = c.srv.lookup(name)
+	}
 	if !found {
 		c.optError(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
 		return e, name, false, false

@@ -159,8 +159,9 @@ type Server struct {
 	shutdown    bool
 	listeners   map[net.Listener]struct{}
 	conns       map[*conn]struct{}
-	handshaking int // conns still negotiating
-	refused     int // connections refused since the last log line
+	handshaking int    // conns still negotiating
+	closeSeq    uint64 // CloseExport calls so far
+	refused     int    // connections refused since the last log line
 	refusedLog  time.Time
 	wg          sync.WaitGroup // Serve calls and connections
 }
@@ -352,6 +353,7 @@ func (s *Server) serveConn(devCtx, stopCtx context.Context, nc net.Conn) error {
 			s.handshaking--
 		}
 		s.mu.Unlock()
+		close(c.ended)
 		s.wg.Done()
 	}()
 	stopped := make(chan struct{})
@@ -401,6 +403,66 @@ func (s *Server) endHandshake(c *conn) {
 		c.handshaking = false
 		s.handshaking--
 	}
+}
+
+// enter looks up the export c asks for to enter transmission (name as
+// sent) and, if found, records c as serving it, so that CloseExport finds
+// it. A CloseExport that ran during the lookup makes it look again: the
+// export may have been taken out of the list just before.
+func (s *Server) enter(c *conn, name string) (Export, bool) {
+	for range 100 {
+		s.mu.Lock()
+		seq := s.closeSeq
+		s.mu.Unlock()
+		e, found := s.lookup(name)
+		s.mu.Lock()
+		if s.closeSeq == seq {
+			c.serving, c.transmitting = e.Name, found
+			s.mu.Unlock()
+			return e, found
+		}
+		s.mu.Unlock()
+	}
+	return Export{}, false
+}
+
+// CloseExport ends the connections in transmission on the export named
+// name, as Shutdown ends all of them: each stops reading requests, answers
+// those already read (complete requests still buffered get NBD_ESHUTDOWN)
+// and closes. It returns once they have ended; if ctx ends first it closes
+// them at once, cancels the context their Device calls got, and returns
+// ctx.Err() once their goroutines have exited (a Device that ignores its
+// context delays that).
+//
+// Take the export out of Exports or ExportsFunc's list first (a snapshot
+// being deleted): then no connection enters it afterwards, and once
+// CloseExport returns the server no longer calls its Device.
+func (s *Server) CloseExport(ctx context.Context, name string) error {
+	s.mu.Lock()
+	s.closeSeq++
+	var ending []*conn
+	for c := range s.conns {
+		if c.transmitting && c.serving == name {
+			ending = append(ending, c)
+			c.stop()
+		}
+	}
+	s.mu.Unlock()
+	for i, c := range ending {
+		select {
+		case <-c.ended:
+			continue
+		case <-ctx.Done():
+		}
+		for _, c := range ending[i:] {
+			c.kill()
+		}
+		for _, c := range ending[i:] {
+			<-c.ended
+		}
+		return ctx.Err()
+	}
+	return nil
 }
 
 func (s *Server) logger() *slog.Logger {
