@@ -83,7 +83,7 @@ func TestStructuredRead(t *testing.T) {
 			t.Errorf("%s: data differs", tc.name)
 		}
 	}
-	// A write succeeds with a simple reply, a failed flush is an error chunk.
+	// A write succeeds with a simple reply.
 	if err := c.Write(pattern(4096, 9), 8192, true); err != nil {
 		t.Fatal(err)
 	}
