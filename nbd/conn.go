@@ -36,8 +36,8 @@ type conn struct {
 
 	handshaking bool // counted in srv.handshaking; under srv.mu
 	// serving is the export the connection entered transmission on, once
-	// it did (transmitting); under srv.mu, for CloseExport. A channel is closed
-	// (ended) when the connection has ended and its goroutines exited.
+	// it did (transmitting); under srv.mu, for CloseExport. ended is
+	// closed when the connection has ended and its goroutines exited.
 	serving      string
 	transmitting bool
 	ended        chan struct{}

@@ -152,7 +152,8 @@ type Server struct {
 	// (not for NBD_CMD_DISC) with the command name ("read", "write",
 	// "flush", "trim", "cache", "write_zeroes", "block_status" or
 	// "unknown"), its length, the time from parse to reply, and the error
-	// answered (nil on success). It runs on the connection's goroutines and must be quick.
+	// answered (nil on success). It runs on the connection's goroutines
+	// and must be quick.
 	OnRequest func(cmd string, n int64, dur time.Duration, err error)
 
 	mu          sync.Mutex

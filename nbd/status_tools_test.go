@@ -214,6 +214,9 @@ func TestToolsReadSnapshot(t *testing.T) {
 	for _, s := range f.data {
 		dataBytes += s.n
 	}
+	if out := runTool(t, "qemu-img", "info", "--output=json", f.uri("r0@snap1")); !bytes.Contains(out, []byte(`"virtual-size": 4194304`)) {
+		t.Errorf("qemu-img info on the snapshot export:\n%s", out)
+	}
 	for _, tc := range []struct {
 		tool string
 		args func(dst string) []string

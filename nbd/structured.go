@@ -56,6 +56,9 @@ func (c *conn) answer(cookie uint64, typ uint16, off uint64, n int64, err error,
 		c.send(appendChunk(make([]byte, 0, ChunkHeaderSize), ReplyFlagDone, ReplyTypeNone, cookie, 0), nil, held, cost)
 		return
 	}
+	if errors.Is(err, ErrOutOfRange) || errors.Is(err, ErrNoSpace) {
+		err = fmt.Errorf("%w (the export has %d bytes)", err, c.size)
+	}
 	msg := errMessage(typ, off, n, err)
 	b := make([]byte, 0, ChunkHeaderSize+6+len(msg))
 	b = appendChunk(b, ReplyFlagDone, ReplyTypeError, cookie, 6+len(msg))

@@ -68,7 +68,7 @@ func TestStructuredRead(t *testing.T) {
 		{"df", nbd.CmdFlagDF, 512, 1000, "data!", 0, ""},
 		{"fua", nbd.CmdFlagFUA, 0, 512, "data!", 0, ""},
 		{"empty", 0, 0, 0, "none!", 0, ""},
-		{"beyond the end", 0, testSize - 512, 4096, "error!", nbd.EINVAL, "read 1048064+4096: nbd: request beyond the end of the export"},
+		{"beyond the end", 0, testSize - 512, 4096, "error!", nbd.EINVAL, "read 1048064+4096: nbd: request beyond the end of the export: invalid argument (the export has 1048576 bytes)"},
 		{"unknown flag", 1 << 9, 0, 512, "error!", nbd.EINVAL, "command flag not valid"},
 		{"too large", 0, 0, 33 << 20, "error!", nbd.EINVAL, "larger than the maximum payload"},
 	} {
