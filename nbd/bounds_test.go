@@ -183,6 +183,13 @@ func TestReplyBacklogBound(t *testing.T) {
 	if _, err := nc.Write(request(nbd.CmdRead, 0, 0, 0, 8192)); err != nil {
 		t.Fatal(err)
 	}
+	// Wait until its writer is at work (the first bytes arrive; the rest
+	// waits in the pipe): otherwise the reader could become the writer of
+	// its first refusal and wait on the pipe itself.
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.Peek(1); err != nil {
+		t.Fatal(err)
+	}
 	// Refused requests (an unknown flag): 16-byte replies each.
 	const n = 5000
 	var reqs [][]byte

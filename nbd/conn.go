@@ -35,6 +35,12 @@ type conn struct {
 	log  *slog.Logger
 
 	handshaking bool // counted in srv.handshaking; under srv.mu
+	// serving is the export the connection entered transmission on, once
+	// it did (transmitting); under srv.mu, for CloseExport. ended is
+	// closed when the connection has ended and its goroutines exited.
+	serving      string
+	transmitting bool
+	ended        chan struct{}
 
 	// ctx is given to the Device; kill cancels it.
 	ctx    context.Context
@@ -52,14 +58,21 @@ type conn struct {
 	sinceFill int             // requests parsed since the read buffer ran dry
 	perFill   int             // moving average of sinceFill, ×16
 
+	// Negotiated in option haggling; read-only in transmission.
+	structured bool          // NBD_OPT_STRUCTURED_REPLY
+	metas      []metaContext // NBD_OPT_SET_META_CONTEXT's selection
+	metaExport string        // the export name it was made for
+
 	// Transmission state, set once before the first request.
-	exp     Export
-	dev     Device
-	trimmer Trimmer
-	zeroer  Zeroer
-	quick   Quick
-	size    int64
-	maxLen  int64
+	exp       Export
+	dev       Device
+	trimmer   Trimmer
+	zeroer    Zeroer
+	quick     Quick
+	allocator Allocator
+	metaDev   MetaContexts
+	size      int64
+	maxLen    int64
 
 	// bw writes the negotiation (flushed before transmission); rw writes
 	// the replies after it.
@@ -76,7 +89,7 @@ type conn struct {
 }
 
 func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
-	c := &conn{srv: s, sock: nc, nc: nc}
+	c := &conn{srv: s, sock: nc, nc: nc, ended: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.log = s.logger().With("remote", remoteAddr(nc))
 	return c

@@ -1,9 +1,27 @@
 // Package nbd implements an NBD server (fixed newstyle handshake, pipelined
-// transmission with simple replies) to the protocol in NetworkBlockDevice/nbd
-// doc/proto.md.
+// transmission with simple or structured replies, metadata contexts and
+// block status) to the protocol in NetworkBlockDevice/nbd doc/proto.md,
+// and QEMU's qemu:dirty-bitmap:NAME contexts (QEMU docs/interop/nbd.txt).
 //
-// It serves any Device. Optional abilities (TRIM, WRITE_ZEROES) are found by
-// type assertion. The package knows nothing of replication.
+// It serves any Device. Optional abilities are found by type assertion:
+// Trimmer (TRIM), Zeroer (WRITE_ZEROES), Quick (run small requests on the
+// reader), Allocator (holes and zeroes: base:allocation, and holes in
+// reads) and MetaContexts (further contexts, such as the blocks changed
+// since a snapshot). The package knows nothing of replication.
+//
+// # Exports and snapshots
+//
+// An Export is a name, a Device and ReadOnly. A point-in-time snapshot is
+// an export of its own, by convention RESOURCE@NAME, read-only, whose
+// Device is an Allocator (what the snapshot holds) and MetaContexts
+// offering qemu:dirty-bitmap:OTHER for the blocks changed between
+// snapshot OTHER and it; the live device may offer the same for the
+// blocks changed since each snapshot. Tools written for QEMU's
+// incremental backup (nbdinfo --map=qemu:dirty-bitmap:NAME, qemu-img map
+// with x-dirty-bitmap, libnbd's block status) read them unchanged.
+// Server.ExportsFunc lets exports come and go; a connection keeps the
+// Export it entered, and CloseExport ends the connections on one (a
+// snapshot being deleted) and guarantees its Device is not called after.
 //
 // # Wire formats
 //
@@ -26,12 +44,56 @@
 // NBD_OPT_ABORT is acknowledged and the connection closed.
 // NBD_OPT_STARTTLS (no data) is answered NBD_REP_ACK, after which the TLS
 // handshake runs and option haggling goes on inside TLS (see TLS below).
+// NBD_OPT_STRUCTURED_REPLY (no data) is acknowledged; replies are then
+// structured (below). NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT take
+//
+//	export name length (4) | name | n queries (4) | n × (query length (4) | query)
+//
+// and answer one NBD_REP_META_CONTEXT (context id (4) | name) per context,
+// then ACK. The contexts of an export are base:allocation and its
+// Device's MetaContexts. LIST with no query lists them all; a query
+// ending in a colon (base:, qemu:, qemu:dirty-bitmap:) lists the names it
+// starts; another query the name it equals; ids are 0. SET needs
+// structured replies, selects the names its queries equal (wildcards
+// select nothing), each once, with ids 1, 2, ...; it replaces the
+// selection, also when it fails, and the selection holds only if the
+// client then enters the export it named (as sent). As in qemu-nbd,
+// queries that are not NAMESPACE:... match nothing. NBD_OPT_STARTTLS
+// forgets structured replies and the selection. NBD_OPT_EXTENDED_HEADERS
+// gets NBD_REP_ERR_UNSUP: 32-bit lengths suffice for requests up to 32
+// MiB and status of up to MaxStatusLength, and no client this project
+// tests with (libnbd 1.14, QEMU 7.2) sends it.
 // Any other option gets NBD_REP_ERR_UNSUP, its data read and discarded.
 //
 // Transmission:
 //
 //	C: 0x25609513 (4) | command flags (2) | type (2) | cookie (8) | offset (8) | length (4) | data (WRITE only)
 //	S: 0x67446698 (4) | error (4) | cookie (8) | data (READ with error 0 only)
+//
+// With structured replies, a READ and every error are answered in chunks:
+//
+//	S: 0x668e33ef (4) | flags (2): DONE on the last | type (2) | cookie (8) | length (4) | payload
+//
+//	OFFSET_DATA (1)   offset (8) | data
+//	OFFSET_HOLE (2)   offset (8) | size (4)
+//	BLOCK_STATUS (5)  context id (4) | n × (length (4) | flags (4))
+//	ERROR (32769)     error (4) | message length (2) | message
+//	NONE (0)          nothing (a READ of 0 bytes)
+//
+// A READ is read whole before its first chunk goes out, so no error can
+// follow a final chunk: one OFFSET_DATA chunk, or, from an Allocator and
+// for reads of 64 KiB or more without DF, OFFSET_HOLE chunks for runs of
+// at least 4 KiB that read as zeroes (not read from the Device) between
+// OFFSET_DATA chunks, at most 64 chunks. A refused or failed request gets
+// an ERROR chunk whose message names the request and the reason; other
+// successful requests keep their simple replies. NBD_CMD_BLOCK_STATUS
+// (flags REQ_ONE, FUA) gets one BLOCK_STATUS chunk per selected context,
+// describing [offset, offset+length) from offset (at most MaxStatusLength
+// of it, at most MaxExtents extents, one with REQ_ONE; neighbours with
+// equal flags joined); a context the Device fails to answer fails the
+// request with an ERROR chunk naming it. base:allocation comes from the
+// Allocator (StateHole, StateZero), or is all data without one.
 //
 // Requests are parsed by one reader per connection and run by a bounded pool
 // of workers; replies go out in completion order through one buffered writer.
@@ -82,6 +144,18 @@
 //     the TLS handshake together; an option's data is at most 64 KiB (a
 //     longer one closes the connection); option replies are flushed one
 //     option at a time under the same deadline.
+//   - Metadata contexts: a LIST or SET option has at most 256 queries
+//     (more: NBD_REP_ERR_TOO_BIG) of at most 4096 bytes each (longer:
+//     NBD_REP_ERR_INVALID), each matched against the export's contexts; a
+//     connection selects at most MaxMetaContexts (default 16; more:
+//     NBD_REP_ERR_TOO_BIG).
+//   - Block status: the Device is asked about at most MaxStatusLength
+//     (default 1 GiB) per request and context, at most MaxExtents
+//     (default 16384) extents go out per context, and a status request
+//     holds its largest possible reply (contexts × (24 + 8 × MaxExtents)
+//     bytes, 128 KiB for one context) in the in-flight bytes until the
+//     reply is written, so pipelined status requests a client does not
+//     read are bounded like reads.
 //   - Requests in flight: at most MaxInFlight (default 64) requests and
 //     MaxInFlightBytes (default 64 MiB) of payload per connection (a single
 //     larger request is admitted alone), counted from the moment the

@@ -33,7 +33,14 @@ const (
 	DefaultWriteTimeout     = 30 * time.Second
 	DefaultMaxConns         = 64
 	DefaultMaxHandshakes    = 16
+	DefaultMaxMetaContexts  = 16
+	DefaultMaxExtents       = 16 << 10
+	DefaultMaxStatusLength  = 1 << 30
 	maxOptionLength         = 64 << 10
+	// maxMetaQueries bounds the queries of one NBD_OPT_LIST_META_CONTEXT
+	// or NBD_OPT_SET_META_CONTEXT (more: NBD_REP_ERR_TOO_BIG); each is
+	// matched against every context the export offers.
+	maxMetaQueries = 256
 )
 
 // TLSMode says whether a connection must, may or cannot upgrade to TLS with
@@ -120,6 +127,20 @@ type Server struct {
 	MaxConns      int
 	MaxHandshakes int
 
+	// MaxMetaContexts bounds the metadata contexts one connection may
+	// select with NBD_OPT_SET_META_CONTEXT (default 16; more: the option
+	// fails with NBD_REP_ERR_TOO_BIG): each NBD_CMD_BLOCK_STATUS asks the
+	// Device about every one.
+	MaxMetaContexts int
+	// MaxExtents bounds the extents sent per context in one
+	// NBD_CMD_BLOCK_STATUS reply (default 16384, 128 KiB); the client asks
+	// again for the rest.
+	MaxExtents int
+	// MaxStatusLength bounds the range one NBD_CMD_BLOCK_STATUS asks the
+	// Device about (default 1 GiB); a longer request is answered for its
+	// first MaxStatusLength bytes, as the spec allows.
+	MaxStatusLength int64
+
 	// TLS is the server's TLS configuration: its certificate, and ClientCAs
 	// with ClientAuth = tls.RequireAndVerifyClientCert for mutual TLS (see
 	// TLSConfig). It is used when a client sends NBD_OPT_STARTTLS and
@@ -129,17 +150,19 @@ type Server struct {
 
 	// OnRequest, if set, is called after each request has been answered
 	// (not for NBD_CMD_DISC) with the command name ("read", "write",
-	// "flush", "trim", "cache", "write_zeroes" or "unknown"), its length,
-	// the time from parse to reply, and the error answered (nil on
-	// success). It runs on the connection's goroutines and must be quick.
+	// "flush", "trim", "cache", "write_zeroes", "block_status" or
+	// "unknown"), its length, the time from parse to reply, and the error
+	// answered (nil on success). It runs on the connection's goroutines
+	// and must be quick.
 	OnRequest func(cmd string, n int64, dur time.Duration, err error)
 
 	mu          sync.Mutex
 	shutdown    bool
 	listeners   map[net.Listener]struct{}
 	conns       map[*conn]struct{}
-	handshaking int // conns still negotiating
-	refused     int // connections refused since the last log line
+	handshaking int    // conns still negotiating
+	closeSeq    uint64 // CloseExport calls so far
+	refused     int    // connections refused since the last log line
 	refusedLog  time.Time
 	wg          sync.WaitGroup // Serve calls and connections
 }
@@ -331,6 +354,7 @@ func (s *Server) serveConn(devCtx, stopCtx context.Context, nc net.Conn) error {
 			s.handshaking--
 		}
 		s.mu.Unlock()
+		close(c.ended)
 		s.wg.Done()
 	}()
 	stopped := make(chan struct{})
@@ -380,6 +404,66 @@ func (s *Server) endHandshake(c *conn) {
 		c.handshaking = false
 		s.handshaking--
 	}
+}
+
+// enter looks up the export c asks for to enter transmission (name as
+// sent) and, if found, records c as serving it, so that CloseExport finds
+// it. A CloseExport that ran during the lookup makes it look again: the
+// export may have been taken out of the list just before.
+func (s *Server) enter(c *conn, name string) (Export, bool) {
+	for range 100 {
+		s.mu.Lock()
+		seq := s.closeSeq
+		s.mu.Unlock()
+		e, found := s.lookup(name)
+		s.mu.Lock()
+		if s.closeSeq == seq {
+			c.serving, c.transmitting = e.Name, found
+			s.mu.Unlock()
+			return e, found
+		}
+		s.mu.Unlock()
+	}
+	return Export{}, false
+}
+
+// CloseExport ends the connections in transmission on the export named
+// name, as Shutdown ends all of them: each stops reading requests, answers
+// those already read (complete requests still buffered get NBD_ESHUTDOWN)
+// and closes. It returns once they have ended; if ctx ends first it closes
+// them at once, cancels the context their Device calls got, and returns
+// ctx.Err() once their goroutines have exited (a Device that ignores its
+// context delays that).
+//
+// Take the export out of Exports or ExportsFunc's list first (a snapshot
+// being deleted): then no connection enters it afterwards, and once
+// CloseExport returns the server no longer calls its Device.
+func (s *Server) CloseExport(ctx context.Context, name string) error {
+	s.mu.Lock()
+	s.closeSeq++
+	var ending []*conn
+	for c := range s.conns {
+		if c.transmitting && c.serving == name {
+			ending = append(ending, c)
+			c.stop()
+		}
+	}
+	s.mu.Unlock()
+	for i, c := range ending {
+		select {
+		case <-c.ended:
+			continue
+		case <-ctx.Done():
+		}
+		for _, c := range ending[i:] {
+			c.kill()
+		}
+		for _, c := range ending[i:] {
+			<-c.ended
+		}
+		return ctx.Err()
+	}
+	return nil
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -464,4 +548,25 @@ func (s *Server) handshakeTimeout() time.Duration {
 		return DefaultHandshakeTimeout
 	}
 	return s.HandshakeTimeout
+}
+
+func (s *Server) maxMetaContexts() int {
+	if s.MaxMetaContexts > 0 {
+		return s.MaxMetaContexts
+	}
+	return DefaultMaxMetaContexts
+}
+
+func (s *Server) maxExtents() int {
+	if s.MaxExtents > 0 {
+		return s.MaxExtents
+	}
+	return DefaultMaxExtents
+}
+
+func (s *Server) maxStatusLength() int64 {
+	if s.MaxStatusLength > 0 {
+		return s.MaxStatusLength
+	}
+	return DefaultMaxStatusLength
 }

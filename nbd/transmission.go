@@ -16,7 +16,8 @@ type request struct {
 	typ    uint16
 	flags  uint16
 	cookie uint64
-	off    int64
+	off    int64  // the offset, if within the export (else 0)
+	woff   uint64 // the offset as sent, for messages
 	n      int64
 	buf    *[]byte       // payload (WRITE) or reply data (READ); owned by the request
 	cost   int64         // bytes held in the gate
@@ -44,6 +45,8 @@ func (c *conn) transmit(exp Export) error {
 	c.trimmer, _ = exp.Device.(Trimmer)
 	c.zeroer, _ = exp.Device.(Zeroer)
 	c.quick, _ = exp.Device.(Quick)
+	c.allocator, _ = exp.Device.(Allocator)
+	c.metaDev, _ = exp.Device.(MetaContexts)
 	c.size = exp.Device.Size()
 	c.maxLen = int64(c.srv.maxPayload())
 	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes(), c.srv.maxReplyBacklog())
@@ -117,9 +120,10 @@ func (c *conn) readLoop() (err error) {
 			flags:  binary.BigEndian.Uint16(h[4:]),
 			typ:    binary.BigEndian.Uint16(h[6:]),
 			cookie: binary.BigEndian.Uint64(h[8:]),
+			woff:   binary.BigEndian.Uint64(h[16:]),
 			n:      int64(binary.BigEndian.Uint32(h[24:])),
 		}
-		off := binary.BigEndian.Uint64(h[16:])
+		off := r.woff
 		if c.srv.OnRequest != nil {
 			r.start = time.Since(clockBase)
 		}
@@ -157,8 +161,11 @@ func (c *conn) readLoop() (err error) {
 			continue
 		}
 
-		if r.typ == CmdRead || r.typ == CmdWrite {
+		switch r.typ {
+		case CmdRead, CmdWrite:
 			r.cost = r.n
+		case CmdBlockStatus:
+			r.cost = c.statusCost(r)
 		}
 		if !c.gate.acquire(r.cost) {
 			requestPool.Put(r)
@@ -213,7 +220,11 @@ func (c *conn) check(r *request, inRange bool) error {
 	ro := c.exp.ReadOnly
 	switch r.typ {
 	case CmdRead, CmdCache:
-		if r.flags&^CmdFlagFUA != 0 {
+		allowed := CmdFlagFUA
+		if r.typ == CmdRead && c.structured {
+			allowed |= CmdFlagDF // NBD_FLAG_SEND_DF is advertised
+		}
+		if r.flags&^allowed != 0 {
 			return ErrBadFlags
 		}
 		if r.typ == CmdRead && r.n > c.maxLen {
@@ -264,6 +275,19 @@ func (c *conn) check(r *request, inRange bool) error {
 		}
 		if r.flags&CmdFlagFastZero != 0 && c.zeroer == nil {
 			return ErrNotFast
+		}
+	case CmdBlockStatus:
+		if r.flags&^(CmdFlagFUA|CmdFlagReqOne) != 0 {
+			return ErrBadFlags
+		}
+		if len(c.metas) == 0 {
+			return ErrNoMetaContext
+		}
+		if r.n == 0 {
+			return ErrZeroLength
+		}
+		if !inRange {
+			return ErrOutOfRange
 		}
 	default:
 		return ErrUnknownCommand
@@ -316,13 +340,21 @@ func (c *conn) worker(r *request) {
 // handle runs r on the Device, answers it and frees it.
 func (c *conn) handle(r *request) {
 	var err error
-	var data []byte
 	fua := r.flags&CmdFlagFUA != 0
 	switch r.typ {
 	case CmdRead:
-		if err = c.dev.ReadAt(c.ctx, *r.buf, r.off); err == nil {
-			data = *r.buf
+		if c.structured {
+			c.readStructured(r)
+			return
 		}
+		if err = c.dev.ReadAt(c.ctx, *r.buf, r.off); err == nil {
+			c.reply(r.cookie, 0, *r.buf, true, r.cost)
+			c.done(r, nil)
+			return
+		}
+	case CmdBlockStatus:
+		c.blockStatus(r)
+		return
 	case CmdWrite:
 		err = c.dev.WriteAt(c.ctx, *r.buf, r.off, fua)
 	case CmdFlush:
@@ -335,7 +367,7 @@ func (c *conn) handle(r *request) {
 	if err != nil {
 		c.log.Debug("nbd: device error", "cmd", cmdName(r.typ), "off", r.off, "n", r.n, "err", err)
 	}
-	c.reply(r.cookie, errorCode(err), data, true, r.cost) // gives the gate back once written
+	c.answer(r.cookie, r.typ, r.woff, r.n, err, true, r.cost) // gives the gate back once written
 	c.done(r, err)
 }
 
@@ -364,7 +396,7 @@ func (c *conn) finish(r *request, err error) {
 	if err != nil {
 		c.log.Debug("nbd: request refused", "cmd", cmdName(r.typ), "flags", r.flags, "off", r.off, "n", r.n, "err", err)
 	}
-	c.reply(r.cookie, errorCode(err), nil, false, 0)
+	c.answer(r.cookie, r.typ, r.woff, r.n, err, false, 0)
 	c.done(r, err)
 }
 
@@ -388,6 +420,7 @@ func (c *conn) drainBuffered() {
 		}
 		typ := binary.BigEndian.Uint16(h[6:])
 		cookie := binary.BigEndian.Uint64(h[8:])
+		off := binary.BigEndian.Uint64(h[16:])
 		n := int(binary.BigEndian.Uint32(h[24:]))
 		if typ == CmdDisc {
 			return
@@ -400,23 +433,28 @@ func (c *conn) drainBuffered() {
 		} else {
 			c.br.Discard(RequestSize)
 		}
-		c.reply(cookie, ESHUTDOWN, nil, false, 0)
+		c.answer(cookie, typ, off, int64(n), ErrShutdown, false, 0)
 	}
 }
 
-// reply writes one simple reply (see replies: replies that complete while
-// another is being written share its next system call). held: the reply
-// holds one request and cost bytes of the gate until it is written.
+// reply writes one simple reply. held: the reply holds one request and
+// cost bytes of the gate until it is written.
 func (c *conn) reply(cookie uint64, errno uint32, data []byte, held bool, cost int64) {
 	var h [SimpleReplySize]byte
 	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], errno)
 	binary.BigEndian.PutUint64(h[8:], cookie)
+	c.send(h[:], data, held, cost)
+}
+
+// send writes one reply message, head then data (see replies: replies that
+// complete while another is being written share its next system call).
+func (c *conn) send(head, data []byte, held bool, cost int64) {
 	// Other requests in flight may complete in a moment: give their replies
 	// a chance to join this one's write. With none (a client that waits for
 	// each reply), the yield would only wake an idle thread for nothing.
 	others := c.gate.n.Load() > 1
-	c.rw.reply(h[:], data, others, held, cost) // a failure ends the connection through writeFailed
+	c.rw.reply(head, data, others, held, cost) // a failure ends the connection through writeFailed
 }
 
 // writeFailed ends the connection after a failed reply write: the client
@@ -451,6 +489,8 @@ func cmdName(typ uint16) string {
 		return "cache"
 	case CmdWriteZeroes:
 		return "write_zeroes"
+	case CmdBlockStatus:
+		return "block_status"
 	}
 	return "unknown"
 }
