@@ -45,8 +45,8 @@ soak:
 	$(GO) run ./chaos/cmd/soak -duration $(DURATION)
 
 fuzz:
-	@set -e; for spec in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs grep -ho '^func Fuzz[A-Za-z0-9_]*' | sort -u | sed 's/^func //'); do \
-	  pkg=$$(grep -rl --include='*_test.go' "^func $$spec(" . | head -1 | xargs dirname); \
+	@set -e; grep -r --include='*_test.go' -o '^func Fuzz[A-Za-z0-9_]*' . | sed 's|/[^/]*_test.go:func | |' | sort -u | \
+	while read -r pkg spec; do \
 	  echo "fuzz $$pkg $$spec ($(FUZZTIME))"; \
 	  $(GO) test -run='^$$' -fuzz="^$$spec$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done

@@ -9,9 +9,8 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
+	"github.com/repd/repd/sockfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,23 +27,11 @@ func Listen(path, group string, log *slog.Logger) (net.Listener, error) {
 		}
 		gid, _ = strconv.Atoi(g.Gid)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin socket %s: exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("admin socket %s: another repd is listening there", path)
-		}
-		os.Remove(path)
-	}
-	old := syscall.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	// A stale socket is replaced; a live one or a non-socket is refused.
+	l, err := sockfile.Listen(path, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(true)
 	mode := os.FileMode(0o600)
 	if gid >= 0 {
 		if err := os.Chown(path, -1, gid); err != nil {

@@ -17,6 +17,12 @@
 // all targets alike. Results go to bench/out/<timestamp>/: report.md,
 // summary.json, charts/, the raw fio JSON of every run and the servers'
 // logs. See bench/README.md.
+//
+// This package is the command: its flags, the plan of a run and the loop
+// that runs it. The rest is in bench/internal: result (summary.json's
+// schema), check (the targets --check judges), render (report.md and the
+// charts), target (what fio measures), drill, fio, link (shaped links),
+// proc, procfs and sysinfo; the repd clusters are the harness package's.
 package main
 
 import (
@@ -27,6 +33,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -34,12 +41,21 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/repd/repd/bench/internal/check"
+	"github.com/repd/repd/bench/internal/drill"
+	"github.com/repd/repd/bench/internal/fio"
+	"github.com/repd/repd/bench/internal/link"
+	"github.com/repd/repd/bench/internal/render"
+	"github.com/repd/repd/bench/internal/result"
+	"github.com/repd/repd/bench/internal/sysinfo"
+	"github.com/repd/repd/bench/internal/target"
+	"github.com/repd/repd/bench/internal/units"
+	"github.com/repd/repd/harness"
 )
 
-const (
-	rampTime    = 2 * time.Second // ramp_time in the job files
-	rssInterval = 200 * time.Millisecond
-)
+// rssInterval is how often a server's RSS is sampled during a job.
+const rssInterval = 200 * time.Millisecond
 
 type flags struct {
 	targets, workloads string
@@ -68,8 +84,8 @@ func run(args []string, stdout io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.StringVar(&f.targets, "targets", "default", "comma list of targets, or default, or all, or none (the drills alone): "+targetNames())
 	fs.StringVar(&f.workloads, "workloads", "default", "comma list of workloads (job files in bench/jobs without .fio), or all; default: all on loopback, a few on the compression and link targets")
-	fs.StringVar(&f.links, "links", linkNames(), "link profiles for the link targets, or none")
-	fs.StringVar(&f.drills, "drills", strings.Join(drillNames, ","), "drills to run after the matrix, or none: "+strings.Join(drillNames, ","))
+	fs.StringVar(&f.links, "links", link.Names(), "link profiles for the link targets, or none")
+	fs.StringVar(&f.drills, "drills", strings.Join(drill.Names, ","), "drills to run after the matrix, or none: "+strings.Join(drill.Names, ","))
 	fs.IntVar(&f.drillSeconds, "drill-seconds", 5, "seconds of writes in the RPO and resync drills")
 	fs.StringVar(&f.size, "size", "512MiB", "backing file size per target (e.g. 256MiB, 1GiB)")
 	fs.StringVar(&f.runtime, "runtime", "5s", "measured time per job, after a 2 s ramp")
@@ -77,7 +93,7 @@ func run(args []string, stdout io.Writer) int {
 	fs.BoolVar(&f.quick, "quick", false, "smoke run: 3 s per job, 256 MiB (unless --runtime/--size are given)")
 	fs.StringVar(&f.dir, "dir", os.TempDir(), "parent of the scratch directory holding the backing files (one filesystem for all targets)")
 	fs.StringVar(&f.out, "out", "", "output parent directory (default bench/out in the module root)")
-	fs.StringVar(&f.transport, "transport", "unix", "NBD transport for all NBD targets: unix or tcp (127.0.0.1)")
+	fs.StringVar(&f.transport, "transport", "unix", "NBD transport for all NBD targets: unix or tcp (loopback)")
 	fs.StringVar(&f.localEngine, "local-engine", "libaio", "fio ioengine of the local target: libaio or io_uring")
 	fs.BoolVar(&f.prealloc, "prealloc", false, "fallocate backing files instead of creating them sparse")
 	fs.BoolVar(&f.keepCache, "keep-cache", false, "do not drop the page cache before every job (dropping it needs root)")
@@ -145,7 +161,7 @@ func run(args []string, stdout io.Writer) int {
 
 func targetNames() string {
 	var names []string
-	for _, t := range allTargets() {
+	for _, t := range target.All() {
 		names = append(names, t.Name)
 	}
 	return strings.Join(names, ",")
@@ -174,7 +190,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 			return 2, err
 		}
 	}
-	drills, err := selectDrills(f.drills)
+	drills, err := drill.Select(f.drills)
 	if err != nil {
 		return 2, err
 	}
@@ -187,15 +203,15 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	if f.transport != "unix" && f.transport != "tcp" {
 		return 2, fmt.Errorf("--transport %q: want unix or tcp", f.transport)
 	}
-	if err := need("fio"); err != nil {
-		return 1, err
+	if _, err := exec.LookPath("fio"); err != nil {
+		return 1, fmt.Errorf("%w: fio not installed", target.ErrSkip)
 	}
 
-	repo := moduleRoot()
+	repo, rootErr := harness.ModuleRoot()
 	outParent := f.out
 	if outParent == "" {
-		if repo == "" {
-			return 2, errors.New("not inside the repd checkout: pass --out")
+		if rootErr != nil {
+			return 2, fmt.Errorf("%v: pass --out", rootErr)
 		}
 		outParent = filepath.Join(repo, "bench", "out")
 	}
@@ -234,13 +250,13 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 			dropCache = true
 		}
 	}
-	s := &Summary{
+	s := &result.Summary{
 		Started: started,
-		Machine: machineInfo(repo, scratch),
-		Options: Options{
+		Machine: sysinfo.Machine(repo, scratch),
+		Options: result.Options{
 			SizeBytes:   size,
 			RuntimeSec:  int(runtime.Seconds()),
-			RampSec:     int(rampTime.Seconds()),
+			RampSec:     int(fio.RampTime.Seconds()),
 			Repeat:      f.repeat,
 			Transport:   f.transport,
 			LocalEngine: f.localEngine,
@@ -256,7 +272,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		for _, w := range ph.workloads {
 			ws = append(ws, w.Name)
 		}
-		po := PhaseOptions{Group: ph.group, Targets: ts, Workloads: ws}
+		po := result.PhaseOptions{Group: ph.group, Targets: ts, Workloads: ws}
 		for t, m := range ph.only {
 			if po.Only == nil {
 				po.Only = map[string][]string{}
@@ -271,14 +287,18 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	}
 	s.Options.Drills = drills
 	logf("output in %s; scratch in %s", out, scratch)
-	logf("%s + %s ramp per job, %s per target; drills: %s", runtime, rampTime, fmtSize(size), strings.Join(drills, ","))
+	logf("%s + %s ramp per job, %s per target; drills: %s", runtime, fio.RampTime, units.Size(size), strings.Join(drills, ","))
 
-	env := Env{
+	env := target.Env{
 		Size: size, Prealloc: f.prealloc, Transport: f.transport,
-		LocalEngine: f.localEngine, Repo: repo, BinDir: filepath.Join(scratch, "bin"), Logf: logf,
+		LocalEngine: f.localEngine, Logf: logf,
 	}
-	if err := os.MkdirAll(env.BinDir, 0o755); err != nil {
-		return 1, err
+	if usesRepd(plan, drills) {
+		logf("building ./cmd/repd, ./cmd/repctl and ./cmd/linkproxy")
+		if _, err := harness.Binaries(); err != nil {
+			logf("repd does not build; its targets and drills are skipped: %v", err)
+		}
+		defer harness.RemoveBinaries()
 	}
 	defer copyLogs(scratch, filepath.Join(out, "logs"))
 	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime, repeat: f.repeat, dropCache: dropCache}
@@ -302,7 +322,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	if slices.Contains(drills, "rpo") && !slices.Contains(links, "wan") {
 		links = append(links, "wan")
 	}
-	s.Links = measureLinks(ctx, links)
+	s.Links = link.Measure(ctx, links)
 	for _, l := range s.Links {
 		logf("link %s: %g ms added RTT, %.2f ms measured through the proxy %s", l.Name, l.RTTms, l.MeasuredRTTms, l.Error)
 	}
@@ -318,19 +338,19 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 	}
 	if !interrupted && len(drills) > 0 {
 		env.Dir = filepath.Join(scratch, "drills")
-		s.Drills = runDrills(ctx, env, drills, f.drillSeconds, f.quick)
+		s.Drills = drill.Run(ctx, env, drills, f.drillSeconds, f.quick)
 		interrupted = ctx.Err() != nil
 	}
-	s.LoadEnd = loadAvg()
+	s.LoadEnd = sysinfo.LoadAvg()
 
 	s.Finished = time.Now()
 	s.Interrupted = interrupted
-	fillRatios(s.Results)
+	result.FillRatios(s.Results)
 	if f.check {
-		s.Checks = evalChecks(s)
+		s.Checks = check.Eval(s)
 	}
-	s.Charts, s.ChartNote = drawCharts(ctx, s, out)
-	report := markdown(s, Workloads)
+	s.Charts, s.ChartNote = render.DrawCharts(ctx, s, out)
+	report := render.Markdown(s, workloadDescs())
 	if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(report), 0o644); err != nil {
 		return 1, err
 	}
@@ -358,32 +378,26 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 
 // probeWrite writes 64 KiB at the start of an NBD target, to tell "the
 // server refuses writes" (a Secondary) apart from slow or failing runs.
-func probeWrite(ctx context.Context, ep *Endpoint, output string) error {
-	_, err := fioRun{
+func probeWrite(ctx context.Context, ep *target.Endpoint, output string) error {
+	_, err := fio.Job{
 		Args:    append(append([]string{}, ep.FioArgs...), "--name=probe", "--rw=write", "--bs=4k", "--size=64k"),
 		Output:  output,
 		Timeout: time.Minute,
-	}.run(ctx)
+	}.Run(ctx)
 	return err
 }
 
-// moduleRoot finds the repd module's root above the working directory.
-func moduleRoot() string {
-	dir, err := os.Getwd()
-	if err != nil {
-		return ""
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(b), "module github.com/repd/repd\n") {
-			return dir
+// usesRepd reports whether a run starts repd: a repd target or a drill
+// other than the floor drill.
+func usesRepd(plan []phase, drills []string) bool {
+	for _, ph := range plan {
+		for _, t := range ph.targets {
+			if t.Meta.Kind == "repd" {
+				return true
+			}
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return ""
-		}
-		dir = parent
 	}
+	return slices.ContainsFunc(drills, func(d string) bool { return d != "floor" })
 }
 
 // newOutDir creates parent/name, or parent/name-2, ... if that exists.
@@ -467,14 +481,14 @@ func rereport(ctx context.Context, dir string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var s Summary
+	var s result.Summary
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
 	if len(s.Checks) > 0 {
-		s.Checks = evalChecks(&s)
+		s.Checks = check.Eval(&s)
 	}
-	s.Charts, s.ChartNote = drawCharts(ctx, &s, dir)
+	s.Charts, s.ChartNote = render.DrawCharts(ctx, &s, dir)
 	js, err := json.MarshalIndent(&s, "", "  ")
 	if err != nil {
 		return err
@@ -482,7 +496,7 @@ func rereport(ctx context.Context, dir string, stdout io.Writer) error {
 	if err := os.WriteFile(filepath.Join(dir, "summary.json"), append(js, '\n'), 0o644); err != nil {
 		return err
 	}
-	report := markdown(&s, Workloads)
+	report := render.Markdown(&s, workloadDescs())
 	fmt.Fprint(stdout, report)
 	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(report), 0o644)
 }

@@ -12,6 +12,14 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/repd/repd/bench/internal/fio"
+	"github.com/repd/repd/bench/internal/link"
+	"github.com/repd/repd/bench/internal/procfs"
+	"github.com/repd/repd/bench/internal/render"
+	"github.com/repd/repd/bench/internal/result"
+	"github.com/repd/repd/bench/internal/target"
+	"github.com/repd/repd/bench/internal/units"
 )
 
 // phase is one group of targets and the workloads they run. Phases run one
@@ -19,7 +27,7 @@ import (
 // next workload starts, so noise hits all targets of a workload alike.
 type phase struct {
 	group     string
-	targets   []Target
+	targets   []target.Target
 	workloads []Workload
 	// only restricts a target (by name) to some of the workloads; a target
 	// not in it runs them all.
@@ -41,8 +49,8 @@ var (
 
 // buildPlan turns --targets, --workloads and --links into phases.
 func buildPlan(f flags) ([]phase, error) {
-	all := allTargets()
-	var targets []Target
+	all := target.All()
+	var targets []target.Target
 	switch f.targets {
 	case "default", "":
 		for _, t := range all {
@@ -60,7 +68,7 @@ func buildPlan(f flags) ([]phase, error) {
 				continue
 			}
 			seen[name] = true
-			i := slices.IndexFunc(all, func(t Target) bool { return t.Name == name })
+			i := slices.IndexFunc(all, func(t target.Target) bool { return t.Name == name })
 			if i < 0 {
 				return nil, fmt.Errorf("unknown target %q (known: %s)", name, targetNames())
 			}
@@ -71,13 +79,13 @@ func buildPlan(f flags) ([]phase, error) {
 	if f.links != "none" {
 		for _, name := range strings.Split(f.links, ",") {
 			name = strings.TrimSpace(name)
-			if _, ok := linkProfile(name); !ok {
-				return nil, fmt.Errorf("--links: unknown link %q (known: %s)", name, linkNames())
+			if _, ok := link.Lookup(name); !ok {
+				return nil, fmt.Errorf("--links: unknown link %q (known: %s)", name, link.Names())
 			}
 			links[name] = true
 		}
 	}
-	targets = slices.DeleteFunc(targets, func(t Target) bool { return t.Meta.Link != "" && !links[t.Meta.Link] })
+	targets = slices.DeleteFunc(targets, func(t target.Target) bool { return t.Meta.Link != "" && !links[t.Meta.Link] })
 
 	explicit := f.workloads != "default" && f.workloads != ""
 	wl := f.workloads
@@ -92,15 +100,15 @@ func buildPlan(f flags) ([]phase, error) {
 	// their uncompressed twins (the zstd/none ratio is a check), on the
 	// compression workloads only unless workloads were named.
 	var plan []phase
-	for _, g := range []string{groupLoopback, groupLinks} {
+	for _, g := range []string{result.GroupLoopback, result.GroupLinks} {
 		ph := phase{group: g, workloads: selected, only: map[string]map[string]bool{}}
-		if !explicit && g == groupLinks {
+		if !explicit && g == result.GroupLinks {
 			ph.workloads, _ = selectWorkloads(strings.Join(linkWorkloads, ","))
 		}
 		for _, t := range targets {
 			switch {
 			case t.Meta.Group == g:
-			case g == groupLoopback && t.Meta.Group == groupCompression:
+			case g == result.GroupLoopback && t.Meta.Group == result.GroupCompression:
 				if !explicit {
 					ph.only[t.Name] = map[string]bool{}
 					for _, w := range compressionWorkloads {
@@ -121,8 +129,8 @@ func buildPlan(f flags) ([]phase, error) {
 
 // matrix runs phases and collects their results into s.
 type matrix struct {
-	s            *Summary
-	env          Env
+	s            *result.Summary
+	env          target.Env
 	scratch, out string
 	jobDir       string
 	runtime      time.Duration
@@ -132,9 +140,9 @@ type matrix struct {
 }
 
 type running struct {
-	t       Target
-	ep      *Endpoint
-	info    *TargetInfo
+	t       target.Target
+	ep      *target.Endpoint
+	info    *result.TargetInfo
 	prefill bool  // prefilled already
 	dead    error // the server died; skip its remaining runs
 	maxRSS  int64
@@ -157,7 +165,7 @@ func (m *matrix) runPhase(ctx context.Context, ph phase) error {
 	}()
 	logf("== %s: %d targets", ph.group, len(ph.targets))
 	for _, t := range ph.targets {
-		s.Targets = append(s.Targets, TargetInfo{Name: t.Name, Desc: t.Desc, Meta: t.Meta})
+		s.Targets = append(s.Targets, result.TargetInfo{Name: t.Name, Desc: t.Desc, Meta: t.Meta})
 	}
 	infos := s.Targets[len(s.Targets)-len(ph.targets):]
 	for i, t := range ph.targets {
@@ -176,8 +184,8 @@ func (m *matrix) runPhase(ctx context.Context, ph phase) error {
 			return errors.New("interrupted")
 		}
 		if err != nil {
-			if errors.Is(err, errSkip) {
-				info.Status = "skipped: " + strings.TrimPrefix(err.Error(), errSkip.Error()+": ")
+			if errors.Is(err, target.ErrSkip) {
+				info.Status = "skipped: " + strings.TrimPrefix(err.Error(), target.ErrSkip.Error()+": ")
 			} else {
 				info.Status = "failed to start: " + err.Error()
 			}
@@ -226,7 +234,7 @@ func (m *matrix) runPhase(ctx context.Context, ph phase) error {
 // runOne runs workload w on target r (after a prefill, if w reads).
 func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) {
 	s, size := m.s, m.env.Size
-	res := Result{Workload: w.Name, Target: r.t.Name}
+	res := result.Result{Workload: w.Name, Target: r.t.Name}
 	defer func() { s.Results = append(s.Results, res) }()
 	if r.dead == nil {
 		r.dead = r.ep.Alive()
@@ -236,14 +244,14 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 		return
 	}
 	if w.NeedsData && !r.prefill {
-		logf("[%d/%d] prefilling %s (%s, 1M sequential)", m.n, m.total, r.t.Name, fmtSize(size))
-		stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
-		_, err := fioRun{
+		logf("[%d/%d] prefilling %s (%s, 1M sequential)", m.n, m.total, r.t.Name, units.Size(size))
+		stopRSS := procfs.SampleRSS(r.ep.PIDs(), rssInterval)
+		_, err := fio.Job{
 			Args:    r.ep.FioArgs,
 			JobFile: filepath.Join(m.jobDir, prefillJob),
 			Output:  filepath.Join(m.out, "raw", "prefill--"+r.t.Name+".json"),
 			Timeout: 30 * time.Minute,
-		}.run(ctx)
+		}.Run(ctx)
 		r.maxRSS = max(r.maxRSS, stopRSS())
 		if err != nil {
 			res.Error = "prefill: " + err.Error()
@@ -269,23 +277,23 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 			logf("drop the page cache: %v", err)
 		}
 	}
-	stopRSS := sampleRSS(r.ep.PIDs(), rssInterval)
+	stopRSS := procfs.SampleRSS(r.ep.PIDs(), rssInterval)
 	type sample struct {
 		cpu time.Duration
 		at  time.Time
 	}
 	atRamp := make(chan sample, 1)
-	fr, err := fioRun{
+	fr, err := fio.Job{
 		Args:    r.ep.FioArgs,
 		JobFile: filepath.Join(m.jobDir, w.Name+".fio"),
 		Output:  filepath.Join(m.out, raw),
 		Runtime: m.runtime,
-		Timeout: m.runtime + rampTime + 2*time.Minute,
-		AtRamp:  func() { atRamp <- sample{pidsCPU(r.ep.PIDs()), time.Now()} },
-	}.run(ctx)
+		Timeout: m.runtime + fio.RampTime + 2*time.Minute,
+		AtRamp:  func() { atRamp <- sample{procfs.PIDsCPU(r.ep.PIDs()), time.Now()} },
+	}.Run(ctx)
 	var cpuEnd sample
 	if len(r.ep.PIDs()) > 0 {
-		cpuEnd = sample{pidsCPU(r.ep.PIDs()), time.Now()}
+		cpuEnd = sample{procfs.PIDsCPU(r.ep.PIDs()), time.Now()}
 	}
 	res.MaxRSS = stopRSS()
 	r.maxRSS = max(r.maxRSS, res.MaxRSS)
@@ -314,7 +322,7 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 			if cpuEnd.at.IsZero() {
 				tgt, window = 0, time.Duration(m.runtime) // no PIDs (local: fio alone)
 			}
-			res.CPU = &CPUStats{
+			res.CPU = &result.CPUStats{
 				TargetUs: float64(tgt.Microseconds()) / float64(ios),
 				FioUs:    float64(fr.CPU.Microseconds()) / float64(ios),
 				Util:     float64(tgt+fr.CPU) / float64(window) / float64(runtime.NumCPU()),
@@ -328,7 +336,7 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 	if fr.Write.IOs > 0 {
 		res.Write = &fr.Write
 	}
-	p50, p99 := latencies(res)
+	p50, p99 := render.Latencies(res)
 	logf("[%d/%d] %-22s %-18s %9.0f IOPS %8.1f MB/s  p50 %s µs  p99 %s µs",
 		m.n, m.total, w.Name, r.t.Name, res.IOPS, res.MBps, p50, p99)
 }
@@ -337,16 +345,16 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 // run order) into one result per target: the round with the median IOPS
 // (the lower middle one of an even count), with every round's IOPS in
 // RoundsIOPS. A failed round is reported instead if there is one.
-func medianRounds(rs []Result) []Result {
+func medianRounds(rs []result.Result) []result.Result {
 	var order []string
-	by := map[string][]Result{}
+	by := map[string][]result.Result{}
 	for _, r := range rs {
 		if _, ok := by[r.Target]; !ok {
 			order = append(order, r.Target)
 		}
 		by[r.Target] = append(by[r.Target], r)
 	}
-	out := make([]Result, 0, len(order))
+	out := make([]result.Result, 0, len(order))
 	for _, t := range order {
 		runs := by[t]
 		if len(runs) == 1 {
@@ -354,7 +362,7 @@ func medianRounds(rs []Result) []Result {
 			continue
 		}
 		var iops []float64
-		var failed *Result
+		var failed *result.Result
 		for i := range runs {
 			iops = append(iops, runs[i].IOPS)
 			if runs[i].Error != "" && failed == nil {
@@ -368,7 +376,7 @@ func medianRounds(rs []Result) []Result {
 			continue
 		}
 		sorted := slices.Clone(runs)
-		slices.SortStableFunc(sorted, func(a, b Result) int { return cmp.Compare(a.IOPS, b.IOPS) })
+		slices.SortStableFunc(sorted, func(a, b result.Result) int { return cmp.Compare(a.IOPS, b.IOPS) })
 		med := sorted[(len(sorted)-1)/2]
 		med.RoundsIOPS = iops
 		for _, r := range runs {

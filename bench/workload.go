@@ -84,3 +84,12 @@ func writeJobs(dir string) error {
 	}
 	return nil
 }
+
+// workloadDescs are the workloads' descriptions by name, for the report.
+func workloadDescs() map[string]string {
+	m := map[string]string{}
+	for _, w := range Workloads {
+		m[w.Name] = w.Desc
+	}
+	return m
+}

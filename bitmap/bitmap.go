@@ -10,8 +10,8 @@ import (
 
 // Granularity limits: a bitmap block is a power of two between these.
 const (
-	MinGranularity = 512
-	MaxGranularity = 1 << 20
+	minGranularity = 512
+	maxGranularity = 1 << 20
 )
 
 // Words of the bitmap are tracked for persistence in pages of this many bytes
@@ -41,14 +41,14 @@ type Bitmap struct {
 	nz    []uint64 // bit w set iff words[w] != 0, so NextSet skips 64 zero words at a time
 }
 
-// New returns a clear bitmap for a device of size bytes at granularity bytes
+// newBitmap returns a clear bitmap for a device of size bytes at granularity bytes
 // per bit. The granularity must be a power of two between 512 B and 1 MiB.
-func New(size, granularity int64) (*Bitmap, error) {
+func newBitmap(size, granularity int64) (*Bitmap, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("bitmap: negative size %d", size)
 	}
-	if granularity < MinGranularity || granularity > MaxGranularity || granularity&(granularity-1) != 0 {
-		return nil, fmt.Errorf("bitmap: granularity %d is not a power of two between %d and %d", granularity, MinGranularity, MaxGranularity)
+	if granularity < minGranularity || granularity > maxGranularity || granularity&(granularity-1) != 0 {
+		return nil, fmt.Errorf("bitmap: granularity %d is not a power of two between %d and %d", granularity, minGranularity, maxGranularity)
 	}
 	shift := uint(bits.TrailingZeros64(uint64(granularity)))
 	blocks := (size + granularity - 1) >> shift
@@ -345,9 +345,9 @@ func (b *Bitmap) ClearAll() {
 	b.mu.Unlock()
 }
 
-// ErrGeometry is returned when two bitmaps or a bitmap and its encoding do not
+// errGeometry is returned when two bitmaps or a bitmap and its encoding do not
 // have the same size and granularity.
-var ErrGeometry = errors.New("bitmap: geometry differs")
+var errGeometry = errors.New("bitmap: geometry differs")
 
 // Or sets every bit that is set in o. Both must have the same size and
 // granularity.
@@ -356,7 +356,7 @@ func (b *Bitmap) Or(o *Bitmap) error {
 		return nil
 	}
 	if o.size != b.size || o.gran != b.gran {
-		return fmt.Errorf("%w: %d bytes at %d B/bit, not %d at %d", ErrGeometry, o.size, o.gran, b.size, b.gran)
+		return fmt.Errorf("%w: %d bytes at %d B/bit, not %d at %d", errGeometry, o.size, o.gran, b.size, b.gran)
 	}
 	src := o.Clone() // never hold both locks
 	b.mu.Lock()
@@ -388,7 +388,7 @@ func (b *Bitmap) MarshalBinary() ([]byte, error) {
 // bitmap of the same geometry. Bits past Blocks() must be zero.
 func (b *Bitmap) UnmarshalBinary(p []byte) error {
 	if len(p) != 8*len(b.words) {
-		return fmt.Errorf("%w: encoding has %d bytes, want %d for %d blocks", ErrGeometry, len(p), 8*len(b.words), b.blocks)
+		return fmt.Errorf("%w: encoding has %d bytes, want %d for %d blocks", errGeometry, len(p), 8*len(b.words), b.blocks)
 	}
 	if r := b.blocks & 63; r != 0 {
 		last := binary.LittleEndian.Uint64(p[len(p)-8:])

@@ -10,7 +10,7 @@ import (
 
 func mustNew(t testing.TB, size, gran int64) *Bitmap {
 	t.Helper()
-	b, err := New(size, gran)
+	b, err := newBitmap(size, gran)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,12 +19,12 @@ func mustNew(t testing.TB, size, gran int64) *Bitmap {
 
 func TestNewGranularity(t *testing.T) {
 	for _, g := range []int64{0, 1, 256, 511, 513, 4095, 3 << 10, 2 << 20, -4096} {
-		if _, err := New(1<<20, g); err == nil {
+		if _, err := newBitmap(1<<20, g); err == nil {
 			t.Errorf("New(1MiB, %d) succeeded", g)
 		}
 	}
 	for _, g := range []int64{512, 4096, 1 << 20} {
-		b, err := New(1<<30+1, g)
+		b, err := newBitmap(1<<30+1, g)
 		if err != nil {
 			t.Fatalf("New(1GiB+1, %d): %v", g, err)
 		}
@@ -32,7 +32,7 @@ func TestNewGranularity(t *testing.T) {
 			t.Errorf("gran %d: Blocks = %d, want %d", g, b.Blocks(), want)
 		}
 	}
-	if _, err := New(-1, 4096); err == nil {
+	if _, err := newBitmap(-1, 4096); err == nil {
 		t.Error("negative size accepted")
 	}
 }
@@ -238,11 +238,11 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if err := c.UnmarshalBinary(q); err == nil {
 		t.Fatal("bits past the end accepted")
 	}
-	if err := c.UnmarshalBinary(p[:8]); !errors.Is(err, ErrGeometry) {
+	if err := c.UnmarshalBinary(p[:8]); !errors.Is(err, errGeometry) {
 		t.Fatalf("short encoding: %v", err)
 	}
 	d := mustNew(t, 100*4096+1, 8192)
-	if err := d.Or(b); !errors.Is(err, ErrGeometry) {
+	if err := d.Or(b); !errors.Is(err, errGeometry) {
 		t.Fatalf("Or with other geometry: %v", err)
 	}
 	e := b.Clone()

@@ -378,13 +378,13 @@ func TestFailEachWrite(t *testing.T) {
 			switch {
 			case err == nil:
 				m2.Close()
-			case errors.Is(err, ErrNotMeta):
-				m3, created, err := OpenOrCreate(path, id)
+			case errors.Is(err, errNotMeta):
+				m3, created, err := openOrCreate(path, id)
 				if err != nil || !created {
 					t.Fatalf("fail at %d during create: OpenOrCreate: %v %v", i, created, err)
 				}
 				m3.Close()
-			case errors.Is(err, ErrCorrupt):
+			case errors.Is(err, errCorrupt):
 				m3, err := CreateForce(path, id)
 				if err != nil {
 					t.Fatalf("fail at %d during create: CreateForce: %v", i, err)

@@ -103,7 +103,7 @@ func FuzzOpen(f *testing.F) {
 		mf := &memFile{data: data, vlen: max(int64(len(data)), 1<<20)}
 		sb, _, _, err := readHeader(mf, "fuzz")
 		if err != nil {
-			if !errors.Is(err, ErrNotMeta) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrMismatch) {
+			if !errors.Is(err, errNotMeta) && !errors.Is(err, errCorrupt) && !errors.Is(err, errMismatch) {
 				t.Fatalf("unexpected error kind: %v", err)
 			}
 			return
@@ -134,7 +134,7 @@ func FuzzOpen(f *testing.F) {
 				t.Fatalf("peer %d: %d bits, count %d, %d dirty bytes", s, n, b.Count(), b.DirtyBytes())
 			}
 		}
-		if _, err := openOn(mf, "fuzz", &Identity{Resource: sb.Resource + "x", Size: sb.Size}); !errors.Is(err, ErrMismatch) {
+		if _, err := openOn(mf, "fuzz", &Identity{Resource: sb.Resource + "x", Size: sb.Size}); !errors.Is(err, errMismatch) {
 			t.Fatalf("other resource accepted: %v", err)
 		}
 	})

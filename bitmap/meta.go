@@ -73,7 +73,7 @@ func createOn(f File, path string, id Identity, force bool) (*Meta, error) {
 		n, _ := f.ReadAt(hdr, 0)
 		hdr = hdr[:n]
 		if n >= headerBytes {
-			if _, _, _, err := pickSuperblock(path, hdr); err == nil || errors.Is(err, ErrMismatch) {
+			if _, _, _, err := pickSuperblock(path, hdr); err == nil || errors.Is(err, errMismatch) {
 				return nil, fmt.Errorf("meta file %s: %w; use the force option to overwrite it", path, ErrExists)
 			}
 		}
@@ -120,7 +120,7 @@ func newMeta(f File, path string, sb Superblock, slot int, instance uint64) *Met
 		bms:      make([]*Bitmap, sb.MaxPeers),
 	}
 	for i := range m.bms {
-		m.bms[i], _ = New(sb.Size, sb.Granularity) // geometry validated
+		m.bms[i], _ = newBitmap(sb.Size, sb.Granularity) // geometry validated
 	}
 	m.al.init(sb.Identity, m.lay)
 	return m
@@ -146,10 +146,10 @@ func Open(path string, id Identity) (*Meta, error) {
 	return m, nil
 }
 
-// OpenOrCreate opens the meta file at path, or creates it if it does not
+// openOrCreate opens the meta file at path, or creates it if it does not
 // exist, is empty, or its header is all zeros (a Create that never
 // completed).
-func OpenOrCreate(path string, id Identity) (*Meta, bool, error) {
+func openOrCreate(path string, id Identity) (*Meta, bool, error) {
 	return OpenOrCreateWrapped(path, id, nil)
 }
 
@@ -211,7 +211,7 @@ func readHeader(f interface {
 	n, err := f.ReadAt(hdr, 0)
 	if n < headerBytes {
 		if err == nil || isEOF(err) {
-			return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w (only %d bytes)", path, ErrNotMeta, n)
+			return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w (only %d bytes)", path, errNotMeta, n)
 		}
 		return Superblock{}, 0, 0, fmt.Errorf("read meta file %s: %w", path, err)
 	}
@@ -234,7 +234,7 @@ func openOn(f File, path string, id *Identity) (*Meta, error) {
 	var last [1]byte
 	if err := readFull(f, last[:], lay.total-1); err != nil {
 		if isEOF(err) {
-			return nil, fmt.Errorf("meta file %s: %w: shorter than its layout (%d bytes)", path, ErrCorrupt, lay.total)
+			return nil, fmt.Errorf("meta file %s: %w: shorter than its layout (%d bytes)", path, errCorrupt, lay.total)
 		}
 		return nil, fmt.Errorf("read meta file %s: %w", path, err)
 	}

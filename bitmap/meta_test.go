@@ -168,8 +168,8 @@ func TestOpenMismatch(t *testing.T) {
 		want := id
 		c.mod(&want)
 		_, err := Open(path, want)
-		var me *MismatchError
-		if !errors.Is(err, ErrMismatch) || !errors.As(err, &me) || me.Field != c.field ||
+		var me *mismatchError
+		if !errors.Is(err, errMismatch) || !errors.As(err, &me) || me.Field != c.field ||
 			!strings.Contains(err.Error(), c.field) || !strings.Contains(err.Error(), "create-md") {
 			t.Errorf("%s: %v", c.field, err)
 		}
@@ -187,7 +187,7 @@ func TestOpenMismatch(t *testing.T) {
 	slot1[sbOffVersion] = 2
 	binary.LittleEndian.PutUint64(slot1[sbOffChecksum:], xxhash.Sum64(slot1[:sbOffChecksum]))
 	os.WriteFile(path, conv, 0o600)
-	if _, err := Open(path, id); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "format version 2") {
+	if _, err := Open(path, id); !errors.Is(err, errMismatch) || !strings.Contains(err.Error(), "format version 2") {
 		t.Errorf("newer version in one slot: %v", err)
 	}
 	// Another format version, in both slots, checksums unverifiable.
@@ -196,7 +196,7 @@ func TestOpenMismatch(t *testing.T) {
 	}
 	os.WriteFile(path, raw, 0o600)
 	_, err = Open(path, id)
-	var me *MismatchError
+	var me *mismatchError
 	if !errors.As(err, &me) || me.Field != "format version" || !strings.Contains(err.Error(), "format version 2, not 1") {
 		t.Errorf("version: %v", err)
 	}
@@ -243,20 +243,20 @@ func TestOpenDamaged(t *testing.T) {
 	raw[100]++
 	raw[sbSlotBytes+100]++
 	write(raw)
-	if _, err := Open(path, id); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "checksum") {
+	if _, err := Open(path, id); !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), "checksum") {
 		t.Fatalf("both slots bad: %v", err)
 	}
 
 	write(make([]byte, len(good)))
-	if _, err := Open(path, id); !errors.Is(err, ErrNotMeta) {
+	if _, err := Open(path, id); !errors.Is(err, errNotMeta) {
 		t.Fatalf("zeros: %v", err)
 	}
 	write([]byte("short"))
-	if _, err := Open(path, id); !errors.Is(err, ErrNotMeta) {
+	if _, err := Open(path, id); !errors.Is(err, errNotMeta) {
 		t.Fatalf("short file: %v", err)
 	}
 	write(good[:len(good)-1])
-	if _, err := Open(path, id); !errors.Is(err, ErrCorrupt) {
+	if _, err := Open(path, id); !errors.Is(err, errCorrupt) {
 		t.Fatalf("truncated: %v", err)
 	}
 	if _, err := Open(filepath.Join(t.TempDir(), "none"), id); !errors.Is(err, os.ErrNotExist) {
@@ -267,20 +267,20 @@ func TestOpenDamaged(t *testing.T) {
 func TestOpenOrCreate(t *testing.T) {
 	id := testID()
 	path := filepath.Join(t.TempDir(), "m")
-	m, created, err := OpenOrCreate(path, id)
+	m, created, err := openOrCreate(path, id)
 	if err != nil || !created {
 		t.Fatal(created, err)
 	}
 	m.Bitmap(0).SetBlock(9)
 	m.Close()
-	m, created, err = OpenOrCreate(path, id)
+	m, created, err = openOrCreate(path, id)
 	if err != nil || created || !m.Bitmap(0).TestBlock(9) {
 		t.Fatal(created, err)
 	}
 	m.Close()
 	bad := id
 	bad.Resource = "other"
-	if _, _, err := OpenOrCreate(path, bad); !errors.Is(err, ErrMismatch) {
+	if _, _, err := openOrCreate(path, bad); !errors.Is(err, errMismatch) {
 		t.Fatal(err)
 	}
 }
@@ -330,7 +330,7 @@ func TestSlots(t *testing.T) {
 
 func TestDiskState(t *testing.T) {
 	for d := DiskDiskless; d <= DiskFailed; d++ {
-		p, err := ParseDiskState(strings.ToLower(d.String()))
+		p, err := parseDiskState(strings.ToLower(d.String()))
 		if err != nil || p != d {
 			t.Errorf("%v: %v %v", d, p, err)
 		}
@@ -343,7 +343,7 @@ func TestDiskState(t *testing.T) {
 	if DiskUpToDate.String() != "UpToDate" || DiskState(9).String() != "DiskState(9)" {
 		t.Error("String")
 	}
-	if _, err := ParseDiskState("Consistent"); err == nil {
+	if _, err := parseDiskState("Consistent"); err == nil {
 		t.Error("parsed an unknown state")
 	}
 }

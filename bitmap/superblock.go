@@ -12,9 +12,9 @@ import (
 )
 
 // Meta file constants. These are part of the on-disk format and must not be
-// changed; a change needs a new FormatVersion.
+// changed; a change needs a new formatVersion.
 const (
-	FormatVersion = 1
+	formatVersion = 1
 
 	sbMagic      = "REPDMETA"
 	alMagic      = "REPDALTX"
@@ -51,44 +51,44 @@ const (
 
 // Limits of the activity log.
 const (
-	MaxALExtents     = 65534
-	MinALExtentSize  = MinGranularity
-	MaxALExtentSize  = 1 << 30
-	DefaultALExtents = 1237
-	DefaultALExtent  = 4 << 20
+	maxALExtents     = 65534
+	minALExtentSize  = minGranularity
+	maxALExtentSize  = 1 << 30
+	defaultALExtents = 1237
+	defaultALExtent  = 4 << 20
 	DefaultGranule   = 4096
-	MaxSize          = 1 << 60 // device bytes
+	maxSize          = 1 << 60 // device bytes
 )
 
 // Sentinel errors of Open and Create, for errors.Is.
 var (
-	// ErrNotMeta: the file holds no repd superblock at all.
-	ErrNotMeta = errors.New("not a repd meta file")
-	// ErrMismatch: the meta file belongs to another resource, size,
+	// errNotMeta: the file holds no repd superblock at all.
+	errNotMeta = errors.New("not a repd meta file")
+	// errMismatch: the meta file belongs to another resource, size,
 	// granularity, node, layout or format version. See MismatchError.
-	ErrMismatch = errors.New("meta file does not match")
-	// ErrCorrupt: the file has repd superblocks but none is valid, or it is
+	errMismatch = errors.New("meta file does not match")
+	// errCorrupt: the file has repd superblocks but none is valid, or it is
 	// too short for its own layout.
-	ErrCorrupt = errors.New("meta file is corrupt")
+	errCorrupt = errors.New("meta file is corrupt")
 	// ErrExists: Create found a meta file or other data it would destroy.
 	ErrExists = errors.New("meta file already exists")
 )
 
-// MismatchError says which field of a meta file differs from what was
+// mismatchError says which field of a meta file differs from what was
 // expected. It matches ErrMismatch with errors.Is.
-type MismatchError struct {
+type mismatchError struct {
 	Path  string
 	Field string // "resource", "size", "granularity", "node id", "format version", ...
 	Have  string // what the file says
 	Want  string // what the caller expected
 }
 
-func (e *MismatchError) Error() string {
+func (e *mismatchError) Error() string {
 	return fmt.Sprintf("meta file %s is for %s %s, not %s; run repctl create-md to re-initialize (destroys the out-of-sync record)",
 		e.Path, e.Field, e.Have, e.Want)
 }
 
-func (e *MismatchError) Unwrap() error { return ErrMismatch }
+func (e *mismatchError) Unwrap() error { return errMismatch }
 
 // DiskState is the state of a node's local data, in DRBD's words. The numeric
 // values are part of the on-disk format.
@@ -113,9 +113,9 @@ func (d DiskState) String() string {
 
 func (d DiskState) valid() bool { return int(d) < len(diskNames) }
 
-// ParseDiskState parses DRBD's word for a disk state ("UpToDate", case
+// parseDiskState parses DRBD's word for a disk state ("UpToDate", case
 // insensitive).
-func ParseDiskState(s string) (DiskState, error) {
+func parseDiskState(s string) (DiskState, error) {
 	for i, n := range diskNames {
 		if strings.EqualFold(s, n) {
 			return DiskState(i), nil
@@ -134,7 +134,7 @@ func (d DiskState) MarshalText() ([]byte, error) {
 
 // UnmarshalText parses the DRBD word.
 func (d *DiskState) UnmarshalText(p []byte) error {
-	v, err := ParseDiskState(string(p))
+	v, err := parseDiskState(string(p))
 	if err != nil {
 		return err
 	}
@@ -154,12 +154,12 @@ const (
 	FlagResyncTarget uint32 = 1 << 1
 	// FlagCleanShutdown: the daemon closed the resource cleanly.
 	FlagCleanShutdown uint32 = 1 << 2
-	// FlagFullSync: a full sync toward every peer is needed (e.g. after
+	// flagFullSync: a full sync toward every peer is needed (e.g. after
 	// invalidate-remote) regardless of the bitmaps.
-	FlagFullSync uint32 = 1 << 3
-	// FlagPeerOutdated: a peer was marked Outdated while disconnected, so this
+	flagFullSync uint32 = 1 << 3
+	// flagPeerOutdated: a peer was marked Outdated while disconnected, so this
 	// node may be promoted without it.
-	FlagPeerOutdated uint32 = 1 << 4
+	flagPeerOutdated uint32 = 1 << 4
 )
 
 // Identity is what a meta file belongs to and its layout. It is fixed at
@@ -182,10 +182,10 @@ func (id Identity) withDefaults() Identity {
 		id.MaxPeers = 1
 	}
 	if id.ALExtentSize == 0 {
-		id.ALExtentSize = DefaultALExtent
+		id.ALExtentSize = defaultALExtent
 	}
 	if id.ALExtents == 0 {
-		id.ALExtents = DefaultALExtents
+		id.ALExtents = defaultALExtents
 	}
 	return id
 }
@@ -197,16 +197,16 @@ func (id Identity) validate() error {
 	switch {
 	case id.Resource == "" || len(id.Resource) > maxResource || strings.IndexByte(id.Resource, 0) >= 0:
 		return fmt.Errorf("resource name %q must be 1 to %d bytes", id.Resource, maxResource)
-	case id.Size <= 0 || id.Size > MaxSize:
+	case id.Size <= 0 || id.Size > maxSize:
 		return fmt.Errorf("device size %d must be positive and at most 2^60", id.Size)
-	case !pow2(id.Granularity) || id.Granularity < MinGranularity || id.Granularity > MaxGranularity:
-		return fmt.Errorf("bitmap granularity %d is not a power of two between %d and %d", id.Granularity, MinGranularity, MaxGranularity)
+	case !pow2(id.Granularity) || id.Granularity < minGranularity || id.Granularity > maxGranularity:
+		return fmt.Errorf("bitmap granularity %d is not a power of two between %d and %d", id.Granularity, minGranularity, maxGranularity)
 	case id.MaxPeers < 1 || id.MaxPeers > maxPeerSlots:
 		return fmt.Errorf("max peers %d must be between 1 and %d", id.MaxPeers, maxPeerSlots)
-	case !pow2(id.ALExtentSize) || id.ALExtentSize < id.Granularity || id.ALExtentSize > MaxALExtentSize:
-		return fmt.Errorf("AL extent size %d is not a power of two between the granularity %d and %d", id.ALExtentSize, id.Granularity, MaxALExtentSize)
-	case id.ALExtents < 1 || id.ALExtents > MaxALExtents:
-		return fmt.Errorf("AL extents %d must be between 1 and %d", id.ALExtents, MaxALExtents)
+	case !pow2(id.ALExtentSize) || id.ALExtentSize < id.Granularity || id.ALExtentSize > maxALExtentSize:
+		return fmt.Errorf("AL extent size %d is not a power of two between the granularity %d and %d", id.ALExtentSize, id.Granularity, maxALExtentSize)
+	case id.ALExtents < 1 || id.ALExtents > maxALExtents:
+		return fmt.Errorf("AL extents %d must be between 1 and %d", id.ALExtents, maxALExtents)
 	case (id.Size-1)/id.ALExtentSize >= 1<<32-1:
 		return fmt.Errorf("device size %d needs more than 2^32 AL extents of %d bytes", id.Size, id.ALExtentSize)
 	}
@@ -278,7 +278,7 @@ func (sb *Superblock) encode(p []byte, instance uint64) {
 	clear(p[:sbSlotBytes])
 	le := binary.LittleEndian
 	copy(p, sbMagic)
-	le.PutUint32(p[sbOffVersion:], FormatVersion)
+	le.PutUint32(p[sbOffVersion:], formatVersion)
 	le.PutUint32(p[sbOffFlags:], sb.Flags)
 	le.PutUint64(p[sbOffSeq:], sb.Seq)
 	le.PutUint64(p[sbOffInstance:], instance)
@@ -325,7 +325,7 @@ func decodeSuperblock(p []byte) (sb Superblock, instance uint64, version uint32,
 	le := binary.LittleEndian
 	version = le.Uint32(p[sbOffVersion:])
 	sumOK := le.Uint64(p[sbOffChecksum:]) == xxhash.Sum64(p[:sbOffChecksum])
-	if version != FormatVersion {
+	if version != formatVersion {
 		if sumOK {
 			return sb, 0, version, slotNewVersion
 		}
@@ -396,21 +396,21 @@ func pickSuperblock(path string, hdr []byte) (Superblock, uint64, int, error) {
 	}
 	switch {
 	case newVer != 0:
-		return Superblock{}, 0, 0, &MismatchError{Path: path, Field: "format version",
-			Have: fmt.Sprint(newVer), Want: fmt.Sprint(FormatVersion)}
+		return Superblock{}, 0, 0, &mismatchError{Path: path, Field: "format version",
+			Have: fmt.Sprint(newVer), Want: fmt.Sprint(formatVersion)}
 	case best >= 0:
 		return bestSB, bestInst, best, nil
 	case sawMagic:
-		return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w: both superblock slots fail their checksum", path, ErrCorrupt)
+		return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w: both superblock slots fail their checksum", path, errCorrupt)
 	}
-	return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w (no superblock found)", path, ErrNotMeta)
+	return Superblock{}, 0, 0, fmt.Errorf("meta file %s: %w (no superblock found)", path, errNotMeta)
 }
 
 // checkIdentity compares the file's identity with the caller's. Zero
 // Granularity, MaxPeers, ALExtentSize and ALExtents in want accept the file's.
 func checkIdentity(path string, have, want Identity) error {
 	mm := func(field, h, w string) error {
-		return &MismatchError{Path: path, Field: field, Have: h, Want: w}
+		return &mismatchError{Path: path, Field: field, Have: h, Want: w}
 	}
 	switch {
 	case have.Resource != want.Resource:

@@ -6,15 +6,13 @@ import (
 	"strconv"
 	"testing"
 	"time"
-)
 
-var testBins *Bins
+	"github.com/repd/repd/harness"
+)
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if testBins != nil {
-		os.RemoveAll(testBins.Dir)
-	}
+	harness.RemoveBinaries()
 	os.Exit(code)
 }
 
@@ -22,7 +20,7 @@ func TestMain(m *testing.M) {
 // clock, under its first protocol (kill scenarios also under the other).
 // A failure prints the seed, the schedule and the replay command.
 func TestScenarios(t *testing.T) {
-	needBins(t)
+	bins := needBins(t)
 	seed := chaosSeed(t)
 	t.Logf("seed %d (rerun: CHAOS_SEED=%d go test ./chaos, or go run ./chaos/cmd/soak -seed N -scenario NAME)", seed, seed)
 	for _, sc := range Scenarios {
@@ -32,7 +30,7 @@ func TestScenarios(t *testing.T) {
 		}
 		for _, proto := range protos {
 			t.Run(fmt.Sprintf("%s/%s", sc.Name, proto), func(t *testing.T) {
-				r := Run(Config{Bins: testBins, Protocol: proto}, sc, seed)
+				r := Run(t.Context(), Config{Bins: bins, Protocol: proto}, sc, seed)
 				if r.Failed() {
 					t.Fatal(r.Format(true))
 				}
@@ -45,9 +43,9 @@ func TestScenarios(t *testing.T) {
 // One short endurance epoch: the long-lived cluster of the soak comes up,
 // takes link faults under load, heals, and checks out.
 func TestEnduranceEpoch(t *testing.T) {
-	needBins(t)
+	bins := needBins(t)
 	seed := chaosSeed(t)
-	r := Endurance{Bins: testBins, Seed: seed, Duration: time.Nanosecond, Epoch: 12 * time.Second, Logf: t.Logf}.Run()
+	r := Endurance{Bins: bins, Seed: seed, Duration: time.Nanosecond, Epoch: 12 * time.Second, Logf: t.Logf}.Run(t.Context())
 	if r.Err != nil || len(r.Violations) > 0 {
 		t.Fatalf("seed %d: %v %v\nschedule: %v", seed, r.Err, r.Violations, r.Schedule)
 	}
@@ -62,7 +60,7 @@ func TestEnduranceEpoch(t *testing.T) {
 }
 
 // needBins skips under -short and builds repd and repctl once.
-func needBins(t *testing.T) {
+func needBins(t *testing.T) *harness.Bins {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("process-level chaos scenarios")
@@ -70,12 +68,11 @@ func needBins(t *testing.T) {
 	if os.Geteuid() != 0 && os.Getenv("CI") == "true" {
 		t.Fatal("the chaos scenarios use 127.0.0.x addresses and setuid; run as root")
 	}
-	if testBins == nil {
-		var err error
-		if testBins, err = Build("..", raceEnabled); err != nil {
-			t.Fatal(err)
-		}
+	bins, err := harness.Binaries()
+	if err != nil {
+		t.Fatal(err)
 	}
+	return bins
 }
 
 // chaosSeed is $CHAOS_SEED, or a new seed from the clock.

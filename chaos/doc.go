@@ -17,10 +17,10 @@
 //     before T is there (or superseded), block by block.
 //
 // Scenarios start real repd processes (built once per run) on 127.0.0.x
-// addresses with a faultnet.Proxy on every peer link. The lower node id
-// dials, so each node gets its own resource file in which the peers it
-// dials are listed at their proxy's address. A Scenario runs a Schedule, a
-// list of timed actions derived from a seed; a failure prints the seed and
-// the schedule, and `go run ./chaos/cmd/soak -seed N -scenario NAME` replays
-// it.
+// addresses with a faultnet.Proxy on every peer link: a harness.Cluster
+// (the lower node id dials, so each node gets its own resource file in
+// which the peers it dials are listed at their proxy's address). A
+// Scenario runs a Schedule, a list of timed actions derived from a seed; a
+// failure prints the seed and the schedule, and
+// `go run ./chaos/cmd/soak -seed N -scenario NAME` replays it.
 package chaos

@@ -2,12 +2,14 @@ package chaos
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"time"
 
 	"github.com/repd/repd/faultnet"
+	"github.com/repd/repd/harness"
 )
 
 // Endurance is one cluster kept up for a long time: three repd processes
@@ -20,7 +22,7 @@ import (
 // the daemons run on. Goroutines and RSS of the same three processes are
 // sampled once per epoch: they must not grow.
 type Endurance struct {
-	Bins     *Bins
+	Bins     *harness.Bins
 	Dir      string // parent of the cluster's directory
 	Seed     int64
 	Duration time.Duration
@@ -50,7 +52,7 @@ type EnduranceResult struct {
 
 // Run runs the endurance cluster until d.Duration has passed (and the
 // current epoch ended).
-func (d Endurance) Run() *EnduranceResult {
+func (d Endurance) Run(ctx context.Context) *EnduranceResult {
 	res := &EnduranceResult{}
 	logf := d.Logf
 	if logf == nil {
@@ -66,7 +68,7 @@ func (d Endurance) Run() *EnduranceResult {
 		return res
 	}
 	defer os.RemoveAll(dir)
-	c, err := upCluster(d.Bins, dir, Options{Nodes: 3, Protocol: "C", Timeout: time.Second, HostBase: 30}, d.Seed)
+	c, err := harness.Launch(ctx, d.Bins, dir, clusterOptions(3, "C", 30, d.Seed))
 	if err != nil {
 		res.Err = err
 		return res
@@ -76,7 +78,7 @@ func (d Endurance) Run() *EnduranceResult {
 	p := c.Nodes[0]
 	t0 := time.Now()
 	for k := 1; ; k++ {
-		e := &Env{Rng: rng, C: c, H: &History{}, Res: &Result{Scenario: "endurance", Seed: d.Seed, Protocol: "C"}, start: time.Now()}
+		e := &Env{Ctx: ctx, Rng: rng, C: c, H: &History{}, Res: &Result{Scenario: "endurance", Seed: d.Seed, Protocol: "C"}, start: time.Now()}
 		end := time.Now().Add(epoch)
 		w := e.workload(p, 2, 1) // lighter than a scenario's: it runs beside them
 		for time.Now().Before(end) {
@@ -90,16 +92,16 @@ func (d Endurance) Run() *EnduranceResult {
 			px.Stall(false)
 		}
 		e.Act(false, "heal every link")
-		err := c.WaitInSync(60 * time.Second)
+		err := c.WaitInSync(ctx, 60*time.Second)
 		if err == nil {
 			_, err = e.Check(p, AllAcked)
 		}
 		if err == nil {
-			err = c.compareUpToDate()
+			err = compareUpToDate(c)
 		}
 		s := EnduranceSample{At: time.Since(t0), Checked: e.Res.WritesChecked, Faults: e.Res.Faults}
 		for _, n := range c.Nodes {
-			g, rss, serr := n.Scrape()
+			g, rss, serr := scrape(ctx, n)
 			if serr != nil && err == nil {
 				err = fmt.Errorf("scrape %s: %w", n.Name, serr)
 			}
@@ -177,7 +179,7 @@ func enduranceFault(e *Env) {
 // compareUpToDate reads every running node's device through its NBD
 // export and requires them all equal (the workload stopped, the nodes in
 // sync).
-func (c *Cluster) compareUpToDate() error {
+func compareUpToDate(c *harness.Cluster) error {
 	var first []byte
 	var firstName string
 	for _, n := range c.Nodes {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/repd/repd/harness"
 )
 
 // Action is one step of a schedule, at an offset from the scenario's start.
@@ -85,8 +87,9 @@ func (r *Result) Format(verbose bool) string {
 
 // Env is what a scenario works with.
 type Env struct {
+	Ctx   context.Context
 	Rng   *rand.Rand
-	C     *Cluster
+	C     *harness.Cluster
 	H     *History
 	Res   *Result
 	start time.Time
@@ -160,11 +163,11 @@ func (r *Running) wait(d time.Duration) bool {
 }
 
 // Workload starts a workload on node n.
-func (e *Env) Workload(n *Node) *Running { return e.workload(n, 3, 3) }
+func (e *Env) Workload(n *harness.Node) *Running { return e.workload(n, 3, 3) }
 
 // workload starts a workload of conns connections with depth writers each.
-func (e *Env) workload(n *Node, conns, depth int) *Running {
-	ctx, cancel := context.WithCancel(context.Background())
+func (e *Env) workload(n *harness.Node, conns, depth int) *Running {
+	ctx, cancel := context.WithCancel(e.Ctx)
 	w := &Workload{
 		Addr: n.NBD, Export: "r0", Conns: conns, Depth: depth,
 		Blocks: min(e.C.Opt.Size/BlockSize, 4096), MaxBlocks: 8, FlushEvery: 16,
@@ -177,7 +180,7 @@ func (e *Env) workload(n *Node, conns, depth int) *Running {
 }
 
 // Check reads the whole device from n and checks it.
-func (e *Env) Check(n *Node, mode Mode) ([]byte, error) {
+func (e *Env) Check(n *harness.Node, mode Mode) ([]byte, error) {
 	img, err := n.ReadDevice()
 	if err != nil {
 		return nil, err
@@ -218,14 +221,14 @@ type Scenario struct {
 
 // Config configures Run.
 type Config struct {
-	Bins     *Bins
+	Bins     *harness.Bins
 	Dir      string // parent for the cluster's directory
 	Protocol string // "" picks one from the scenario's list with the seed
 	Logf     func(format string, args ...any)
 }
 
 // Run runs one scenario with one seed.
-func Run(cfg Config, sc Scenario, seed int64) (res *Result) {
+func Run(ctx context.Context, cfg Config, sc Scenario, seed int64) (res *Result) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x63686173))
 	proto := cfg.Protocol
 	if proto == "" {
@@ -241,7 +244,7 @@ func Run(cfg Config, sc Scenario, seed int64) (res *Result) {
 	}
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755) // so an unprivileged caller reaches the admin socket's own permission check
-	opt := Options{Nodes: max(2, sc.Nodes), Protocol: proto, Timeout: time.Second}
+	opt := clusterOptions(max(2, sc.Nodes), proto, 20, seed)
 	if sc.SmallDisk {
 		small, cleanup, err := smallFS(dir)
 		if err != nil {
@@ -256,12 +259,12 @@ func Run(cfg Config, sc Scenario, seed int64) (res *Result) {
 			return dir
 		}
 	}
-	c, err := upCluster(cfg.Bins, dir, opt, seed)
+	c, err := harness.Launch(ctx, cfg.Bins, dir, opt)
 	if err != nil {
 		res.Err = err
 		return res
 	}
-	e := &Env{Rng: rng, C: c, H: &History{}, Res: res, start: t0}
+	e := &Env{Ctx: ctx, Rng: rng, C: c, H: &History{}, Res: res, start: t0}
 	stopScrape := e.scrape()
 	defer func() {
 		stopScrape()
@@ -296,7 +299,7 @@ func (e *Env) scrape() func() {
 			case <-t.C:
 			}
 			for _, n := range e.C.Nodes {
-				g, rss, err := n.Scrape() // a stopped node just does not answer
+				g, rss, err := scrape(e.Ctx, n) // a stopped node just does not answer
 				if err != nil {
 					continue
 				}
@@ -323,31 +326,18 @@ func smallFS(dir string) (string, func(), error) {
 	return small, func() { exec.Command("umount", "-l", small).Run() }, nil
 }
 
-// upCluster creates a cluster and brings it up. The ports are picked free
-// but handed to repd later, so another process (an outgoing connection's
-// ephemeral port, another test) may take one in between: a daemon that
-// then cannot bind is a harness race, not a finding, and the cluster is
-// made again on other ports (up to three times).
-func upCluster(bins *Bins, dir string, opt Options, seed int64) (*Cluster, error) {
-	for try := 1; ; try++ {
-		c, err := NewCluster(bins, dir, opt, seed)
-		if err != nil {
-			return nil, err
-		}
-		err = c.Up()
-		if err == nil {
-			return c, nil
-		}
-		c.Close()
-		// A port picked free was taken meanwhile: by another process, or
-		// by one of this cluster's proxies (then the resource file names
-		// it twice).
-		if try == 3 || !strings.Contains(err.Error(), "address already in use") && !strings.Contains(err.Error(), "duplicate address") {
-			return nil, fmt.Errorf("cluster up: %w", err)
-		}
-		for _, n := range c.Nodes {
-			os.Remove(n.Disk)
-			os.Remove(n.Meta)
-		}
+// clusterOptions are the chaos clusters' options: nodes on
+// 127.0.0.(hostBase+i) with a proxy on every link and metrics, a 32 MiB
+// device, a peer timeout of 1 s and reconnects every 100 ms.
+func clusterOptions(nodes int, proto string, hostBase int, seed int64) harness.Options {
+	return harness.Options{
+		Nodes: nodes, Size: 32 << 20, Protocol: proto, Timeout: time.Second, ConnectInterval: 100 * time.Millisecond,
+		HostBase: hostBase, Metrics: true, Proxies: true, Seed: seed,
 	}
+}
+
+// scrape reads a node's goroutines and resident memory from its /metrics.
+func scrape(ctx context.Context, n *harness.Node) (goroutines, rss float64, err error) {
+	m, err := n.Scrape(ctx)
+	return m["go_goroutines"], m["process_resident_memory_bytes"], err
 }

@@ -11,7 +11,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
+	"github.com/repd/repd/harness"
 	"github.com/repd/repd/nbd/nbdtest"
 )
 
@@ -47,23 +49,23 @@ func (e *Env) proto() string { return e.Res.Protocol }
 
 // finish waits for the running nodes to be in sync, checks the primary p
 // against the history, stops everything and compares the disks.
-func (e *Env) finish(p *Node, mode Mode) error {
+func (e *Env) finish(p *harness.Node, mode Mode) error {
 	for _, n := range e.C.Nodes {
 		if !n.Running() {
-			if err := n.Start(); err != nil {
+			if err := n.Start(e.Ctx); err != nil {
 				return err
 			}
 			e.Act(false, "start %s", n.Name)
 		}
 	}
-	if err := e.C.WaitInSync(60 * time.Second); err != nil {
+	if err := e.C.WaitInSync(e.Ctx, 60*time.Second); err != nil {
 		return err
 	}
 	e.Act(false, "in sync")
 	if _, err := e.Check(p, mode); err != nil {
 		return err
 	}
-	if err := e.C.StopAndHash(); err != nil {
+	if err := e.C.ShutdownAndCompare(e.Ctx); err != nil {
 		e.Violate("%v", err)
 		return nil
 	}
@@ -73,14 +75,14 @@ func (e *Env) finish(p *Node, mode Mode) error {
 
 // promote makes n Primary with repctl, waiting for it to see the old
 // primary gone.
-func (e *Env) promote(n *Node, force bool) error {
+func (e *Env) promote(n *harness.Node, force bool) error {
 	args := []string{"primary"}
 	if force {
 		args = append(args, "--force")
 	}
 	var err error
 	for range 100 {
-		if _, err = n.Ctl(args...); err == nil {
+		if _, err = n.Ctl(e.Ctx, args...); err == nil {
 			e.Act(false, "promote %s", n.Name)
 			return nil
 		}
@@ -109,7 +111,7 @@ func killPrimary(e *Env) error {
 	}
 	w2 := e.Workload(s)
 	e.Sleep(300*time.Millisecond, time.Second)
-	if err := p.Start(); err != nil {
+	if err := p.Start(e.Ctx); err != nil {
 		return err
 	}
 	e.Act(false, "restart %s", p.Name)
@@ -118,7 +120,7 @@ func killPrimary(e *Env) error {
 		e.Act(true, "SIGKILL %s again (during resync)", p.Name)
 		p.Kill()
 		e.Sleep(100*time.Millisecond, 500*time.Millisecond)
-		if err := p.Start(); err != nil {
+		if err := p.Start(e.Ctx); err != nil {
 			return err
 		}
 		e.Act(false, "restart %s", p.Name)
@@ -136,7 +138,7 @@ func killSecondary(e *Env) error {
 		e.Act(true, "SIGKILL %s (Secondary)", s.Name)
 		s.Kill()
 		e.Sleep(100*time.Millisecond, time.Second)
-		if err := s.Start(); err != nil {
+		if err := s.Start(e.Ctx); err != nil {
 			return err
 		}
 		e.Act(false, "restart %s", s.Name)
@@ -156,8 +158,8 @@ func killBoth(e *Env) error {
 	e.Act(true, "SIGKILL %s (Primary)", p.Name)
 	p.Kill()
 	w.Stop()
-	for _, n := range []*Node{s, p} {
-		if err := n.Start(); err != nil {
+	for _, n := range []*harness.Node{s, p} {
+		if err := n.Start(e.Ctx); err != nil {
 			return err
 		}
 		e.Act(false, "restart %s", n.Name)
@@ -303,7 +305,7 @@ func corrupt(e *Env) error {
 	w.Stop()
 	var bad int64
 	for _, n := range e.C.Nodes {
-		if st, err := n.Status(); err == nil {
+		if st, err := n.Status(e.Ctx); err == nil {
 			for _, ps := range st.Peers {
 				bad += ps.BadFrames
 			}
@@ -363,26 +365,25 @@ func metaCorrupt(e *Env) error {
 		lines := strings.Split(strings.TrimSpace(tail), "\n")
 		e.Find("repd on a corrupted meta file says: %s", lines[len(lines)-1])
 	}
-	s.cmd = nil
 	// Recovery: re-create the meta file offline (the node then knows nothing
 	// of its data and takes a full resync).
-	if out, err := s.Ctl("create-md", "--config", s.Conf, "--node", s.Name); err == nil {
+	if out, err := s.Ctl(e.Ctx, "create-md", "--config", s.Conf, "--node", s.Name); err == nil {
 		e.Violate("create-md without --force overwrote a meta file: %s", strings.TrimSpace(out))
 	}
-	if out, err := s.Ctl("create-md", "--config", s.Conf, "--node", s.Name, "--force"); err != nil {
+	if out, err := s.Ctl(e.Ctx, "create-md", "--config", s.Conf, "--node", s.Name, "--force"); err != nil {
 		e.Violate("repctl create-md --force on %s: %v %s", s.Name, err, strings.TrimSpace(out))
 		os.Remove(s.Meta)
 	}
 	e.Act(false, "repctl create-md --force on %s, restart", s.Name)
-	if err := s.Start(); err != nil {
+	if err := s.Start(e.Ctx); err != nil {
 		return err
 	}
 	time.Sleep(2 * time.Second)
-	st, _ := p.Status()
+	st, _ := p.Status(e.Ctx)
 	ps := st.Peers[0]
 	e.Act(false, "%s sees %s: %s/%s disk %s err %q", p.Name, s.Name, ps.Connection, ps.Replication, ps.Disk, ps.LastError)
-	if ps.Replication != 3 && ps.Replication != 2 { // not syncing
-		if _, err := s.Ctl("connect", "--discard-my-data", p.Name); err != nil {
+	if ps.Replication != api.SyncSource && ps.Replication != api.SyncTarget {
+		if _, err := s.Ctl(e.Ctx, "connect", "--discard-my-data", p.Name); err != nil {
 			e.Find("connect --discard-my-data on a fresh meta file: %v", err)
 		} else {
 			e.Act(false, "connect --discard-my-data on %s", s.Name)
@@ -404,11 +405,11 @@ func roles(e *Env) error {
 	var wg sync.WaitGroup
 	var errA, errB error
 	wg.Add(2)
-	go func() { defer wg.Done(); _, errA = a.Ctl("secondary") }()
+	go func() { defer wg.Done(); _, errA = a.Ctl(e.Ctx, "secondary") }()
 	go func() {
 		defer wg.Done()
 		time.Sleep(time.Duration(e.Rng.IntN(50)) * time.Millisecond)
-		_, errB = b.Ctl("primary")
+		_, errB = b.Ctl(e.Ctx, "primary")
 	}()
 	wg.Wait()
 	e.Act(false, "secondary on %s: %v; primary on %s: %v", a.Name, errA, b.Name, errB)
@@ -429,14 +430,14 @@ func roles(e *Env) error {
 		return err
 	}
 	// Both promote at once: exactly one may win.
-	if _, err := p.Ctl("secondary"); err != nil {
+	if _, err := p.Ctl(e.Ctx, "secondary"); err != nil {
 		return err
 	}
 	e.Act(true, "concurrently: primary on %s and on %s", a.Name, b.Name)
 	errs := make([]error, 2)
-	for i, n := range []*Node{a, b} {
+	for i, n := range []*harness.Node{a, b} {
 		wg.Add(1)
-		go func() { defer wg.Done(); _, errs[i] = n.Ctl("primary") }()
+		go func() { defer wg.Done(); _, errs[i] = n.Ctl(e.Ctx, "primary") }()
 	}
 	wg.Wait()
 	e.Act(false, "primary on %s: %v; on %s: %v", a.Name, errs[0], b.Name, errs[1])
@@ -461,15 +462,15 @@ func roles(e *Env) error {
 	s.Kill()
 	e.Sleep(500*time.Millisecond, time.Second)
 	w.Stop()
-	if err := s.Start(); err != nil {
+	if err := s.Start(e.Ctx); err != nil {
 		return err
 	}
 	e.Act(false, "restart %s; promote it during resync", s.Name)
 	var tried bool
 	for range 40 {
-		st, err := s.Status()
+		st, err := s.Status(e.Ctx)
 		if err == nil && st.Disk == "Inconsistent" {
-			_, err := s.Ctl("primary")
+			_, err := s.Ctl(e.Ctx, "primary")
 			e.Act(false, "primary on %s while %s: %v", s.Name, st.Disk, err)
 			if err == nil {
 				e.Violate("%s promoted while Inconsistent without --force", s.Name)
@@ -491,7 +492,7 @@ func roles(e *Env) error {
 func (e *Env) onePrimary() error {
 	var prim []string
 	for _, n := range e.C.Nodes {
-		if st, err := n.Status(); err == nil && st.Role == 1 {
+		if st, err := n.Status(e.Ctx); err == nil && st.Role == api.Primary {
 			prim = append(prim, n.Name)
 		}
 	}
@@ -507,7 +508,7 @@ func badInput(e *Env) error {
 	time.Sleep(time.Second)
 	var before []float64
 	for _, n := range e.C.Nodes {
-		g, _, err := n.Scrape()
+		g, _, err := scrape(e.Ctx, n)
 		if err != nil {
 			return err
 		}
@@ -570,18 +571,18 @@ func badInput(e *Env) error {
 			e.Violate("%s died: %s", n.Name, n.LogTail(1000))
 			continue
 		}
-		st, err := n.Status()
+		st, err := n.Status(e.Ctx)
 		if err != nil {
 			e.Violate("%s status: %v", n.Name, err)
-		} else if n == p && st.Role != 1 {
+		} else if n == p && st.Role != api.Primary {
 			e.Violate("%s is no longer Primary", n.Name)
 		}
 	}
 	// Goroutines settle back (connections closed, nothing left waiting).
 	for i, n := range e.C.Nodes {
 		var g float64
-		WaitFor("goroutines back to baseline", 10*time.Second, func() bool {
-			g, _, _ = n.Scrape()
+		harness.WaitFor(e.Ctx, "goroutines back to baseline", 10*time.Second, func() bool {
+			g, _, _ = scrape(e.Ctx, n)
 			return g <= before[i]+5
 		})
 		e.Act(false, "%s goroutines before %v after %v", n.Name, before[i], g)
@@ -612,8 +613,8 @@ func threeKill(e *Env) error {
 	}
 	w = e.Workload(s2)
 	e.Sleep(200*time.Millisecond, 600*time.Millisecond)
-	for _, n := range []*Node{p, s1} {
-		if err := n.Start(); err != nil {
+	for _, n := range []*harness.Node{p, s1} {
+		if err := n.Start(e.Ctx); err != nil {
 			return err
 		}
 		e.Act(false, "restart %s", n.Name)
@@ -642,7 +643,7 @@ func diskFull(e *Env) error {
 	if lat > e.C.Opt.Timeout+3*time.Second {
 		e.Violate("writes took %v with the secondary's disk full", lat)
 	}
-	sst, err := s.Status()
+	sst, err := s.Status(e.Ctx)
 	if err != nil {
 		e.Violate("%s does not answer status with a full disk: %v", s.Name, err)
 	} else {
@@ -651,7 +652,7 @@ func diskFull(e *Env) error {
 			e.Violate("%s's disk is full (ENOSPC) but its disk state is %s, not Failed/detached", s.Name, sst.Disk)
 		}
 	}
-	pst, err := p.Status()
+	pst, err := p.Status(e.Ctx)
 	if err == nil {
 		ps := pst.Peers[0]
 		e.Act(false, "%s sees %s: %s/%s disk %s, out of sync %d KiB, connects %d, last error %q",

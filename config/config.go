@@ -50,8 +50,13 @@ type Resource struct {
 	Protocol api.Protocol `toml:"protocol"` // 0 until validated: then A or C (default)
 	// BlockSize is the bitmap granularity: the unit of out-of-sync tracking,
 	// resync and verify. A power of two from 4 KiB to 1 MiB.
-	BlockSize       Bytes      `toml:"block-size"`
-	SecretFile      string     `toml:"secret-file"`
+	BlockSize  Bytes  `toml:"block-size"`
+	SecretFile string `toml:"secret-file"`
+	// Insecure lets a resource of several nodes run its peer links
+	// without authentication (no secret-file, no TLS): anyone who reaches
+	// a peer port can then write to the device. Unsafe; for a trusted
+	// private network only.
+	Insecure        bool       `toml:"insecure"`
 	Timeout         Duration   `toml:"timeout"`
 	ConnectInterval Duration   `toml:"connect-interval"`
 	JournalSize     Bytes      `toml:"journal-size"`
@@ -92,6 +97,9 @@ type Resource struct {
 	// DedupIndexSize bounds each peer's dedup index (default 64MiB; 0
 	// disables deduplication).
 	DedupIndexSize *Bytes `toml:"dedup-index-size"`
+	// NBDExposure: nbd-tls, nbd-tls-cert/-key/-ca, nbd-max-connections,
+	// nbd-write-timeout (nbd.go).
+	NBDExposure
 	// SnapshotStoreSize is how many bytes of preserved data each node's
 	// snapshot store may hold (copy-on-write of the chunks overwritten
 	// after a snapshot). 0, the default, turns snapshots off.
@@ -148,6 +156,12 @@ func Load(path string) (*File, error) {
 	}
 	f.path = path
 	if err := f.checkTLSFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.checkNBDTLSFiles(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.checkSecretFile(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return f, nil
@@ -218,6 +232,9 @@ func (f *File) validate() error {
 		return fmt.Errorf("resource.compression-level %d: must be 0..22", r.CompressionLevel)
 	}
 	if err := r.validateTransport(); err != nil {
+		return err
+	}
+	if err := r.validateNBD(); err != nil {
 		return err
 	}
 	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {
@@ -324,6 +341,12 @@ func (f *File) validate() error {
 				return fmt.Errorf("%s.metrics %q: %w", at, n.Metrics, err)
 			}
 		}
+	}
+	if len(f.Nodes) > 1 && r.SecretFile == "" && r.TLSCert == "" && !r.Insecure {
+		return fmt.Errorf("resource %s: %d nodes and no peer authentication: whoever reaches a peer port could write to the device. "+
+			"Give every node the same secret: `head -c 32 /dev/urandom | base64 > /etc/repd/%s.secret; chmod 600 /etc/repd/%s.secret` "+
+			"and secret-file = \"%s.secret\" (or TLS: tls-cert, tls-key, tls-ca); insecure = true runs without (unsafe: a trusted private network only)",
+			r.Name, len(f.Nodes), r.Name, r.Name, r.Name)
 	}
 	if witnesses == len(f.Nodes) {
 		return errors.New("node: every node is a witness (disk = \"none\"); at least one must hold the data")
@@ -453,6 +476,28 @@ func (f *File) Node(name string) (*Node, error) {
 	return nil, fmt.Errorf("no node %q in the resource file (nodes: %s)", name, strings.Join(known, ", "))
 }
 
+// checkSecretFile refuses a secret file that is missing, not a regular
+// file, or open to group or others. It needs no read permission on the
+// file (repctl check-config may run as an admin-group user).
+func (f *File) checkSecretFile() error {
+	p := f.Resource.SecretFile
+	if p == "" {
+		return nil
+	}
+	p = f.rel(p)
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("resource.secret-file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("resource.secret-file %s: not a regular file (%s)", p, fi.Mode().Type())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("resource.secret-file %s: mode %04o lets group or others read or change the secret; chmod 600 %s", p, perm, p)
+	}
+	return nil
+}
+
 // Secret reads the shared secret named by resource.secret-file (relative
 // paths are relative to the resource file). No file configured → nil.
 func (f *File) Secret() ([]byte, error) {
@@ -460,9 +505,10 @@ func (f *File) Secret() ([]byte, error) {
 	if p == "" {
 		return nil, nil
 	}
-	if !filepath.IsAbs(p) && f.path != "" {
-		p = filepath.Join(filepath.Dir(f.path), p)
+	if err := f.checkSecretFile(); err != nil {
+		return nil, err
 	}
+	p = f.rel(p)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("resource.secret-file: %w", err)

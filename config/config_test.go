@@ -1,8 +1,10 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -17,6 +19,7 @@ const good = `
 [resource]
 name = "r0"
 size = "64MiB"
+insecure = true
 protocol = "c"
 
 [[node]]
@@ -291,5 +294,78 @@ func TestSnapshotKeys(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: %v, want an error with %q", c.new, err, c.want)
 		}
+	}
+}
+
+// A resource of several nodes authenticates its peers unless the file says
+// insecure; the secret file must be a regular file only its owner can
+// read or change.
+func TestPeerAuthRequired(t *testing.T) {
+	plain := strings.Replace(good, "insecure = true\n", "", 1)
+	_, err := Parse([]byte(plain))
+	for _, want := range []string{"resource r0: 2 nodes and no peer authentication", "chmod 600", `secret-file = "r0.secret"`, "insecure = true"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("no secret, no TLS: err = %v, want it to say %q", err, want)
+		}
+	}
+	// One node has no peer link to protect.
+	one := plain[:strings.Index(plain, "\n[[node]]\nname = \"beta\"")]
+	if _, err := Parse([]byte(one)); err != nil {
+		t.Fatalf("one node without a secret: %v", err)
+	}
+	// A witness is a peer like any other.
+	if _, err := Parse([]byte(one + witnessNode)); err == nil || !strings.Contains(err.Error(), "2 nodes and no peer authentication") {
+		t.Fatalf("a data node and a witness without a secret: %v", err)
+	}
+
+	dir := t.TempDir()
+	load := func(mode os.FileMode, content string) error {
+		sp := filepath.Join(dir, "r0.secret")
+		os.Remove(sp)
+		if mode != 0 {
+			if err := os.WriteFile(sp, []byte(content), mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(sp, mode); err != nil { // past the umask
+				t.Fatal(err)
+			}
+		}
+		p := filepath.Join(dir, "r0.toml")
+		if err := os.WriteFile(p, []byte(strings.Replace(plain, `protocol = "c"`, "protocol = \"c\"\nsecret-file = \"r0.secret\"", 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Load(p)
+		if err != nil {
+			return err
+		}
+		_, err = f.Secret()
+		return err
+	}
+	if err := load(0o600, "a long enough secret\n"); err != nil {
+		t.Fatalf("0600 secret: %v", err)
+	}
+	if err := load(0o400, "a long enough secret\n"); err != nil {
+		t.Fatalf("0400 secret: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o602} {
+		err := load(mode, "a long enough secret\n")
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("mode %04o", mode)) || !strings.Contains(err.Error(), "chmod 600 "+filepath.Join(dir, "r0.secret")) {
+			t.Errorf("secret of mode %04o: err = %v", mode, err)
+		}
+	}
+	if err := load(0, ""); err == nil || !strings.Contains(err.Error(), "resource.secret-file") || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing secret file: %v", err)
+	}
+	if err := load(0o600, "short\n"); err == nil || !strings.Contains(err.Error(), "shorter than 8") {
+		t.Errorf("short secret: %v", err)
+	}
+	// A directory is not a secret.
+	os.Remove(filepath.Join(dir, "r0.secret"))
+	if err := os.Mkdir(filepath.Join(dir, "r0.secret"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "r0.toml")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a directory as secret: %v", err)
 	}
 }

@@ -1,68 +1,50 @@
 // Package e2e holds process-level tests: they build and start the real repd
 // and repctl binaries and drive them with NBD clients no one here wrote
 // (libnbd's nbdinfo/nbdcopy/nbdsh, qemu-img/qemu-io, fio).
+//
+// The cluster is the harness package's; this file adapts it to the tests'
+// helpers, which fail the test instead of returning errors.
 package e2e
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/zeebo/blake3"
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/config"
+	"github.com/repd/repd/harness"
 )
 
+// bins are the binaries under test, built once for the package; set by
+// buildBinaries (newCluster calls it).
 var bins struct {
-	once  sync.Once
-	dir   string
-	err   error
-	repd  string
-	ctl   string
-	proxy string
+	once             sync.Once
+	repd, ctl, proxy string
 }
 
-// TestMain builds the binaries once for every test in the package.
+// TestMain removes the binaries after every test ran.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bins.dir != "" {
-		os.RemoveAll(bins.dir)
-	}
+	harness.RemoveBinaries()
 	os.Exit(code)
 }
 
-func buildBinaries(t *testing.T) {
+func buildBinaries(t *testing.T) *harness.Bins {
 	t.Helper()
-	bins.once.Do(func() {
-		bins.dir, bins.err = os.MkdirTemp("", "repd-e2e-bin")
-		if bins.err != nil {
-			return
-		}
-		args := []string{"build", "-o", bins.dir + "/"}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		args = append(args, "../cmd/repd", "../cmd/repctl", "../cmd/linkproxy")
-		out, err := exec.Command("go", args...).CombinedOutput()
-		if err != nil {
-			bins.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		bins.repd = filepath.Join(bins.dir, "repd")
-		bins.ctl = filepath.Join(bins.dir, "repctl")
-		bins.proxy = filepath.Join(bins.dir, "linkproxy")
-	})
-	if bins.err != nil {
-		t.Fatal(bins.err)
+	b, err := harness.Binaries()
+	if err != nil {
+		t.Fatal(err)
 	}
+	bins.once.Do(func() { bins.repd, bins.ctl, bins.proxy = b.Repd, b.Repctl, b.Linkproxy })
+	return b
 }
 
 // requireTool finds an external tool. Under CI=true a missing tool fails the
@@ -83,23 +65,18 @@ func requireTool(t *testing.T, name string) string {
 // freePort returns a TCP port free on host right now.
 func freePort(t *testing.T, host string) int {
 	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	p, err := harness.FreePort(host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
-type nodeSpec struct {
-	Name, Host string
-	NBDPort    int
-	PeerPort   int
-}
-
-// cluster is a resource of n nodes on distinct loopback addresses.
+// cluster is a resource of n nodes on distinct loopback addresses
+// (127.0.0.2, .3, ...), one resource file for all.
 type cluster struct {
 	t        *testing.T
+	h        *harness.Cluster
 	dir      string
 	conf     string
 	nodes    []*node
@@ -108,6 +85,7 @@ type cluster struct {
 
 type node struct {
 	c       *cluster
+	h       *harness.Node
 	name    string
 	host    string
 	nbd     string // host:port
@@ -116,148 +94,92 @@ type node struct {
 	metrics string // host:port of /metrics and /health
 	disk    string
 	meta    string
-	cmd     *exec.Cmd
 	logPath string
-	done    chan struct{}
-	exitErr error
 }
 
 type clusterOpts struct {
 	nodes    int
-	size     string
+	size     string // default 64MiB
 	protocol string
 	extra    string // extra lines for [resource]
 	peerAddr func(i int, n *node) string
 }
 
+// newCluster writes the resource file; no node runs yet. The nodes log at
+// debug level; a failed test logs the tail of every node's log.
 func newCluster(t *testing.T, o clusterOpts) *cluster {
 	t.Helper()
-	buildBinaries(t)
+	b := buildBinaries(t)
 	if o.size == "" {
 		o.size = "64MiB"
 	}
-	if o.protocol == "" {
-		o.protocol = "C"
-	}
-	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "r0.toml"), resource: "r0"}
-	var b strings.Builder
-	fmt.Fprintf(&b, "[resource]\nname = %q\nsize = %q\nprotocol = %q\n%s\n", c.resource, o.size, o.protocol, o.extra)
-	names := []string{"alpha", "beta", "gamma", "delta"}
-	for i := 0; i < o.nodes; i++ {
-		host := fmt.Sprintf("127.0.0.%d", i+2)
-		n := &node{c: c, name: names[i], host: host}
-		n.nbd = fmt.Sprintf("%s:%d", host, freePort(t, host))
-		n.peer = fmt.Sprintf("%s:%d", host, freePort(t, host))
-		n.admin = filepath.Join(dir, n.name+".sock")
-		n.metrics = fmt.Sprintf("%s:%d", host, freePort(t, host))
-		n.disk = filepath.Join(dir, n.name+".img")
-		n.meta = filepath.Join(dir, n.name+".meta")
-		n.logPath = filepath.Join(dir, n.name+".log")
-		peer := n.peer
-		if o.peerAddr != nil {
-			peer = o.peerAddr(i, n)
-		}
-		fmt.Fprintf(&b, "\n[[node]]\nname = %q\ndisk = %q\nmeta = %q\nnbd = %q\npeer = %q\nadmin = %q\nmetrics = %q\n",
-			n.name, n.disk, n.meta, n.nbd, peer, n.admin, n.metrics)
-		c.nodes = append(c.nodes, n)
-	}
-	if err := os.WriteFile(c.conf, []byte(b.String()), 0o644); err != nil {
+	size, err := config.ParseBytes(o.size)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.stopAll)
+	c := &cluster{t: t, dir: t.TempDir(), resource: "r0"}
+	ho := harness.Options{
+		Nodes: o.nodes, Resource: c.resource, Size: size, Protocol: o.protocol, Extra: o.extra,
+		Metrics: true, Args: []string{"--log-level", "debug"},
+	}
+	if o.peerAddr != nil {
+		ho.PeerAddr = func(i int, n *harness.Node) string { return o.peerAddr(i, c.adapt(n)) }
+	}
+	if c.h, err = harness.New(b, c.dir, ho); err != nil {
+		t.Fatal(err)
+	}
+	c.conf = c.h.Conf
+	for _, n := range c.h.Nodes {
+		c.nodes = append(c.nodes, c.adapt(n))
+	}
+	t.Cleanup(func() {
+		c.h.Close()
+		if t.Failed() {
+			t.Log(c.h.LogTails(6000))
+		}
+	})
 	return c
 }
 
-func (c *cluster) stopAll() {
-	for _, n := range c.nodes {
-		n.stop(syscall.SIGKILL)
-	}
-	if c.t.Failed() {
-		for _, n := range c.nodes {
-			if b, err := os.ReadFile(n.logPath); err == nil {
-				tail := b
-				if len(tail) > 6000 {
-					tail = tail[len(tail)-6000:]
-				}
-				c.t.Logf("--- log of %s (tail) ---\n%s", n.name, tail)
-			}
-		}
-	}
+func (c *cluster) adapt(n *harness.Node) *node {
+	return &node{c: c, h: n, name: n.Name, host: n.Host, nbd: n.NBD, peer: n.Peer, admin: n.Admin,
+		metrics: n.Metrics, disk: n.Disk, meta: n.Meta, logPath: n.LogPath}
 }
 
 // start runs the node's daemon and waits until its admin socket answers.
 func (n *node) start() {
-	t := n.c.t
-	t.Helper()
-	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bins.repd, "--config", n.c.conf, "--node", n.name, "--log-level", "debug")
-	cmd.Env = quickExitEnv()
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	n.cmd = cmd
-	n.done = make(chan struct{})
-	go func() { n.exitErr = cmd.Wait(); close(n.done) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := n.ctl("status", "--json"); err == nil {
-			return
-		}
-		select {
-		case <-n.done:
-			b, _ := os.ReadFile(n.logPath)
-			t.Fatalf("repd %s exited at start: %v\n%s", n.name, n.exitErr, b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("repd %s did not come up in 20s", n.name)
-		}
-		time.Sleep(50 * time.Millisecond)
+	n.c.t.Helper()
+	if err := n.h.Start(context.Background()); err != nil {
+		n.c.t.Fatal(err)
 	}
 }
 
-// stop signals the daemon and waits for it to exit.
-func (n *node) stop(sig syscall.Signal) error {
-	if n.cmd == nil || n.cmd.Process == nil {
-		return nil
+// startWith runs cmd, a wrapper that runs the node's daemon (bins.repd
+// --config c.conf --node NAME), as the node's process, and waits until its
+// admin socket answers.
+func (n *node) startWith(cmd *exec.Cmd) {
+	n.c.t.Helper()
+	if err := n.h.StartCommand(context.Background(), cmd); err != nil {
+		n.c.t.Fatal(err)
 	}
-	select {
-	case <-n.done:
-	default:
-		n.cmd.Process.Signal(sig)
-		select {
-		case <-n.done:
-		case <-time.After(30 * time.Second):
-			n.cmd.Process.Kill()
-			<-n.done
-			n.cmd = nil
-			return fmt.Errorf("%s did not exit within 30s of %v", n.name, sig)
-		}
-	}
-	n.cmd = nil
-	return n.exitErr
 }
+
+// stop signals the daemon and waits for it to exit; the exit error is nil
+// for a clean exit.
+func (n *node) stop(sig syscall.Signal) error { return n.h.Signal(sig) }
+
+// pid is the daemon's process id (0 when it does not run).
+func (n *node) pid() int { return n.h.Pid() }
+
+// running reports whether the daemon started by start runs.
+func (n *node) running() bool { return n.h.Running() }
+
+// exited waits up to d for the daemon to exit and returns its exit error.
+func (n *node) exited(d time.Duration) (bool, error) { return n.h.Exited(d) }
 
 // ctl runs repctl against this node.
 func (n *node) ctl(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	full := append([]string{"--admin", n.admin}, args...)
-	cmd := exec.CommandContext(ctx, bins.ctl, full...)
-	cmd.Env = quickExitEnv()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("repctl %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return n.h.Ctl(context.Background(), args...)
 }
 
 func (n *node) mustCtl(args ...string) string {
@@ -269,23 +191,10 @@ func (n *node) mustCtl(args ...string) string {
 	return out
 }
 
-// status is the subset of `repctl status --json` the tests read.
-type status struct {
-	Role  string `json:"role"`
-	Disk  string `json:"disk"`
-	Peers []struct {
-		Name        string `json:"name"`
-		Connection  string `json:"connection"`
-		Replication string `json:"replication"`
-		Role        string `json:"role"`
-		Disk        string `json:"disk"`
-		OutOfSync   int64  `json:"out_of_sync_kib"`
-	} `json:"peers"`
-}
-
-func (n *node) status() status {
+// status is `repctl status --json` of the node.
+func (n *node) status() api.Status {
 	n.c.t.Helper()
-	var s status
+	var s api.Status
 	out := n.mustCtl("status", "--json")
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		n.c.t.Fatalf("status --json of %s: %v\n%s", n.name, err, out)
@@ -296,44 +205,55 @@ func (n *node) status() status {
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := harness.WaitFor(context.Background(), what, timeout, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// upCluster starts every node of c, waits for full connectivity, and makes
+// the first node Primary of a resource whose disks start empty.
+func upCluster(t *testing.T, c *cluster) *node {
+	t.Helper()
+	if err := c.h.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return c.nodes[0]
+}
+
+// waitConnected waits until every running node sees every running peer
+// Connected.
+func waitConnected(t *testing.T, c *cluster, timeout time.Duration) {
+	t.Helper()
+	if err := c.h.WaitConnected(context.Background(), timeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitInSync waits until every running node is UpToDate and reports every
+// running peer Established with nothing out of sync.
+func waitInSync(t *testing.T, c *cluster, timeout time.Duration) {
+	t.Helper()
+	if err := c.h.WaitInSync(context.Background(), timeout); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // uri is the node's NBD URI for libnbd tools and fio.
-func (n *node) uri() string { return "nbd://" + n.nbd + "/" + n.c.resource }
+func (n *node) uri() string { return n.h.URI() }
 
 // hashFile is the BLAKE3 of the first size bytes of path.
 func hashFile(t *testing.T, path string, size int64) string {
 	t.Helper()
-	f, err := os.Open(path)
+	h, err := harness.HashFile(path, size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := blake3.New()
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; {
-		k := min(int64(len(buf)), size-off)
-		if _, err := f.ReadAt(buf[:k], off); err != nil {
-			t.Fatal(err)
-		}
-		h.Write(buf[:k])
-		off += k
-	}
-	return fmt.Sprintf("%x", h.Sum(nil))
+	return h
 }
 
 // quickExitEnv is the environment for the binaries under test: a race-enabled
 // Go binary otherwise sleeps 1s at exit, which adds up over many repctl calls.
-func quickExitEnv() []string {
-	return append(os.Environ(), "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-}
+func quickExitEnv() []string { return harness.QuickExitEnv() }
 
 // run runs an external command with a timeout and returns its stdout.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) []byte {
@@ -378,14 +298,12 @@ func resyncedBytes(t *testing.T, n *node, peer string) int64 {
 	return peerCounter(t, n, peer, "resynced_bytes")
 }
 
-// terminateAll stops every node with SIGTERM; an unclean exit fails the
-// test.
+// terminateAll stops every node with SIGTERM (Secondaries first, Primaries
+// once their journals are empty); an unclean exit fails the test.
 func (c *cluster) terminateAll(t *testing.T) {
 	t.Helper()
-	for _, n := range c.nodes {
-		if err := n.stop(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
+	if err := c.h.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
 

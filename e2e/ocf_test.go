@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // The OCF resource agent scripts/ocf/repd, driven by hand the way Pacemaker
@@ -278,7 +280,7 @@ func ocfLifecycle(t *testing.T, mode ocfMode) {
 	waitFor(t, "alpha and beta Connected", 30*time.Second, func() bool {
 		for _, n := range []*node{a, b} {
 			s := n.status()
-			if len(s.Peers) != 1 || s.Peers[0].Connection != "Connected" {
+			if len(s.Peers) != 1 || s.Peers[0].Connection != api.Connected {
 				return false
 			}
 		}
@@ -299,7 +301,7 @@ func ocfLifecycle(t *testing.T, mode ocfMode) {
 	alpha.expect("promote", ocfSuccess)
 	alpha.expect("monitor", ocfRunningPromoted)
 	alpha.expect("monitor", ocfRunningPromoted, probe)
-	if s := a.status(); s.Role != "Primary" {
+	if s := a.status(); s.Role != api.Primary {
 		t.Fatalf("alpha is %s after promote", s.Role)
 	}
 	alpha.expect("promote", ocfSuccess) // already Primary
@@ -312,7 +314,7 @@ func ocfLifecycle(t *testing.T, mode ocfMode) {
 
 	alpha.expect("demote", ocfSuccess)
 	alpha.expect("monitor", ocfSuccess)
-	if s := a.status(); s.Role != "Secondary" {
+	if s := a.status(); s.Role != api.Secondary {
 		t.Fatalf("alpha is %s after demote", s.Role)
 	}
 	alpha.expect("demote", ocfSuccess) // already Secondary
@@ -339,7 +341,7 @@ func ocfLifecycle(t *testing.T, mode ocfMode) {
 	// beta alone: UpToDate but no peer confirms it, so the lower score.
 	waitFor(t, "beta sees alpha gone", 30*time.Second, func() bool {
 		s := b.status()
-		return len(s.Peers) == 1 && s.Peers[0].Connection != "Connected"
+		return len(s.Peers) == 1 && s.Peers[0].Connection != api.Connected
 	})
 	beta.expect("monitor", ocfSuccess)
 	beta.expectScore("-l reboot -v 1000")
@@ -348,7 +350,7 @@ func ocfLifecycle(t *testing.T, mode ocfMode) {
 	alpha.expect("start", ocfSuccess)
 	waitFor(t, "alpha reconnected and UpToDate", 30*time.Second, func() bool {
 		s := a.status()
-		return s.Disk == "UpToDate" && len(s.Peers) == 1 && s.Peers[0].Replication == "Established"
+		return s.Disk == "UpToDate" && len(s.Peers) == 1 && s.Peers[0].Replication == api.Established
 	})
 	alpha.expect("monitor", ocfSuccess)
 	alpha.expectScore("-l reboot -v 10000")
@@ -405,13 +407,12 @@ func TestOCFAgentAdoptsRunningDaemon(t *testing.T) {
 		t.Errorf("start wrote a pid file for a daemon it did not start")
 	}
 	alpha.expect("stop", ocfSuccess)
-	select {
-	case <-n.done:
-	case <-time.After(5 * time.Second):
+	exited, exitErr := n.exited(5 * time.Second)
+	if !exited {
 		t.Fatal("the daemon still runs after the agent's stop")
 	}
-	if n.exitErr != nil {
-		t.Errorf("the daemon did not exit cleanly on the agent's stop: %v", n.exitErr)
+	if exitErr != nil {
+		t.Errorf("the daemon did not exit cleanly on the agent's stop: %v", exitErr)
 	}
 	alpha.expect("monitor", ocfNotRunning)
 }
@@ -595,8 +596,8 @@ func TestOCFTester(t *testing.T) {
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, "alpha and beta Connected", 30*time.Second, func() bool {
 		sa, sb := a.status(), b.status()
-		return len(sa.Peers) == 1 && sa.Peers[0].Connection == "Connected" &&
-			len(sb.Peers) == 1 && sb.Peers[0].Connection == "Connected"
+		return len(sa.Peers) == 1 && sa.Peers[0].Connection == api.Connected &&
+			len(sb.Peers) == 1 && sb.Peers[0].Connection == api.Connected
 	})
 	a.mustCtl("new-current-uuid", "--clear-bitmap")
 	waitFor(t, "both UpToDate", 30*time.Second, func() bool {

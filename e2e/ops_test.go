@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -112,13 +114,13 @@ func TestRepctlVerbs(t *testing.T) {
 		t.Fatalf("wait-connect output: %s", out)
 	}
 	p.mustCtl("disconnect", "beta")
-	if st := p.status(); st.Peers[0].Connection != "StandAlone" {
+	if st := p.status(); st.Peers[0].Connection != api.StandAlone {
 		t.Fatalf("after disconnect: %s", st.Peers[0].Connection)
 	}
 	// Writes go on while beta is away; they are marked out of sync.
 	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 7 0 1M", p.uri())
-	if st := p.status(); st.Peers[0].OutOfSync < 1024 {
-		t.Fatalf("1 MiB written while disconnected, out-of-sync %d KiB", st.Peers[0].OutOfSync)
+	if st := p.status(); st.Peers[0].OutOfSyncKiB < 1024 {
+		t.Fatalf("1 MiB written while disconnected, out-of-sync %d KiB", st.Peers[0].OutOfSyncKiB)
 	}
 	_, err := p.ctl("wait-sync", "--timeout", "500ms")
 	if code := exitCodeOf(err); code != 5 {
@@ -136,7 +138,7 @@ func TestRepctlVerbs(t *testing.T) {
 	p.mustCtl("connect")
 	p.mustCtl("wait-connect", "--timeout", "30s")
 	p.mustCtl("disconnect")
-	if st := p.status(); st.Peers[0].Connection != "StandAlone" {
+	if st := p.status(); st.Peers[0].Connection != api.StandAlone {
 		t.Fatalf("after disconnect of all peers: %s", st.Peers[0].Connection)
 	}
 	p.mustCtl("connect", "beta")

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // The OCF agent under a real Pacemaker and Corosync (Debian's packages): a
@@ -262,36 +264,12 @@ func (s *pcmkSandbox) mon() *crmMon {
 // startNode runs n's repd inside the sandbox's network namespace (where
 // the agent's daemon lives), as node.start does outside.
 func (s *pcmkSandbox) startNode(n *node) {
-	t := s.t
-	t.Helper()
-	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
+	s.t.Helper()
 	cmd := exec.Command(s.script, "exec", s.dir, bins.repd, "--config", n.c.conf, "--node", n.name, "--log-level", "debug")
 	cmd.Env = s.env
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	// n.stop signals nsenter, which does not pass signals on; the daemon
 	// itself dies with the sandbox (PID namespace) at the latest.
-	n.cmd = cmd
-	n.done = make(chan struct{})
-	go func() { n.exitErr = cmd.Wait(); close(n.done) }()
-	waitFor(t, n.name+"'s admin socket in the sandbox", 20*time.Second, func() bool {
-		select {
-		case <-n.done:
-			b, _ := os.ReadFile(n.logPath)
-			t.Fatalf("repd %s exited at start: %v\n%s", n.name, n.exitErr, b)
-		default:
-		}
-		_, err := n.ctl("status", "--json")
-		return err == nil
-	})
+	n.startWith(cmd)
 }
 
 // stop shuts the cluster down the way an operator would (SIGTERM to the
@@ -494,7 +472,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	step("started, unpromoted")
 	waitFor(t, "alpha and beta Connected", 60*time.Second, func() bool {
 		s := alpha.status()
-		return len(s.Peers) == 1 && s.Peers[0].Connection == "Connected"
+		return len(s.Peers) == 1 && s.Peers[0].Connection == api.Connected
 	})
 	time.Sleep(2 * time.Second) // a few more monitors: none may promote
 	m = sb.mon()
@@ -504,7 +482,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	if v := m.attr(alpha.name, score); v != "" {
 		t.Fatalf("promotion score %s=%s for an Inconsistent disk", score, v)
 	}
-	if s := alpha.status(); s.Role != "Secondary" || s.Disk != "Inconsistent" {
+	if s := alpha.status(); s.Role != api.Secondary || s.Disk != "Inconsistent" {
 		t.Fatalf("alpha is %s/%s before the first promote, want Secondary/Inconsistent", s.Role, s.Disk)
 	}
 
@@ -521,7 +499,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	if v := m.attr(alpha.name, score); v != "10000" {
 		t.Errorf("promotion score %s=%q, want 10000 (UpToDate, peer connected)", score, v)
 	}
-	if s := alpha.status(); s.Role != "Primary" || s.Disk != "UpToDate" {
+	if s := alpha.status(); s.Role != api.Primary || s.Disk != "UpToDate" {
 		t.Fatalf("Pacemaker says Promoted but repd says %s/%s", s.Role, s.Disk)
 	}
 	waitFor(t, "beta to see alpha Primary", 30*time.Second, func() bool {
@@ -536,7 +514,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 		return m.role(clone, alpha.name) == "Unpromoted" && m.ran(alpha.name, rsc, "demote", "0")
 	})
 	step("demoted (ban)")
-	if s := alpha.status(); s.Role != "Secondary" {
+	if s := alpha.status(); s.Role != api.Secondary {
 		t.Fatalf("Pacemaker demoted alpha but repd says %s", s.Role)
 	}
 	// Pacemaker 3 has no crm_master; the agent then sets its score with
@@ -557,7 +535,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 		return sb.mon().role(clone, alpha.name) == "Promoted"
 	})
 	step("promoted again (clear)")
-	if s := alpha.status(); s.Role != "Primary" {
+	if s := alpha.status(); s.Role != api.Primary {
 		t.Fatalf("Pacemaker promoted alpha again but repd says %s", s.Role)
 	}
 
@@ -583,7 +561,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) == nspid {
 		t.Errorf("the pid file still names the killed daemon (%s)", nspid)
 	}
-	if s := alpha.status(); s.Role != "Primary" || s.Disk != "UpToDate" {
+	if s := alpha.status(); s.Role != api.Primary || s.Disk != "UpToDate" {
 		t.Fatalf("Pacemaker recovered alpha as Promoted but repd says %s/%s", s.Role, s.Disk)
 	}
 	// The failure Pacemaker shows says what happened (the agent's exit
@@ -618,7 +596,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 	}
 	waitFor(t, "beta to see alpha gone", 30*time.Second, func() bool {
 		s := beta.status()
-		return len(s.Peers) == 1 && s.Peers[0].Connection != "Connected"
+		return len(s.Peers) == 1 && s.Peers[0].Connection != api.Connected
 	})
 	m = sb.mon()
 	if v := m.attr(alpha.name, score); v != "" {

@@ -10,77 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
-
-// upCluster starts every node of c, waits for full connectivity, and makes
-// the first node Primary of a resource whose disks start empty.
-func upCluster(t *testing.T, c *cluster) *node {
-	t.Helper()
-	for _, n := range c.nodes {
-		n.start()
-	}
-	p := c.nodes[0]
-	waitConnected(t, c, 30*time.Second)
-	p.mustCtl("new-current-uuid", "--clear-bitmap")
-	p.mustCtl("primary")
-	waitFor(t, "Primary and all UpToDate", 30*time.Second, func() bool {
-		s := p.status()
-		if s.Role != "Primary" || s.Disk != "UpToDate" {
-			return false
-		}
-		for _, ps := range s.Peers {
-			if ps.Disk != "UpToDate" || ps.Replication != "Established" {
-				return false
-			}
-		}
-		return true
-	})
-	return p
-}
-
-func waitConnected(t *testing.T, c *cluster, timeout time.Duration) {
-	t.Helper()
-	waitFor(t, "all peers Connected", timeout, func() bool {
-		for _, n := range c.nodes {
-			if n.cmd == nil {
-				continue
-			}
-			s := n.status()
-			for _, ps := range s.Peers {
-				alive := false
-				for _, m := range c.nodes {
-					if m.name == ps.Name && m.cmd != nil {
-						alive = true
-					}
-				}
-				if alive && ps.Connection != "Connected" {
-					return false
-				}
-			}
-		}
-		return true
-	})
-}
-
-// waitInSync waits until every running node reports every running peer
-// Established with nothing out of sync.
-func waitInSync(t *testing.T, c *cluster, timeout time.Duration) {
-	t.Helper()
-	waitFor(t, "peers in sync", timeout, func() bool {
-		for _, n := range c.nodes {
-			if n.cmd == nil {
-				continue
-			}
-			s := n.status()
-			for _, ps := range s.Peers {
-				if ps.Connection != "Connected" || ps.Replication != "Established" || ps.OutOfSync != 0 {
-					return false
-				}
-			}
-		}
-		return true
-	})
-}
 
 func fioJSON(t *testing.T, out []byte) (writes, reads int64) {
 	t.Helper()
@@ -163,11 +95,7 @@ func TestFailoverAfterSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-p.done
-	p.cmd = nil
+	p.stop(syscall.SIGKILL)
 	cmd.Wait() // fio fails: its server died under it; the state file says what was acknowledged
 	states, _ := filepath.Glob(filepath.Join(dir, "*verify.state"))
 	if len(states) == 0 {
@@ -176,7 +104,7 @@ func TestFailoverAfterSIGKILL(t *testing.T) {
 	start := time.Now()
 	waitFor(t, "beta sees alpha gone", 15*time.Second, func() bool {
 		st := s.status()
-		return len(st.Peers) == 1 && st.Peers[0].Connection != "Connected"
+		return len(st.Peers) == 1 && st.Peers[0].Connection != api.Connected
 	})
 	s.mustCtl("primary")
 	t.Logf("promoted beta %v after alpha's loss was noticed", time.Since(start))
@@ -208,7 +136,7 @@ func TestFailoverAfterSIGKILL(t *testing.T) {
 	t.Logf("fio verified %d acknowledged blocks on the new primary; %d in-flight blocks at the kill not there", res.Jobs[0].Read.IOs, bad)
 	// The old primary comes back as a Secondary and resyncs from beta.
 	p.start()
-	if st := p.status(); st.Role != "Secondary" {
+	if st := p.status(); st.Role != api.Secondary {
 		t.Fatalf("restarted alpha is %s, want Secondary", st.Role)
 	}
 	waitInSync(t, c, 60*time.Second)

@@ -4,6 +4,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // TestFailoverFailback is reference story 3: promote the DR node, write
@@ -26,7 +28,7 @@ func TestFailoverFailback(t *testing.T) {
 	p.start()
 	waitInSync(t, c, 60*time.Second)
 	st := s.status()
-	if st.Role != "Primary" || p.status().Role != "Secondary" {
+	if st.Role != api.Primary || p.status().Role != api.Secondary {
 		t.Fatalf("roles after return: beta %s, alpha %s", st.Role, p.status().Role)
 	}
 	resynced := resyncedBytes(t, s, "alpha")
@@ -57,7 +59,7 @@ func TestPeerOutageResyncsOnlyChanges(t *testing.T) {
 	// 4 MiB of 64k random writes into the first 64 MiB while beta is down.
 	run(t, 2*time.Minute, fio, "--name=outage", "--ioengine=nbd", "--uri="+p.uri(), "--rw=randwrite",
 		"--bs=64k", "--size=64M", "--io_size=4M", "--iodepth=8", "--randseed=7", "--output-format=json")
-	dirty := p.status().Peers[0].OutOfSync * 1024
+	dirty := p.status().Peers[0].OutOfSyncKiB * 1024
 	if dirty < 4<<20 || dirty > 4<<20+1<<20 {
 		t.Fatalf("out of sync after 4 MiB of writes: %d bytes", dirty)
 	}

@@ -5,7 +5,6 @@ import (
 	"os"
 	"reflect"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 
@@ -98,7 +97,7 @@ func TestStatusJSONSchema(t *testing.T) {
 	}
 	// Values of the enumerations are the documented words.
 	st := p.status()
-	if !slices.Contains([]string{"Established"}, st.Peers[0].Replication) || st.Peers[0].Connection != "Connected" {
+	if st.Peers[0].Replication != api.Established || st.Peers[0].Connection != api.Connected {
 		t.Errorf("peer states %+v", st.Peers[0])
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // single starts a one-node resource and makes it Primary.
@@ -21,7 +23,7 @@ func single(t *testing.T, size string) *node {
 	n.mustCtl("primary", "--force")
 	waitFor(t, "alpha Primary/UpToDate", 10*time.Second, func() bool {
 		s := n.status()
-		return s.Role == "Primary" && s.Disk == "UpToDate"
+		return s.Role == api.Primary && s.Disk == "UpToDate"
 	})
 	return n
 }
@@ -189,7 +191,7 @@ func TestCleanShutdownOnSIGTERM(t *testing.T) {
 	}
 	// It starts again on the same disk and meta file.
 	n.start()
-	if s := n.status(); s.Role != "Secondary" {
+	if s := n.status(); s.Role != api.Secondary {
 		t.Fatalf("after restart role = %s, want Secondary", s.Role)
 	}
 }

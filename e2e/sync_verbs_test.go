@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/api"
 )
 
 // TestSyncVerbs drives invalidate, invalidate-remote, pause-sync,
@@ -28,14 +30,14 @@ func TestSyncVerbs(t *testing.T) {
 	// invalidate on beta: a full resync from alpha, rate-limited so it can
 	// be paused and resumed on the source.
 	s.mustCtl("invalidate")
-	waitFor(t, "beta SyncTarget", 10*time.Second, func() bool { return s.status().Peers[0].Replication == "SyncTarget" })
+	waitFor(t, "beta SyncTarget", 10*time.Second, func() bool { return s.status().Peers[0].Replication == api.SyncTarget })
 	p.mustCtl("pause-sync", "beta")
 	waitFor(t, "resync paused", 10*time.Second, func() bool {
-		return peerBool(t, p, "beta", "sync_paused_by_user") && p.status().Peers[0].Replication == "PausedSync"
+		return peerBool(t, p, "beta", "sync_paused_by_user") && p.status().Peers[0].Replication == api.PausedSync
 	})
-	left := p.status().Peers[0].OutOfSync
+	left := p.status().Peers[0].OutOfSyncKiB
 	time.Sleep(500 * time.Millisecond)
-	if now := p.status().Peers[0].OutOfSync; now < left {
+	if now := p.status().Peers[0].OutOfSyncKiB; now < left {
 		t.Fatalf("paused resync went on: %d KiB → %d KiB", left, now)
 	}
 	p.mustCtl("resume-sync", "beta")

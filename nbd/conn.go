@@ -26,8 +26,21 @@ const (
 // MaxInFlight workers that call the Device and write replies.
 type conn struct {
 	srv *Server
-	nc  net.Conn
-	log *slog.Logger
+	// sock is the accepted connection; nc is what NBD is spoken on: sock,
+	// or the TLS connection over it after NBD_OPT_STARTTLS. Stops, aborts
+	// and deadlines act on sock, the only one other goroutines touch.
+	sock net.Conn
+	nc   net.Conn
+	tls  bool // nc is a *tls.Conn
+	log  *slog.Logger
+
+	handshaking bool // counted in srv.handshaking; under srv.mu
+	// serving is the export the connection entered transmission on, once
+	// it did (transmitting); under srv.mu, for CloseExport. ended is
+	// closed when the connection has ended and its goroutines exited.
+	serving      string
+	transmitting bool
+	ended        chan struct{}
 
 	// ctx is given to the Device; kill cancels it.
 	ctx    context.Context
@@ -45,14 +58,21 @@ type conn struct {
 	sinceFill int             // requests parsed since the read buffer ran dry
 	perFill   int             // moving average of sinceFill, ×16
 
+	// Negotiated in option haggling; read-only in transmission.
+	structured bool          // NBD_OPT_STRUCTURED_REPLY
+	metas      []metaContext // NBD_OPT_SET_META_CONTEXT's selection
+	metaExport string        // the export name it was made for
+
 	// Transmission state, set once before the first request.
-	exp     Export
-	dev     Device
-	trimmer Trimmer
-	zeroer  Zeroer
-	quick   Quick
-	size    int64
-	maxLen  int64
+	exp       Export
+	dev       Device
+	trimmer   Trimmer
+	zeroer    Zeroer
+	quick     Quick
+	allocator Allocator
+	metaDev   MetaContexts
+	size      int64
+	maxLen    int64
 
 	// bw writes the negotiation (flushed before transmission); rw writes
 	// the replies after it.
@@ -69,7 +89,7 @@ type conn struct {
 }
 
 func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
-	c := &conn{srv: s, nc: nc}
+	c := &conn{srv: s, sock: nc, nc: nc, ended: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.log = s.logger().With("remote", remoteAddr(nc))
 	return c
@@ -85,7 +105,7 @@ func remoteAddr(nc net.Conn) string {
 // serve runs the connection to its end and closes it.
 func (c *conn) serve() (err error) {
 	defer c.cancel()
-	defer c.nc.Close()
+	defer func() { c.close(err) }()
 	defer func() {
 		if v := recover(); v != nil {
 			c.log.Error("nbd: panic serving connection", "panic", v, "stack", string(debug.Stack()))
@@ -95,6 +115,7 @@ func (c *conn) serve() (err error) {
 	c.br = bufio.NewReaderSize(sockReader{c}, readBufSize)
 	c.bw = bufio.NewWriterSize(c.nc, writeBufSize)
 	exp, ok, err := c.negotiate()
+	c.srv.endHandshake(c)
 	if !ok {
 		if err != nil && !c.stopping.Load() {
 			c.log.Info("nbd: negotiation ended", "err", err)
@@ -121,8 +142,8 @@ func (c *conn) stop() {
 	if c.stopping.Swap(true) {
 		return
 	}
-	if err := c.nc.SetReadDeadline(time.Unix(1, 0)); err != nil {
-		c.nc.Close()
+	if err := c.sock.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		c.sock.Close()
 	}
 	if c.raw != nil {
 		// A read blocked in the kernel ignores deadlines.
@@ -138,13 +159,29 @@ func (c *conn) shutdown(how int) {
 // (setBlocking) once transmission starts, and stop a way to interrupt a
 // read blocked in the kernel.
 func (c *conn) useRaw() {
-	sc, ok := c.nc.(syscall.Conn)
+	if c.tls {
+		// Every byte goes through TLS: no reads of the socket itself.
+		return
+	}
+	sc, ok := c.sock.(syscall.Conn)
 	if !ok {
 		return
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
 		return
+	}
+	if d := c.srv.writeTimeout(); d > 0 {
+		// In blocking mode a reply write waits in write(2), where the
+		// write deadline does not reach: the kernel bounds it instead,
+		// then the netpoller sees the deadline passed.
+		tv := syscall.NsecToTimeval(d.Nanoseconds())
+		var serr error
+		if err := raw.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptTimeval(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDTIMEO, &tv)
+		}); err != nil || serr != nil {
+			return // no blocking mode without the bound
+		}
 	}
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
@@ -156,7 +193,9 @@ func (c *conn) useRaw() {
 // setBlocking switches the socket between blocking reads, where the reader
 // sleeps in read(2) until the client sends more (cheapest for a stream of
 // small requests), and the netpoller (cheapest while a large payload
-// arrives in pieces). Only the reader calls it.
+// arrives in pieces). Writes block too in blocking mode; SO_SNDTIMEO (set
+// by useRaw) keeps the write timeout working there. Only the reader calls
+// it.
 func (c *conn) setBlocking(b bool) {
 	if c.raw == nil || c.blocking == b {
 		return
@@ -230,7 +269,19 @@ func (c *conn) abort() {
 		c.shutdown(syscall.SHUT_RDWR)
 	}
 	c.dmu.Unlock()
-	c.nc.Close()
+	c.sock.Close()
+}
+
+// close closes the connection at its end. After a clean end of a TLS
+// session the client gets a close_notify alert first, as the spec asks; a
+// connection that failed is only closed (an alert to a client that does
+// not read would wait).
+func (c *conn) close(err error) {
+	if c.tls && err == nil && !c.werrOnce.Load() {
+		c.nc.Close() // sends close_notify (bounded by crypto/tls: 5s), then closes sock
+		return
+	}
+	c.sock.Close()
 }
 
 // setReadDeadline sets the read deadline unless the connection is stopping.
@@ -240,26 +291,34 @@ func (c *conn) setReadDeadline(t time.Time) {
 	if c.stopping.Load() {
 		return
 	}
-	c.nc.SetReadDeadline(t)
+	c.sock.SetReadDeadline(t)
 }
 
-// gate bounds the requests and payload bytes in flight on a connection.
+// gate bounds the requests and payload bytes in flight on a connection, and
+// the reply bytes queued for its socket. A request is in flight from the
+// reader's acquire until its reply is written to the socket (or the
+// connection failed): a client that does not read its replies stops the
+// reader instead of growing the queue.
 type gate struct {
-	mu       sync.Mutex
-	cond     sync.Cond
-	n        atomic.Int32 // requests in flight; changed under mu, read without it
-	bytes    int64
-	maxN     int
-	maxBytes int64
-	closed   bool
+	mu         sync.Mutex
+	cond       sync.Cond
+	n          atomic.Int32 // requests in flight; changed under mu, read without it
+	backlog    atomic.Int64 // reply bytes queued or being written; see replies
+	bytes      int64
+	maxN       int
+	maxBytes   int64
+	maxBacklog int64
+	closed     bool
+	waiting    atomic.Bool // the reader waits in cond for backlog room; set under mu
 }
 
-func (g *gate) init(maxN int, maxBytes int64) {
+func (g *gate) init(maxN int, maxBytes, maxBacklog int64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.cond.L = &g.mu
 	g.maxN = maxN
 	g.maxBytes = maxBytes
+	g.maxBacklog = maxBacklog
 }
 
 // acquire waits for room for one request of size bytes; false once closed.
@@ -278,12 +337,52 @@ func (g *gate) acquire(size int64) bool {
 	return true
 }
 
-func (g *gate) release(size int64) {
+// roomToReply waits while the reply backlog is at its bound; false once
+// closed. Only the reader calls it, before it takes the next request: the
+// replies it would add are drained by the writer at work (a backlog means
+// one is writing) or end with the connection.
+func (g *gate) roomToReply() bool {
+	if g.backlog.Load() < g.maxBacklog {
+		return true
+	}
 	g.mu.Lock()
-	g.n.Add(-1)
+	defer g.mu.Unlock()
+	g.waiting.Store(true)
+	for !g.closed && g.backlog.Load() >= g.maxBacklog {
+		g.cond.Wait()
+	}
+	g.waiting.Store(false)
+	return !g.closed
+}
+
+func (g *gate) release(size int64) {
+	g.releaseN(1, size)
+}
+
+// releaseN gives back n requests and size bytes, at once for a batch of
+// replies written together.
+func (g *gate) releaseN(n int, size int64) {
+	if n == 0 && size == 0 {
+		return
+	}
+	g.mu.Lock()
+	g.n.Add(int32(-n))
 	g.bytes -= size
 	g.mu.Unlock()
 	g.cond.Signal()
+}
+
+// sent takes n written (or dropped) bytes off the backlog and wakes the
+// reader if it waits for room.
+func (g *gate) sent(n int64) {
+	// The reader sets waiting before it checks the backlog, under mu: if
+	// it missed this decrement, this sees waiting and signals after its Wait.
+	if g.backlog.Add(-n) < g.maxBacklog && g.waiting.Load() {
+		// Taking mu orders the signal after the reader's Wait.
+		g.mu.Lock()
+		g.cond.Signal()
+		g.mu.Unlock()
+	}
 }
 
 func (g *gate) close() {

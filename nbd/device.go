@@ -38,3 +38,46 @@ type Zeroer interface {
 type Quick interface {
 	Quick(write bool, n int64) bool
 }
+
+// Extent is a run of bytes that share the same status flags in a metadata
+// context: for base:allocation StateHole and StateZero, for a
+// qemu:dirty-bitmap:NAME context StateDirty.
+type Extent struct {
+	Len   int64
+	Flags uint32
+}
+
+// Allocator is a Device that knows which of its ranges are holes or read
+// as zeroes. It answers NBD_CMD_BLOCK_STATUS in the base:allocation
+// context, and lets a READ skip ranges that read as zeroes (they go out as
+// NBD_REPLY_TYPE_OFFSET_HOLE chunks). A Device that is not an Allocator
+// reports everything as data, which is always correct.
+type Allocator interface {
+	// Allocation describes [off, off+n) as consecutive extents starting
+	// at off. It may describe fewer than n bytes (at least one byte: the
+	// client asks again for the rest) and should stop early rather than
+	// walk a long list (the server sends at most Server.MaxExtents
+	// extents per context, and n is at most Server.MaxStatusLength);
+	// extents past off+n are cut. StateZero is a promise that ReadAt
+	// would return zeroes there now: a Device that cannot read (a disk
+	// that is not up to date) must return an error instead.
+	Allocation(ctx context.Context, off, n int64) ([]Extent, error)
+}
+
+// MetaContexts is a Device that offers metadata contexts besides
+// base:allocation: for a snapshot, qemu:dirty-bitmap:NAME reporting the
+// blocks changed between snapshot NAME and this device. The server offers
+// them to NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT and asks
+// BlockStatus for the ones a client selected.
+type MetaContexts interface {
+	// MetaContexts names the contexts offered now, each NAMESPACE:LEAF
+	// (namespace not empty and not "base"; UTF-8, no NUL, at most
+	// MaxString bytes; others are ignored). It is called at each option
+	// that needs the list, so it may change between connections.
+	MetaContexts() []string
+	// BlockStatus describes [off, off+n) in context name, as Allocation
+	// does for base:allocation. A context that no longer exists (a
+	// snapshot deleted since the client selected it) is an error, which
+	// fails this request only.
+	BlockStatus(ctx context.Context, name string, off, n int64) ([]Extent, error)
+}

@@ -21,6 +21,12 @@ var (
 	ErrBadFlags       = fmt.Errorf("nbd: command flag not valid for this command: %w", syscall.EINVAL)
 	ErrTooLarge       = fmt.Errorf("nbd: request larger than the maximum payload: %w", syscall.EINVAL)
 	ErrShutdown       = fmt.Errorf("nbd: server is shutting down: %w", syscall.ESHUTDOWN)
+	// ErrNoMetaContext answers NBD_CMD_BLOCK_STATUS on a connection that
+	// selected no metadata context for its export.
+	ErrNoMetaContext = fmt.Errorf("nbd: block status without a metadata context (select one with NBD_OPT_SET_META_CONTEXT for this export): %w", syscall.EINVAL)
+	// ErrZeroLength answers NBD_CMD_BLOCK_STATUS of length 0, which no
+	// extent can describe.
+	ErrZeroLength = fmt.Errorf("nbd: block status of 0 bytes: %w", syscall.EINVAL)
 	// ErrNotFast answers NBD_CMD_WRITE_ZEROES with NBD_CMD_FLAG_FAST_ZERO on
 	// a Device that is not a Zeroer (NBD_ENOTSUP, as the spec asks).
 	ErrNotFast = errors.New("nbd: zeroing would not be faster than writing")

@@ -16,7 +16,7 @@ var errAbort = errors.New("nbd: client aborted negotiation")
 func (c *conn) negotiate() (exp Export, ok bool, err error) {
 	if d := c.srv.handshakeTimeout(); d > 0 {
 		c.setReadDeadline(time.Now().Add(d))
-		c.nc.SetWriteDeadline(time.Now().Add(d))
+		c.sock.SetWriteDeadline(time.Now().Add(d))
 	}
 
 	var greet [18]byte
@@ -38,6 +38,7 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 	}
 	fixed := cflags&FlagCFixedNewstyle != 0
 	noZeroes := cflags&FlagCNoZeroes != 0
+	toldTLS := false
 
 	for {
 		if _, err := io.ReadFull(c.br, b[:16]); err != nil {
@@ -62,16 +63,35 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 			// A non-fixed newstyle client knows no option replies.
 			return exp, false, fmt.Errorf("option %d from a client without fixed newstyle", opt)
 		}
+		if c.srv.TLSMode == TLSRequire && !c.tls {
+			// FORCEDTLS: only STARTTLS and ABORT before TLS.
+			switch opt {
+			case OptStartTLS, OptAbort:
+			case OptExportName:
+				// It cannot be refused: the spec has the session end.
+				return exp, false, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS", ErrTLSRequired)
+			default:
+				if !toldTLS {
+					toldTLS = true
+					c.log.Info("nbd: plain client refused: TLS required", "option", opt)
+				}
+				c.optError(opt, RepErrTLSReqd, "TLS is required on this server: connect with TLS (nbds:// URI, tls-creds, or -certfile/-cacertfile)")
+				if err := c.bw.Flush(); err != nil {
+					return exp, false, fmt.Errorf("send option reply: %w", err)
+				}
+				continue
+			}
+		}
 
 		switch opt {
 		case OptExportName:
-			e, found := c.srv.lookup(string(data))
+			e, found := c.srv.enter(c, string(data))
 			if !found {
 				return exp, false, fmt.Errorf("unknown export %q", data)
 			}
 			var r [10 + 124]byte
 			binary.BigEndian.PutUint64(r[0:], uint64(e.Device.Size()))
-			binary.BigEndian.PutUint16(r[8:], transmissionFlags(e))
+			binary.BigEndian.PutUint16(r[8:], c.transmissionFlags(e))
 			if noZeroes {
 				c.bw.Write(r[:10])
 			} else {
@@ -80,6 +100,7 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 			if err := c.endNegotiation(); err != nil {
 				return exp, false, err
 			}
+			c.keepContexts(string(data))
 			return e, true, nil
 
 		case OptAbort:
@@ -102,17 +123,47 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 			c.optReply(opt, RepAck, nil)
 
 		case OptInfo, OptGo:
-			e, found, done := c.info(opt, data)
+			e, name, found, done := c.info(opt, data)
 			if done && opt == OptGo && found {
 				if err := c.endNegotiation(); err != nil {
 					return exp, false, err
 				}
+				c.keepContexts(name)
 				return e, true, nil
 			}
 
+		case OptStartTLS:
+			switch {
+			case n != 0:
+				c.optError(opt, RepErrInvalid, "NBD_OPT_STARTTLS takes no data")
+			case c.tls:
+				c.optError(opt, RepErrInvalid, "TLS is already running on this connection")
+			case c.srv.TLSMode == TLSOff:
+				c.optError(opt, RepErrPolicy, "TLS is not enabled on this server")
+			default:
+				c.optReply(opt, RepAck, nil)
+				if err := c.startTLS(); err != nil {
+					return exp, false, err
+				}
+				// Nothing negotiated before TLS carries over (the spec:
+				// a man in the middle may have chosen it).
+				c.structured, c.metas, c.metaExport = false, nil, ""
+				continue
+			}
+
 		case OptStructuredReply:
-			// Simple replies only.
-			c.optError(opt, RepErrUnsup, "structured replies are not supported")
+			if n != 0 {
+				c.optError(opt, RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+				break
+			}
+			c.structured = true
+			c.optReply(opt, RepAck, nil)
+
+		case OptListMetaContext, OptSetMetaContext:
+			c.metaOption(opt, data)
+
+		case OptExtendedHeaders:
+			c.optError(opt, RepErrUnsup, "extended headers are not supported: requests and replies keep 32-bit lengths")
 
 		default:
 			c.optError(opt, RepErrUnsup, fmt.Sprintf("option %d is not supported", opt))
@@ -129,40 +180,54 @@ func (c *conn) endNegotiation() error {
 		return fmt.Errorf("enter transmission: %w", err)
 	}
 	c.setReadDeadline(time.Time{})
-	c.nc.SetWriteDeadline(time.Time{})
+	c.sock.SetWriteDeadline(time.Time{})
 	return nil
 }
 
+// keepContexts drops the selected metadata contexts unless they were
+// selected for the export name the client entered transmission with (the
+// spec: the same name, as sent).
+func (c *conn) keepContexts(name string) {
+	if c.metaExport != name {
+		c.metas = nil
+	}
+}
+
 // info answers NBD_OPT_INFO and NBD_OPT_GO. done is true when it answered
-// with NBD_REP_ACK; found tells whether the export exists.
-func (c *conn) info(opt uint32, data []byte) (e Export, found, done bool) {
+// with NBD_REP_ACK; found tells whether the export exists; name is the
+// export name as sent.
+func (c *conn) info(opt uint32, data []byte) (e Export, name string, found, done bool) {
 	if len(data) < 6 {
 		c.optError(opt, RepErrInvalid, "option data too short")
-		return e, false, false
+		return e, "", false, false
 	}
 	nameLen := binary.BigEndian.Uint32(data)
 	if uint64(nameLen) > uint64(len(data)-6) {
 		c.optError(opt, RepErrInvalid, "export name length exceeds option data")
-		return e, false, false
+		return e, "", false, false
 	}
-	name := string(data[4 : 4+nameLen])
+	name = string(data[4 : 4+nameLen])
 	rest := data[4+nameLen:]
 	nreq := int(binary.BigEndian.Uint16(rest))
 	rest = rest[2:]
 	if len(rest) != 2*nreq {
 		c.optError(opt, RepErrInvalid, "information request count does not match option length")
-		return e, false, false
+		return e, name, false, false
 	}
-	e, found = c.srv.lookup(name)
+	if opt == OptGo {
+		e, found = c.srv.enter(c, name)
+	} else {
+		e, found = c.srv.lookup(name)
+	}
 	if !found {
 		c.optError(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
-		return e, false, false
+		return e, name, false, false
 	}
 
 	var r [12]byte
 	binary.BigEndian.PutUint16(r[0:], InfoExport)
 	binary.BigEndian.PutUint64(r[2:], uint64(e.Device.Size()))
-	binary.BigEndian.PutUint16(r[10:], transmissionFlags(e))
+	binary.BigEndian.PutUint16(r[10:], c.transmissionFlags(e))
 	c.optReply(opt, RepInfo, r[:12])
 
 	var sentName, sentDesc bool
@@ -189,7 +254,7 @@ func (c *conn) info(opt uint32, data []byte) (e Export, found, done bool) {
 	binary.BigEndian.PutUint32(bs[10:], uint32(c.srv.maxPayload()))
 	c.optReply(opt, RepInfo, bs[:])
 	c.optReply(opt, RepAck, nil)
-	return e, true, true
+	return e, name, true, true
 }
 
 // optReply queues one option reply.
@@ -209,8 +274,11 @@ func (c *conn) optError(opt, typ uint32, msg string) {
 }
 
 // transmissionFlags are the flags advertised for e (see Server).
-func transmissionFlags(e Export) uint16 {
+func (c *conn) transmissionFlags(e Export) uint16 {
 	f := FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagCanMultiConn | FlagSendCache
+	if c.structured {
+		f |= FlagSendDF
+	}
 	if e.ReadOnly {
 		return f | FlagReadOnly
 	}

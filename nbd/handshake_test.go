@@ -158,9 +158,7 @@ func TestUnsupportedOptions(t *testing.T) {
 		opt  uint32
 		data []byte
 	}{
-		{nbd.OptStructuredReply, nil},
-		{nbd.OptStartTLS, nil},
-		{nbd.OptListMetaContext, nbdtest.InfoData("disk0")},
+		{nbd.OptExtendedHeaders, nil},
 		{nbd.OptPeekExport, nil},
 		{0xdead, bytes.Repeat([]byte{0xaa}, 5000)},
 	} {

@@ -16,8 +16,10 @@ func TestRepliesConcurrent(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
+	var gt gate
+	gt.init(1<<20, 1<<40, 1<<40)
 	var w replies
-	w.init(a)
+	w.init(a, &gt, 0, nil)
 	const writers, each = 16, 200
 	size := func(cookie uint64) int {
 		switch cookie % 7 {
@@ -39,7 +41,8 @@ func TestRepliesConcurrent(t *testing.T) {
 				var h [SimpleReplySize]byte
 				binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 				binary.BigEndian.PutUint64(h[8:], cookie)
-				if err := w.reply(h[:], data, cookie%3 != 0); err != nil { // both with and without the yield
+				gt.acquire(int64(len(data)))
+				if err := w.reply(h[:], data, cookie%3 != 0, true, int64(len(data))); err != nil { // both with and without the yield
 					t.Error(err)
 					return
 				}
@@ -71,13 +74,28 @@ func TestRepliesConcurrent(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	// After the peer is gone every reply fails, none hangs.
+	// Every reply gave its budget back once written.
+	checkGateEmpty(t, &gt)
+	// After the peer is gone every reply fails, none hangs, and each still
+	// gives its budget back.
 	b.Close()
 	var h [SimpleReplySize]byte
-	if err := w.reply(h[:], nil, false); err == nil {
+	gt.acquire(0)
+	if err := w.reply(h[:], nil, false, true, 0); err == nil {
 		t.Fatal("reply to a closed peer succeeded")
 	}
-	if err := w.reply(h[:], make([]byte, copyReplyMax+1), true); err == nil {
+	gt.acquire(copyReplyMax + 1)
+	if err := w.reply(h[:], make([]byte, copyReplyMax+1), true, true, copyReplyMax+1); err == nil {
 		t.Fatal("big reply after a failure succeeded")
+	}
+	checkGateEmpty(t, &gt)
+}
+
+func checkGateEmpty(t *testing.T, g *gate) {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n, b, bl := g.n.Load(), g.bytes, g.backlog.Load(); n != 0 || b != 0 || bl != 0 {
+		t.Fatalf("gate after the replies: %d requests, %d bytes, backlog %d; want all 0", n, b, bl)
 	}
 }

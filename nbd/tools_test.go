@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/repd/repd/nbd"
+	"github.com/repd/repd/nbd/nbdtest"
 )
 
 // needTool returns the path of an external client; it skips the test when the
@@ -118,4 +121,121 @@ func TestQemuIO(t *testing.T) {
 	if dev.flushes.Load() == 0 || dev.fuas.Load() == 0 {
 		t.Errorf("flushes %d, FUA writes %d", dev.flushes.Load(), dev.fuas.Load())
 	}
+}
+
+// runToolErr runs a tool expected to fail and returns its combined output.
+func runToolErr(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, needTool(t, name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("%s %s succeeded, want a refusal:\n%s", name, strings.Join(args, " "), out)
+	}
+	return string(out)
+}
+
+// Real TLS clients (libnbd's nbdinfo and nbdcopy, QEMU's qemu-img and
+// qemu-io; all GnuTLS) against a server that requires TLS with client
+// certificates, reading the certificate directory layout they share.
+func TestToolsTLS(t *testing.T) {
+	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "qemu-io"} {
+		needTool(t, tool)
+	}
+	p := getPKI(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")       // our CA, a client certificate it signed
+	untrusted := filepath.Join(dir, "other") // our CA, a client certificate another CA signed
+	noCert := filepath.Join(dir, "nocert")   // our CA, no client certificate
+	distrust := filepath.Join(dir, "wrong")  // does not trust our server
+	for _, d := range []struct {
+		dir    string
+		issuer *nbdtest.PKI
+		caPEM  []byte
+		cn     string
+	}{
+		{good, p.ca, p.ca.CAPEM, "libnbd client"},
+		{untrusted, p.other, p.ca.CAPEM, "intruder"},
+		{noCert, p.ca, p.ca.CAPEM, ""},
+		{distrust, p.ca, p.other.CAPEM, "libnbd client"},
+	} {
+		if err := d.issuer.WriteClientDir(d.dir, d.caPEM, d.cn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev := newMem(8 << 20)
+	addr := serve(t, &nbd.Server{TLS: p.serverMutual, TLSMode: nbd.TLSRequire,
+		Exports: []nbd.Export{{Name: "disk", Device: dev}, {Name: "small", Device: newMem(2 << 20)}}})
+	host, port, _ := net.SplitHostPort(addr)
+	uri := func(certs string) string { return "nbds://" + addr + "/disk?tls-certificates=" + certs }
+	qemuObj := func(certs string) []string {
+		return []string{"--object", "tls-creds-x509,id=tls0,dir=" + certs + ",endpoint=client",
+			"--image-opts", "driver=nbd,host=" + host + ",port=" + port + ",export=disk,tls-creds=tls0"}
+	}
+
+	t.Run("nbdinfo", func(t *testing.T) {
+		out := runTool(t, "nbdinfo", "--json", uri(good))
+		var v struct {
+			Protocol string `json:"protocol"`
+			TLS      bool   `json:"TLS"`
+			Exports  []struct {
+				Size int64 `json:"export-size"`
+			} `json:"exports"`
+		}
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatalf("nbdinfo output: %v\n%s", err, out)
+		}
+		if !v.TLS || len(v.Exports) != 1 || v.Exports[0].Size != 8<<20 {
+			t.Fatalf("nbdinfo over TLS: %s", out)
+		}
+	})
+	t.Run("nbdcopy", func(t *testing.T) {
+		src := filepath.Join(t.TempDir(), "src")
+		back := filepath.Join(t.TempDir(), "back")
+		data := pattern(2<<20, 11)
+		if err := os.WriteFile(src, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		small := strings.Replace(uri(good), "/disk?", "/small?", 1)
+		runTool(t, "nbdcopy", "--connections=2", src, small)
+		runTool(t, "nbdcopy", small, back)
+		got, err := os.ReadFile(back)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("nbdcopy round trip over TLS differs (%v)", err)
+		}
+	})
+	t.Run("qemu", func(t *testing.T) {
+		out := runTool(t, "qemu-img", append([]string{"info", "--output=json"}, qemuObj(good)...)...)
+		if !bytes.Contains(out, []byte(`"virtual-size": 8388608`)) {
+			t.Fatalf("qemu-img info over TLS: %s", out)
+		}
+		args := []string{"-c", "write -P 0x5c 1M 64k", "-c", "flush", "-c", "read -P 0x5c 1M 64k"}
+		out = runTool(t, "qemu-io", append(args, qemuObj(good)...)...)
+		if bytes.Contains(out, []byte("fail")) || dev.data[1<<20] != 0x5c {
+			t.Fatalf("qemu-io over TLS:\n%s", out)
+		}
+	})
+	t.Run("plain client refused", func(t *testing.T) {
+		out := runToolErr(t, []string{"LIBNBD_DEBUG=1"}, "nbdinfo", "nbd://"+addr+"/disk")
+		if !strings.Contains(out, "TLS is required on this server") {
+			t.Fatalf("nbdinfo without TLS: the server's reason is not shown:\n%s", out)
+		}
+		out = runToolErr(t, nil, "qemu-img", "info", "nbd://"+addr+"/disk")
+		if !strings.Contains(out, "TLS is required on this server") {
+			t.Fatalf("qemu-img without TLS:\n%s", out)
+		}
+	})
+	t.Run("untrusted client certificate refused", func(t *testing.T) {
+		runToolErr(t, nil, "nbdinfo", uri(untrusted))
+		runToolErr(t, nil, "qemu-img", append([]string{"info"}, qemuObj(untrusted)...)...)
+	})
+	t.Run("client without certificate refused", func(t *testing.T) {
+		runToolErr(t, nil, "nbdinfo", uri(noCert))
+	})
+	t.Run("client does not trust the server", func(t *testing.T) {
+		runToolErr(t, nil, "nbdinfo", uri(distrust))
+		runToolErr(t, nil, "qemu-img", append([]string{"info"}, qemuObj(distrust)...)...)
+	})
 }

@@ -16,7 +16,8 @@ type request struct {
 	typ    uint16
 	flags  uint16
 	cookie uint64
-	off    int64
+	off    int64  // the offset, if within the export (else 0)
+	woff   uint64 // the offset as sent, for messages
 	n      int64
 	buf    *[]byte       // payload (WRITE) or reply data (READ); owned by the request
 	cost   int64         // bytes held in the gate
@@ -44,11 +45,13 @@ func (c *conn) transmit(exp Export) error {
 	c.trimmer, _ = exp.Device.(Trimmer)
 	c.zeroer, _ = exp.Device.(Zeroer)
 	c.quick, _ = exp.Device.(Quick)
+	c.allocator, _ = exp.Device.(Allocator)
+	c.metaDev, _ = exp.Device.(MetaContexts)
 	c.size = exp.Device.Size()
 	c.maxLen = int64(c.srv.maxPayload())
-	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes())
+	c.gate.init(c.srv.maxInFlight(), c.srv.maxInFlightBytes(), c.srv.maxReplyBacklog())
 	c.jobs = make(chan *request)
-	c.rw.init(c.nc)
+	c.rw.init(c.nc, &c.gate, c.srv.writeTimeout(), c.writeFailed)
 	c.useRaw()
 
 	err := c.readLoop()
@@ -59,7 +62,8 @@ func (c *conn) transmit(exp Export) error {
 	c.rw.mu.Lock()
 	werr := c.rw.err
 	c.rw.mu.Unlock()
-	if err == errDisc || err == nil {
+	if err == errDisc || err == nil || werr != nil {
+		// A failed write also ends the reader (abort): report the cause.
 		err = werr
 	}
 	return err
@@ -78,6 +82,9 @@ func (c *conn) readLoop() (err error) {
 	for {
 		if c.stopping.Load() {
 			c.drainBuffered()
+			return nil
+		}
+		if !c.gate.roomToReply() {
 			return nil
 		}
 		if c.br.Buffered() < RequestSize {
@@ -113,9 +120,10 @@ func (c *conn) readLoop() (err error) {
 			flags:  binary.BigEndian.Uint16(h[4:]),
 			typ:    binary.BigEndian.Uint16(h[6:]),
 			cookie: binary.BigEndian.Uint64(h[8:]),
+			woff:   binary.BigEndian.Uint64(h[16:]),
 			n:      int64(binary.BigEndian.Uint32(h[24:])),
 		}
-		off := binary.BigEndian.Uint64(h[16:])
+		off := r.woff
 		if c.srv.OnRequest != nil {
 			r.start = time.Since(clockBase)
 		}
@@ -153,8 +161,11 @@ func (c *conn) readLoop() (err error) {
 			continue
 		}
 
-		if r.typ == CmdRead || r.typ == CmdWrite {
+		switch r.typ {
+		case CmdRead, CmdWrite:
 			r.cost = r.n
+		case CmdBlockStatus:
+			r.cost = c.statusCost(r)
 		}
 		if !c.gate.acquire(r.cost) {
 			requestPool.Put(r)
@@ -209,7 +220,11 @@ func (c *conn) check(r *request, inRange bool) error {
 	ro := c.exp.ReadOnly
 	switch r.typ {
 	case CmdRead, CmdCache:
-		if r.flags&^CmdFlagFUA != 0 {
+		allowed := CmdFlagFUA
+		if r.typ == CmdRead && c.structured {
+			allowed |= CmdFlagDF // NBD_FLAG_SEND_DF is advertised
+		}
+		if r.flags&^allowed != 0 {
 			return ErrBadFlags
 		}
 		if r.typ == CmdRead && r.n > c.maxLen {
@@ -260,6 +275,19 @@ func (c *conn) check(r *request, inRange bool) error {
 		}
 		if r.flags&CmdFlagFastZero != 0 && c.zeroer == nil {
 			return ErrNotFast
+		}
+	case CmdBlockStatus:
+		if r.flags&^(CmdFlagFUA|CmdFlagReqOne) != 0 {
+			return ErrBadFlags
+		}
+		if len(c.metas) == 0 {
+			return ErrNoMetaContext
+		}
+		if r.n == 0 {
+			return ErrZeroLength
+		}
+		if !inRange {
+			return ErrOutOfRange
 		}
 	default:
 		return ErrUnknownCommand
@@ -312,13 +340,21 @@ func (c *conn) worker(r *request) {
 // handle runs r on the Device, answers it and frees it.
 func (c *conn) handle(r *request) {
 	var err error
-	var data []byte
 	fua := r.flags&CmdFlagFUA != 0
 	switch r.typ {
 	case CmdRead:
-		if err = c.dev.ReadAt(c.ctx, *r.buf, r.off); err == nil {
-			data = *r.buf
+		if c.structured {
+			c.readStructured(r)
+			return
 		}
+		if err = c.dev.ReadAt(c.ctx, *r.buf, r.off); err == nil {
+			c.reply(r.cookie, 0, *r.buf, true, r.cost)
+			c.done(r, nil)
+			return
+		}
+	case CmdBlockStatus:
+		c.blockStatus(r)
+		return
 	case CmdWrite:
 		err = c.dev.WriteAt(c.ctx, *r.buf, r.off, fua)
 	case CmdFlush:
@@ -331,8 +367,7 @@ func (c *conn) handle(r *request) {
 	if err != nil {
 		c.log.Debug("nbd: device error", "cmd", cmdName(r.typ), "off", r.off, "n", r.n, "err", err)
 	}
-	c.reply(r.cookie, errorCode(err), data)
-	c.gate.release(r.cost)
+	c.answer(r.cookie, r.typ, r.woff, r.n, err, true, r.cost) // gives the gate back once written
 	c.done(r, err)
 }
 
@@ -361,7 +396,7 @@ func (c *conn) finish(r *request, err error) {
 	if err != nil {
 		c.log.Debug("nbd: request refused", "cmd", cmdName(r.typ), "flags", r.flags, "off", r.off, "n", r.n, "err", err)
 	}
-	c.reply(r.cookie, errorCode(err), nil)
+	c.answer(r.cookie, r.typ, r.woff, r.n, err, false, 0)
 	c.done(r, err)
 }
 
@@ -385,6 +420,7 @@ func (c *conn) drainBuffered() {
 		}
 		typ := binary.BigEndian.Uint16(h[6:])
 		cookie := binary.BigEndian.Uint64(h[8:])
+		off := binary.BigEndian.Uint64(h[16:])
 		n := int(binary.BigEndian.Uint32(h[24:]))
 		if typ == CmdDisc {
 			return
@@ -397,26 +433,44 @@ func (c *conn) drainBuffered() {
 		} else {
 			c.br.Discard(RequestSize)
 		}
-		c.reply(cookie, ESHUTDOWN, nil)
+		c.answer(cookie, typ, off, int64(n), ErrShutdown, false, 0)
 	}
 }
 
-// reply writes one simple reply (see replies: replies that complete while
-// another is being written share its next system call).
-func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
+// reply writes one simple reply. held: the reply holds one request and
+// cost bytes of the gate until it is written.
+func (c *conn) reply(cookie uint64, errno uint32, data []byte, held bool, cost int64) {
 	var h [SimpleReplySize]byte
 	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], errno)
 	binary.BigEndian.PutUint64(h[8:], cookie)
+	c.send(h[:], data, held, cost)
+}
+
+// send writes one reply message, head then data (see replies: replies that
+// complete while another is being written share its next system call).
+func (c *conn) send(head, data []byte, held bool, cost int64) {
 	// Other requests in flight may complete in a moment: give their replies
 	// a chance to join this one's write. With none (a client that waits for
 	// each reply), the yield would only wake an idle thread for nothing.
 	others := c.gate.n.Load() > 1
-	if err := c.rw.reply(h[:], data, others); err != nil && c.werrOnce.CompareAndSwap(false, true) {
-		c.log.Debug("nbd: write reply", "err", err)
-		// The client is gone; stop the reader too.
-		c.abort()
+	c.rw.reply(head, data, others, held, cost) // a failure ends the connection through writeFailed
+}
+
+// writeFailed ends the connection after a failed reply write: the client
+// is gone or stuck. It stops the reader wherever it waits, before the
+// failed replies give their budget back.
+func (c *conn) writeFailed(err error) {
+	if !c.werrOnce.CompareAndSwap(false, true) {
+		return
 	}
+	if errors.Is(err, ErrWriteTimeout) {
+		c.log.Warn("nbd: disconnecting a client that does not read its replies", "err", err)
+	} else {
+		c.log.Debug("nbd: write reply", "err", err)
+	}
+	c.gate.close()
+	c.abort()
 }
 
 func cmdName(typ uint16) string {
@@ -435,6 +489,8 @@ func cmdName(typ uint16) string {
 		return "cache"
 	case CmdWriteZeroes:
 		return "write_zeroes"
+	case CmdBlockStatus:
+		return "block_status"
 	}
 	return "unknown"
 }

@@ -10,11 +10,12 @@ import gonbd "github.com/pojntfx/go-nbd/pkg/protocol"
 
 // Magic numbers.
 const (
-	MagicInit        uint64 = gonbd.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC", first 8 bytes the server sends
-	MagicOption      uint64 = gonbd.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT", newstyle; also starts every option
-	MagicOptionReply uint64 = gonbd.NEGOTIATION_MAGIC_REPLY    // starts every option reply
-	MagicRequest     uint32 = gonbd.TRANSMISSION_MAGIC_REQUEST // starts every transmission request
-	MagicSimpleReply uint32 = gonbd.TRANSMISSION_MAGIC_REPLY   // starts every simple reply
+	MagicInit            uint64 = gonbd.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC", first 8 bytes the server sends
+	MagicOption          uint64 = gonbd.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT", newstyle; also starts every option
+	MagicOptionReply     uint64 = gonbd.NEGOTIATION_MAGIC_REPLY    // starts every option reply
+	MagicRequest         uint32 = gonbd.TRANSMISSION_MAGIC_REQUEST // starts every transmission request
+	MagicSimpleReply     uint32 = gonbd.TRANSMISSION_MAGIC_REPLY   // starts every simple reply
+	MagicStructuredReply uint32 = 0x668e33ef                       // starts every structured reply chunk
 )
 
 // Handshake flags (16 bits, server → client).
@@ -110,6 +111,34 @@ const (
 	CmdFlagPayloadLen uint16 = 1 << 5
 )
 
+// Structured reply flags and chunk types.
+const (
+	ReplyFlagDone uint16 = 1 << 0 // the last chunk of a reply
+
+	ReplyTypeNone        uint16 = 0
+	ReplyTypeOffsetData  uint16 = 1
+	ReplyTypeOffsetHole  uint16 = 2
+	ReplyTypeBlockStatus uint16 = 5
+	ReplyTypeError       uint16 = 1<<15 | 1
+	ReplyTypeErrorOffset uint16 = 1<<15 | 2
+)
+
+// Metadata contexts and their status flags (NBD_REPLY_TYPE_BLOCK_STATUS).
+const (
+	// ContextBaseAllocation is the spec's base:allocation context.
+	ContextBaseAllocation = "base:allocation"
+	// DirtyBitmapPrefix starts the names of QEMU's dirty bitmap contexts,
+	// qemu:dirty-bitmap:NAME (QEMU's docs/interop/nbd.txt).
+	DirtyBitmapPrefix = "qemu:dirty-bitmap:"
+
+	// StateHole (base:allocation): the extent is not allocated.
+	StateHole uint32 = 1 << 0
+	// StateZero (base:allocation): the extent reads as zeroes.
+	StateZero uint32 = 1 << 1
+	// StateDirty (qemu:dirty-bitmap:NAME): the extent changed.
+	StateDirty uint32 = 1 << 0
+)
+
 // Error values in replies. They happen to equal Linux errno values.
 const (
 	EPERM     uint32 = 1
@@ -126,4 +155,9 @@ const (
 const (
 	RequestSize     = 28 // magic 4, flags 2, type 2, cookie 8, offset 8, length 4
 	SimpleReplySize = 16 // magic 4, error 4, cookie 8
+	ChunkHeaderSize = 20 // magic 4, flags 2, type 2, cookie 8, length 4
 )
+
+// MaxString is the longest string the spec allows (export names, context
+// names, queries, error messages).
+const MaxString = 4096

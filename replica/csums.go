@@ -85,7 +85,9 @@ func (s *session) csumsPass() error {
 		}
 		sums = hashBlocks(sums[:0], buf[:ln], gran)
 		h := protocol.Hashes{Off: uint64(off), Len: uint64(ln), Sums: sums}
-		s.queue(ctrlMsg{t: protocol.TypeCsums, payload: h.Append(nil)})
+		if err := s.queueWait(ctrlMsg{t: protocol.TypeCsums, payload: h.Append(nil)}); err != nil {
+			return err
+		}
 		sent += ln
 		i = e
 	}
@@ -105,7 +107,7 @@ func (s *session) onCsums(payload []byte) error {
 	}
 	gran := n.cfg.Granularity
 	off, ln := int64(h.Off), int64(h.Len)
-	if off < 0 || ln <= 0 || off%gran != 0 || off+ln > n.cfg.Size || (ln+gran-1)/gran != int64(len(h.Sums)) {
+	if off < 0 || ln <= 0 || off%gran != 0 || off > n.cfg.Size || ln > n.cfg.Size-off || (ln+gran-1)/gran != int64(len(h.Sums)) {
 		return p.readErr("csums", fmt.Errorf("%w: Csums %d+%d with %d sums", protocol.ErrCorrupt, off, ln, len(h.Sums)))
 	}
 	n.mu.Lock()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/authlimit"
 )
 
 // Connect (re)enables the connection to peer. With discardMyData this node
@@ -187,9 +188,20 @@ func (n *Node) accept(ctx context.Context, ln net.Listener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		ip := remoteIP(nc)
+		if !n.authLim.Begin(ip) {
+			// Too many connections still in their handshake (from this
+			// address, or in all): an unauthenticated flood gets no
+			// goroutine and no buffers.
+			n.log.Warn("refused incoming peer connection: too many handshakes in progress", "remote", nc.RemoteAddr().String(),
+				"per_address", authlimit.MaxHandshakesPerIP, "total", authlimit.MaxHandshakes)
+			nc.Close()
+			continue
+		}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
+			defer n.authLim.End(ip)
 			n.handshakeIncoming(ctx, nc)
 		}()
 	}

@@ -66,6 +66,9 @@ func (s *session) seqFrame(f protocol.Frame) error {
 		if resend {
 			return s.p.readErr("write", fmt.Errorf("%w: resent write %d while waiting for %d", protocol.ErrUnexpected, f.Seq, rx.hole))
 		}
+		if rx.heldBytes += int64(len(f.Payload)); rx.heldBytes > maxHeldBytes || len(rx.held) >= maxHeldFrames {
+			return s.p.readErr("write", fmt.Errorf("%w: more than %d frames or %d MiB behind the unresolved write %d", protocol.ErrUnexpected, maxHeldFrames, maxHeldBytes>>20, rx.hole))
+		}
 		f.Payload = bytes.Clone(f.Payload)
 		rx.held = append(rx.held, f)
 		return nil
@@ -81,10 +84,13 @@ func (s *session) seqFrame(f protocol.Frame) error {
 	}
 	rx.hole = 0
 	held := rx.held
-	rx.held = nil
+	rx.held, rx.heldBytes = nil, 0
 	for i, h := range held {
 		if rx.hole != 0 {
 			rx.held = append(rx.held, held[i:]...)
+			for _, x := range held[i:] {
+				rx.heldBytes += int64(len(x.Payload))
+			}
 			break
 		}
 		if err := s.applySeq(h); err != nil {

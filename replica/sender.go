@@ -128,6 +128,7 @@ func (s *session) send() error {
 		// generation goes before a lease request that follows it.
 		s.ctrlMu.Lock()
 		ctrl, s.ctrl = s.ctrl, ctrl[:0]
+		s.ctrlBytes = 0
 		s.ctrlMu.Unlock()
 		maxBytes := int(min(4<<20, n.journal.Max/4))
 		var more bool

@@ -28,9 +28,10 @@ type dedupState struct {
 // dedupRx is the receiver's side: the hole (the seq of a write whose data
 // was requested) and the sequence frames held back behind it.
 type dedupRx struct {
-	hole uint64
-	held []protocol.Frame
-	dw   protocol.DedupWrite
+	hole      uint64
+	held      []protocol.Frame
+	heldBytes int64 // their payloads, bounded by maxHeldBytes
+	dw        protocol.DedupWrite
 }
 
 // session is one live connection to a peer.
@@ -46,8 +47,9 @@ type session struct {
 	errOnce sync.Once
 	err     error
 
-	ctrlMu sync.Mutex
-	ctrl   []ctrlMsg
+	ctrlMu    sync.Mutex
+	ctrl      []ctrlMsg
+	ctrlBytes int64 // payload bytes in ctrl, bounded by maxCtrlBytes
 
 	dedup    dedupState
 	frameErr error // the sender's first frame write error (sender.go)
@@ -82,11 +84,54 @@ func (s *session) fail(err error) {
 	s.cancel()
 }
 
+// What a peer can make this node hold for a session. Both are far above
+// what a peer that reads its frames and follows the protocol causes: the
+// bounds fail a session whose peer does not read (the control frames it
+// asked for pile up behind a blocked sender) or sends whole writes behind a
+// dedup reference it never resolves.
+const (
+	maxCtrlBytes     = 32 << 20 // control frames queued for the sender
+	maxCtrlMsgs      = 1 << 16
+	ctrlBackpressure = 4 << 20  // a checksum resync's hashes wait above this
+	maxHeldBytes     = 96 << 20 // frames held behind an unresolved dedup reference
+	maxHeldFrames    = 1 << 15
+)
+
+// errCtrlOverflow ends a session whose control queue overflowed.
+var errCtrlOverflow = fmt.Errorf("more than %d control frames or %d MiB queued for the peer: it does not read them", maxCtrlMsgs, maxCtrlBytes>>20)
+
+// queue queues a control frame for the sender; past the bound the session
+// fails instead of growing.
 func (s *session) queue(m ctrlMsg) {
 	s.ctrlMu.Lock()
-	s.ctrl = append(s.ctrl, m)
+	s.ctrlBytes += int64(len(m.payload))
+	over := s.ctrlBytes > maxCtrlBytes || len(s.ctrl) >= maxCtrlMsgs
+	if !over {
+		s.ctrl = append(s.ctrl, m)
+	}
 	s.ctrlMu.Unlock()
+	if over {
+		s.fail(errCtrlOverflow)
+		return
+	}
 	s.wakeUp()
+}
+
+// queueWait is queue for a producer that can wait (a checksum resync's
+// hashes): while much is queued it waits for the sender to catch up.
+func (s *session) queueWait(m ctrlMsg) error {
+	for {
+		s.ctrlMu.Lock()
+		busy := s.ctrlBytes > ctrlBackpressure
+		s.ctrlMu.Unlock()
+		if !busy {
+			s.queue(m)
+			return nil
+		}
+		if err := waitCtx(s.ctx, 5*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // session runs one authenticated connection: the negotiation

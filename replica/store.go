@@ -36,6 +36,10 @@ type FileStore struct {
 	blockDev bool
 }
 
+// ErrInUse is returned by OpenFileStore when another process holds the
+// backing store.
+var ErrInUse = errors.New("backing store in use")
+
 // ErrTooSmall is returned by OpenFileStore when the backing store is smaller
 // than the requested size.
 var ErrTooSmall = errors.New("backing store smaller than the resource size")
@@ -49,10 +53,19 @@ func OpenFileStore(path string, size int64) (*FileStore, error) {
 		return nil, fmt.Errorf("open %s: size %d must be positive", path, size)
 	}
 	created := false
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	flag := os.O_RDWR
+	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		// A block device opened O_EXCL is refused while another holder
+		// (a mounted filesystem, another repd, LVM) has it.
+		flag |= os.O_EXCL
+	}
+	f, err := os.OpenFile(path, flag, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		created = true
+	}
+	if errors.Is(err, syscall.EBUSY) {
+		return nil, fmt.Errorf("open backing store %s: the block device is in use (mounted, or held by another repd or device mapper): %w", path, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open backing store: %w", err)
@@ -61,6 +74,17 @@ func OpenFileStore(path string, size int64) (*FileStore, error) {
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode().IsRegular() {
+		// Two daemons must never write one image: an exclusive lock,
+		// held until Close (the kernel drops it if the process dies).
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("backing store %s is in use by another process (another repd, of this resource or another): %w", path, ErrInUse)
+			}
+			return nil, fmt.Errorf("lock backing store %s: %w", path, err)
+		}
 	}
 	s := &FileStore{f: f, path: path, size: size}
 	var have int64

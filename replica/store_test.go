@@ -89,3 +89,32 @@ func TestFileStoreIO(t *testing.T) {
 		t.Fatal("read past the end of the file succeeded")
 	}
 }
+
+// Two stores on one image: the second is refused while the first is open,
+// whatever resource it is for; a closed store's lock is gone.
+func TestFileStoreLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	a, err := OpenFileStore(path, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenFileStore(path, 1<<20); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second open of a store in use: %v", err)
+	}
+	// Through another path to the same file, too.
+	link := filepath.Join(t.TempDir(), "link.img")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenFileStore(link, 1<<20); !errors.Is(err, ErrInUse) {
+		t.Fatalf("open through a symlink of a store in use: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenFileStore(path, 1<<20)
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	b.Close()
+}

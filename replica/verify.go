@@ -170,7 +170,7 @@ func (a *applier) verify(seq uint64, payload []byte) error {
 	}
 	gran := a.n.cfg.Granularity
 	off, ln := int64(h.Off), int64(h.Len)
-	if off < 0 || ln <= 0 || off+ln > a.n.cfg.Size || (ln+gran-1)/gran != int64(len(h.Sums)) {
+	if off < 0 || ln <= 0 || off > a.n.cfg.Size || ln > a.n.cfg.Size-off || (ln+gran-1)/gran != int64(len(h.Sums)) {
 		return a.s.p.readErr("verify", fmt.Errorf("%w: Verify %d+%d with %d sums", protocol.ErrCorrupt, off, ln, len(h.Sums)))
 	}
 	a.submit(&aitem{seq: seq, off: off, n: ln, sums: h.Sums, done: make(chan struct{})}, nil)

@@ -26,11 +26,16 @@ s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])
 PY
 }
 A_NBD=$(port 127.0.0.1); B_NBD=$(port 127.0.0.2); A_PEER=$(port 127.0.0.1); B_PEER=$(port 127.0.0.2)
+# The nodes authenticate each other with a shared secret (repd refuses a
+# multi-node resource without one, or TLS).
+head -c 32 /dev/urandom | base64 > "$DIR/r0.secret"
+chmod 600 "$DIR/r0.secret"
 cat > "$DIR/r0.toml" <<CONF
 [resource]
 name = "r0"
 size = "256MiB"
 protocol = "C"
+secret-file = "r0.secret"
 
 [[node]]
 name = "alpha"

@@ -77,6 +77,7 @@ declare -A pkg=(
   [tr]=coreutils
   [cut]=coreutils
   [cat]=coreutils
+  [base64]=coreutils
   [mkdir]=coreutils
   [rm]=coreutils
   [mktemp]=coreutils

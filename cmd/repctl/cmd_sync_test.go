@@ -27,6 +27,7 @@ func TestCreateMD(t *testing.T) {
 	os.WriteFile(conf, []byte(`[resource]
 name = "r0"
 size = "16MiB"
+insecure = true
 [[node]]
 name = "alpha"
 disk = "`+dir+`/a.img"

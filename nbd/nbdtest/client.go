@@ -2,12 +2,15 @@
 // option, sends well-formed or deliberately broken requests, and pipelines
 // them, matching replies to requests by cookie.
 //
-// It speaks only simple replies. It starts one goroutine per Client (the reply
-// reader), which Close waits for.
+// It speaks simple replies, and structured replies once
+// Negotiation.StructuredReply succeeded: chunks are collected per request
+// and checked (inside the request, no overlap, a final chunk). It starts
+// one goroutine per Client (the reply reader), which Close waits for.
 package nbdtest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,6 +46,8 @@ type Negotiation struct {
 	// HandshakeFlags are the server's handshake flags.
 	HandshakeFlags uint16
 	br             *bufio.Reader
+	structured     bool
+	contexts       map[uint32]string // from the last SetMetaContext
 }
 
 // Negotiate reads the server's greeting on c and answers clientFlags.
@@ -64,10 +69,103 @@ func Negotiate(c net.Conn, clientFlags uint32) (*Negotiation, error) {
 	return n, nil
 }
 
+// NewNegotiation speaks option haggling on c, whose greeting and client
+// flags are already exchanged (for a connection a test upgraded itself).
+func NewNegotiation(c net.Conn) *Negotiation {
+	return &Negotiation{Conn: c, br: bufio.NewReader(c)}
+}
+
 // Reader is the buffered reader of the connection: after a successful
 // Info(nbd.OptGo, ...) a caller may speak the transmission phase itself by
 // writing to Conn and reading from Reader.
 func (n *Negotiation) Reader() *bufio.Reader { return n.br }
+
+// StartTLS sends NBD_OPT_STARTTLS and, after the server's NBD_REP_ACK,
+// runs the TLS handshake with cfg; option haggling then goes on inside TLS
+// (Conn is the TLS connection). A refusal is returned as *OptionError.
+func (n *Negotiation) StartTLS(cfg *tls.Config) error {
+	if _, err := n.Option(nbd.OptStartTLS, nil); err != nil {
+		return err
+	}
+	if n.br.Buffered() > 0 {
+		return errors.New("server sent data after its STARTTLS reply")
+	}
+	tc := tls.Client(n.Conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	n.Conn = tc
+	n.br = bufio.NewReader(tc)
+	n.structured, n.contexts = false, nil
+	return nil
+}
+
+// StructuredReply sends NBD_OPT_STRUCTURED_REPLY; after an ACK the
+// Client expects structured replies.
+func (n *Negotiation) StructuredReply() error {
+	if _, err := n.Option(nbd.OptStructuredReply, nil); err != nil {
+		return err
+	}
+	n.structured = true
+	return nil
+}
+
+// MetaData builds the data of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT.
+func MetaData(export string, queries ...string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(export)))
+	b = append(b, export...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// metaContexts reads NBD_REP_META_CONTEXT replies: context id (4) | name.
+func metaContexts(rs []OptionReply) (map[uint32]string, []string, error) {
+	ids := make(map[uint32]string)
+	var names []string
+	for _, r := range rs {
+		if r.Type != nbd.RepMetaContext || len(r.Data) < 5 {
+			return nil, nil, fmt.Errorf("unexpected reply type %d (%d bytes) to a meta context option", r.Type, len(r.Data))
+		}
+		id, name := binary.BigEndian.Uint32(r.Data), string(r.Data[4:])
+		ids[id] = name
+		names = append(names, name)
+	}
+	return ids, names, nil
+}
+
+// ListMetaContext sends NBD_OPT_LIST_META_CONTEXT and returns the names.
+func (n *Negotiation) ListMetaContext(export string, queries ...string) ([]string, error) {
+	rs, err := n.Option(nbd.OptListMetaContext, MetaData(export, queries...))
+	if err != nil {
+		return nil, err
+	}
+	_, names, err := metaContexts(rs)
+	return names, err
+}
+
+// SetMetaContext sends NBD_OPT_SET_META_CONTEXT and returns the selected
+// contexts by id; a Client entering transmission afterwards knows them.
+func (n *Negotiation) SetMetaContext(export string, queries ...string) (map[uint32]string, error) {
+	n.contexts = nil
+	rs, err := n.Option(nbd.OptSetMetaContext, MetaData(export, queries...))
+	if err != nil {
+		return nil, err
+	}
+	ids, names, err := metaContexts(rs)
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) != len(names) {
+		return nil, fmt.Errorf("context ids not unique: %v", names)
+	}
+	n.contexts = ids
+	return ids, nil
+}
 
 // SendOption sends one option with raw data.
 func (n *Negotiation) SendOption(opt uint32, data []byte) error {
@@ -247,6 +345,10 @@ func NewClient(c net.Conn, export string) (*Client, error) {
 type Client struct {
 	Size  int64
 	Flags uint16
+	// Structured: structured replies were negotiated. Contexts: the
+	// metadata contexts selected, by id.
+	Structured bool
+	Contexts   map[uint32]string
 
 	conn net.Conn
 	br   *bufio.Reader
@@ -262,12 +364,14 @@ type Client struct {
 
 func (n *Negotiation) client(size int64, flags uint16) *Client {
 	c := &Client{
-		Size:    size,
-		Flags:   flags,
-		conn:    n.Conn,
-		br:      n.br,
-		pending: make(map[uint64]*Call),
-		done:    make(chan struct{}),
+		Size:       size,
+		Flags:      flags,
+		Structured: n.structured,
+		Contexts:   n.contexts,
+		conn:       n.Conn,
+		br:         n.br,
+		pending:    make(map[uint64]*Call),
+		done:       make(chan struct{}),
 	}
 	go c.readReplies()
 	return c
@@ -291,11 +395,29 @@ type Request struct {
 	NoReply bool
 }
 
-// Reply is a simple reply.
+// Reply is a simple reply, or the chunks of a structured one. For a
+// structured reply Error is the first error chunk's (Message its text),
+// Data a READ's content assembled from its chunks, Status the extents of
+// BLOCK_STATUS chunks by context id.
 type Reply struct {
-	Error  uint32
-	Cookie uint64
-	Data   []byte
+	Error   uint32
+	Cookie  uint64
+	Data    []byte
+	Chunks  []Chunk
+	Message string
+	Status  map[uint32][]Extent
+	Holes   int // bytes sent as OFFSET_HOLE
+}
+
+// Chunk is one structured reply chunk.
+type Chunk struct {
+	Flags, Type uint16
+	Payload     []byte
+}
+
+// Extent is one block status descriptor.
+type Extent struct {
+	Len, Flags uint32
 }
 
 // Call is a request in flight.
@@ -313,12 +435,19 @@ func (call *Call) Wait() (Reply, error) {
 	return call.Reply, call.Err
 }
 
-// Error is a reply with a nonzero error value.
+// Error is a reply with a nonzero error value (and, in an error chunk, a
+// message).
 type Error struct {
-	Code uint32
+	Code    uint32
+	Message string
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("nbd error %d", e.Code) }
+func (e *Error) Error() string {
+	if e.Message != "" {
+		return fmt.Sprintf("nbd error %d: %s", e.Code, e.Message)
+	}
+	return fmt.Sprintf("nbd error %d", e.Code)
+}
 
 // ErrorCode returns the NBD error value in err, 0 if it carries none.
 func ErrorCode(err error) uint32 {
@@ -432,9 +561,14 @@ func (c *Client) SendRaw(b []byte) error {
 func (c *Client) do(req Request) (Reply, error) {
 	r, err := c.Do(req)
 	if err == nil && r.Error != 0 {
-		err = &Error{Code: r.Error}
+		err = &Error{Code: r.Error, Message: r.Message}
 	}
 	return r, err
+}
+
+// BlockStatus sends NBD_CMD_BLOCK_STATUS with flags (nbd.CmdFlagReqOne).
+func (c *Client) BlockStatus(off, n int64, flags uint16) (Reply, error) {
+	return c.do(Request{Type: nbd.CmdBlockStatus, Flags: flags, Offset: uint64(off), Length: uint32(n)})
 }
 
 // Read reads len(p) bytes at off.
@@ -529,12 +663,18 @@ func (c *Client) readReplies() {
 }
 
 func (c *Client) readReply() error {
-	var h [nbd.SimpleReplySize]byte
-	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+	var h [nbd.ChunkHeaderSize]byte
+	if _, err := io.ReadFull(c.br, h[:4]); err != nil {
 		return err
 	}
-	if m := binary.BigEndian.Uint32(h[0:]); m != nbd.MagicSimpleReply {
+	switch m := binary.BigEndian.Uint32(h[0:]); {
+	case m == nbd.MagicStructuredReply && c.Structured:
+		return c.readChunk(h[:])
+	case m != nbd.MagicSimpleReply:
 		return fmt.Errorf("bad reply magic %#x", m)
+	}
+	if _, err := io.ReadFull(c.br, h[4:nbd.SimpleReplySize]); err != nil {
+		return err
 	}
 	r := Reply{Error: binary.BigEndian.Uint32(h[4:]), Cookie: binary.BigEndian.Uint64(h[8:])}
 	c.mu.Lock()
@@ -543,6 +683,11 @@ func (c *Client) readReply() error {
 	c.mu.Unlock()
 	if call == nil {
 		return fmt.Errorf("reply for unknown cookie %d", r.Cookie)
+	}
+	if c.Structured && call.Req.Type == nbd.CmdRead {
+		call.Err = errors.New("simple reply to a READ although structured replies were negotiated")
+		close(call.Done)
+		return call.Err
 	}
 	if r.Error == 0 && call.want > 0 {
 		r.Data = make([]byte, call.want)
@@ -554,5 +699,151 @@ func (c *Client) readReply() error {
 	}
 	call.Reply = r
 	close(call.Done)
+	return nil
+}
+
+// maxChunk bounds a chunk's payload (a READ of 32 MiB and its offset).
+const maxChunk = 32<<20 + 8
+
+// readChunk reads one structured reply chunk (h holds its magic) and,
+// after the final one, completes its call.
+func (c *Client) readChunk(h []byte) error {
+	if _, err := io.ReadFull(c.br, h[4:nbd.ChunkHeaderSize]); err != nil {
+		return err
+	}
+	ch := Chunk{Flags: binary.BigEndian.Uint16(h[4:]), Type: binary.BigEndian.Uint16(h[6:])}
+	cookie := binary.BigEndian.Uint64(h[8:])
+	length := binary.BigEndian.Uint32(h[16:])
+	if length > maxChunk {
+		return fmt.Errorf("chunk of %d bytes", length)
+	}
+	ch.Payload = make([]byte, length)
+	if _, err := io.ReadFull(c.br, ch.Payload); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	call := c.pending[cookie]
+	if ch.Flags&nbd.ReplyFlagDone != 0 {
+		delete(c.pending, cookie)
+	}
+	c.mu.Unlock()
+	if call == nil {
+		return fmt.Errorf("chunk (type %d) for unknown cookie %d", ch.Type, cookie)
+	}
+	call.Reply.Cookie = cookie
+	call.Reply.Chunks = append(call.Reply.Chunks, ch)
+	if ch.Flags&nbd.ReplyFlagDone == 0 {
+		if ch.Type == nbd.ReplyTypeNone {
+			return errors.New("NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE")
+		}
+		return nil
+	}
+	err := call.assemble()
+	if err != nil {
+		call.Err = err
+	}
+	close(call.Done)
+	return err
+}
+
+// assemble checks a structured reply's chunks and fills in Reply.
+func (call *Call) assemble() error {
+	r := &call.Reply
+	req := call.Req
+	var covered []([2]uint64)
+	place := func(off uint64, n uint64) error {
+		if n == 0 || off < req.Offset || off+n > req.Offset+uint64(req.Length) {
+			return fmt.Errorf("content chunk %d+%d outside the request %d+%d", off, n, req.Offset, req.Length)
+		}
+		for _, cv := range covered {
+			if off < cv[1] && cv[0] < off+n {
+				return fmt.Errorf("content chunk %d+%d overlaps %d..%d", off, n, cv[0], cv[1])
+			}
+		}
+		covered = append(covered, [2]uint64{off, off + n})
+		return nil
+	}
+	if req.Type == nbd.CmdRead {
+		r.Data = make([]byte, req.Length)
+	}
+	var total uint64
+	for _, ch := range r.Chunks {
+		p := ch.Payload
+		switch {
+		case ch.Type == nbd.ReplyTypeNone:
+			if len(p) != 0 {
+				return fmt.Errorf("NBD_REPLY_TYPE_NONE with %d bytes", len(p))
+			}
+		case ch.Type == nbd.ReplyTypeOffsetData:
+			if req.Type != nbd.CmdRead || len(p) < 9 {
+				return fmt.Errorf("OFFSET_DATA of %d bytes for command %d", len(p), req.Type)
+			}
+			off, n := binary.BigEndian.Uint64(p), uint64(len(p)-8)
+			if err := place(off, n); err != nil {
+				return err
+			}
+			copy(r.Data[off-req.Offset:], p[8:])
+			total += n
+		case ch.Type == nbd.ReplyTypeOffsetHole:
+			if req.Type != nbd.CmdRead || len(p) != 12 {
+				return fmt.Errorf("OFFSET_HOLE of %d bytes for command %d", len(p), req.Type)
+			}
+			off, n := binary.BigEndian.Uint64(p), uint64(binary.BigEndian.Uint32(p[8:]))
+			if err := place(off, n); err != nil {
+				return err
+			}
+			total += n
+			r.Holes += int(n)
+		case ch.Type == nbd.ReplyTypeBlockStatus:
+			if req.Type != nbd.CmdBlockStatus || len(p) < 12 || (len(p)-4)%8 != 0 {
+				return fmt.Errorf("BLOCK_STATUS chunk of %d bytes for command %d", len(p), req.Type)
+			}
+			if r.Status == nil {
+				r.Status = make(map[uint32][]Extent)
+			}
+			id := binary.BigEndian.Uint32(p)
+			if _, dup := r.Status[id]; dup {
+				return fmt.Errorf("two BLOCK_STATUS chunks for context id %d", id)
+			}
+			var ext []Extent
+			for q := p[4:]; len(q) > 0; q = q[8:] {
+				e := Extent{Len: binary.BigEndian.Uint32(q), Flags: binary.BigEndian.Uint32(q[4:])}
+				if e.Len == 0 {
+					return fmt.Errorf("extent of length 0 for context id %d", id)
+				}
+				ext = append(ext, e)
+			}
+			r.Status[id] = ext
+		case ch.Type == nbd.ReplyTypeError || ch.Type == nbd.ReplyTypeErrorOffset:
+			if len(p) < 6 || int(binary.BigEndian.Uint16(p[4:])) > len(p)-6 {
+				return fmt.Errorf("error chunk of %d bytes", len(p))
+			}
+			errno, ml := binary.BigEndian.Uint32(p), int(binary.BigEndian.Uint16(p[4:]))
+			if errno == 0 {
+				return errors.New("error chunk with error 0")
+			}
+			if ch.Type == nbd.ReplyTypeError && len(p) != 6+ml || ch.Type == nbd.ReplyTypeErrorOffset && len(p) != 14+ml {
+				return fmt.Errorf("error chunk of %d bytes with a %d-byte message", len(p), ml)
+			}
+			if r.Error == 0 {
+				r.Error, r.Message = errno, string(p[6:6+ml])
+			}
+		default:
+			return fmt.Errorf("unknown chunk type %d", ch.Type)
+		}
+	}
+	if r.Error != 0 {
+		return nil
+	}
+	switch req.Type {
+	case nbd.CmdRead:
+		if total != uint64(req.Length) {
+			return fmt.Errorf("READ %d+%d answered with %d bytes", req.Offset, req.Length, total)
+		}
+	case nbd.CmdBlockStatus:
+		if len(r.Status) == 0 {
+			return errors.New("BLOCK_STATUS answered without status chunks")
+		}
+	}
 	return nil
 }

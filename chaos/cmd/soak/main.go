@@ -14,6 +14,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/chaos"
+	"github.com/repd/repd/harness"
 )
 
 func main() {
@@ -52,18 +54,24 @@ func main() {
 			scs = append(scs, sc)
 		}
 	}
-	bins, err := chaos.Build(".", *race)
+	ctx := context.Background()
+	root, err := harness.ModuleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(1)
 	}
-	defer os.RemoveAll(bins.Dir)
+	bins, err := harness.Build(ctx, root, *race)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		os.Exit(1)
+	}
+	defer bins.Remove()
 	cfg := chaos.Config{Bins: bins, Protocol: *protocol}
 
 	if *seed != 0 {
 		failed := false
 		for _, sc := range scs {
-			r := chaos.Run(cfg, sc, *seed)
+			r := chaos.Run(ctx, cfg, sc, *seed)
 			fmt.Println(r.Format(true))
 			failed = failed || r.Failed()
 		}
@@ -80,7 +88,7 @@ func main() {
 		fmt.Printf("# endurance cluster seed=%d epoch=%v\n", es, *epoch)
 		go func() {
 			endRes <- chaos.Endurance{Bins: bins, Seed: es, Duration: *duration, Epoch: min(*epoch, *duration),
-				Logf: func(f string, a ...any) { fmt.Printf("# "+f+"\n", a...) }}.Run()
+				Logf: func(f string, a ...any) { fmt.Printf("# "+f+"\n", a...) }}.Run(ctx)
 		}()
 	}
 
@@ -100,7 +108,7 @@ func main() {
 			rand.Shuffle(len(scs), func(a, b int) { scs[a], scs[b] = scs[b], scs[a] })
 		}
 		s := rand.Int64N(1<<40) + 1
-		r := chaos.Run(cfg, sc, s)
+		r := chaos.Run(ctx, cfg, sc, s)
 		fmt.Println(r.Format(*verbose))
 		a := per[sc.Name]
 		if a == nil {

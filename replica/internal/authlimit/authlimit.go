@@ -24,8 +24,10 @@ const (
 // Limiter is the per-address rate limit on failed authentications. Its
 // zero value is ready; it is safe for concurrent use.
 type Limiter struct {
-	mu sync.Mutex
-	m  map[string]*authRec
+	mu     sync.Mutex
+	m      map[string]*authRec
+	active int            // handshakes running (Begin, End)
+	perIP  map[string]int // of them, per address
 }
 
 type authRec struct {
@@ -85,5 +87,41 @@ func (l *Limiter) Leave(ip string, authFailed, ok bool, now time.Time) {
 	if authFailed {
 		r.fails++
 		r.last = now
+	}
+}
+
+// Concurrent handshakes: before a connection has proved the shared
+// secret it may hold a goroutine, a socket and small buffers for up to the
+// handshake deadline. At most MaxHandshakes run at once, at most
+// MaxHandshakesPerIP from one address; Begin refuses the rest, which the
+// caller closes at once.
+const (
+	MaxHandshakes      = 64
+	MaxHandshakesPerIP = 8
+)
+
+// Begin admits a handshake from ip, or refuses it; End must follow an
+// admitted one.
+func (l *Limiter) Begin(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.active >= MaxHandshakes || l.perIP[ip] >= MaxHandshakesPerIP {
+		return false
+	}
+	if l.perIP == nil {
+		l.perIP = map[string]int{}
+	}
+	l.active++
+	l.perIP[ip]++
+	return true
+}
+
+// End ends a handshake Begin admitted.
+func (l *Limiter) End(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.active--
+	if l.perIP[ip]--; l.perIP[ip] <= 0 {
+		delete(l.perIP, ip)
 	}
 }

@@ -1,0 +1,191 @@
+package check
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/repd/repd/bench/internal/result"
+	"github.com/repd/repd/bench/internal/units"
+)
+
+// Eval judges every target on s: the IOPS ratios, the memory bound and the
+// drills.
+func Eval(s *result.Summary) []result.Check {
+	var cs []result.Check
+	for _, c := range Ratios {
+		ck := result.Check{Issue: c.Issue, Name: fmt.Sprintf("%s/%s IOPS on %s", c.Num, c.Den, c.Workload), Limit: fmt.Sprintf(">= %.2fx", c.Min)}
+		num, den := s.Result(c.Workload, c.Num), s.Result(c.Workload, c.Den)
+		switch {
+		case num == nil || den == nil:
+			ck.Status, ck.Detail = "SKIP", fmt.Sprintf("needs %s and %s with %s in the run", c.Num, c.Den, c.Workload)
+		case num.Error != "":
+			ck.Status, ck.Detail = "FAIL", c.Num+": "+num.Error
+		case den.Error != "" || den.IOPS == 0:
+			ck.Status, ck.Detail = "SKIP", c.Den+" failed: "+den.Error
+		default:
+			ck.Value = num.IOPS / den.IOPS
+			ck.Status = passFail(ck.Value >= c.Min)
+			ck.Detail = fmt.Sprintf("%.2fx (%s %.0f, %s %.0f IOPS)", ck.Value, c.Num, num.IOPS, c.Den, den.IOPS)
+			if c.Note != "" {
+				ck.Detail += "; " + c.Note
+			}
+			if b := LittleBound(s, c.Num, c.Workload); b > 0 {
+				ck.Detail += fmt.Sprintf("; protocol C at this queue depth cannot exceed QD/RTT = %.0f IOPS (%.2fx) over the measured RTT", b, b/den.IOPS)
+			}
+			if b, why := CPUBound(s, c.Num, c.Den, c.Workload); b > 0 {
+				ck.Detail += fmt.Sprintf("; on this machine's CPUs it cannot exceed %.2fx: %s", b, why)
+			}
+		}
+		cs = append(cs, ck)
+	}
+	ck := result.Check{Issue: 2, Name: "repd max RSS", Limit: "< 100 MiB"}
+	switch ti := s.Target(result.Standalone); {
+	case ti == nil || ti.MaxRSS == 0:
+		ck.Status, ck.Detail = "SKIP", "repd did not run"
+	default:
+		ck.Value = float64(ti.MaxRSS) / (1 << 20)
+		ck.Status = passFail(ti.MaxRSS < RSSLimit)
+		ck.Detail = fmt.Sprintf("%.1f MiB", ck.Value)
+	}
+	cs = append(cs, ck)
+	return append(cs, Drills(s.Drills)...)
+}
+
+// Drills judges the drills: RTO, RPO, the wire ratios and the sync drill.
+func Drills(d *result.Drills) []result.Check {
+	skip := func(issue int, name, limit, why string) result.Check {
+		return result.Check{Issue: issue, Name: name, Limit: limit, Status: "SKIP", Detail: why}
+	}
+	if d == nil {
+		d = &result.Drills{}
+	}
+	var cs []result.Check
+	const rtoName, rtoLimit = "RTO: kill -9 primary until first write on promoted secondary", "< 2 s"
+	switch r := d.RTO; {
+	case r == nil:
+		cs = append(cs, skip(7, rtoName, rtoLimit, "rto drill not run"))
+	case r.Error != "":
+		cs = append(cs, result.Check{Issue: 7, Name: rtoName, Limit: rtoLimit, Status: "FAIL", Detail: r.Error})
+	default:
+		cs = append(cs, result.Check{Issue: 7, Name: rtoName, Limit: rtoLimit, Value: r.TotalMs, Status: passFail(r.TotalMs < RTOLimitMs),
+			Detail: fmt.Sprintf("%.0f ms (detect %.0f, promote %.0f, first write %.0f)", r.TotalMs, r.DetectMs, r.PromoteMs, r.FirstWriteMs)})
+	}
+	for _, proto := range []string{"C", "A"} {
+		name := "RPO under protocol " + proto + " over the WAN link"
+		limit := "0 bytes lost"
+		if proto == "A" {
+			limit = "lost <= journal-size"
+		}
+		i := slices.IndexFunc(d.RPO, func(r result.RPOResult) bool { return r.Protocol == proto })
+		if i < 0 {
+			cs = append(cs, skip(7, name, limit, "rpo drill not run"))
+			continue
+		}
+		r := d.RPO[i]
+		ck := result.Check{Issue: 7, Name: name, Limit: limit, Value: float64(r.LostBytes)}
+		switch {
+		case r.Error != "":
+			ck.Status, ck.Detail = "FAIL", r.Error
+		case r.Acked == 0:
+			ck.Status, ck.Detail = "FAIL", "no write was acknowledged"
+		case proto == "C":
+			ck.Status = passFail(r.LostBytes == 0)
+		default:
+			ck.Status = passFail(r.LostBytes <= r.JournalBound)
+		}
+		if r.Error == "" {
+			ck.Detail = fmt.Sprintf("%d of %d acknowledged writes lost (%s, %.2f s of writes); journal-size %s",
+				r.LostWrites, r.Acked, units.Bytes(r.LostBytes), r.LostSeconds, units.Bytes(r.JournalBound))
+		}
+		cs = append(cs, ck)
+	}
+	for _, kind := range []string{"csv", "repeat-4k", "random"} {
+		lim := WireLimits[kind]
+		name := "wire/logical bytes, zstd, " + kind
+		limit := fmt.Sprintf("<= %.3f", lim)
+		i := slices.IndexFunc(d.Wire, func(w result.WireResult) bool { return w.Data == kind })
+		if i < 0 {
+			cs = append(cs, skip(5, name, limit, "wire drill not run"))
+			continue
+		}
+		w := d.Wire[i]
+		ck := result.Check{Issue: 5, Name: name, Limit: limit, Value: w.Ratio}
+		if w.Error != "" {
+			ck.Status, ck.Detail = "FAIL", w.Error
+		} else {
+			ck.Status = passFail(w.Ratio <= lim)
+			ck.Detail = fmt.Sprintf("%.3f (%s on the wire for %s written)", w.Ratio, units.Bytes(w.Wire), units.Bytes(w.Logical))
+		}
+		cs = append(cs, ck)
+	}
+	return append(cs, Sync(d.Sync)...)
+}
+
+// Sync judges the sync drill (issue 4).
+func Sync(r *result.SyncResult) []result.Check {
+	const (
+		resyncName = "resync of 10% dirty (1 MiB pieces) / fio 1 MiB seq write, same cluster"
+		csumsName  = "checksum resync of an identical device: bytes the source sends"
+		verifyName = "online verify of the device: rate (no target), differences"
+	)
+	resyncLimit := fmt.Sprintf(">= %.2fx", SyncRatioMin)
+	csumsLimit := fmt.Sprintf("< %g%% of the device", 100*CSumsSourceMax)
+	const verifyLimit = "completes, 0 KiB differ"
+	if r == nil {
+		return []result.Check{
+			{Issue: 4, Name: resyncName, Limit: resyncLimit, Status: "SKIP", Detail: "sync drill not run"},
+			{Issue: 4, Name: csumsName, Limit: csumsLimit, Status: "SKIP", Detail: "sync drill not run"},
+			{Issue: 4, Name: verifyName, Limit: verifyLimit, Status: "SKIP", Detail: "sync drill not run"},
+		}
+	}
+	dev := units.Bytes(r.DeviceBytes)
+	ck := result.Check{Issue: 4, Name: resyncName, Limit: resyncLimit}
+	i := slices.IndexFunc(r.Resync, func(c result.SyncCase) bool { return c.Name == "1m" })
+	switch {
+	case i < 0:
+		ck.Status, ck.Detail = "FAIL", "not measured: "+r.Error
+	case r.Resync[i].Error != "":
+		ck.Status, ck.Detail = "FAIL", r.Resync[i].Error
+	case r.RefMeanMBps == 0:
+		ck.Status, ck.Detail = "SKIP", "no fio reference: "+r.Error
+	default:
+		c := r.Resync[i]
+		ck.Value = c.Ratio
+		ck.Status = passFail(c.Ratio >= SyncRatioMin)
+		ck.Detail = fmt.Sprintf("%.2fx: %s dirty of %s resynced in %.0f ms, %.0f MB/s; fio %.0f MB/s (mean of %s)",
+			c.Ratio, units.Bytes(c.DirtyBytes), dev, c.ResyncMs, c.RateMBps, r.RefMeanMBps, units.MBpsList(r.RefMBps))
+	}
+	cs := []result.Check{ck}
+	ck = result.Check{Issue: 4, Name: csumsName, Limit: csumsLimit}
+	switch c := r.CSumsResync; {
+	case c == nil:
+		ck.Status, ck.Detail = "FAIL", "not measured: "+r.Error
+	case c.Error != "":
+		ck.Status, ck.Detail = "FAIL", c.Error
+	default:
+		ck.Value = c.SourcePct
+		ck.Status = passFail(float64(c.SourceSent) < CSumsSourceMax*float64(r.DeviceBytes))
+		ck.Detail = fmt.Sprintf("%s sent (%.3f%% of %s), %s of hashes received (%.2f%%), in %.0f ms (%.0f MB/s)",
+			units.Bytes(c.SourceSent), c.SourcePct, dev, units.Bytes(c.HashesRecv), c.HashesPct, c.ResyncMs, c.RateMBps)
+	}
+	cs = append(cs, ck)
+	ck = result.Check{Issue: 4, Name: verifyName, Limit: verifyLimit}
+	switch v := r.Verify; {
+	case v == nil:
+		ck.Status, ck.Detail = "FAIL", "not measured: "+r.Error
+	case v.Error != "":
+		ck.Status, ck.Detail = "FAIL", v.Error
+	default:
+		ck.Value = v.RateMBps
+		ck.Status = passFail(v.MismatchKiB == 0)
+		ck.Detail = fmt.Sprintf("%.0f MB/s (%s in %.0f ms), %d KiB differ", v.RateMBps, dev, v.Ms, v.MismatchKiB)
+	}
+	return append(cs, ck)
+}
+
+func passFail(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}

@@ -1,0 +1,111 @@
+package check
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/repd/repd/bench/internal/result"
+)
+
+func TestChecks(t *testing.T) {
+	s := &result.Summary{
+		Targets: []result.TargetInfo{{Name: "repd", MaxRSS: 50 << 20}, {Name: "nbdkit"}},
+		Results: []result.Result{
+			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 110},
+			{Workload: "randwrite-4k-qd32", Target: "nbdkit", IOPS: 100},
+			{Workload: "seqwrite-1m-qd8", Target: "repd", IOPS: 90},
+			{Workload: "seqwrite-1m-qd8", Target: "nbdkit", IOPS: 100},
+			{Workload: "randread-4k-qd32", Target: "nbdkit", IOPS: 100},
+		},
+	}
+	got := map[string]string{}
+	for _, c := range Eval(s) {
+		got[c.Name] = c.Status
+	}
+	want := map[string]string{
+		"repd/nbdkit IOPS on randwrite-4k-qd32": "PASS",
+		"repd/nbdkit IOPS on seqwrite-1m-qd8":   "FAIL",
+		"repd/nbdkit IOPS on randread-4k-qd32":  "SKIP",
+		"repd max RSS":                          "PASS",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s", k, got[k], v)
+		}
+	}
+}
+
+func TestDrillChecks(t *testing.T) {
+	d := &result.Drills{
+		RTO: &result.RTOResult{TotalMs: 150, DetectMs: 5, PromoteMs: 100, FirstWriteMs: 45},
+		RPO: []result.RPOResult{
+			{Protocol: "A", Acked: 1000, LostWrites: 10, LostBytes: 40960, JournalBound: 8 << 20},
+			{Protocol: "C", Acked: 1000, LostWrites: 1, LostBytes: 4096, JournalBound: 8 << 20},
+		},
+		Wire: []result.WireResult{{Data: "csv", Ratio: 0.2}, {Data: "repeat-4k", Ratio: 1.01}, {Data: "random", Ratio: 1.0}},
+	}
+	got := map[string]string{}
+	for _, c := range Drills(d) {
+		got[c.Name] = c.Status
+	}
+	want := map[string]string{
+		"RTO: kill -9 primary until first write on promoted secondary": "PASS",
+		"RPO under protocol A over the WAN link":                       "PASS",
+		"RPO under protocol C over the WAN link":                       "FAIL",
+		"wire/logical bytes, zstd, csv":                                "PASS",
+		"wire/logical bytes, zstd, repeat-4k":                          "FAIL",
+		"wire/logical bytes, zstd, random":                             "PASS",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s", k, got[k], v)
+		}
+	}
+	for _, c := range Drills(nil) {
+		if c.Status != "SKIP" {
+			t.Errorf("no drills: %s is %s", c.Name, c.Status)
+		}
+	}
+}
+
+// The CPU bound on a replicated ratio: CPUs / (standalone CPU per I/O +
+// peers × floor), against standalone's IOPS; absent without the floor
+// drill or the CPU figures.
+func TestCPUBound(t *testing.T) {
+	s := &result.Summary{
+		Machine: result.Machine{Nproc: 2},
+		Targets: []result.TargetInfo{
+			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
+			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
+			{Name: "repd-c2", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2}},
+			{Name: "nbdkit", Meta: result.TargetMeta{Kind: "nbdkit"}},
+		},
+		Results: []result.Result{
+			// 8 µs of CPU per I/O at 100k IOPS on 2 CPUs: 80 % busy.
+			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 100000, CPU: &result.CPUStats{TargetUs: 5, FioUs: 3, Util: 0.8}},
+			{Workload: "randwrite-4k-qd32", Target: "repd-a1", IOPS: 60000},
+		},
+		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 2, Us1M: 300}},
+	}
+	// One peer: 2 CPUs / 10 µs = 200k IOPS = 2.0x of 100k.
+	if b, why := CPUBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); b < 1.999 || b > 2.001 || !strings.Contains(why, "200000 IOPS") {
+		t.Errorf("one peer: %.3f (%s), want 2.000 and 200000 IOPS", b, why)
+	}
+	// Two peers: 2 CPUs / 12 µs = 166667 IOPS.
+	if b, _ := CPUBound(s, "repd-c2", "repd", "randwrite-4k-qd32"); b < 1.666 || b > 1.667 {
+		t.Errorf("two peers: %.4f, want 1.6667", b)
+	}
+	for _, c := range []struct{ num, den, workload string }{
+		{"nbdkit", "repd", "randwrite-4k-qd32"},    // not a replicated repd
+		{"repd-a1", "nbdkit", "randwrite-4k-qd32"}, // not against standalone
+		{"repd-a1", "repd", "randread-4k-qd32"},    // no standalone result with CPU
+	} {
+		if b, _ := CPUBound(s, c.num, c.den, c.workload); b != 0 {
+			t.Errorf("%+v: bound %.3f, want none", c, b)
+		}
+	}
+	s.Drills.Floor.Error = "failed"
+	if b, _ := CPUBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); b != 0 {
+		t.Errorf("failed floor drill: bound %.3f, want none", b)
+	}
+}

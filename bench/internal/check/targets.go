@@ -1,0 +1,58 @@
+// Package check judges a benchmark run against repd's targets: IOPS ratios
+// between targets measured side by side, the server's memory, the RTO, RPO
+// and wire drills, and the sync drill. Each target comes from an issue of
+// the tracker and a Check carries its number, so that a FAIL names what
+// was promised where. The limits are here, apart from the code that
+// measures and from the report that shows them.
+package check
+
+import "github.com/repd/repd/bench/internal/result"
+
+// Ratio is an IOPS ratio between two targets on one workload, measured in
+// the same run: Num's IOPS over Den's must be at least Min.
+type Ratio struct {
+	Issue    int
+	Workload string
+	Num, Den string // target names
+	Min      float64
+	Note     string // added to the detail
+}
+
+// Ratios are the IOPS ratio targets.
+var Ratios = []Ratio{
+	// Issue 2: standalone repd against nbdkit, the page-cache file server.
+	{Issue: 2, Workload: "randwrite-4k-qd32", Num: result.Standalone, Den: "nbdkit", Min: 1.0},
+	{Issue: 2, Workload: "seqwrite-1m-qd8", Num: result.Standalone, Den: "nbdkit", Min: 1.0},
+	{Issue: 2, Workload: "randread-4k-qd32", Num: result.Standalone, Den: "nbdkit", Min: 0.9},
+	// Issue 3: what replication over loopback costs against standalone.
+	{Issue: 3, Workload: "randwrite-4k-qd32", Num: "repd-a1", Den: result.Standalone, Min: 0.9},
+	{Issue: 3, Workload: "randwrite-4k-qd32", Num: "repd-c1", Den: result.Standalone, Min: 0.6},
+	{Issue: 3, Workload: "seqwrite-1m-qd8", Num: "repd-c1", Den: result.Standalone, Min: 0.7},
+	// Issue 7: replication over shaped links.
+	{Issue: 7, Workload: "randwrite-4k-qd32", Num: "repd-c1-lan", Den: result.Standalone, Min: 0.5},
+	{Issue: 7, Workload: "randwrite-4k-qd32", Num: "repd-a1-wan", Den: result.Standalone, Min: 0.85},
+	// Issue 5: compression that finds nothing to squeeze costs little.
+	{Issue: 5, Workload: "randwrite-4k-qd32", Num: "repd-a1-zstd", Den: "repd-a1", Min: 0.95,
+		Note: "fio's buffers are random (incompressible)"},
+}
+
+// RSSLimit is issue 2's bound on standalone repd's resident memory.
+const RSSLimit = 100 << 20
+
+// RTOLimitMs is issue 7's recovery time target: kill -9 of the primary
+// until the first write acknowledged by the promoted secondary.
+const RTOLimitMs = 2000
+
+// WireLimits are issue 5's targets for wire bytes over logical bytes, with
+// zstd, by kind of data written.
+var WireLimits = map[string]float64{"csv": 1.0 / 3, "repeat-4k": 0.10, "random": 1.01}
+
+// Issue 4's targets for the sync drill.
+const (
+	// SyncRatioMin: resync of 10 % dirty in 1 MiB pieces over fio's 1 MiB
+	// sequential writes through the same cluster.
+	SyncRatioMin = 0.8
+	// CSumsSourceMax: checksum resync of identical data, bytes the source
+	// sends over the device's size.
+	CSumsSourceMax = 0.01
+)

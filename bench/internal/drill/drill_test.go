@@ -1,0 +1,115 @@
+package drill
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/api"
+	"github.com/repd/repd/bench/internal/target"
+)
+
+func TestRPOData(t *testing.T) {
+	a, b := make([]byte, rpoBlock), make([]byte, rpoBlock)
+	rpoData(7, a)
+	rpoData(7, b)
+	if string(a) != string(b) || string(a[:8]) != rpoMagic {
+		t.Fatal("rpoData not deterministic or no magic")
+	}
+	rpoData(8, b)
+	if string(a[16:]) == string(b[16:]) {
+		t.Fatal("two blocks share filler")
+	}
+}
+
+func TestWireGenerators(t *testing.T) {
+	csv := make([]byte, 64<<10)
+	wireGenerator("csv", 1)(3, csv)
+	lines := strings.Split(string(csv), "\n")
+	if len(lines) < 100 || strings.Count(lines[0], ",") != 8 {
+		t.Errorf("csv: %d lines, first %q", len(lines), lines[0])
+	}
+	rep := make([]byte, 4096)
+	rep2 := make([]byte, 4096)
+	g := wireGenerator("repeat-4k", 2)
+	g(0, rep)
+	g(99, rep2)
+	if string(rep) != string(rep2) {
+		t.Error("repeat-4k blocks differ")
+	}
+	r1, r2 := make([]byte, 4096), make([]byte, 4096)
+	g = wireGenerator("random", 3)
+	g(0, r1)
+	g(1, r2)
+	if string(r1) == string(r2) {
+		t.Error("random blocks equal")
+	}
+}
+
+func TestSyncSpan(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	evs := []api.Event{
+		{Time: at(-50), Kind: "replication", Peer: "bravo", Old: "Off", New: "SyncSource"}, // before the trigger
+		{Time: at(-10), Kind: "replication", Peer: "bravo", Old: "SyncSource", New: "Established"},
+		{Time: at(5), Kind: "connection", Peer: "bravo", Old: "Connecting", New: "Connected"},
+		{Time: at(6), Kind: "replication", Peer: "charlie", Old: "Off", New: "SyncSource"},
+		{Time: at(7), Kind: "replication", Peer: "bravo", Old: "Off", New: "SyncSource"},
+		{Time: at(9), Kind: "peer-disk", Peer: "bravo", Old: "UpToDate", New: "Inconsistent"},
+	}
+	if s, _, ok := spanOf(evs, "bravo", "SyncSource", t0); ok || !s.Time.Equal(at(7)) {
+		t.Errorf("unfinished span: ok=%v start=%v", ok, s.Time)
+	}
+	evs = append(evs, api.Event{Time: at(187), Kind: "replication", Peer: "bravo", Old: "SyncSource", New: "Established"})
+	s, e, ok := spanOf(evs, "bravo", "SyncSource", t0)
+	if !ok || e.Time.Sub(s.Time) != 180*time.Millisecond || e.New != "Established" {
+		t.Errorf("span: ok=%v %v..%v", ok, s.Time, e.Time)
+	}
+	var l api.Event
+	if err := json.Unmarshal([]byte(`{"time":"2026-11-27T03:06:03.375174182Z","kind":"replication","peer":"bravo","old":"Off","new":"SyncSource"}`), &l); err != nil ||
+		l.Time.Nanosecond() != 375174182 || l.New != "SyncSource" {
+		t.Errorf("event line: %+v %v", l, err)
+	}
+}
+
+// The floor drill runs on a small file and reports a positive cost for
+// each step, a 1 MiB write costing more than a 4 KiB one; a device under
+// 64 MiB is refused.
+func TestFloorDrillSmall(t *testing.T) {
+	r := drillFloor(t.Context(), target.Env{Dir: t.TempDir(), Size: 64 << 20})
+	if r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 {
+		t.Errorf("floor %+v: every cost must be positive", r)
+	}
+	if r.Us1M < r.Us4K {
+		t.Errorf("floor %+v: a 1 MiB write cannot cost less than a 4 KiB one", r)
+	}
+	if r := drillFloor(t.Context(), target.Env{Dir: t.TempDir(), Size: 1 << 20}); r.Error == "" {
+		t.Error("a 1 MiB device: no error, want one (the drill needs 64 MiB)")
+	}
+}
+
+// The wire drill reports the daemon's own counters of logical and wire
+// bytes, compression and dedup: every numeric peer field whose JSON name
+// speaks of them, and no other.
+func TestWireCounters(t *testing.T) {
+	in := `{"name":"bravo","connection":"Connected","replication":"Established","out_of_sync_kib":8,"bytes_sent":1000,
+	  "resynced_bytes":4096,"bytes_logical":900,"compression_ratio":0.5,"dedup_blocks":3,"dedup_bytes_saved":12288,"zero_blocks":2,"dedup_misses":1}`
+	var p api.PeerStatus
+	if err := json.Unmarshal([]byte(in), &p); err != nil {
+		t.Fatal(err)
+	}
+	m := counters(p)
+	want := map[string]float64{"bytes_logical": 900, "compression_ratio": 0.5, "dedup_blocks": 3, "dedup_bytes_saved": 12288, "dedup_misses": 1}
+	if len(m) != len(want) {
+		t.Errorf("counters %v, want %v", m, want)
+	}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %v, want %v (all: %v)", k, m[k], v, m)
+		}
+	}
+}

@@ -1,0 +1,163 @@
+package result
+
+// Drills is what the drills measured.
+type Drills struct {
+	RTO    *RTOResult    `json:"rto,omitempty"`
+	RPO    []RPOResult   `json:"rpo,omitempty"`
+	Resync *ResyncResult `json:"resync,omitempty"`
+	Wire   []WireResult  `json:"wire,omitempty"`
+	Sync   *SyncResult   `json:"sync,omitempty"`
+	Floor  *FloorResult  `json:"floor,omitempty"`
+}
+
+// RTOResult: kill -9 of the primary under fio load until the first write
+// the new primary acknowledges.
+type RTOResult struct {
+	Protocol string `json:"protocol"`
+	Link     string `json:"link"`
+	// DetectMs: from the kill until the secondary shows the peer gone
+	// (repd's own detection: the TCP connection to the dead process ends).
+	DetectMs float64 `json:"detect_ms"`
+	// PromoteMs: `repctl primary` on the secondary, including retries.
+	PromoteMs float64 `json:"promote_ms"`
+	// FirstWriteMs: NBD connect and one 4 KiB write on the new primary.
+	FirstWriteMs float64 `json:"first_write_ms"`
+	TotalMs      float64 `json:"total_ms"`
+	Promote      string  `json:"promote"`
+	LoadIOPS     float64 `json:"load_iops,omitempty"` // fio's write IOPS before the kill
+	Error        string  `json:"error,omitempty"`
+}
+
+// RPOResult: acknowledged writes missing on the promoted secondary after
+// kill -9 of the primary.
+type RPOResult struct {
+	Protocol     string  `json:"protocol"`
+	Link         string  `json:"link"`
+	JournalBound int64   `json:"journal_bound_bytes"` // journal-size
+	JournalAtEnd int64   `json:"journal_bytes_before_kill"`
+	WriteSeconds float64 `json:"write_seconds"`
+	Acked        int64   `json:"acked_writes"`
+	AckedBytes   int64   `json:"acked_bytes"`
+	WriteMBps    float64 `json:"write_mb_per_s"`
+	LostWrites   int64   `json:"lost_writes"`
+	LostBytes    int64   `json:"lost_bytes"`
+	// LostSeconds is how far back the loss reaches: the kill time minus
+	// the acknowledgment time of the oldest lost write.
+	LostSeconds float64 `json:"lost_seconds"`
+	Promote     string  `json:"promote"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// ResyncResult: the secondary down while the primary writes, then back.
+type ResyncResult struct {
+	OutageSeconds float64 `json:"outage_write_seconds"`
+	WrittenBytes  int64   `json:"written_bytes"`  // fio, during the outage
+	DirtyBytes    int64   `json:"dirty_bytes"`    // out-of-sync on the primary before the restart
+	ResyncedBytes int64   `json:"resynced_bytes"` // the primary's counter, delta
+	WireBytes     int64   `json:"wire_bytes"`     // bytes_sent to the peer, delta
+	ConnectMs     float64 `json:"connect_ms"`     // restart until Connected
+	ResyncMs      float64 `json:"resync_ms"`      // Connected until in sync
+	TotalMs       float64 `json:"total_ms"`       // restart until in sync
+	RateMBps      float64 `json:"rate_mb_per_s"`  // resynced bytes over ResyncMs
+	DirtyRateMBps float64 `json:"dirty_mb_per_s"` // dirty bytes over ResyncMs
+	FioWriteMBps  float64 `json:"fio_write_mb_per_s"`
+	Error         string  `json:"error,omitempty"`
+}
+
+// WireResult is bytes on the replication link per logical byte written, for
+// one kind of data and one compression setting (issue 5).
+type WireResult struct {
+	Data        string  `json:"data"` // csv, repeat-4k, random
+	Compression string  `json:"compression"`
+	WriteSize   int     `json:"write_size"`
+	Logical     int64   `json:"logical_bytes"` // written through NBD
+	Wire        int64   `json:"wire_bytes"`    // bytes_sent to the peer, delta
+	Ratio       float64 `json:"ratio"`         // Wire / Logical
+	// Counters are the daemon's own logical/wire/dedup counters (delta),
+	// when it reports them.
+	Counters map[string]float64 `json:"counters,omitempty"`
+	Error    string             `json:"error,omitempty"`
+}
+
+// SyncResult is what the sync drill measured (issue 4).
+type SyncResult struct {
+	DeviceBytes int64 `json:"device_bytes"`
+	Quick       bool  `json:"quick,omitempty"` // --quick: a smaller device
+	CSums       bool  `json:"csums"`           // csums = true for the resyncs (the checksum case always has it)
+	// RefMBps: fio 1 MiB sequential writes QD8 over the whole device
+	// through the primary with the peer connected, at the start and at the
+	// end of the drill; RefMeanMBps is their mean, the reference.
+	RefMBps []float64 `json:"ref_seqwrite_mb_per_s"`
+	// PrefillMBps is the same fio job before them, into the fresh sparse
+	// backing files: not part of the reference (the resyncs write into
+	// allocated blocks), reported for information.
+	PrefillMBps float64       `json:"prefill_mb_per_s"`
+	RefMeanMBps float64       `json:"ref_mean_mb_per_s"`
+	Resync      []SyncCase    `json:"resync,omitempty"`
+	CSumsResync *CSumsCase    `json:"csums_resync,omitempty"`
+	Verify      *VerifyResult `json:"verify,omitempty"`
+	Notes       []string      `json:"notes,omitempty"`
+	Error       string        `json:"error,omitempty"`
+}
+
+// SyncCase is one resync after 10 % of the device was written while the
+// peer was disconnected.
+type SyncCase struct {
+	Name         string  `json:"name"`          // "1m", "4k"
+	WriteSize    int64   `json:"write_size"`    // fio's block size
+	WrittenBytes int64   `json:"written_bytes"` // fio's io_size: distinct blocks
+	DirtyBytes   int64   `json:"dirty_bytes"`   // out_of_sync on the primary before the connect
+	ResyncMs     float64 `json:"resync_ms"`     // SyncSource until Established (events)
+	ConnectMs    float64 `json:"connect_to_done_ms"`
+	RateMBps     float64 `json:"rate_mb_per_s"` // dirty bytes over ResyncMs
+	Ratio        float64 `json:"ratio_to_ref"`  // RateMBps / RefMeanMBps
+	WireSent     int64   `json:"wire_sent_bytes"`
+	WireReceived int64   `json:"wire_received_bytes"`
+	Timing       string  `json:"timing"` // "events", or how else it was timed
+	Error        string  `json:"error,omitempty"`
+}
+
+// CSumsCase is `repctl invalidate-remote` of an identical device with
+// checksum-based resync: the target sends hashes, the source only the
+// blocks that differ (none).
+type CSumsCase struct {
+	ResyncMs     float64 `json:"resync_ms"`
+	RateMBps     float64 `json:"rate_mb_per_s"` // device over ResyncMs
+	SourceSent   int64   `json:"source_sent_bytes"`
+	SourcePct    float64 `json:"source_sent_pct"`
+	HashesRecv   int64   `json:"hashes_received_bytes"`
+	HashesPct    float64 `json:"hashes_received_pct"`
+	EqualBytes   int64   `json:"csums_equal_bytes,omitempty"` // the source's counter
+	ResyncedDiff int64   `json:"resynced_bytes"`              // resynced_bytes delta
+	Timing       string  `json:"timing"`
+	Error        string  `json:"error,omitempty"`
+}
+
+// VerifyResult is `repctl verify` of the whole device.
+type VerifyResult struct {
+	Ms          float64 `json:"ms"` // VerifySource until it ends (events)
+	RateMBps    float64 `json:"rate_mb_per_s"`
+	MismatchKiB int64   `json:"mismatch_kib"`
+	WireSent    int64   `json:"wire_sent_bytes"`
+	WireRecv    int64   `json:"wire_received_bytes"`
+	Timing      string  `json:"timing"`
+	Message     string  `json:"message,omitempty"` // the daemon's verify event
+	Error       string  `json:"error,omitempty"`
+}
+
+// FloorResult is the floor drill: the least CPU time a peer's copy of one
+// write can cost on this machine, whatever the implementation: the write's
+// bytes sent over loopback TCP, received, and written with pwrite into a
+// file like the nodes' backing files. No framing, checksums, acks or
+// scheduling of repd's: a bare loop, so that a replicated target's CPU per
+// write is at least standalone's plus this much.
+type FloorResult struct {
+	// Us4K: per 4 KiB write at a random block (frames sent in batches of
+	// 64, read in 512 KiB gulps).
+	Us4K float64 `json:"us_per_4k_write"`
+	// Us1M: per 1 MiB sequential write.
+	Us1M float64 `json:"us_per_1m_write"`
+	// PwriteUs4K: the pwrite alone, per 4 KiB write.
+	PwriteUs4K float64 `json:"pwrite_us_per_4k"`
+	Error      string  `json:"error,omitempty"`
+}

@@ -1,0 +1,71 @@
+package target
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/bench/internal/link"
+	"github.com/repd/repd/bench/internal/result"
+	"github.com/repd/repd/config"
+	"github.com/repd/repd/harness"
+)
+
+func TestTargetMeta(t *testing.T) {
+	for _, tg := range All() {
+		if tg.Meta.Kind == "" || tg.Meta.Group == "" {
+			t.Errorf("%s: meta %+v", tg.Name, tg.Meta)
+		}
+	}
+	wan := Replicated("A", 1, "none", &link.Profiles[2])
+	if wan.Name != "repd-a1-wan" || wan.Meta.LinkRTTms != 30 || wan.Meta.Group != result.GroupLinks {
+		t.Errorf("wan target: %s %+v", wan.Name, wan.Meta)
+	}
+	if l := link.Profiles[2].Link(); l.Delay != 15*time.Millisecond {
+		t.Errorf("wan one-way delay %s, want 15ms", l.Delay)
+	}
+}
+
+// A repd target's resource file is one repd accepts, with the target's
+// keys: the resource "bench" of the run's size, NBD on unix sockets, the
+// Extra keys in order; with a link, each node's own file and a shaped
+// proxy on the link with the link's window and the target's seed.
+func TestRepdResourceFile(t *testing.T) {
+	wan, _ := link.Lookup("wan")
+	rc := RepdConfig{Name: "rpo-A", Nodes: []string{"alpha", "bravo"}, Protocol: "A",
+		Extra: map[string]string{"on-congestion": `"block"`, "journal-size": "8388608"}, Link: &wan, Seed: SeedOf("rpo-A")}
+	env := Env{Dir: t.TempDir(), Size: 1 << 30, Transport: "unix", Logf: t.Logf}
+	c, err := harness.New(&harness.Bins{}, env.Dir, rc.Options(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	px := c.Proxy(0, 1)
+	if px == nil || px.MaxInFlight != wan.Window() || px.Seed() != SeedOf("rpo-A")+1 {
+		t.Fatalf("proxy %+v: want the wan window %d and seed %d", px, wan.Window(), SeedOf("rpo-A")+1)
+	}
+	for _, n := range c.Nodes {
+		b, err := os.ReadFile(n.Conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := config.Parse(b)
+		if err != nil {
+			t.Fatalf("config.Parse: %v\n%s", err, b)
+		}
+		if f.Resource.Name != "bench" || len(f.Nodes) != 2 || f.Nodes[0].Name != "alpha" || f.Nodes[1].Name != "bravo" {
+			t.Errorf("%s: %+v", n.Conf, f)
+		}
+		out := string(b)
+		for _, s := range []string{"size = 1073741824", `protocol = "A"`, "journal-size = 8388608\non-congestion = \"block\"\n", `nbd = "unix:` + env.Dir} {
+			if !strings.Contains(out, s) {
+				t.Errorf("%s lacks %q:\n%s", n.Conf, s, out)
+			}
+		}
+	}
+	if ep := (&Cluster{Cluster: c}).Endpoint(); len(ep.Servers) != 2 || ep.URI != "nbd+unix:///bench?socket="+env.Dir+"/alpha.nbd.sock" ||
+		ep.FioArgs[0] != "--ioengine=nbd" || len(ep.PIDs()) != 0 || ep.Alive() == nil {
+		t.Errorf("endpoint of stopped nodes: %+v (alive: %v)", ep, ep.Alive())
+	}
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The metrics/health server closes a keep-alive connection left idle, and
+// one that sends its headers too slowly: a client cannot hold connections
+// open for free.
+func TestMetricsServerTimeouts(t *testing.T) {
+	for name, v := range map[string]time.Duration{"read header": metricsLimits.readHeader, "read": metricsLimits.read,
+		"write": metricsLimits.write, "idle": metricsLimits.idle} {
+		if v <= 0 {
+			t.Errorf("metrics server %s timeout is %v: unbounded", name, v)
+		}
+	}
+	// read is long: without IdleTimeout, net/http would use it for idle
+	// connections, and the test would not tell.
+	lim := httpLimits{readHeader: 300 * time.Millisecond, read: 5 * time.Second, write: 5 * time.Second, idle: 300 * time.Millisecond, maxHeaderBytes: 4 << 10}
+	srv := metricsServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), lim)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Close()
+
+	// closedWithin fails unless the server closes c within d (plus slack).
+	closedWithin := func(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) {
+		t.Helper()
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := io.Copy(io.Discard, br); err != nil {
+			t.Fatalf("connection not closed by the server: %v after %v (%d bytes)", err, time.Since(start), n)
+		}
+		if el := time.Since(start); el > d+2*time.Second {
+			t.Fatalf("closed after %v, want about %v", el, d)
+		}
+	}
+	t.Run("idle keep-alive", func(t *testing.T) {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for range 2 { // the connection is kept alive between requests
+			io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.Close {
+				t.Fatal("server closed after one request: keep-alive not exercised")
+			}
+		}
+		closedWithin(t, c, br, lim.idle)
+	})
+	t.Run("slow headers", func(t *testing.T) {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n") // never finished
+		closedWithin(t, c, bufio.NewReader(c), lim.readHeader)
+	})
+	t.Run("huge headers", func(t *testing.T) {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\nX: "+strings.Repeat("a", 64<<10)+"\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("64 KiB of headers: status %d, want 431", resp.StatusCode)
+		}
+	})
+}
+
+// The NBD unix socket is placed like the admin socket: a stale socket is
+// replaced, a live one or anything else is refused and left alone.
+func TestListenNBDUnix(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "r0.nbd")
+	os.WriteFile(path, []byte("data"), 0o644)
+	if _, err := listenNBD("unix:" + path); err == nil || !strings.Contains(err.Error(), "regular file") {
+		t.Fatalf("regular file at the socket path: %v", err)
+	}
+	os.Remove(path)
+	l, err := listenNBD("unix:" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("NBD socket mode: %v %v", fi.Mode(), err)
+	}
+	if _, err := listenNBD("unix:" + path); err == nil || !strings.Contains(err.Error(), "another process is listening") {
+		t.Fatalf("live socket: %v", err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close() // a stale socket, as after SIGKILL
+	l, err = listenNBD("unix:" + path)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l.Close()
+
+	for addr, want := range map[string]bool{"unix:" + path: true, "127.0.0.1:10809": true, "[::1]:1": true, "localhost:1": true,
+		"0.0.0.0:10809": false, "10.0.0.1:10809": false, "[::]:1": false} {
+		if got := privateNBD(addr); got != want {
+			t.Errorf("privateNBD(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
