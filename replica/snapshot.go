@@ -912,13 +912,22 @@ type Allocator interface {
 
 // Allocation calls fn, in ascending order, for the extents of [off,
 // off+length) of the live device: data, or a hole (false) that reads as
-// zeroes: NBD's base:allocation. A store that cannot tell reports data.
+// zeroes: NBD's base:allocation. A store that cannot tell reports data;
+// a disk that is not UpToDate (whose reads are refused) is an error.
 func (n *Node) Allocation(off, length int64, fn func(off, length int64, data bool) bool) error {
 	if off < 0 || length < 0 || off+length > n.cfg.Size {
 		return fmt.Errorf("allocation %d+%d: beyond the device size %d (%w)", off, length, n.cfg.Size, syscall.EINVAL)
 	}
 	if n.cfg.Self.Witness {
 		return n.witnessRefusal("block status")
+	}
+	n.mu.Lock()
+	disk := n.super.Disk
+	n.mu.Unlock()
+	if disk != diskUpToDate {
+		// A hole is a promise that reads return zeroes: not on a disk
+		// whose reads are refused.
+		return fmt.Errorf("block status on %s: local disk is %s, its data is not consistent; ask the Primary (%w)", n.cfg.Self.Name, disk, syscall.EIO)
 	}
 	return n.allocation(off, length, "", fn)
 }
