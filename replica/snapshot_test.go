@@ -162,7 +162,13 @@ func TestSnapshotConsistentPoint(t *testing.T) {
 }
 
 func testSnapshotConsistentPoint(t *testing.T, proto api.Protocol) {
-	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.SnapshotStoreBytes, cfg.Protocol = 8<<20, proto })
+	c := newCluster(t, 2, func(i int, cfg *Config) {
+		cfg.SnapshotStoreBytes, cfg.Protocol = 8<<20, proto
+		// Under protocol A the writers run ahead of beta by at most the
+		// journal; with the race detector on a busy machine beta may
+		// still take more than the default test timeout to ack.
+		cfg.JournalBytes, cfg.Timeout = 4<<20, 5*time.Second
+	})
 	alpha := c.bootstrap()
 	beta := c.nodes[1].n
 	bw := &blockWriters{blocks: map[int64][]timedWrite{}}

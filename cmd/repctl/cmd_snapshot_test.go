@@ -113,6 +113,7 @@ func TestSnapshotVerbs(t *testing.T) {
 	os.WriteFile(conf, []byte(`[resource]
 name = "r0"
 size = "16MiB"
+insecure = true
 [[node]]
 name = "alpha"
 disk = "`+dir+`/a.img"
