@@ -13,6 +13,10 @@
 //	POST /v1/pause-sync        {"peer":s}
 //	POST /v1/resume-sync       {"peer":s}
 //	POST /v1/verify            {"peer":s}  → online verify (progress in status)
+//	POST   /v1/snapshot  {"name":s,"nodes":[s]} → api.SnapshotResult, once taken (nodes: none = this
+//	                     node, node names, or ["all"] = every connected UpToDate node)
+//	GET    /v1/snapshots                  → api.SnapshotList
+//	DELETE /v1/snapshot/NAME              → delete this node's snapshot NAME
 //
 // Errors come back as {"error": sentence, "kind": "refused"|"bad_request"|"internal"}
 // with HTTP 409, 400 or 500.
@@ -20,6 +24,7 @@ package admin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +50,9 @@ type Controller interface {
 	PauseSync(peer string) error
 	ResumeSync(peer string) error
 	Verify(peer string) error
+	Snapshot(ctx context.Context, name string, nodes []string) (api.SnapshotResult, error)
+	SnapshotList() api.SnapshotList
+	DeleteSnapshot(name string) error
 }
 
 // Error kinds in error replies; repctl maps them to exit codes.
@@ -79,7 +87,17 @@ type (
 	PeerRequest struct {
 		Peer string `json:"peer"`
 	}
+	// SnapshotRequest takes snapshot Name on Nodes: none for the node
+	// asked, node names, or ["all"] for every connected UpToDate node.
+	SnapshotRequest struct {
+		Name  string   `json:"name"`
+		Nodes []string `json:"nodes,omitempty"`
+	}
 )
+
+// maxSnapshotNodes bounds the node names of a SnapshotRequest (a resource
+// has at most 16 nodes).
+const maxSnapshotNodes = 64
 
 // Handler returns the API's HTTP handler over c, streaming events from hub.
 func Handler(c Controller, hub *Hub) http.Handler {
@@ -128,6 +146,24 @@ func Handler(c Controller, hub *Hub) http.Handler {
 			}
 		})
 	}
+	mux.HandleFunc("POST /v1/snapshot", func(w http.ResponseWriter, r *http.Request) {
+		var req SnapshotRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		if len(req.Nodes) > maxSnapshotNodes {
+			writeJSON(w, http.StatusBadRequest, ErrorReply{Error: fmt.Sprintf("%d nodes named: a resource has at most 16", len(req.Nodes)), Kind: KindBadRequest})
+			return
+		}
+		res, err := c.Snapshot(r.Context(), req.Name, req.Nodes)
+		replyWith(w, res, err)
+	})
+	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, c.SnapshotList())
+	})
+	mux.HandleFunc("DELETE /v1/snapshot/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, c.DeleteSnapshot(r.PathValue("name")))
+	})
 	return mux
 }
 
@@ -160,10 +196,13 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-func reply(w http.ResponseWriter, err error) {
+func reply(w http.ResponseWriter, err error) { replyWith(w, struct{}{}, err) }
+
+// replyWith answers v, or the error mapped to its kind.
+func replyWith(w http.ResponseWriter, v any, err error) {
 	switch {
 	case err == nil:
-		writeJSON(w, http.StatusOK, struct{}{})
+		writeJSON(w, http.StatusOK, v)
 	case errors.Is(err, replica.ErrRefused):
 		writeJSON(w, http.StatusConflict, ErrorReply{Error: err.Error(), Kind: KindRefused})
 	case errors.Is(err, replica.ErrUnknownPeer):

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 
 	"github.com/repd/repd/api"
 )
@@ -71,6 +72,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if resp.StatusCode != http.StatusOK {
 		var e ErrorReply
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+				return &APIError{Kind: KindInternal, Message: fmt.Sprintf("the daemon does not serve %s %s (%s): is it an older repd? upgrade it", method, path, resp.Status)}
+			}
 			return &APIError{Kind: KindInternal, Message: fmt.Sprintf("daemon answered %s", resp.Status)}
 		}
 		return &APIError{Kind: e.Kind, Message: e.Error}
@@ -169,6 +173,26 @@ func (c *Client) PauseSync(ctx context.Context, peer string) error {
 // ResumeSync resumes a paused resync toward peer ("": every peer).
 func (c *Client) ResumeSync(ctx context.Context, peer string) error {
 	return c.do(ctx, http.MethodPost, "/v1/resume-sync", PeerRequest{Peer: peer}, nil)
+}
+
+// Snapshot takes snapshot name on nodes (nil: the node asked; node names;
+// or ["all"]: every connected UpToDate node) and returns once it is taken.
+func (c *Client) Snapshot(ctx context.Context, name string, nodes []string) (api.SnapshotResult, error) {
+	var res api.SnapshotResult
+	err := c.do(ctx, http.MethodPost, "/v1/snapshot", SnapshotRequest{Name: name, Nodes: nodes}, &res)
+	return res, err
+}
+
+// Snapshots lists the node's snapshots.
+func (c *Client) Snapshots(ctx context.Context) (api.SnapshotList, error) {
+	var l api.SnapshotList
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &l)
+	return l, err
+}
+
+// DeleteSnapshot deletes the node's snapshot name.
+func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/snapshot/"+url.PathEscape(name), nil, nil)
 }
 
 // Verify starts an online verify toward peer ("": the first connected one).

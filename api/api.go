@@ -153,11 +153,16 @@ func (p *Protocol) UnmarshalText(b []byte) error {
 // Event is a state change, for the events stream.
 type Event struct {
 	Time    time.Time `json:"time"`
-	Kind    string    `json:"kind"` // role, disk, connection, replication, split-brain, verify, error, peer-role, peer-disk
+	Kind    string    `json:"kind"` // role, disk, connection, replication, split-brain, verify, error, peer-role, peer-disk, snapshot
 	Peer    string    `json:"peer,omitempty"`
 	Old     string    `json:"old,omitempty"`
 	New     string    `json:"new,omitempty"`
 	Message string    `json:"message,omitempty"`
+
+	// Snapshot names the snapshot of a "snapshot" event, whose New is
+	// created, deleted, invalidated (Message: why) or failed (the store
+	// file failed: reads of every snapshot are refused).
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // Status is a snapshot of a node's state.
@@ -190,6 +195,14 @@ type Status struct {
 	AutoPromote  bool         `json:"auto_promote,omitempty"`
 	LastElection string       `json:"last_election,omitempty"`
 	Peers        []PeerStatus `json:"peers"`
+
+	// Snapshots (all zero when snapshots are off): how many the node's
+	// store holds (valid or not), its bytes of preserved data and its
+	// capacity, and why it failed if its file had an I/O error.
+	Snapshots             int    `json:"snapshots"`
+	SnapshotStoreUsed     int64  `json:"snapshot_store_used_bytes"`
+	SnapshotStoreCapacity int64  `json:"snapshot_store_capacity_bytes"`
+	SnapshotStoreFailed   string `json:"snapshot_store_failed,omitempty"`
 }
 
 // PeerStatus is one peer's part of Status.
@@ -264,4 +277,44 @@ func FormatUUID(u uint64) string {
 		return ""
 	}
 	return fmt.Sprintf("%016X", u)
+}
+
+// SnapshotInfo describes one snapshot of a node (repctl snapshot list).
+type SnapshotInfo struct {
+	Name string `json:"name"`
+	Node string `json:"node"`
+	// Created is when the node took it; AgeSeconds how long before the
+	// list was made.
+	Created    time.Time `json:"created"`
+	AgeSeconds int64     `json:"age_seconds"`
+	// Bytes is the preserved data the snapshot reads from the store (its
+	// chunks overwritten since it was taken, shared copies included);
+	// ExclusiveBytes the part only it uses: what deleting it frees.
+	Bytes          int64 `json:"bytes"`
+	ExclusiveBytes int64 `json:"exclusive_bytes"`
+	// Valid is false once the snapshot cannot be read any more: Reason
+	// says why (the store was full, an I/O error) and Invalidated when.
+	Valid       bool       `json:"valid"`
+	Reason      string     `json:"reason,omitempty"`
+	Invalidated *time.Time `json:"invalidated,omitempty"`
+}
+
+// SnapshotList is a node's snapshots, oldest first, and its store.
+type SnapshotList struct {
+	Resource string `json:"resource"`
+	Node     string `json:"node"`
+	// Enabled is false when resource.snapshot-store-size is 0.
+	Enabled       bool           `json:"enabled"`
+	CapacityBytes int64          `json:"capacity_bytes"`
+	UsedBytes     int64          `json:"used_bytes"`
+	Failed        string         `json:"failed,omitempty"`
+	Snapshots     []SnapshotInfo `json:"snapshots"`
+}
+
+// SnapshotResult is what taking a snapshot did: the nodes that created it,
+// and a note on how it was taken when that is worth knowing.
+type SnapshotResult struct {
+	Name    string   `json:"name"`
+	Created []string `json:"created"`
+	Note    string   `json:"note,omitempty"`
 }

@@ -100,6 +100,10 @@ type Resource struct {
 	// NBDExposure: nbd-tls, nbd-tls-cert/-key/-ca, nbd-max-connections,
 	// nbd-write-timeout (nbd.go).
 	NBDExposure
+	// SnapshotStoreSize is how many bytes of preserved data each node's
+	// snapshot store may hold (copy-on-write of the chunks overwritten
+	// after a snapshot). 0, the default, turns snapshots off.
+	SnapshotStoreSize Bytes `toml:"snapshot-store-size"`
 }
 
 // Node is one [[node]] table.
@@ -121,7 +125,13 @@ type Node struct {
 	PeerListen string `toml:"peer-listen"`
 	Admin      string `toml:"admin"`
 	Metrics    string `toml:"metrics"`
+	// SnapshotStore is the node's snapshot store file (default: Meta +
+	// ".snap"); used when resource.snapshot-store-size is set.
+	SnapshotStore string `toml:"snapshot-store"`
 }
+
+// MinSnapshotStoreSize is the smallest snapshot-store-size other than 0.
+const MinSnapshotStoreSize = 1 << 20
 
 // Defaults applied by Load to fields left out. The policies' defaults are
 // their zero values (policy.go); compression's is protocol.CodecNone.
@@ -230,6 +240,9 @@ func (f *File) validate() error {
 	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {
 		return fmt.Errorf("resource.resync-rate and resync-min-rate must not be negative")
 	}
+	if r.SnapshotStoreSize != 0 && r.SnapshotStoreSize < MinSnapshotStoreSize {
+		return fmt.Errorf("resource.snapshot-store-size %d: must be 0 (snapshots off) or at least 1MiB", r.SnapshotStoreSize)
+	}
 	if r.ALExtents == 0 {
 		r.ALExtents = DefaultALExtents
 	}
@@ -284,6 +297,12 @@ func (f *File) validate() error {
 		}
 		if n.Disk == n.Meta {
 			return fmt.Errorf("%s.meta: must differ from disk %q", at, n.Disk)
+		}
+		if n.SnapshotStore != "" && n.Witness() {
+			return fmt.Errorf("%s.snapshot-store: a witness (disk = \"none\") stores no data and takes no snapshots; remove snapshot-store", at)
+		}
+		if sp := n.SnapshotStorePath(); sp != "" && (sp == n.Disk || sp == n.Meta) {
+			return fmt.Errorf("%s.snapshot-store: must differ from disk and meta (%q)", at, sp)
 		}
 		if n.NBD != "" {
 			if _, _, err := SplitListen(n.NBD); err != nil {
@@ -346,6 +365,7 @@ func (f *File) validate() error {
 			for _, fld := range []struct{ key, x, y string }{
 				{"disk", a.Disk, b.Disk}, {"meta", a.Meta, b.Meta}, {"nbd", a.NBD, b.NBD},
 				{"admin", a.Admin, b.Admin}, {"metrics", a.Metrics, b.Metrics},
+				{"snapshot-store", a.SnapshotStorePath(), b.SnapshotStorePath()},
 			} {
 				if fld.x != "" && fld.x != "none" && fld.x == fld.y {
 					return fmt.Errorf("node %q.%s: duplicate %q (also node %q on the same host)", b.Name, fld.key, fld.x, a.Name)
@@ -429,6 +449,18 @@ func SplitListen(addr string) (network, address string, err error) {
 
 // Witness reports whether the node is a witness (disk = "none").
 func (n *Node) Witness() bool { return n.Disk == "none" }
+
+// SnapshotStorePath is the node's snapshot store file: snapshot-store, or
+// the meta file's path with ".snap" appended; "" for a witness.
+func (n *Node) SnapshotStorePath() string {
+	switch {
+	case n.Witness():
+		return ""
+	case n.SnapshotStore != "":
+		return n.SnapshotStore
+	}
+	return n.Meta + ".snap"
+}
 
 // Node returns the node called name.
 func (f *File) Node(name string) (*Node, error) {

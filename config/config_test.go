@@ -255,6 +255,48 @@ func TestQuorumKeys(t *testing.T) {
 	}
 }
 
+// snapshot-store-size turns snapshots on (0, the default, is off); each
+// data node's store defaults to its meta path + ".snap"; a witness has
+// none; stores may not collide with a disk, a meta file or each other.
+func TestSnapshotKeys(t *testing.T) {
+	f, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := f.Node("alpha")
+	if f.Resource.SnapshotStoreSize != 0 || a.SnapshotStorePath() != "/tmp/a.meta.snap" {
+		t.Fatalf("defaults: size %d, store %q", f.Resource.SnapshotStoreSize, a.SnapshotStorePath())
+	}
+	src := strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = \"2GiB\"", 1)
+	src = strings.Replace(src, `admin = "/tmp/b.sock"`, "admin = \"/tmp/b.sock\"\nsnapshot-store = \"/srv/b.snap\"", 1)
+	f, err = Parse([]byte(src + witnessNode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := f.Node("beta")
+	w, _ := f.Node("tie")
+	if f.Resource.SnapshotStoreSize != 2<<30 || b.SnapshotStorePath() != "/srv/b.snap" || w.SnapshotStorePath() != "" {
+		t.Fatalf("size %d, beta's store %q, witness's %q", f.Resource.SnapshotStoreSize, b.SnapshotStorePath(), w.SnapshotStorePath())
+	}
+	for _, c := range []struct{ old, new, want string }{
+		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = 4096", "resource.snapshot-store-size 4096: must be 0 (snapshots off) or at least 1MiB"},
+		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = -5", "resource.snapshot-store-size -5"},
+		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = \"lots\"", `size "lots"`},
+		{`admin = "/tmp/a.sock"`, "admin = \"/tmp/a.sock\"\nsnapshot-store = \"/tmp/a.img\"", `node "alpha".snapshot-store: must differ from disk and meta`},
+		{`admin = "/tmp/b.sock"`, "admin = \"/tmp/b.sock\"\nsnapshot-store = \"/tmp/a.meta.snap\"", `node "beta".snapshot-store: duplicate "/tmp/a.meta.snap"`},
+		{`admin = "/tmp/tie.sock"`, "admin = \"/tmp/tie.sock\"\nsnapshot-store = \"/tmp/tie.snap\"", `node "tie".snapshot-store: a witness`},
+	} {
+		src := good + witnessNode
+		if !strings.Contains(src, c.old) {
+			t.Fatalf("fixture lacks %q", c.old)
+		}
+		_, err := Parse([]byte(strings.Replace(src, c.old, c.new, 1)))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want an error with %q", c.new, err, c.want)
+		}
+	}
+}
+
 // A resource of several nodes authenticates its peers unless the file says
 // insecure; the secret file must be a regular file only its owner can
 // read or change.

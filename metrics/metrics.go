@@ -153,12 +153,17 @@ var (
 	descLeaseLeft = prometheus.NewDesc("repd_lease_left_seconds", "How long this Primary's lease has left.", nil, nil)
 	descSuspended = prometheus.NewDesc("repd_io_suspended", "Writes and flushes waiting for quorum.", nil, nil)
 	descPeerVotes = prometheus.NewDesc("repd_peer_votes", "1 if the peer's vote counts toward quorum now.", []string{"peer"}, nil)
+
+	descSnapshots = prometheus.NewDesc("repd_snapshots", "Snapshots in this node's store, valid or not.", nil, nil)
+	descSnapUsed  = prometheus.NewDesc("repd_snapshot_store_used_bytes", "Bytes of preserved data in the snapshot store.", nil, nil)
+	descSnapCap   = prometheus.NewDesc("repd_snapshot_store_capacity_bytes", "Bytes of preserved data the snapshot store may hold (0: snapshots off).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descAcks, descAckLat, descSyncRate, descSyncLeft, descVerifyMis, descResynced, descSplit,
 		descLogical, descRatio, descDedup, descDedupSaved, descZero, descDedupMiss, descAuthFail,
-		descQuorum, descVotes, descVotesNeed, descVoters, descLease, descLeaseLeft, descSuspended, descPeerVotes} {
+		descQuorum, descVotes, descVotesNeed, descVoters, descLease, descLeaseLeft, descSuspended, descPeerVotes,
+		descSnapshots, descSnapUsed, descSnapCap} {
 		ch <- d
 	}
 }
@@ -185,6 +190,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLease, b2f(s.Lease == "held"))
 	gauge(descLeaseLeft, float64(s.LeaseLeftMS)/1e3)
 	gauge(descSuspended, float64(s.SuspendedIO))
+	gauge(descSnapshots, float64(s.Snapshots))
+	gauge(descSnapUsed, float64(s.SnapshotStoreUsed))
+	gauge(descSnapCap, float64(s.SnapshotStoreCapacity))
 	for _, p := range s.Peers {
 		gauge(descPeerVotes, b2f(p.Votes), p.Name)
 		gauge(descConn, b2f(p.Connection == api.Connected), p.Name)

@@ -70,3 +70,16 @@ func TestHealthAndQuorum(t *testing.T) {
 		}
 	}
 }
+
+// The snapshot store's figures are exported from the status.
+func TestSnapshotMetrics(t *testing.T) {
+	m := New(fixed{Snapshots: 3, SnapshotStoreUsed: 5 << 20, SnapshotStoreCapacity: 1 << 30})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{"repd_snapshots 3", "repd_snapshot_store_used_bytes 5.24288e+06", "repd_snapshot_store_capacity_bytes 1.073741824e+09"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+}

@@ -67,6 +67,9 @@
 // PromoteEnd make a promotion a two-phase cluster-wide change; PeerSeqs
 // tells a Secondary which writes the other nodes hold (cluster.go).
 // StateOutdated in a State tells the receiver its data lacks writes.
+// Snapshot (a name), SnapshotAck and SnapshotReply (a UTF-8 reason, empty
+// on success) and SnapshotReq take point-in-time snapshots at a place in
+// the write stream (snapshot.go).
 //
 // Decoders bound what a payload can make the receiver do: Hello names
 // are 1 to 64 letters, digits, '-', '_' or '.' (ValidName); a Hashes or

@@ -28,6 +28,9 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(encodeFrame(f, CodecNone, TypePromoteReq, 7, nil))
 	f.Add(encodeFrame(f, CodecNone, TypePromoteReply, 7, []byte("refused: peer alpha is becoming Primary")))
 	f.Add(encodeFrame(f, CodecNone, TypePeerSeqs, 0, AppendPeerSeqs(nil, []PeerSeq{{2, 99}, {3, 12}})))
+	f.Add(encodeFrame(f, CodecNone, TypeSnapshot, 9, []byte("nightly-1")))
+	f.Add(encodeFrame(f, CodecNone, TypeSnapshotReq, 4, (&SnapshotReq{Name: "n.1", Nodes: []uint8{1, 3}}).Append(nil)))
+	f.Add(encodeFrame(f, CodecNone, TypeSnapshotAck, 9, []byte("the snapshot store is full")))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// As during the handshake (only small handshake frames pass)...
@@ -113,6 +116,20 @@ func FuzzReadFrame(f *testing.F) {
 							t.Fatalf("mismatch %d+%d outside %d+%d accepted", e.Start, e.Count, m.Off, m.Len)
 						}
 					}
+				}
+			case TypeSnapshot:
+				if name, err := DecodeSnapshotName(fr.Payload); err == nil && !ValidName(name) {
+					t.Fatalf("snapshot name %q accepted", name)
+				}
+			case TypeSnapshotReq:
+				var r SnapshotReq
+				if r.Decode(fr.Payload) == nil && (!ValidName(r.Name) || len(r.Nodes) > MaxSnapshotNodes || r.All && len(r.Nodes) > 0 ||
+					!bytes.Equal(r.Append(nil), fr.Payload)) {
+					t.Fatalf("SnapshotReq %+v accepted from %x", r, fr.Payload)
+				}
+			case TypeSnapshotAck, TypeSnapshotReply:
+				if s := SnapshotReason(fr.Payload); len(fr.Payload) > 0 && (s == "" || strings.ContainsAny(s, "\n\r")) {
+					t.Fatalf("reason %q from %x", s, fr.Payload)
 				}
 			case TypePeerSeqs:
 				if ps, err := DecodePeerSeqs(fr.Payload, nil); err == nil && !bytes.Equal(AppendPeerSeqs(nil, ps), fr.Payload) {

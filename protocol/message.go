@@ -18,7 +18,7 @@ const (
 	// peer that differs.
 	FeatureFrameMAC uint64 = 1 << 4
 	// Features is what this implementation supports.
-	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster
+	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster | FeatureSnapshot
 )
 
 // NonceSize is the size of a handshake nonce.

@@ -13,7 +13,8 @@ import (
 func TestTypeTable(t *testing.T) {
 	all := []Type{TypeHello, TypeAuth, TypeRefuse, TypeState, TypeWrite, TypeAck, TypeBarrier, TypeBarrierAck, TypePing,
 		TypePong, TypeBitmap, TypeResyncReq, TypeResyncDone, TypeDataReq, TypeCsums, TypeCsumsDone, TypeVerify,
-		TypeVerifyReply, TypePromoteReq, TypePromoteReply, TypePromoteEnd, TypePeerSeqs, TypeLease, TypeLeaseAck}
+		TypeVerifyReply, TypePromoteReq, TypePromoteReply, TypePromoteEnd, TypePeerSeqs, TypeLease, TypeLeaseAck,
+		TypeSnapshot, TypeSnapshotAck, TypeSnapshotReq, TypeSnapshotReply}
 	names := map[string]bool{}
 	for _, typ := range all {
 		ti := typ.info()
@@ -58,6 +59,13 @@ func TestTypeTable(t *testing.T) {
 	ps := make([]PeerSeq, MaxPeerSeqs)
 	if MaxPayloadOf(TypePeerSeqs) != len(AppendPeerSeqs(nil, ps)) {
 		t.Fatal("PeerSeqs limit")
+	}
+	big := SnapshotReq{Name: strings.Repeat("s", MaxNameLen), Nodes: make([]uint8, MaxSnapshotNodes)}
+	for i := range big.Nodes {
+		big.Nodes[i] = uint8(i)
+	}
+	if MaxPayloadOf(TypeSnapshotReq) != len(big.Append(nil)) || MaxPayloadOf(TypeSnapshot) != MaxNameLen {
+		t.Fatal("snapshot limits")
 	}
 }
 

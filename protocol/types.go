@@ -57,7 +57,21 @@ const (
 	// acknowledged, or with FlagLeaseRefused the UTF-8 reason.
 	TypeLeaseAck Type = 25
 
-	typeMax = TypeLeaseAck
+	// Snapshots (snapshot.go).
+
+	// TypeSnapshot: seq = a sequence number in the write stream; payload:
+	// the snapshot's name.
+	TypeSnapshot Type = 26
+	// TypeSnapshotAck: seq = the Snapshot's; with FlagSnapshotFailed the
+	// UTF-8 reason it was not created.
+	TypeSnapshotAck Type = 27
+	// TypeSnapshotReq: seq = request token; payload: SnapshotReq.
+	TypeSnapshotReq Type = 28
+	// TypeSnapshotReply: seq = the request's token; payload: the nodes
+	// that created it, or with FlagSnapshotFailed the UTF-8 reasons.
+	TypeSnapshotReply Type = 29
+
+	typeMax = TypeSnapshotReply
 )
 
 // When a frame type may travel.
@@ -96,30 +110,34 @@ const (
 // much it may carry. Part of the wire format. A type missing here is
 // unknown and refused.
 var typeTable = [typeMax + 1]typeInfo{
-	TypeHello:        {"Hello", preAuth, MaxHelloSize},
-	TypeAuth:         {"Auth", preAuth, AuthSize},
-	TypeRefuse:       {"Refuse", preAuth | postAuth, MaxReason},
-	TypeState:        {"State", postAuth, stateSize},
-	TypeWrite:        {"Write", postAuth, MaxPayload},
-	TypeAck:          {"Ack", postAuth, 0},
-	TypeBarrier:      {"Barrier", postAuth, 0},
-	TypeBarrierAck:   {"BarrierAck", postAuth, 0},
-	TypePing:         {"Ping", postAuth, 0},
-	TypePong:         {"Pong", postAuth, 0},
-	TypeBitmap:       {"Bitmap", postAuth, maxBitmapSize},
-	TypeResyncReq:    {"ResyncReq", postAuth, 16},
-	TypeResyncDone:   {"ResyncDone", postAuth, 8},
-	TypeDataReq:      {"DataReq", postAuth, 0},
-	TypeCsums:        {"Csums", postAuth, maxHashesSize},
-	TypeCsumsDone:    {"CsumsDone", postAuth, 0},
-	TypeVerify:       {"Verify", postAuth, maxHashesSize},
-	TypeVerifyReply:  {"VerifyReply", postAuth, maxMismatchesSize},
-	TypePromoteReq:   {"PromoteReq", postAuth, 1}, // 1: an election
-	TypePromoteReply: {"PromoteReply", postAuth, MaxReason},
-	TypePromoteEnd:   {"PromoteEnd", postAuth, 0},
-	TypePeerSeqs:     {"PeerSeqs", postAuth, maxPeerSeqsSize},
-	TypeLease:        {"Lease", postAuth, 8},
-	TypeLeaseAck:     {"LeaseAck", postAuth, MaxReason},
+	TypeHello:         {"Hello", preAuth, MaxHelloSize},
+	TypeAuth:          {"Auth", preAuth, AuthSize},
+	TypeRefuse:        {"Refuse", preAuth | postAuth, MaxReason},
+	TypeState:         {"State", postAuth, stateSize},
+	TypeWrite:         {"Write", postAuth, MaxPayload},
+	TypeAck:           {"Ack", postAuth, 0},
+	TypeBarrier:       {"Barrier", postAuth, 0},
+	TypeBarrierAck:    {"BarrierAck", postAuth, 0},
+	TypePing:          {"Ping", postAuth, 0},
+	TypePong:          {"Pong", postAuth, 0},
+	TypeBitmap:        {"Bitmap", postAuth, maxBitmapSize},
+	TypeResyncReq:     {"ResyncReq", postAuth, 16},
+	TypeResyncDone:    {"ResyncDone", postAuth, 8},
+	TypeDataReq:       {"DataReq", postAuth, 0},
+	TypeCsums:         {"Csums", postAuth, maxHashesSize},
+	TypeCsumsDone:     {"CsumsDone", postAuth, 0},
+	TypeVerify:        {"Verify", postAuth, maxHashesSize},
+	TypeVerifyReply:   {"VerifyReply", postAuth, maxMismatchesSize},
+	TypePromoteReq:    {"PromoteReq", postAuth, 1}, // 1: an election
+	TypePromoteReply:  {"PromoteReply", postAuth, MaxReason},
+	TypePromoteEnd:    {"PromoteEnd", postAuth, 0},
+	TypePeerSeqs:      {"PeerSeqs", postAuth, maxPeerSeqsSize},
+	TypeLease:         {"Lease", postAuth, 8},
+	TypeLeaseAck:      {"LeaseAck", postAuth, MaxReason},
+	TypeSnapshot:      {"Snapshot", postAuth, MaxNameLen},
+	TypeSnapshotAck:   {"SnapshotAck", postAuth, MaxReason},
+	TypeSnapshotReq:   {"SnapshotReq", postAuth, maxSnapshotReqSize},
+	TypeSnapshotReply: {"SnapshotReply", postAuth, MaxReason},
 }
 
 // info returns t's entry, or nil for an unknown type.

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,7 @@ type aitem struct {
 	data     []byte
 	buf      *[]byte
 	sums     [][protocol.SumSize]byte // a Verify: hash the range and answer (verify.go)
+	snap     string                   // a barrier that takes this snapshot (snapshot.go)
 	deps     []*aitem
 	done     chan struct{}
 	finished bool
@@ -80,6 +82,18 @@ func (a *applier) write(seq uint64, f protocol.Flags, off, n int64, data []byte)
 
 func (a *applier) barrier(seq uint64) {
 	a.submit(&aitem{seq: seq, barrier: true, done: make(chan struct{})}, nil)
+}
+
+// snapshot queues a Snapshot frame: a barrier that takes the snapshot.
+func (a *applier) snapshot(seq uint64, name string) error {
+	a.n.mu.Lock()
+	role := a.n.role
+	a.n.mu.Unlock()
+	if role == api.Primary {
+		return fmt.Errorf("%w: peer %s sent a snapshot point to this Primary (%s)", ErrRefused, a.s.p.cfg.Name, a.n.cfg.Self.Name)
+	}
+	a.submit(&aitem{seq: seq, barrier: true, snap: name, done: make(chan struct{})}, nil)
+	return nil
 }
 
 // The receiving goroutine applies a write itself when it overlaps nothing
@@ -149,12 +163,18 @@ func (a *applier) apply(it *aitem) {
 	fua := it.flags&protocol.FlagFUA != 0
 	if n.detached.Load() {
 		// The local disk failed: apply and ack nothing more.
+		if it.snap != "" {
+			a.applySnapshot(it, errors.New("the local disk Failed (detached)"))
+		}
 		a.finish(it, false)
 		return
 	}
 	switch {
 	case it.barrier:
 		err = n.st.Flush(ctx)
+		if it.snap != "" {
+			a.applySnapshot(it, err) // answered before the ack that follows
+		}
 	case it.sums != nil:
 		err = a.verifyItem(it)
 	default:
@@ -165,6 +185,12 @@ func (a *applier) apply(it *aitem) {
 		if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {
 			n.markMissed(p, it.seq, it.off, it.n)
 		}
+		if n.snap != nil {
+			// A snapshot taken with no Primary connected waits for
+			// this write, or this write for it (snapshot.go).
+			n.snapGate.RLock()
+			n.preserve(it.off, it.n)
+		}
 		switch {
 		case it.flags&protocol.FlagTrim != 0:
 			err = n.st.Trim(ctx, it.off, it.n, fua)
@@ -172,6 +198,9 @@ func (a *applier) apply(it *aitem) {
 			err = n.st.WriteZeroes(ctx, it.off, it.n, it.flags&protocol.FlagNoHole != 0, fua)
 		default:
 			err = n.st.WriteAt(ctx, it.data, it.off, fua)
+		}
+		if n.snap != nil {
+			n.snapGate.RUnlock()
 		}
 	}
 	if err != nil {

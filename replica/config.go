@@ -89,6 +89,12 @@ type Config struct {
 	// WrapMeta, if set, decorates the meta file once it is opened: fault
 	// injection for tests. Nil in production.
 	WrapMeta func(bitmap.File) bitmap.File
+	// SnapshotStoreBytes is how much preserved data this node's snapshot
+	// store may hold (snapshot.go); 0: snapshots are off. SnapshotStore is
+	// the store file (default MetaPath + ".snap"); with snapshots off it
+	// must not hold a store, whose snapshots would silently go stale.
+	SnapshotStoreBytes int64
+	SnapshotStore      string
 }
 
 // maxPeers is the most peers a node has (bits of a uint64 mask, less one
@@ -133,6 +139,9 @@ func FromFile(f *config.File, name string) (Config, error) {
 		OnNoQuorum:       r.OnNoQuorum,
 		AutoPromote:      r.AutoPromote,
 		AutoFailback:     r.AutoFailback,
+
+		SnapshotStoreBytes: int64(r.SnapshotStoreSize),
+		SnapshotStore:      self.SnapshotStorePath(),
 	}
 	for i := range f.Nodes {
 		n := &f.Nodes[i]
@@ -191,6 +200,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.AutoPromote && c.Quorum == 0 {
 		return c, errors.New("auto-promote needs quorum")
+	}
+	if c.SnapshotStoreBytes < 0 {
+		return c, fmt.Errorf("snapshot store size %d must not be negative (0: snapshots off)", c.SnapshotStoreBytes)
+	}
+	if c.SnapshotStore == "" && !c.Self.Witness && c.MetaPath != "" {
+		c.SnapshotStore = c.MetaPath + ".snap"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

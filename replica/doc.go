@@ -35,6 +35,10 @@
 //   - What a Secondary knows of the other nodes' copies (peerseq.go), the
 //     local disk failure policy (diskfail.go) and a leaving Primary's last
 //     barrier (drain.go) act on the state above.
+//   - Snapshots (snapshot.go): the node's copy-on-write store
+//     (internal/snapstore), which every change of the live device passes
+//     first; a snapshot is a journal entry that is a barrier here and, as
+//     a Snapshot frame, on the peers that take it.
 //
 // # Locking
 //

@@ -19,6 +19,7 @@ import (
 	"github.com/repd/repd/replica/internal/authlimit"
 	"github.com/repd/repd/replica/internal/decide"
 	"github.com/repd/repd/replica/internal/journal"
+	"github.com/repd/repd/replica/internal/snapstore"
 )
 
 // Node is one node's replica of a resource.
@@ -62,6 +63,19 @@ type Node struct {
 	quorum         quorumState       // votes, lease, promise (quorum.go)
 	lastApplied    atomic.Uint64     // the last Primary's sequence number applied here (election.go)
 	lastAppliedBy  atomic.Uint32     // that Primary's node id
+
+	// Snapshots (snapshot.go): the store (nil when off), how preserve
+	// reads the live device, why reads of snapshots are refused (the store
+	// could not preserve), the gate between applied writes and a snapshot
+	// taken with no Primary connected; under mu the answers awaited for
+	// snapshot entries (by seq) and for requests to the Primary (by token).
+	snap       *snapstore.Store
+	readLive   snapstore.ReadFunc
+	snapBroken atomic.Pointer[string]
+	snapGate   sync.RWMutex
+	snapWaits  map[uint64]*snapWait
+	snapReqs   map[uint64]*snapRequest
+	snapToken  uint64
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -134,6 +148,10 @@ func Open(cfg Config, st Store) (*Node, error) {
 			m.Close()
 			return nil, err
 		}
+	}
+	if err := n.openSnapshots(); err != nil {
+		m.Close()
+		return nil, err
 	}
 	n.log.Info("opened", "created", created, "disk", n.super.Disk, "current", api.FormatUUID(n.super.GI.Current), "protocol", cfg.Protocol)
 	return n, nil
@@ -337,6 +355,13 @@ func (n *Node) Close() error {
 	n.unlock()
 	if e := n.meta.Close(); e != nil && err == nil {
 		err = e
+	}
+	if n.snap != nil {
+		// After the live store's flush: its changed-block record and
+		// clean mark are written last.
+		if e := n.snap.Close(); e != nil && err == nil {
+			err = e
+		}
 	}
 	if e := n.st.Close(); e != nil && err == nil {
 		err = e

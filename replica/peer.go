@@ -40,6 +40,7 @@ type peer struct {
 	stats    peerStats     // counters (status.go)
 	sync     peerSync      // resync progress, pause, verify (resync.go, csums.go, verify.go)
 	marks    markOrigin    // why the bitmap holds bits, on a Secondary (peerseq.go)
+	snapReqs atomic.Int32  // its snapshot requests this Primary serves (snapshot.go)
 
 	// guarded by Node.mu
 	conn       api.ConnState

@@ -115,6 +115,12 @@ func (s *session) applySeq(f protocol.Frame) error {
 		return p.onResyncDone(rd.Current)
 	case protocol.TypeVerify:
 		return s.applier.verify(f.Seq, f.Payload) // verify.go
+	case protocol.TypeSnapshot:
+		name, err := protocol.DecodeSnapshotName(f.Payload)
+		if err != nil {
+			return p.readErr("snapshot", err)
+		}
+		return s.applier.snapshot(f.Seq, name) // snapshot.go
 	}
 	flags := f.Flags &^ (protocol.FlagDedup | protocol.FlagResend)
 	if f.Flags&protocol.FlagDedup == 0 {
@@ -214,7 +220,7 @@ func (s *session) receive() error {
 			return fmt.Errorf("%w: %s frame from %s on a vote-only link (a witness stores no data)", protocol.ErrUnexpected, f.Type, p.cfg.Name)
 		}
 		switch f.Type {
-		case protocol.TypeWrite, protocol.TypeBarrier, protocol.TypeResyncDone, protocol.TypeVerify:
+		case protocol.TypeWrite, protocol.TypeBarrier, protocol.TypeResyncDone, protocol.TypeVerify, protocol.TypeSnapshot:
 			// In sequence order, held back while a write's data is
 			// requested (dedup.go).
 			if err := s.seqFrame(f); err != nil {
@@ -257,6 +263,14 @@ func (s *session) receive() error {
 			s.onLease(f.Seq, binary.LittleEndian.Uint64(f.Payload))
 		case protocol.TypeLeaseAck:
 			s.onLeaseAck(f.Seq, f.Flags&protocol.FlagLeaseRefused != 0, f.Payload)
+		case protocol.TypeSnapshotAck:
+			n.onSnapshotAck(p, f.Seq, f.Flags&protocol.FlagSnapshotFailed != 0, protocol.SnapshotReason(f.Payload))
+		case protocol.TypeSnapshotReq:
+			if err := s.onSnapshotReq(f.Seq, f.Payload); err != nil {
+				return err
+			}
+		case protocol.TypeSnapshotReply:
+			n.onSnapshotReply(p, f.Seq, f.Flags&protocol.FlagSnapshotFailed != 0, protocol.SnapshotReason(f.Payload))
 		case protocol.TypePing:
 			s.queue(ctrlMsg{t: protocol.TypePong, seq: f.Seq})
 		case protocol.TypePong:

@@ -116,6 +116,13 @@ func (s *session) send() error {
 		case <-tick.C:
 		}
 		now := time.Now()
+		// The ack is read before the control frames are taken: an answer
+		// queued before the applier acknowledged past it (SnapshotAck)
+		// goes out before, or with, the ack that covers it.
+		var ack uint64
+		if s.applier != nil {
+			ack = s.applier.acked.Load()
+		}
 		n.mu.Lock()
 		// Taken under n.mu: a State queued with a change of role or
 		// generation goes before a lease request that follows it.
@@ -165,11 +172,9 @@ func (s *session) send() error {
 			s.frame(protocol.TypePeerSeqs, 0, 0, peerSeqs, nil)
 		}
 		resent := s.shipResends(head[:0])
-		if s.applier != nil {
-			if a := s.applier.acked.Load(); a > sentAck {
-				s.frame(protocol.TypeAck, 0, a, nil, nil)
-				sentAck = a
-			}
+		if ack > sentAck {
+			s.frame(protocol.TypeAck, 0, ack, nil, nil)
+			sentAck = ack
 		}
 		for _, e := range batch {
 			switch e.Kind {
@@ -177,6 +182,8 @@ func (s *session) send() error {
 				s.frame(protocol.TypeBarrier, 0, e.Seq, nil, nil)
 			case journal.Verify:
 				s.frame(protocol.TypeVerify, 0, e.Seq, e.Data, nil)
+			case journal.Snapshot:
+				s.frame(protocol.TypeSnapshot, 0, e.Seq, []byte(e.Name), nil)
 			default:
 				f := e.Flags
 				if e.Kind == journal.Resync {

@@ -7,6 +7,7 @@ import (
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/pace"
+	"github.com/repd/repd/replica/internal/snapstore"
 )
 
 // peerStats are a peer's counters, atomics updated by the session's
@@ -40,6 +41,13 @@ func (l *peerStats) fill(ps *api.PeerStatus) {
 
 // Status returns a snapshot of the node's state.
 func (n *Node) Status() api.Status {
+	var snap snapstore.Stats
+	if n.snap != nil {
+		snap = n.snap.Stats() // not under n.mu: a Create holds the store
+	}
+	if p := n.snapBroken.Load(); p != nil && snap.Failed == "" {
+		snap.Failed = *p
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	s := api.Status{
@@ -47,6 +55,7 @@ func (n *Node) Status() api.Status {
 		Disk: n.super.Disk.String(), Protocol: n.cfg.Protocol, Size: n.cfg.Size,
 		CurrentUUID: api.FormatUUID(n.super.GI.Current), JournalBytes: n.journal.Bytes, JournalMax: n.journal.Max, JournalAgeMS: n.journal.Age(time.Now()).Milliseconds(),
 		Writes: n.writes, Peers: []api.PeerStatus{},
+		Snapshots: snap.Snapshots, SnapshotStoreUsed: snap.Used, SnapshotStoreCapacity: snap.Capacity, SnapshotStoreFailed: snap.Failed,
 	}
 	n.quorumStatusLocked(&s)
 	for _, p := range n.all {

@@ -249,3 +249,49 @@ func fallocate(f *os.File, mode uint32, off, n int64) error {
 func unsupported(err error) bool {
 	return errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EINVAL)
 }
+
+// Allocation reports the data and holes of [off, off+n) with lseek
+// SEEK_DATA/SEEK_HOLE (Allocator). A block device, or a file system that
+// cannot tell, is all data.
+func (s *FileStore) Allocation(off, n int64, fn func(off, n int64, data bool) bool) error {
+	end := off + n
+	if off < 0 || n < 0 || end > s.size {
+		return fmt.Errorf("allocation %d+%d: beyond %d bytes (%w)", off, n, s.size, syscall.EINVAL)
+	}
+	fd := int(s.f.Fd())
+	for pos := off; pos < end; {
+		if s.blockDev {
+			fn(pos, end-pos, true)
+			return nil
+		}
+		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = end // no data after pos: a hole to the end
+		} else if err != nil {
+			if unsupported(err) {
+				fn(pos, end-pos, true)
+				return nil
+			}
+			return fmt.Errorf("seek data in %s at %d: %w", s.path, pos, err)
+		}
+		if data > pos {
+			if !fn(pos, min(data, end)-pos, false) {
+				return nil
+			}
+			pos = min(data, end)
+			if pos >= end {
+				return nil
+			}
+		}
+		hole, err := unix.Seek(fd, pos, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seek hole in %s at %d: %w", s.path, pos, err)
+		}
+		hole = min(max(hole, pos+1), end)
+		if !fn(pos, hole-pos, true) {
+			return nil
+		}
+		pos = hole
+	}
+	return nil
+}

@@ -172,7 +172,8 @@ func isWitnessData(t protocol.Type) bool {
 	switch t {
 	case protocol.TypeWrite, protocol.TypeAck, protocol.TypeBarrier, protocol.TypeBarrierAck, protocol.TypeBitmap,
 		protocol.TypeResyncDone, protocol.TypeDataReq, protocol.TypeCsums, protocol.TypeCsumsDone,
-		protocol.TypeVerify, protocol.TypeVerifyReply, protocol.TypePeerSeqs:
+		protocol.TypeVerify, protocol.TypeVerifyReply, protocol.TypePeerSeqs,
+		protocol.TypeSnapshot, protocol.TypeSnapshotAck, protocol.TypeSnapshotReq, protocol.TypeSnapshotReply:
 		return true
 	}
 	return false

@@ -366,6 +366,9 @@ func (n *Node) local(ctx context.Context, e *journal.Entry, uncount bool) (uncou
 	var err error
 	fua := e.Flags&protocol.FlagFUA != 0
 	detached := n.detached.Load()
+	if e.Kind == journal.Write && !detached {
+		n.preserve(e.Off, e.N) // what the snapshots need of the range first
+	}
 	switch {
 	case detached && e.Kind == journal.Write:
 		// The local disk failed: the peers' copies are the copies.

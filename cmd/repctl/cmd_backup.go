@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,17 +31,40 @@ type Snapshots interface {
 	List(ctx context.Context) ([]string, error)
 }
 
-// errNoSnapshotAPI: repd's admin API has no snapshot endpoints yet.
-var errNoSnapshotAPI = errors.New("this node's admin API cannot create or delete snapshots yet (issue 19); " +
-	"to back up an export you created yourself, give --uri URI --snapshot NAME")
-
-// adminSnapshots is Snapshots over the node's admin API. The endpoints do
-// not exist yet: this is the one missing piece of `repctl backup`.
+// adminSnapshots is Snapshots over the node's admin API: the snapshots of
+// the node repctl talks to (on a Secondary, taken in the Primary's write
+// stream).
 type adminSnapshots struct{ cl *admin.Client }
 
-func (adminSnapshots) Create(context.Context, string) error   { return errNoSnapshotAPI }
-func (adminSnapshots) Delete(context.Context, string) error   { return errNoSnapshotAPI }
-func (adminSnapshots) List(context.Context) ([]string, error) { return nil, errNoSnapshotAPI }
+// Create takes snapshot name on the node and returns once it exists.
+func (s adminSnapshots) Create(ctx context.Context, name string) error {
+	_, err := s.cl.Snapshot(ctx, name, nil)
+	return err
+}
+
+// Delete deletes the node's snapshot name.
+func (s adminSnapshots) Delete(ctx context.Context, name string) error {
+	return s.cl.DeleteSnapshot(ctx, name)
+}
+
+// List returns the names of the node's valid snapshots: an invalid one
+// cannot be read nor serve as the base of an incremental backup.
+func (s adminSnapshots) List(ctx context.Context) ([]string, error) {
+	l, err := s.cl.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !l.Enabled {
+		return nil, fmt.Errorf("snapshots are off on %s: set resource.snapshot-store-size in the resource file", l.Node)
+	}
+	names := make([]string, 0, len(l.Snapshots))
+	for _, sn := range l.Snapshots {
+		if sn.Valid {
+			names = append(names, sn.Name)
+		}
+	}
+	return names, nil
+}
 
 func cmdBackup() *cli.Command {
 	return &cli.Command{

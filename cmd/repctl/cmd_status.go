@@ -92,7 +92,7 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 			code = "1;36"
 		case "Inconsistent", "SyncSource", "SyncTarget", "PausedSync", "Connecting", "Ahead", "Behind", "Outdated", "VerifySource", "VerifyTarget":
 			code = "33"
-		case "Failed", "StandAlone", "Diskless", "quorum:no":
+		case "Failed", "StandAlone", "Diskless", "quorum:no", "store:Failed":
 			code = "31"
 		}
 		if code == "" {
@@ -126,6 +126,13 @@ func printStatus(w io.Writer, st api.Status, colour bool) {
 		}
 	}
 	fmt.Fprintln(w)
+	if st.SnapshotStoreCapacity > 0 {
+		fmt.Fprintf(w, "  snapshots:%d store:%s/%s", st.Snapshots, size(st.SnapshotStoreUsed), size(st.SnapshotStoreCapacity))
+		if st.SnapshotStoreFailed != "" {
+			fmt.Fprintf(w, " %s", paint("store:Failed"))
+		}
+		fmt.Fprintln(w)
+	}
 	for _, p := range st.Peers {
 		line := fmt.Sprintf("  %s connection:%s", p.Name, paint(p.Connection.String()))
 		if p.Role != "" {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -108,6 +109,7 @@ func newApp() *cli.App {
 			cmdBackup(),
 			cmdRestore(),
 			cmdBackups(),
+			cmdSnapshot(),
 		},
 	}
 }
@@ -122,7 +124,7 @@ func client(c *cli.Context) (*admin.Client, error) {
 		if err != nil {
 			return nil, cli.Exit(err.Error(), exitUsage)
 		}
-		name := c.String("node")
+		name := globalString(c, "node")
 		if name == "" {
 			name, _ = os.Hostname()
 		}
@@ -133,4 +135,22 @@ func client(c *cli.Context) (*admin.Client, error) {
 		return admin.NewClient(n.Admin), nil
 	}
 	return nil, usageError("say which node: --admin SOCKET, or --config FILE [--node NAME]")
+}
+
+// globalString is the value of a global flag, even where a verb has a flag
+// of the same name (snapshot create --node): the outermost flag set that
+// defines it wins.
+func globalString(c *cli.Context, name string) string {
+	lin := c.Lineage()
+	for i := len(lin) - 1; i >= 0; i-- {
+		if lin[i].Command == nil {
+			continue
+		}
+		for _, f := range lin[i].Command.Flags {
+			if slices.Contains(f.Names(), name) {
+				return lin[i].String(name)
+			}
+		}
+	}
+	return c.String(name)
 }

@@ -26,6 +26,11 @@ const (
 	Barrier             // flush barrier: peers make everything before it durable
 	Resync              // resync data for one peer, read from the local disk
 	Verify              // online verify: hashes of a range for one peer
+	// Snapshot: a snapshot named Name is taken here and by the peers it
+	// is shipped to. Taken locally, it spans the whole device in the
+	// in-flight set: it waits for every earlier entry and holds back
+	// every later one.
+	Snapshot
 )
 
 // Overhead is what an entry without data counts against the log's bound.
@@ -41,6 +46,7 @@ type Entry struct {
 	Off   int64
 	N     int64
 	Data  []byte
+	Name  string   // a Snapshot's name
 	Buf   *[]byte  // pooled buffer behind Data (bufpool)
 	FP    []uint64 // dedup fingerprints of Data's 4 KiB blocks, if the writer computed them
 

@@ -468,6 +468,19 @@ func (s *Store) invalidateFull(x int64, seen uint64) []Info {
 	return infos
 }
 
+// Abandon is for a caller that must change the live device although
+// Preserve failed (cause): it invalidates every snapshot, durably, as
+// after an I/O error on the store file, so that none reads data changed
+// without its copy; the store then refuses new snapshots until it is
+// reopened. It returns the error that keeps the store broken if even that
+// could not be recorded: the disk may then still call snapshots valid.
+func (s *Store) Abandon(cause error) error {
+	s.fail(fmt.Errorf("a change of the live device went ahead without its copy: %w", cause))
+	infos, err := s.invalidateAll()
+	s.report(infos)
+	return err
+}
+
 // invalidateAll runs recovery after an I/O error on the store file and
 // returns the snapshots it invalidated, or the error that keeps the store
 // broken.

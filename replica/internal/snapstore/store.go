@@ -1117,7 +1117,7 @@ func (s *Store) reasonText(e *entry) string {
 		return fmt.Sprintf("the snapshot store was full (capacity %d bytes) when the chunk at offset %d was first overwritten; raise the capacity or delete older snapshots",
 			s.hdr.capacity, e.detail)
 	case reasonIO:
-		return "an I/O error on the snapshot store file (see the log)"
+		return "an I/O error on the snapshot store file, or a change of the device that could not be preserved (see the log)"
 	case reasonDamaged:
 		return "the snapshot store's metadata failed its checksums"
 	}
