@@ -16,14 +16,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The fast set: every scenario once, with the seed from CHAOS_SEED or the
-// clock, under its first protocol (kill scenarios also under the other).
-// A failure prints the seed, the schedule and the replay command.
+// The fast set: every scenario not marked Soak once, with the seed from
+// CHAOS_SEED or the clock, under its first protocol (kill-primary also
+// under the other). A failure prints the seed, the schedule and the replay
+// command. The soak runs every scenario, in its long form.
 func TestScenarios(t *testing.T) {
 	bins := needBins(t)
 	seed := chaosSeed(t)
 	t.Logf("seed %d (rerun: CHAOS_SEED=%d go test ./chaos, or go run ./chaos/cmd/soak -seed N -scenario NAME)", seed, seed)
 	for _, sc := range Scenarios {
+		if sc.Soak {
+			continue
+		}
 		protos := sc.Protocols[:1]
 		if sc.Name == "kill-primary" {
 			protos = sc.Protocols

@@ -16,6 +16,16 @@
 //     if the device shows a write sent at clock T, every write acknowledged
 //     before T is there (or superseded), block by block.
 //
+// A Follower is a Workload that follows the Primary, as a failover client
+// would (quorum.go's scenarios, with auto-promote): it writes to whichever
+// data node is Primary and holds its lease, and moves to the successor
+// when requests fail or hang there; every write is recorded with the node
+// that served it. CheckExclusive then requires that at no instant two
+// nodes acknowledged writes: no acknowledgement by a node after another
+// node's acknowledgement that came after the route to the first was
+// opened. The events of every node (`repctl events`) must show no split
+// brain and no node becoming Primary without an UpToDate disk.
+//
 // Scenarios start real repd processes (built once per run) on 127.0.0.x
 // addresses with a faultnet.Proxy on every peer link: a harness.Cluster
 // (the lower node id dials, so each node gets its own resource file in

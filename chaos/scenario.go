@@ -28,6 +28,8 @@ type Result struct {
 	Scenario      string
 	Seed          int64
 	Protocol      string
+	OnNoQuorum    string // with auto-promote: what a Primary without quorum does
+	Long          bool   // the scenario's long form (the soak's)
 	Schedule      []Action
 	Faults        int
 	WritesSent    int
@@ -51,7 +53,14 @@ func (r *Result) Failed() bool {
 
 // Replay is the command that reruns it.
 func (r *Result) Replay() string {
-	return fmt.Sprintf("go run ./chaos/cmd/soak -seed %d -scenario %s", r.Seed, r.Scenario)
+	s := fmt.Sprintf("go run ./chaos/cmd/soak -seed %d -scenario %s -protocol %s", r.Seed, r.Scenario, r.Protocol)
+	if r.OnNoQuorum != "" {
+		s += " -on-no-quorum " + r.OnNoQuorum
+	}
+	if !r.Long {
+		s += " -long=false"
+	}
+	return s
 }
 
 // Format prints the result, with the schedule when it failed or verbose.
@@ -61,8 +70,12 @@ func (r *Result) Format(verbose bool) string {
 	if r.Failed() {
 		st = "FAIL"
 	}
-	fmt.Fprintf(&b, "%s %s seed=%d protocol=%s faults=%d writes=%d checked=%d violations=%d %.1fs",
-		st, r.Scenario, r.Seed, r.Protocol, r.Faults, r.WritesSent, r.WritesChecked, len(r.Violations), r.Elapsed.Seconds())
+	fmt.Fprintf(&b, "%s %s seed=%d protocol=%s", st, r.Scenario, r.Seed, r.Protocol)
+	if r.OnNoQuorum != "" {
+		fmt.Fprintf(&b, " on-no-quorum=%s", r.OnNoQuorum)
+	}
+	fmt.Fprintf(&b, " faults=%d writes=%d checked=%d violations=%d %.1fs",
+		r.Faults, r.WritesSent, r.WritesChecked, len(r.Violations), r.Elapsed.Seconds())
 	if r.Err != nil {
 		fmt.Fprintf(&b, "\n  error: %v", r.Err)
 	}
@@ -87,11 +100,14 @@ func (r *Result) Format(verbose bool) string {
 
 // Env is what a scenario works with.
 type Env struct {
-	Ctx   context.Context
-	Rng   *rand.Rand
-	C     *harness.Cluster
-	H     *History
-	Res   *Result
+	Ctx context.Context
+	Rng *rand.Rand
+	C   *harness.Cluster
+	H   *History
+	Res *Result
+	// Long: the soak's longer form of a scenario (flapping for a minute
+	// rather than seconds).
+	Long  bool
 	start time.Time
 	mu    sync.Mutex
 }
@@ -181,7 +197,13 @@ func (e *Env) workload(n *harness.Node, conns, depth int) *Running {
 
 // Check reads the whole device from n and checks it.
 func (e *Env) Check(n *harness.Node, mode Mode) ([]byte, error) {
-	img, err := n.ReadDevice()
+	return e.checkFirst(n, mode, e.C.Opt.Size)
+}
+
+// checkFirst reads the first size bytes of the device from n and checks
+// them.
+func (e *Env) checkFirst(n *harness.Node, mode Mode, size int64) ([]byte, error) {
+	img, err := readFirst(n, size)
 	if err != nil {
 		return nil, err
 	}
@@ -202,6 +224,25 @@ func (e *Env) Check(n *harness.Node, mode Mode) ([]byte, error) {
 	return img, nil
 }
 
+// readFirst reads the first size bytes of the device through n's NBD
+// export.
+func readFirst(n *harness.Node, size int64) ([]byte, error) {
+	cl, err := n.DialNBD()
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	img := make([]byte, size)
+	const chunk = 1 << 20
+	for off := int64(0); off < size; off += chunk {
+		end := min(off+chunk, size)
+		if err := cl.Read(img[off:end], off); err != nil {
+			return nil, fmt.Errorf("read %s at %d: %w", n.Name, off, err)
+		}
+	}
+	return img, nil
+}
+
 func (m Mode) String() string {
 	if m == Prefix {
 		return "prefix"
@@ -216,7 +257,16 @@ type Scenario struct {
 	Protocols []string
 	Nodes     int
 	SmallDisk bool // node 1's disk on a tmpfs smaller than the device
-	Run       func(e *Env) error
+	// Witness: the last node is a witness (disk = "none", named tie).
+	Witness bool
+	// AutoPromote: quorum (the default majority) with auto-promote = true
+	// and on-no-quorum suspend-io or io-error, chosen by the seed.
+	AutoPromote bool
+	Extra       string // more [resource] lines
+	Size        int64  // the device's size; default 32 MiB
+	// Soak: run by the soak (and by name) only, not by TestScenarios.
+	Soak bool
+	Run  func(e *Env) error
 }
 
 // Config configures Run.
@@ -224,17 +274,31 @@ type Config struct {
 	Bins     *harness.Bins
 	Dir      string // parent for the cluster's directory
 	Protocol string // "" picks one from the scenario's list with the seed
-	Logf     func(format string, args ...any)
+	// OnNoQuorum forces on-no-quorum in auto-promote scenarios ("" picks
+	// suspend-io or io-error with the seed).
+	OnNoQuorum string
+	// Long runs the scenarios' longer forms (the soak).
+	Long bool
+	Logf func(format string, args ...any)
 }
 
 // Run runs one scenario with one seed.
 func Run(ctx context.Context, cfg Config, sc Scenario, seed int64) (res *Result) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x63686173))
-	proto := cfg.Protocol
-	if proto == "" {
-		proto = sc.Protocols[rng.IntN(len(sc.Protocols))]
+	// The seed draws the protocol (and on-no-quorum) whether or not the
+	// caller forces them, so that a replay with them forced runs the same
+	// schedule.
+	proto := sc.Protocols[rng.IntN(len(sc.Protocols))]
+	if cfg.Protocol != "" {
+		proto = cfg.Protocol
 	}
-	res = &Result{Scenario: sc.Name, Seed: seed, Protocol: proto}
+	res = &Result{Scenario: sc.Name, Seed: seed, Protocol: proto, Long: cfg.Long}
+	if sc.AutoPromote {
+		res.OnNoQuorum = []string{"suspend-io", "io-error"}[rng.IntN(2)]
+		if cfg.OnNoQuorum != "" {
+			res.OnNoQuorum = cfg.OnNoQuorum
+		}
+	}
 	t0 := time.Now()
 	defer func() { res.Elapsed = time.Since(t0) }()
 	dir, err := os.MkdirTemp(cfg.Dir, "chaos-"+sc.Name+"-")
@@ -245,6 +309,18 @@ func Run(ctx context.Context, cfg Config, sc Scenario, seed int64) (res *Result)
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755) // so an unprivileged caller reaches the admin socket's own permission check
 	opt := clusterOptions(max(2, sc.Nodes), proto, 20, seed)
+	if sc.Size > 0 {
+		opt.Size = sc.Size
+	}
+	if sc.Witness {
+		opt.Names = append(opt.Names, "alpha", "beta", "gamma", "delta")[:opt.Nodes-1]
+		opt.Names = append(opt.Names, "tie")
+		opt.Witnesses = []int{opt.Nodes - 1}
+	}
+	if sc.AutoPromote {
+		opt.Extra += fmt.Sprintf("auto-promote = true\non-no-quorum = %q\n", res.OnNoQuorum)
+	}
+	opt.Extra += sc.Extra
 	if sc.SmallDisk {
 		small, cleanup, err := smallFS(dir)
 		if err != nil {
@@ -264,7 +340,7 @@ func Run(ctx context.Context, cfg Config, sc Scenario, seed int64) (res *Result)
 		res.Err = err
 		return res
 	}
-	e := &Env{Ctx: ctx, Rng: rng, C: c, H: &History{}, Res: res, start: t0}
+	e := &Env{Ctx: ctx, Rng: rng, C: c, H: &History{}, Res: res, Long: cfg.Long, start: t0}
 	stopScrape := e.scrape()
 	defer func() {
 		stopScrape()

@@ -30,6 +30,23 @@ type Rec struct {
 	Sent   uint64
 	Acked  uint64
 	Failed bool // an error reply or a broken connection: unknown outcome
+	// Node served the write; Epoch is the Follower's route it went by
+	// (an index into History.epochs, 1-based; 0 for a Workload's write).
+	Node  string
+	Epoch int
+	// AckedAt is when the reply arrived (wall clock), for the report's
+	// handover gaps.
+	AckedAt time.Time
+	// Code is the NBD error of an error reply (0: none, or the
+	// connection broke).
+	Code uint32
+}
+
+// Epoch is one route of a Follower: its writes went to Node from the tick
+// Start on, over connections opened after Node was found Primary.
+type Epoch struct {
+	Node  string
+	Start uint64
 }
 
 // Flush is one NBD flush of the history.
@@ -44,6 +61,7 @@ type History struct {
 
 	mu      sync.Mutex
 	recs    []*Rec // index = ID-1
+	epochs  []Epoch
 	flushes []Flush
 	base    []uint64 // per block, the write a Rebase saw there
 	baseID  uint64   // writes up to this ID were sent before the Rebase
@@ -51,23 +69,35 @@ type History struct {
 
 func (h *History) tick() uint64 { return h.clock.Add(1) }
 
-func (h *History) add(block, blocks int64) *Rec {
+func (h *History) add(block, blocks int64) *Rec { return h.addOn(block, blocks, "", 0) }
+
+// addOn records a write about to be sent to node by the route epoch.
+func (h *History) addOn(block, blocks int64, node string, epoch int) *Rec {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := &Rec{ID: uint64(len(h.recs) + 1), Block: block, Blocks: blocks}
+	r := &Rec{ID: uint64(len(h.recs) + 1), Block: block, Blocks: blocks, Node: node, Epoch: epoch}
 	h.recs = append(h.recs, r)
 	r.Sent = h.tick()
 	return r
 }
 
+// newEpoch starts a route to node and returns its number.
+func (h *History) newEpoch(node string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.epochs = append(h.epochs, Epoch{Node: node, Start: h.tick()})
+	return len(h.epochs)
+}
+
 func (h *History) done(r *Rec, err error) {
 	t := h.tick()
+	now := time.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err == nil {
-		r.Acked = t
+		r.Acked, r.AckedAt = t, now
 	} else {
-		r.Failed = true
+		r.Failed, r.Code = true, nbdtest.ErrorCode(err)
 	}
 }
 

@@ -82,6 +82,13 @@ type Options struct {
 	// PeerAddr, if set, replaces node i's peer address (listened on by
 	// node i, dialed by the others) after New chose one.
 	PeerAddr func(i int, n *Node) string
+	// Witnesses are the indices of the nodes that are witnesses: disk =
+	// "none", a state file NAME.state as meta, no NBD. They vote and store
+	// nothing; Up, the Wait methods and Shutdown treat them as such.
+	Witnesses []int
+	// Priorities[i], if given, is node i's priority (automatic failover
+	// prefers the higher).
+	Priorities []int
 	// Args are more repd arguments (e.g. --log-level debug).
 	Args []string
 	// StopTimeout is how long Stop and Kill wait for a node to exit before
@@ -107,6 +114,20 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("harness: %d nodes but %d names: name every node (Options.Names)", o.Nodes, len(o.Names))
 	}
 	o.Names = o.Names[:o.Nodes]
+	for _, w := range o.Witnesses {
+		if w < 0 || w >= o.Nodes {
+			return o, fmt.Errorf("harness: witness index %d out of range 0..%d", w, o.Nodes-1)
+		}
+		if len(o.Witnesses) >= o.Nodes {
+			return o, fmt.Errorf("harness: witnesses %v leave no data node among %d nodes", o.Witnesses, o.Nodes)
+		}
+	}
+	if slices.Contains(o.Witnesses, 0) {
+		return o, errors.New("harness: node 0 is the one Up makes Primary: it cannot be a witness (list a later index in Options.Witnesses)")
+	}
+	if len(o.Priorities) > o.Nodes {
+		return o, fmt.Errorf("harness: %d priorities for %d nodes", len(o.Priorities), o.Nodes)
+	}
 	for i, n := range o.Names {
 		if n == "" || slices.Contains(o.Names[:i], n) {
 			return o, fmt.Errorf("harness: node name %q empty or given twice in %q", n, o.Names)
@@ -182,14 +203,19 @@ func New(bins *Bins, dir string, o Options) (*Cluster, error) {
 	}
 	for i, name := range o.Names {
 		host := fmt.Sprintf("127.0.0.%d", o.HostBase+i)
-		n := &Node{c: c, I: i, Name: name, Host: host}
+		n := &Node{c: c, I: i, Name: name, Host: host, Witness: slices.Contains(o.Witnesses, i)}
 		addr := func() (string, error) {
 			p, err := FreePort(host)
 			return fmt.Sprintf("%s:%d", host, p), err
 		}
-		if o.NBDUnix {
+		switch {
+		case n.Witness: // no NBD
+		case o.NBDUnix:
 			n.NBD = "unix:" + filepath.Join(dir, name+".nbd.sock")
-		} else if n.NBD, err = addr(); err != nil {
+		default:
+			n.NBD, err = addr()
+		}
+		if err != nil {
 			return fail(err)
 		}
 		if n.Peer, err = addr(); err != nil {
@@ -212,6 +238,9 @@ func New(bins *Bins, dir string, o Options) (*Cluster, error) {
 		}
 		n.Disk = filepath.Join(dd, name+".img")
 		n.Meta = filepath.Join(dir, name+".meta")
+		if n.Witness {
+			n.Disk, n.Meta = "none", filepath.Join(dir, name+".state")
+		}
 		n.LogPath = filepath.Join(dir, name+".log")
 		n.admin = admin.NewClient(n.Admin)
 		if o.PeerAddr != nil {
@@ -224,6 +253,9 @@ func New(bins *Bins, dir string, o Options) (*Cluster, error) {
 	}
 	if o.Prealloc {
 		for _, n := range c.Nodes {
+			if n.Witness {
+				continue
+			}
 			if err := fallocate(n.Disk, o.Size); err != nil {
 				return fail(err)
 			}
@@ -290,8 +322,14 @@ func (c *Cluster) resourceFile(self int) string {
 		if self >= 0 && self < j {
 			peer = c.Proxy(self, j).Addr()
 		}
-		fmt.Fprintf(&b, "\n[[node]]\nname = %q\nid = %d\ndisk = %q\nmeta = %q\nnbd = %q\npeer = %q\nadmin = %q\n",
-			m.Name, j, m.Disk, m.Meta, m.NBD, peer, m.Admin)
+		fmt.Fprintf(&b, "\n[[node]]\nname = %q\nid = %d\ndisk = %q\nmeta = %q\n", m.Name, j, m.Disk, m.Meta)
+		if m.NBD != "" {
+			fmt.Fprintf(&b, "nbd = %q\n", m.NBD)
+		}
+		fmt.Fprintf(&b, "peer = %q\nadmin = %q\n", peer, m.Admin)
+		if j < len(o.Priorities) && o.Priorities[j] != 0 {
+			fmt.Fprintf(&b, "priority = %d\n", o.Priorities[j])
+		}
 		if m.Metrics != "" {
 			fmt.Fprintf(&b, "metrics = %q\n", m.Metrics)
 		}
@@ -443,7 +481,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		}
 		// Ask each peer itself: the first node marks them UpToDate at
 		// once, before they have heard of the new generation.
-		err := waitDisk(ctx, 5*time.Second, "UpToDate", c.Nodes[1:])
+		err := waitDisk(ctx, 5*time.Second, "UpToDate", c.dataNodes()[1:])
 		if err == nil {
 			if try > 1 {
 				c.Notes = append(c.Notes, fmt.Sprintf("new-current-uuid --clear-bitmap needed %d tries (a peer stayed Inconsistent)", try))
@@ -455,16 +493,16 @@ func (c *Cluster) Up(ctx context.Context) error {
 		}
 		c.logf("%s: peers not UpToDate after new-current-uuid --clear-bitmap (%v); again", c.Dir, err)
 	}
-	if _, err := p.Ctl(ctx, "primary"); err != nil {
+	if err := c.promoteFirst(ctx); err != nil {
 		return err
 	}
-	if err := p.WaitPeers(ctx, 10*time.Second, InSync); err != nil && waitDisk(ctx, 0, "UpToDate", c.Nodes[1:]) == nil {
+	if err := p.WaitPeers(ctx, 10*time.Second, InSync); err != nil && waitDisk(ctx, 0, "UpToDate", c.dataNodes()[1:]) == nil {
 		// Every peer says it is UpToDate but the primary still sees one as
 		// Inconsistent: a stale view of the peer (seen under protocol A
 		// over a 30 ms link). A reconnect exchanges the states afresh.
 		c.logf("%s: %v, while every peer says UpToDate; reconnecting", c.Dir, err)
 		c.Notes = append(c.Notes, "the primary kept seeing a peer Inconsistent that said UpToDate: repctl disconnect + connect")
-		for _, n := range c.Nodes[1:] {
+		for _, n := range c.dataNodes()[1:] {
 			if _, err := p.Ctl(ctx, "disconnect", n.Name); err != nil {
 				return err
 			}
@@ -485,6 +523,41 @@ func (c *Cluster) Up(ctx context.Context) error {
 	return c.WaitInSync(ctx, 30*time.Second)
 }
 
+// promoteFirst makes node 0 Primary with `repctl primary`. With
+// auto-promote an election may promote it meanwhile (the command is then
+// refused while that promotion runs): it is asked again until node 0 says
+// it is Primary.
+func (c *Cluster) promoteFirst(ctx context.Context) error {
+	p := c.Nodes[0]
+	var err error
+	for try := 0; try < 50; try++ {
+		if _, err = p.Ctl(ctx, "primary"); err == nil {
+			return nil
+		}
+		if st, serr := p.Status(ctx); serr == nil && st.Role == api.Primary {
+			return nil
+		}
+		if !strings.Contains(err.Error(), "in progress") {
+			return err
+		}
+		if serr := sleep(ctx, 100*time.Millisecond); serr != nil {
+			return serr
+		}
+	}
+	return err
+}
+
+// dataNodes are the nodes that are not witnesses.
+func (c *Cluster) dataNodes() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes {
+		if !n.Witness {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // WaitConnected waits until every running node sees every running peer
 // Connected.
 func (c *Cluster) WaitConnected(ctx context.Context, d time.Duration) error {
@@ -499,13 +572,17 @@ func (c *Cluster) WaitConnected(ctx context.Context, d time.Duration) error {
 }
 
 // WaitInSync waits until every running node is UpToDate and sees every
-// running peer Established with nothing out of sync.
+// running peer Established with nothing out of sync. A witness, which holds
+// no data, and a witness peer need only be Connected.
 func (c *Cluster) WaitInSync(ctx context.Context, d time.Duration) error {
 	return c.waitRunning(ctx, "running nodes in sync", d, func(n *Node, s api.Status) string {
-		if s.Disk != "UpToDate" {
+		if s.Disk != "UpToDate" && !n.Witness {
 			return n.Name + " disk " + s.Disk
 		}
 		for _, ps := range c.runningPeers(s) {
+			if (n.Witness || ps.Witness) && ps.Connection == api.Connected {
+				continue
+			}
 			if ps.Connection != api.Connected || ps.Replication != api.Established || ps.OutOfSyncKiB != 0 {
 				return fmt.Sprintf("%s→%s %s/%s oos %dKiB %s", n.Name, ps.Name, ps.Connection, ps.Replication, ps.OutOfSyncKiB, ps.LastError)
 			}
@@ -581,10 +658,15 @@ func waitDisk(ctx context.Context, d time.Duration, want string, nodes []*Node) 
 // Shutdown stops every running node with SIGTERM: the Secondaries first,
 // then each Primary once its journal is empty (under protocol A a write
 // completes before the peer has it; stopping a Primary first would cut its
-// last writes off). An unclean exit is an error naming the node.
+// last writes off), then the witnesses (so that the Primary keeps its
+// quorum to the end). An unclean exit is an error naming the node.
 func (c *Cluster) Shutdown(ctx context.Context) error {
-	var order []*Node
+	var order, witnesses []*Node
 	for _, n := range c.Nodes {
+		if n.Witness {
+			witnesses = append(witnesses, n)
+			continue
+		}
 		s, err := n.Status(ctx)
 		if err == nil && s.Role == api.Primary {
 			WaitFor(ctx, "journal drained", 10*time.Second, func() bool {
@@ -596,6 +678,7 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 			order = append([]*Node{n}, order...)
 		}
 	}
+	order = append(order, witnesses...)
 	for _, n := range order {
 		if err := n.Stop(); err != nil {
 			var ee *exec.ExitError

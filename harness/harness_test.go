@@ -366,9 +366,72 @@ func TestPeerPredicates(t *testing.T) {
 		{api.PeerStatus{Connection: api.Connected, Replication: api.SyncSource, Disk: "Inconsistent"}, true, false},
 		{api.PeerStatus{Connection: api.Connected, Replication: api.Established, Disk: "Inconsistent"}, true, false},
 		{api.PeerStatus{Connection: api.Connecting}, false, false},
+		{api.PeerStatus{Connection: api.Connected, Replication: api.Established, Disk: "Diskless", Witness: true}, true, true},
+		{api.PeerStatus{Connection: api.Connecting, Witness: true}, false, false},
 	} {
 		if Connected(c.p) != c.conn || InSync(c.p) != c.in {
 			t.Errorf("%+v: Connected %v InSync %v, want %v %v", c.p, Connected(c.p), InSync(c.p), c.conn, c.in)
 		}
+	}
+}
+
+// A witness gets disk = "none", a state file and no NBD; priorities reach
+// the file; repd's parser accepts it. Bad witness options are refused.
+func TestWitnessResourceFile(t *testing.T) {
+	c, err := New(&Bins{}, t.TempDir(), Options{Names: []string{"alpha", "beta", "tie"}, Witnesses: []int{2}, Priorities: []int{0, 5},
+		Extra: "auto-promote = true\n", Prealloc: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tie := c.Nodes[2]
+	if !tie.Witness || tie.NBD != "" || tie.Disk != "none" || !strings.HasSuffix(tie.Meta, "tie.state") || c.Nodes[1].Witness {
+		t.Fatalf("witness node %+v", tie)
+	}
+	f := parse(t, c.Conf)
+	if !f.Nodes[2].Witness() || f.Nodes[2].NBD != "" || f.Nodes[1].Priority != 5 || f.Nodes[0].Priority != 0 || !f.Resource.AutoPromote {
+		t.Errorf("parsed %+v", f.Nodes)
+	}
+	for _, o := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Nodes: 3, Witnesses: []int{0}}, "node 0"},
+		{Options{Nodes: 3, Witnesses: []int{3}}, "out of range"},
+		{Options{Nodes: 2, Witnesses: []int{1, 1}}, "no data node"},
+		{Options{Nodes: 2, Priorities: []int{1, 2, 3}}, "3 priorities for 2 nodes"},
+	} {
+		if _, err := New(&Bins{}, t.TempDir(), o.o); err == nil || !strings.Contains(err.Error(), o.want) {
+			t.Errorf("%+v: %v, want an error saying %q", o.o, err, o.want)
+		}
+	}
+}
+
+// Two data nodes and a witness with auto-promote come up with node 0
+// Primary and in sync, and shut down with the witness last.
+func TestWitnessCluster(t *testing.T) {
+	b := bins(t)
+	ctx := t.Context()
+	c, err := Launch(ctx, b, t.TempDir(), Options{
+		Names: []string{"alpha", "beta", "tie"}, Witnesses: []int{2}, Size: 8 << 20, Timeout: time.Second,
+		ConnectInterval: 100 * time.Millisecond, HostBase: 76, Extra: "auto-promote = true\n",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := c.Nodes[0].Status(ctx)
+	if err != nil || st.Role != api.Primary || !st.Quorum || st.Votes != 3 || !st.AutoPromote {
+		t.Fatalf("alpha after Up: %+v %v", st, err)
+	}
+	wst, err := c.Nodes[2].Status(ctx)
+	if err != nil || !wst.Witness || wst.Role != api.Secondary {
+		t.Fatalf("tie after Up: %+v %v", wst, err)
+	}
+	if err := c.ShutdownAndCompare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(c.Nodes[0].LogTail(100000), "stopped cleanly") {
+		t.Errorf("alpha did not stop cleanly (it should keep its quorum until it stops):\n%s", c.Nodes[0].LogTail(2000))
 	}
 }

@@ -29,7 +29,8 @@ type Node struct {
 	I       int // index in Cluster.Nodes, and node id
 	Name    string
 	Host    string // its loopback address
-	NBD     string // as in the resource file: host:port or unix:PATH
+	Witness bool   // disk = "none": votes, stores nothing, no NBD
+	NBD     string // as in the resource file: host:port or unix:PATH; "" on a witness
 	Peer    string // replication address, host:port
 	Admin   string // admin socket
 	Metrics string // host:port of /metrics and /health; "" without

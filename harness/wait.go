@@ -38,8 +38,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 func Connected(p api.PeerStatus) bool { return p.Connection == api.Connected }
 
 // InSync holds for a peer that is Connected, Established and UpToDate with
-// nothing out of sync.
+// nothing out of sync, and for a witness peer (which holds no data) that is
+// Connected.
 func InSync(p api.PeerStatus) bool {
+	if p.Witness {
+		return p.Connection == api.Connected
+	}
 	return p.Connection == api.Connected && p.Replication == api.Established && p.Disk == "UpToDate" && p.OutOfSyncKiB == 0
 }
 

@@ -331,6 +331,16 @@ func (n *Node) leaseAnswerLocked(p *peer, gen uint64) (string, error) {
 		return fmt.Sprintf("%s does not know %s as Primary", n.cfg.Self.Name, p.cfg.Name), nil
 	}
 	if n.cfg.Self.Witness {
+		// A Primary that lacks the newest generation this witness was
+		// told of was replaced while it could not hear of it (a
+		// partition): it must not win its lease back here.
+		switch ok, replaced := decide.WitnessLease(n.quorum.known, gen, p.state.Current, p.state.History); {
+		case replaced:
+			return fmt.Sprintf("%s%s knows a newer data generation (%s) than %s's (%s): another node was Primary since", replacedPrefix,
+				n.cfg.Self.Name, api.FormatUUID(n.quorum.known), p.cfg.Name, api.FormatUUID(gen)), nil
+		case !ok:
+			return fmt.Sprintf("%s has not seen generation %s in %s's State yet", n.cfg.Self.Name, api.FormatUUID(gen), p.cfg.Name), nil
+		}
 		if err := n.learnGenerationLocked(gen); err != nil {
 			return "", err
 		}

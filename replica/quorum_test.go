@@ -249,3 +249,64 @@ func TestQuorumOutdatedNodeNotElected(t *testing.T) {
 	acked.check(t, c.nodes[1])
 	c.assertEqualStores()
 }
+
+// A replaced Primary that never learned it was replaced must not win a
+// lease back from the witness. alpha is cut off and beta elected (beta
+// acknowledges a write alpha lacks); then beta is cut off too, and once
+// the witness has dropped its session to beta, alpha (still Primary, its
+// lease expired) reaches the witness again. The witness knows a newer data
+// generation (beta's) than alpha's: it must refuse alpha's lease, and
+// alpha must acknowledge nothing, since its data lacks beta's
+// acknowledged write. (Found by chaos's quorum-flap scenario.)
+func TestQuorumWitnessRefusesReplacedPrimary(t *testing.T) {
+	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) { cfg.AutoPromote = true })
+	c.waitConnected(10 * time.Second)
+	alpha, beta, tie := c.nodes[0].n, c.nodes[1].n, c.nodes[2].n
+	if err := alpha.NewCurrentUUID(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	var acked ackedWrites
+	ctx := context.Background()
+	if err := acked.write(t, alpha, ctx, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	c.isolate(0, true)
+	waitFor(t, 15*time.Second, "beta elected", func() bool { return beta.Status().Role == api.Primary })
+	if err := acked.write(t, beta, ctx, 4096, 2); err != nil {
+		t.Fatal(err)
+	}
+	// beta cut off as well; the witness drops both sessions.
+	c.isolate(1, true)
+	waitFor(t, 15*time.Second, "the witness alone", func() bool {
+		for _, p := range tie.Status().Peers {
+			if p.Connection == api.Connected {
+				return false
+			}
+		}
+		return true
+	})
+	if alpha.Status().Role != api.Primary {
+		t.Fatal("alpha learned it was replaced while cut off: the story needs it not to")
+	}
+	// alpha and the witness meet again; beta stays away.
+	c.proxy(0, 2).Partition(false)
+	waitFor(t, 15*time.Second, "alpha and the witness connected", func() bool {
+		for _, p := range tie.Status().Peers {
+			if p.Name == names[0] && p.Connection == api.Connected {
+				return true
+			}
+		}
+		return false
+	})
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	err := acked.write(t, alpha, wctx, 2*4096, 3)
+	if err == nil {
+		t.Fatalf("alpha, replaced by beta and lacking beta's acknowledged write, acknowledged a write (lease %q)", alpha.Status().Lease)
+	}
+	if s := alpha.Status(); s.Lease == "held" {
+		t.Fatalf("alpha holds a lease again: %+v", s)
+	}
+	t.Logf("alpha's write: %v; alpha %s, %s", err, alpha.Status().Role, alpha.Status().LastElection)
+}

@@ -70,6 +70,7 @@ func Drills(d *result.Drills) []result.Check {
 		cs = append(cs, result.Check{Issue: 7, Name: rtoName, Limit: rtoLimit, Value: r.TotalMs, Status: passFail(r.TotalMs < RTOLimitMs),
 			Detail: fmt.Sprintf("%.0f ms (detect %.0f, promote %.0f, first write %.0f)", r.TotalMs, r.DetectMs, r.PromoteMs, r.FirstWriteMs)})
 	}
+	cs = append(cs, rtoAuto(d.RTOAuto))
 	for _, proto := range []string{"C", "A"} {
 		name := "RPO under protocol " + proto + " over the WAN link"
 		limit := "0 bytes lost"
@@ -119,6 +120,29 @@ func Drills(d *result.Drills) []result.Check {
 		cs = append(cs, ck)
 	}
 	return append(cs, Sync(d.Sync)...)
+}
+
+// rtoAuto judges the rto-auto drill's case with timeout = "2s" (issue 18).
+func rtoAuto(rs []result.RTOAutoResult) result.Check {
+	ck := result.Check{Issue: 18, Name: "RTO auto: Primary's host cut off (partition), timeout 2s, until a write completes on the elected successor",
+		Limit: fmt.Sprintf("<= %g s", RTOAutoLimitMs/1000.0)}
+	i := slices.IndexFunc(rs, func(r result.RTOAutoResult) bool { return r.TimeoutMs == RTOAutoTimeoutMs })
+	if i < 0 {
+		ck.Status, ck.Detail = "SKIP", "rto-auto drill not run"
+		return ck
+	}
+	switch r := rs[i]; {
+	case r.Error != "":
+		ck.Status, ck.Detail = "FAIL", r.Error
+	case r.Successor == "":
+		ck.Status, ck.Detail = "FAIL", "no successor served a write"
+	default:
+		ck.Value = r.TotalMs
+		ck.Status = passFail(r.TotalMs <= RTOAutoLimitMs)
+		ck.Detail = fmt.Sprintf("%.0f ms (%s elected at %.0f ms, the old lease over by %.0f ms; lease %.0f ms, promise %.0f ms; %d client connections)",
+			r.TotalMs, r.Successor, r.ElectedMs, r.LeaseEndMs, r.LeaseMs, r.PromiseMs, r.Attempts)
+	}
+	return ck
 }
 
 // Sync judges the sync drill (issue 4).

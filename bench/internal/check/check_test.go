@@ -43,6 +43,10 @@ func TestDrillChecks(t *testing.T) {
 			{Protocol: "C", Acked: 1000, LostWrites: 1, LostBytes: 4096, JournalBound: 8 << 20},
 		},
 		Wire: []result.WireResult{{Data: "csv", Ratio: 0.2}, {Data: "repeat-4k", Ratio: 1.01}, {Data: "random", Ratio: 1.0}},
+		RTOAuto: []result.RTOAutoResult{
+			{TimeoutMs: 2000, TotalMs: 3100, ElectedMs: 2700, Successor: "bravo"},
+			{TimeoutMs: 5000, TotalMs: 6900, ElectedMs: 6500, Successor: "bravo"}, // no target: never judged
+		},
 	}
 	got := map[string]string{}
 	for _, c := range Drills(d) {
@@ -55,6 +59,7 @@ func TestDrillChecks(t *testing.T) {
 		"wire/logical bytes, zstd, csv":                                "PASS",
 		"wire/logical bytes, zstd, repeat-4k":                          "FAIL",
 		"wire/logical bytes, zstd, random":                             "PASS",
+		rtoAutoName:                                                    "PASS",
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -66,7 +71,22 @@ func TestDrillChecks(t *testing.T) {
 			t.Errorf("no drills: %s is %s", c.Name, c.Status)
 		}
 	}
+	// The 2 s case over its 5 s target, or without a successor, fails.
+	for _, r := range []result.RTOAutoResult{
+		{TimeoutMs: 2000, TotalMs: 5001, Successor: "bravo"},
+		{TimeoutMs: 2000, TotalMs: 100},
+		{TimeoutMs: 2000, Error: "start: boom"},
+	} {
+		if c := rtoAuto([]result.RTOAutoResult{r}); c.Status != "FAIL" || c.Issue != 18 {
+			t.Errorf("%+v: %s %+v", r, c.Status, c)
+		}
+	}
+	if c := rtoAuto([]result.RTOAutoResult{{TimeoutMs: 5000, TotalMs: 9000, Successor: "bravo"}}); c.Status != "SKIP" {
+		t.Errorf("only the default timeout's case: %s, want SKIP (it has no target)", c.Status)
+	}
 }
+
+const rtoAutoName = "RTO auto: Primary's host cut off (partition), timeout 2s, until a write completes on the elected successor"
 
 // The CPU bound on a replicated ratio: CPUs / (standalone CPU per I/O +
 // peers × floor), against standalone's IOPS; absent without the floor

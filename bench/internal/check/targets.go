@@ -43,6 +43,15 @@ const RSSLimit = 100 << 20
 // until the first write acknowledged by the promoted secondary.
 const RTOLimitMs = 2000
 
+// Issue 18's automatic failover target: with timeout = "2s", two data
+// nodes and a witness, from the partition that cuts the Primary's host off
+// until a write completes on the successor the others elected. The case
+// with the default timeout is reported without a target.
+const (
+	RTOAutoTimeoutMs = 2000
+	RTOAutoLimitMs   = 5000
+)
+
 // WireLimits are issue 5's targets for wire bytes over logical bytes, with
 // zstd, by kind of data written.
 var WireLimits = map[string]float64{"csv": 1.0 / 3, "repeat-4k": 0.10, "random": 1.01}

@@ -1,5 +1,6 @@
 // Package drill runs the benchmark's drills, each on a cluster of its own:
-// failover (rto), loss under asynchronous replication (rpo), resync after
+// failover (rto), automatic failover with quorum after a partition
+// (rto-auto), loss under asynchronous replication (rpo), resync after
 // an outage (resync), bytes on the wire (wire), resync, checksum resync and
 // verify rates (sync), and the CPU floor of a peer's copy of a write
 // (floor).
@@ -29,7 +30,7 @@ import (
 )
 
 // Names are the drills, in run order.
-var Names = []string{"rto", "rpo", "resync", "wire", "sync", "floor"}
+var Names = []string{"rto", "rto-auto", "rpo", "resync", "wire", "sync", "floor"}
 
 // Select returns the drills named in a comma list ("none": no drill).
 func Select(list string) ([]string, error) {
@@ -70,6 +71,11 @@ func Run(ctx context.Context, env target.Env, drills []string, seconds int, quic
 			r := drillRTO(ctx, denv)
 			d.RTO = &r
 			logf("rto: %+v", r)
+		case "rto-auto":
+			d.RTOAuto = drillRTOAuto(ctx, denv)
+			for _, r := range d.RTOAuto {
+				logf("rto-auto: %+v", r)
+			}
 		case "rpo":
 			wan, _ := link.Lookup("wan")
 			for _, proto := range []string{"A", "C"} {

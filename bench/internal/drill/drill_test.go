@@ -2,12 +2,15 @@ package drill
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bench/internal/target"
+	"github.com/repd/repd/harness"
 )
 
 func TestRPOData(t *testing.T) {
@@ -111,5 +114,55 @@ func TestWireCounters(t *testing.T) {
 		if m[k] != v {
 			t.Errorf("%s = %v, want %v (all: %v)", k, m[k], v, m)
 		}
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	harness.RemoveBinaries()
+	os.Exit(code)
+}
+
+// requireTool finds an external tool. Under CI=true a missing tool fails the
+// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
+	}
+	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
+}
+
+// The rto-auto case with the 2 s timeout on a small device: bravo is
+// elected and serves the failover client's write; the old Primary's lease
+// was over before the election; it rejoins as an UpToDate Secondary after
+// the heal.
+func TestRTOAutoDrill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs repd processes and fio")
+	}
+	requireTool(t, "fio")
+	r := rtoAuto(t.Context(), target.Env{Dir: t.TempDir(), Size: 64 << 20, Transport: "unix", Logf: t.Logf}, 2*time.Second, time.Second)
+	t.Logf("%+v", r)
+	if r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if r.Successor != "bravo" || r.LoadIOPS <= 0 || r.Attempts < 1 || r.TimeoutMs != 2000 || r.PromiseMs != 2250 {
+		t.Errorf("result %+v", r)
+	}
+	if r.ElectedMs <= 0 || r.TotalMs < r.ElectedMs {
+		t.Errorf("elected at %.0f ms, first write at %.0f ms: the write must follow the election", r.ElectedMs, r.TotalMs)
+	}
+	if r.LeaseEndMs == 0 || r.LeaseEndMs >= r.ElectedMs || r.LeaseEndMs > r.LeaseMs {
+		t.Errorf("old Primary's lease over by %.0f ms, successor elected at %.0f ms: the lease (%.0f ms) must end first", r.LeaseEndMs, r.ElectedMs, r.LeaseMs)
+	}
+	if r.SuspendedMs == 0 {
+		t.Errorf("the old Primary, with fio's writes on it, never suspended I/O")
+	}
+	if !strings.HasPrefix(r.Rejoined, "an UpToDate Secondary") {
+		t.Errorf("after the heal: %s", r.Rejoined)
 	}
 }

@@ -189,6 +189,9 @@ func drillsMarkdown(b *strings.Builder, d *result.Drills) {
 		fmt.Fprintf(b, "Promotion: %s. Detection here is repd noticing the dead process's TCP connection close (instant on one host); "+
 			"a dead *host* is noticed only by the peer timeout, and a cluster manager adds its own decision time.\n\n", r.Promote)
 	}
+	if len(d.RTOAuto) > 0 {
+		rtoAutoMarkdown(b, d.RTOAuto)
+	}
 	if len(d.RPO) > 0 {
 		b.WriteString("## RPO drill\n\n")
 		b.WriteString("Two nodes over the WAN link; 32 writers put numbered 4 KiB blocks (header + incompressible filler) at distinct offsets through the primary and note each acknowledgment; " +
@@ -240,6 +243,40 @@ func drillsMarkdown(b *strings.Builder, d *result.Drills) {
 		}
 		b.WriteString("\n")
 	}
+}
+
+// rtoAutoMarkdown renders the automatic failover drill (issue 18).
+func rtoAutoMarkdown(b *strings.Builder, rs []result.RTOAutoResult) {
+	r0 := rs[0]
+	b.WriteString("## Automatic failover drill (rto-auto)\n\n")
+	fmt.Fprintf(b, "Two data nodes (alpha, bravo) and a witness (tie), protocol %s, %s; quorum %s, `auto-promote = true`, `on-no-quorum = %q`. "+
+		"fio 4k randwrite QD32 on the Primary alpha; then alpha's host is cut off: a partition at the proxies on its peer links "+
+		"(the connections stay open, nothing flows: the others notice only by their timeouts). No operator: bravo and the witness elect bravo. "+
+		"A failover client, as an application's would, tries each surviving data node (connect, one 4 KiB write, a second at most) until a write completes. "+
+		"Times from the cut. The lease: a voter's acknowledgement counts for one timeout; a voter helps no other node to Primary until 9/8 of the timeout after it last heard from the Primary, "+
+		"so the old Primary's lease is over before the successor starts (*lease over by*: the earliest bound its status gave, polled every 20 ms; "+
+		"*suspends I/O*: its event, when fio's writes, held for the unreachable peer until the timeout, meet the expired lease).\n\n", r0.Protocol, r0.Link, r0.Quorum, r0.OnNoQuorum)
+	b.WriteString("| timeout | lease | promise | fio before the cut | old Primary's lease over by | old Primary suspends I/O | successor elected | write on the successor (RTO) | target | client connections | old Primary after the heal | load |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
+	for _, r := range rs {
+		target := "none"
+		if r.TimeoutMs == check.RTOAutoTimeoutMs {
+			target = fmt.Sprintf("≤ %.0f ms", float64(check.RTOAutoLimitMs))
+		}
+		if r.Error != "" {
+			fmt.Fprintf(b, "| %s | %.0f ms | %.0f ms | | | | | error: %s | %s | | | %s |\n", r.Timeout, r.LeaseMs, r.PromiseMs, mdEscape(r.Error), target, r.LoadAvg)
+			continue
+		}
+		seen := func(v float64) string {
+			if v == 0 {
+				return "not seen"
+			}
+			return fmt.Sprintf("%.0f ms", v)
+		}
+		fmt.Fprintf(b, "| %s | %.0f ms | %.0f ms | %.0f writes/s | %s | %s | %.0f ms | **%.0f ms** (%s) | %s | %d | %s | %s |\n",
+			r.Timeout, r.LeaseMs, r.PromiseMs, r.LoadIOPS, seen(r.LeaseEndMs), seen(r.SuspendedMs), r.ElectedMs, r.TotalMs, r.Successor, target, r.Attempts, mdEscape(r.Rejoined), r.LoadAvg)
+	}
+	b.WriteString("\n")
 }
 
 // Latencies formats p50 and p99 completion latency in µs: the one direction

@@ -2,12 +2,14 @@ package result
 
 // Drills is what the drills measured.
 type Drills struct {
-	RTO    *RTOResult    `json:"rto,omitempty"`
-	RPO    []RPOResult   `json:"rpo,omitempty"`
-	Resync *ResyncResult `json:"resync,omitempty"`
-	Wire   []WireResult  `json:"wire,omitempty"`
-	Sync   *SyncResult   `json:"sync,omitempty"`
-	Floor  *FloorResult  `json:"floor,omitempty"`
+	RTO *RTOResult `json:"rto,omitempty"`
+	// RTOAuto: automatic failover, one case per timeout.
+	RTOAuto []RTOAutoResult `json:"rto_auto,omitempty"`
+	RPO     []RPOResult     `json:"rpo,omitempty"`
+	Resync  *ResyncResult   `json:"resync,omitempty"`
+	Wire    []WireResult    `json:"wire,omitempty"`
+	Sync    *SyncResult     `json:"sync,omitempty"`
+	Floor   *FloorResult    `json:"floor,omitempty"`
 }
 
 // RTOResult: kill -9 of the primary under fio load until the first write
@@ -26,6 +28,45 @@ type RTOResult struct {
 	Promote      string  `json:"promote"`
 	LoadIOPS     float64 `json:"load_iops,omitempty"` // fio's write IOPS before the kill
 	Error        string  `json:"error,omitempty"`
+}
+
+// RTOAutoResult: two data nodes and a witness with quorum and
+// auto-promote; fio writes to the Primary; the Primary's host is cut off
+// (a partition at the proxies on its peer links, not a TCP close); a
+// failover client tries each surviving data node until a write completes.
+// Times are from the cut.
+type RTOAutoResult struct {
+	Protocol string `json:"protocol"`
+	Link     string `json:"link"`
+	// The quorum and lease settings: timeout as configured ("2s", or
+	// "default"), and what follows from it.
+	Timeout     string  `json:"timeout"`
+	TimeoutMs   float64 `json:"timeout_ms"`
+	LeaseMs     float64 `json:"lease_ms"`   // a lease request's acknowledgement counts this long
+	PromiseMs   float64 `json:"promise_ms"` // a voter helps no other Primary for this long after it last heard from one (9/8 timeout)
+	Quorum      string  `json:"quorum"`     // e.g. "majority: 2 of 3 votes (alpha, bravo, witness tie)"
+	OnNoQuorum  string  `json:"on_no_quorum"`
+	AutoPromote bool    `json:"auto_promote"`
+	LoadIOPS    float64 `json:"load_iops,omitempty"` // fio's writes/s on the Primary before the cut
+	// SuspendedMs: the old Primary suspends I/O (its lease ran out; its
+	// event); 0 if not seen.
+	SuspendedMs float64 `json:"old_primary_suspended_ms,omitempty"`
+	// LeaseEndMs: the old Primary's lease was over by then at the latest
+	// (its status polled every 20 ms: an answer "held, N ms left" bounds
+	// it, as nothing renews it after the cut); 0 if no answer said held.
+	// It must come before ElectedMs.
+	LeaseEndMs float64 `json:"old_primary_lease_end_ms,omitempty"`
+	// ElectedMs: the successor becomes Primary (its role event).
+	ElectedMs float64 `json:"elected_ms"`
+	// TotalMs: a write completes on the successor: the RTO.
+	TotalMs   float64 `json:"total_ms"`
+	Successor string  `json:"successor"`
+	Attempts  int     `json:"client_attempts"` // connections the failover client opened
+	// Rejoined: after the partition healed the old Primary came back as
+	// an UpToDate Secondary (how long that took, or what went wrong).
+	Rejoined string `json:"rejoined"`
+	LoadAvg  string `json:"loadavg"` // at the cut
+	Error    string `json:"error,omitempty"`
 }
 
 // RPOResult: acknowledged writes missing on the promoted secondary after

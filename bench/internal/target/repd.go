@@ -35,6 +35,14 @@ type RepdConfig struct {
 	// that the jitter repeats run to run); nil is plain loopback.
 	Link *link.Profile
 	Seed int64
+	// Proxies puts an unshaped proxy on every peer link (when Link is
+	// nil), for a drill that partitions links.
+	Proxies bool
+	// Witnesses are the indices of the nodes that are witnesses (disk =
+	// "none": they vote and store nothing).
+	Witnesses []int
+	// Timeout is the resource's timeout; 0 leaves repd's default.
+	Timeout time.Duration
 }
 
 // Cluster is a started repd target: the nodes, and what starting them
@@ -68,6 +76,7 @@ func (rc RepdConfig) Options(env Env) harness.Options {
 	o := harness.Options{
 		Names: rc.Nodes, Resource: "bench", Size: env.Size, Protocol: rc.Protocol, Extra: extra.String(), Insecure: rc.Insecure,
 		NBDUnix: env.Transport == "unix", Prealloc: env.Prealloc, StopTimeout: 5 * time.Second, Logf: env.Logf,
+		Proxies: rc.Proxies, Seed: rc.Seed, Witnesses: rc.Witnesses, Timeout: rc.Timeout,
 	}
 	if l := rc.Link; l != nil {
 		o.Proxies, o.Seed = true, rc.Seed

@@ -32,6 +32,8 @@ func main() {
 	seed := flag.Int64("seed", 0, "replay this seed (with -scenario); 0 picks random seeds")
 	scenario := flag.String("scenario", "", "run only this scenario (comma-separated list allowed)")
 	protocol := flag.String("protocol", "", "force protocol C or A (default: chosen by the seed)")
+	long := flag.Bool("long", true, "the scenarios' long forms (partitions flapping for a minute); -long=false replays a run of go test")
+	onNoQuorum := flag.String("on-no-quorum", "", "force on-no-quorum suspend-io or io-error in the quorum scenarios (default: chosen by the seed)")
 	verbose := flag.Bool("v", false, "print every run's schedule")
 	race := flag.Bool("race", false, "build repd with -race")
 	endurance := flag.Bool("endurance", true, "run the long-lived endurance cluster alongside the scenarios")
@@ -66,7 +68,19 @@ func main() {
 		os.Exit(1)
 	}
 	defer bins.Remove()
-	cfg := chaos.Config{Bins: bins, Protocol: *protocol}
+	switch *onNoQuorum {
+	case "", "suspend-io", "io-error":
+	default:
+		fmt.Fprintf(os.Stderr, "soak: -on-no-quorum %q: want suspend-io or io-error\n", *onNoQuorum)
+		os.Exit(2)
+	}
+	switch *protocol {
+	case "", "A", "C":
+	default:
+		fmt.Fprintf(os.Stderr, "soak: -protocol %q: want A or C\n", *protocol)
+		os.Exit(2)
+	}
+	cfg := chaos.Config{Bins: bins, Protocol: *protocol, OnNoQuorum: *onNoQuorum, Long: *long}
 
 	if *seed != 0 {
 		failed := false

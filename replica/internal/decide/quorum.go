@@ -164,3 +164,23 @@ func MayGrant(g GrantCheck, cand Candidate) error {
 	}
 	return nil
 }
+
+// WitnessLease says whether a witness that knows generation known (the
+// newest a Primary announced to it; 0 for none) may acknowledge a lease
+// request for generation gen from a Primary whose last State showed
+// current and history: gen must be known, or a newer generation of the
+// same data (known in its history). replaced reports a Primary whose data
+// lacks known: another node was Primary since (and may have acknowledged
+// writes this one lacks). Neither: the State that announces gen has not
+// arrived yet.
+func WitnessLease(known, gen, current uint64, history [2]uint64) (ok, replaced bool) {
+	switch {
+	case known == 0 || gen == known:
+		return true, false
+	case current != gen:
+		return false, false
+	case inHistory(known, history):
+		return true, false
+	}
+	return false, true
+}

@@ -130,3 +130,27 @@ func TestMayGrant(t *testing.T) {
 		t.Fatal("an Inconsistent candidate was granted")
 	}
 }
+
+// A witness acknowledges a lease for the generation it knows or a newer
+// one of the same data, waits for the State of one it has not seen, and
+// calls replaced a Primary whose data lacks what it knows.
+func TestWitnessLease(t *testing.T) {
+	for _, c := range []struct {
+		name                 string
+		known, gen, cur      uint64
+		hist                 [2]uint64
+		wantOK, wantReplaced bool
+	}{
+		{"nothing known yet", 0, 7, 7, [2]uint64{}, true, false},
+		{"the known generation", 5, 5, 5, [2]uint64{3}, true, false},
+		{"a newer generation of the same data", 5, 9, 9, [2]uint64{5, 3}, true, false},
+		{"its State not seen yet", 5, 9, 5, [2]uint64{3}, false, false},
+		{"an older generation: replaced", 9, 5, 5, [2]uint64{3}, false, true},
+		{"a diverged generation: replaced", 9, 8, 8, [2]uint64{5, 3}, false, true},
+	} {
+		ok, replaced := WitnessLease(c.known, c.gen, c.cur, c.hist)
+		if ok != c.wantOK || replaced != c.wantReplaced {
+			t.Errorf("%s: ok %v replaced %v, want %v %v", c.name, ok, replaced, c.wantOK, c.wantReplaced)
+		}
+	}
+}
