@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // ManifestName is the manifest's file name in a backup directory.
@@ -133,7 +135,7 @@ func writeManifest(dir string, m Manifest) error {
 	if err := os.Rename(tmp, filepath.Join(dir, ManifestName)); err != nil {
 		return fmt.Errorf("backup manifest: %w", err)
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 func writeFileSync(path string, b []byte) error {
@@ -150,17 +152,4 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-// syncDir makes renames and removals in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -12,9 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/repd/repd/backup/qcow2"
+	"github.com/repd/repd/internal/durable"
 )
 
 // Options configure a Repo.
@@ -68,9 +67,9 @@ func Open(dir string, o Options) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backup directory %s: %w", dir, err)
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := durable.Lock(lock); err != nil {
 		lock.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if errors.Is(err, durable.ErrLocked) {
 			return nil, fmt.Errorf("backup directory %s is in use by another backup, restore or retention run (its .lock is held); wait for it to finish", dir)
 		}
 		return nil, fmt.Errorf("lock backup directory %s: %w", dir, err)
@@ -231,7 +230,7 @@ func (r *Repo) publish(file string) error {
 	if err := os.Rename(r.path(file+".partial"), r.path(file)); err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	return syncDir(r.dir)
+	return durable.SyncDir(r.dir)
 }
 
 // commit makes m the manifest.

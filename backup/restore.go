@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/repd/repd/backup/qcow2"
+	"github.com/repd/repd/internal/durable"
 )
 
 // RestoreOptions configure Restore.
@@ -124,7 +125,7 @@ func (r *Repo) Restore(ctx context.Context, point, target string, o RestoreOptio
 		return written, fmt.Errorf("restore: %w", err)
 	}
 	if !exists {
-		if err := syncDir(filepath.Dir(target)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(target)); err != nil {
 			return written, fmt.Errorf("restore: %w", err)
 		}
 	}

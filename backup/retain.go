@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/repd/repd/backup/qcow2"
+	"github.com/repd/repd/internal/durable"
 )
 
 // Retain keeps the newest keep points and drops the rest. When the oldest
@@ -57,7 +58,7 @@ func (r *Repo) Retain(ctx context.Context, keep int) ([]Point, error) {
 			r.log.Warn("retention: could not remove a dropped file", "file", f, "err", err)
 		}
 	}
-	if err := syncDir(r.dir); err != nil {
+	if err := durable.SyncDir(r.dir); err != nil {
 		r.log.Warn("retention: fsync of the directory", "err", err)
 	}
 	r.log.Info("retention: dropped points", "count", k, "kept", keep)

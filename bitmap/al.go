@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/repd/repd/internal/durable"
 )
 
 var (
@@ -107,7 +108,7 @@ func (a *activityLog) load(f File, instance uint64) error {
 	found := false
 	for i := 0; i < alRing; i++ {
 		p := make([]byte, a.lay.alRecBytes)
-		if err := readFull(f, p, a.lay.alOff+int64(i)*a.lay.alRecBytes); err != nil {
+		if err := durable.ReadFull(f, p, a.lay.alOff+int64(i)*a.lay.alRecBytes); err != nil {
 			return err
 		}
 		seq, set, ok := a.decodeRecord(p, instance)
@@ -295,7 +296,7 @@ func (m *Meta) writeAL(set []int64) error {
 	a := &m.al
 	p := a.encodeRecord(m.instance, a.seq+1, set)
 	off := a.lay.alOff + int64(a.pos)*a.lay.alRecBytes
-	if err := writeFull(m.f, p, off); err != nil {
+	if err := durable.WriteFull(m.f, p, off); err != nil {
 		return fmt.Errorf("meta file %s: write AL transaction: %w", m.path, err)
 	}
 	if err := m.f.Sync(); err != nil {

@@ -1,11 +1,11 @@
 package bitmap
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // File is what the meta File needs from the operating system. Tests put
@@ -42,7 +42,7 @@ func openOS(path string, create bool) (*osFile, error) {
 		f.Close()
 		return nil, err
 	}
-	if err := lockFile(f); err != nil {
+	if err := durable.Lock(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("meta file %s is in use by another process: %w", path, err)
 	}
@@ -51,7 +51,7 @@ func openOS(path string, create bool) (*osFile, error) {
 
 func (o *osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p, off) }
 func (o *osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
-func (o *osFile) Sync() error                              { return datasync(o.f) }
+func (o *osFile) Sync() error                              { return durable.Datasync(o.f) }
 func (o *osFile) Close() error                             { return o.f.Close() }
 
 // Truncate sets a regular file's length. A block device cannot change size:
@@ -78,38 +78,4 @@ func (o *osFile) Truncate(size int64) error {
 		}
 	}
 	return nil
-}
-
-// syncDir makes a newly created file's directory entry durable.
-func syncDir(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
-}
-
-// readFull reads len(p) bytes at off; a short read is io.ErrUnexpectedEOF.
-func readFull(f File, p []byte, off int64) error {
-	n, err := f.ReadAt(p, off)
-	if n == len(p) {
-		return nil
-	}
-	if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
-}
-
-// writeFull writes p at off.
-func writeFull(f File, p []byte, off int64) error {
-	n, err := f.WriteAt(p, off)
-	if err == nil && n != len(p) {
-		err = io.ErrShortWrite
-	}
-	return err
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // Meta is an open meta file: the superblock, the activity log and one bitmap
@@ -59,7 +62,7 @@ func create(path string, id Identity, force bool) (*Meta, error) {
 		f.Close()
 		return nil, err
 	}
-	if err := syncDir(path); err != nil {
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("create meta file %s: sync directory: %w", path, err)
 	}
@@ -98,7 +101,7 @@ func createOn(f File, path string, id Identity, force bool) (*Meta, error) {
 	}
 	buf := make([]byte, sbSlotBytes)
 	sb.encode(buf, instance)
-	if err := writeFull(f, buf, 0); err != nil {
+	if err := durable.WriteFull(f, buf, 0); err != nil {
 		return nil, fmt.Errorf("create meta file %s: write superblock: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -175,7 +178,7 @@ func OpenOrCreateWrapped(path string, id Identity, wrap func(File) File) (*Meta,
 		}
 		m, err := createOn(f, path, id, false)
 		if err == nil {
-			err = syncDir(path)
+			err = durable.SyncDir(filepath.Dir(path))
 		}
 		if err != nil {
 			f.Close()
@@ -232,7 +235,7 @@ func openOn(f File, path string, id *Identity) (*Meta, error) {
 	lay := layoutOf(sb.Identity)
 	// Check the length before allocating anything the superblock sizes.
 	var last [1]byte
-	if err := readFull(f, last[:], lay.total-1); err != nil {
+	if err := durable.ReadFull(f, last[:], lay.total-1); err != nil {
 		if isEOF(err) {
 			return nil, fmt.Errorf("meta file %s: %w: shorter than its layout (%d bytes)", path, errCorrupt, lay.total)
 		}
@@ -260,7 +263,7 @@ func (m *Meta) loadBitmaps() error {
 		base := m.lay.bmOff + int64(slot)*m.lay.bmBytes
 		for p := int64(0); p < np; p += chunk / pageBytes {
 			k := min(np-p, chunk/pageBytes)
-			if err := readFull(m.f, buf[:k*pageBytes], base+p*pageBytes); err != nil {
+			if err := durable.ReadFull(m.f, buf[:k*pageBytes], base+p*pageBytes); err != nil {
 				return err
 			}
 			for i := int64(0); i < k; i++ {
@@ -302,7 +305,7 @@ func (m *Meta) UpdateSuperblock(fn func(*Superblock)) error {
 	next.Seq = m.sb.Seq + 1
 	slot := 1 - m.sbSlot
 	next.encode(m.sbBuf, m.instance)
-	if err := writeFull(m.f, m.sbBuf, int64(slot)*sbSlotBytes); err != nil {
+	if err := durable.WriteFull(m.f, m.sbBuf, int64(slot)*sbSlotBytes); err != nil {
 		return fmt.Errorf("meta file %s: write superblock: %w", m.path, err)
 	}
 	if err := m.f.Sync(); err != nil {
@@ -356,7 +359,7 @@ func (m *Meta) flushPages(pages []int64) error {
 				return nil
 			}
 			n := int64(len(run))
-			err := writeFull(m.f, m.pageBuf[:n*pageBytes], base+run[0]*pageBytes)
+			err := durable.WriteFull(m.f, m.pageBuf[:n*pageBytes], base+run[0]*pageBytes)
 			for _, p := range run {
 				done = append(done, taken{slot, p})
 			}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/repd/repd/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,9 +79,9 @@ func OpenFileStore(path string, size int64) (*FileStore, error) {
 	if st.Mode().IsRegular() {
 		// Two daemons must never write one image: an exclusive lock,
 		// held until Close (the kernel drops it if the process dies).
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err := durable.Lock(f); err != nil {
 			f.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
+			if errors.Is(err, durable.ErrLocked) {
 				return nil, fmt.Errorf("backing store %s is in use by another process (another repd, of this resource or another): %w", path, ErrInUse)
 			}
 			return nil, fmt.Errorf("lock backing store %s: %w", path, err)
@@ -161,16 +162,10 @@ func (s *FileStore) WriteAt(_ context.Context, p []byte, off int64, fua bool) er
 func (s *FileStore) Flush(context.Context) error { return s.sync() }
 
 func (s *FileStore) sync() error {
-	for {
-		err := unix.Fdatasync(int(s.f.Fd()))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("fdatasync %s: %w", s.path, err)
-		}
-		return nil
+	if err := durable.Datasync(s.f); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", s.path, err)
 	}
+	return nil
 }
 
 // Trim discards a range: punch a hole where supported, else write zeroes

@@ -3,9 +3,10 @@ package snapstore
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // file is what the store needs from the operating system. Tests put faulty
@@ -53,12 +54,12 @@ func openOS(path string) (*osFile, bool, error) {
 		f.Close()
 		return nil, false, fmt.Errorf("%s is not a regular file (a snapshot store must be a file, e.g. beside the meta file)", path)
 	}
-	if err := lockFile(f); err != nil {
+	if err := durable.Lock(f); err != nil {
 		f.Close()
 		return nil, false, fmt.Errorf("snapshot store %s is in use by another process: %w", path, err)
 	}
 	if created {
-		if err := syncDir(path); err != nil {
+		if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 			f.Close()
 			return nil, false, fmt.Errorf("create %s: sync directory: %w", path, err)
 		}
@@ -68,41 +69,7 @@ func openOS(path string) (*osFile, bool, error) {
 
 func (o *osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p, off) }
 func (o *osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
-func (o *osFile) Sync() error                              { return datasync(o.f) }
+func (o *osFile) Sync() error                              { return durable.Datasync(o.f) }
 func (o *osFile) Truncate(size int64) error                { return o.f.Truncate(size) }
 func (o *osFile) Allocate(off, n int64) error              { return allocate(o.f, off, n) }
 func (o *osFile) Close() error                             { return o.f.Close() }
-
-// syncDir makes a newly created file's directory entry durable.
-func syncDir(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
-}
-
-// readFull reads len(p) bytes at off; a short read is io.ErrUnexpectedEOF.
-func readFull(f file, p []byte, off int64) error {
-	n, err := f.ReadAt(p, off)
-	if n == len(p) {
-		return nil
-	}
-	if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
-}
-
-// writeFull writes p at off.
-func writeFull(f file, p []byte, off int64) error {
-	n, err := f.WriteAt(p, off)
-	if err == nil && n != len(p) {
-		err = io.ErrShortWrite
-	}
-	return err
-}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // pending is one chunk copy on its way to disk: its data is written to the
@@ -184,7 +186,7 @@ func (s *Store) writeDescs(d []*pending) error {
 		for k := i; k < j; k++ {
 			encodeDesc(buf[(k-i)*descBytes:], desc{chunk: d[k].chunk, tag: d[k].tag}, s.hdr.instance)
 		}
-		if err := writeFull(s.f, buf, s.lay.descOff(d[i].slot)); err != nil {
+		if err := durable.WriteFull(s.f, buf, s.lay.descOff(d[i].slot)); err != nil {
 			return err
 		}
 		i = j
@@ -410,7 +412,7 @@ func (s *Store) copyOne(p *pending, readLive ReadFunc) error {
 	if err := readLive(buf, off); err != nil {
 		return &liveError{err}
 	}
-	if err := writeFull(s.f, buf, s.lay.slotOff(p.slot)); err != nil {
+	if err := durable.WriteFull(s.f, buf, s.lay.slotOff(p.slot)); err != nil {
 		return s.fail(fmt.Errorf("write copy of chunk %d: %w", p.chunk, err))
 	}
 	// From here on a reader of a snapshot that needs this copy reads it,

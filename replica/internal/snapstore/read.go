@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // ReadAt reads snapshot name's image of [off, off+len(p)) into p: each
@@ -56,7 +58,7 @@ func (s *Store) ReadAt(ctx context.Context, name string, p []byte, off int64, re
 		var err error
 		if k >= 0 {
 			st.RUnlock()
-			if err = readFull(s.f, seg, s.lay.slotOff(k)+(at-x<<s.cShift)); err != nil {
+			if err = durable.ReadFull(s.f, seg, s.lay.slotOff(k)+(at-x<<s.cShift)); err != nil {
 				err = fmt.Errorf("read snapshot %q at %d: store: %w", name, at, err)
 			}
 		} else {
@@ -148,7 +150,7 @@ func (s *Store) ChangedRange(from, to string, off, n int64, fn func(Extent) bool
 				buf = make([]byte, changedWindow*8)
 			}
 			b := buf[:len(win)*8]
-			if err := readFull(s.f, b, s.lay.areaOff(ep)+w0*8); err != nil {
+			if err := durable.ReadFull(s.f, b, s.lay.areaOff(ep)+w0*8); err != nil {
 				return fmt.Errorf("changed blocks: read record of snapshot %q: %w", s.hdr.entries[ep].name, err)
 			}
 			for j := range win {

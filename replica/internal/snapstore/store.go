@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/repd/repd/internal/durable"
 )
 
 // ReadFunc reads len(p) bytes of the live device at off. It must read the
@@ -188,7 +190,7 @@ func unfinished(f file, raw []byte, opt Options) bool {
 	block, chunk := opt.geometry()
 	total := layoutOf(opt.DeviceSize, block, chunk, opt.Capacity/chunk*chunk).total
 	var b [1]byte
-	if readFull(f, b[:], total-1) != nil {
+	if durable.ReadFull(f, b[:], total-1) != nil {
 		return false
 	}
 	n, _ := f.ReadAt(b[:], total)
@@ -272,7 +274,7 @@ func openOn(f file, path string, opt Options) (*Store, error) {
 	lay := layoutOf(h.devSize, h.block, h.chunk, h.capacity)
 	// Check the length before allocating anything the header sizes.
 	var last [1]byte
-	if err := readFull(f, last[:], lay.total-1); err != nil {
+	if err := durable.ReadFull(f, last[:], lay.total-1); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("snapshot store %s: %w: shorter than its layout (%d bytes)", path, ErrCorrupt, lay.total)
 		}
@@ -315,7 +317,7 @@ func initFile(f file, path string, opt Options, log *slog.Logger) (header, error
 	}
 	buf := make([]byte, hdrSlotBytes)
 	h.encode(buf)
-	if err := writeFull(f, buf, 0); err != nil {
+	if err := durable.WriteFull(f, buf, 0); err != nil {
 		return h, fmt.Errorf("create snapshot store %s: write header: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -395,7 +397,7 @@ func (s *Store) load(capacity int64) error {
 	for g := int64(0); g*descPerPage < s.lay.slots; g++ {
 		first := int32(g * descPerPage)
 		cnt := min(descPerPage, s.lay.slots-g*descPerPage)
-		if err := readFull(s.f, page[:cnt*descBytes], s.lay.descOff(first)); err != nil {
+		if err := durable.ReadFull(s.f, page[:cnt*descBytes], s.lay.descOff(first)); err != nil {
 			return fmt.Errorf("read snapshot store %s: descriptors: %w", s.path, err)
 		}
 		for i := range int32(cnt) {
@@ -449,7 +451,7 @@ func (s *Store) load(capacity int64) error {
 		s.log.Info("unclean shutdown: discarded copies whose commit never completed", "slots", len(torn))
 	}
 	for _, k := range append(torn, wrong...) {
-		if err := writeFull(s.f, make([]byte, descBytes), s.lay.descOff(k)); err != nil {
+		if err := durable.WriteFull(s.f, make([]byte, descBytes), s.lay.descOff(k)); err != nil {
 			return fmt.Errorf("snapshot store %s: clear descriptor: %w", s.path, err)
 		}
 	}
@@ -558,7 +560,7 @@ func (s *Store) writeHeader(h *header) error {
 	h.seq = s.hdr.seq + 1
 	slot := 1 - s.hdrSlot
 	h.encode(s.hdrBuf)
-	if err := writeFull(s.f, s.hdrBuf, int64(slot)*hdrSlotBytes); err != nil {
+	if err := durable.WriteFull(s.f, s.hdrBuf, int64(slot)*hdrSlotBytes); err != nil {
 		return s.fail(fmt.Errorf("write header: %w", err))
 	}
 	if err := s.f.Sync(); err != nil {
@@ -782,7 +784,7 @@ func setBits(w []uint64, lo, hi int64) {
 // readArea reads table entry i's changed-block area.
 func (s *Store) readArea(i int) ([]uint64, error) {
 	buf := make([]byte, len(s.cur)*8)
-	if err := readFull(s.f, buf, s.lay.areaOff(i)); err != nil {
+	if err := durable.ReadFull(s.f, buf, s.lay.areaOff(i)); err != nil {
 		return nil, fmt.Errorf("read changed blocks of snapshot %q: %w", s.hdr.entries[i].name, err)
 	}
 	words := make([]uint64, len(s.cur))
@@ -798,7 +800,7 @@ func (s *Store) writeArea(i int, words []uint64) error {
 	for j, w := range words {
 		binary.LittleEndian.PutUint64(buf[8*j:], w)
 	}
-	if err := writeFull(s.f, buf, s.lay.areaOff(i)); err != nil {
+	if err := durable.WriteFull(s.f, buf, s.lay.areaOff(i)); err != nil {
 		return s.fail(fmt.Errorf("write changed blocks: %w", err))
 	}
 	return nil

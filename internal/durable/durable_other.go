@@ -1,9 +1,9 @@
 //go:build !linux
 
-package bitmap
+package durable
 
 import "os"
 
 func datasync(f *os.File) error { return f.Sync() }
 
-func lockFile(f *os.File) error { return nil }
+func lock(f *os.File) error { return nil }
