@@ -68,7 +68,8 @@ func TestSnapshotConsistentUnderLoad(t *testing.T) {
 	const (
 		size    = 8 << 20
 		blocks  = size / ackBlock
-		writers = 4
+		conns   = 4
+		writers = 16 // 4 per connection, pipelined: up to 16 writes in flight
 		snaps   = 6
 	)
 	c := newCluster(t, clusterOpts{nodes: 2, size: "8MiB", extra: `snapshot-store-size = "64MiB"`})
@@ -82,12 +83,17 @@ func TestSnapshotConsistentUnderLoad(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var written [writers]int
-	for g := range writers {
+	var clients [conns]*nbdtest.Client
+	for i := range clients {
 		cl, err := nbdtest.Dial("tcp", p.nbd, "r0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer cl.Close()
+		clients[i] = cl
+	}
+	for g := range writers {
+		cl := clients[g%conns]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -140,7 +146,7 @@ func TestSnapshotConsistentUnderLoad(t *testing.T) {
 	for _, n := range written {
 		total += n
 	}
-	t.Logf("%d writes of 4 KiB by %d writers during %d snapshots", total, writers, snaps)
+	t.Logf("%d writes of 4 KiB by %d writers on %d connections during %d snapshots", total, writers, conns, snaps)
 
 	for _, call := range calls {
 		img := readExport(t, p, "r0@"+call.name)
