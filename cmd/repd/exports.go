@@ -159,8 +159,10 @@ const (
 // walk (a replica allocation walk over a range), at most maxExtents.
 func (x *exports) allocation(off, n int64, walk func(off, n int64, fn func(off, n int64, data bool) bool) error) ([]nbd.Extent, error) {
 	var out []nbd.Extent
+	var covered int64 // bytes the extents describe, from off
 	full := false
 	add := func(_, l int64, data bool) bool {
+		covered += l
 		var flags uint32
 		if !data {
 			flags = nbd.StateHole | nbd.StateZero
@@ -180,6 +182,9 @@ func (x *exports) allocation(off, n int64, walk func(off, n int64, fn func(off, 
 			return nil, statusError(err)
 		}
 		pos += wn
+		if off+covered != pos {
+			break // the walk stopped short: the extents must stay contiguous
+		}
 	}
 	return out, nil
 }
