@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"syscall"
 	"time"
@@ -97,11 +98,11 @@ func (x *exports) snapshot(name string) (replica.SnapshotInfo, bool) {
 }
 
 // dirtyBitmaps names qemu:dirty-bitmap:NAME for every valid snapshot
-// taken before sequence number before (0: all).
+// taken before sequence number before (math.MaxUint64: all).
 func (x *exports) dirtyBitmaps(before uint64) []string {
 	var out []string
 	for _, s := range x.node.Snapshots() {
-		if s.Valid && (before == 0 || s.Seq < before) {
+		if s.Valid && s.Seq < before {
 			out = append(out, nbd.DirtyBitmapPrefix+s.Name)
 		}
 	}
@@ -222,7 +223,7 @@ func (d *liveDevice) Allocation(_ context.Context, off, n int64) ([]nbd.Extent, 
 }
 
 // MetaContexts offers qemu:dirty-bitmap:NAME for every valid snapshot.
-func (d *liveDevice) MetaContexts() []string { return d.x.dirtyBitmaps(0) }
+func (d *liveDevice) MetaContexts() []string { return d.x.dirtyBitmaps(math.MaxUint64) }
 
 // BlockStatus answers qemu:dirty-bitmap:NAME: the blocks written since
 // snapshot NAME.
