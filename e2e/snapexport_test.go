@@ -161,6 +161,13 @@ func TestSnapshotExports(t *testing.T) {
 			t.Fatalf("%s does not read as the device was at its point", c.export)
 		}
 	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	out = run(t, 30*time.Second, qemuImg, "info", "--output=json", exportURI(n, "r0@s2"))
+	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize != size {
+		t.Fatalf("qemu-img info r0@s2: %v\n%s", err, out)
+	}
 	ref := filepath.Join(t.TempDir(), "s1.raw")
 	if err := os.WriteFile(ref, want1, 0o644); err != nil {
 		t.Fatal(err)
