@@ -36,6 +36,8 @@ declare -A pkg=(
   [mount]=mount
   [umount]=mount
   [mkfs.ext4]=e2fsprogs
+  # a database on the filesystem (e2e/backup_fs_test.go)
+  [sqlite3]=sqlite3
   [setpriv]=util-linux
   # Pacemaker agent: ocf-tester, and what it calls (a Recommends of
   # resource-agents, absent on a fresh machine)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/admin"
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/config"
 	"github.com/repd/repd/metrics"
 	"github.com/repd/repd/nbd"
@@ -68,7 +69,13 @@ func run(ctx context.Context, o options) error {
 		st = fs
 	}
 	hub := &admin.Hub{}
-	rcfg.OnEvent = hub.Publish
+	var closer *exportCloser // set before the node runs; nil on a witness
+	rcfg.OnEvent = func(e api.Event) {
+		hub.Publish(e)
+		if closer != nil {
+			closer.onEvent(e)
+		}
+	}
 	node, err := replica.Open(rcfg, st)
 	if err != nil {
 		if st != nil {
@@ -107,8 +114,9 @@ func run(ctx context.Context, o options) error {
 	}
 
 	mx := metrics.New(node)
+	exps := newExports(node, f.Resource.Name, self.Name, 0)
 	srv := &nbd.Server{
-		Exports:      []nbd.Export{{Name: f.Resource.Name, Description: "repd resource " + f.Resource.Name + " on " + self.Name, Device: node}},
+		ExportsFunc:  exps.list,
 		Logger:       log.With("component", "nbd"),
 		OnRequest:    mx.ObserveRequest,
 		MaxConns:     f.Resource.NBDMaxConnections,
@@ -131,11 +139,14 @@ func run(ctx context.Context, o options) error {
 		lim.write = pprofWriteTimeout // /debug/pprof/profile writes for 30s by default
 	}
 	mxSrv := metricsServer(mxHandler, lim)
+	if !witness {
+		closer = newExportCloser(srv, exps, log.With("component", "nbd"))
+	}
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	if metricsL != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- wrap("metrics", httpServe(mxSrv, metricsL)) }()
@@ -144,8 +155,9 @@ func run(ctx context.Context, o options) error {
 	go func() { defer wg.Done(); errc <- wrap("replication", node.Run(runCtx)) }()
 	go func() { defer wg.Done(); errc <- wrap("admin", httpServe(api, adminL)) }()
 	if !witness {
-		wg.Add(1)
+		wg.Add(2)
 		go func() { defer wg.Done(); errc <- wrap("nbd", srv.Serve(runCtx, nbdL)) }()
+		go func() { defer wg.Done(); errc <- wrap("snapshot exports", closer.Run(runCtx)) }()
 	} else {
 		log.Info("witness: no data, no NBD; votes only")
 	}
