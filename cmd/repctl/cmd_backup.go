@@ -97,34 +97,11 @@ func cmdBackup() *cli.Command {
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log what is done to stderr"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 0 {
-				return usageError("backup takes no arguments (the directory is --to DIR)")
-			}
-			o := backupOpts{
-				dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), keep: c.Int("keep"),
-				out: os.Stdout, tty: isTerminal(os.Stdout), log: cliLogger(c.Bool("verbose")),
-				metricsFile: c.Path("metrics-file"),
-			}
-			if o.metricsFile != "" && !strings.HasSuffix(o.metricsFile, ".prom") {
-				return usageError("--metrics-file %s: node_exporter's textfile collector reads only files named *.prom", o.metricsFile)
-			}
-			if o.keep < 0 {
-				return usageError("--keep %d: give a number of points, at least 1 (0 keeps all)", o.keep)
-			}
-			var err error
-			if o.tls, err = tlsConfig(c.Path("tls-ca")); err != nil {
+			o, err := backupOptions(c)
+			if err != nil {
 				return err
 			}
 			if u := c.String("uri"); u != "" {
-				if o.snapshot == "" {
-					return usageError("--uri needs --snapshot NAME: the name of the snapshot the export shows (the next incremental asks for its dirty bitmap)")
-				}
-				if c.String("nbd") != "" {
-					return usageError("--uri and --nbd exclude each other")
-				}
-				if _, err := nbdclient.ParseURI(u); err != nil {
-					return usageError("--uri: %v", err)
-				}
 				_, err := runBackup(c.Context, o, nil, func(string) string { return u })
 				return err
 			}
@@ -142,6 +119,41 @@ func cmdBackup() *cli.Command {
 			return err
 		},
 	}
+}
+
+// backupOptions reads and checks repctl backup's flags (the systemd unit's
+// test runs it on the unit's command line).
+func backupOptions(c *cli.Context) (backupOpts, error) {
+	if c.NArg() != 0 {
+		return backupOpts{}, usageError("backup takes no arguments (the directory is --to DIR)")
+	}
+	o := backupOpts{
+		dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), keep: c.Int("keep"),
+		out: os.Stdout, tty: isTerminal(os.Stdout), log: cliLogger(c.Bool("verbose")),
+		metricsFile: c.Path("metrics-file"),
+	}
+	if o.metricsFile != "" && !strings.HasSuffix(o.metricsFile, ".prom") {
+		return o, usageError("--metrics-file %s: node_exporter's textfile collector reads only files named *.prom", o.metricsFile)
+	}
+	if o.keep < 0 {
+		return o, usageError("--keep %d: give a number of points, at least 1 (0 keeps all)", o.keep)
+	}
+	var err error
+	if o.tls, err = tlsConfig(c.Path("tls-ca")); err != nil {
+		return o, err
+	}
+	if u := c.String("uri"); u != "" {
+		if o.snapshot == "" {
+			return o, usageError("--uri needs --snapshot NAME: the name of the snapshot the export shows (the next incremental asks for its dirty bitmap)")
+		}
+		if c.String("nbd") != "" {
+			return o, usageError("--uri and --nbd exclude each other")
+		}
+		if _, err := nbdclient.ParseURI(u); err != nil {
+			return o, usageError("--uri: %v", err)
+		}
+	}
+	return o, nil
 }
 
 // backupOpts are repctl backup's settings.
