@@ -250,6 +250,9 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	if o.now == nil {
 		o.now = time.Now
 	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
 	start := o.now()
 	name := o.snapshot
 	if name == "" {
@@ -287,9 +290,11 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 				return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, so what changed since cannot be known: take a full backup (--full)", base)
 			}
 		}
+		t0 := time.Now()
 		if err := snaps.Create(ctx, name); err != nil {
 			return backup.Point{}, fmt.Errorf("create snapshot %q: %w", name, err)
 		}
+		o.log.Debug("snapshot created", "snapshot", name, "seconds", time.Since(t0).Seconds())
 	}
 	fail := func(err error) (backup.Point, error) {
 		prog.end()
@@ -307,11 +312,13 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 	if err != nil {
 		return fail(err)
 	}
+	t0 := time.Now()
 	p, err := repo.Backup(ctx, c, req)
 	c.Close()
 	if err != nil {
 		return fail(err)
 	}
+	o.log.Debug("point written", "file", p.File, "seconds", time.Since(t0).Seconds())
 	prog.end()
 	fmt.Fprintf(o.out, "%s backup of %s: read %s, stored %s in %s\n", p.Kind, p.Source, size(p.BytesRead), size(p.FileBytes), p.File)
 	if snaps != nil && hadLast && last.Snapshot != name {
@@ -319,7 +326,9 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 		// one (still there unless a --full replaced a lost one) is not needed.
 		have, err := snaps.List(ctx)
 		if err == nil && slices.Contains(have, last.Snapshot) {
+			t0 := time.Now()
 			err = snaps.Delete(ctx, last.Snapshot)
+			o.log.Debug("previous snapshot deleted", "snapshot", last.Snapshot, "seconds", time.Since(t0).Seconds())
 		}
 		if err != nil {
 			fmt.Fprintf(o.out, "warning: the previous backup's snapshot %q was not deleted: %v\n", last.Snapshot, err)

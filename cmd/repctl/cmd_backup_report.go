@@ -45,6 +45,7 @@ func (o backupOpts) tell(ctx context.Context, p backup.Point, snapshot string, s
 		r.Kind, r.BytesRead, r.FileBytes, r.Snapshot = p.Kind, p.BytesRead, p.FileBytes, p.Snapshot
 	}
 	if o.report != nil {
+		defer func(t0 time.Time) { o.log.Debug("outcome reported to the node", "seconds", time.Since(t0).Seconds()) }(time.Now())
 		// The backup's context may be the one that was cancelled.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		err := o.report(rctx, r)
