@@ -17,6 +17,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/backup"
+	"github.com/repd/repd/internal/durable"
 )
 
 // maxReportError bounds the error a failure report carries (the node
@@ -132,7 +133,7 @@ func writeMetricsFile(path string, r api.BackupReport) error {
 		}
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s%s %s\n", m.name, m.help, m.name, m.typ, m.name, label, strconv.FormatFloat(x, 'g', -1, 64))
 	}
-	return replaceFile(path, b.Bytes(), 0o644)
+	return durable.ReplaceFile(path, b.Bytes(), 0o644)
 }
 
 // readMetricsFile reads the values of a textfile this command wrote:
@@ -167,40 +168,4 @@ func readMetricsFile(path string) map[string]float64 {
 // escapeLabel escapes a Prometheus label value.
 func escapeLabel(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
-}
-
-// replaceFile replaces path with data atomically and durably: a temporary
-// file beside it (named so that node_exporter, which reads *.prom, skips
-// it), fsynced, renamed over path, the directory fsynced.
-func replaceFile(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

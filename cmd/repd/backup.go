@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/durable"
 	"github.com/repd/repd/replica"
 )
 
@@ -18,9 +18,9 @@ const backupRecordVersion = 1
 
 // backupRecord keeps the node's backup record: the last successful backup
 // repctl backup reported and the counts, in a small JSON file beside the
-// meta file (meta + ".backup.json"), replaced atomically on every report:
-// written to a temporary file, fsynced, renamed over the old one, and the
-// directory fsynced. A lost or unreadable file costs only the record (the
+// meta file (meta + ".backup.json"), replaced atomically on every report
+// (durable.ReplaceFile: a temporary file, fsynced, renamed over the old
+// one, the directory fsynced). A lost or unreadable file costs only the record (the
 // backup-age alert fires until the next backup), never the device.
 type backupRecord struct {
 	path string
@@ -93,43 +93,10 @@ func (r *backupRecord) Record(rep api.BackupReport) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(r.path, append(b, '\n')); err != nil {
+	if err := durable.ReplaceFile(r.path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("backup record: %w", err)
 	}
 	r.st = st
-	return nil
-}
-
-// writeFileSync replaces path with data atomically and durably.
-func writeFileSync(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename: nothing there
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
 	return nil
 }
 
