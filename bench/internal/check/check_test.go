@@ -136,9 +136,9 @@ func TestCPUBound(t *testing.T) {
 func TestBackupChecks(t *testing.T) {
 	r := &result.BackupResult{
 		DeviceBytes: 1 << 30, RewrittenBytes: 10682368, IncReadShare: 10682368.0 / (1 << 30), IncTimeRatio: 200.0 / 5000, CtlFloorMs: 20,
-		Full: &result.BackupRun{Kind: "full", WallMs: 5000, ReportedSeconds: 4.9, BytesRead: 1 << 30},
-		Inc:  &result.BackupRun{Kind: "inc", WallMs: 200, ReportedSeconds: 0.15, BytesRead: 10682368},
-		Load: []result.BackupLoad{{Case: "base", IOPS: 4000}, {Case: "backup", IOPS: 3400, Backups: 2}, {Case: "snapshot", IOPS: 2000}},
+		Full:     &result.BackupRun{Kind: "full", WallMs: 5000, ReportedSeconds: 4.9, BytesRead: 1 << 30},
+		Inc:      &result.BackupRun{Kind: "inc", WallMs: 200, ReportedSeconds: 0.15, BytesRead: 10682368},
+		Load:     []result.BackupLoad{{Case: "base", IOPS: 4000}, {Case: "backup", IOPS: 3400, Backups: 2}, {Case: "snapshot", IOPS: 2000}},
 		BaseIOPS: 4000, BackupRatio: 0.85, SnapshotRatio: 0.5,
 	}
 	status := func(cs []result.Check) []string {

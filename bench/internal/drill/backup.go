@@ -1,12 +1,14 @@
 package drill
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -34,22 +36,24 @@ const (
 	// backupLoadSeconds is each fio run's measured time (after a 1 s ramp).
 	backupLoadSeconds      = 6
 	backupLoadQuickSeconds = 3
+	// backupIncRuns: incremental backups, each after its own rewrite.
+	backupIncRuns = 3
 )
 
 // drillBackup runs the backup drill. It never panics; what failed is in
 // Error (or a part's Error) and the rest is kept.
 func drillBackup(ctx context.Context, env target.Env, quick bool) result.BackupResult {
 	if quick {
-		r := backupDrill(ctx, env, backupDrillQuickSize, backupLoadQuickSeconds)
+		r := backupDrill(ctx, env, backupDrillQuickSize, backupLoadQuickSeconds, backupIncRuns)
 		r.Quick = true
 		return r
 	}
-	return backupDrill(ctx, env, backupDrillSize, backupLoadSeconds)
+	return backupDrill(ctx, env, backupDrillSize, backupLoadSeconds, backupIncRuns)
 }
 
 // backupDrill is the drill on a device of size bytes, with fio runs of
-// loadSeconds.
-func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds int) (r result.BackupResult) {
+// loadSeconds and incRuns incremental backups.
+func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, incRuns int) (r result.BackupResult) {
 	r.DeviceBytes, r.LoadSeconds = size, loadSeconds
 	env.Size = size
 	// The store holds what the fio runs overwrite while a snapshot lives:
@@ -90,45 +94,56 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds in
 		return fail("full backup: %s", full.Error)
 	}
 
-	// Rewrite 1 % of the device in distinct random 64 KiB blocks (fio's
-	// random map is on by default).
+	// incRuns times: rewrite 1 % of the device in distinct random
+	// 64 KiB blocks (fio's random map is on by default), then an
+	// incremental backup; the median by wall time is the one judged.
 	rewrite := size / 100 / backupRewriteBlock * backupRewriteBlock
-	if _, err := (fio.Job{
-		Args: append(target.FioArgs(alpha.URI()), "--name=rewrite", "--rw=randwrite", fmt.Sprintf("--bs=%d", backupRewriteBlock),
-			"--iodepth=32", "--direct=1", "--refill_buffers=1", "--randrepeat=0", "--end_fsync=1",
-			fmt.Sprintf("--size=%d", size), fmt.Sprintf("--io_size=%d", rewrite)),
-		Output: filepath.Join(env.Dir, "rewrite.json"), Timeout: 5 * time.Minute,
-	}.Run(ctx)); err != nil {
-		return fail("fio rewrite: %v", err)
-	}
 	r.RewrittenBytes = rewrite
-	if err := settle(ctx, c); err != nil {
-		return fail("after the rewrite: %v", err)
+	var last string
+	for i := range incRuns {
+		if _, err := (fio.Job{
+			Args: append(target.FioArgs(alpha.URI()), "--name=rewrite", "--rw=randwrite", fmt.Sprintf("--bs=%d", backupRewriteBlock),
+				"--iodepth=32", "--direct=1", "--refill_buffers=1", "--randrepeat=0", "--end_fsync=1",
+				fmt.Sprintf("--size=%d", size), fmt.Sprintf("--io_size=%d", rewrite)),
+			Output: filepath.Join(env.Dir, fmt.Sprintf("rewrite-%d.json", i)), Timeout: 5 * time.Minute,
+		}.Run(ctx)); err != nil {
+			return fail("fio rewrite: %v", err)
+		}
+		if err := settle(ctx, c); err != nil {
+			return fail("after the rewrite: %v", err)
+		}
+		if i == 0 {
+			// What starting repctl costs on this machine now (a status
+			// call): the floor under any backup's wall time.
+			t0 := time.Now()
+			if _, err := ctl(ctx, bravo, "status"); err == nil {
+				r.CtlFloorMs = ms(time.Since(t0))
+			}
+		}
+		last = fmt.Sprintf("b%d", i+2)
+		inc := backupFrom(ctx, bravo, dir, last)
+		r.Incs = append(r.Incs, inc)
+		env.Logf("backup inc: %+v", inc)
+		if inc.Error != "" {
+			return fail("incremental backup: %s", inc.Error)
+		}
+		if inc.Kind != "inc" {
+			return fail("backup %s was %q, not incremental", last, inc.Kind)
+		}
 	}
-	// What starting repctl costs on this machine now (a status call): the
-	// floor under any backup's wall time.
-	t0 := time.Now()
-	if _, err := ctl(ctx, bravo, "status"); err == nil {
-		r.CtlFloorMs = ms(time.Since(t0))
-	}
-	inc := backupFrom(ctx, bravo, dir, "b2")
+	byTime := slices.Clone(r.Incs)
+	slices.SortFunc(byTime, func(a, b result.BackupRun) int { return cmp.Compare(a.WallMs, b.WallMs) })
+	inc := byTime[len(byTime)/2]
 	r.Inc = &inc
-	env.Logf("backup inc: %+v", inc)
-	if inc.Error != "" {
-		return fail("incremental backup: %s", inc.Error)
-	}
-	if inc.Kind != "inc" {
-		return fail("the second backup was %q, not incremental", inc.Kind)
-	}
 	r.IncReadShare = float64(inc.BytesRead) / float64(size)
 	if full.WallMs > 0 {
 		r.IncTimeRatio = inc.WallMs / full.WallMs
 	}
-	r.Verify = verifyPoint(ctx, bravo, dir, "b2")
+	r.Verify = verifyPoint(ctx, bravo, dir, last)
 	env.Logf("backup verify: %s", r.Verify)
 	// The chain's base snapshot goes: the load runs start with none.
-	if out, err := ctl(ctx, bravo, "snapshot", "delete", "b2"); err != nil {
-		return fail("snapshot delete b2: %v: %s", err, out)
+	if out, err := ctl(ctx, bravo, "snapshot", "delete", last); err != nil {
+		return fail("snapshot delete %s: %v: %s", last, err, out)
 	}
 
 	// fio on the Primary: without a backup, during backups from the

@@ -400,20 +400,32 @@ func backupMarkdown(b *strings.Builder, r *result.BackupResult) {
 	}
 	fmt.Fprintf(b, ", filled by fio (1 MiB sequential, random data, %.0f MB/s). Backups run on bravo: `repctl backup --to DIR` "+
 		"(the snapshot is taken in alpha's write stream, the data read from bravo's export `bench@SNAPSHOT` over NBD into qcow2 files). "+
-		"*Full*: the first backup. *Incremental*: after fio rewrote %s (1 %%) in distinct random 64 KiB blocks; it reads only what the dirty bitmap of the previous snapshot reports. "+
+		"*Full*: the first backup. *Incremental*: after fio rewrote %s (1 %%) in distinct random 64 KiB blocks; it reads only what the dirty bitmap of the previous snapshot reports; done %d times in a row, the median by time is the one judged. "+
 		"*time*: repctl backup from start to exit (snapshot, NBD, qcow2 writes, fsyncs, manifest); *reported*: what bravo recorded from repctl's report (`status` → `backup`). "+
 		"Then fio 4k randwrite QD32 on alpha (%s): with no snapshot anywhere (*base*, before and after), while full backups from bravo run one after another (*backup*: "+
 		"bravo copies on write and reads its disk), right after a snapshot on alpha itself (*snapshot*: the copy-on-write of every first write into a 64 KiB chunk), "+
 		"and right after a snapshot on bravo alone (*snapshot-secondary*: bravo's copy-on-write, which protocol C waits for, without a backup's reads and writes). "+
-		"Before each step both backing files are fsynced, untimed.\n\n", r.FillMBps, units.Bytes(r.RewrittenBytes), fioRuns(r))
+		"Before each step both backing files are fsynced, untimed.\n\n", r.FillMBps, units.Bytes(r.RewrittenBytes), max(len(r.Incs), 1), fioRuns(r))
 	if r.Error != "" {
 		fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
 	}
 	b.WriteString("| backup | kind | read | qcow2 file | time | reported |\n|---|---|---:|---:|---:|---:|\n")
-	for _, x := range []struct {
+	type row struct {
 		name string
 		run  *result.BackupRun
-	}{{"full", r.Full}, {"incremental", r.Inc}} {
+	}
+	rows := []row{{"full", r.Full}}
+	for i := range r.Incs {
+		name := fmt.Sprintf("incremental %d", i+1)
+		if r.Inc != nil && r.Incs[i] == *r.Inc {
+			name += " (median)"
+		}
+		rows = append(rows, row{name, &r.Incs[i]})
+	}
+	if len(r.Incs) == 0 {
+		rows = append(rows, row{"incremental", r.Inc})
+	}
+	for _, x := range rows {
 		if x.run == nil {
 			continue
 		}

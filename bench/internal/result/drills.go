@@ -27,7 +27,10 @@ type BackupResult struct {
 	// distinct 64 KiB blocks.
 	RewrittenBytes int64      `json:"rewritten_bytes"`
 	Full           *BackupRun `json:"full,omitempty"`
-	Inc            *BackupRun `json:"inc,omitempty"`
+	// Incs: the incremental backups, each after its own rewrite of 1 %;
+	// Inc is their median by wall time, the one judged.
+	Incs []BackupRun `json:"incs,omitempty"`
+	Inc  *BackupRun  `json:"inc,omitempty"`
 	// IncReadShare: the incremental's bytes read over the device;
 	// IncTimeRatio: its wall time over the full's.
 	IncReadShare float64 `json:"inc_read_share"`
