@@ -153,7 +153,7 @@ func (p *Protocol) UnmarshalText(b []byte) error {
 // Event is a state change, for the events stream.
 type Event struct {
 	Time    time.Time `json:"time"`
-	Kind    string    `json:"kind"` // role, disk, connection, replication, split-brain, verify, error, peer-role, peer-disk, snapshot
+	Kind    string    `json:"kind"` // role, disk, connection, replication, split-brain, verify, error, peer-role, peer-disk, snapshot, backup
 	Peer    string    `json:"peer,omitempty"`
 	Old     string    `json:"old,omitempty"`
 	New     string    `json:"new,omitempty"`
@@ -161,7 +161,8 @@ type Event struct {
 
 	// Snapshot names the snapshot of a "snapshot" event, whose New is
 	// created, deleted, invalidated (Message: why) or failed (the store
-	// file failed: reads of every snapshot are refused).
+	// file failed: reads of every snapshot are refused); and the snapshot
+	// a "backup" event's backup read (New: full, inc or failed).
 	Snapshot string `json:"snapshot,omitempty"`
 }
 

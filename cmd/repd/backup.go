@@ -106,6 +106,7 @@ type recordingNode struct {
 	*replica.Node
 	backups *backupRecord
 	log     *slog.Logger
+	publish func(api.Event) // the events stream
 }
 
 var _ admin.BackupRecorder = recordingNode{}
@@ -121,11 +122,17 @@ func (n recordingNode) RecordBackup(r api.BackupReport) error {
 		n.log.Error("backup report not recorded", "err", err)
 		return err
 	}
+	e := api.Event{Time: r.Time, Kind: "backup", Snapshot: r.Snapshot}
 	if r.Error != "" {
 		n.log.Warn("backup failed (reported by repctl)", "dir", r.Dir, "snapshot", r.Snapshot, "err", r.Error)
+		e.New, e.Message = "failed", fmt.Sprintf("backup into %s failed: %s", r.Dir, r.Error)
 	} else {
 		n.log.Info("backup done (reported by repctl)", "kind", r.Kind, "dir", r.Dir, "snapshot", r.Snapshot,
 			"bytes_read", r.BytesRead, "file_bytes", r.FileBytes, "seconds", r.Duration)
+		e.New, e.Message = r.Kind, fmt.Sprintf("%s backup into %s: read %d bytes, wrote a %d-byte file in %.1f s", r.Kind, r.Dir, r.BytesRead, r.FileBytes, r.Duration)
+	}
+	if n.publish != nil {
+		n.publish(e)
 	}
 	return nil
 }

@@ -86,6 +86,17 @@ metrics = "`+mx+`"
 		stop()
 		t.Fatalf("fresh node's backup record: %+v %v", st.Backup, err)
 	}
+	// The events stream shows each report.
+	evctx, stopEvents := context.WithCancel(ctx)
+	events := make(chan api.Event, 16)
+	go cl.Events(evctx, func(e api.Event) error {
+		if e.Kind == "backup" {
+			events <- e
+		}
+		return nil
+	})
+	defer stopEvents()
+	time.Sleep(100 * time.Millisecond) // subscribed before the reports
 	end := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
 	full := api.BackupReport{Time: end, Kind: api.BackupFull, BytesRead: 3 << 20, FileBytes: 3<<20 + 327680, Duration: 4.25, Dir: "/var/backups/repd/r0", Snapshot: "backup-1"}
 	for _, r := range []api.BackupReport{
@@ -95,6 +106,16 @@ metrics = "`+mx+`"
 		if err := cl.Backup(ctx, r); err != nil {
 			stop()
 			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"full", "failed"} {
+		select {
+		case e := <-events:
+			if e.New != want || !strings.Contains(e.Message, "/var/backups/repd/r0") {
+				t.Errorf("backup event %+v, want %s", e, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s backup event", want)
 		}
 	}
 	// A bad report changes nothing.
@@ -126,6 +147,9 @@ metrics = "`+mx+`"
 		}
 	}
 	check("before the restart")
+	// The stream ends first: the daemon's shutdown waits for open admin
+	// connections (up to its 30 s grace), and an events stream stays open.
+	stopEvents()
 	stop()
 
 	var f backupRecordFile

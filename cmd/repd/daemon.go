@@ -88,7 +88,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		log.Warn("backup record", "err", err)
 	}
-	served := recordingNode{Node: node, backups: backups, log: log.With("component", "backup")}
+	served := recordingNode{Node: node, backups: backups, log: log.With("component", "backup"), publish: hub.Publish}
 
 	var nbdL net.Listener
 	if !witness {
