@@ -17,6 +17,8 @@
 //	                     node, node names, or ["all"] = every connected UpToDate node)
 //	GET    /v1/snapshots                  → api.SnapshotList
 //	DELETE /v1/snapshot/NAME              → delete this node's snapshot NAME
+//	POST   /v1/backup    api.BackupReport → record a backup's success or failure (repctl backup
+//	                     reports the backups it took of this node's snapshots); body at most 8 KiB
 //
 // Errors come back as {"error": sentence, "kind": "refused"|"bad_request"|"internal"}
 // with HTTP 409, 400 or 500.
@@ -53,6 +55,13 @@ type Controller interface {
 	Snapshot(ctx context.Context, name string, nodes []string) (api.SnapshotResult, error)
 	SnapshotList() api.SnapshotList
 	DeleteSnapshot(name string) error
+}
+
+// BackupRecorder is a Controller that also keeps the node's backup record
+// (the daemon does, in a file beside the meta file). Without it POST
+// /v1/backup is refused.
+type BackupRecorder interface {
+	RecordBackup(api.BackupReport) error
 }
 
 // Error kinds in error replies; repctl maps them to exit codes.
@@ -93,6 +102,12 @@ type (
 		Name  string   `json:"name"`
 		Nodes []string `json:"nodes,omitempty"`
 	}
+)
+
+// Request body bounds: a body over the bound is refused unread (HTTP 413).
+const (
+	maxBody       = 64 << 10
+	maxBackupBody = 8 << 10
 )
 
 // maxSnapshotNodes bounds the node names of a SnapshotRequest (a resource
@@ -158,6 +173,22 @@ func Handler(c Controller, hub *Hub) http.Handler {
 		res, err := c.Snapshot(r.Context(), req.Name, req.Nodes)
 		replyWith(w, res, err)
 	})
+	mux.HandleFunc("POST /v1/backup", func(w http.ResponseWriter, r *http.Request) {
+		rec, ok := c.(BackupRecorder)
+		if !ok {
+			writeJSON(w, http.StatusNotImplemented, ErrorReply{Error: "this node keeps no backup record", Kind: KindInternal})
+			return
+		}
+		var req api.BackupReport
+		if !decodeLimit(w, r, &req, maxBackupBody) {
+			return
+		}
+		if err := CheckBackupReport(req, time.Now()); err != nil {
+			writeJSON(w, http.StatusBadRequest, ErrorReply{Error: err.Error(), Kind: KindBadRequest})
+			return
+		}
+		reply(w, rec.RecordBackup(req))
+	})
 	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, c.SnapshotList())
 	})
@@ -183,7 +214,18 @@ func eachPeer(c Controller, peer string, op func(string) error) error {
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+	return decodeLimit(w, r, v, maxBody)
+}
+
+// decodeLimit decodes a JSON body of at most limit bytes into v; a longer
+// body is refused after reading limit+1 bytes of it.
+func decodeLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if int64(len(body)) > limit {
+		writeJSON(w, http.StatusRequestEntityTooLarge, ErrorReply{
+			Error: fmt.Sprintf("request body over %d bytes: %s %s takes at most that", limit, r.Method, r.URL.Path), Kind: KindBadRequest})
+		return false
+	}
 	if err == nil && len(body) > 0 {
 		d := json.NewDecoder(bytes.NewReader(body))
 		d.DisallowUnknownFields()

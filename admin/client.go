@@ -199,3 +199,9 @@ func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
 func (c *Client) Verify(ctx context.Context, peer string) error {
 	return c.do(ctx, http.MethodPost, "/v1/verify", PeerRequest{Peer: peer}, nil)
 }
+
+// Backup reports a backup's success or failure to the node, which keeps it
+// in its backup record (status, metrics).
+func (c *Client) Backup(ctx context.Context, r api.BackupReport) error {
+	return c.do(ctx, http.MethodPost, "/v1/backup", r, nil)
+}

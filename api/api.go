@@ -153,7 +153,7 @@ func (p *Protocol) UnmarshalText(b []byte) error {
 // Event is a state change, for the events stream.
 type Event struct {
 	Time    time.Time `json:"time"`
-	Kind    string    `json:"kind"` // role, disk, connection, replication, split-brain, verify, error, peer-role, peer-disk, snapshot
+	Kind    string    `json:"kind"` // role, disk, connection, replication, split-brain, verify, error, peer-role, peer-disk, snapshot, backup
 	Peer    string    `json:"peer,omitempty"`
 	Old     string    `json:"old,omitempty"`
 	New     string    `json:"new,omitempty"`
@@ -161,7 +161,8 @@ type Event struct {
 
 	// Snapshot names the snapshot of a "snapshot" event, whose New is
 	// created, deleted, invalidated (Message: why) or failed (the store
-	// file failed: reads of every snapshot are refused).
+	// file failed: reads of every snapshot are refused); and the snapshot
+	// a "backup" event's backup read (New: full, inc or failed).
 	Snapshot string `json:"snapshot,omitempty"`
 }
 
@@ -203,6 +204,11 @@ type Status struct {
 	SnapshotStoreUsed     int64  `json:"snapshot_store_used_bytes"`
 	SnapshotStoreCapacity int64  `json:"snapshot_store_capacity_bytes"`
 	SnapshotStoreFailed   string `json:"snapshot_store_failed,omitempty"`
+
+	// Backup is the node's backup record: the last successful backup
+	// repctl backup reported to it, and the counts. The daemon fills it in;
+	// nil where nothing keeps a record (the engine alone).
+	Backup *BackupStatus `json:"backup,omitempty"`
 }
 
 // PeerStatus is one peer's part of Status.
@@ -317,4 +323,45 @@ type SnapshotResult struct {
 	Name    string   `json:"name"`
 	Created []string `json:"created"`
 	Note    string   `json:"note,omitempty"`
+}
+
+// Backup kinds of a BackupReport.
+const (
+	BackupFull = "full"
+	BackupInc  = "inc"
+)
+
+// BackupReport is one backup as repctl backup reports it to the node whose
+// snapshot it read (admin POST /v1/backup): a success names its Kind, a
+// failure carries Error instead.
+type BackupReport struct {
+	// Time is when the backup finished (or failed).
+	Time time.Time `json:"time"`
+	// Kind is BackupFull or BackupInc; empty for a failure.
+	Kind string `json:"kind,omitempty"`
+	// BytesRead is what the backup read from the snapshot's export;
+	// FileBytes the size of the qcow2 file it wrote.
+	BytesRead int64 `json:"bytes_read"`
+	FileBytes int64 `json:"file_bytes"`
+	// Duration is how long the backup took, in seconds.
+	Duration float64 `json:"duration"`
+	// Dir is the backup directory (on the host that ran repctl), Snapshot
+	// the snapshot the backup read.
+	Dir      string `json:"dir"`
+	Snapshot string `json:"snapshot"`
+	// Error says why the backup failed; empty for a success.
+	Error string `json:"error,omitempty"`
+}
+
+// BackupStatus is a node's backup record (Status.Backup): the last
+// successful backup reported to it and the counts of reports, kept across
+// restarts.
+type BackupStatus struct {
+	// Last is the last successful backup; nil before the first.
+	Last *BackupReport `json:"last,omitempty"`
+	// Backups and Failures count the successes and failures reported.
+	Backups  int64 `json:"backups"`
+	Failures int64 `json:"failures"`
+	// LastFailure is the last failure reported; nil if none.
+	LastFailure *BackupReport `json:"last_failure,omitempty"`
 }

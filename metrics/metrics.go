@@ -157,13 +157,24 @@ var (
 	descSnapshots = prometheus.NewDesc("repd_snapshots", "Snapshots in this node's store, valid or not.", nil, nil)
 	descSnapUsed  = prometheus.NewDesc("repd_snapshot_store_used_bytes", "Bytes of preserved data in the snapshot store.", nil, nil)
 	descSnapCap   = prometheus.NewDesc("repd_snapshot_store_capacity_bytes", "Bytes of preserved data the snapshot store may hold (0: snapshots off).", nil, nil)
+
+	// The backup record (absent where nothing keeps one; the last-backup
+	// gauges absent until the first success is reported).
+	descBackupTime     = prometheus.NewDesc("repd_backup_last_success_timestamp_seconds", "When the last successful backup reported to this node finished (Unix time).", nil, nil)
+	descBackupSize     = prometheus.NewDesc("repd_backup_last_size_bytes", "Size of the qcow2 file the last successful backup wrote.", nil, nil)
+	descBackupRead     = prometheus.NewDesc("repd_backup_last_read_bytes", "Bytes the last successful backup read from its snapshot.", nil, nil)
+	descBackupDuration = prometheus.NewDesc("repd_backup_last_duration_seconds", "How long the last successful backup took.", nil, nil)
+	descBackupFull     = prometheus.NewDesc("repd_backup_last_full", "1 if the last successful backup was full, 0 if incremental.", nil, nil)
+	descBackups        = prometheus.NewDesc("repd_backups_total", "Successful backups reported to this node.", nil, nil)
+	descBackupFailures = prometheus.NewDesc("repd_backup_failures_total", "Failed backups reported to this node.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRole, descDisk, descJournal, descJournalMax, descWrites, descConn, descRepl, descOOS, descSent, descRecv, descBad, descConnects, descAcks, descAckLat, descSyncRate, descSyncLeft, descVerifyMis, descResynced, descSplit,
 		descLogical, descRatio, descDedup, descDedupSaved, descZero, descDedupMiss, descAuthFail,
 		descQuorum, descVotes, descVotesNeed, descVoters, descLease, descLeaseLeft, descSuspended, descPeerVotes,
-		descSnapshots, descSnapUsed, descSnapCap} {
+		descSnapshots, descSnapUsed, descSnapCap,
+		descBackupTime, descBackupSize, descBackupRead, descBackupDuration, descBackupFull, descBackups, descBackupFailures} {
 		ch <- d
 	}
 }
@@ -193,6 +204,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSnapshots, float64(s.Snapshots))
 	gauge(descSnapUsed, float64(s.SnapshotStoreUsed))
 	gauge(descSnapCap, float64(s.SnapshotStoreCapacity))
+	if b := s.Backup; b != nil {
+		counter(descBackups, float64(b.Backups))
+		counter(descBackupFailures, float64(b.Failures))
+		if l := b.Last; l != nil {
+			gauge(descBackupTime, float64(l.Time.UnixNano())/1e9)
+			gauge(descBackupSize, float64(l.FileBytes))
+			gauge(descBackupRead, float64(l.BytesRead))
+			gauge(descBackupDuration, l.Duration)
+			gauge(descBackupFull, b2f(l.Kind == api.BackupFull))
+		}
+	}
 	for _, p := range s.Peers {
 		gauge(descPeerVotes, b2f(p.Votes), p.Name)
 		gauge(descConn, b2f(p.Connection == api.Connected), p.Name)

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/repd/repd/api"
 )
@@ -82,4 +83,53 @@ func TestSnapshotMetrics(t *testing.T) {
 			t.Errorf("missing %s", want)
 		}
 	}
+}
+
+// The backup record is exported: the last success's gauges once there is
+// one, the counts always; nothing without a record.
+func TestBackupMetrics(t *testing.T) {
+	scrape := func(s api.Status) string {
+		rec := httptest.NewRecorder()
+		New(fixed(s)).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		body, _ := io.ReadAll(rec.Body)
+		return string(body)
+	}
+	end := time.Date(2026, 12, 5, 13, 0, 0, 500e6, time.UTC)
+	body := scrape(api.Status{Backup: &api.BackupStatus{Backups: 7, Failures: 2, Last: &api.BackupReport{
+		Time: end, Kind: api.BackupInc, BytesRead: 10 << 20, FileBytes: 11 << 20, Duration: 2.5, Dir: "/b", Snapshot: "s7"}}})
+	for _, want := range []string{
+		"repd_backup_last_success_timestamp_seconds 1.7964756005e+09",
+		"repd_backup_last_size_bytes 1.1534336e+07",
+		"repd_backup_last_read_bytes 1.048576e+07",
+		"repd_backup_last_duration_seconds 2.5",
+		"repd_backup_last_full 0",
+		"repd_backups_total 7",
+		"repd_backup_failures_total 2",
+		"# TYPE repd_backups_total counter",
+		"# TYPE repd_backup_last_success_timestamp_seconds gauge",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+	// Failures only: the counts, no last-success gauges (an alert on
+	// their age must not see a made-up time).
+	body = scrape(api.Status{Backup: &api.BackupStatus{Failures: 1, LastFailure: &api.BackupReport{Time: end, Error: "x", Dir: "/b"}}})
+	if !strings.Contains(body, "repd_backup_failures_total 1") || !strings.Contains(body, "repd_backups_total 0") ||
+		strings.Contains(body, "repd_backup_last_success_timestamp_seconds ") {
+		t.Errorf("failures only:\n%s", grepBackup(body))
+	}
+	if body = scrape(api.Status{}); strings.Contains(body, "repd_backup") {
+		t.Errorf("backup metrics without a record:\n%s", grepBackup(body))
+	}
+}
+
+func grepBackup(body string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.Contains(l, "repd_backup") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -58,6 +58,8 @@ declare -A pkg=(
   [unshare]=util-linux
   [nsenter]=util-linux
   [mountpoint]=util-linux
+  # the systemd units' test (cmd/repctl/systemd_test.go)
+  [systemd-analyze]=systemd
   # network, bench and lint
   [ip]=iproute2
   [curl]=curl

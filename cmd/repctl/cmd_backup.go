@@ -10,11 +10,13 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/repd/repd/admin"
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/backup"
 	"github.com/repd/repd/config"
 	nbdclient "github.com/repd/repd/nbd/client"
@@ -45,6 +47,12 @@ func (s adminSnapshots) Create(ctx context.Context, name string) error {
 // Delete deletes the node's snapshot name.
 func (s adminSnapshots) Delete(ctx context.Context, name string) error {
 	return s.cl.DeleteSnapshot(ctx, name)
+}
+
+// Report tells the node the outcome of a backup of its snapshot, for its
+// backup metrics.
+func (s adminSnapshots) Report(ctx context.Context, r api.BackupReport) error {
+	return s.cl.Backup(ctx, r)
 }
 
 // List returns the names of the node's valid snapshots: an invalid one
@@ -85,33 +93,15 @@ func cmdBackup() *cli.Command {
 			&cli.StringFlag{Name: "nbd", Usage: "the node's NBD address (HOST:PORT or unix:/PATH; default: --node's nbd in --config)"},
 			&cli.StringFlag{Name: "resource", Usage: "resource name (default: from --config, or the node's status)"},
 			&cli.PathFlag{Name: "tls-ca", Usage: "use TLS on the NBD connection, trusting this CA certificate (PEM)"},
+			&cli.PathFlag{Name: "metrics-file", Usage: "also write the backup's metrics into this node_exporter textfile (NAME.prom in its --collector.textfile.directory), replaced atomically"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log what is done to stderr"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 0 {
-				return usageError("backup takes no arguments (the directory is --to DIR)")
-			}
-			o := backupOpts{
-				dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), keep: c.Int("keep"),
-				out: os.Stdout, tty: isTerminal(os.Stdout), log: cliLogger(c.Bool("verbose")),
-			}
-			if o.keep < 0 {
-				return usageError("--keep %d: give a number of points, at least 1 (0 keeps all)", o.keep)
-			}
-			var err error
-			if o.tls, err = tlsConfig(c.Path("tls-ca")); err != nil {
+			o, err := backupOptions(c)
+			if err != nil {
 				return err
 			}
 			if u := c.String("uri"); u != "" {
-				if o.snapshot == "" {
-					return usageError("--uri needs --snapshot NAME: the name of the snapshot the export shows (the next incremental asks for its dirty bitmap)")
-				}
-				if c.String("nbd") != "" {
-					return usageError("--uri and --nbd exclude each other")
-				}
-				if _, err := nbdclient.ParseURI(u); err != nil {
-					return usageError("--uri: %v", err)
-				}
 				_, err := runBackup(c.Context, o, nil, func(string) string { return u })
 				return err
 			}
@@ -120,6 +110,7 @@ func cmdBackup() *cli.Command {
 				return err
 			}
 			target.TLS = o.tls != nil
+			o.report = snaps.Report
 			_, err = runBackup(c.Context, o, snaps, func(snap string) string {
 				t := target
 				t.Export = resource + "@" + snap
@@ -128,6 +119,41 @@ func cmdBackup() *cli.Command {
 			return err
 		},
 	}
+}
+
+// backupOptions reads and checks repctl backup's flags (the systemd unit's
+// test runs it on the unit's command line).
+func backupOptions(c *cli.Context) (backupOpts, error) {
+	if c.NArg() != 0 {
+		return backupOpts{}, usageError("backup takes no arguments (the directory is --to DIR)")
+	}
+	o := backupOpts{
+		dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), keep: c.Int("keep"),
+		out: os.Stdout, tty: isTerminal(os.Stdout), log: cliLogger(c.Bool("verbose")),
+		metricsFile: c.Path("metrics-file"),
+	}
+	if o.metricsFile != "" && !strings.HasSuffix(o.metricsFile, ".prom") {
+		return o, usageError("--metrics-file %s: node_exporter's textfile collector reads only files named *.prom", o.metricsFile)
+	}
+	if o.keep < 0 {
+		return o, usageError("--keep %d: give a number of points, at least 1 (0 keeps all)", o.keep)
+	}
+	var err error
+	if o.tls, err = tlsConfig(c.Path("tls-ca")); err != nil {
+		return o, err
+	}
+	if u := c.String("uri"); u != "" {
+		if o.snapshot == "" {
+			return o, usageError("--uri needs --snapshot NAME: the name of the snapshot the export shows (the next incremental asks for its dirty bitmap)")
+		}
+		if c.String("nbd") != "" {
+			return o, usageError("--uri and --nbd exclude each other")
+		}
+		if _, err := nbdclient.ParseURI(u); err != nil {
+			return o, usageError("--uri: %v", err)
+		}
+	}
+	return o, nil
 }
 
 // backupOpts are repctl backup's settings.
@@ -141,20 +167,24 @@ type backupOpts struct {
 	tty      bool
 	log      *slog.Logger
 	now      func() time.Time
+	// report, if set, tells the node a backup's outcome (POST /v1/backup);
+	// metricsFile, if set, is a node_exporter textfile to update.
+	report      func(context.Context, api.BackupReport) error
+	metricsFile string
 }
 
 // nodeBackupTarget finds the node's NBD address, the resource name and its
 // snapshots from the global flags and --nbd/--resource.
-func nodeBackupTarget(c *cli.Context) (nbdclient.Target, string, Snapshots, error) {
+func nodeBackupTarget(c *cli.Context) (nbdclient.Target, string, adminSnapshots, error) {
 	cl, err := client(c)
 	if err != nil {
-		return nbdclient.Target{}, "", nil, err
+		return nbdclient.Target{}, "", adminSnapshots{}, err
 	}
 	addr, resource := c.String("nbd"), c.String("resource")
 	if p := c.Path("config"); p != "" && (addr == "" || resource == "") {
 		f, err := config.Load(p)
 		if err != nil {
-			return nbdclient.Target{}, "", nil, cli.Exit(err.Error(), exitUsage)
+			return nbdclient.Target{}, "", adminSnapshots{}, cli.Exit(err.Error(), exitUsage)
 		}
 		name := c.String("node")
 		if name == "" {
@@ -162,7 +192,7 @@ func nodeBackupTarget(c *cli.Context) (nbdclient.Target, string, Snapshots, erro
 		}
 		n, err := f.Node(name)
 		if err != nil {
-			return nbdclient.Target{}, "", nil, cli.Exit(err.Error()+"; pass --node", exitUsage)
+			return nbdclient.Target{}, "", adminSnapshots{}, cli.Exit(err.Error()+"; pass --node", exitUsage)
 		}
 		if addr == "" {
 			addr = n.NBD
@@ -172,18 +202,18 @@ func nodeBackupTarget(c *cli.Context) (nbdclient.Target, string, Snapshots, erro
 		}
 	}
 	if addr == "" {
-		return nbdclient.Target{}, "", nil, usageError("say where the node serves NBD: --nbd HOST:PORT (or unix:/PATH), or --config FILE --node NAME")
+		return nbdclient.Target{}, "", adminSnapshots{}, usageError("say where the node serves NBD: --nbd HOST:PORT (or unix:/PATH), or --config FILE --node NAME")
 	}
 	if resource == "" {
 		st, err := cl.Status(c.Context)
 		if err != nil {
-			return nbdclient.Target{}, "", nil, err
+			return nbdclient.Target{}, "", adminSnapshots{}, err
 		}
 		resource = st.Resource
 	}
 	t, err := nbdTarget(addr)
 	if err != nil {
-		return nbdclient.Target{}, "", nil, err
+		return nbdclient.Target{}, "", adminSnapshots{}, err
 	}
 	return t, resource, adminSnapshots{cl}, nil
 }
@@ -214,21 +244,39 @@ func nbdTarget(addr string) (nbdclient.Target, error) {
 // snapshot (the new one is the base of the next incremental); on failure
 // it deletes the snapshot it created. Without snaps the export named by
 // uriOf is backed up as it is. uriOf gives the URI of a snapshot's export.
+// The outcome, success or failure, goes to o.report and o.metricsFile
+// before retention runs: retention trouble does not undo a backup.
 func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(snap string) string) (backup.Point, error) {
 	if o.now == nil {
 		o.now = time.Now
 	}
-	start := o.now()
-	prog := &progressLine{w: o.out, tty: o.tty}
-	repo, err := backup.Open(o.dir, backup.Options{Logger: o.log, Progress: prog.report, Now: func() time.Time { return start }})
-	if err != nil {
-		return backup.Point{}, err
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
 	}
-	defer repo.Close()
+	start := o.now()
 	name := o.snapshot
 	if name == "" {
 		name = "backup-" + start.UTC().Format("20060102T150405Z")
 	}
+	prog := &progressLine{w: o.out, tty: o.tty}
+	defer prog.end()
+	repo, err := backup.Open(o.dir, backup.Options{Logger: o.log, Progress: prog.report, Now: func() time.Time { return start }})
+	if err == nil {
+		defer repo.Close()
+		var p backup.Point
+		p, err = backupOnce(ctx, o, repo, prog, name, snaps, uriOf)
+		o.tell(ctx, p, name, start, err)
+		if err != nil {
+			return backup.Point{}, err
+		}
+		return p, retain(ctx, o, repo, prog)
+	}
+	o.tell(ctx, backup.Point{}, name, start, err)
+	return backup.Point{}, err
+}
+
+// backupOnce takes the backup into repo (runBackup).
+func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *progressLine, name string, snaps Snapshots, uriOf func(snap string) string) (backup.Point, error) {
 	req := backup.Request{Snapshot: name, Full: o.full}
 	base, inc := repo.Incremental(req)
 	last, hadLast := repo.Last()
@@ -242,9 +290,11 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 				return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, so what changed since cannot be known: take a full backup (--full)", base)
 			}
 		}
+		t0 := time.Now()
 		if err := snaps.Create(ctx, name); err != nil {
 			return backup.Point{}, fmt.Errorf("create snapshot %q: %w", name, err)
 		}
+		o.log.Debug("snapshot created", "snapshot", name, "seconds", time.Since(t0).Seconds())
 	}
 	fail := func(err error) (backup.Point, error) {
 		prog.end()
@@ -262,11 +312,13 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	if err != nil {
 		return fail(err)
 	}
+	t0 := time.Now()
 	p, err := repo.Backup(ctx, c, req)
 	c.Close()
 	if err != nil {
 		return fail(err)
 	}
+	o.log.Debug("point written", "file", p.File, "seconds", time.Since(t0).Seconds())
 	prog.end()
 	fmt.Fprintf(o.out, "%s backup of %s: read %s, stored %s in %s\n", p.Kind, p.Source, size(p.BytesRead), size(p.FileBytes), p.File)
 	if snaps != nil && hadLast && last.Snapshot != name {
@@ -274,23 +326,30 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 		// one (still there unless a --full replaced a lost one) is not needed.
 		have, err := snaps.List(ctx)
 		if err == nil && slices.Contains(have, last.Snapshot) {
+			t0 := time.Now()
 			err = snaps.Delete(ctx, last.Snapshot)
+			o.log.Debug("previous snapshot deleted", "snapshot", last.Snapshot, "seconds", time.Since(t0).Seconds())
 		}
 		if err != nil {
 			fmt.Fprintf(o.out, "warning: the previous backup's snapshot %q was not deleted: %v\n", last.Snapshot, err)
 		}
 	}
+	return p, nil
+}
+
+// retain applies --keep to repo after a backup.
+func retain(ctx context.Context, o backupOpts, repo *backup.Repo, prog *progressLine) error {
 	if o.keep > 0 {
 		dropped, err := repo.Retain(ctx, o.keep)
 		prog.end()
 		if err != nil {
-			return p, fmt.Errorf("the backup is done, retention failed: %w", err)
+			return fmt.Errorf("the backup is done, retention failed: %w", err)
 		}
 		if len(dropped) > 0 {
 			fmt.Fprintf(o.out, "retention: merged or dropped %d old points, %d kept\n", len(dropped), len(repo.Manifest().Points))
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // progressLine draws backup.Progress on a terminal (one line, redrawn at

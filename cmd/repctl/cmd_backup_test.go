@@ -13,8 +13,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/repd/repd/admin"
+	"github.com/repd/repd/api"
 	"github.com/repd/repd/backup"
 	nbdclient "github.com/repd/repd/nbd/client"
 )
@@ -143,7 +145,9 @@ func TestBackupCommand(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "b")
 	var out bytes.Buffer
 	clk := time.Date(2026, 12, 5, 8, 0, 0, 0, time.UTC)
-	o := backupOpts{dir: dir, out: &out, now: func() time.Time { clk = clk.Add(time.Minute); return clk }}
+	var reports []api.BackupReport
+	o := backupOpts{dir: dir, out: &out, now: func() time.Time { clk = clk.Add(time.Minute); return clk },
+		report: func(_ context.Context, r api.BackupReport) error { reports = append(reports, r); return nil }}
 	ctx := context.Background()
 
 	o.snapshot = "n1"
@@ -156,6 +160,22 @@ func TestBackupCommand(t *testing.T) {
 	p2, err := runBackup(ctx, o, q, q.uri)
 	if err != nil || p2.Kind != backup.KindInc || p2.BytesRead != 4096 {
 		t.Fatalf("incremental: %+v %v", p2, err)
+	}
+	// Each success was reported to the node as it will be recorded: its
+	// end, kind, sizes, duration (the clock ticks a minute per reading),
+	// the directory as an absolute path and the snapshot.
+	if len(reports) != 2 {
+		t.Fatalf("reports: %+v", reports)
+	}
+	for i, p := range []backup.Point{p1, p2} {
+		r := reports[i]
+		if r.Kind != p.Kind || r.BytesRead != p.BytesRead || r.FileBytes != p.FileBytes || r.Snapshot != p.Snapshot ||
+			r.Dir != dir || r.Duration != 60 || r.Error != "" || !r.Time.Equal(p.Time.Add(time.Minute)) {
+			t.Errorf("report %d: %+v for %+v", i, r, p)
+		}
+		if err := admin.CheckBackupReport(r, r.Time); err != nil {
+			t.Errorf("report %d would be refused: %v", i, err)
+		}
 	}
 	// The previous base snapshot is gone, the new one stays for next time.
 	if l, _ := q.List(ctx); !slices.Equal(l, []string{"n2"}) {
@@ -194,8 +214,13 @@ func TestBackupCommand(t *testing.T) {
 	// The base snapshot vanished: the incremental is refused, --full works.
 	q.Delete(ctx, p3.Snapshot)
 	o.snapshot, o.keep = "n4", 0
+	reports = nil
 	if _, err := runBackup(ctx, o, q, q.uri); err == nil || !strings.Contains(err.Error(), "--full") {
 		t.Fatalf("incremental without its base snapshot: %v", err)
+	}
+	// The failure was reported too, with its reason.
+	if len(reports) != 1 || reports[0].Kind != "" || reports[0].Snapshot != "n4" || !strings.Contains(reports[0].Error, "--full") {
+		t.Fatalf("failure reports: %+v", reports)
 	}
 	if l, _ := q.List(ctx); len(l) != 0 {
 		t.Fatalf("snapshots left after a refused backup: %v", l)
@@ -269,6 +294,68 @@ func TestBackupCLI(t *testing.T) {
 		adminSnapshots{admin.NewClient(sock)}, func(string) string { return "nbd://127.0.0.1:1/r0@via-admin" })
 	if err == nil || len(node.asked) != 1 || len(node.SnapshotList().Snapshots) != 0 {
 		t.Fatalf("backup through the admin API: %v; asked %v, left %+v", err, node.asked, node.SnapshotList().Snapshots)
+	}
+	// The command line on the node path reports to the node it took the
+	// snapshot on: here the failure (the export cannot be read).
+	if code := run([]string{"repctl", "--admin", sock, "backup", "--to", dir, "--nbd", "127.0.0.1:1", "--resource", "r0", "--full"}); code != exitError {
+		t.Fatalf("backup of an unreadable export: exit %d", code)
+	}
+	if len(node.reports) != 1 || node.reports[0].Error == "" || node.reports[0].Dir != dir || len(node.SnapshotList().Snapshots) != 0 {
+		t.Fatalf("reports to the node: %+v", node.reports)
+	}
+}
+
+// --metrics-file writes node_exporter's textfile: the gauges after a
+// success, failures counted after, the success's gauges kept; each write
+// replaces the file whole. A name node_exporter would not read is refused.
+func TestBackupMetricsFile(t *testing.T) {
+	q := newQemuSnapshots(t)
+	q.write("write -P 0x44 0 256k")
+	if err := q.Create(context.Background(), "ext"); err != nil {
+		t.Fatal(err)
+	}
+	dir, tf := t.TempDir(), t.TempDir()
+	mf := filepath.Join(tf, "repd-backup.prom")
+	args := []string{"repctl", "backup", "--to", dir, "--uri", q.uri("ext"), "--snapshot", "ext", "--metrics-file", mf}
+	before := time.Now()
+	if code := run(args); code != exitOK {
+		t.Fatalf("repctl backup --metrics-file: exit %d", code)
+	}
+	v := readMetricsFile(mf)
+	if ts := v["repd_backup_last_success_timestamp_seconds"]; ts < float64(before.Unix()) || ts > float64(time.Now().Unix()+1) {
+		t.Errorf("timestamp %v, want between %v and now", ts, before.Unix())
+	}
+	m := mustManifest(t, dir)
+	if v["repd_backup_last_size_bytes"] != float64(m.Points[0].FileBytes) || v["repd_backup_last_read_bytes"] != 256<<10 ||
+		v["repd_backups_total"] != 1 || v["repd_backup_failures_total"] != 0 || v["repd_backup_last_full"] != 1 || v["repd_backup_last_duration_seconds"] <= 0 {
+		t.Errorf("textfile after a success: %v", v)
+	}
+	text, _ := os.ReadFile(mf)
+	for _, want := range []string{"# TYPE repd_backups_total counter\n", "# TYPE repd_backup_last_success_timestamp_seconds gauge\n",
+		`repd_backups_total{dir="` + dir + `"} 1` + "\n"} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("textfile lacks %q:\n%s", want, text)
+		}
+	}
+	// A failure (the export is gone) counts, and the last success stays.
+	q.stop("ext")
+	if code := run(args); code != exitError {
+		t.Fatalf("backup of a stopped export: exit %d", code)
+	}
+	v2 := readMetricsFile(mf)
+	if v2["repd_backup_failures_total"] != 1 || v2["repd_backups_total"] != 1 ||
+		v2["repd_backup_last_success_timestamp_seconds"] != v["repd_backup_last_success_timestamp_seconds"] {
+		t.Errorf("textfile after a failure: %v", v2)
+	}
+	if left, _ := filepath.Glob(filepath.Join(tf, "*")); len(left) != 1 {
+		t.Errorf("textfile directory holds %v: temporary files left", left)
+	}
+	if code := run([]string{"repctl", "backup", "--to", dir, "--uri", q.uri("ext"), "--snapshot", "ext", "--metrics-file", filepath.Join(tf, "m.txt")}); code != exitUsage {
+		t.Errorf("--metrics-file m.txt: exit %d, want usage", code)
+	}
+	// Errors fit a report: one line, bounded.
+	if s := reportText("a\nb\x1b"+strings.Repeat("é", 2000), maxReportError); len(s) > maxReportError || strings.ContainsAny(s, "\n\x1b") || !utf8.ValidString(s) {
+		t.Errorf("reportText: %d bytes %q", len(s), s[:20])
 	}
 }
 

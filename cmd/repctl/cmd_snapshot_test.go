@@ -29,6 +29,18 @@ type snapNode struct {
 	snaps []api.SnapshotInfo
 	asked [][]string
 	off   bool
+	// reports are the backup reports the node got.
+	reports []api.BackupReport
+}
+
+func (s *snapNode) RecordBackup(r api.BackupReport) error {
+	if err := admin.CheckBackupReport(r, time.Now()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reports = append(s.reports, r)
+	return nil
 }
 
 func (s *snapNode) Status() api.Status { return api.Status{Node: s.name, Resource: "r0"} }

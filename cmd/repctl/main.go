@@ -76,7 +76,7 @@ func usageError(format string, a ...any) error {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "repctl",
 		Usage: "control a repd node (status, roles, connections)",
 		Flags: []cli.Flag{
@@ -111,6 +111,23 @@ func newApp() *cli.App {
 			cmdBackups(),
 			cmdSnapshot(),
 		},
+	}
+	for _, c := range app.Commands {
+		usageExits(c, c.Name)
+	}
+	return app
+}
+
+// usageExits makes a verb's bad flag a usage error (exit 2), as the
+// global flags' are, for c and its subcommands.
+func usageExits(c *cli.Command, path string) {
+	if c.OnUsageError == nil {
+		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+			return cli.Exit(fmt.Sprintf("%s: %v (see repctl %s --help)", path, err, path), exitUsage)
+		}
+	}
+	for _, sc := range c.Subcommands {
+		usageExits(sc, path+" "+sc.Name)
 	}
 }
 

@@ -84,6 +84,12 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
+	backups, err := openBackupRecord(backupRecordPath(self.Meta))
+	if err != nil {
+		log.Warn("backup record", "err", err)
+	}
+	served := recordingNode{Node: node, backups: backups, log: log.With("component", "backup"), publish: hub.Publish}
+
 	var nbdL net.Listener
 	if !witness {
 		if nbdL, err = listenNBD(self.NBD); err != nil {
@@ -113,7 +119,7 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
-	mx := metrics.New(node)
+	mx := metrics.New(served)
 	exps := newExports(node, f.Resource.Name, self.Name, 0)
 	srv := &nbd.Server{
 		ExportsFunc:  exps.list,
@@ -124,7 +130,7 @@ func run(ctx context.Context, o options) error {
 		TLS:          nbdTLS,
 		TLSMode:      nbdMode,
 	}
-	api := &http.Server{Handler: admin.Handler(node, hub), ReadHeaderTimeout: 10 * time.Second}
+	api := &http.Server{Handler: admin.Handler(served, hub), ReadHeaderTimeout: 10 * time.Second}
 	mxHandler := mx.Handler()
 	if o.pprof {
 		mux := http.NewServeMux()

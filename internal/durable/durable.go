@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 // ErrLocked is returned by Lock when another open file description (in
@@ -59,4 +60,35 @@ func WriteFull(w io.WriterAt, p []byte, off int64) error {
 		err = io.ErrShortWrite
 	}
 	return err
+}
+
+// ReplaceFile replaces the file at path with data, atomically and
+// durably: data goes to a temporary file beside it (".NAME.tmp…", which
+// globs like *.prom or *.json skip) with mode perm, is synced, renamed
+// over path, and the directory synced. A reader sees the old content or
+// the new, never a part; after a crash the file holds one of the two.
+func ReplaceFile(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // nothing there once renamed
+	err = tmp.Chmod(perm)
+	if err == nil {
+		err = WriteFull(tmp, data, 0)
+	}
+	if err == nil {
+		err = Datasync(tmp)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	return SyncDir(dir)
 }

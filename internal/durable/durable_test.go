@@ -70,3 +70,38 @@ func TestFullReadsWritesAndSyncs(t *testing.T) {
 		t.Fatal("a write to a read-only file succeeded")
 	}
 }
+
+// ReplaceFile replaces the content whole, with the mode asked, and leaves
+// no temporary file; a directory that is not there is an error, and the
+// old file stays as it was.
+func TestReplaceFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.prom")
+	for _, data := range []string{"first, longer content\n", "second\n"} {
+		if err := ReplaceFile(path, []byte(data), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || string(got) != data {
+			t.Fatalf("content %q, %v; want %q", got, err, data)
+		}
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("mode: %v %v", fi.Mode(), err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*")); len(m) != 1 {
+		t.Fatalf("left in the directory: %v", m)
+	}
+	if err := ReplaceFile(filepath.Join(dir, "gone", "f"), []byte("x"), 0o600); err == nil {
+		t.Fatal("a file in a missing directory was written")
+	}
+	// A directory where the file should be: the rename fails, the
+	// directory is untouched and no temporary file is left.
+	os.Mkdir(filepath.Join(dir, "d"), 0o755)
+	if err := ReplaceFile(filepath.Join(dir, "d"), []byte("x"), 0o600); err == nil {
+		t.Fatal("replaced a directory")
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".*")); len(m) != 0 {
+		t.Fatalf("temporary files left: %v", m)
+	}
+}

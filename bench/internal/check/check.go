@@ -119,7 +119,75 @@ func Drills(d *result.Drills) []result.Check {
 		}
 		cs = append(cs, ck)
 	}
-	return append(cs, Sync(d.Sync)...)
+	cs = append(cs, Sync(d.Sync)...)
+	return append(cs, Backup(d.Backup)...)
+}
+
+// Backup judges the backup drill (issue 19): the incremental's bytes read
+// and time, and the Primary's writes during backups from the Secondary.
+func Backup(r *result.BackupResult) []result.Check {
+	const (
+		readName = "backup drill: incremental after 1% rewritten (64 KiB blocks): bytes read / device"
+		timeName = "backup drill: incremental backup time / full backup time"
+		loadName = "backup drill: fio 4k randwrite QD32 on the Primary during backups from the Secondary / without"
+	)
+	cks := []result.Check{
+		{Issue: 19, Name: readName, Limit: fmt.Sprintf("<= %g%%", 100*BackupIncReadMax)},
+		{Issue: 19, Name: timeName, Limit: fmt.Sprintf("<= 1/%.0f", 1/BackupIncTimeMax)},
+		{Issue: 19, Name: loadName, Limit: fmt.Sprintf(">= %.2fx", BackupLoadMin)},
+	}
+	if r == nil {
+		for i := range cks {
+			cks[i].Status, cks[i].Detail = "SKIP", "backup drill not run"
+		}
+		return cks
+	}
+	dev := units.Bytes(r.DeviceBytes)
+	quick := ""
+	if r.Quick {
+		quick = " (--quick: " + dev + ", not the 1 GiB of the issue)"
+	}
+	read, tm, load := &cks[0], &cks[1], &cks[2]
+	switch inc, full := r.Inc, r.Full; {
+	case full == nil || inc == nil || full.Error != "" || inc.Error != "":
+		why := r.Error
+		for _, b := range []*result.BackupRun{full, inc} {
+			if b != nil && b.Error != "" {
+				why = b.Error
+			}
+		}
+		read.Status, read.Detail = "FAIL", "not measured: "+why
+		tm.Status, tm.Detail = "FAIL", "not measured: "+why
+	default:
+		read.Value = 100 * r.IncReadShare
+		read.Status = passFail(r.IncReadShare <= BackupIncReadMax)
+		read.Detail = fmt.Sprintf("%.2f%%: read %s of %s for %s rewritten%s", read.Value, units.Bytes(inc.BytesRead), dev, units.Bytes(r.RewrittenBytes), quick)
+		tm.Value = r.IncTimeRatio
+		tm.Status = passFail(r.IncTimeRatio > 0 && r.IncTimeRatio <= BackupIncTimeMax)
+		tm.Detail = fmt.Sprintf("1/%.0f: incremental %.0f ms, full %.0f ms (repctl backup start to exit; a repctl status took %.0f ms then); "+
+			"by the durations repctl reported, %.2f s and %.2f s (1/%.0f)%s", 1/r.IncTimeRatio, inc.WallMs, full.WallMs, r.CtlFloorMs,
+			inc.ReportedSeconds, full.ReportedSeconds, full.ReportedSeconds/max(inc.ReportedSeconds, 1e-9), quick)
+	}
+	i := slices.IndexFunc(r.Load, func(l result.BackupLoad) bool { return l.Case == "backup" })
+	switch {
+	case i < 0:
+		load.Status, load.Detail = "FAIL", "not measured: "+r.Error
+	case r.Load[i].Error != "":
+		load.Status, load.Detail = "FAIL", r.Load[i].Error
+	case r.BaseIOPS == 0:
+		load.Status, load.Detail = "FAIL", "no run without a backup: "+r.Error
+	default:
+		load.Value = r.BackupRatio
+		load.Status = passFail(r.BackupRatio >= BackupLoadMin)
+		load.Detail = fmt.Sprintf("%.2fx (%.0f IOPS during %d full backups from the Secondary, %.0f without)", r.BackupRatio, r.Load[i].IOPS, r.Load[i].Backups, r.BaseIOPS)
+		if r.SnapshotRatio > 0 {
+			load.Detail += fmt.Sprintf("; with a fresh snapshot on the Primary itself (copy-on-write, no target) %.2fx", r.SnapshotRatio)
+		}
+		if r.SecondarySnapshotRatio > 0 {
+			load.Detail += fmt.Sprintf(", on the Secondary alone %.2fx", r.SecondarySnapshotRatio)
+		}
+	}
+	return cks
 }
 
 // rtoAuto judges the rto-auto drill's case with timeout = "2s" (issue 18).

@@ -129,3 +129,48 @@ func TestCPUBound(t *testing.T) {
 		t.Errorf("failed floor drill: bound %.3f, want none", b)
 	}
 }
+
+// The backup drill's checks (issue 19): bytes read and time of the
+// incremental, and the Primary's writes during backups; a failed part
+// fails its checks with the reason, a drill not run skips them.
+func TestBackupChecks(t *testing.T) {
+	r := &result.BackupResult{
+		DeviceBytes: 1 << 30, RewrittenBytes: 10682368, IncReadShare: 10682368.0 / (1 << 30), IncTimeRatio: 200.0 / 5000, CtlFloorMs: 20,
+		Full:     &result.BackupRun{Kind: "full", WallMs: 5000, ReportedSeconds: 4.9, BytesRead: 1 << 30},
+		Inc:      &result.BackupRun{Kind: "inc", WallMs: 200, ReportedSeconds: 0.15, BytesRead: 10682368},
+		Load:     []result.BackupLoad{{Case: "base", IOPS: 4000}, {Case: "backup", IOPS: 3400, Backups: 2}, {Case: "snapshot", IOPS: 2000}},
+		BaseIOPS: 4000, BackupRatio: 0.85, SnapshotRatio: 0.5,
+	}
+	status := func(cs []result.Check) []string {
+		var out []string
+		for _, c := range cs {
+			if c.Issue != 19 {
+				t.Errorf("%s: issue %d", c.Name, c.Issue)
+			}
+			out = append(out, c.Status)
+		}
+		return out
+	}
+	if got := status(Backup(r)); strings.Join(got, ",") != "PASS,PASS,PASS" {
+		t.Errorf("good drill: %v %+v", got, Backup(r))
+	}
+	if d := Backup(r)[2].Detail; !strings.Contains(d, "0.85x") || !strings.Contains(d, "copy-on-write, no target) 0.50x") {
+		t.Errorf("load detail: %s", d)
+	}
+	r.IncReadShare, r.IncTimeRatio, r.BackupRatio = 0.021, 1.0/11, 0.04
+	if got := status(Backup(r)); strings.Join(got, ",") != "FAIL,FAIL,FAIL" {
+		t.Errorf("bad drill: %v", got)
+	}
+	r.Inc.Error = "repctl backup: exit status 1: boom"
+	r.Load[1].Error = "fio: killed"
+	cs := Backup(r)
+	if strings.Join(status(cs), ",") != "FAIL,FAIL,FAIL" || !strings.Contains(cs[0].Detail, "boom") || cs[2].Detail != "fio: killed" {
+		t.Errorf("failed parts: %+v", cs)
+	}
+	if got := status(Backup(nil)); strings.Join(got, ",") != "SKIP,SKIP,SKIP" {
+		t.Errorf("not run: %v", got)
+	}
+	if n := len(Drills(&result.Drills{Backup: r})); n == 0 || Drills(nil)[n-1].Issue != 19 {
+		t.Errorf("Drills does not judge the backup drill")
+	}
+}

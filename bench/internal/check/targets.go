@@ -65,3 +65,18 @@ const (
 	// sends over the device's size.
 	CSumsSourceMax = 0.01
 )
+
+// Issue 19's targets for the backup drill: backups from the Secondary of a
+// filled device, the incremental after 1 % of it was rewritten in random
+// 64 KiB blocks.
+const (
+	// BackupIncReadMax: the incremental's bytes read over the device.
+	BackupIncReadMax = 0.02
+	// BackupIncTimeMax: the incremental's time over the full's.
+	BackupIncTimeMax = 1.0 / 20
+	// BackupLoadMin: fio 4k randwrite QD32 IOPS on the Primary during
+	// backups from the Secondary over the same without a backup. (With a
+	// fresh snapshot on the Primary itself the ratio is reported, no
+	// target.)
+	BackupLoadMin = 0.8
+)

@@ -2,8 +2,9 @@
 // failover (rto), automatic failover with quorum after a partition
 // (rto-auto), loss under asynchronous replication (rpo), resync after
 // an outage (resync), bytes on the wire (wire), resync, checksum resync and
-// verify rates (sync), and the CPU floor of a peer's copy of a write
-// (floor).
+// verify rates (sync), the CPU floor of a peer's copy of a write
+// (floor), and full and incremental backups from a Secondary with what
+// they and snapshots cost the Primary's writes (backup).
 package drill
 
 import (
@@ -30,7 +31,7 @@ import (
 )
 
 // Names are the drills, in run order.
-var Names = []string{"rto", "rto-auto", "rpo", "resync", "wire", "sync", "floor"}
+var Names = []string{"rto", "rto-auto", "rpo", "resync", "wire", "sync", "floor", "backup"}
 
 // Select returns the drills named in a comma list ("none": no drill).
 func Select(list string) ([]string, error) {
@@ -50,8 +51,8 @@ func Select(list string) ([]string, error) {
 	return out, nil
 }
 
-// Run runs the named drills in env.Dir; quick shrinks the sync drill's
-// device.
+// Run runs the named drills in env.Dir; quick shrinks the sync and backup
+// drills' devices.
 func Run(ctx context.Context, env target.Env, drills []string, seconds int, quick bool) *result.Drills {
 	d := &result.Drills{}
 	logf := env.Logf
@@ -102,6 +103,10 @@ func Run(ctx context.Context, env target.Env, drills []string, seconds int, quic
 			r := drillFloor(ctx, denv)
 			d.Floor = &r
 			logf("floor: %+v", r)
+		case "backup":
+			r := drillBackup(ctx, denv, quick)
+			d.Backup = &r
+			logf("backup: %+v", r)
 		case "sync":
 			r := drillSync(ctx, denv, quick)
 			d.Sync = &r

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -164,5 +165,55 @@ func TestRTOAutoDrill(t *testing.T) {
 	}
 	if !strings.HasPrefix(r.Rejoined, "an UpToDate Secondary") {
 		t.Errorf("after the heal: %s", r.Rejoined)
+	}
+}
+
+// The backup drill on a small device with short fio runs: both backups
+// run on the Secondary and are recorded by it, the incremental reads about
+// what was rewritten and equals its snapshot, every fio run has IOPS and
+// the snapshot run found data to preserve.
+func TestBackupDrill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs repd processes and fio")
+	}
+	requireTool(t, "fio")
+	requireTool(t, "qemu-img")
+	const size = 32 << 20
+	r := backupDrill(t.Context(), target.Env{Dir: t.TempDir(), Size: size, Transport: "unix", Logf: t.Logf}, size, 1, 2)
+	t.Logf("%+v", r)
+	if r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	if r.Full.Kind != "full" || r.Inc.Kind != "inc" || r.Full.BytesRead != size || r.Full.ReportedSeconds <= 0 {
+		t.Errorf("backups: full %+v, inc %+v", r.Full, r.Inc)
+	}
+	// 1 % of 32 MiB in 64 KiB blocks is 5 blocks: each incremental reads
+	// those (its dirty bitmap may be coarser, never finer).
+	if len(r.Incs) != 2 || !slices.Contains(r.Incs, *r.Inc) {
+		t.Errorf("incrementals %+v, judged %+v", r.Incs, r.Inc)
+	}
+	for _, inc := range r.Incs {
+		if inc.Kind != "inc" || r.RewrittenBytes != 5*backupRewriteBlock || inc.BytesRead < r.RewrittenBytes || inc.BytesRead > 4*r.RewrittenBytes {
+			t.Errorf("rewrote %d, the incremental %+v", r.RewrittenBytes, inc)
+		}
+	}
+	if !strings.HasPrefix(r.Verify, "identical") {
+		t.Errorf("verify: %s", r.Verify)
+	}
+	var cases []string
+	for _, l := range r.Load {
+		cases = append(cases, l.Case)
+		if l.Error != "" || l.IOPS <= 0 {
+			t.Errorf("load %+v", l)
+		}
+		if l.Case == "backup" && l.Backups < 1 {
+			t.Errorf("no backup ran during the load: %+v", l)
+		}
+		if strings.HasPrefix(l.Case, "snapshot") && l.StoreBytes == 0 {
+			t.Errorf("a fresh snapshot preserved nothing under random writes: %+v", l)
+		}
+	}
+	if strings.Join(cases, ",") != "base,backup,snapshot,snapshot-secondary,base" || r.BaseIOPS <= 0 || r.BackupRatio <= 0 || r.SnapshotRatio <= 0 {
+		t.Errorf("load cases %v, base %.0f, ratios %.2f %.2f", cases, r.BaseIOPS, r.BackupRatio, r.SnapshotRatio)
 	}
 }

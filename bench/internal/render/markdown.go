@@ -225,6 +225,9 @@ func drillsMarkdown(b *strings.Builder, d *result.Drills) {
 	if d.Sync != nil {
 		syncMarkdown(b, d.Sync)
 	}
+	if d.Backup != nil {
+		backupMarkdown(b, d.Backup)
+	}
 	if len(d.Wire) > 0 {
 		b.WriteString("## Wire bytes (issue 5)\n\n")
 		b.WriteString("Two nodes, protocol C, `compression = \"zstd\"`, loopback; 32 MiB of each kind written through NBD; wire = the primary's `bytes_sent` to the peer (frames, headers, everything), logical = bytes written.\n\n")
@@ -385,4 +388,90 @@ func syncMarkdown(b *strings.Builder, r *result.SyncResult) {
 	}
 	fmt.Fprintf(b, "\nTargets (`--check`): resync in 1 MiB pieces ≥ %.1f× the reference; checksum resync source bytes < %g%% of the device; verify: rate reported, no target.\n\n",
 		check.SyncRatioMin, 100*check.CSumsSourceMax)
+}
+
+// backupMarkdown renders the backup drill (issue 19).
+func backupMarkdown(b *strings.Builder, r *result.BackupResult) {
+	b.WriteString("## Backup drill (issue #19)\n\n")
+	dev := units.Bytes(r.DeviceBytes)
+	fmt.Fprintf(b, "Two nodes (alpha Primary, bravo Secondary), protocol C, loopback, a %s device", dev)
+	if r.Quick {
+		fmt.Fprintf(b, " (**--quick: %s, not the 1 GiB of the issue**)", dev)
+	}
+	fmt.Fprintf(b, ", filled by fio (1 MiB sequential, random data, %.0f MB/s). Backups run on bravo: `repctl backup --to DIR` "+
+		"(the snapshot is taken in alpha's write stream, the data read from bravo's export `bench@SNAPSHOT` over NBD into qcow2 files). "+
+		"*Full*: the first backup. *Incremental*: after fio rewrote %s (1 %%) in distinct random 64 KiB blocks; it reads only what the dirty bitmap of the previous snapshot reports; done %d times in a row, the median by time is the one judged. "+
+		"*time*: repctl backup from start to exit (snapshot, NBD, qcow2 writes, fsyncs, manifest); *reported*: what bravo recorded from repctl's report (`status` → `backup`). "+
+		"Then fio 4k randwrite QD32 on alpha (%s): with no snapshot anywhere (*base*, before and after), while full backups from bravo run one after another (*backup*: "+
+		"bravo copies on write and reads its disk), right after a snapshot on alpha itself (*snapshot*: the copy-on-write of every first write into a 64 KiB chunk), "+
+		"and right after a snapshot on bravo alone (*snapshot-secondary*: bravo's copy-on-write, which protocol C waits for, without a backup's reads and writes). "+
+		"Before each step both backing files are fsynced, untimed.\n\n", r.FillMBps, units.Bytes(r.RewrittenBytes), max(len(r.Incs), 1), fioRuns(r))
+	if r.Error != "" {
+		fmt.Fprintf(b, "**Error:** %s\n\n", mdEscape(r.Error))
+	}
+	b.WriteString("| backup | kind | read | qcow2 file | time | reported |\n|---|---|---:|---:|---:|---:|\n")
+	type row struct {
+		name string
+		run  *result.BackupRun
+	}
+	rows := []row{{"full", r.Full}}
+	for i := range r.Incs {
+		name := fmt.Sprintf("incremental %d", i+1)
+		if r.Inc != nil && r.Incs[i] == *r.Inc {
+			name += " (median)"
+		}
+		rows = append(rows, row{name, &r.Incs[i]})
+	}
+	if len(r.Incs) == 0 {
+		rows = append(rows, row{"incremental", r.Inc})
+	}
+	for _, x := range rows {
+		if x.run == nil {
+			continue
+		}
+		if x.run.Error != "" {
+			fmt.Fprintf(b, "| %s | error: %s | | | | |\n", x.name, mdEscape(x.run.Error))
+			continue
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %.0f ms | %.2f s |\n", x.name, x.run.Kind, units.Bytes(x.run.BytesRead), units.Bytes(x.run.FileBytes), x.run.WallMs, x.run.ReportedSeconds)
+	}
+	if r.Inc != nil && r.Inc.Error == "" && r.Full != nil {
+		fmt.Fprintf(b, "\nIncremental: read **%.2f %%** of the device (target ≤ %g %%), in **1/%.0f** of the full's time (target ≤ 1/%.0f; by the times repctl reported, 1/%.0f). "+
+			"A `repctl status` just before took %.0f ms on this machine: process start and scheduling, part of every wall time.",
+			100*r.IncReadShare, 100*check.BackupIncReadMax, 1/r.IncTimeRatio, 1/check.BackupIncTimeMax, r.Full.ReportedSeconds/r.Inc.ReportedSeconds, r.CtlFloorMs)
+	}
+	if r.Verify != "" {
+		fmt.Fprintf(b, " Verified: %s.", mdEscape(r.Verify))
+	}
+	b.WriteString("\n\n")
+	if len(r.Load) > 0 {
+		b.WriteString("| fio on the Primary | IOPS | p99 | × base | notes |\n|---|---:|---:|---:|---|\n")
+		for _, l := range r.Load {
+			if l.Error != "" {
+				fmt.Fprintf(b, "| %s | | | | error: %s |\n", l.Case, mdEscape(l.Error))
+				continue
+			}
+			x, note := "", ""
+			if r.BaseIOPS > 0 {
+				x = fmt.Sprintf("%.2f", l.IOPS/r.BaseIOPS)
+			}
+			switch l.Case {
+			case "backup":
+				x = "**" + x + "**"
+				note = fmt.Sprintf("%d full backups from bravo ran; target ≥ %.1f×", l.Backups, check.BackupLoadMin)
+			case "snapshot":
+				x = "**" + x + "**"
+				note = fmt.Sprintf("alpha's store preserved %s; no target", units.Bytes(l.StoreBytes))
+			case "snapshot-secondary":
+				note = fmt.Sprintf("bravo's store preserved %s; no target", units.Bytes(l.StoreBytes))
+			}
+			fmt.Fprintf(b, "| %s | %.0f | %s µs | %s | %s |\n", l.Case, l.IOPS, us(l.P99Us), x, note)
+		}
+		b.WriteString("\n")
+	}
+}
+
+// fioRuns says how long the backup drill's fio runs were.
+func fioRuns(r *result.BackupResult) string {
+	return fmt.Sprintf("%d s runs after a 1 s ramp", r.LoadSeconds)
 }

@@ -136,3 +136,29 @@ func TestSyncDrillChecksAndReport(t *testing.T) {
 		}
 	}
 }
+
+// The backup drill's section: both backups, the incremental's share and
+// time ratio against their targets, every fio run, an error.
+func TestBackupDrillReport(t *testing.T) {
+	r := &result.BackupResult{
+		DeviceBytes: 1 << 30, FillMBps: 80, RewrittenBytes: 10682368, IncReadShare: 10682368.0 / (1 << 30), IncTimeRatio: 431.0 / 4891,
+		CtlFloorMs: 210, LoadSeconds: 6, Verify: "identical (qemu-img compare x-inc.qcow2 with bench@b2)",
+		Full: &result.BackupRun{Kind: "full", WallMs: 4891, ReportedSeconds: 4.77, BytesRead: 1 << 30, FileBytes: 1074135040},
+		Incs: []result.BackupRun{{Kind: "inc", WallMs: 900, ReportedSeconds: 0.8, BytesRead: 10682368, FileBytes: 11075584},
+			{Kind: "inc", WallMs: 431, ReportedSeconds: 0.36, BytesRead: 10682368, FileBytes: 11075584},
+			{Kind: "inc", WallMs: 300, ReportedSeconds: 0.25, BytesRead: 10682368, FileBytes: 11075584}},
+		Load: []result.BackupLoad{{Case: "base", IOPS: 4084, P99Us: 30540}, {Case: "backup", IOPS: 155, P99Us: 1535115, Backups: 1},
+			{Case: "snapshot", IOPS: 1903, StoreBytes: 587137024}, {Case: "snapshot-secondary", Error: "snapshot create cow on bravo: refused"}},
+		BaseIOPS: 4000, BackupRatio: 155.0 / 4000, SnapshotRatio: 1903.0 / 4000,
+	}
+	r.Inc = &r.Incs[1]
+	md := Markdown(&result.Summary{Drills: &result.Drills{Backup: r}}, nil)
+	for _, w := range []string{"## Backup drill (issue #19)", "| full | full | 1.00 GiB | 1.00 GiB | 4891 ms | 4.77 s |",
+		"| incremental 2 (median) | inc | 10.2 MiB | 10.6 MiB | 431 ms | 0.36 s |", "| incremental 3 | inc | 10.2 MiB | 10.6 MiB | 300 ms | 0.25 s |", "done 3 times in a row", "read **0.99 %** of the device (target ≤ 2 %), in **1/11** of the full's time (target ≤ 1/20; by the times repctl reported, 1/13)",
+		"| backup | 155 | 1535115 µs | **0.04** | 1 full backups from bravo ran; target ≥ 0.8× |", "alpha's store preserved 559.9 MiB",
+		"| snapshot-secondary | | | | error: snapshot create cow on bravo: refused |", "Verified: identical", "6 s runs"} {
+		if !strings.Contains(md, w) {
+			t.Errorf("report lacks %q:\n%s", w, md)
+		}
+	}
+}

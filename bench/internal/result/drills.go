@@ -10,6 +10,82 @@ type Drills struct {
 	Wire    []WireResult    `json:"wire,omitempty"`
 	Sync    *SyncResult     `json:"sync,omitempty"`
 	Floor   *FloorResult    `json:"floor,omitempty"`
+	Backup  *BackupResult   `json:"backup,omitempty"`
+}
+
+// BackupResult: the backup drill (issue 19). Two nodes, protocol C, the
+// device filled; backups taken from the Secondary (bravo) with repctl
+// backup: a full one, then after 1 % of the device was rewritten in random
+// 64 KiB blocks an incremental one; then fio on the Primary without a
+// backup, during backups from the Secondary, and with a fresh snapshot on
+// the Primary itself (copy-on-write).
+type BackupResult struct {
+	DeviceBytes int64   `json:"device_bytes"`
+	Quick       bool    `json:"quick,omitempty"`
+	FillMBps    float64 `json:"fill_mbps"` // fio 1 MiB seq write over the device, replicated
+	// RewrittenBytes: what the rewrite wrote between the two backups, in
+	// distinct 64 KiB blocks.
+	RewrittenBytes int64      `json:"rewritten_bytes"`
+	Full           *BackupRun `json:"full,omitempty"`
+	// Incs: the incremental backups, each after its own rewrite of 1 %;
+	// Inc is their median by wall time, the one judged.
+	Incs []BackupRun `json:"incs,omitempty"`
+	Inc  *BackupRun  `json:"inc,omitempty"`
+	// IncReadShare: the incremental's bytes read over the device;
+	// IncTimeRatio: its wall time over the full's.
+	IncReadShare float64 `json:"inc_read_share"`
+	IncTimeRatio float64 `json:"inc_time_ratio"`
+	// Verify: the incremental point (its qcow2 chain) compared with its
+	// snapshot's export by qemu-img compare: "identical", or what differed.
+	Verify string `json:"verify,omitempty"`
+	// Load: the fio runs on the Primary (4 KiB random writes, QD32), in
+	// the order run.
+	Load        []BackupLoad `json:"load,omitempty"`
+	LoadSeconds int          `json:"load_seconds"` // each run's measured time, after a 1 s ramp
+	// BaseIOPS: the mean of the runs without snapshot or backup;
+	// BackupRatio and SnapshotRatio: the run during backups from the
+	// Secondary, and the run with a fresh snapshot on the Primary, over it.
+	BaseIOPS      float64 `json:"base_iops"`
+	BackupRatio   float64 `json:"backup_ratio"`
+	SnapshotRatio float64 `json:"snapshot_ratio"`
+	// SecondarySnapshotRatio: the run with a fresh snapshot on the
+	// Secondary alone (its copy-on-write, no backup reading), over base.
+	SecondarySnapshotRatio float64 `json:"secondary_snapshot_ratio"`
+	// CtlFloorMs: the wall time of a repctl status just before the
+	// incremental backup: process start and scheduling on this machine,
+	// part of every backup's wall time.
+	CtlFloorMs float64  `json:"ctl_floor_ms"`
+	Notes      []string `json:"notes,omitempty"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// BackupRun is one repctl backup of the backup drill.
+type BackupRun struct {
+	Kind     string  `json:"kind"`
+	Snapshot string  `json:"snapshot"`
+	WallMs   float64 `json:"wall_ms"` // repctl backup, start to exit
+	// What the node recorded from repctl's report (POST /v1/backup).
+	ReportedSeconds float64 `json:"reported_seconds"`
+	BytesRead       int64   `json:"bytes_read"`
+	FileBytes       int64   `json:"file_bytes"`
+	Error           string  `json:"error,omitempty"`
+}
+
+// BackupLoad is one fio run of the backup drill.
+type BackupLoad struct {
+	// Case: "base" (no snapshot anywhere), "backup" (full backups from the
+	// Secondary, one after another, for the whole run), "snapshot" (a
+	// snapshot taken on the Primary just before the run) or
+	// "snapshot-secondary" (one taken on the Secondary alone).
+	Case  string  `json:"case"`
+	IOPS  float64 `json:"iops"`
+	P99Us float64 `json:"p99_us"`
+	// Backups: repctl backups that ran during the run ("backup");
+	// StoreBytes: the snapshot store of the node with the snapshot after
+	// the run (what copy-on-write preserved).
+	Backups    int    `json:"backups,omitempty"`
+	StoreBytes int64  `json:"store_bytes,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // RTOResult: kill -9 of the primary under fio load until the first write
