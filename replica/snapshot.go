@@ -174,6 +174,15 @@ func (n *Node) preserve(off, length int64) {
 	}
 }
 
+// preserveCopies says whether preserve(off, length) would copy chunks
+// that a snapshot still needs. The receiver applies a small write inline
+// only when it would not: a copy costs two fdatasyncs, and copies made
+// inline, one write after the other, would hold every later write behind
+// them, where the applier's workers share their syncs.
+func (n *Node) preserveCopies(off, length int64) bool {
+	return n.snap != nil && n.snap.NeedsCopy(off, length)
+}
+
 // snapshotsFailed records that the store could neither preserve a chunk a
 // snapshot needs nor invalidate the snapshots: the write goes on, the
 // snapshots are not to be read.

@@ -288,6 +288,21 @@ func (s *Store) Preserve(ctx context.Context, off, n int64, readLive ReadFunc) e
 	}
 }
 
+// NeedsCopy says whether Preserve(off, n) would have to copy chunks (a
+// snapshot still needs their live data) rather than return at once. It is
+// a hint for scheduling, stale as soon as it returns: a caller that runs
+// changes one at a time can hand those that copy to concurrent workers,
+// whose copies share their fdatasyncs, instead of paying each copy's in
+// turn. Preserve must still run before every change.
+func (s *Store) NeedsCopy(off, n int64) bool {
+	if n <= 0 || off < 0 || off > s.size-n {
+		return false
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return !s.closed && s.newest >= 0 && !s.allFast(off>>s.cShift, (off+n-1)>>s.cShift)
+}
+
 func (s *Store) allFast(c0, c1 int64) bool {
 	for x := c0; x <= c1; x++ {
 		if !s.testFast(x) {

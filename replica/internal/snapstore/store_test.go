@@ -914,3 +914,39 @@ func TestCrashConcurrent(t *testing.T) {
 		s2.Close()
 	}
 }
+
+// NeedsCopy is true exactly where Preserve would copy: never without a
+// snapshot, for a chunk the newest snapshot has no copy of, and no more
+// once it has one (until the next snapshot); out of range is false.
+func TestNeedsCopy(t *testing.T) {
+	const size = 4 << 20
+	r := rand.New(rand.NewPCG(3, 3))
+	live := newFileLive(t, size, r)
+	s := mustOpen(t, filepath.Join(t.TempDir(), "r0.snap"), Options{DeviceSize: size, Capacity: 1 << 20})
+	defer s.Close()
+	if s.NeedsCopy(0, 4096) {
+		t.Fatal("a copy needed with no snapshot")
+	}
+	if err := s.Create("a", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if !s.NeedsCopy(8192, 4096) || !s.NeedsCopy(65536-1, 2) {
+		t.Fatal("no copy needed for chunks the snapshot has not preserved")
+	}
+	writeLive(t, s, live, randBytes(r, 4096), 8192) // chunk 0 copied
+	if s.NeedsCopy(0, 65536) {
+		t.Fatal("a copy needed for a chunk already preserved")
+	}
+	if !s.NeedsCopy(0, 65537) {
+		t.Fatal("no copy needed for a range reaching into chunk 1")
+	}
+	if s.NeedsCopy(-1, 10) || s.NeedsCopy(size-10, 20) || s.NeedsCopy(0, 0) {
+		t.Fatal("a copy needed for an empty or out-of-range change")
+	}
+	if err := s.Create("b", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if !s.NeedsCopy(0, 4096) {
+		t.Fatal("no copy needed for the new snapshot's first change of chunk 0")
+	}
+}
