@@ -256,7 +256,7 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	start := o.now()
 	name := o.snapshot
 	if name == "" {
-		name = "backup-" + start.UTC().Format("20060102T150405Z")
+		name = defaultSnapshotName(ctx, start, snaps)
 	}
 	prog := &progressLine{w: o.out, tty: o.tty}
 	defer prog.end()
@@ -273,6 +273,27 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	}
 	o.tell(ctx, backup.Point{}, name, start, err)
 	return backup.Point{}, err
+}
+
+// defaultSnapshotName is backup-TIME (UTC, to the second), with a suffix
+// .2, .3, ... when the node already has a snapshot of that name (a second
+// backup within the same second). If the list cannot be had, the plain
+// name: creating the snapshot then says what is wrong.
+func defaultSnapshotName(ctx context.Context, start time.Time, snaps Snapshots) string {
+	name := "backup-" + start.UTC().Format("20060102T150405Z")
+	if snaps == nil {
+		return name
+	}
+	have, err := snaps.List(ctx)
+	if err != nil {
+		return name
+	}
+	for i, n := 2, name; ; i++ {
+		if !slices.Contains(have, n) {
+			return n
+		}
+		n = fmt.Sprintf("%s.%d", name, i)
+	}
 }
 
 // backupOnce takes the backup into repo (runBackup).

@@ -187,6 +187,16 @@ func TestBackupCommand(t *testing.T) {
 	if err != nil || p3.Snapshot != "backup-"+strings.TrimSuffix(p3.File, "-inc.qcow2") {
 		t.Fatalf("third backup: %+v %v", p3, err)
 	}
+	// A fourth within the same second (the test's clock stands still
+	// between backups only as far as the name goes): the default name
+	// takes a suffix instead of colliding with the third's snapshot.
+	ticking := o.now
+	o.now = func() time.Time { return p3.Time }
+	p4, err := runBackup(ctx, o, q, q.uri)
+	if err != nil || p4.Snapshot != p3.Snapshot+".2" {
+		t.Fatalf("a second backup in the same second: %+v %v", p4, err)
+	}
+	o.now, p3 = ticking, p4 // the latest point from here on
 	if pts := len(mustManifest(t, dir).Points); pts != 2 {
 		t.Fatalf("--keep 2 left %d points", pts)
 	}
