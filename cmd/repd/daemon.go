@@ -151,6 +151,10 @@ func run(ctx context.Context, o options) error {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Admin requests run under runCtx: an open events stream (repctl
+	// events) ends when the node stops instead of holding the shutdown
+	// for its whole grace period.
+	api.BaseContext = func(net.Listener) context.Context { return runCtx }
 	var wg sync.WaitGroup
 	errc := make(chan error, 5)
 	if metricsL != nil {
