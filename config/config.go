@@ -33,8 +33,8 @@ import (
 	"github.com/repd/repd/protocol"
 )
 
-// MaxNodes is the most nodes a resource may have.
-const MaxNodes = 16
+// maxNodes is the most nodes a resource may have.
+const maxNodes = 16
 
 // File is a parsed and validated resource file.
 type File struct {
@@ -130,14 +130,14 @@ type Node struct {
 	SnapshotStore string `toml:"snapshot-store"`
 }
 
-// MinSnapshotStoreSize is the smallest snapshot-store-size other than 0.
-const MinSnapshotStoreSize = 1 << 20
+// minSnapshotStoreSize is the smallest snapshot-store-size other than 0.
+const minSnapshotStoreSize = 1 << 20
 
 // Defaults applied by Load to fields left out. The policies' defaults are
 // their zero values (policy.go); compression's is protocol.CodecNone.
 const (
-	DefaultProtocol    = api.ProtocolC
-	DefaultBlockSize   = 4096
+	defaultProtocol    = api.ProtocolC
+	defaultBlockSize   = 4096
 	DefaultTimeout     = 5 * time.Second
 	DefaultConnect     = 200 * time.Millisecond
 	DefaultJournalSize = 64 << 20
@@ -199,10 +199,10 @@ func (f *File) validate() error {
 		return errors.New("resource.size: missing or not positive (e.g. size = \"1GiB\")")
 	}
 	if r.Protocol == 0 {
-		r.Protocol = DefaultProtocol
+		r.Protocol = defaultProtocol
 	}
 	if r.BlockSize == 0 {
-		r.BlockSize = DefaultBlockSize
+		r.BlockSize = defaultBlockSize
 	}
 	if r.BlockSize < 4096 || r.BlockSize > 1<<20 || r.BlockSize&(r.BlockSize-1) != 0 {
 		return fmt.Errorf("resource.block-size %d: must be a power of two from 4KiB to 1MiB", r.BlockSize)
@@ -240,7 +240,7 @@ func (f *File) validate() error {
 	if r.ResyncRate < 0 || r.ResyncMinRate < 0 {
 		return fmt.Errorf("resource.resync-rate and resync-min-rate must not be negative")
 	}
-	if r.SnapshotStoreSize != 0 && r.SnapshotStoreSize < MinSnapshotStoreSize {
+	if r.SnapshotStoreSize != 0 && r.SnapshotStoreSize < minSnapshotStoreSize {
 		return fmt.Errorf("resource.snapshot-store-size %d: must be 0 (snapshots off) or at least 1MiB", r.SnapshotStoreSize)
 	}
 	if r.ALExtents == 0 {
@@ -252,8 +252,8 @@ func (f *File) validate() error {
 	if len(f.Nodes) == 0 {
 		return errors.New("node: at least one [[node]] is required")
 	}
-	if len(f.Nodes) > MaxNodes {
-		return fmt.Errorf("node: %d nodes, at most %d", len(f.Nodes), MaxNodes)
+	if len(f.Nodes) > maxNodes {
+		return fmt.Errorf("node: %d nodes, at most %d", len(f.Nodes), maxNodes)
 	}
 	names := map[string]int{}
 	ids := map[int]string{}
@@ -277,8 +277,8 @@ func (f *File) validate() error {
 			id := i
 			n.ID = &id
 		}
-		if *n.ID < 0 || *n.ID >= MaxNodes {
-			return fmt.Errorf("%s: id %d out of range 0..%d", at, *n.ID, MaxNodes-1)
+		if *n.ID < 0 || *n.ID >= maxNodes {
+			return fmt.Errorf("%s: id %d out of range 0..%d", at, *n.ID, maxNodes-1)
 		}
 		if other, dup := ids[*n.ID]; dup {
 			return fmt.Errorf("%s: duplicate id %d (also node %q)", at, *n.ID, other)

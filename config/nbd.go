@@ -56,8 +56,8 @@ type NBDExposure struct {
 
 // Defaults of the NBD exposure keys (nbd-tls: its zero value, off).
 const (
-	DefaultNBDMaxConnections = 64
-	DefaultNBDWriteTimeout   = 30 * time.Second
+	defaultNBDMaxConnections = 64
+	defaultNBDWriteTimeout   = 30 * time.Second
 )
 
 // validateNBD checks the NBD exposure keys and applies their defaults.
@@ -73,13 +73,13 @@ func (r *Resource) validateNBD() error {
 		return fmt.Errorf("resource.nbd-tls = %q needs nbd-tls-cert and nbd-tls-key: this node's certificate and key for NBD clients, PEM files", x.NBDTLS.String())
 	}
 	if x.NBDMaxConnections == 0 {
-		x.NBDMaxConnections = DefaultNBDMaxConnections
+		x.NBDMaxConnections = defaultNBDMaxConnections
 	}
 	if x.NBDMaxConnections < 1 || x.NBDMaxConnections > 65536 {
 		return fmt.Errorf("resource.nbd-max-connections %d: must be 1..65536", x.NBDMaxConnections)
 	}
 	if x.NBDWriteTimeout == 0 {
-		x.NBDWriteTimeout = Duration(DefaultNBDWriteTimeout)
+		x.NBDWriteTimeout = Duration(defaultNBDWriteTimeout)
 	}
 	if x.NBDWriteTimeout < Duration(100*time.Millisecond) {
 		return fmt.Errorf("resource.nbd-write-timeout %v: must be at least 100ms", time.Duration(x.NBDWriteTimeout))

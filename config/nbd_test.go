@@ -60,7 +60,7 @@ func TestNBDKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := f.Resource.NBDExposure
-	if x.NBDTLS != NBDTLSOff || x.NBDMaxConnections != DefaultNBDMaxConnections || time.Duration(x.NBDWriteTimeout) != DefaultNBDWriteTimeout {
+	if x.NBDTLS != NBDTLSOff || x.NBDMaxConnections != defaultNBDMaxConnections || time.Duration(x.NBDWriteTimeout) != defaultNBDWriteTimeout {
 		t.Fatalf("defaults: %+v", x)
 	}
 	if _, _, _, ok := f.NBDTLSFiles(); ok {

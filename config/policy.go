@@ -159,8 +159,8 @@ func (q Quorum) String() string {
 func (q *Quorum) UnmarshalTOML(v any) error {
 	switch x := v.(type) {
 	case int64:
-		if x < 1 || x > MaxNodes {
-			return fmt.Errorf("%d: a number of votes is 1..%d", x, MaxNodes)
+		if x < 1 || x > maxNodes {
+			return fmt.Errorf("%d: a number of votes is 1..%d", x, maxNodes)
 		}
 		*q = Quorum(x)
 		return nil

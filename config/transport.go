@@ -9,13 +9,13 @@ import (
 	"path/filepath"
 )
 
-// DefaultDedupIndexSize is the memory of each peer's dedup index when
+// defaultDedupIndexSize is the memory of each peer's dedup index when
 // resource.dedup-index-size is left out: off. Dedup pays on slow links with
 // repetitive data, and costs the shipper a few index operations per 4 KiB
 // block (about a fifth of a primary's CPU on loopback sequential writes),
 // so it is opt-in, like compression. About 128 bytes per 4 KiB block
 // remembered: "64MiB" remembers 2 GiB of recent writes.
-const DefaultDedupIndexSize = 0
+const defaultDedupIndexSize = 0
 
 // validateTransport checks the peer-link keys of [resource]: the TLS files
 // come all three or not at all; dedup-index-size defaults, "0" disables
@@ -31,7 +31,7 @@ func (r *Resource) validateTransport() error {
 		return errors.New("resource.tls-cert, tls-key and tls-ca: set all three (TLS on the peer link) or none")
 	}
 	if r.DedupIndexSize == nil {
-		d := Bytes(DefaultDedupIndexSize)
+		d := Bytes(defaultDedupIndexSize)
 		r.DedupIndexSize = &d
 	}
 	if *r.DedupIndexSize < 0 {
@@ -43,7 +43,7 @@ func (r *Resource) validateTransport() error {
 // DedupIndexBytes is resource.dedup-index-size in bytes (0: dedup off).
 func (f *File) DedupIndexBytes() int64 {
 	if f.Resource.DedupIndexSize == nil {
-		return DefaultDedupIndexSize
+		return defaultDedupIndexSize
 	}
 	return int64(*f.Resource.DedupIndexSize)
 }

@@ -52,7 +52,7 @@ func TestTransportKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, ok := f.TLSFiles(); ok || f.DedupIndexBytes() != DefaultDedupIndexSize {
+	if _, _, _, ok := f.TLSFiles(); ok || f.DedupIndexBytes() != defaultDedupIndexSize {
 		t.Fatalf("defaults: tls %v, dedup %d", ok, f.DedupIndexBytes())
 	}
 	f, err = load(`tls-cert = "` + cert + `"` + "\n" + `tls-key = "` + key + `"` + "\n" + `tls-ca = "` + cert + `"` + "\ndedup-index-size = 0")

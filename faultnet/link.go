@@ -61,9 +61,9 @@ const (
 	// DefaultLossPenalty is the stall of a lost chunk when Link.LossPenalty
 	// is 0.
 	DefaultLossPenalty = 200 * time.Millisecond
-	// BurstWindow is how long an idle link saves up bandwidth: after idling
-	// it may send Bandwidth*BurstWindow bytes at once.
-	BurstWindow = 10 * time.Millisecond
+	// burstWindow is how long an idle link saves up bandwidth: after idling
+	// it may send Bandwidth*burstWindow bytes at once.
+	burstWindow = 10 * time.Millisecond
 )
 
 // verdict is what happens to one chunk.
@@ -95,7 +95,7 @@ func (s *shaper) plan(l Link, now time.Time, n int) verdict {
 	sent := now
 	if l.Bandwidth > 0 {
 		cost := time.Duration(float64(n) * float64(time.Second) / float64(l.Bandwidth))
-		if floor := now.Add(-BurstWindow); s.sendFree.Before(floor) {
+		if floor := now.Add(-burstWindow); s.sendFree.Before(floor) {
 			s.sendFree = floor
 		}
 		s.sendFree = s.sendFree.Add(cost)

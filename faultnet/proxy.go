@@ -14,10 +14,10 @@ import (
 const (
 	// DefaultMaxInFlight is Proxy.MaxInFlight when it is 0.
 	DefaultMaxInFlight = 4 << 20
-	// DefaultChunkSize is Proxy.ChunkSize when it is 0.
-	DefaultChunkSize = 32 << 10
-	// DefaultDialTimeout is Proxy.DialTimeout when it is 0.
-	DefaultDialTimeout = 5 * time.Second
+	// defaultChunkSize is Proxy.ChunkSize when it is 0.
+	defaultChunkSize = 32 << 10
+	// defaultDialTimeout is Proxy.DialTimeout when it is 0.
+	defaultDialTimeout = 5 * time.Second
 )
 
 // ErrClosed is returned by Start on a closed Proxy.
@@ -117,10 +117,10 @@ func (p *Proxy) Start() error {
 		p.MaxInFlight = DefaultMaxInFlight
 	}
 	if p.ChunkSize <= 0 {
-		p.ChunkSize = DefaultChunkSize
+		p.ChunkSize = defaultChunkSize
 	}
 	if p.DialTimeout <= 0 {
-		p.DialTimeout = DefaultDialTimeout
+		p.DialTimeout = defaultDialTimeout
 	}
 	size := p.ChunkSize
 	p.pool.New = func() any { b := make([]byte, size); return &b }

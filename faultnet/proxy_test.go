@@ -557,7 +557,7 @@ func TestShaperPlan(t *testing.T) {
 		last, lastPace = va.release, va.pace
 	}
 	// 1 MiB at 1 MiB/s, less the burst saved up before t0.
-	if d := lastPace.Sub(t0); d < time.Second-BurstWindow-time.Millisecond || d > time.Second {
+	if d := lastPace.Sub(t0); d < time.Second-burstWindow-time.Millisecond || d > time.Second {
 		t.Errorf("1 MiB at 1 MiB/s paced over %v", d)
 	}
 
