@@ -211,7 +211,9 @@ func (h *Header) check(open bool) error {
 
 // Writer encodes frames into a buffered writer. It is not safe for
 // concurrent use: one goroutine owns a connection's Writer. Frames are only
-// sent by Flush (or when the buffer fills).
+// sent by Flush, or when the buffer fills, or, for an authenticated frame
+// larger than the buffer, whole by WriteFrame (Conn.Flush's deadline
+// covers these writes too).
 type Writer struct {
 	dst     io.Writer
 	bw      *bufio.Writer

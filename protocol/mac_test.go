@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zeebo/blake3"
 )
@@ -279,5 +280,49 @@ func TestRetiredBLAKE3FeatureRefused(t *testing.T) {
 	}
 	if r := <-res; !errors.Is(r.err, ErrAuth) {
 		t.Fatalf("dialer: %v", r.err)
+	}
+}
+
+// Conn.Send(timeout) keeps the write deadline moving on an authenticated
+// link that sends only frames larger than the Writer's buffer (1 MiB
+// writes, as a resync or a big application write does): each Send to a
+// reader that keeps up succeeds, long after the first deadline would
+// have passed. (A sealed frame larger than the buffer once went to the
+// socket whole inside WriteFrame, leaving nothing buffered, so Flush set
+// no deadline and the stale one cut the link.)
+func TestLargeAuthenticatedFramesKeepWriteDeadline(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	a, b := net.Pipe()
+	w, r := NewConn(a), NewConn(b)
+	if dr, lr := handshakePair(w, r, validHello(1, "alpha"), validHello(2, "beta"), []byte("s3cret"), []byte("s3cret"), 2); dr.err != nil || lr.err != nil || !dr.s.FrameAuth {
+		t.Fatalf("handshake: %v / %v", dr.err, lr.err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	read := make(chan error, 1)
+	go func() {
+		for {
+			f, err := r.ReadFrame(0)
+			if err != nil || f.Type == TypeBarrier {
+				read <- err
+				return
+			}
+		}
+	}()
+	data := make([]byte, MaxData)
+	head := (&Write{Len: MaxData}).AppendHead(nil)
+	if err := w.Send(timeout, TypePing, 0, 0, nil, nil); err != nil { // sets a deadline
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := uint64(0); time.Since(start) < 4*timeout; i++ {
+		if err := w.Send(timeout, TypeWrite, 0, i, head, data); err != nil {
+			t.Fatalf("frame %d, %v after the first: %v", i, time.Since(start).Round(time.Millisecond), err)
+		}
+	}
+	if err := w.Send(timeout, TypeBarrier, 0, 0, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
 	}
 }
