@@ -78,13 +78,17 @@ func (c *Conn) ReadFrame(timeout time.Duration) (Frame, error) {
 }
 
 // Flush sends buffered frames, failing if the peer does not take them
-// within timeout (0: no deadline; it may be up to timeout/8 early).
+// within timeout (0: no deadline; it may be up to timeout/8 early). The
+// deadline also holds for what the next frames write before their Flush
+// (the Writer writes when its buffer fills, and an authenticated frame
+// larger than the buffer goes out whole inside WriteFrame), so it is
+// moved even when nothing is buffered.
 func (c *Conn) Flush(timeout time.Duration) error {
-	if c.W.Buffered() == 0 {
-		return nil
-	}
 	if timeout > 0 && refresh(&c.writeSet, &c.writeFor, timeout) {
 		c.nc.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	if c.W.Buffered() == 0 {
+		return nil
 	}
 	return c.W.Flush()
 }

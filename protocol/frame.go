@@ -2,14 +2,12 @@ package protocol
 
 import (
 	"bufio"
-	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/zeebo/blake3"
 )
 
 // Frame geometry. Part of the wire format: do not change without a new
@@ -21,8 +19,8 @@ const (
 	// TrailerSize is the xxhash64 trailer of frames during the handshake,
 	// and after it on TLS links or without a secret.
 	TrailerSize = 8
-	// MACSize is the keyed-BLAKE3 trailer of frames after a handshake with
-	// a shared secret on a link without TLS.
+	// MACSize is the AES-256-GCM tag that ends frames after a handshake
+	// with a shared secret on a link without TLS (mac.go).
 	MACSize = 16
 	// MaxData is the most application data one Write frame carries.
 	MaxData = 1 << 20
@@ -211,50 +209,24 @@ func (h *Header) check(open bool) error {
 	return nil
 }
 
-// frameMAC authenticates one direction of a connection: the keyed BLAKE3
-// of payload ‖ header ‖ counter, truncated to MACSize, where counter is
-// the number of frames sent in this direction since the handshake.
-type frameMAC struct {
-	h   *blake3.Hasher
-	ctr uint64
-	sum [32]byte
-}
-
-func newFrameMAC(key *[32]byte) *frameMAC {
-	h, err := blake3.NewKeyed(key[:])
-	if err != nil {
-		panic(err) // the key is 32 bytes
-	}
-	return &frameMAC{h: h}
-}
-
-// next returns the MAC of the next frame of the direction and counts it.
-func (m *frameMAC) next(hdr, a, b []byte) []byte {
-	h := m.h
-	h.Reset()
-	h.Write(a)
-	h.Write(b)
-	h.Write(hdr)
-	var c [8]byte
-	binary.LittleEndian.PutUint64(c[:], m.ctr)
-	h.Write(c[:])
-	m.ctr++
-	return h.Sum(m.sum[:0])[:MACSize]
-}
-
 // Writer encodes frames into a buffered writer. It is not safe for
 // concurrent use: one goroutine owns a connection's Writer. Frames are only
-// sent by Flush (or when the buffer fills).
+// sent by Flush, or when the buffer fills, or, for an authenticated frame
+// larger than the buffer, whole by WriteFrame (Conn.Flush's deadline
+// covers these writes too).
 type Writer struct {
 	dst     io.Writer
 	bw      *bufio.Writer
 	open    bool      // past the handshake: every post-handshake type, compression
-	mac     *frameMAC // keyed-BLAKE3 trailers; nil: xxhash64
+	mac     *frameMAC // AES-256-GCM tags; nil: xxhash64
 	enc     encoder
 	minComp int
 	hdr     [HeaderSize]byte
 	sum     [TrailerSize]byte
-	scratch []byte // joined payload to compress
+	// scratch is the joined payload to compress, or a frame to
+	// authenticate that does not fit bw's buffer (see emitSealed); at
+	// most HeaderSize+MaxPayload+MACSize bytes.
+	scratch []byte
 	out     []byte // compressed payload
 	digest  *xxhash.Digest
 	n       int64 // bytes written, for statistics
@@ -350,25 +322,56 @@ func (w *Writer) WriteFrame(t Type, f Flags, seq uint64, head, data []byte) erro
 	return w.emit(&h, head, data)
 }
 
+// emit writes the frame of header h and payload a ‖ b (neither may be
+// w.scratch).
 func (w *Writer) emit(h *Header, a, b []byte) error {
 	putHeader(w.hdr[:], h)
-	var tr []byte
 	if w.mac != nil {
-		tr = w.mac.next(w.hdr[:], a, b)
-	} else {
-		d := w.digest
-		d.Reset()
-		d.Write(w.hdr[:])
-		d.Write(a)
-		d.Write(b)
-		binary.LittleEndian.PutUint64(w.sum[:], d.Sum64())
-		tr = w.sum[:]
+		return w.emitSealed(a, b)
 	}
+	d := w.digest
+	d.Reset()
+	d.Write(w.hdr[:])
+	d.Write(a)
+	d.Write(b)
+	binary.LittleEndian.PutUint64(w.sum[:], d.Sum64())
 	w.bw.Write(w.hdr[:])
 	w.bw.Write(a)
 	w.bw.Write(b)
-	_, err := w.bw.Write(tr)
-	w.n += int64(HeaderSize + len(a) + len(b) + len(tr))
+	_, err := w.bw.Write(w.sum[:])
+	w.n += int64(HeaderSize + len(a) + len(b) + TrailerSize)
+	return err
+}
+
+// emitSealed writes w.hdr ‖ a ‖ b and its MAC. GCM takes the bytes it
+// authenticates as one slice, so the frame is put together first: in the
+// free part of bw's buffer, where bufio would have copied it anyway
+// (flushing what is buffered if the frame fits only an empty buffer), or,
+// for a frame larger than the buffer, in w.scratch.
+func (w *Writer) emitSealed(a, b []byte) error {
+	n := HeaderSize + len(a) + len(b) + MACSize
+	var frame []byte
+	switch {
+	case n <= w.bw.Available():
+		frame = w.bw.AvailableBuffer()
+	case n <= w.bw.Size():
+		if err := w.bw.Flush(); err != nil {
+			return err
+		}
+		frame = w.bw.AvailableBuffer()
+	default:
+		frame = w.scratch[:0]
+	}
+	frame = append(append(append(frame, w.hdr[:]...), a...), b...)
+	frame, err := w.mac.seal(frame)
+	if err != nil {
+		return fmt.Errorf("%s frame seq %d: %w", Type(w.hdr[5]), binary.LittleEndian.Uint64(w.hdr[16:]), err)
+	}
+	if n > w.bw.Size() {
+		w.scratch = frame[:0]
+	}
+	_, err = w.bw.Write(frame)
+	w.n += int64(n)
 	return err
 }
 
@@ -384,13 +387,12 @@ type Reader struct {
 	src     io.Reader
 	br      *bufio.Reader
 	open    bool      // past the handshake: every post-handshake type, full sizes, codecs
-	mac     *frameMAC // keyed-BLAKE3 trailers; nil: xxhash64
+	mac     *frameMAC // AES-256-GCM tags; nil: xxhash64
 	err     error     // a frame failed authentication: the stream is over
 	dec     decoders
 	hdr     [HeaderSize]byte
-	buf     []byte // encoded payload + trailer
+	buf     []byte // the frame: header, encoded payload, trailer
 	raw     []byte // decoded payload
-	digest  *xxhash.Digest
 	n       int64
 	lastHdr Header
 }
@@ -399,14 +401,14 @@ type Reader struct {
 // xxhash64 trailers. A Conn's Reader starts in the handshake state instead
 // (NewConn).
 func NewReader(r io.Reader) *Reader {
-	return &Reader{src: r, br: bufio.NewReaderSize(r, postAuthBuf), open: true, digest: xxhash.New()}
+	return &Reader{src: r, br: bufio.NewReaderSize(r, postAuthBuf), open: true}
 }
 
 // newHandshakeReader returns a Reader for the handshake: a small buffer,
 // handshake frame types only, uncompressed, at most MaxPreAuthPayload
 // bytes each.
 func newHandshakeReader(r io.Reader) *Reader {
-	return &Reader{src: r, br: bufio.NewReaderSize(r, preAuthBuf), digest: xxhash.New()}
+	return &Reader{src: r, br: bufio.NewReaderSize(r, preAuthBuf)}
 }
 
 // openWith ends the handshake state: a big buffer (keeping what the small
@@ -464,38 +466,40 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	if r.mac != nil {
 		tl = MACSize
 	}
-	n := int(h.PayloadLen) + tl
+	// The whole frame goes into buf: GCM takes the bytes it
+	// authenticates as one slice.
+	n := HeaderSize + int(h.PayloadLen) + tl
 	if cap(r.buf) < n {
 		c := max(n, 4096)
 		if !r.open {
-			c = MaxPreAuthPayload + TrailerSize
+			c = HeaderSize + MaxPreAuthPayload + TrailerSize
 		}
 		r.buf = make([]byte, n, c)
 	}
 	buf := r.buf[:n]
-	if _, err := io.ReadFull(r.br, buf); err != nil {
+	copy(buf, r.hdr[:])
+	if _, err := io.ReadFull(r.br, buf[HeaderSize:]); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return Frame{}, err
 	}
-	r.n += int64(HeaderSize + n)
-	payload := buf[:h.PayloadLen]
+	r.n += int64(n)
+	frame := buf[:n-tl]
+	payload := frame[HeaderSize:]
 	if r.mac != nil {
 		ctr := r.mac.ctr
-		if want := r.mac.next(r.hdr[:], payload, nil); subtle.ConstantTimeCompare(want, buf[h.PayloadLen:]) != 1 {
-			r.err = fmt.Errorf("%w: %w: %s frame seq %d is not frame %d from the authenticated peer (altered, injected, replayed, reordered, or one was dropped)",
-				ErrCorrupt, ErrFrameAuth, h.Type, h.Seq, ctr)
+		if err := r.mac.open(frame, buf[len(frame):]); err != nil {
+			if errors.Is(err, errFramesExhausted) {
+				r.err = fmt.Errorf("%w: %w: %s frame seq %d: %v", ErrCorrupt, ErrFrameAuth, h.Type, h.Seq, err)
+			} else {
+				r.err = fmt.Errorf("%w: %w: %s frame seq %d is not frame %d from the authenticated peer (altered, injected, replayed, reordered, or one was dropped)",
+					ErrCorrupt, ErrFrameAuth, h.Type, h.Seq, ctr)
+			}
 			return Frame{}, r.err
 		}
-	} else {
-		d := r.digest
-		d.Reset()
-		d.Write(r.hdr[:])
-		d.Write(payload)
-		if got, want := d.Sum64(), binary.LittleEndian.Uint64(buf[h.PayloadLen:]); got != want {
-			return Frame{}, fmt.Errorf("%w: %s frame seq %d: checksum %#016x, trailer says %#016x", ErrCorrupt, h.Type, h.Seq, got, want)
-		}
+	} else if got, want := xxhash.Sum64(frame), binary.LittleEndian.Uint64(buf[len(frame):]); got != want {
+		return Frame{}, fmt.Errorf("%w: %s frame seq %d: checksum %#016x, trailer says %#016x", ErrCorrupt, h.Type, h.Seq, got, want)
 	}
 	if h.Codec != CodecNone {
 		out, err := r.dec.decode(h.Codec, r.raw[:0], payload, int(h.RawLen))

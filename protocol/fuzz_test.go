@@ -140,6 +140,84 @@ func FuzzReadFrame(f *testing.F) {
 	})
 }
 
+// macStream is what an honest Writer sends under key, rekeying every 2
+// frames: the bytes, and the frames a Reader must return.
+func macStream(tb testing.TB, key [32]byte) ([]byte, []Frame) {
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, CodecS2, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w.mac = mustFrameMAC(tb, &key)
+	w.mac.every = 2
+	text := bytes.Repeat([]byte("compressible "), 100)
+	frames := []Frame{
+		{Type: TypeWrite, Flags: FlagFUA, Seq: 1, Payload: append((&Write{Off: 0, Len: uint64(len(text))}).AppendHead(nil), text...)},
+		{Type: TypePing, Seq: 2},
+		{Type: TypeWrite, Seq: 3, Payload: append((&Write{Off: 4096, Len: 40}).AppendHead(nil), "forty bytes of data, not worth squeezing"...)},
+		{Type: TypeAck, Seq: 3},
+		{Type: TypeBarrier, Seq: 4},
+	}
+	for _, f := range frames {
+		if err := w.WriteFrame(f.Type, f.Flags, f.Seq, f.Payload, nil); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	w.Flush()
+	return buf.Bytes(), frames
+}
+
+// FuzzReadFrameMAC feeds arbitrary bytes, seeded with an honest stream, to
+// an authenticated Reader: nothing may panic, the Reader returns only the
+// honest frames, in order (anything else would be a forgery), and once it
+// refused a frame as unauthenticated it refuses everything.
+func FuzzReadFrameMAC(f *testing.F) {
+	key := [32]byte{7, 7, 7}
+	stream, want := macStream(f, key)
+	if Codec(stream[7]) != CodecS2 {
+		f.Fatalf("the honest stream's first frame is not compressed (%s)", Codec(stream[7]))
+	}
+	r := NewReader(bytes.NewReader(stream))
+	r.mac = mustFrameMAC(f, &key)
+	r.mac.every = 2
+	for i := range want {
+		if fr, err := r.ReadFrame(); err != nil || fr.Seq != want[i].Seq {
+			f.Fatalf("honest frame %d: seq %d, %v", i, fr.Seq, err)
+		}
+	}
+	if _, err := r.ReadFrame(); err != io.EOF {
+		f.Fatalf("after the honest stream: %v", err)
+	}
+	f.Add(stream)
+	f.Add(stream[:len(stream)-1])
+	flipped := bytes.Clone(stream)
+	flipped[HeaderSize+3] ^= 4
+	f.Add(flipped)
+	f.Add(append(bytes.Clone(stream), stream[:HeaderSize+MACSize]...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := NewReader(bytes.NewReader(b))
+		r.mac = mustFrameMAC(t, &key)
+		r.mac.every = 2
+		for i := 0; ; i++ {
+			fr, err := r.ReadFrame()
+			if err != nil {
+				if errors.Is(err, ErrFrameAuth) {
+					if _, again := r.ReadFrame(); again != err {
+						t.Fatalf("the reader went on after %v: %v", err, again)
+					}
+				}
+				return
+			}
+			if i >= len(want) {
+				t.Fatalf("frame %d accepted: the honest stream has %d", i, len(want))
+			}
+			if w := want[i]; fr.Type != w.Type || fr.Flags != w.Flags || fr.Seq != w.Seq || !bytes.Equal(fr.Payload, w.Payload) {
+				t.Fatalf("frame %d accepted as %s seq %d, the honest one is %s seq %d", i, fr.Type, fr.Seq, w.Type, w.Seq)
+			}
+		}
+	})
+}
+
 // scriptConn is the far side of a handshake as a script: reads come from
 // b, writes are taken and dropped.
 type scriptConn struct {

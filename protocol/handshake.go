@@ -44,8 +44,8 @@ func NewNonce() [NonceSize]byte {
 
 // Session is what a successful handshake established. The Conn it ran on
 // is open: big buffers, every post-handshake frame type, and, if
-// FrameAuth, keyed-BLAKE3 MAC trailers in both directions under keys
-// derived from the secret and Transcript.
+// FrameAuth, AES-256-GCM tags (GMAC) on the frames in both directions
+// under keys derived from the secret and Transcript.
 type Session struct {
 	// Peer is the peer's Hello, checked (names valid, resource, size,
 	// granularity and frame authentication equal to ours, vetted by the
@@ -53,7 +53,7 @@ type Session struct {
 	Peer *Hello
 	// Dialer: this side dialed.
 	Dialer bool
-	// FrameAuth: frames carry keyed-BLAKE3 MACs (a secret and no TLS);
+	// FrameAuth: frames carry AES-256-GCM tags (a secret and no TLS);
 	// otherwise xxhash64.
 	FrameAuth bool
 	// Transcript is the BLAKE3 hash of the four handshake frames; it is
@@ -68,8 +68,8 @@ const (
 	ctxTranscript    = "repd 2026-12-05 peer link v2: handshake transcript\x00"
 	ctxDialerProof   = "repd 2026-12-05 peer link v2: proof of the dialer\x00"
 	ctxListenerProof = "repd 2026-12-05 peer link v2: proof of the listener\x00"
-	ctxKeyDialer     = "repd 2026-12-05 peer link v2: frame key, dialer to listener"
-	ctxKeyListener   = "repd 2026-12-05 peer link v2: frame key, listener to dialer"
+	ctxKeyDialer     = "repd 2026-12-05 peer link v2: AES-256-GCM frame key, dialer to listener"
+	ctxKeyListener   = "repd 2026-12-05 peer link v2: AES-256-GCM frame key, listener to dialer"
 )
 
 // Dial runs the dialer's side of the handshake on c (see the package
@@ -166,7 +166,7 @@ func newHandshake(c *Conn, local *Hello, secret []byte, dialer bool) (*handshake
 	}
 	hs.local.Nonce = NewNonce()
 	hs.frameAuth = len(secret) > 0 && !isTLS(c.nc)
-	hs.local.Features &^= FeatureFrameMAC
+	hs.local.Features &^= FeatureFrameMAC | featureFrameMACBLAKE3
 	if hs.frameAuth {
 		hs.local.Features |= FeatureFrameMAC
 	}
@@ -249,6 +249,12 @@ func (hs *handshake) vet(peer *Hello, check func(*Hello) error) error {
 		hs.c.Refuse(time.Second, err.Error())
 		return fmt.Errorf("%w: %v", ErrMismatch, err)
 	}
+	if peer.Features&featureFrameMACBLAKE3 != 0 && peer.Features&FeatureFrameMAC == 0 {
+		detail := fmt.Sprintf("node %s runs a pre-release build of protocol version 2 (keyed-BLAKE3 frame MACs) that node %s cannot talk to; run the same repd release on every node of resource %s",
+			peer.Name, l.Name, l.Resource)
+		hs.c.Refuse(time.Second, "authentication failed: "+detail)
+		return fmt.Errorf("%w: %s", ErrAuth, detail)
+	}
 	if theirs := peer.Features&FeatureFrameMAC != 0; theirs != hs.frameAuth {
 		detail := fmt.Sprintf("node %s %s, node %s %s; give every node of resource %s the same secret-file and TLS settings",
 			l.Name, frameAuthText(hs.frameAuth), peer.Name, frameAuthText(theirs), l.Resource)
@@ -323,9 +329,17 @@ func (hs *handshake) finish(peer *Hello) (*Session, error) {
 		var kd, kl [32]byte
 		blake3.DeriveKey(ctxKeyDialer, material, kd[:])
 		blake3.DeriveKey(ctxKeyListener, material, kl[:])
-		send, recv = newFrameMAC(&kl), newFrameMAC(&kd)
+		fromD, err := newFrameMAC(&kd)
+		if err != nil {
+			return nil, err
+		}
+		fromL, err := newFrameMAC(&kl)
+		if err != nil {
+			return nil, err
+		}
+		send, recv = fromL, fromD
 		if hs.dialer {
-			send, recv = recv, send
+			send, recv = fromD, fromL
 		}
 	}
 	if err := hs.c.W.openWith(send); err != nil {

@@ -12,11 +12,16 @@ const (
 	// FeatureDedup: resolves FlagDedup writes and answers DataReq.
 	FeatureDedup uint64 = 1 << 2
 	// FeatureFrameMAC: after the handshake the sender's frames carry
-	// keyed-BLAKE3 MACs instead of xxhash64 (it has a shared secret and the
+	// AES-256-GCM tags instead of xxhash64 (it has a shared secret and the
 	// link is not TLS). Not a capability but a mode both sides must share:
 	// Dial and Accept set or clear it in the Hello they send and refuse a
 	// peer that differs.
-	FeatureFrameMAC uint64 = 1 << 4
+	FeatureFrameMAC uint64 = 1 << 5
+	// featureFrameMACBLAKE3 is retired: pre-release builds of version 2
+	// announced keyed-BLAKE3 frame MACs with it. A peer that sets it
+	// without FeatureFrameMAC is refused with a message that says so
+	// (rather than failing the first frame as if it were forged).
+	featureFrameMACBLAKE3 uint64 = 1 << 4
 	// Features is what this implementation supports.
 	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster | FeatureSnapshot
 )

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -427,8 +428,17 @@ func relayHandshake(t *testing.T, d, l *wire, toL, toD func(*Hello)) recorded {
 }
 
 // After an authenticated handshake, an attacker on the path cannot alter,
-// inject, replay, reorder or drop frames unnoticed.
+// inject, replay, reorder or drop frames unnoticed: with the real rekey
+// interval, and with keys that change every 2 frames, where the
+// tampering happens at the first frame under the second key (frame 2) or
+// moves a frame across the change.
 func TestFrameInjectionDetected(t *testing.T) {
+	for _, every := range []uint64{rekeyInterval, 2} {
+		t.Run(fmt.Sprintf("rekey every %d", every), func(t *testing.T) { testFrameInjection(t, every) })
+	}
+}
+
+func testFrameInjection(t *testing.T, every uint64) {
 	data := bytes.Repeat([]byte("block of data "), 300)
 	seqs := []uint64{10, 11, 12, 13}
 	send := func(c *Conn) {
@@ -440,7 +450,7 @@ func TestFrameInjectionDetected(t *testing.T) {
 	}
 	// Frames of another authenticated connection, for splicing: same
 	// secret, same nodes, same positions, other keys.
-	other := tapped(t, send).frames
+	other := tapped(t, every, send).frames
 	for _, tc := range []struct {
 		name   string
 		change func(f [][]byte) [][]byte
@@ -458,9 +468,12 @@ func TestFrameInjectionDetected(t *testing.T) {
 		{"frame dropped", func(f [][]byte) [][]byte { return append(f[:1:1], f[2:]...) }, 1},
 		{"frames reordered", func(f [][]byte) [][]byte { f[1], f[2] = f[2], f[1]; return f }, 1},
 		{"frame of another connection spliced in", func(f [][]byte) [][]byte { f[1] = other[1]; return f }, 1},
+		{"frame of another connection spliced in at frame 2", func(f [][]byte) [][]byte { f[2] = other[2]; return f }, 2},
+		{"frame 0 replayed as frame 2", func(f [][]byte) [][]byte { f[2] = f[0]; return f }, 2},
+		{"frame 2 moved to the end", func(f [][]byte) [][]byte { return [][]byte{f[0], f[1], f[3], f[2]} }, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tp := tapped(t, send)
+			tp := tapped(t, every, send)
 			frames := tc.change(tp.frames)
 			for _, f := range frames {
 				if _, err := tp.toBeta.Write(f); err != nil {
@@ -500,8 +513,9 @@ type tap struct {
 	beta   *Conn    // beta's end, open
 }
 
-// tapped builds a tap; alpha's frames are what send writes (4 frames).
-func tapped(t *testing.T, send func(*Conn)) *tap {
+// tapped builds a tap; alpha's frames are what send writes (4 frames),
+// authenticated with a new key every `every` frames.
+func tapped(t *testing.T, every uint64, send func(*Conn)) *tap {
 	t.Helper()
 	a, ma := pipePair(t) // alpha ↔ attacker
 	mb, b := pipePair(t) // attacker ↔ beta
@@ -542,6 +556,7 @@ func tapped(t *testing.T, send func(*Conn)) *tap {
 	if dr.err != nil || lr.err != nil || !dr.s.FrameAuth || !lr.s.FrameAuth {
 		t.Fatalf("handshake through the relay: %v / %v", dr.err, lr.err)
 	}
+	a.W.mac.every, b.R.mac.every = every, every
 	send(a)
 	o := <-ch
 	if o.err != nil {

@@ -115,12 +115,24 @@ func All() []Target {
 			ts = append(ts, t)
 		}
 	}
+	for _, proto := range []string{"C", "A"} {
+		ts = append(ts, replicated(proto, 1, "none", nil, true))
+	}
 	return ts
 }
 
 // Replicated is a repd target with peers on this machine: protocol A or C,
 // compression, and optionally a shaped link between the nodes.
 func Replicated(proto string, peers int, compression string, l *link.Profile) Target {
+	return replicated(proto, peers, compression, l, false)
+}
+
+// replicated is Replicated, or with insecure its twin without the shared
+// secret the harness gives it (RepdConfig.Insecure): no frame MACs on the
+// peer links. The insecure twins are not in the default run: name one next
+// to its twin (--targets repd-a1,repd-a1-insecure) to see what frame
+// authentication costs (issue 17).
+func replicated(proto string, peers int, compression string, l *link.Profile, insecure bool) Target {
 	nodes := []string{"alpha", "bravo", "charlie", "delta"}[:peers+1]
 	name := fmt.Sprintf("repd-%s%d", strings.ToLower(proto), peers)
 	desc := fmt.Sprintf("repd protocol %s, %d peer", proto, peers)
@@ -143,6 +155,11 @@ func Replicated(proto string, peers int, compression string, l *link.Profile) Ta
 		rc.Link, rc.Seed = l, SeedOf(name)
 	} else {
 		desc += ", loopback"
+	}
+	if insecure {
+		name += "-insecure"
+		desc += ", no secret (no frame MACs)"
+		rc.Insecure = true
 	}
 	rc.Name, rc.Desc = name, desc
 	t := repdTarget(rc)

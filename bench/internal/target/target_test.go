@@ -27,6 +27,46 @@ func TestTargetMeta(t *testing.T) {
 	}
 }
 
+// Each replicated loopback target without compression has an insecure
+// twin, named after it, with the same meta, out of the default run, whose
+// resource file has no secret and says insecure = true; the twin itself
+// has a secret.
+func TestInsecureTwins(t *testing.T) {
+	byName := map[string]Target{}
+	for _, tg := range All() {
+		byName[tg.Name] = tg
+	}
+	for _, name := range []string{"repd-a1", "repd-c1"} {
+		tw, ok := byName[name+"-insecure"]
+		if !ok {
+			t.Fatalf("no target %s-insecure", name)
+		}
+		if tw.Meta.Default || tw.Meta != (result.TargetMeta{Kind: "repd", Group: result.GroupLoopback, Protocol: byName[name].Meta.Protocol, Peers: 1, Compression: "none"}) {
+			t.Errorf("%s: meta %+v, want %s's %+v out of the default run", tw.Name, tw.Meta, name, byName[name].Meta)
+		}
+	}
+	env := Env{Dir: t.TempDir(), Size: 1 << 30, Transport: "unix", Logf: t.Logf}
+	for _, insecure := range []bool{false, true} {
+		rc := RepdConfig{Nodes: []string{"alpha", "bravo"}, Protocol: "A", Insecure: insecure}
+		c, err := harness.New(&harness.Bins{}, t.TempDir(), rc.Options(env))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(c.Nodes[0].Conf)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := config.Parse(b)
+		if err != nil {
+			t.Fatalf("config.Parse: %v\n%s", err, b)
+		}
+		if f.Resource.Insecure != insecure || (f.Resource.SecretFile == "") != insecure {
+			t.Errorf("Insecure %v: resource file says insecure = %v, secret-file %q", insecure, f.Resource.Insecure, f.Resource.SecretFile)
+		}
+	}
+}
+
 // A repd target's resource file is one repd accepts, with the target's
 // keys: the resource "bench" of the run's size, NBD on unix sockets, the
 // Extra keys in order; with a link, each node's own file and a shaped

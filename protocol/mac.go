@@ -1,0 +1,120 @@
+package protocol
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/zeebo/blake3"
+)
+
+// Frame MACs: AES-256-GCM used as a MAC (GMAC), one key per direction,
+// the direction's frame counter as the nonce. See the package
+// documentation ("Authenticated frames") for the construction and why.
+
+// Part of the wire format.
+const (
+	// rekeyInterval is how many frames a direction authenticates under one
+	// key; frame rekeyInterval·e+i (0 ≤ i < rekeyInterval) uses key e.
+	rekeyInterval = 1 << 32
+	// maxFrames: a direction authenticates at most this many frames, so
+	// its counter never wraps (at 10 million frames a second it would
+	// take 58 000 years).
+	maxFrames = math.MaxUint64
+	// gcmNonceSize is GCM's standard nonce: counter u64 ‖ 4 zero bytes.
+	gcmNonceSize = 12
+	// ctxRekey derives key e+1 from key e.
+	ctxRekey = "repd 2026-12-05 peer link v2: AES-256-GCM frame key, next 2^32 frames"
+)
+
+// errFramesExhausted: a direction sent maxFrames frames.
+var errFramesExhausted = errors.New("frame counter exhausted: the connection must be reopened")
+
+// frameMAC authenticates one direction of a connection: the tag of frame
+// number ctr (frames sent in this direction since the handshake, from 0)
+// is AES-256-GCM's over no plaintext, with the frame (header ‖ payload as
+// sent) as additional data and ctr as the nonce, under the key of ctr's
+// epoch. It is not safe for concurrent use: the Writer or the Reader
+// that owns it calls it in frame order.
+type frameMAC struct {
+	aead  cipher.AEAD
+	key   [32]byte // key number epoch: the next one is derived from it
+	epoch uint64
+	ctr   uint64 // the number of the next frame
+	every uint64 // frames per key: rekeyInterval (tests make it small)
+	nonce [gcmNonceSize]byte
+	tag   [MACSize]byte
+}
+
+func newFrameMAC(key *[32]byte) (*frameMAC, error) {
+	m := &frameMAC{key: *key, every: rekeyInterval}
+	if err := m.setKey(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// setKey makes m.key the key of the AEAD.
+func (m *frameMAC) setKey() error {
+	block, err := aes.NewCipher(m.key[:])
+	if err != nil {
+		return fmt.Errorf("frame key: %w", err)
+	}
+	// cipher.NewGCM, not NewGCMWithRandomNonce: the nonce is the frame
+	// counter, unique per key by construction, and not sent.
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return fmt.Errorf("frame key: %w", err)
+	}
+	m.aead = aead
+	return nil
+}
+
+// start prepares the nonce of frame m.ctr, moving to the next key at an
+// epoch's first frame.
+func (m *frameMAC) start() error {
+	if m.ctr == maxFrames {
+		return errFramesExhausted
+	}
+	if e := m.ctr / m.every; e != m.epoch {
+		for ; m.epoch < e; m.epoch++ {
+			var next [32]byte
+			blake3.DeriveKey(ctxRekey, m.key[:], next[:])
+			m.key = next
+		}
+		if err := m.setKey(); err != nil {
+			return err
+		}
+	}
+	binary.LittleEndian.PutUint64(m.nonce[:8], m.ctr)
+	return nil
+}
+
+// seal appends the tag of the next frame of the direction to frame and
+// counts it.
+func (m *frameMAC) seal(frame []byte) ([]byte, error) {
+	if err := m.start(); err != nil {
+		return frame, err
+	}
+	// The tag goes to m.tag first: Seal's dst may not overlap the
+	// additional data.
+	m.aead.Seal(m.tag[:0], m.nonce[:], nil, frame)
+	m.ctr++
+	return append(frame, m.tag[:]...), nil
+}
+
+// open checks that tag is the tag of frame as the next frame of the
+// direction, and counts it if so.
+func (m *frameMAC) open(frame, tag []byte) error {
+	if err := m.start(); err != nil {
+		return err
+	}
+	if _, err := m.aead.Open(nil, m.nonce[:], tag, frame); err != nil {
+		return err
+	}
+	m.ctr++
+	return nil
+}
