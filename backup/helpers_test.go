@@ -13,23 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd/client"
 )
-
-// requireTool finds an external tool. Under CI=true a missing tool fails the
-// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-	return ""
-}
 
 // run runs an external command and fails the test unless it exits 0.
 func run(t testing.TB, name string, args ...string) string {
@@ -37,7 +23,7 @@ func run(t testing.TB, name string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, requireTool(t, name), args...)
+	cmd := exec.CommandContext(ctx, testtool.Require(t, name), args...)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out.String(), stderr.String())
@@ -54,7 +40,7 @@ func qemuNBD(t testing.TB, image, export string, extra ...string) string {
 	args := append([]string{"-r", "-t", "-e", "4", "-f", "qcow2", "-x", export, "-k", sock}, extra...)
 	args = append(args, image)
 	var stderr bytes.Buffer
-	cmd := exec.Command(requireTool(t, "qemu-nbd"), args...)
+	cmd := exec.Command(testtool.Require(t, "qemu-nbd"), args...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

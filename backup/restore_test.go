@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/backup"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // Restore onto a block device (a loop device over a file full of garbage):
@@ -23,7 +24,7 @@ func TestRestoreBlockDevice(t *testing.T) {
 		}
 		t.Skip("needs root for a loop device")
 	}
-	requireTool(t, "losetup")
+	testtool.Require(t, "losetup")
 	d := newDisk(t, 8<<20)
 	d.io("write -P 0x5a 1M 1M", "write -P 0xa5 7M 64k")
 	cp := d.snapshot("s")

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/internal/testtool"
 )
 
 // sqliteLoad commits transactions into a database with the sqlite3
@@ -113,10 +115,10 @@ func TestSQLiteBackupRestoreOnFilesystem(t *testing.T) {
 		}
 		t.Skip("needs root for loop devices and mount")
 	}
-	nbdfuse := requireTool(t, "nbdfuse")
-	sqlite := requireTool(t, "sqlite3")
+	nbdfuse := testtool.Require(t, "nbdfuse")
+	sqlite := testtool.Require(t, "sqlite3")
 	for _, tool := range []string{"losetup", "mkfs.ext4", "mount", "umount", "fusermount3"} {
-		requireTool(t, tool)
+		testtool.Require(t, tool)
 	}
 	const size = 64 << 20
 	n := snapPrimary(t, "64MiB", "32MiB")

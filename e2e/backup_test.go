@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/backup"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // backupManifest is the manifest of a backup directory, as `repctl
@@ -57,8 +58,8 @@ func sameFile(t *testing.T, a, b, msg string) {
 // point before, not the device; --keep merges the oldest points and the
 // rest still restore.
 func TestBackupFullAndIncrementalsRestore(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
-	qemuImg := requireTool(t, "qemu-img")
+	qemuIO := testtool.Require(t, "qemu-io")
+	qemuImg := testtool.Require(t, "qemu-img")
 	const size = 32 << 20
 	n := snapPrimary(t, "32MiB", "16MiB")
 	work := t.TempDir()
@@ -210,7 +211,7 @@ func qemuIOLen(t *testing.T, s string) int64 {
 // reads beta's export, and each point restores to the device's content
 // at that point (read from the Primary after the writes).
 func TestBackupFromSecondary(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB", extra: `snapshot-store-size = "8MiB"`})
 	p := upCluster(t, c)
 	s := c.nodes[1]

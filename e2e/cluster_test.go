@@ -47,21 +47,6 @@ func buildBinaries(t *testing.T) *harness.Bins {
 	return b
 }
 
-// requireTool finds an external tool. Under CI=true a missing tool fails the
-// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-	return ""
-}
-
 // freePort returns a TCP port free on host right now.
 func freePort(t *testing.T, host string) int {
 	t.Helper()

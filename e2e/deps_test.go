@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/repd/repd/internal/testtool"
 )
 
 // TestDepsCheck holds scripts/deps.sh to the code: its --check passes on
@@ -14,8 +16,8 @@ import (
 // code needs is taken out of the package table (here xmllint, which
 // ocf-tester calls and which only a Recommends used to bring in).
 func TestDepsCheck(t *testing.T) {
-	requireTool(t, "shfmt")
-	requireTool(t, "jq")
+	testtool.Require(t, "shfmt")
+	testtool.Require(t, "jq")
 	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/internal/testtool"
 )
 
 // TestFilesystemOnReplicatedDevice takes the path a filesystem takes: the
@@ -23,9 +25,9 @@ func TestFilesystemOnReplicatedDevice(t *testing.T) {
 		}
 		t.Skip("needs root for loop devices and mount")
 	}
-	nbdfuse := requireTool(t, "nbdfuse")
+	nbdfuse := testtool.Require(t, "nbdfuse")
 	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "fusermount3"} {
-		requireTool(t, tool)
+		testtool.Require(t, tool)
 	}
 	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB"})
 	p := upCluster(t, c)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // The OCF resource agent scripts/ocf/repd, driven by hand the way Pacemaker
@@ -583,7 +584,7 @@ func TestOCFTester(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/ocf-tester"); err == nil && !strings.Contains(os.Getenv("PATH"), "/usr/sbin") {
 		t.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin")
 	}
-	tester := requireTool(t, "ocf-tester")
+	tester := testtool.Require(t, "ocf-tester")
 	if _, err := os.Stat("/usr/lib/ocf/lib/heartbeat/ocf-shellfuncs"); err != nil {
 		t.Fatalf("ocf-tester is installed but the OCF library is not: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -56,7 +57,7 @@ func TestHealthFollowsRole(t *testing.T) {
 	s.mustCtl("primary")
 	expect(s, 200)
 
-	run(t, time.Minute, requireTool(t, "qemu-io"), "-f", "raw", "-c", "write -P 1 0 64k", s.uri())
+	run(t, time.Minute, testtool.Require(t, "qemu-io"), "-f", "raw", "-c", "write -P 1 0 64k", s.uri())
 	code, body := httpGet(t, "http://"+s.metrics+"/metrics")
 	for _, want := range []string{"repd_role_primary 1", `repd_nbd_requests_total{cmd="write"}`, `repd_peer_connected{peer="alpha"} 1`, `repd_disk_state{state="UpToDate"} 1`, `repd_peer_ack_latency_seconds{peer="alpha"}`, `repd_peer_acks_total{peer="alpha"}`} {
 		if code != 200 || !strings.Contains(body, want) {
@@ -105,7 +106,7 @@ func TestAdminSocketPermissions(t *testing.T) {
 // TestRepctlVerbs drives connect, disconnect, wait-connect and wait-sync
 // against a real two-node cluster and checks exit codes and output.
 func TestRepctlVerbs(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]

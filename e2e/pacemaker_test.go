@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // The OCF agent under a real Pacemaker and Corosync (Debian's packages): a
@@ -400,7 +401,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 		t.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
 	}
 	for _, tool := range []string{"unshare", "nsenter", "ip", "corosync", "corosync-quorumtool", "pacemakerd", "cibadmin", "crm_mon", "crm_resource", "crm_attribute", "crm_node", "crm_verify"} {
-		requireTool(t, tool)
+		testtool.Require(t, tool)
 	}
 	const (
 		clone = "ms_repd"

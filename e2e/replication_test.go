@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 func fioJSON(t *testing.T, out []byte) (writes, reads int64) {
@@ -45,7 +46,7 @@ func fioJSON(t *testing.T, out []byte) (writes, reads int64) {
 }
 
 func TestReplicatedFioVerifyHashesEqual(t *testing.T) {
-	fio := requireTool(t, "fio")
+	fio := testtool.Require(t, "fio")
 	for _, proto := range []string{"C", "A"} {
 		t.Run("protocol"+proto, func(t *testing.T) {
 			c := newCluster(t, clusterOpts{nodes: 3, size: "64MiB", protocol: proto})
@@ -78,7 +79,7 @@ func TestReplicatedFioVerifyHashesEqual(t *testing.T) {
 // primary under protocol C; the primary is killed with SIGKILL; the secondary
 // is promoted; every write fio saw acknowledged reads back from it.
 func TestFailoverAfterSIGKILL(t *testing.T) {
-	fio := requireTool(t, "fio")
+	fio := testtool.Require(t, "fio")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB", protocol: "C"})
 	p := upCluster(t, c)
 	s := c.nodes[1]
@@ -143,7 +144,7 @@ func TestFailoverAfterSIGKILL(t *testing.T) {
 }
 
 func TestSecondaryRefusesWrites(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]

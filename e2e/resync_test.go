@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // TestFailoverFailback is reference story 3: promote the DR node, write
 // there, bring the old primary back as Secondary, resync only what changed,
 // switch roles back; the backing files hash equal.
 func TestFailoverFailback(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]
@@ -49,7 +50,7 @@ func TestFailoverFailback(t *testing.T) {
 // while the primary writes; on reconnect only the marked regions cross the
 // wire; afterwards the backing files hash equal.
 func TestPeerOutageResyncsOnlyChanges(t *testing.T) {
-	fio := requireTool(t, "fio")
+	fio := testtool.Require(t, "fio")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "128MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]

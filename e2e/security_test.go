@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
 )
@@ -191,7 +192,7 @@ func TestNBDUnreadRepliesBounded(t *testing.T) {
 // while a client already connected goes on being served; once the flood
 // ends new clients get in.
 func TestNBDConnectionFlood(t *testing.T) {
-	nbdinfo := requireTool(t, "nbdinfo")
+	nbdinfo := testtool.Require(t, "nbdinfo")
 	const limit = 8
 	n := singleWith(t, "16MiB", fmt.Sprintf("nbd-max-connections = %d", limit))
 	good, err := nbdtest.Dial("tcp", n.nbd, "r0")
@@ -298,8 +299,8 @@ func writeTLSFiles(t *testing.T, dir, host string) tlsFiles {
 // reason, a client with a certificate from another CA is refused, a client
 // with a certificate from the configured CA reads and writes.
 func TestNBDTLSRequire(t *testing.T) {
-	nbdinfo := requireTool(t, "nbdinfo")
-	nbdcopy := requireTool(t, "nbdcopy")
+	nbdinfo := testtool.Require(t, "nbdinfo")
+	nbdcopy := testtool.Require(t, "nbdcopy")
 	c := newCluster(t, clusterOpts{nodes: 1, size: "16MiB",
 		// Relative paths: next to the resource file.
 		extra: "nbd-tls = \"require\"\nnbd-tls-cert = \"nbd.crt\"\nnbd-tls-key = \"nbd.key\"\nnbd-tls-ca = \"nbd-ca.crt\""})
@@ -369,7 +370,7 @@ func TestNBDBadTLSConfigRefused(t *testing.T) {
 // process listens on, stops repd at start and is left alone; a stale
 // socket (a SIGKILLed daemon's) is replaced.
 func TestNBDUnixSocketPath(t *testing.T) {
-	nbdinfo := requireTool(t, "nbdinfo")
+	nbdinfo := testtool.Require(t, "nbdinfo")
 	c := newCluster(t, clusterOpts{nodes: 1, size: "16MiB"})
 	n := c.nodes[0]
 	sock := filepath.Join(c.dir, "alpha.nbd")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // single starts a one-node resource and makes it Primary.
@@ -29,7 +30,7 @@ func single(t *testing.T, size string) *node {
 }
 
 func TestNBDInfo(t *testing.T) {
-	nbdinfo := requireTool(t, "nbdinfo")
+	nbdinfo := testtool.Require(t, "nbdinfo")
 	n := single(t, "64MiB")
 	out := run(t, 30*time.Second, nbdinfo, "--json", n.uri())
 	var info struct {
@@ -69,7 +70,7 @@ func TestNBDInfo(t *testing.T) {
 }
 
 func TestNBDCopyRoundTrip(t *testing.T) {
-	nbdcopy := requireTool(t, "nbdcopy")
+	nbdcopy := testtool.Require(t, "nbdcopy")
 	n := single(t, "32MiB")
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in")
@@ -90,7 +91,7 @@ func TestNBDCopyRoundTrip(t *testing.T) {
 }
 
 func TestQemuImgConvertCompare(t *testing.T) {
-	qemuImg := requireTool(t, "qemu-img")
+	qemuImg := testtool.Require(t, "qemu-img")
 	n := single(t, "16MiB")
 	src := filepath.Join(t.TempDir(), "src.raw")
 	data := make([]byte, 16<<20)
@@ -104,7 +105,7 @@ func TestQemuImgConvertCompare(t *testing.T) {
 }
 
 func TestQemuIOFlushTrimZeroFUA(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	n := single(t, "16MiB")
 	io := func(cmds ...string) string {
 		args := []string{"-f", "raw"}
@@ -141,7 +142,7 @@ func TestQemuIOFlushTrimZeroFUA(t *testing.T) {
 }
 
 func TestFioVerifySeveralConnections(t *testing.T) {
-	fio := requireTool(t, "fio")
+	fio := testtool.Require(t, "fio")
 	n := single(t, "64MiB")
 	out := run(t, 5*time.Minute, fio, "--name=verify", "--ioengine=nbd", "--uri="+n.uri(),
 		"--rw=randwrite", "--bs=4k", "--bssplit=4k/70:64k/20:1m/10", "--numjobs=4",
@@ -169,7 +170,7 @@ func TestFioVerifySeveralConnections(t *testing.T) {
 }
 
 func TestCleanShutdownOnSIGTERM(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	n := single(t, "16MiB")
 	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x5a 0 2M", n.uri())
 	if err := n.stop(syscall.SIGTERM); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd/nbdtest"
 )
 
@@ -64,7 +65,7 @@ type snapCall struct {
 // each node's copy is the same image (qemu-img compare over both
 // exports).
 func TestSnapshotConsistentUnderLoad(t *testing.T) {
-	qemuImg := requireTool(t, "qemu-img")
+	qemuImg := testtool.Require(t, "qemu-img")
 	const (
 		size    = 8 << 20
 		blocks  = size / ackBlock

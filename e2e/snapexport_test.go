@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
 )
@@ -39,7 +40,7 @@ func exportURI(n *node, export string) string { return "nbd://" + n.nbd + "/" + 
 func readExport(t *testing.T, n *node, export string) []byte {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "export.raw")
-	run(t, time.Minute, requireTool(t, "nbdcopy"), exportURI(n, export), f)
+	run(t, time.Minute, testtool.Require(t, "nbdcopy"), exportURI(n, export), f)
 	b, err := os.ReadFile(f)
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func nbdMap(t *testing.T, n *node, export, context string) []extent {
 	if context != "" {
 		arg += "=" + context
 	}
-	out := run(t, 30*time.Second, requireTool(t, "nbdinfo"), arg, "--json", exportURI(n, export))
+	out := run(t, 30*time.Second, testtool.Require(t, "nbdinfo"), arg, "--json", exportURI(n, export))
 	var m []extent
 	if err := json.Unmarshal(out, &m); err != nil {
 		t.Fatalf("nbdinfo %s --json %s: %v\n%s", arg, export, err, out)
@@ -98,9 +99,9 @@ func fill(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
 // what the snapshot holds as data, and a snapshot deleted or invalidated
 // under a client fails its reads rather than return other data.
 func TestSnapshotExports(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
-	qemuImg := requireTool(t, "qemu-img")
-	nbdinfo := requireTool(t, "nbdinfo")
+	qemuIO := testtool.Require(t, "qemu-io")
+	qemuImg := testtool.Require(t, "qemu-img")
+	nbdinfo := testtool.Require(t, "nbdinfo")
 	const size = 16 << 20
 	n := snapPrimary(t, "16MiB", "8MiB")
 

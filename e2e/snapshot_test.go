@@ -12,6 +12,7 @@ import (
 
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // snapshotList is `repctl snapshot list --json` of n.
@@ -39,7 +40,7 @@ func snapshotNames(l api.SnapshotList) string {
 // device is overwritten, snapshots survive a clean restart and a SIGKILL,
 // refusals exit 3 with the reason, and events and metrics report them.
 func TestSnapshotVerbsOnDaemons(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB", extra: `snapshot-store-size = "8MiB"`})
 	p := upCluster(t, c)
 	s := c.nodes[1]

@@ -9,14 +9,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/repd/repd/internal/testtool"
 )
 
 // Issue 4 story 2: the Primary is SIGKILLed mid-write (fio); the other node
 // is promoted and written; the old Primary comes back as Secondary: its
 // activity log's hot extents are marked and resync, and the hashes end equal.
 func TestCrashedPrimaryResyncsActivityLog(t *testing.T) {
-	fio := requireTool(t, "fio")
-	qemuIO := requireTool(t, "qemu-io")
+	fio := testtool.Require(t, "fio")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]
@@ -47,7 +49,7 @@ func TestCrashedPrimaryResyncsActivityLog(t *testing.T) {
 // found by `repctl verify` (exactly that block) and repaired by the resync
 // the Primary starts after the verify.
 func TestVerifyFindsCorruptedBlock(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]
@@ -79,7 +81,7 @@ func TestVerifyFindsCorruptedBlock(t *testing.T) {
 // the operator resolves it; after --discard-my-data on the victim it
 // resyncs from the survivor.
 func TestSplitBrainStory(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "64MiB"})
 	p := upCluster(t, c)
 	s := c.nodes[1]

@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 )
 
 // TestSyncVerbs drives invalidate, invalidate-remote, pause-sync,
 // resume-sync and create-md against real processes.
 func TestSyncVerbs(t *testing.T) {
-	qemuIO := requireTool(t, "qemu-io")
+	qemuIO := testtool.Require(t, "qemu-io")
 	c := newCluster(t, clusterOpts{nodes: 2, size: "32MiB", extra: `resync-rate = "4MiB"`})
 	p := upCluster(t, c)
 	s := c.nodes[1]

@@ -19,6 +19,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/protocol"
 )
@@ -754,25 +755,11 @@ func TestSnapshotPreserveFails(t *testing.T) {
 
 var _ nbd.Device = (*SnapshotDevice)(nil)
 
-// requireTool finds an external tool; under CI=true a missing one fails.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-	return ""
-}
-
 // A SnapshotDevice served as a read-only NBD export reads, with libnbd's
 // nbdcopy, as the device was when the snapshot was taken, while the live
 // device has moved on; qemu-io's write to it is refused.
 func TestSnapshotServedOverNBD(t *testing.T) {
-	nbdcopy, qemuIO := requireTool(t, "nbdcopy"), requireTool(t, "qemu-io")
+	nbdcopy, qemuIO := testtool.Require(t, "nbdcopy"), testtool.Require(t, "qemu-io")
 	c := snapCluster(t, 1, 4<<20, nil)
 	n := c.nodes[0].n
 	if err := n.Promote(true); err != nil {

@@ -146,10 +146,10 @@ install_missing() {
 
 # The commands the code invokes: string literals handed to exec.Command,
 # exec.CommandContext, exec.LookPath and the test and bench helpers that
-# look a tool up (requireTool, needTool, need, StartProc, toolVersion).
+# look a tool up (testtool.Require, requireTool, needTool, need, StartProc, toolVersion).
 go_commands() {
   git -C "$root" ls-files -z '*.go' 2>/dev/null | (cd "$root" && xargs -0 cat) |
-    grep -oE '(exec\.Command|exec\.LookPath|requireTool|needTool|need|StartProc|toolVersion|runTool)\((ctx, |t, )?"[A-Za-z0-9._+-]+"|exec\.CommandContext\([a-zA-Z]+, "[A-Za-z0-9._+-]+"' |
+    grep -oE '(exec\.Command|exec\.LookPath|testtool\.Require|requireTool|needTool|need|StartProc|toolVersion|runTool)\((ctx, |t, )?"[A-Za-z0-9._+-]+"|exec\.CommandContext\([a-zA-Z]+, "[A-Za-z0-9._+-]+"' |
     sed -E 's/.*"([^"]+)"$/\1/' | sort -u
 }
 

@@ -13,22 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// requireTool finds an external tool. Under CI=true a missing tool fails the
-// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-	return ""
-}
+	"github.com/repd/repd/internal/testtool"
+)
 
 // tool runs an external command; it returns stdout and the exit code, and
 // fails the test if the command could not run.
@@ -37,7 +24,7 @@ func tool(t testing.TB, name string, args ...string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, requireTool(t, name), args...)
+	cmd := exec.CommandContext(ctx, testtool.Require(t, name), args...)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {

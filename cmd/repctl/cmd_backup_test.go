@@ -18,29 +18,15 @@ import (
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/backup"
+	"github.com/repd/repd/internal/testtool"
 	nbdclient "github.com/repd/repd/nbd/client"
 )
-
-// requireTool finds an external tool. Under CI=true a missing tool fails the
-// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-	return ""
-}
 
 func runCmd(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, requireTool(t, name), args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, testtool.Require(t, name), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
@@ -100,7 +86,7 @@ func (q *qemuSnapshots) Create(_ context.Context, name string) error {
 	for _, other := range q.order {
 		args = append(args, "-B", other)
 	}
-	cmd := exec.Command(requireTool(q.t, "qemu-nbd"), append(args, q.copyOf(name))...)
+	cmd := exec.Command(testtool.Require(q.t, "qemu-nbd"), append(args, q.copyOf(name))...)
 	if err := cmd.Start(); err != nil {
 		return err
 	}

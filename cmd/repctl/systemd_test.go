@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/internal/testtool"
 	"github.com/urfave/cli/v2"
 )
 
@@ -228,7 +229,7 @@ func TestBackupUnit(t *testing.T) {
 // ExecStart binary pointed at an executable that exists here. Any warning
 // (an unknown key, a bad value) fails the test.
 func TestBackupUnitVerify(t *testing.T) {
-	sa := requireTool(t, "systemd-analyze")
+	sa := testtool.Require(t, "systemd-analyze")
 	dir := t.TempDir()
 	self, err := os.Executable()
 	if err != nil {

@@ -5,28 +5,14 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// requireTool finds an external tool. Under CI=true a missing tool fails the
-// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
-func requireTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-	return ""
-}
+	"github.com/repd/repd/internal/testtool"
+)
 
 // runTool runs an external command and fails the test on error.
 func runTool(t testing.TB, name string, args ...string) string {
@@ -34,7 +20,7 @@ func runTool(t testing.TB, name string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, requireTool(t, name), args...)
+	cmd := exec.CommandContext(ctx, testtool.Require(t, name), args...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -49,7 +35,7 @@ func runTool(t testing.TB, name string, args ...string) string {
 func serve(t testing.TB, network, address, name string, args ...string) {
 	t.Helper()
 	var stderr bytes.Buffer
-	cmd := exec.Command(requireTool(t, name), args...)
+	cmd := exec.Command(testtool.Require(t, name), args...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)

@@ -3,7 +3,6 @@ package drill
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bench/internal/target"
 	"github.com/repd/repd/harness"
+	"github.com/repd/repd/internal/testtool"
 )
 
 func TestRPOData(t *testing.T) {
@@ -124,19 +124,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requireTool finds an external tool. Under CI=true a missing tool fails the
-// test: CI installs every tool (scripts/deps.sh), so absence is a bug there.
-func requireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found on PATH (CI installs it with scripts/deps.sh)", name)
-	}
-	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
-}
-
 // The rto-auto case with the 2 s timeout on a small device: bravo is
 // elected and serves the failover client's write; the old Primary's lease
 // was over before the election; it rejoins as an UpToDate Secondary after
@@ -145,7 +132,7 @@ func TestRTOAutoDrill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs repd processes and fio")
 	}
-	requireTool(t, "fio")
+	testtool.Require(t, "fio")
 	r := rtoAuto(t.Context(), target.Env{Dir: t.TempDir(), Size: 64 << 20, Transport: "unix", Logf: t.Logf}, 2*time.Second, time.Second)
 	t.Logf("%+v", r)
 	if r.Error != "" {
@@ -176,8 +163,8 @@ func TestBackupDrill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs repd processes and fio")
 	}
-	requireTool(t, "fio")
-	requireTool(t, "qemu-img")
+	testtool.Require(t, "fio")
+	testtool.Require(t, "qemu-img")
 	const size = 32 << 20
 	r := backupDrill(t.Context(), target.Env{Dir: t.TempDir(), Size: size, Transport: "unix", Logf: t.Logf}, size, 1, 2)
 	t.Logf("%+v", r)
