@@ -111,6 +111,23 @@ func (p *peer) autoResolve(v decide.Verdict, me, them *decide.Side, theirChanges
 	return decide.Compare(*me, *them)
 }
 
+// exchangeStates sends mine and reads the peer's State: the first step of
+// a data session's negotiation and of a vote-only one (witness.go).
+func (p *peer) exchangeStates(c *protocol.Conn, mine protocol.State) (protocol.State, error) {
+	var theirs protocol.State
+	if err := c.Send(0, protocol.TypeState, 0, 0, mine.Append(nil), nil); err != nil {
+		return theirs, fmt.Errorf("send state: %w", err)
+	}
+	f, err := p.expect(c, protocol.TypeState, "state")
+	if err != nil {
+		return theirs, err
+	}
+	if err := theirs.Decode(f.Payload); err != nil {
+		return theirs, err
+	}
+	return theirs, nil
+}
+
 // negotiate runs the start of a session on an authenticated connection:
 // both sides send their State, the generation identifiers decide how their
 // data relate (decide.Compare) and who resyncs from whom (decide.Plan),
@@ -124,15 +141,8 @@ func (p *peer) negotiate(s *session) error {
 	me := p.sideLocked()
 	mine := p.stateLocked(0)
 	n.mu.Unlock()
-	if err := c.Send(0, protocol.TypeState, 0, 0, mine.Append(nil), nil); err != nil {
-		return fmt.Errorf("send state: %w", err)
-	}
-	f, err := p.expect(c, protocol.TypeState, "state")
+	theirs, err := p.exchangeStates(c, mine)
 	if err != nil {
-		return err
-	}
-	var theirs protocol.State
-	if err := theirs.Decode(f.Payload); err != nil {
 		return err
 	}
 	them := decide.Side{ID: p.cfg.ID, Name: p.cfg.Name, Role: api.Role(theirs.Role), Disk: bitmap.DiskState(theirs.Disk), Current: theirs.Current,

@@ -141,15 +141,8 @@ func (p *peer) negotiateVote(s *session) error {
 	n.mu.Lock()
 	mine := p.stateLocked(0)
 	n.mu.Unlock()
-	if err := c.Send(0, protocol.TypeState, 0, 0, mine.Append(nil), nil); err != nil {
-		return fmt.Errorf("send state: %w", err)
-	}
-	f, err := p.expect(c, protocol.TypeState, "state")
+	theirs, err := p.exchangeStates(c, mine)
 	if err != nil {
-		return err
-	}
-	var theirs protocol.State
-	if err := theirs.Decode(f.Payload); err != nil {
 		return err
 	}
 	c.SetDeadline(time.Time{})
