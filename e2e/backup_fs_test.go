@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -127,23 +126,7 @@ func TestSQLiteBackupRestoreOnFilesystem(t *testing.T) {
 	os.Mkdir(fuseDir, 0o755)
 	os.Mkdir(mnt, 0o755)
 
-	fuse := exec.Command(nbdfuse, fuseDir, n.uri())
-	fuse.Env = append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH"))
-	var fuseOut bytes.Buffer
-	fuse.Stdout, fuse.Stderr = &fuseOut, &fuseOut
-	if err := fuse.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command("fusermount3", "-u", fuseDir).Run()
-		fuse.Process.Kill()
-		fuse.Wait()
-	})
-	img := filepath.Join(fuseDir, "nbd")
-	waitFor(t, "nbdfuse file", 10*time.Second, func() bool {
-		fi, err := os.Stat(img)
-		return err == nil && fi.Size() == size
-	})
+	img, _ := fuseFile(t, nbdfuse, fuseDir, n.uri(), size)
 	loop := strings.TrimSpace(string(run(t, 30*time.Second, "losetup", "-f", "--show", img)))
 	t.Cleanup(func() {
 		exec.Command("umount", mnt).Run()

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,23 +39,7 @@ func TestFilesystemOnReplicatedDevice(t *testing.T) {
 	os.Mkdir(fuseDir, 0o755)
 	os.Mkdir(mnt, 0o755)
 
-	fuse := exec.Command(nbdfuse, fuseDir, p.uri())
-	fuse.Env = append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH"))
-	var fuseOut bytes.Buffer
-	fuse.Stdout, fuse.Stderr = &fuseOut, &fuseOut
-	if err := fuse.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		exec.Command("fusermount3", "-u", fuseDir).Run()
-		fuse.Process.Kill()
-		fuse.Wait()
-	})
-	img := filepath.Join(fuseDir, "nbd")
-	waitFor(t, "nbdfuse file", 10*time.Second, func() bool {
-		fi, err := os.Stat(img)
-		return err == nil && fi.Size() == 64<<20
-	})
+	img, unmountFuse := fuseFile(t, nbdfuse, fuseDir, p.uri(), 64<<20)
 	loop := strings.TrimSpace(string(run(t, 30*time.Second, "losetup", "-f", "--show", img)))
 	loopAttached := true
 	t.Cleanup(func() {
@@ -78,8 +63,7 @@ func TestFilesystemOnReplicatedDevice(t *testing.T) {
 	run(t, 30*time.Second, "umount", mnt)
 	run(t, 30*time.Second, "losetup", "-d", loop)
 	loopAttached = false
-	run(t, 30*time.Second, "fusermount3", "-u", fuseDir)
-	fuse.Wait()
+	unmountFuse()
 
 	waitInSync(t, c, 30*time.Second)
 	c.terminateAll(t)
@@ -94,6 +78,49 @@ func TestFilesystemOnReplicatedDevice(t *testing.T) {
 		got, err := os.ReadFile(filepath.Join(mnt, name))
 		if err != nil || !bytes.Equal(got, b) {
 			t.Fatalf("%s on the secondary's filesystem: %v (equal %v)", name, err, bytes.Equal(got, b))
+		}
+	}
+}
+
+// fuseFile exposes the NBD export at uri as a file in dir with nbdfuse
+// (the binary at bin) until the test ends, and returns the file's path
+// once it shows the export's size. unmount detaches it and waits for
+// nbdfuse to exit (after its last write reached the export).
+func fuseFile(t *testing.T, bin, dir, uri string, size int64) (img string, unmount func()) {
+	t.Helper()
+	log, err := os.Create(filepath.Join(t.TempDir(), "nbdfuse.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	fuse := exec.Command(bin, dir, uri)
+	fuse.Env = append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH"))
+	fuse.Stdout, fuse.Stderr = log, log
+	if err := fuse.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop := func(report bool) {
+		once.Do(func() {
+			if out, err := exec.Command("fusermount3", "-u", dir).CombinedOutput(); err != nil {
+				if report {
+					t.Errorf("fusermount3 -u %s: %v\n%s", dir, err, out)
+				}
+				fuse.Process.Kill()
+			}
+			fuse.Wait()
+		})
+	}
+	unmount = func() { stop(true) }
+	t.Cleanup(func() { stop(false) })
+	img = filepath.Join(dir, "nbd")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if fi, err := os.Stat(img); err == nil && fi.Size() == size {
+			return img, unmount
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(log.Name())
+			t.Fatalf("nbdfuse %s did not show a %d-byte file in 10s:\n%s", uri, size, out)
 		}
 	}
 }
