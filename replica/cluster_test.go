@@ -276,6 +276,19 @@ func peerState(n *Node, peer string) api.PeerStatus {
 // with nothing out of sync.
 func (c *cluster) waitSynced(d time.Duration) {
 	c.t.Helper()
+	defer func() {
+		if c.t.Failed() {
+			for _, tn := range c.nodes {
+				if tn.n != nil {
+					s := tn.n.Status()
+					c.t.Logf("%s: role %s disk %s", tn.cfg.Self.Name, s.Role, s.Disk)
+					for _, p := range s.Peers {
+						c.t.Logf("  %s: %s %s out-of-sync %d KiB, peer disk %s", p.Name, p.Connection, p.Replication, p.OutOfSyncKiB, p.Disk)
+					}
+				}
+			}
+		}
+	}()
 	waitFor(c.t, d, "all nodes connected, established, in sync", func() bool {
 		for _, tn := range c.nodes {
 			s := tn.n.Status()
