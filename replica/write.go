@@ -292,9 +292,50 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	e.Deps = n.inflight.Overlapping(off, length, e.Deps)
 	n.inflight.Add(e)
 	n.journal.Push(e)
-	n.wakeLocked(e.Ship)
+	if k != journal.Write || n.cfg.Protocol != api.ProtocolC {
+		n.wakeLocked(e.Ship)
+		n.mu.Unlock()
+		return e, nil
+	}
+	var ss sessions
+	n.sessionsLocked(e.Ship, &ss)
 	n.mu.Unlock()
+	// Protocol C: the write waits for the peers' acks, so it goes out
+	// now, from this goroutine, before the local write.
+	ss.pump()
 	return e, nil
+}
+
+// sessions is a small set of sessions to pump once n.mu is released.
+type sessions struct {
+	k    int
+	ss   [4]*session
+	more []*session
+}
+
+// sessionsLocked adds the sessions of the peers in mask to ss; n.mu held.
+func (n *Node) sessionsLocked(mask uint64, ss *sessions) {
+	for _, p := range n.peers {
+		if mask&p.bit == 0 || p.sess == nil {
+			continue
+		}
+		if ss.k < len(ss.ss) {
+			ss.ss[ss.k] = p.sess
+			ss.k++
+		} else {
+			ss.more = append(ss.more, p.sess)
+		}
+	}
+}
+
+// pump makes each session write what is due (session.pump).
+func (ss *sessions) pump() {
+	for _, s := range ss.ss[:ss.k] {
+		s.pump()
+	}
+	for _, s := range ss.more {
+		s.pump()
+	}
 }
 
 // copyData gives e its own copy of a write's data, which the shippers may
@@ -565,15 +606,34 @@ func (n *Node) flush(ctx context.Context, wait bool) error {
 // zero); nil if no peer would get it.
 func (n *Node) barrier(only uint64) *journal.Entry {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return nil
 	}
-	return n.barrierLocked(only)
+	b := n.pushBarrierLocked(only)
+	var ss sessions
+	if b != nil {
+		n.sessionsLocked(b.Ship, &ss)
+	}
+	n.mu.Unlock()
+	// Sent from here, at once: the peers' flushes run while ours does.
+	ss.pump()
+	return b
 }
 
-// barrierLocked is barrier with n.mu held, also while closing.
+// barrierLocked is barrier with n.mu held, also while closing; it wakes
+// the senders.
 func (n *Node) barrierLocked(only uint64) *journal.Entry {
+	b := n.pushBarrierLocked(only)
+	if b != nil {
+		n.wakeLocked(b.Ship)
+	}
+	return b
+}
+
+// pushBarrierLocked appends a barrier for the receiving peers (or for
+// only); n.mu held. The caller sends it (wake or pump).
+func (n *Node) pushBarrierLocked(only uint64) *journal.Entry {
 	mask := n.recvMask
 	if only != 0 {
 		mask &= only
@@ -585,7 +645,6 @@ func (n *Node) barrierLocked(only uint64) *journal.Entry {
 		Size: journal.Overhead, LocalCh: journal.ClosedCh, DoneCh: make(chan struct{})}
 	n.nextSeq++
 	n.journal.Push(e)
-	n.wakeLocked(mask)
 	return e
 }
 
