@@ -113,6 +113,7 @@ func (s *session) send() error {
 	s.tx.lastSend = time.Now()
 	s.tx.written = s.c.W.BytesWritten()
 	s.txMu.Unlock()
+	s.pump() // what writers journaled before the session ran
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -156,7 +157,7 @@ func (s *session) pump() {
 // the cumulative ack, the journal entries for this peer, lease requests
 // and pings. s.txMu held.
 func (s *session) sendPass() error {
-	if s.ctx.Err() != nil {
+	if s.ctx.Err() != nil || !s.running.Load() {
 		return nil
 	}
 	p, n := s.p, s.p.n

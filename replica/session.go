@@ -62,6 +62,7 @@ type session struct {
 	txAgain atomic.Bool
 	tx      txState
 	ackSent atomic.Uint64
+	running atomic.Bool // run started the goroutines: a pass may write
 	// appliedSinceAck counts the sequence frames the receiver handled
 	// since it last checked for an ack to send (receiver.go); receiver only.
 	appliedSinceAck int
@@ -187,6 +188,7 @@ func (s *session) run() {
 	p, n := s.p, s.p.n
 	var wg sync.WaitGroup
 	if p.voteOnly {
+		s.running.Store(true)
 		wg.Add(2)
 		go func() { defer wg.Done(); s.fail(s.send()) }()
 		go func() { defer wg.Done(); s.fail(s.receive()) }()
@@ -194,6 +196,7 @@ func (s *session) run() {
 		return
 	}
 	s.applier = newApplier(s)
+	s.running.Store(true) // pumps may write now (the applier is set)
 	wg.Add(3)
 	go func() { defer wg.Done(); s.fail(s.send()) }()
 	go func() { defer wg.Done(); s.fail(s.resyncLoop()) }()
