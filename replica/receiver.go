@@ -335,7 +335,7 @@ func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 		pr.ClearResynced(seq, clear)
 	}
 	n.journal.Trim()
-	n.mu.Unlock()
+	n.unlock() // completes the asynchronous writes acked (async.go)
 }
 
 // onState handles a State frame from a connected peer.

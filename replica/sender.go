@@ -283,5 +283,5 @@ func (s *session) release(batch []*journal.Entry) {
 		n.maybeDoneLocked(e)
 	}
 	n.journal.Trim()
-	n.mu.Unlock()
+	n.unlock()
 }

@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"syscall"
@@ -134,7 +135,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			data = p[done : done+c]
 		}
 		var e *journal.Entry
-		e, err = n.start(ctx, journal.Write, off+done, c, data, f, 0)
+		e, err = n.start(ctx, journal.Write, off+done, c, data, f, 0, nil)
 		if err != nil {
 			break
 		}
@@ -184,12 +185,16 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 }
 
 // start puts an entry into the journal. For journal.Resync the entry goes to peer
-// only and is not ready until read by local.
-func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*journal.Entry, error) {
+// only and is not ready until read by local. A write with onDone completes
+// through it (StartWrite) and is not shipped until Kick.
+func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src []byte, f protocol.Flags, only uint64, onDone func(error) func()) (*journal.Entry, error) {
 	// Its channels are made when someone waits (LocalChan, doneCh): under
 	// protocol A most writes are waited for by nobody, and without peers
 	// none are.
-	e := &journal.Entry{Kind: k, Flags: f, Off: off, N: length}
+	e := &journal.Entry{Kind: k, Flags: f, Off: off, N: length, OnDone: onDone}
+	if onDone != nil {
+		e.Ctx = ctx
+	}
 	if k == journal.Write && !n.detached.Load() {
 		// A detached disk is not written here: nothing to protect.
 		if err := n.meta.Activate(ctx, off, length); err != nil {
@@ -237,7 +242,7 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 			err = ctx.Err()
 		}
 		if err != nil {
-			n.mu.Unlock()
+			n.unlockDone()
 			bufpool.Put(e.Buf)
 			if e.AL {
 				n.meta.Complete(off, length)
@@ -254,12 +259,25 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 			break
 		} else if n.pullAhead && n.cfg.Protocol == api.ProtocolA && n.pullAheadLocked() && !n.journal.Full(e.Size) {
 			break
+		} else if onDone != nil {
+			// An asynchronous write must not wait here: the room may be
+			// held by the writes its caller started and has not kicked
+			// yet. The caller makes it with WriteAt, after a Kick.
+			err = errNoRoom
+		}
+		if err != nil {
+			n.unlockDone()
+			bufpool.Put(e.Buf)
+			if e.AL {
+				n.meta.Complete(off, length)
+			}
+			return nil, err
 		}
 		n.waitRoomLocked(ctx, e.Size)
 	}
 	if k == journal.Write && n.recvMask != n.allMask() {
 		if err := n.rotateIfNeededLocked(); err != nil {
-			n.mu.Unlock()
+			n.unlockDone()
 			bufpool.Put(e.Buf)
 			if e.AL {
 				n.meta.Complete(off, length)
@@ -272,7 +290,7 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	switch k {
 	case journal.Write:
 		e.Ship = n.recvMask
-		if e.Ship != 0 && n.cfg.Protocol == api.ProtocolC {
+		if e.Ship != 0 && n.cfg.Protocol == api.ProtocolC && onDone == nil {
 			e.DoneCh = make(chan struct{}) // write waits for the acks
 		}
 		if e.Ship != 0 && len(src) > 0 && e.Buf == nil {
@@ -292,14 +310,19 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	e.Deps = n.inflight.Overlapping(off, length, e.Deps)
 	n.inflight.Add(e)
 	n.journal.Push(e)
+	if onDone != nil {
+		// Shipped at Kick, with the writes started after it.
+		n.unlockDone()
+		return e, nil
+	}
 	if k != journal.Write || n.cfg.Protocol != api.ProtocolC {
 		n.wakeLocked(e.Ship)
-		n.mu.Unlock()
+		n.unlockDone()
 		return e, nil
 	}
 	var ss sessions
 	n.sessionsLocked(e.Ship, &ss)
-	n.mu.Unlock()
+	n.unlockDone()
 	// Protocol C: the write waits for the peers' acks, so it goes out
 	// now, from this goroutine, before the local write.
 	ss.pump()
@@ -351,6 +374,10 @@ func (n *Node) copyData(e *journal.Entry, src []byte) {
 }
 
 var errResyncStopped = fmt.Errorf("resync stopped")
+
+// errNoRoom: an asynchronous write found the journal full (StartWrite
+// declines it).
+var errNoRoom = errors.New("journal full")
 
 // rotateIfNeededLocked starts a new current UUID if a peer that will miss
 // this write has no bitmap UUID yet; n.mu held.
@@ -465,11 +492,15 @@ func (n *Node) local(ctx context.Context, e *journal.Entry, uncount bool) (uncou
 	if e.Kind == journal.Resync || e.Kind == journal.Verify {
 		n.wakeLocked(e.Ship)
 	}
-	if uncount && e.Kind == journal.Write && !e.NoLocal && e.DoneCh == nil {
+	if e.OnDone != nil && !e.NoLocal && !n.waitsAcks(e) {
+		// Done once local (protocol A, or no peer receives it).
+		n.completeLocked(e)
+	}
+	if uncount && e.Kind == journal.Write && !e.NoLocal && e.DoneCh == nil && e.OnDone == nil {
 		n.endWriteLocked()
 		uncounted = true
 	}
-	n.mu.Unlock()
+	n.unlockDone()
 	return uncounted
 }
 
@@ -505,6 +536,9 @@ func (n *Node) maybeDoneLocked(e *journal.Entry) {
 		n.journal.Close(e)
 		if e.DoneCh != nil {
 			close(e.DoneCh)
+		}
+		if e.OnDone != nil {
+			n.completeLocked(e)
 		}
 		if e.AL {
 			n.meta.Complete(e.Off, e.N)
@@ -678,7 +712,7 @@ type roomWaiter struct {
 func (n *Node) waitRoomLocked(ctx context.Context, size int64) {
 	w := &roomWaiter{size: size, ch: make(chan struct{})}
 	n.roomq = append(n.roomq, w)
-	n.mu.Unlock()
+	n.unlock()
 	select {
 	case <-w.ch:
 		n.mu.Lock()
