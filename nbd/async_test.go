@@ -86,7 +86,7 @@ func (d *asyncDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool
 	return d.memDevice.WriteAt(ctx, p, off, fua)
 }
 
-func (d *asyncDevice) StartWrite(ctx context.Context, p []byte, off int64, fua bool, done func(error) func()) bool {
+func (d *asyncDevice) StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool {
 	if d.decline.Load() || fua {
 		return false
 	}
@@ -98,6 +98,9 @@ func (d *asyncDevice) StartWrite(ctx context.Context, p []byte, off int64, fua b
 	d.mu.Lock()
 	d.pending = append(d.pending, asyncDone{done, err})
 	d.mu.Unlock()
+	if last {
+		d.Kick()
+	}
 	return true
 }
 

@@ -100,7 +100,11 @@ type AsyncWriter interface {
 	// system call). False: nothing was started, done is not called, and
 	// the server calls WriteAt instead. StartWrite may write locally but
 	// must not wait for anything remote; it may leave the rest until Kick.
-	StartWrite(ctx context.Context, p []byte, off int64, fua bool, done func(error) func()) bool
+	// With last, the caller has no further request at hand and would Kick
+	// right after: a started write then also kicks itself (and the writes
+	// started before it), as early as it can (a replicated device ships
+	// before its local write, which then overlaps the round trip).
+	StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool
 	// Kick follows one or more StartWrite calls before the caller waits
 	// for anything: the writes started must then proceed without further
 	// calls.

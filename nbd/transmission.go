@@ -253,12 +253,19 @@ func (c *conn) asyncOK(r *request) bool {
 // startWrite starts r on the AsyncWriter; false if the Device declined.
 // The request's reply is queued by whoever completes it.
 func (c *conn) startWrite(r *request) bool {
+	// The last of a run (no further request buffered, or the run is at
+	// its bound) kicks itself: the Device ships it as early as it can.
+	last := c.unkicked+1 >= kickEvery || !c.requestBuffered()
 	c.asyncWG.Add(1)
-	if !c.async.StartWrite(c.ctx, *r.buf, r.off, r.flags&CmdFlagFUA != 0, func(err error) func() { return c.writeDone(r, err) }) {
+	if !c.async.StartWrite(c.ctx, *r.buf, r.off, r.flags&CmdFlagFUA != 0, last, func(err error) func() { return c.writeDone(r, err) }) {
 		c.asyncWG.Done()
 		return false
 	}
-	c.unkicked++
+	if last {
+		c.unkicked = 0
+	} else {
+		c.unkicked++
+	}
 	return true
 }
 

@@ -36,7 +36,11 @@ type doneWrite struct {
 // would hold up the reader), writes of more than one journal entry, and
 // any write on a node that is not a Primary holding its lease or whose
 // disk failed (WriteAt waits or says why).
-func (n *Node) StartWrite(ctx context.Context, p []byte, off int64, fua bool, done func(error) func()) bool {
+//
+// With last (nbd.AsyncWriter) it kicks the writes started, this one with
+// them, between journaling it and writing it locally: under protocol C
+// the local write then overlaps the round trip, as WriteAt's does.
+func (n *Node) StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool {
 	length := int64(len(p))
 	if fua || length == 0 || length > protocol.MaxData || off < 0 || off > n.cfg.Size-length ||
 		n.cfg.Self.Witness || n.detached.Load() || !n.leaseHeld() {
@@ -57,10 +61,16 @@ func (n *Node) StartWrite(ctx context.Context, p []byte, off int64, fua bool, do
 		if err == errNoRoom {
 			return false
 		}
+		if last {
+			n.Kick() // the writes started before it
+		}
 		if flush := done(err); flush != nil {
 			flush()
 		}
 		return true
+	}
+	if last {
+		n.Kick()
 	}
 	n.local(ctx, e, false)
 	return true

@@ -76,7 +76,7 @@ func TestStartWrite(t *testing.T) {
 					}
 				}
 			}
-			if !alpha.StartWrite(ctx, data, off, false, r.done) {
+			if !alpha.StartWrite(ctx, data, off, false, i == 7, r.done) {
 				t.Fatalf("protocol %s: StartWrite declined a 4 KiB write on the Primary", proto)
 			}
 			clear(data) // the caller's buffer is free once StartWrite returns
@@ -90,7 +90,7 @@ func TestStartWrite(t *testing.T) {
 				}
 			}
 		}
-		alpha.Kick()
+		// The last write kicked them all (no Kick call).
 		for i, r := range started {
 			if err := r.wait(t, "write"); err != nil {
 				t.Fatalf("protocol %s: write %d: %v", proto, i, err)
@@ -111,13 +111,13 @@ func TestStartWrite(t *testing.T) {
 			t.Errorf("protocol %s: a declined write completed (%v)", proto, err)
 			return nil
 		}
-		if alpha.StartWrite(ctx, make([]byte, 4096), 0, true, never) {
+		if alpha.StartWrite(ctx, make([]byte, 4096), 0, true, true, never) {
 			t.Errorf("protocol %s: a FUA write was started asynchronously", proto)
 		}
-		if alpha.StartWrite(ctx, make([]byte, 2<<20), 0, false, never) {
+		if alpha.StartWrite(ctx, make([]byte, 2<<20), 0, false, true, never) {
 			t.Errorf("protocol %s: a write larger than a frame was started asynchronously", proto)
 		}
-		if beta.StartWrite(ctx, make([]byte, 4096), 0, false, never) {
+		if beta.StartWrite(ctx, make([]byte, 4096), 0, false, true, never) {
 			t.Errorf("protocol %s: a Secondary started a write", proto)
 		}
 	}
@@ -138,7 +138,7 @@ func TestStartWriteJournalFull(t *testing.T) {
 	for i := range 64 {
 		r := newAsyncResult()
 		done := func(err error) func() { calls.Add(1); return r.done(err) }
-		if !alpha.StartWrite(ctx, make([]byte, 64<<10), int64(i)<<16, false, done) {
+		if !alpha.StartWrite(ctx, make([]byte, 64<<10), int64(i)<<16, false, false, done) {
 			declined = true
 			break
 		}
