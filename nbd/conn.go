@@ -74,6 +74,13 @@ type conn struct {
 	size      int64
 	maxLen    int64
 
+	// async starts writes the reader does not wait for (nil: none);
+	// unkicked counts those started since its last Kick (the reader's);
+	// asyncWG the ones not yet completed.
+	async    AsyncWriter
+	unkicked int
+	asyncWG  sync.WaitGroup
+
 	// bw writes the negotiation (flushed before transmission); rw writes
 	// the replies after it.
 	bw       *bufio.Writer
@@ -241,6 +248,33 @@ func (s sockReader) Read(p []byte) (int, error) {
 	return c.nc.Read(p)
 }
 
+// sendNow writes what the socket takes of p at once, without blocking
+// (send(2) with MSG_DONTWAIT, whatever the socket's mode): the bytes taken,
+// and an error only if the connection failed.
+func (c *conn) sendNow(p []byte) (int, error) {
+	for {
+		var n int
+		var errno syscall.Errno
+		err := c.raw.Write(func(fd uintptr) bool {
+			r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)),
+				syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
+			n, errno = int(r), e
+			return true // never wait for the socket here
+		})
+		switch {
+		case err != nil:
+			return 0, err
+		case errno == 0:
+			return n, nil
+		case errno == syscall.EAGAIN:
+			return 0, nil
+		case errno == syscall.EINTR:
+			continue
+		}
+		return 0, fmt.Errorf("send reply: %w", errno)
+	}
+}
+
 // receive is one non-blocking recv(2) into p; ok is false if the socket is
 // closed.
 func (c *conn) receive(p []byte) (n int, errno syscall.Errno, ok bool) {
@@ -330,6 +364,18 @@ func (g *gate) acquire(size int64) bool {
 		g.cond.Wait()
 	}
 	if g.closed {
+		return false
+	}
+	g.n.Add(1)
+	g.bytes += size
+	return true
+}
+
+// tryAcquire is acquire without waiting: false if it would wait.
+func (g *gate) tryAcquire(size int64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || int(g.n.Load()) >= g.maxN || (g.n.Load() > 0 && g.bytes+size > g.maxBytes) {
 		return false
 	}
 	g.n.Add(1)

@@ -81,3 +81,32 @@ type MetaContexts interface {
 	// fails this request only.
 	BlockStatus(ctx context.Context, name string, off, n int64) ([]Extent, error)
 }
+
+// AsyncWriter is a Device that can start a write and complete it later,
+// from another goroutine: a replicated device completes a write when its
+// peers acknowledge it, in the goroutine that receives the last ack. The
+// server's reader then starts small writes itself, without a worker
+// goroutine each, and the completing goroutine queues the reply: no
+// goroutine waits for the round trip. Used for writes the Device does not
+// call Quick, on connections without TLS (the completer must be able to
+// write a reply without blocking).
+type AsyncWriter interface {
+	// StartWrite starts writing p at off (fua as for WriteAt). True: the
+	// write was started, and done is called once with what WriteAt would
+	// have returned, from any goroutine, possibly before StartWrite
+	// returns; p must stay unchanged until then. done does not block; it
+	// may return a function to call once the caller has called done for
+	// every write it completes at that moment (their replies leave in one
+	// system call). False: nothing was started, done is not called, and
+	// the server calls WriteAt instead. StartWrite may write locally but
+	// must not wait for anything remote; it may leave the rest until Kick.
+	// With last, the caller has no further request at hand and would Kick
+	// right after: a started write then also kicks itself (and the writes
+	// started before it), as early as it can (a replicated device ships
+	// before its local write, which then overlaps the round trip).
+	StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool
+	// Kick follows one or more StartWrite calls before the caller waits
+	// for anything: the writes started must then proceed without further
+	// calls.
+	Kick()
+}

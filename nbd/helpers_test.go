@@ -193,12 +193,18 @@ func testLogger(t testing.TB) *slog.Logger {
 // down and checks that Serve returned ErrServerClosed.
 func serve(t testing.TB, srv *nbd.Server) string {
 	t.Helper()
-	if srv.Logger == nil {
-		srv.Logger = testLogger(t)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	return serveOn(t, srv, l)
+}
+
+// serveOn is serve on the listener l.
+func serveOn(t testing.TB, srv *nbd.Server, l net.Listener) string {
+	t.Helper()
+	if srv.Logger == nil {
+		srv.Logger = testLogger(t)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background(), l) }()

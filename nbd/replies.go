@@ -60,9 +60,16 @@ type replies struct {
 	pendCost int64  // and their bytes
 	spare    []byte // the writer's previous batch, reused
 	writing  bool   // a writer is at work (outside mu)
-	waiters  int    // big replies waiting for the writer's turn
+	armed    bool   // queued replies wait for their completer's flush
+	waiters  int    // big replies waiting for the writer's turn, and drain
 	turn     *sync.Cond
 	err      error
+
+	// try writes what the socket takes at once without blocking: the
+	// bytes taken, and an error only if the connection failed (nil: no
+	// asynchronous completions, see queue). flushFn is flush, made once.
+	try     func([]byte) (int, error)
+	flushFn func()
 
 	deadline time.Time // the socket's write deadline; the writer's
 }
@@ -73,6 +80,7 @@ func (w *replies) init(nc net.Conn, g *gate, timeout time.Duration, failed func(
 	w.timeout = max(timeout, 0)
 	w.failed = failed
 	w.turn = sync.NewCond(&w.mu)
+	w.flushFn = w.flush
 }
 
 // reply sends one simple reply header and its data (nil for none). held
@@ -142,21 +150,35 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 			w.err = err
 		}
 	}
+	return w.writePending(false)
+}
+
+// writePending is the writer's loop: it writes what is pending, then what
+// was added meanwhile, until nothing is left, and ends the writer's turn.
+// Called with mu held by the writer (writing set); it returns with mu
+// released and the connection's first write error. With try, each batch
+// is first offered to the socket without blocking (w.try): the goroutine
+// that completes asynchronous writes must not wait for a client; what the
+// socket does not take at once is left to a goroutine of its own, which
+// goes on as the writer.
+func (w *replies) writePending(try bool) error {
 	for len(w.pending) > 0 && w.err == nil {
 		batch := w.pending
 		pn, pc := w.pendN, w.pendCost
 		w.pending, w.pendN, w.pendCost = w.spare[:0], 0, 0
 		w.spare = nil
 		w.mu.Unlock()
-		err := w.send(batch, nil)
-		w.fail(err)
-		w.g.sent(int64(len(batch)))
-		w.g.releaseN(pn, pc)
-		w.mu.Lock()
-		w.keep(batch)
-		if err != nil && w.err == nil {
-			w.err = err
+		var err error
+		if try {
+			var k int
+			if k, err = w.try(batch); err == nil && k < len(batch) {
+				go w.finishBatch(batch, k, pn, pc)
+				return nil
+			}
+		} else {
+			err = w.send(batch, nil)
 		}
+		w.sentBatch(batch, pn, pc, err)
 	}
 	if w.err != nil && len(w.pending) > 0 {
 		// Never written: give their budget back.
@@ -171,6 +193,83 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 	err := w.err
 	w.mu.Unlock()
 	return err
+}
+
+// sentBatch accounts for a batch written (or failed): its backlog and
+// budget are given back, its buffer kept. It returns with mu held.
+func (w *replies) sentBatch(batch []byte, pn int, pc int64, err error) {
+	w.fail(err)
+	w.g.sent(int64(len(batch)))
+	w.g.releaseN(pn, pc)
+	w.mu.Lock()
+	w.keep(batch)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+}
+
+// finishBatch writes the rest of a batch the socket did not take at once
+// (from byte k), blocking under the write timeout, and goes on as the
+// writer.
+func (w *replies) finishBatch(batch []byte, k int, pn int, pc int64) {
+	w.sentBatch(batch, pn, pc, w.send(batch[k:], nil))
+	w.writePending(false)
+}
+
+// queue adds the reply head (at most copyReplyMax bytes, copied) of a
+// request completed by a goroutine that must not block: an AsyncWriter's
+// completion. It holds one gate request and cost bytes until written. The
+// reply goes with the writer at work, or with the flush that queue returns
+// to the first of a run of completions (nil to the others): the completer
+// calls it once it has queued every reply it completes at that moment, and
+// those replies leave in one system call.
+func (w *replies) queue(head []byte, cost int64) (flush func()) {
+	w.mu.Lock()
+	if w.err != nil {
+		w.mu.Unlock()
+		w.give(true, cost)
+		return nil
+	}
+	w.g.backlog.Add(int64(len(head)))
+	w.pending = append(w.pending, head...)
+	w.pendN++
+	w.pendCost += cost
+	if w.writing || w.armed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.armed = true
+	w.mu.Unlock()
+	return w.flushFn
+}
+
+// flush writes the replies queue queued, without blocking on the socket
+// (writePending with try).
+func (w *replies) flush() {
+	w.mu.Lock()
+	w.armed = false
+	if w.writing {
+		// The writer at work sends them before it stops.
+		if w.waiters > 0 {
+			w.turn.Broadcast()
+		}
+		w.mu.Unlock()
+		return
+	}
+	w.writing = true
+	w.writePending(true)
+}
+
+// drain waits until no writer is at work and no flush is due: every reply
+// queued is written or failed.
+func (w *replies) drain() {
+	w.mu.Lock()
+	for w.writing || w.armed {
+		w.waiters++
+		w.turn.Wait()
+		w.waiters--
+	}
+	w.mu.Unlock()
 }
 
 // keep keeps a written batch's buffer for the next batch, unless it grew

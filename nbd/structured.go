@@ -48,23 +48,26 @@ func errMessage(typ uint16, off uint64, n int64, err error) string {
 // chunk whose message says what failed, and a READ (of 0 bytes) succeeds
 // with NBD_REPLY_TYPE_NONE; anything else gets a simple reply.
 func (c *conn) answer(cookie uint64, typ uint16, off uint64, n int64, err error, held bool, cost int64) {
+	var b [SimpleReplySize]byte
+	c.send(c.appendAnswer(b[:0], cookie, typ, off, n, err), nil, held, cost)
+}
+
+// appendAnswer appends answer's reply to b.
+func (c *conn) appendAnswer(b []byte, cookie uint64, typ uint16, off uint64, n int64, err error) []byte {
 	if !c.structured || err == nil && typ != CmdRead && typ != CmdBlockStatus {
-		c.reply(cookie, errorCode(err), nil, held, cost)
-		return
+		return appendSimpleReply(b, cookie, errorCode(err))
 	}
 	if err == nil {
-		c.send(appendChunk(make([]byte, 0, ChunkHeaderSize), ReplyFlagDone, ReplyTypeNone, cookie, 0), nil, held, cost)
-		return
+		return appendChunk(b, ReplyFlagDone, ReplyTypeNone, cookie, 0)
 	}
 	if errors.Is(err, ErrOutOfRange) || errors.Is(err, ErrNoSpace) {
 		err = fmt.Errorf("%w (the export has %d bytes)", err, c.size)
 	}
 	msg := errMessage(typ, off, n, err)
-	b := make([]byte, 0, ChunkHeaderSize+6+len(msg))
 	b = appendChunk(b, ReplyFlagDone, ReplyTypeError, cookie, 6+len(msg))
 	b = binary.BigEndian.AppendUint32(b, errorCode(err))
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
-	c.send(append(b, msg...), nil, held, cost)
+	return append(b, msg...)
 }
 
 // segment is a piece of a READ: data read from the Device, or a hole.

@@ -53,12 +53,20 @@ func (c *conn) transmit(exp Export) error {
 	c.jobs = make(chan *request)
 	c.rw.init(c.nc, &c.gate, c.srv.writeTimeout(), c.writeFailed)
 	c.useRaw()
+	if aw, ok := exp.Device.(AsyncWriter); ok && c.raw != nil {
+		c.async = aw
+		c.rw.try = c.sendNow
+	}
 
 	err := c.readLoop()
 
 	close(c.jobs)
 	c.workerWG.Wait()
-	// Every reply is written once its worker returns.
+	// Every reply is written once its worker returns; an asynchronous
+	// write's once it completed and the writer at work (or its flush) is
+	// done.
+	c.asyncWG.Wait()
+	c.rw.drain()
 	c.rw.mu.Lock()
 	werr := c.rw.err
 	c.rw.mu.Unlock()
@@ -79,10 +87,19 @@ func (c *conn) readLoop() (err error) {
 			c.kill()
 		}
 	}()
+	defer c.kick()
 	for {
+		if c.unkicked > 0 && (c.unkicked >= kickEvery || !c.requestBuffered()) {
+			// Whatever comes next may wait (for the client, for room):
+			// the writes started must go on without us.
+			c.kick()
+		}
 		if c.stopping.Load() {
 			c.drainBuffered()
 			return nil
+		}
+		if c.unkicked > 0 && c.gate.backlog.Load() >= c.gate.maxBacklog {
+			c.kick()
 		}
 		if !c.gate.roomToReply() {
 			return nil
@@ -167,9 +184,12 @@ func (c *conn) readLoop() (err error) {
 		case CmdBlockStatus:
 			r.cost = c.statusCost(r)
 		}
-		if !c.gate.acquire(r.cost) {
-			requestPool.Put(r)
-			return nil
+		if c.unkicked == 0 || !c.gate.tryAcquire(r.cost) {
+			c.kick() // before a wait for room the writes started must go on
+			if !c.gate.acquire(r.cost) {
+				requestPool.Put(r)
+				return nil
+			}
 		}
 		if r.typ == CmdRead || r.typ == CmdWrite {
 			r.buf = getBuf(int(r.n))
@@ -190,9 +210,15 @@ func (c *conn) readLoop() (err error) {
 		}
 		c.ranInline = c.inlineOK(r)
 		if c.ranInline {
+			c.kick()
 			c.handle(r)
 			continue
 		}
+		if c.asyncOK(r) && c.startWrite(r) {
+			c.ranInline = true
+			continue
+		}
+		c.kick()
 		if !c.dispatch(r) {
 			c.gate.release(r.cost)
 			putBuf(r.buf)
@@ -213,6 +239,72 @@ func (c *conn) inlineOK(r *request) bool {
 }
 
 const inlineMax = 64 << 10
+
+// kickEvery bounds the writes the reader starts (AsyncWriter) before it
+// lets them go on (Kick) while more requests are buffered.
+const kickEvery = 16
+
+// asyncOK: the reader starts a small write itself (AsyncWriter) when the
+// Device would make it wait for something remote (not Quick).
+func (c *conn) asyncOK(r *request) bool {
+	return c.async != nil && r.typ == CmdWrite && r.n <= inlineMax && (c.quick == nil || !c.quick.Quick(true, r.n))
+}
+
+// startWrite starts r on the AsyncWriter; false if the Device declined.
+// The request's reply is queued by whoever completes it.
+func (c *conn) startWrite(r *request) bool {
+	// The last of a run (no further request buffered, or the run is at
+	// its bound) kicks itself: the Device ships it as early as it can.
+	last := c.unkicked+1 >= kickEvery || !c.requestBuffered()
+	c.asyncWG.Add(1)
+	if !c.async.StartWrite(c.ctx, *r.buf, r.off, r.flags&CmdFlagFUA != 0, last, func(err error) func() { return c.writeDone(r, err) }) {
+		c.asyncWG.Done()
+		return false
+	}
+	if last {
+		c.unkicked = 0
+	} else {
+		c.unkicked++
+	}
+	return true
+}
+
+// writeDone completes a write the AsyncWriter started: it queues the reply
+// (without blocking) and frees the request.
+func (c *conn) writeDone(r *request, err error) (flush func()) {
+	if err != nil {
+		c.log.Debug("nbd: device error", "cmd", cmdName(r.typ), "off", r.off, "n", r.n, "err", err)
+	}
+	var b [SimpleReplySize]byte
+	flush = c.rw.queue(c.appendAnswer(b[:0], r.cookie, r.typ, r.woff, r.n, err), r.cost)
+	c.done(r, err)
+	c.asyncWG.Done()
+	return flush
+}
+
+// kick lets the writes started since the last kick go on (AsyncWriter.Kick).
+func (c *conn) kick() {
+	if c.unkicked > 0 {
+		c.unkicked = 0
+		c.async.Kick()
+	}
+}
+
+// requestBuffered reports whether the next request, with a write's
+// payload, is in the read buffer: the reader takes it without waiting.
+func (c *conn) requestBuffered() bool {
+	if c.br.Buffered() < RequestSize {
+		return false
+	}
+	h, err := c.br.Peek(RequestSize)
+	if err != nil {
+		return false
+	}
+	if binary.BigEndian.Uint16(h[6:]) != CmdWrite {
+		return true
+	}
+	return c.br.Buffered() >= RequestSize+int(binary.BigEndian.Uint32(h[24:]))
+}
 
 // check validates a request before any Device call, in the order the spec's
 // error values suggest: command, flags, read-only, length, range.
@@ -441,10 +533,14 @@ func (c *conn) drainBuffered() {
 // cost bytes of the gate until it is written.
 func (c *conn) reply(cookie uint64, errno uint32, data []byte, held bool, cost int64) {
 	var h [SimpleReplySize]byte
-	binary.BigEndian.PutUint32(h[0:], MagicSimpleReply)
-	binary.BigEndian.PutUint32(h[4:], errno)
-	binary.BigEndian.PutUint64(h[8:], cookie)
-	c.send(h[:], data, held, cost)
+	c.send(appendSimpleReply(h[:0], cookie, errno), data, held, cost)
+}
+
+// appendSimpleReply appends a simple reply header to b.
+func appendSimpleReply(b []byte, cookie uint64, errno uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, MagicSimpleReply)
+	b = binary.BigEndian.AppendUint32(b, errno)
+	return binary.BigEndian.AppendUint64(b, cookie)
 }
 
 // send writes one reply message, head then data (see replies: replies that

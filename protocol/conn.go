@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/binary"
 	"net"
 	"strings"
 	"time"
@@ -66,6 +67,25 @@ func (c *Conn) SetCodec(codec Codec, level int) error {
 	}
 	c.W.enc = enc
 	return nil
+}
+
+// FrameBuffered reports whether a whole frame is buffered: the next
+// ReadFrame returns without reading the connection. A receiver that must
+// answer before it waits (an ack) answers when it is false.
+func (r *Reader) FrameBuffered() bool {
+	k := r.br.Buffered()
+	if k < HeaderSize {
+		return false
+	}
+	h, err := r.br.Peek(HeaderSize)
+	if err != nil {
+		return false
+	}
+	tl := TrailerSize
+	if r.mac != nil {
+		tl = MACSize
+	}
+	return int64(k) >= int64(HeaderSize)+int64(binary.LittleEndian.Uint32(h[8:]))+int64(tl)
 }
 
 // ReadFrame reads the next frame, failing if none arrives within timeout

@@ -545,3 +545,43 @@ func mustFrameMAC(tb testing.TB, key *[32]byte) *frameMAC {
 	}
 	return m
 }
+
+// stepReader hands out the bytes of src as far as limit allows.
+type stepReader struct {
+	src   []byte
+	limit int
+}
+
+func (s *stepReader) Read(p []byte) (int, error) {
+	if s.limit == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, s.src[:min(s.limit, len(s.src))])
+	s.src, s.limit = s.src[n:], s.limit-n
+	return n, nil
+}
+
+// TestFrameBuffered: a whole frame in the buffer is reported, a frame cut
+// anywhere (header, payload, trailer) is not, so a receiver answers before
+// a read that would wait.
+func TestFrameBuffered(t *testing.T) {
+	var buf bytes.Buffer
+	w, _ := NewWriter(&buf, CodecNone, 0)
+	w.WriteFrame(TypeAck, 0, 1, nil, nil)
+	w.WriteFrame(TypeWrite, 0, 2, make([]byte, WriteHeadSize), bytes.Repeat([]byte{7}, 4096))
+	w.Flush()
+	all := buf.Bytes()
+	first := HeaderSize + TrailerSize
+	for cut := first; cut <= len(all); cut++ {
+		r := NewReader(&stepReader{src: all, limit: cut})
+		if r.FrameBuffered() {
+			t.Fatal("a frame reported buffered before anything was read")
+		}
+		if _, err := r.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := r.FrameBuffered(), cut == len(all); got != want {
+			t.Fatalf("%d of %d bytes read: FrameBuffered %v, want %v", cut, len(all), got, want)
+		}
+	}
+}

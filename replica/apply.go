@@ -47,7 +47,8 @@ type aitem struct {
 	deps     []*aitem
 	done     chan struct{}
 	finished bool
-	slot     int // index in active
+	inline   bool // applied by the receiving goroutine (submit)
+	slot     int  // index in active
 }
 
 func newApplier(s *session) *applier {
@@ -138,6 +139,7 @@ func (a *applier) submit(it *aitem, data []byte) {
 	a.mu.Unlock()
 	if inline(it, data) && !a.n.preserveCopies(it.off, it.n) {
 		it.data = data // borrowed: apply returns before the caller reuses it
+		it.inline = true
 		a.apply(it)
 		return
 	}
@@ -249,11 +251,17 @@ func (a *applier) finish(it *aitem, ok bool) {
 	if len(a.items) == 0 {
 		a.cond.Broadcast()
 	}
+	broken := a.broken
 	a.mu.Unlock()
-	if it.barrier && ok && !a.broken {
-		a.s.queue(ctrlMsg{t: protocol.TypeBarrierAck, seq: it.seq})
+	if it.barrier && ok && !broken && !a.s.enqueue(ctrlMsg{t: protocol.TypeBarrierAck, seq: it.seq}) {
+		return
 	}
-	a.s.wakeUp()
+	if !it.inline {
+		// A worker's item: send the ack (and a barrier's) from here. The
+		// receiving goroutine acks what it applied itself before it waits
+		// for more frames (receive).
+		a.s.pump()
+	}
 }
 
 // drain waits until every received write is applied.

@@ -63,6 +63,7 @@ type Node struct {
 	quorum         quorumState       // votes, lease, promise (quorum.go)
 	lastApplied    atomic.Uint64     // the last Primary's sequence number applied here (election.go)
 	lastAppliedBy  atomic.Uint32     // that Primary's node id
+	done           []doneWrite       // writes completed under n.mu, to report once it is released (async.go)
 
 	// Snapshots (snapshot.go): the store (nil when off), how preserve
 	// reads the live device, why reads of snapshots are refused (the store
@@ -235,12 +236,23 @@ func (n *Node) event(kind, peer, old, new, msg string) {
 	n.evq = append(n.evq, api.Event{Time: time.Now(), Kind: kind, Peer: peer, Old: old, New: new, Message: msg})
 }
 
-// unlock releases n.mu and delivers queued events.
+// unlock releases n.mu, delivers queued events and completes the writes
+// that completed under it (completeLocked).
 func (n *Node) unlock() {
+	if len(n.done) != 0 {
+		n.unlockDone()
+		return
+	}
 	if len(n.evq) == 0 {
 		n.mu.Unlock()
 		return
 	}
+	n.unlockEvents()
+}
+
+// unlockEvents releases n.mu and delivers the queued events, in order
+// with other goroutines' deliveries.
+func (n *Node) unlockEvents() {
 	evs := n.evq
 	n.evq = nil
 	n.evMu.Lock()

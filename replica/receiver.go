@@ -199,6 +199,11 @@ func (s *session) receive() error {
 	c := s.c
 	read := c.R.BytesRead()
 	for {
+		if !c.R.FrameBuffered() || s.appliedSinceAck >= ackEvery {
+			// The next frame is not here yet (or many were applied):
+			// acknowledge what was applied before waiting for it.
+			s.ackNow()
+		}
 		f, err := c.ReadFrame(n.cfg.Timeout)
 		if r := c.R.BytesRead(); r != read {
 			p.stats.received.Add(r - read)
@@ -226,6 +231,7 @@ func (s *session) receive() error {
 			if err := s.seqFrame(f); err != nil {
 				return err
 			}
+			s.appliedSinceAck++
 		case protocol.TypeDataReq:
 			if err := s.onDataReq(f.Seq); err != nil {
 				return err
@@ -293,6 +299,19 @@ func (s *session) receive() error {
 	}
 }
 
+// ackEvery bounds the writes the receiver applies in a row before it
+// sends their ack, when frames keep arriving faster than they are applied.
+const ackEvery = 32
+
+// ackNow sends the cumulative ack if it advanced since the last one sent
+// (by the receiver, in its own goroutine).
+func (s *session) ackNow() {
+	s.appliedSinceAck = 0
+	if a := s.applier; a != nil && a.acked.Load() > s.ackSent.Load() {
+		s.pump()
+	}
+}
+
 // onAck handles a cumulative ack (or barrier ack) of seq from p.
 func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 	n.mu.Lock()
@@ -316,7 +335,7 @@ func (n *Node) onAck(p *peer, seq uint64, barrier bool) {
 		pr.ClearResynced(seq, clear)
 	}
 	n.journal.Trim()
-	n.mu.Unlock()
+	n.unlock() // completes the asynchronous writes acked (async.go)
 }
 
 // onState handles a State frame from a connected peer.

@@ -204,7 +204,7 @@ func (s *session) resyncPass() (bool, error) {
 		if err := s.pace(ln); err != nil {
 			return false, err
 		}
-		ent, err := n.start(s.ctx, journal.Resync, off, ln, nil, 0, p.bit)
+		ent, err := n.start(s.ctx, journal.Resync, off, ln, nil, 0, p.bit, nil)
 		if err != nil {
 			return false, err
 		}

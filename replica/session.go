@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/repd/repd/api"
@@ -52,7 +53,19 @@ type session struct {
 	ctrlBytes int64 // payload bytes in ctrl, bounded by maxCtrlBytes
 
 	dedup    dedupState
-	frameErr error // the sender's first frame write error (sender.go)
+	frameErr error // the writer's first frame write error (sender.go); txMu
+
+	// The writer (sender.go): whoever holds txMu writes frames to c and
+	// flushes; txAgain asks the holder for one more pass. ackSent is the
+	// last cumulative ack written, for the receiver's check without txMu.
+	txMu    sync.Mutex
+	txAgain atomic.Bool
+	tx      txState
+	ackSent atomic.Uint64
+	running atomic.Bool // run started the goroutines: a pass may write
+	// appliedSinceAck counts the sequence frames the receiver handled
+	// since it last checked for an ack to send (receiver.go); receiver only.
+	appliedSinceAck int
 
 	// The Primary's lease requests to the peer (sender.go; quorum.go):
 	// when the last went, and whether one is due at once. Node.mu.
@@ -100,9 +113,18 @@ const (
 // errCtrlOverflow ends a session whose control queue overflowed.
 var errCtrlOverflow = fmt.Errorf("more than %d control frames or %d MiB queued for the peer: it does not read them", maxCtrlMsgs, maxCtrlBytes>>20)
 
-// queue queues a control frame for the sender; past the bound the session
-// fails instead of growing.
+// queue queues a control frame for the sender and wakes it; past the
+// bound the session fails instead of growing.
 func (s *session) queue(m ctrlMsg) {
+	if s.enqueue(m) {
+		s.wakeUp()
+	}
+}
+
+// enqueue queues a control frame for the next pass of the writer without
+// waking the sender: the caller pumps. False if the session failed on the
+// bound.
+func (s *session) enqueue(m ctrlMsg) bool {
 	s.ctrlMu.Lock()
 	s.ctrlBytes += int64(len(m.payload))
 	over := s.ctrlBytes > maxCtrlBytes || len(s.ctrl) >= maxCtrlMsgs
@@ -112,9 +134,8 @@ func (s *session) queue(m ctrlMsg) {
 	s.ctrlMu.Unlock()
 	if over {
 		s.fail(errCtrlOverflow)
-		return
 	}
-	s.wakeUp()
+	return !over
 }
 
 // queueWait is queue for a producer that can wait (a checksum resync's
@@ -167,6 +188,7 @@ func (s *session) run() {
 	p, n := s.p, s.p.n
 	var wg sync.WaitGroup
 	if p.voteOnly {
+		s.running.Store(true)
 		wg.Add(2)
 		go func() { defer wg.Done(); s.fail(s.send()) }()
 		go func() { defer wg.Done(); s.fail(s.receive()) }()
@@ -174,6 +196,7 @@ func (s *session) run() {
 		return
 	}
 	s.applier = newApplier(s)
+	s.running.Store(true) // pumps may write now (the applier is set)
 	wg.Add(3)
 	go func() { defer wg.Done(); s.fail(s.send()) }()
 	go func() { defer wg.Done(); s.fail(s.resyncLoop()) }()

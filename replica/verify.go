@@ -90,7 +90,7 @@ func (s *session) verifyPass() error {
 		if err := s.pace(ln); err != nil {
 			return err
 		}
-		e, err := n.start(s.ctx, journal.Verify, off, ln, nil, 0, p.bit)
+		e, err := n.start(s.ctx, journal.Verify, off, ln, nil, 0, p.bit, nil)
 		if err == errResyncStopped {
 			return nil
 		}

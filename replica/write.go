@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"syscall"
@@ -134,7 +135,7 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 			data = p[done : done+c]
 		}
 		var e *journal.Entry
-		e, err = n.start(ctx, journal.Write, off+done, c, data, f, 0)
+		e, err = n.start(ctx, journal.Write, off+done, c, data, f, 0, nil)
 		if err != nil {
 			break
 		}
@@ -184,12 +185,16 @@ func (n *Node) write(ctx context.Context, op string, off, length int64, p []byte
 }
 
 // start puts an entry into the journal. For journal.Resync the entry goes to peer
-// only and is not ready until read by local.
-func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src []byte, f protocol.Flags, only uint64) (*journal.Entry, error) {
+// only and is not ready until read by local. A write with onDone completes
+// through it (StartWrite) and is not shipped until Kick.
+func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src []byte, f protocol.Flags, only uint64, onDone func(error) func()) (*journal.Entry, error) {
 	// Its channels are made when someone waits (LocalChan, doneCh): under
 	// protocol A most writes are waited for by nobody, and without peers
 	// none are.
-	e := &journal.Entry{Kind: k, Flags: f, Off: off, N: length}
+	e := &journal.Entry{Kind: k, Flags: f, Off: off, N: length, OnDone: onDone}
+	if onDone != nil {
+		e.Ctx = ctx
+	}
 	if k == journal.Write && !n.detached.Load() {
 		// A detached disk is not written here: nothing to protect.
 		if err := n.meta.Activate(ctx, off, length); err != nil {
@@ -237,7 +242,7 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 			err = ctx.Err()
 		}
 		if err != nil {
-			n.mu.Unlock()
+			n.unlockDone()
 			bufpool.Put(e.Buf)
 			if e.AL {
 				n.meta.Complete(off, length)
@@ -254,12 +259,25 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 			break
 		} else if n.pullAhead && n.cfg.Protocol == api.ProtocolA && n.pullAheadLocked() && !n.journal.Full(e.Size) {
 			break
+		} else if onDone != nil {
+			// An asynchronous write must not wait here: the room may be
+			// held by the writes its caller started and has not kicked
+			// yet. The caller makes it with WriteAt, after a Kick.
+			err = errNoRoom
+		}
+		if err != nil {
+			n.unlockDone()
+			bufpool.Put(e.Buf)
+			if e.AL {
+				n.meta.Complete(off, length)
+			}
+			return nil, err
 		}
 		n.waitRoomLocked(ctx, e.Size)
 	}
 	if k == journal.Write && n.recvMask != n.allMask() {
 		if err := n.rotateIfNeededLocked(); err != nil {
-			n.mu.Unlock()
+			n.unlockDone()
 			bufpool.Put(e.Buf)
 			if e.AL {
 				n.meta.Complete(off, length)
@@ -272,7 +290,7 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	switch k {
 	case journal.Write:
 		e.Ship = n.recvMask
-		if e.Ship != 0 && n.cfg.Protocol == api.ProtocolC {
+		if e.Ship != 0 && n.cfg.Protocol == api.ProtocolC && onDone == nil {
 			e.DoneCh = make(chan struct{}) // write waits for the acks
 		}
 		if e.Ship != 0 && len(src) > 0 && e.Buf == nil {
@@ -292,9 +310,55 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	e.Deps = n.inflight.Overlapping(off, length, e.Deps)
 	n.inflight.Add(e)
 	n.journal.Push(e)
-	n.wakeLocked(e.Ship)
-	n.mu.Unlock()
+	if onDone != nil {
+		// Shipped at Kick, with the writes started after it.
+		n.unlockDone()
+		return e, nil
+	}
+	if k != journal.Write || n.cfg.Protocol != api.ProtocolC {
+		n.wakeLocked(e.Ship)
+		n.unlockDone()
+		return e, nil
+	}
+	var ss sessions
+	n.sessionsLocked(e.Ship, &ss)
+	n.unlockDone()
+	// Protocol C: the write waits for the peers' acks, so it goes out
+	// now, from this goroutine, before the local write.
+	ss.pump()
 	return e, nil
+}
+
+// sessions is a small set of sessions to pump once n.mu is released.
+type sessions struct {
+	k    int
+	ss   [4]*session
+	more []*session
+}
+
+// sessionsLocked adds the sessions of the peers in mask to ss; n.mu held.
+func (n *Node) sessionsLocked(mask uint64, ss *sessions) {
+	for _, p := range n.peers {
+		if mask&p.bit == 0 || p.sess == nil {
+			continue
+		}
+		if ss.k < len(ss.ss) {
+			ss.ss[ss.k] = p.sess
+			ss.k++
+		} else {
+			ss.more = append(ss.more, p.sess)
+		}
+	}
+}
+
+// pump makes each session write what is due (session.pump).
+func (ss *sessions) pump() {
+	for _, s := range ss.ss[:ss.k] {
+		s.pump()
+	}
+	for _, s := range ss.more {
+		s.pump()
+	}
 }
 
 // copyData gives e its own copy of a write's data, which the shippers may
@@ -310,6 +374,10 @@ func (n *Node) copyData(e *journal.Entry, src []byte) {
 }
 
 var errResyncStopped = fmt.Errorf("resync stopped")
+
+// errNoRoom: an asynchronous write found the journal full (StartWrite
+// declines it).
+var errNoRoom = errors.New("journal full")
 
 // rotateIfNeededLocked starts a new current UUID if a peer that will miss
 // this write has no bitmap UUID yet; n.mu held.
@@ -424,11 +492,15 @@ func (n *Node) local(ctx context.Context, e *journal.Entry, uncount bool) (uncou
 	if e.Kind == journal.Resync || e.Kind == journal.Verify {
 		n.wakeLocked(e.Ship)
 	}
-	if uncount && e.Kind == journal.Write && !e.NoLocal && e.DoneCh == nil {
+	if e.OnDone != nil && !e.NoLocal && !n.waitsAcks(e) {
+		// Done once local (protocol A, or no peer receives it).
+		n.completeLocked(e)
+	}
+	if uncount && e.Kind == journal.Write && !e.NoLocal && e.DoneCh == nil && e.OnDone == nil {
 		n.endWriteLocked()
 		uncounted = true
 	}
-	n.mu.Unlock()
+	n.unlockDone()
 	return uncounted
 }
 
@@ -464,6 +536,9 @@ func (n *Node) maybeDoneLocked(e *journal.Entry) {
 		n.journal.Close(e)
 		if e.DoneCh != nil {
 			close(e.DoneCh)
+		}
+		if e.OnDone != nil {
+			n.completeLocked(e)
 		}
 		if e.AL {
 			n.meta.Complete(e.Off, e.N)
@@ -565,15 +640,34 @@ func (n *Node) flush(ctx context.Context, wait bool) error {
 // zero); nil if no peer would get it.
 func (n *Node) barrier(only uint64) *journal.Entry {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return nil
 	}
-	return n.barrierLocked(only)
+	b := n.pushBarrierLocked(only)
+	var ss sessions
+	if b != nil {
+		n.sessionsLocked(b.Ship, &ss)
+	}
+	n.mu.Unlock()
+	// Sent from here, at once: the peers' flushes run while ours does.
+	ss.pump()
+	return b
 }
 
-// barrierLocked is barrier with n.mu held, also while closing.
+// barrierLocked is barrier with n.mu held, also while closing; it wakes
+// the senders.
 func (n *Node) barrierLocked(only uint64) *journal.Entry {
+	b := n.pushBarrierLocked(only)
+	if b != nil {
+		n.wakeLocked(b.Ship)
+	}
+	return b
+}
+
+// pushBarrierLocked appends a barrier for the receiving peers (or for
+// only); n.mu held. The caller sends it (wake or pump).
+func (n *Node) pushBarrierLocked(only uint64) *journal.Entry {
 	mask := n.recvMask
 	if only != 0 {
 		mask &= only
@@ -585,7 +679,6 @@ func (n *Node) barrierLocked(only uint64) *journal.Entry {
 		Size: journal.Overhead, LocalCh: journal.ClosedCh, DoneCh: make(chan struct{})}
 	n.nextSeq++
 	n.journal.Push(e)
-	n.wakeLocked(mask)
 	return e
 }
 
@@ -619,7 +712,7 @@ type roomWaiter struct {
 func (n *Node) waitRoomLocked(ctx context.Context, size int64) {
 	w := &roomWaiter{size: size, ch: make(chan struct{})}
 	n.roomq = append(n.roomq, w)
-	n.mu.Unlock()
+	n.unlock()
 	select {
 	case <-w.ch:
 		n.mu.Lock()

@@ -26,6 +26,13 @@ func Eval(s *result.Summary) []result.Check {
 			ck.Value = num.IOPS / den.IOPS
 			ck.Status = passFail(ck.Value >= c.Min)
 			ck.Detail = fmt.Sprintf("%.2fx (%s %.0f, %s %.0f IOPS)", ck.Value, c.Num, num.IOPS, c.Den, den.IOPS)
+			if b, _ := CPUBound(s, c.Num, c.Den, c.Workload); c.OfBound > 0 && b > 0 {
+				ck.Detail += fmt.Sprintf("; %.0f %% of the CPU bound (target %.0f %%)", 100*ck.Value/b, 100*c.OfBound)
+				if ck.Value < c.Min && ck.Value >= c.OfBound*b {
+					ck.Status = "PASS"
+					ck.Detail += fmt.Sprintf("; %.2fx is out of reach on this machine, the bound is met instead", c.Min)
+				}
+			}
 			if c.Note != "" {
 				ck.Detail += "; " + c.Note
 			}
@@ -38,6 +45,9 @@ func Eval(s *result.Summary) []result.Check {
 		}
 		cs = append(cs, ck)
 	}
+	cs = append(cs, latencies(s)...)
+	cs = append(cs, cpuPerIOs(s)...)
+	cs = append(cs, rssBounds(s)...)
 	ck := result.Check{Issue: 2, Name: "repd max RSS", Limit: "< 100 MiB"}
 	switch ti := s.Target(result.Standalone); {
 	case ti == nil || ti.MaxRSS == 0:
@@ -49,6 +59,86 @@ func Eval(s *result.Summary) []result.Check {
 	}
 	cs = append(cs, ck)
 	return append(cs, Drills(s.Drills)...)
+}
+
+// pair returns the results of num and den on workload, or a SKIP or FAIL
+// check's status and detail if they cannot be compared.
+func pair(s *result.Summary, workload, num, den string) (n, d *result.Result, status, detail string) {
+	n, d = s.Result(workload, num), s.Result(workload, den)
+	switch {
+	case n == nil || d == nil:
+		return nil, nil, "SKIP", fmt.Sprintf("needs %s and %s with %s in the run", num, den, workload)
+	case n.Error != "":
+		return nil, nil, "FAIL", num + ": " + n.Error
+	case d.Error != "":
+		return nil, nil, "SKIP", den + " failed: " + d.Error
+	}
+	return n, d, "", ""
+}
+
+// latencies judges the median write latencies (Latencies).
+func latencies(s *result.Summary) []result.Check {
+	var cs []result.Check
+	for _, c := range Latencies {
+		ck := result.Check{Issue: c.Issue, Name: fmt.Sprintf("%s p50 write latency on %s", c.Num, c.Workload), Limit: fmt.Sprintf("<= %s p50 + %.0f µs", c.Den, c.MaxAddUs)}
+		num, den, st, why := pair(s, c.Workload, c.Num, c.Den)
+		switch {
+		case st != "":
+			ck.Status, ck.Detail = st, why
+		case num.Write == nil || den.Write == nil || den.Write.P50us == 0:
+			ck.Status, ck.Detail = "SKIP", "no write latency measured"
+		default:
+			ck.Value = num.Write.P50us - den.Write.P50us
+			ck.Status = passFail(ck.Value <= c.MaxAddUs)
+			ck.Detail = fmt.Sprintf("+%.0f µs (%s %.0f µs, %s %.0f µs)", ck.Value, c.Num, num.Write.P50us, c.Den, den.Write.P50us)
+		}
+		cs = append(cs, ck)
+	}
+	return cs
+}
+
+// cpuPerIOs judges the CPU time per write of replicated targets (CPUPerIOs).
+func cpuPerIOs(s *result.Summary) []result.Check {
+	var cs []result.Check
+	for _, c := range CPUPerIOs {
+		ck := result.Check{Issue: c.Issue, Name: fmt.Sprintf("%s CPU per write on %s", c.Num, c.Workload), Limit: fmt.Sprintf("<= %.0fx %s's", c.MaxX, c.Den)}
+		num, den, st, why := pair(s, c.Workload, c.Num, c.Den)
+		switch {
+		case st != "":
+			ck.Status, ck.Detail = st, why
+		case num.CPU == nil || den.CPU == nil || den.CPU.TargetUs == 0:
+			ck.Status, ck.Detail = "SKIP", "no CPU time measured (the bench reads it from /proc)"
+		default:
+			ck.Value = num.CPU.TargetUs / den.CPU.TargetUs
+			ck.Status = passFail(ck.Value <= c.MaxX)
+			ck.Detail = fmt.Sprintf("%.1fx (%s %.1f µs, %s %.1f µs of its processes' CPU per write; fio's left out)", ck.Value, c.Num, num.CPU.TargetUs, c.Den, den.CPU.TargetUs)
+		}
+		cs = append(cs, ck)
+	}
+	return cs
+}
+
+// rssBounds judges replicated targets' memory (RSSBounds).
+func rssBounds(s *result.Summary) []result.Check {
+	var cs []result.Check
+	for _, c := range RSSBounds {
+		lim := c.Journal + c.Slack
+		ck := result.Check{Issue: c.Issue, Name: fmt.Sprintf("%s max RSS on %s", c.Target, c.Workload),
+			Limit: fmt.Sprintf("<= journal-size %s + %s", units.Bytes(c.Journal), units.Bytes(c.Slack))}
+		r := s.Result(c.Workload, c.Target)
+		switch {
+		case r == nil:
+			ck.Status, ck.Detail = "SKIP", fmt.Sprintf("needs %s with %s in the run", c.Target, c.Workload)
+		case r.MaxRSS == 0:
+			ck.Status, ck.Detail = "SKIP", "no RSS sampled"
+		default:
+			ck.Value = float64(r.MaxRSS) / (1 << 20)
+			ck.Status = passFail(r.MaxRSS <= lim)
+			ck.Detail = fmt.Sprintf("%.1f MiB (the largest of its processes), limit %s", ck.Value, units.Bytes(lim))
+		}
+		cs = append(cs, ck)
+	}
+	return cs
 }
 
 // Drills judges the drills: RTO, RPO, the wire ratios and the sync drill.

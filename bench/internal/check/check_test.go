@@ -174,3 +174,59 @@ func TestBackupChecks(t *testing.T) {
 		t.Errorf("Drills does not judge the backup drill")
 	}
 }
+
+// Issue 20's checks: a ratio below its target passes at OfBound of a CPU
+// bound that puts the target out of reach, and not below it; the QD1
+// latency and CPU per write against standalone; the replicated targets'
+// memory against their journal.
+func TestIssue20Checks(t *testing.T) {
+	s := &result.Summary{
+		Machine: result.Machine{Nproc: 2},
+		Targets: []result.TargetInfo{
+			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
+			{Name: "repd-c1", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 1}},
+			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
+		},
+		Results: []result.Result{
+			// Standalone: 20 µs per I/O at 100k IOPS on 2 CPUs; a peer's
+			// copy costs at least 20 µs more: the bound is 0.5x.
+			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 100000, CPU: &result.CPUStats{TargetUs: 12, FioUs: 8, Util: 1}},
+			{Workload: "randwrite-4k-qd32", Target: "repd-c1", IOPS: 36000},                    // 0.36x = 72 % of 0.5x
+			{Workload: "randwrite-4k-qd32", Target: "repd-a1", IOPS: 44000, MaxRSS: 120 << 20}, // 88 % of 0.5x; RSS over 64+48 MiB
+			{Workload: "randwrite-4k-qd1", Target: "repd", IOPS: 20000, Write: &result.DirStats{P50us: 35}, CPU: &result.CPUStats{TargetUs: 40}},
+			{Workload: "randwrite-4k-qd1", Target: "repd-c1", IOPS: 9000, Write: &result.DirStats{P50us: 90}, CPU: &result.CPUStats{TargetUs: 170}},
+		},
+		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 20, Us1M: 300}},
+	}
+	got := map[string]string{}
+	for _, c := range Eval(s) {
+		if c.Issue == 20 {
+			got[c.Name] = c.Status
+		}
+	}
+	want := map[string]string{
+		"repd-c1/repd IOPS on randwrite-4k-qd32":        "PASS", // 0.36x < 0.55x, but >= 70 % of the 0.5x bound
+		"repd-a1/repd IOPS on randwrite-4k-qd32":        "FAIL", // 88 % of the bound, 90 % wanted
+		"repd-c2/repd IOPS on randwrite-4k-qd32":        "SKIP",
+		"repd-c1/repd IOPS on dbsync-16k-fsync8":        "SKIP",
+		"repd-c1 p50 write latency on randwrite-4k-qd1": "PASS", // +55 µs
+		"repd-c1 CPU per write on randwrite-4k-qd1":     "FAIL", // 4.25x
+		"repd-a1 max RSS on randwrite-4k-qd32":          "FAIL",
+		"repd-a1-j8 max RSS on randwrite-4k-qd32":       "SKIP",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %q, want %s", k, got[k], v)
+		}
+	}
+	s.Results[1].IOPS = 34000 // 68 % of the bound
+	s.Results[4].Write.P50us = 96
+	for _, c := range Eval(s) {
+		switch c.Name {
+		case "repd-c1/repd IOPS on randwrite-4k-qd32", "repd-c1 p50 write latency on randwrite-4k-qd1":
+			if c.Issue == 20 && c.Status != "FAIL" {
+				t.Errorf("%s: %s (%s), want FAIL", c.Name, c.Status, c.Detail)
+			}
+		}
+	}
+}

@@ -16,6 +16,10 @@ type Ratio struct {
 	Num, Den string // target names
 	Min      float64
 	Note     string // added to the detail
+	// OfBound, if set, is the share of the CPU bound (CPUBound) that
+	// meets the target on a machine whose bound puts Min out of reach of
+	// any implementation: the check then passes at OfBound × the bound.
+	OfBound float64
 }
 
 // Ratios are the IOPS ratio targets.
@@ -31,6 +35,13 @@ var Ratios = []Ratio{
 	// Issue 7: replication over shaped links.
 	{Issue: 7, Workload: "randwrite-4k-qd32", Num: "repd-c1-lan", Den: result.Standalone, Min: 0.5},
 	{Issue: 7, Workload: "randwrite-4k-qd32", Num: "repd-a1-wan", Den: result.Standalone, Min: 0.85},
+	// Issue 20: protocol C at the speed of its round trip, on loopback.
+	{Issue: 20, Workload: "randwrite-4k-qd32", Num: "repd-c1", Den: result.Standalone, Min: 0.55, OfBound: 0.70},
+	{Issue: 20, Workload: "randwrite-4k-qd32", Num: "repd-c2", Den: result.Standalone, Min: 0.40},
+	{Issue: 20, Workload: "seqwrite-1m-qd8", Num: "repd-c1", Den: result.Standalone, Min: 0.65},
+	{Issue: 20, Workload: "randwrite-4k-qd32", Num: "repd-a1", Den: result.Standalone, Min: 0.70, OfBound: 0.90},
+	{Issue: 20, Workload: "dbsync-16k-fsync8", Num: "repd-c1", Den: result.Standalone, Min: 0.45,
+		Note: "16 KiB writes at QD1, a flush every 8"},
 	// Issue 5: compression that finds nothing to squeeze costs little.
 	{Issue: 5, Workload: "randwrite-4k-qd32", Num: "repd-a1-zstd", Den: "repd-a1", Min: 0.95,
 		Note: "fio's buffers are random (incompressible)"},
@@ -80,3 +91,51 @@ const (
 	// target.)
 	BackupLoadMin = 0.8
 )
+
+// Latency is issue 20's bound on what protocol C adds to a write's median
+// latency at queue depth 1 on loopback: Num's p50 at most Den's plus
+// MaxAddUs.
+type Latency struct {
+	Issue    int
+	Workload string
+	Num, Den string
+	MaxAddUs float64
+}
+
+// Latencies are the latency targets.
+var Latencies = []Latency{
+	{Issue: 20, Workload: "randwrite-4k-qd1", Num: "repd-c1", Den: result.Standalone, MaxAddUs: 60},
+}
+
+// CPUPerIO is issue 20's bound on a replicated target's CPU time per
+// write (its processes', fio's left out) against standalone repd's on the
+// same workload: at most MaxX times.
+type CPUPerIO struct {
+	Issue    int
+	Workload string
+	Num, Den string
+	MaxX     float64
+}
+
+// CPUPerIOs are the CPU-per-write targets.
+var CPUPerIOs = []CPUPerIO{
+	{Issue: 20, Workload: "randwrite-4k-qd1", Num: "repd-c1", Den: result.Standalone, MaxX: 4},
+}
+
+// RSSBound is issue 20's bound on a protocol-A Primary's resident memory
+// under a workload: the journal it may fill plus Slack. The bench samples
+// every process of the target (the Primary and its peer), so the largest
+// sample is what is judged.
+type RSSBound struct {
+	Issue    int
+	Workload string
+	Target   string
+	Journal  int64 // the target's journal-size
+	Slack    int64
+}
+
+// RSSBounds are the memory targets of replicated repd.
+var RSSBounds = []RSSBound{
+	{Issue: 20, Workload: "randwrite-4k-qd32", Target: "repd-a1", Journal: 64 << 20, Slack: 48 << 20},
+	{Issue: 20, Workload: "randwrite-4k-qd32", Target: "repd-a1-j8", Journal: 8 << 20, Slack: 56 << 20},
+}

@@ -97,9 +97,10 @@ func All() []Target {
 		Replicated("C", 2, "none", nil),
 		Replicated("C", 1, "zstd", nil),
 		Replicated("A", 1, "zstd", nil),
+		SmallJournal(),
 	}
 	for i := range ts {
-		ts[i].Meta.Default = ts[i].Name != "qemu-nbd"
+		ts[i].Meta.Default = ts[i].Name != "qemu-nbd" && ts[i].Name != SmallJournalName
 		if ts[i].Meta.Group == "" {
 			ts[i].Meta.Group = result.GroupLoopback
 		}
@@ -164,6 +165,19 @@ func replicated(proto string, peers int, compression string, l *link.Profile, in
 	rc.Name, rc.Desc = name, desc
 	t := repdTarget(rc)
 	t.Meta = meta
+	return t
+}
+
+// SmallJournalName is repd-a1 with journal-size = 8 MiB (SmallJournal).
+const SmallJournalName = "repd-a1-j8"
+
+// SmallJournal is repd-a1 with journal-size = 8 MiB, for the Primary's
+// memory under a small journal (issue 20's check); not in the default run
+// (--targets repd-a1-j8).
+func SmallJournal() Target {
+	t := repdTarget(RepdConfig{Name: SmallJournalName, Desc: "repd protocol A, 1 peer, loopback, journal-size 8 MiB",
+		Nodes: []string{"alpha", "bravo"}, Protocol: "A", Extra: map[string]string{"journal-size": "8388608"}})
+	t.Meta = result.TargetMeta{Kind: "repd", Group: result.GroupLoopback, Protocol: "A", Peers: 1}
 	return t
 }
 

@@ -12,6 +12,7 @@
 package journal
 
 import (
+	"context"
 	"time"
 
 	"github.com/repd/repd/protocol"
@@ -72,6 +73,15 @@ type Entry struct {
 	Size     int64     // what it counts against the log's bound (Overhead + data)
 	Born     time.Time // when a write entered the log (protocol-A lag); zero: not measured
 	slot     int       // index in an Inflight while there
+
+	// OnDone completes a write that no goroutine waits for (the caller's
+	// asynchronous completion): the caller calls it once, outside its
+	// lock, with the write's result, and then the function it returns,
+	// if any. Ctx is the write's context; Completed says OnDone is due or
+	// was called.
+	OnDone    func(error) func()
+	Ctx       context.Context
+	Completed bool
 }
 
 // Marks says whether a peer that loses the entry must have its range

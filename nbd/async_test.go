@@ -1,0 +1,388 @@
+package nbd_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/repd/repd/nbd"
+	"github.com/repd/repd/nbd/nbdtest"
+)
+
+// asyncDevice is a memDevice that completes small writes later
+// (nbd.AsyncWriter), as a replicated device completes them on its peers'
+// acks: StartWrite writes the data and queues the completion; Kick hands
+// the queue to a completer goroutine, which reports each write and then
+// calls the flushes the reports returned. It is never Quick.
+type asyncDevice struct {
+	*memDevice
+	fail    map[int64]error // StartWrite at these offsets completes with the error
+	decline atomic.Bool     // StartWrite declines: the server uses WriteAt
+
+	mu      sync.Mutex
+	pending []asyncDone
+	hold    chan struct{} // if non-nil, the completer waits for it to close
+
+	work                  chan []asyncDone
+	starts, kicks, writes atomic.Int64
+	completed             atomic.Int64
+}
+
+type asyncDone struct {
+	done func(error) func()
+	err  error
+}
+
+func newAsync(size int) *asyncDevice {
+	return &asyncDevice{memDevice: newMem(size), fail: map[int64]error{}, work: make(chan []asyncDone, 1024)}
+}
+
+// run completes the kicked writes until the test ends.
+func (d *asyncDevice) run(t *testing.T) {
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	t.Cleanup(func() { close(stop); <-stopped })
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			case ws := <-d.work:
+				d.mu.Lock()
+				hold := d.hold
+				d.mu.Unlock()
+				if hold != nil {
+					<-hold
+				}
+				var flushes []func()
+				for _, w := range ws {
+					if f := w.done(w.err); f != nil {
+						flushes = append(flushes, f)
+					}
+					d.completed.Add(1)
+				}
+				for _, f := range flushes {
+					f()
+				}
+			}
+		}
+	}()
+}
+
+func (d *asyncDevice) Quick(write bool, n int64) bool { return false }
+
+func (d *asyncDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.writes.Add(1)
+	return d.memDevice.WriteAt(ctx, p, off, fua)
+}
+
+func (d *asyncDevice) StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool {
+	if d.decline.Load() || fua {
+		return false
+	}
+	d.starts.Add(1)
+	err := d.fail[off]
+	if err == nil {
+		d.memDevice.WriteAt(ctx, p, off, false)
+	}
+	d.mu.Lock()
+	d.pending = append(d.pending, asyncDone{done, err})
+	d.mu.Unlock()
+	if last {
+		d.Kick()
+	}
+	return true
+}
+
+func (d *asyncDevice) Kick() {
+	d.kicks.Add(1)
+	d.mu.Lock()
+	ws := d.pending
+	d.pending = nil
+	d.mu.Unlock()
+	if len(ws) > 0 {
+		d.work <- ws
+	}
+}
+
+// Pipelined writes (some FUA, which the device declines, and some larger
+// than the reader starts itself) and reads on several connections: every
+// write is answered once, with the right cookie, and reads back; the small
+// ones went through StartWrite, kicked in runs, not one by one.
+func TestAsyncWrites(t *testing.T) {
+	const size = 32 << 20
+	dev := newAsync(size)
+	dev.run(t)
+	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}})
+	model := make([]byte, size)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for conn := range 4 {
+		c := dial(t, addr, "")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(conn), 9))
+			// Each connection writes its own quarter, and the writes of a
+			// round do not overlap (pipelined writes may be applied in
+			// any order): the model is exact.
+			base := conn * size / 4
+			const slot = 128 << 10
+			for round := range 20 {
+				var reqs []nbdtest.Request
+				var writes [][2]int
+				for _, s := range rng.Perm(size / 4 / slot)[:32] {
+					n, off := slot, base+s*slot // beyond what the reader starts itself
+					if rng.IntN(8) != 0 {
+						n = 4096
+						off += rng.IntN(slot/4096) * 4096
+					}
+					var flags uint16
+					if rng.IntN(16) == 0 {
+						flags = nbd.CmdFlagFUA
+					}
+					p := pattern(n, byte(round*32+len(reqs)))
+					reqs = append(reqs, nbdtest.Request{Type: nbd.CmdWrite, Flags: flags, Offset: uint64(off), Length: uint32(n), Payload: p})
+					writes = append(writes, [2]int{off, n})
+				}
+				t0 := time.Now()
+				calls, err := c.StartBatch(reqs)
+				if err != nil {
+					errs <- err
+					return
+				}
+				for i, call := range calls {
+					r, err := call.Wait()
+					if err != nil || r.Error != 0 {
+						errs <- fmt.Errorf("write %d of round %d: %v, error %d", i, round, err, r.Error)
+						return
+					}
+				}
+				if d := time.Since(t0); d > 100*time.Millisecond {
+					t.Logf("conn %d round %d: %v", conn, round, d)
+				}
+				mu.Lock()
+				for i, w := range writes {
+					copy(model[w[0]:w[0]+w[1]], reqs[i].Payload)
+				}
+				mu.Unlock()
+			}
+			back := make([]byte, size/4)
+			if err := c.Read(back, int64(base)); err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !bytes.Equal(back, model[base:base+size/4]) {
+				errs <- fmt.Errorf("connection %d: its quarter does not read back as written", conn)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	starts, kicks, completed := dev.starts.Load(), dev.kicks.Load(), dev.completed.Load()
+	if starts == 0 || dev.writes.Load() == 0 {
+		t.Fatalf("StartWrite %d times, WriteAt %d: want both used", starts, dev.writes.Load())
+	}
+	if completed != starts {
+		t.Fatalf("%d writes started, %d completed", starts, completed)
+	}
+	if kicks == 0 || kicks > starts {
+		t.Fatalf("%d kicks for %d writes started", kicks, starts)
+	}
+	t.Logf("%d writes started, %d kicks, %d through WriteAt", starts, kicks, dev.writes.Load())
+}
+
+// A write that completes with an error is answered with its NBD error, in
+// a simple reply and in a structured one (with a message), and the
+// connection goes on; a device that declines serves writes with WriteAt.
+func TestAsyncWriteErrors(t *testing.T) {
+	dev := newAsync(testSize)
+	dev.fail[4096] = syscall.EIO
+	dev.fail[8192] = syscall.ENOSPC
+	dev.run(t)
+	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}})
+	for _, structured := range []bool{false, true} {
+		nc := rawDial(t, addr)
+		n, err := nbdtest.Negotiate(nc, nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if structured {
+			if err := n.StructuredReply(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := n.Go("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			off  uint64
+			want uint32
+		}{{0, 0}, {4096, nbd.EIO}, {8192, nbd.ENOSPC}, {12288, 0}} {
+			r, err := c.Do(nbdtest.Request{Type: nbd.CmdWrite, Offset: tc.off, Length: 4096, Payload: pattern(4096, 5)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Error != tc.want {
+				t.Fatalf("structured %v: write at %d: error %d, want %d", structured, tc.off, r.Error, tc.want)
+			}
+			if structured && tc.want != 0 && r.Message == "" {
+				t.Fatalf("write at %d: structured error without a message", tc.off)
+			}
+		}
+		c.Close()
+	}
+	dev.decline.Store(true)
+	c := dial(t, addr, "")
+	before := dev.starts.Load()
+	if err := c.Write(pattern(4096, 6), 4096, false); err != nil {
+		t.Fatalf("declined write: %v", err)
+	}
+	if dev.starts.Load() != before || dev.writes.Load() == 0 {
+		t.Fatal("a declined write was not made with WriteAt")
+	}
+}
+
+// Shutdown waits for writes started but not yet completed, and their
+// replies reach the client.
+func TestAsyncShutdownWaits(t *testing.T) {
+	dev := newAsync(testSize)
+	dev.hold = make(chan struct{})
+	dev.run(t)
+	srv := &nbd.Server{Exports: []nbd.Export{{Device: dev}}}
+	addr := serve(t, srv)
+	c := dial(t, addr, "")
+	var calls []*nbdtest.Call
+	for i := range 8 {
+		call, err := c.Start(nbdtest.Request{Type: nbd.CmdWrite, Offset: uint64(i) * 4096, Length: 4096, Payload: pattern(4096, byte(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, call)
+	}
+	for dev.starts.Load() < 8 {
+		time.Sleep(time.Millisecond)
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- srv.Shutdown(ctx)
+	}()
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) with writes in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(dev.hold)
+	for i, call := range calls {
+		if r, err := call.Wait(); err != nil || r.Error != 0 {
+			t.Fatalf("write %d: %v, error %d", i, err, r.Error)
+		}
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// A client that sends many writes before it reads any reply: the replies
+// that complete while its socket is full are left to a goroutine that
+// waits for the socket (the completer does not block), the reader stops
+// at its bounds, and once the client reads, every reply arrives, in full.
+func TestAsyncRepliesToAClientThatDoesNotRead(t *testing.T) {
+	dev := newAsync(testSize)
+	dev.run(t)
+	// Small socket buffers (the accepted socket inherits the listener's):
+	// the server's replies fill them soon.
+	small := func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096)
+		})
+	}
+	l, err := (&net.ListenConfig{Control: small}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveOn(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}}, l)
+	d := net.Dialer{Control: small}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	n, err := nbdtest.Negotiate(nc, nbd.FlagCFixedNewstyle|nbd.FlagCNoZeroes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Info(nbd.OptGo, ""); err != nil {
+		t.Fatal(err)
+	}
+	br := n.Reader()
+	const writes = 30000 // 480 KB of replies
+	sent := make(chan error, 1)
+	go func() {
+		req := make([]byte, nbd.RequestSize+512)
+		for i := range writes {
+			binary.BigEndian.PutUint32(req[0:], nbd.MagicRequest)
+			binary.BigEndian.PutUint16(req[6:], nbd.CmdWrite)
+			binary.BigEndian.PutUint64(req[8:], uint64(i))
+			binary.BigEndian.PutUint64(req[16:], uint64(i%64)*512)
+			binary.BigEndian.PutUint32(req[24:], 512)
+			if _, err := nc.Write(req); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	// Let the replies pile up against the window before reading.
+	deadline := time.Now().Add(5 * time.Second)
+	for last := int64(-1); time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		k := dev.completed.Load()
+		if k == last {
+			break // the server stopped: its bounds hold it
+		}
+		last = k
+	}
+	if k := dev.completed.Load(); k >= writes {
+		t.Fatalf("all %d writes completed before the client read a reply: the replies did not fill the socket", k)
+	}
+	seen := make([]bool, writes)
+	var h [nbd.SimpleReplySize]byte
+	for range writes {
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			t.Fatalf("read reply: %v", err)
+		}
+		cookie := binary.BigEndian.Uint64(h[8:])
+		if binary.BigEndian.Uint32(h[0:]) != nbd.MagicSimpleReply || binary.BigEndian.Uint32(h[4:]) != 0 || cookie >= writes || seen[cookie] {
+			t.Fatalf("bad reply %x", h)
+		}
+		seen[cookie] = true
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if got := dev.starts.Load(); got != writes {
+		t.Fatalf("%d writes started, want %d", got, writes)
+	}
+}
