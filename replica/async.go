@@ -35,7 +35,9 @@ type doneWrite struct {
 // started, for the writes WriteAt must make: FUA writes (an fdatasync
 // would hold up the reader), writes of more than one journal entry, and
 // any write on a node that is not a Primary holding its lease or whose
-// disk failed (WriteAt waits or says why).
+// disk failed (WriteAt waits or says why), and a write whose range a
+// snapshot still needs copied (the copy's two fdatasyncs would hold up
+// the reader and every write behind it; WriteAt's callers share them).
 //
 // With last (nbd.AsyncWriter) it kicks the writes started, this one with
 // them, between journaling it and writing it locally: under protocol C
@@ -43,7 +45,7 @@ type doneWrite struct {
 func (n *Node) StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool {
 	length := int64(len(p))
 	if fua || length == 0 || length > protocol.MaxData || off < 0 || off > n.cfg.Size-length ||
-		n.cfg.Self.Witness || n.detached.Load() || !n.leaseHeld() {
+		n.cfg.Self.Witness || n.detached.Load() || !n.leaseHeld() || n.preserveCopies(off, length) {
 		return false
 	}
 	n.mu.Lock()

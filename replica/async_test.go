@@ -161,3 +161,33 @@ func TestStartWriteJournalFull(t *testing.T) {
 	}
 	c.isolate(1, false)
 }
+
+// A write whose range a snapshot still needs copied is declined (the
+// server writes it with WriteAt, where concurrent copies share their
+// fdatasyncs, instead of copying in the NBD reader); once its chunk is
+// preserved, writes there start asynchronously again.
+func TestStartWriteDeclinesSnapshotCopies(t *testing.T) {
+	c := snapCluster(t, 2, 8<<20, nil)
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	if _, err := alpha.Snapshot(ctx, "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	never := func(err error) func() {
+		t.Errorf("a declined write completed (%v)", err)
+		return nil
+	}
+	if alpha.StartWrite(ctx, make([]byte, 4096), 0, false, true, never) {
+		t.Fatal("a write that needs a snapshot copy was started in the caller's goroutine")
+	}
+	if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	r := newAsyncResult()
+	if !alpha.StartWrite(ctx, bytes.Repeat([]byte{8}, 4096), 4096, false, true, r.done) {
+		t.Fatal("a write to a chunk already preserved was declined")
+	}
+	if err := r.wait(t, "write"); err != nil {
+		t.Fatal(err)
+	}
+}
