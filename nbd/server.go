@@ -494,34 +494,29 @@ func (s *Server) lookup(name string) (Export, bool) {
 	return Export{}, false
 }
 
-func (s *Server) maxPayload() int {
-	if s.MaxPayload > 0 {
-		return s.MaxPayload
+// orDefault is v if it is set (positive), else def.
+func orDefault[T int | int64](v, def T) T {
+	if v > 0 {
+		return v
 	}
-	return DefaultMaxPayload
+	return def
 }
 
-func (s *Server) maxInFlight() int {
-	if s.MaxInFlight > 0 {
-		return s.MaxInFlight
-	}
-	return DefaultMaxInFlight
-}
-
+func (s *Server) maxPayload() int  { return orDefault(s.MaxPayload, DefaultMaxPayload) }
+func (s *Server) maxInFlight() int { return orDefault(s.MaxInFlight, DefaultMaxInFlight) }
 func (s *Server) maxInFlightBytes() int64 {
-	if s.MaxInFlightBytes > 0 {
-		return int64(s.MaxInFlightBytes)
-	}
-	return DefaultMaxInFlightBytes
+	return int64(orDefault(s.MaxInFlightBytes, DefaultMaxInFlightBytes))
 }
-
 func (s *Server) maxReplyBacklog() int64 {
-	if s.MaxReplyBacklog > 0 {
-		return int64(s.MaxReplyBacklog)
-	}
-	return DefaultMaxReplyBacklog
+	return int64(orDefault(s.MaxReplyBacklog, DefaultMaxReplyBacklog))
 }
+func (s *Server) maxConns() int          { return orDefault(s.MaxConns, DefaultMaxConns) }
+func (s *Server) maxHandshakes() int     { return orDefault(s.MaxHandshakes, DefaultMaxHandshakes) }
+func (s *Server) maxMetaContexts() int   { return orDefault(s.MaxMetaContexts, DefaultMaxMetaContexts) }
+func (s *Server) maxExtents() int        { return orDefault(s.MaxExtents, DefaultMaxExtents) }
+func (s *Server) maxStatusLength() int64 { return orDefault(s.MaxStatusLength, DefaultMaxStatusLength) }
 
+// The timeouts are zero for the default; a negative one is none.
 func (s *Server) writeTimeout() time.Duration {
 	if s.WriteTimeout == 0 {
 		return DefaultWriteTimeout
@@ -529,44 +524,9 @@ func (s *Server) writeTimeout() time.Duration {
 	return s.WriteTimeout
 }
 
-func (s *Server) maxConns() int {
-	if s.MaxConns > 0 {
-		return s.MaxConns
-	}
-	return DefaultMaxConns
-}
-
-func (s *Server) maxHandshakes() int {
-	if s.MaxHandshakes > 0 {
-		return s.MaxHandshakes
-	}
-	return DefaultMaxHandshakes
-}
-
 func (s *Server) handshakeTimeout() time.Duration {
 	if s.HandshakeTimeout == 0 {
 		return DefaultHandshakeTimeout
 	}
 	return s.HandshakeTimeout
-}
-
-func (s *Server) maxMetaContexts() int {
-	if s.MaxMetaContexts > 0 {
-		return s.MaxMetaContexts
-	}
-	return DefaultMaxMetaContexts
-}
-
-func (s *Server) maxExtents() int {
-	if s.MaxExtents > 0 {
-		return s.MaxExtents
-	}
-	return DefaultMaxExtents
-}
-
-func (s *Server) maxStatusLength() int64 {
-	if s.MaxStatusLength > 0 {
-		return s.MaxStatusLength
-	}
-	return DefaultMaxStatusLength
 }
