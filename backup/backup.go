@@ -203,66 +203,79 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 
 // copy reads spans from src and writes every cluster they touch: read
 // bytes, and for the rest of a touched cluster what fill gives (the
-// previous point), or zeroes without fill.
+// previous point), or zeroes without fill. A step gathers up to
+// windowBytes of touched clusters, near or far apart, and reads them in
+// one pipelined batch: an incremental of scattered changes costs a round
+// trip per window, not per changed range.
 func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []span, total int64, fill func([]byte, int64) error) error {
 	cs := int64(w.ClusterSize())
 	size := w.Size()
 	per := max(windowBytes/cs, 1)
 	buf := make([]byte, per*cs)
-	covered := make([]int64, per)
+	type slot struct{ c, covered int64 } // cluster c in buf[k*cs:], bytes read into it
+	slots := make([]slot, 0, per)
+	var reads []client.Span
 	done := int64(0)
-	pos := int64(0)
+	pos := int64(0) // every byte of the spans before it is in a slot
 	for i := 0; i < len(spans); {
-		c0 := max(spans[i].off, pos) / cs
-		c1 := min(c0+per, w.Clusters())
-		lo, hi := c0*cs, min(c1*cs, size)
-		clear(buf)
-		clear(covered)
-		var reads []client.Span
-		for j := i; j < len(spans) && spans[j].off < hi; j++ {
-			a, b := max(spans[j].off, lo), min(spans[j].end, hi)
-			if a >= b {
+		slots, reads = slots[:0], reads[:0]
+		for i < len(spans) {
+			a := max(spans[i].off, pos)
+			if a >= spans[i].end {
+				i++
 				continue
 			}
-			reads = append(reads, client.Span{Off: a, Buf: buf[a-lo : b-lo]})
-			for c := a / cs; c*cs < b; c++ {
-				covered[c-c0] += min(b, (c+1)*cs) - max(a, c*cs)
+			c := a / cs
+			k := int64(len(slots)) - 1
+			if k < 0 || slots[k].c != c {
+				if len(slots) == int(per) {
+					break
+				}
+				slots = append(slots, slot{c: c})
+				k++
+				clear(buf[k*cs : (k+1)*cs]) // what no read or fill covers is zeroes
 			}
+			b := min(spans[i].end, (c+1)*cs, size)
+			at := buf[k*cs+a-c*cs : k*cs+b-c*cs]
+			if n := len(reads); n > 0 && reads[n-1].Off+int64(len(reads[n-1].Buf)) == a && adjacent(reads[n-1].Buf, at) {
+				reads[n-1].Buf = reads[n-1].Buf[:len(reads[n-1].Buf)+len(at)]
+			} else {
+				reads = append(reads, client.Span{Off: a, Buf: at})
+			}
+			slots[k].covered += b - a
 			done += b - a
+			pos = b
 		}
 		if err := src.ReadBatch(ctx, reads); err != nil {
 			return err
 		}
-		for c := c0; c < c1; c++ {
-			k := c - c0
-			if covered[k] == 0 {
-				continue
-			}
-			cl := buf[k*cs : (k+1)*cs]
-			clen := min(cs, size-c*cs)
-			if covered[k] < clen && fill != nil {
-				if err := fillGaps(cl[:clen], c*cs, reads, fill); err != nil {
-					return fmt.Errorf("the previous point at %d: %w", c*cs, err)
+		for k, sl := range slots {
+			cl := buf[int64(k)*cs : int64(k+1)*cs]
+			clen := min(cs, size-sl.c*cs)
+			if sl.covered < clen && fill != nil {
+				if err := fillGaps(cl[:clen], sl.c*cs, reads, fill); err != nil {
+					return fmt.Errorf("the previous point at %d: %w", sl.c*cs, err)
 				}
 			}
 			var err error
 			switch {
 			case !allZero(cl):
-				err = w.WriteCluster(c, cl)
+				err = w.WriteCluster(sl.c, cl)
 			case fill != nil:
-				err = w.WriteZeroCluster(c) // hides what the previous point held
+				err = w.WriteZeroCluster(sl.c) // hides what the previous point held
 			}
 			if err != nil {
 				return err
 			}
 		}
 		r.progress(Progress{Phase: "copy", File: w.Path(), Done: done, Total: total})
-		pos = hi
-		for i < len(spans) && spans[i].end <= pos {
-			i++
-		}
 	}
 	return nil
+}
+
+// adjacent reports whether b starts where a ends in the same array.
+func adjacent(a, b []byte) bool {
+	return cap(a) > len(a) && len(b) > 0 && &a[:len(a)+1][len(a)] == &b[0]
 }
 
 // fillGaps fills the bytes of cluster cl (at off) that no read covered.

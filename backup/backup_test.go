@@ -85,7 +85,9 @@ func TestBackupChain(t *testing.T) {
 	// the incremental must hide the older data.
 	d.io("write -z 8M 64k", "discard 20M 128k", "write -P 0x55 2044k 8k", "write -P 0x66 31M 1M")
 	take(backup.Request{Snapshot: "s2"})
-	d.io("write -P 0x77 100k 4k", "write -z 0 4k", "write -P 0x88 16M 64k")
+	// A range longer than a copy window (8 MiB), starting mid-cluster,
+	// among small ones: a window fills in the middle of it.
+	d.io("write -P 0x77 100k 4k", "write -z 0 4k", "write -P 0x88 16M 64k", "write -P 0xaa 4100k 10M", "write -P 0xbb 30M 4k")
 	take(backup.Request{Snapshot: "s3"})
 
 	// Every point restores to exactly its snapshot, natively and by qemu-img.
@@ -299,4 +301,35 @@ func TestInterruptedAndTampered(t *testing.T) {
 	if err != nil || len(problems) != 1 || !strings.Contains(problems[0], "checksum") {
 		t.Fatalf("Verify of a changed file: %v %v", problems, err)
 	}
+}
+
+// A full backup reads only what base:allocation reports as data; with a
+// source allocated in 4 KiB pieces, a 64 KiB cluster of the backup is read
+// in part and the rest must be zeroes, whatever the copy buffer held from
+// the window before (the first window is 8 MiB of data).
+func TestFullBackupPartialClusters(t *testing.T) {
+	d := &disk{t: t, dir: t.TempDir(), size: diskSize}
+	d.path = filepath.Join(d.dir, "disk.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", d.path, fmt.Sprint(d.size))
+	d.io("write -P 0x11 0 9M", "write -P 0x22 9220k 4k", "write -P 0x33 20M 8k", "write -P 0x44 28676k 4k")
+	cp := d.snapshot("s0")
+	repo, err := backup.Open(filepath.Join(t.TempDir(), "backups"), backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	req := backup.Request{Snapshot: "s0"}
+	c := dial(t, serve(t, cp, "s0", ""), repo.MetaContexts(req))
+	p, err := repo.Backup(context.Background(), c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(9<<20 + 4<<10 + 8<<10 + 4<<10); p.BytesRead != want {
+		t.Fatalf("full backup read %d bytes, want the %d allocated", p.BytesRead, want)
+	}
+	raw := filepath.Join(t.TempDir(), "s0.raw")
+	if _, err := repo.Restore(context.Background(), p.File, raw, backup.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	compareRaw(t, raw, cp)
 }
