@@ -242,6 +242,12 @@ func (s *session) resyncPass() (bool, error) {
 	p.verdict = decide.Verdict{Rel: decide.RelInSync}
 	p.setReplLocked(api.Established)
 	p.peerDisk = diskUpToDate
+	// The target holds every write up to its ack now (nothing marked, the
+	// barrier acked): the other Secondaries learn it with the next
+	// PeerSeqs and clear their marks toward it. Without this, Have moved
+	// only with a later ack, and a Secondary that marked a write toward
+	// this target while the resync ran kept the mark until the next write.
+	p.progress.Have = p.progress.AckSeq
 	rd := protocol.ResyncDone{Current: n.super.GI.Current}
 	s.queue(ctrlMsg{t: protocol.TypeResyncDone, payload: rd.Append(nil)})
 	n.log.Info("resync finished", "target", p.cfg.Name, "bytes", p.stats.resynced.Load())
