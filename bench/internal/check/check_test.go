@@ -196,12 +196,15 @@ func TestIssue20Checks(t *testing.T) {
 			{Workload: "randwrite-4k-qd1", Target: "repd", IOPS: 20000, Write: &result.DirStats{P50us: 35}, CPU: &result.CPUStats{TargetUs: 40}},
 			{Workload: "randwrite-4k-qd1", Target: "repd-c1", IOPS: 9000, Write: &result.DirStats{P50us: 90}, CPU: &result.CPUStats{TargetUs: 170}},
 		},
-		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 20, Us1M: 300}},
+		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 20, Us1M: 300, RTTUs4K: 31}},
 	}
 	got := map[string]string{}
 	for _, c := range Eval(s) {
 		if c.Issue == 20 {
 			got[c.Name] = c.Status
+		}
+		if c.Name == "repd-c1 p50 write latency on randwrite-4k-qd1" && !strings.Contains(c.Detail, "round trip (send, pwrite, answer) took 31 µs") {
+			t.Errorf("the latency check does not name the floor's round trip: %s", c.Detail)
 		}
 	}
 	want := map[string]string{

@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"time"
 
 	"github.com/repd/repd/bench/internal/procfs"
 	"github.com/repd/repd/bench/internal/result"
@@ -86,7 +88,74 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 		return fmt.Errorf("1 MiB: %w", err)
 	}
 	r.Us1M = us
+	r.RTTUs4K, err = floorRTT(ctx, 5000, func(p []byte) error {
+		_, err := f.WriteAt(p, block())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("round trip: %w", err)
+	}
 	return nil
+}
+
+// floorRTT makes count round trips over loopback TCP, one at a time: a
+// 32-byte header and 4 KiB sent, applied on the receiving side, an 8-byte
+// answer read back. It returns the median round trip in µs.
+func floorRTT(ctx context.Context, count int, apply func([]byte) error) (float64, error) {
+	const head, n = 32, 4096
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	recvErr := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			recvErr <- err
+			return
+		}
+		defer c.Close()
+		frame, ack := make([]byte, head+n), make([]byte, 8)
+		for {
+			if _, err := io.ReadFull(c, frame); err != nil {
+				recvErr <- err
+				return
+			}
+			if err := apply(frame[head:]); err != nil {
+				recvErr <- err
+				return
+			}
+			if _, err := c.Write(ack); err != nil {
+				recvErr <- err
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	frame, ack := make([]byte, head+n), make([]byte, 8)
+	rtts := make([]time.Duration, 0, count)
+	for range count {
+		t0 := time.Now()
+		if _, err := c.Write(frame); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, ack); err != nil {
+			return 0, err
+		}
+		rtts = append(rtts, time.Since(t0))
+	}
+	c.Close()
+	if err := <-recvErr; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		return 0, err
+	}
+	slices.Sort(rtts)
+	return float64(rtts[len(rtts)/2].Nanoseconds()) / 1e3, nil
 }
 
 // floorTCP sends count frames of a 32-byte header and n bytes over loopback

@@ -262,6 +262,14 @@ type VerifyResult struct {
 	Error       string  `json:"error,omitempty"`
 }
 
+// FloorOK is the floor drill's result if it ran without error, else nil.
+func (d *Drills) FloorOK() *FloorResult {
+	if d == nil || d.Floor == nil || d.Floor.Error != "" {
+		return nil
+	}
+	return d.Floor
+}
+
 // FloorResult is the floor drill: the least CPU time a peer's copy of one
 // write can cost on this machine, whatever the implementation: the write's
 // bytes sent over loopback TCP, received, and written with pwrite into a
@@ -276,5 +284,12 @@ type FloorResult struct {
 	Us1M float64 `json:"us_per_1m_write"`
 	// PwriteUs4K: the pwrite alone, per 4 KiB write.
 	PwriteUs4K float64 `json:"pwrite_us_per_4k"`
-	Error      string  `json:"error,omitempty"`
+	// RTTUs4K: the median wall time of one 4 KiB write's round trip at
+	// queue depth 1: sent over loopback TCP, received by a goroutine that
+	// was waiting for it, written with pwrite, answered with 8 bytes that
+	// the sender was waiting for. What protocol C adds to a write's
+	// latency at queue depth 1 is at least this, less the local pwrite
+	// that overlaps it.
+	RTTUs4K float64 `json:"rtt_us_4k_p50,omitempty"`
+	Error   string  `json:"error,omitempty"`
 }
