@@ -176,9 +176,10 @@ func (n *Node) preserve(off, length int64) {
 
 // preserveCopies says whether preserve(off, length) would copy chunks
 // that a snapshot still needs. The receiver applies a small write inline
-// only when it would not: a copy costs two fdatasyncs, and copies made
-// inline, one write after the other, would hold every later write behind
-// them, where the applier's workers share their syncs.
+// only when it would not: a copy costs an fdatasync (two in a version-1
+// store), and copies made inline, one write after the other, would hold
+// every later write behind them, where the applier's workers share their
+// syncs.
 func (n *Node) preserveCopies(off, length int64) bool {
 	return n.snap != nil && n.snap.NeedsCopy(off, length)
 }

@@ -55,17 +55,42 @@
 //
 // The invariant: a snapshot never reads data written after it was taken.
 // Preserve returns — so the caller issues the live write — only after the
-// chunk's copy and its descriptor are durable. The data goes first: a round
-// of the group commit writes the descriptors of copies whose data the
-// previous round synced, then fdatasyncs once; so a descriptor on disk
-// always points at durable data, and concurrent copies share syncs (two
-// syncs per copy alone, one per batch under load). A descriptor is written
-// only into a slot whose old content no valid snapshot needs, so a crash
-// during its write loses nothing: a torn descriptor fails its checksum and
-// is taken as free (its Preserve never returned; the chunk is unchanged on
-// the live device). Freed slots are not rewritten: a stale descriptor (a
-// copy for snapshots since deleted or invalidated) is recognized by the GC
-// rule, because tags are seqs that are never reused.
+// chunk's copy and its descriptor are durable. The descriptor holds a hash
+// of the copy's data, so data and descriptor are written together and one
+// fdatasync commits both: a round of the group commit writes the
+// descriptors of every copy whose data is written, then syncs once, and
+// concurrent copies share that sync (one sync per copy alone, one per
+// batch under load). A crash before the sync completes may leave the
+// descriptor on disk and the data not, or torn: at Open after an unclean
+// shutdown, the data of every copy tagged with the newest valid snapshot
+// is read and checked against its descriptor's hash, and a copy that
+// fails is an unfinished one, freed exactly like a torn descriptor (its
+// Preserve never returned: the chunk is unchanged on the live device, and
+// the snapshot reads it there). Only those copies can be unfinished:
+// copies are tagged with the newest valid snapshot, and every header change
+// that makes another snapshot the newest (Create, Delete, invalidation)
+// waits for the copies in flight and is durable before a copy with the new
+// tag starts. Such a copy is always its chunk's last; a failing copy below
+// another is damage. A descriptor is written only into a slot whose old
+// content no valid snapshot needs, so a crash during its write loses
+// nothing: a torn descriptor fails its checksum and is taken as free, and
+// a slot whose old descriptor survives next to torn new data held a
+// stale copy, which the GC rule frees. Freed slots are not rewritten: a
+// stale descriptor (a copy for snapshots since deleted or invalidated) is
+// recognized by the GC rule, because tags are seqs that are never reused.
+// The cost is at Open after an unclean shutdown: reading the copies made
+// since the newest snapshot (at most the store's used bytes). The data
+// hash is xxhash64 seeded with the store's instance, which a writer of the
+// live device does not know: it cannot choose data that collides with a
+// slot's stale content; by chance the odds are 2^-64 per unfinished copy.
+//
+// Format version 1 (stores made before version 2) orders instead of
+// hashing: a round writes the descriptors of copies whose data the
+// previous round synced, then syncs, so a descriptor on disk always points
+// at durable data, at two syncs per copy. Such a store is read and written
+// in version 1 as long as it holds a snapshot (its copies have no data
+// hash, and a conversion would have to read and rewrite them all); Open
+// recreates a store that holds none, valid or invalid, in version 2.
 //
 // Changed-block tracking: the blocks written in the current epoch (since the
 // newest valid snapshot) are a bitmap in memory, set by Preserve before the
@@ -114,7 +139,7 @@
 // sequence number wins, so a torn write of one leaves the other:
 //
 //	+0     8  magic "REPDSNAP"
-//	+8     4  format version (1)
+//	+8     4  format version (2; 1 is still read and written, see Crash safety)
 //	+12    4  flags: bit 0 clean (closed cleanly: the newest snapshot's area is complete)
 //	+16    8  header sequence number
 //	+24    8  instance: random, chosen at creation; descriptors carry it
@@ -150,16 +175,23 @@
 // entry is sealed, or for the newest valid snapshot when the header is clean;
 // it is always written whole.
 //
-// A slot descriptor (32 bytes; all zero when never written):
+// A slot descriptor (32 bytes; all zero when never written), version 2:
 //
 //	+0   8  chunk index (device offset / chunk size)
 //	+8   8  tag: seq of the newest valid snapshot when the chunk was copied
-//	+16  8  instance (as in the header)
-//	+24  8  xxhash64 of bytes +0..+24
+//	+16  8  data hash: xxhash64, seeded with the instance, of the slot's
+//	        data (the chunk's bytes: the device's last chunk may be short)
+//	+24  8  checksum: xxhash64 of the instance (8 bytes) then bytes +0..+24
+//
+// Version 1: +16 holds the instance and +24 xxhash64 of bytes +0..+24;
+// there is no data hash.
 //
 // A descriptor whose checksum fails is free (a write that never completed)
-// after an unclean shutdown, and damage after a clean one; a descriptor that
-// checksums but names another instance, a chunk beyond the device or a seq
-// not yet issued is damage. Damage invalidates every snapshot (reason 3):
-// which copies it hid is unknown. Either is cleared to zero at Open.
+// after an unclean shutdown, and damage after a clean one; so is, in
+// version 2, one whose data fails its hash (checked only after an unclean
+// shutdown, see Crash safety). A descriptor that checksums but names a
+// chunk beyond the device or a seq not yet issued is damage (in version 1
+// also one that names another instance; in version 2 such a descriptor
+// fails its checksum). Damage invalidates every snapshot (reason 3): which
+// copies it hid is unknown. Either is cleared to zero at Open.
 package snapstore

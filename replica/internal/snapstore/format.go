@@ -12,7 +12,12 @@ import (
 // Store file constants. They are part of the on-disk format and must not be
 // changed; a change needs a new FormatVersion.
 const (
-	FormatVersion = 1
+	FormatVersion = 2
+
+	// formatV1 is the first format: a copy's descriptor is written only
+	// after its data is durable (two fdatasyncs per copy). Stores in it
+	// are still read and written in it; a new store is FormatVersion.
+	formatV1 = 1
 
 	// MaxSnapshots is how many snapshots (valid or invalid) a store holds.
 	MaxSnapshots = 64
@@ -100,6 +105,7 @@ func (e *entry) sealed() bool { return e.flags&entrySealed != 0 }
 
 // header is the decoded content of a header slot.
 type header struct {
+	version  uint32 // formatV1 or FormatVersion
 	flags    uint32
 	seq      uint64 // write sequence of the header itself
 	instance uint64
@@ -115,7 +121,7 @@ func (h *header) encode(p []byte) {
 	clear(p[:hdrSlotBytes])
 	le := binary.LittleEndian
 	copy(p, hdrMagic)
-	le.PutUint32(p[hOffVersion:], FormatVersion)
+	le.PutUint32(p[hOffVersion:], h.version)
 	le.PutUint32(p[hOffFlags:], h.flags)
 	le.PutUint64(p[hOffSeq:], h.seq)
 	le.PutUint64(p[hOffInstance:], h.instance)
@@ -164,9 +170,10 @@ func decodeHeader(p []byte) (h header, version uint32, st slotStatus) {
 		return h, 0, slotBad
 	}
 	version = le.Uint32(p[hOffVersion:])
-	if version != FormatVersion {
+	if version != formatV1 && version != FormatVersion {
 		return h, version, slotNewVersion
 	}
+	h.version = version
 	h.flags = le.Uint32(p[hOffFlags:])
 	h.seq = le.Uint64(p[hOffSeq:])
 	h.instance = le.Uint64(p[hOffInstance:])
@@ -240,7 +247,7 @@ func pickHeader(path string, hdr []byte) (header, int, error) {
 	switch {
 	case newVer != 0:
 		return header{}, 0, &MismatchError{Path: path, Field: "format version",
-			Have: fmt.Sprint(newVer), Want: fmt.Sprint(FormatVersion)}
+			Have: fmt.Sprint(newVer), Want: fmt.Sprintf("%d or %d (this repd's)", formatV1, FormatVersion)}
 	case best >= 0:
 		return bestH, best, nil
 	case sawMagic:
@@ -251,18 +258,46 @@ func pickHeader(path string, hdr []byte) (header, int, error) {
 
 // desc is a slot descriptor: which chunk of the device a slot holds, and
 // the sequence number of the newest snapshot when it was copied (its tag).
+// In FormatVersion, sum is the hash of the slot's data (dataSum).
 type desc struct {
 	chunk int64
 	tag   uint64
+	sum   uint64
 }
 
-// encodeDesc writes a descriptor for a used slot.
-func encodeDesc(p []byte, d desc, instance uint64) {
+// encodeDesc writes a descriptor for a used slot in the given format.
+func encodeDesc(p []byte, d desc, instance uint64, version uint32) {
 	le := binary.LittleEndian
 	le.PutUint64(p[0:], uint64(d.chunk))
 	le.PutUint64(p[8:], d.tag)
-	le.PutUint64(p[16:], instance)
-	le.PutUint64(p[24:], xxhash.Sum64(p[:24]))
+	if version == formatV1 {
+		le.PutUint64(p[16:], instance)
+		le.PutUint64(p[24:], xxhash.Sum64(p[:24]))
+		return
+	}
+	le.PutUint64(p[16:], d.sum)
+	le.PutUint64(p[24:], descSum(p, instance))
+}
+
+// descSum is a FormatVersion descriptor's checksum: xxhash64 of the
+// instance (8 bytes, little-endian) followed by the descriptor's bytes
+// +0..+24, so that a descriptor of another store instance fails it.
+func descSum(p []byte, instance uint64) uint64 {
+	var b [8 + 24]byte
+	binary.LittleEndian.PutUint64(b[:], instance)
+	copy(b[8:], p[:24])
+	return xxhash.Sum64(b[:])
+}
+
+// dataSum is the hash a FormatVersion descriptor holds of its slot's
+// data: xxhash64 seeded with the store's instance, over the chunk's bytes
+// (the last chunk of the device may be short: only its bytes). The seed
+// keeps a writer of the live device, who does not know the instance, from
+// choosing data that collides with a slot's stale content.
+func dataSum(data []byte, instance uint64) uint64 {
+	d := xxhash.NewWithSeed(instance)
+	d.Write(data)
+	return d.Sum64()
 }
 
 // descStatus is what decoding one descriptor found.
@@ -275,16 +310,26 @@ const (
 	descInUse                   // a copy (needed or stale: the GC rule decides)
 )
 
-func decodeDesc(p []byte, instance uint64, chunks int64, nextSeq uint64) (desc, descStatus) {
+func decodeDesc(p []byte, version uint32, instance uint64, chunks int64, nextSeq uint64) (desc, descStatus) {
 	le := binary.LittleEndian
 	if [descBytes]byte(p[:descBytes]) == ([descBytes]byte{}) {
 		return desc{}, descFree
 	}
-	if le.Uint64(p[24:]) != xxhash.Sum64(p[:24]) {
-		return desc{}, descTorn
-	}
 	d := desc{chunk: int64(le.Uint64(p[0:])), tag: le.Uint64(p[8:])}
-	if le.Uint64(p[16:]) != instance || d.chunk < 0 || d.chunk >= chunks || d.tag == 0 || d.tag >= nextSeq {
+	if version == formatV1 {
+		if le.Uint64(p[24:]) != xxhash.Sum64(p[:24]) {
+			return desc{}, descTorn
+		}
+		if le.Uint64(p[16:]) != instance {
+			return desc{}, descWrong
+		}
+	} else {
+		if le.Uint64(p[24:]) != descSum(p, instance) {
+			return desc{}, descTorn
+		}
+		d.sum = le.Uint64(p[16:])
+	}
+	if d.chunk < 0 || d.chunk >= chunks || d.tag == 0 || d.tag >= nextSeq {
 		return desc{}, descWrong
 	}
 	return d, descInUse

@@ -670,13 +670,18 @@ func (h *harness) checkAll() {
 }
 
 // modelOptions is a small geometry with a partial last chunk and block.
+// One story in three runs on a formatV1 store (kept across reopens).
 func modelOptions(r *rand.Rand) Options {
-	return Options{
+	o := Options{
 		DeviceSize: 32*4096 + 1536 + 100,
 		BlockSize:  512,
 		ChunkSize:  4096,
 		Capacity:   int64(6+r.IntN(40)) * 4096,
 	}
+	if r.IntN(3) == 0 {
+		o.version = formatV1
+	}
+	return o
 }
 
 // TestModel runs random writes, creates, deletes, reads, diffs and clean

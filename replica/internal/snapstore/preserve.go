@@ -19,6 +19,7 @@ type pending struct {
 	chunk int64
 	slot  int32
 	tag   uint64
+	sum   uint64        // dataSum of the copy (FormatVersion)
 	done  chan struct{} // closed when durable or failed
 	err   error         // set before done is closed
 }
@@ -30,10 +31,15 @@ func (p *pending) finish(err error) {
 
 // committer groups the copies of concurrent Preserve calls into shared
 // fdatasyncs. No goroutine of its own: a waiting Preserve takes the token
-// and runs rounds for everyone. A round writes the descriptors of copies
-// whose data the previous round made durable, then syncs once, which makes
-// those descriptors and the data written since durable. So a copy is
-// committed in two syncs, and under load every sync serves two batches.
+// and runs rounds for everyone. In FormatVersion a round writes the
+// descriptors of every copy whose data is written (each descriptor holds
+// its data's hash, so data and descriptor may reach the disk in any
+// order), then syncs once: a copy is committed in one sync, shared by
+// every copy queued before the round began. In formatV1 a round writes
+// the descriptors of copies whose data the previous round made durable,
+// then syncs once, which makes those descriptors and the data written
+// since durable: a copy is committed in two syncs, and under load every
+// sync serves two batches.
 type committer struct {
 	tok  chan struct{} // buffered 1: held while running rounds
 	kick chan struct{} // buffered 1: a copy was queued
@@ -41,6 +47,8 @@ type committer struct {
 	data []*pending // data written, not yet synced
 	desc []*pending // data durable, descriptor not yet written
 	err  error      // sticky: the store file failed
+	// For Stats: copies committed, and rounds (each one fdatasync).
+	copies, rounds int64
 }
 
 // fail records the first I/O error of the store file and returns the
@@ -137,9 +145,17 @@ func (s *Store) round() bool {
 	c.mu.Lock()
 	d, w, err := c.desc, c.data, c.err
 	c.desc, c.data = nil, nil
+	if len(d)+len(w) > 0 {
+		c.rounds++
+	}
 	c.mu.Unlock()
 	if len(d)+len(w) == 0 {
 		return false
+	}
+	if s.version != formatV1 {
+		// The descriptors carry their data's hash: write them now, and
+		// one sync commits data and descriptors together.
+		d, w = append(d, w...), nil
 	}
 	if err == nil && len(d) > 0 {
 		if werr := s.writeDescs(d); werr != nil {
@@ -161,13 +177,14 @@ func (s *Store) round() bool {
 		}
 		return true
 	}
+	c.mu.Lock()
+	c.copies += int64(len(d))
+	if len(w) > 0 {
+		c.desc = append(c.desc, w...)
+	}
+	c.mu.Unlock()
 	for _, p := range d {
 		p.finish(nil)
-	}
-	if len(w) > 0 {
-		c.mu.Lock()
-		c.desc = append(c.desc, w...)
-		c.mu.Unlock()
 	}
 	return true
 }
@@ -184,7 +201,7 @@ func (s *Store) writeDescs(d []*pending) error {
 		}
 		buf = buf[:(j-i)*descBytes]
 		for k := i; k < j; k++ {
-			encodeDesc(buf[(k-i)*descBytes:], desc{chunk: d[k].chunk, tag: d[k].tag}, s.hdr.instance)
+			encodeDesc(buf[(k-i)*descBytes:], desc{chunk: d[k].chunk, tag: d[k].tag, sum: d[k].sum}, s.hdr.instance, s.version)
 		}
 		if err := durable.WriteFull(s.f, buf, s.lay.descOff(d[i].slot)); err != nil {
 			return err
@@ -426,6 +443,9 @@ func (s *Store) copyOne(p *pending, readLive ReadFunc) error {
 	buf := (*bp)[:min(s.chunk, s.size-off)]
 	if err := readLive(buf, off); err != nil {
 		return &liveError{err}
+	}
+	if s.version != formatV1 {
+		p.sum = dataSum(buf, s.hdr.instance)
 	}
 	if err := durable.WriteFull(s.f, buf, s.lay.slotOff(p.slot)); err != nil {
 		return s.fail(fmt.Errorf("write copy of chunk %d: %w", p.chunk, err))

@@ -48,6 +48,10 @@ type Options struct {
 	// goroutine that caused it (often inside Preserve) and must not block
 	// for long.
 	OnInvalidate func(Info)
+
+	// version is the format of a new store; 0 is FormatVersion (tests
+	// make formatV1 stores with it).
+	version uint32
 }
 
 // Info describes one snapshot.
@@ -74,6 +78,11 @@ type Stats struct {
 	BlockSize int64
 	Snapshots int    // valid and invalid
 	Failed    string // after an I/O error on the store file: what happened
+	// FormatVersion of the store file (1: two fdatasyncs per copy).
+	Format int
+	// Copies is how many chunk copies were committed since Open, in
+	// CommitRounds fdatasyncs of the group commit.
+	Copies, CommitRounds int64
 }
 
 // Store is an open snapshot store. It is safe for concurrent use by many
@@ -90,6 +99,7 @@ type Store struct {
 	bShift  uint // log2(block)
 	cShift  uint // log2(chunk)
 	nchunks int64
+	version uint32 // the file's format: formatV1 or FormatVersion
 
 	// mu orders the structural changes (Create, Delete, invalidation,
 	// Close: exclusive) against the data path (Preserve, ReadAt,
@@ -271,6 +281,18 @@ func openOn(f file, path string, opt Options) (*Store, error) {
 	if err := checkGeometry(h.devSize, h.block, h.chunk, opt.Capacity); err != nil {
 		return nil, fmt.Errorf("open snapshot store %s: %w", path, err)
 	}
+	if h.version == formatV1 && opt.version != formatV1 && !slices.ContainsFunc(h.entries[:], func(e entry) bool { return e.state != stateFree }) {
+		// No snapshot to keep: start over in the current format (one
+		// fdatasync per copy instead of two). A crash during the
+		// creation leaves a blank or unfinished file, created again.
+		log.Info("the snapshot store holds no snapshots: recreating it in the current format", "from", formatV1, "to", FormatVersion)
+		opt.BlockSize, opt.ChunkSize = h.block, h.chunk
+		h, err := initFile(f, path, opt, log)
+		if err != nil {
+			return nil, err
+		}
+		return newStore(f, path, h, 0, opt, log), nil
+	}
 	lay := layoutOf(h.devSize, h.block, h.chunk, h.capacity)
 	// Check the length before allocating anything the header sizes.
 	var last [1]byte
@@ -289,7 +311,12 @@ func openOn(f file, path string, opt Options) (*Store, error) {
 
 // initFile writes a fresh store: an empty table, all slots free.
 func initFile(f file, path string, opt Options, log *slog.Logger) (header, error) {
+	v := opt.version
+	if v == 0 {
+		v = FormatVersion
+	}
 	h := header{
+		version:  v,
 		seq:      1,
 		instance: rand.Uint64() | 1,
 		devSize:  opt.DeviceSize,
@@ -351,6 +378,7 @@ func newStore(f file, path string, h header, slot int, opt Options, log *slog.Lo
 		chunk:   h.chunk,
 		bShift:  uint(bits.TrailingZeros64(uint64(h.block))),
 		cShift:  uint(bits.TrailingZeros64(uint64(h.chunk))),
+		version: h.version,
 		hdr:     h,
 		hdrSlot: slot,
 		hdrBuf:  make([]byte, hdrSlotBytes),
@@ -401,7 +429,7 @@ func (s *Store) load(capacity int64) error {
 			return fmt.Errorf("read snapshot store %s: descriptors: %w", s.path, err)
 		}
 		for i := range int32(cnt) {
-			d, st := decodeDesc(page[i*descBytes:], h.instance, s.nchunks, h.nextSeq)
+			d, st := decodeDesc(page[i*descBytes:], s.version, h.instance, s.nchunks, h.nextSeq)
 			switch st {
 			case descTorn:
 				torn = append(torn, first+i)
@@ -418,8 +446,46 @@ func (s *Store) load(capacity int64) error {
 		a, b := copies[i].d, copies[j].d
 		return a.chunk < b.chunk || a.chunk == b.chunk && a.tag < b.tag
 	})
+	// In FormatVersion a descriptor may be durable while its data is not
+	// (both are written before the one sync that commits them): after an
+	// unclean shutdown, a copy whose data fails its descriptor's hash is
+	// one whose commit never completed, as a torn descriptor is. Only
+	// copies tagged with the newest valid snapshot can be such: copies
+	// are tagged with the newest valid snapshot, and every header change
+	// that makes another one the newest waits for the copies in flight.
+	// Such a copy is its chunk's last (highest tag); one below another
+	// copy that fails is damage.
+	unfinished := 0
+	if s.version != formatV1 && !clean {
+		var top uint64
+		if i := s.newestValid(&h); i >= 0 {
+			top = h.entries[i].seq
+		}
+		buf := make([]byte, s.chunk)
+		keep := copies[:0]
+		for i, c := range copies {
+			if top == 0 || c.d.tag < top {
+				keep = append(keep, c)
+				continue
+			}
+			b := buf[:min(s.chunk, s.size-c.d.chunk<<s.cShift)]
+			if err := durable.ReadFull(s.f, b, s.lay.slotOff(c.slot)); err != nil {
+				return fmt.Errorf("read snapshot store %s: copy in slot %d: %w", s.path, c.slot, err)
+			}
+			switch last := i == len(copies)-1 || copies[i+1].d.chunk != c.d.chunk; {
+			case dataSum(b, h.instance) == c.d.sum:
+				keep = append(keep, c)
+			case last:
+				torn = append(torn, c.slot)
+				unfinished++
+			default:
+				wrong = append(wrong, c.slot)
+			}
+		}
+		copies = keep
+	}
 	for i, c := range copies {
-		if i > 0 && copies[i-1].d == c.d {
+		if i > 0 && copies[i-1].d.chunk == c.d.chunk && copies[i-1].d.tag == c.d.tag {
 			wrong = append(wrong, c.slot) // two copies of one chunk for one snapshot
 			continue
 		}
@@ -448,7 +514,7 @@ func (s *Store) load(capacity int64) error {
 			}
 		}
 	} else if len(torn) > 0 {
-		s.log.Info("unclean shutdown: discarded copies whose commit never completed", "slots", len(torn))
+		s.log.Info("unclean shutdown: discarded copies whose commit never completed", "slots", len(torn), "data_unsynced", unfinished)
 	}
 	for _, k := range append(torn, wrong...) {
 		if err := durable.WriteFull(s.f, make([]byte, descBytes), s.lay.descOff(k)); err != nil {
@@ -1142,6 +1208,10 @@ func (s *Store) Stats() Stats {
 	if err := s.failure(); err != nil {
 		st.Failed = err.Error()
 	}
+	st.Format = int(s.version)
+	s.c.mu.Lock()
+	st.Copies, st.CommitRounds = s.c.copies, s.c.rounds
+	s.c.mu.Unlock()
 	return st
 }
 
@@ -1155,6 +1225,12 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.c.mu.Lock()
+	copies, rounds := s.c.copies, s.c.rounds
+	s.c.mu.Unlock()
+	if copies > 0 {
+		s.log.Info("snapshot store closing", "format", s.version, "copies", copies, "commit_rounds", rounds)
+	}
 	var err error
 	if s.failure() == nil {
 		if s.newest >= 0 {

@@ -1,0 +1,82 @@
+package qcow2
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestWriteBehind: the Writer starts writeback of its appended data window
+// by window and waits for the window before, so that at most two windows
+// are dirty or in flight when Close fsyncs; rewrites in place start none;
+// the image is what was written.
+func TestWriteBehind(t *testing.T) {
+	const cs = 64 << 10
+	defer func(n int64, f func(*os.File, int64, int64, bool) error) { writeBehindBytes, startWriteback = n, f }(writeBehindBytes, startWriteback)
+	writeBehindBytes = 3 * cs
+	type call struct {
+		off, n int64
+		wait   bool
+	}
+	var calls []call
+	startWriteback = func(f *os.File, off, n int64, wait bool) error {
+		calls = append(calls, call{off, n, wait})
+		if err := writeback(f, off, n, wait); err != nil {
+			t.Errorf("sync_file_range %d+%d: %v", off, n, err)
+		}
+		return nil
+	}
+	img := filepath.Join(t.TempDir(), "a.qcow2")
+	const clusters = 40
+	w, err := Create(img, CreateOptions{Size: clusters * cs, ClusterSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, clusters*cs)
+	for i := range int64(clusters) {
+		b := bytes.Repeat([]byte{byte(i + 1)}, cs)
+		if err := w.WriteCluster(i, b); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[i*cs:], b)
+		if i%5 == 4 { // a rewrite in place appends nothing
+			n := len(calls)
+			b = bytes.Repeat([]byte{0xee}, cs)
+			if err := w.WriteCluster(i-2, b); err != nil {
+				t.Fatal(err)
+			}
+			copy(want[(i-2)*cs:], b)
+			if len(calls) != n {
+				t.Fatalf("a rewrite in place started writeback: %+v", calls[n:])
+			}
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The data clusters follow the header cluster and the first L2 table
+	// (allocated before the first data cluster).
+	started, waited := int64(cs), int64(cs)
+	for _, c := range calls {
+		switch {
+		case c.wait && (c.off != waited || c.off+c.n > started):
+			t.Fatalf("waited for %d+%d: not the oldest window started (waited to %d, started to %d): %+v", c.off, c.n, waited, started, calls)
+		case c.wait:
+			waited = c.off + c.n
+		case c.off != started || c.n < writeBehindBytes:
+			t.Fatalf("started %d+%d: want the next window of at least %d bytes from %d: %+v", c.off, c.n, writeBehindBytes, started, calls)
+		default:
+			if started-waited > 0 && started > waited+2*writeBehindBytes {
+				t.Fatalf("more than two windows outstanding at %+v: %+v", c, calls)
+			}
+			started = c.off + c.n
+		}
+	}
+	if started < (clusters-3)*cs {
+		t.Fatalf("writeback started only up to %d of about %d bytes of data: %+v", started, clusters*cs, calls)
+	}
+	if !same(chainBytes(t, img), want) {
+		t.Fatal("the image differs from what was written")
+	}
+}
