@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/repd/repd/backup/qcow2"
 	"github.com/repd/repd/nbd/client"
@@ -30,6 +31,11 @@ type Request struct {
 	// Full makes a full backup even when the chain has points (a new chain
 	// starts; the old points stay until retention drops them).
 	Full bool
+	// Rate, if positive, paces the reads to at most this many bytes per
+	// second on average, so that a backup from a busy node leaves it (and,
+	// under protocol C, the Primary waiting for it) most of its disk and
+	// CPU. 0 reads as fast as the source answers.
+	Rate int64
 }
 
 // ErrNoBitmap means an incremental backup is impossible: the export has no
@@ -167,7 +173,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 		fill = func(p []byte, off int64) error { _, err := chain.ReadAt(p, off); return err }
 	}
 	r.log.Info("backup: copying", "export", src.Export(), "kind", kind, "file", file, "bytes", total, "ranges", len(spans))
-	if err := r.copy(ctx, src, w, spans, total, fill); err != nil {
+	if err := r.copy(ctx, src, w, spans, total, req.Rate, fill); err != nil {
 		w.Abort()
 		os.Remove(w.Path())
 		return Point{}, fmt.Errorf("backup %q to %s: %w", src.Export(), file, err)
@@ -207,7 +213,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 // windowBytes of touched clusters, near or far apart, and reads them in
 // one pipelined batch: an incremental of scattered changes costs a round
 // trip per window, not per changed range.
-func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []span, total int64, fill func([]byte, int64) error) error {
+func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []span, total, rate int64, fill func([]byte, int64) error) error {
 	cs := int64(w.ClusterSize())
 	size := w.Size()
 	per := max(windowBytes/cs, 1)
@@ -217,6 +223,7 @@ func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []sp
 	var reads []client.Span
 	done := int64(0)
 	pos := int64(0) // every byte of the spans before it is in a slot
+	start := time.Now()
 	for i := 0; i < len(spans); {
 		slots, reads = slots[:0], reads[:0]
 		for i < len(spans) {
@@ -246,6 +253,11 @@ func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []sp
 			done += b - a
 			pos = b
 		}
+		if rate > 0 {
+			if err := pace(ctx, start, done, rate); err != nil {
+				return err
+			}
+		}
 		if err := src.ReadBatch(ctx, reads); err != nil {
 			return err
 		}
@@ -271,6 +283,25 @@ func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []sp
 		r.progress(Progress{Phase: "copy", File: w.Path(), Done: done, Total: total})
 	}
 	return nil
+}
+
+// pace waits until reading done bytes since start keeps to rate bytes per
+// second (the window about to be read counts: a rate spreads the windows
+// out instead of letting the first ones go at full speed).
+func pace(ctx context.Context, start time.Time, done, rate int64) error {
+	due := start.Add(time.Duration(float64(done) / float64(rate) * float64(time.Second)))
+	d := time.Until(due)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // adjacent reports whether b starts where a ends in the same array.

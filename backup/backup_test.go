@@ -333,3 +333,32 @@ func TestFullBackupPartialClusters(t *testing.T) {
 	}
 	compareRaw(t, raw, cp)
 }
+
+// Request.Rate paces the reads: 6 MiB at 16 MiB/s takes at least 3/8 s
+// (the first window waits its share too), and the point is still exact.
+func TestBackupRate(t *testing.T) {
+	d := newDisk(t, diskSize)
+	d.io("write -P 0x5a 0 6M")
+	cp := d.snapshot("s0")
+	repo, err := backup.Open(filepath.Join(t.TempDir(), "backups"), backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	req := backup.Request{Snapshot: "s0", Rate: 16 << 20}
+	c := dial(t, serve(t, cp, "s0", ""), repo.MetaContexts(req))
+	t0 := time.Now()
+	p, err := repo.Backup(context.Background(), c, req)
+	took := time.Since(t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.BytesRead != 6<<20 || took < 375*time.Millisecond {
+		t.Fatalf("read %d bytes in %v at 16 MiB/s: want 6 MiB in at least 375ms", p.BytesRead, took)
+	}
+	raw := filepath.Join(t.TempDir(), "s0.raw")
+	if _, err := repo.Restore(context.Background(), p.File, raw, backup.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	compareRaw(t, raw, cp)
+}

@@ -89,6 +89,7 @@ func cmdBackup() *cli.Command {
 			&cli.StringFlag{Name: "snapshot", Usage: "name of the snapshot to take (default backup-TIME); with --uri, the name of the snapshot the export shows"},
 			&cli.BoolFlag{Name: "full", Usage: "a full backup even if the directory has points"},
 			&cli.IntFlag{Name: "keep", Usage: "after the backup, keep at most this many points (0: keep all)"},
+			&cli.StringFlag{Name: "rate", Usage: "read at most this much per second on average (e.g. 100MiB), to leave the node's disk and CPU to its writes (default: as fast as the node answers)"},
 			&cli.StringFlag{Name: "uri", Usage: "back up this NBD export (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH) instead of taking a snapshot"},
 			&cli.StringFlag{Name: "nbd", Usage: "the node's NBD address (HOST:PORT or unix:/PATH; default: --node's nbd in --config)"},
 			&cli.StringFlag{Name: "resource", Usage: "resource name (default: from --config, or the node's status)"},
@@ -138,6 +139,13 @@ func backupOptions(c *cli.Context) (backupOpts, error) {
 	if o.keep < 0 {
 		return o, usageError("--keep %d: give a number of points, at least 1 (0 keeps all)", o.keep)
 	}
+	if r := c.String("rate"); r != "" {
+		n, err := config.ParseBytes(r)
+		if err != nil || n < 1<<20 {
+			return o, usageError("--rate %s: give bytes per second, at least 1MiB (e.g. 100MiB)", r)
+		}
+		o.rate = n
+	}
 	var err error
 	if o.tls, err = tlsConfig(c.Path("tls-ca")); err != nil {
 		return o, err
@@ -162,6 +170,7 @@ type backupOpts struct {
 	snapshot string
 	full     bool
 	keep     int
+	rate     int64 // bytes per second (0: unpaced)
 	tls      *tls.Config
 	out      io.Writer
 	tty      bool
@@ -298,7 +307,7 @@ func defaultSnapshotName(ctx context.Context, start time.Time, snaps Snapshots) 
 
 // backupOnce takes the backup into repo (runBackup).
 func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *progressLine, name string, snaps Snapshots, uriOf func(snap string) string) (backup.Point, error) {
-	req := backup.Request{Snapshot: name, Full: o.full}
+	req := backup.Request{Snapshot: name, Full: o.full, Rate: o.rate}
 	base, inc := repo.Incremental(req)
 	last, hadLast := repo.Last()
 	if snaps != nil {

@@ -275,6 +275,8 @@ func TestBackupCLI(t *testing.T) {
 		{[]string{"backup", "--to", dir, "--uri", "http://x/y", "--snapshot", "s"}, exitUsage}, // not an NBD URI
 		{[]string{"backup", "--to", dir}, exitUsage},                                           // no node
 		{[]string{"backup", "--to", dir, "--keep", "-1", "--uri", q.uri("ext"), "--snapshot", "s"}, exitUsage},
+		{[]string{"backup", "--to", dir, "--rate", "fast", "--uri", q.uri("ext"), "--snapshot", "s"}, exitUsage},
+		{[]string{"backup", "--to", dir, "--rate", "64k", "--uri", q.uri("ext"), "--snapshot", "s"}, exitUsage}, // under 1 MiB/s
 		{[]string{"--admin", filepath.Join(dir, "none.sock"), "backup", "--to", dir, "--nbd", "127.0.0.1:1", "--resource", "r0", "--full"}, exitUnreachable},
 		{[]string{"restore", "--from", dir}, exitUsage}, // no --to
 		{[]string{"restore", "--from", dir, "--point", "nope", "--to", filepath.Join(dir, "x")}, exitUsage},

@@ -273,6 +273,9 @@ func Backup(r *result.BackupResult) []result.Check {
 		load.Value = r.BackupRatio
 		load.Status = passFail(r.BackupRatio >= BackupLoadMin)
 		load.Detail = fmt.Sprintf("%.2fx (%.0f IOPS during %d full backups from the Secondary, %.0f without)", r.BackupRatio, r.Load[i].IOPS, r.Load[i].Backups, r.BaseIOPS)
+		if j := slices.IndexFunc(r.Load, func(l result.BackupLoad) bool { return l.Case == "backup-paced" && l.Error == "" }); j >= 0 {
+			load.Detail += fmt.Sprintf("; with the backups at --rate %s (no target) %.2fx", r.Load[j].Rate, r.Load[j].IOPS/r.BaseIOPS)
+		}
 		if r.SnapshotRatio > 0 {
 			load.Detail += fmt.Sprintf("; with a fresh snapshot on the Primary itself (copy-on-write, no target) %.2fx", r.SnapshotRatio)
 		}

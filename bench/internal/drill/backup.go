@@ -36,6 +36,9 @@ const (
 	// backupLoadSeconds is each fio run's measured time (after a 1 s ramp).
 	backupLoadSeconds      = 6
 	backupLoadQuickSeconds = 3
+	// backupPacedRate: repctl backup --rate for the paced backups under
+	// load (a quarter of what an unpaced full backup reads here).
+	backupPacedRate = "64MiB"
 	// backupIncRuns: incremental backups, each after its own rewrite.
 	backupIncRuns = 3
 )
@@ -163,7 +166,7 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, i
 		return l, err
 	}
 	var base []float64
-	for _, name := range []string{"base", "backup", "snapshot", "snapshot-secondary", "base"} {
+	for _, name := range []string{"base", "backup", "backup-paced", "snapshot", "snapshot-secondary", "base"} {
 		if ctx.Err() != nil {
 			break
 		}
@@ -177,6 +180,10 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, i
 			}
 		case "backup":
 			l, err = loadDuringBackups(ctx, bravo, filepath.Join(env.Dir, "load-backups"), func() (result.BackupLoad, error) { return load(name) })
+		case "backup-paced":
+			l, err = loadDuringBackups(ctx, bravo, filepath.Join(env.Dir, "load-backups"), func() (result.BackupLoad, error) { return load(name) },
+				"--rate", backupPacedRate)
+			l.Rate = backupPacedRate
 		case "snapshot", "snapshot-secondary":
 			// A snapshot of the node's own (taken on a Secondary, it is
 			// put into the Primary's stream for it alone).
@@ -290,7 +297,7 @@ func verifyPoint(ctx context.Context, n *harness.Node, dir, snap string) string 
 // one after another, from before it starts measuring until it ends;
 // retention keeps one point in dir. It returns run's result with the
 // number of backups.
-func loadDuringBackups(ctx context.Context, n *harness.Node, dir string, run func() (result.BackupLoad, error)) (result.BackupLoad, error) {
+func loadDuringBackups(ctx context.Context, n *harness.Node, dir string, run func() (result.BackupLoad, error), extra ...string) (result.BackupLoad, error) {
 	bctx, stop := context.WithCancel(ctx)
 	var (
 		wg      sync.WaitGroup
@@ -305,7 +312,7 @@ func loadDuringBackups(ctx context.Context, n *harness.Node, dir string, run fun
 			if i == 0 {
 				close(started)
 			}
-			b := backupFrom(ctx, n, dir, fmt.Sprintf("load-%d", i), "--full", "--keep", "1")
+			b := backupFrom(ctx, n, dir, fmt.Sprintf("load-%d", i), append([]string{"--full", "--keep", "1"}, extra...)...)
 			if b.Error != "" {
 				backErr = errors.New(b.Error)
 				return

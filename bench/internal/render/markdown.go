@@ -461,6 +461,8 @@ func backupMarkdown(b *strings.Builder, r *result.BackupResult) {
 			case "backup":
 				x = "**" + x + "**"
 				note = fmt.Sprintf("%d full backups from bravo ran; target ≥ %.1f×", l.Backups, check.BackupLoadMin)
+			case "backup-paced":
+				note = fmt.Sprintf("%d full backups from bravo ran, `--rate %s`; no target", l.Backups, l.Rate)
 			case "snapshot":
 				x = "**" + x + "**"
 				note = fmt.Sprintf("alpha's store preserved %s; no target", units.Bytes(l.StoreBytes))

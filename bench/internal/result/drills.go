@@ -74,7 +74,8 @@ type BackupRun struct {
 // BackupLoad is one fio run of the backup drill.
 type BackupLoad struct {
 	// Case: "base" (no snapshot anywhere), "backup" (full backups from the
-	// Secondary, one after another, for the whole run), "snapshot" (a
+	// Secondary, one after another, for the whole run), "backup-paced"
+	// (the same with repctl backup --rate Rate), "snapshot" (a
 	// snapshot taken on the Primary just before the run) or
 	// "snapshot-secondary" (one taken on the Secondary alone).
 	Case  string  `json:"case"`
@@ -84,6 +85,7 @@ type BackupLoad struct {
 	// StoreBytes: the snapshot store of the node with the snapshot after
 	// the run (what copy-on-write preserved).
 	Backups    int    `json:"backups,omitempty"`
+	Rate       string `json:"rate,omitempty"`
 	StoreBytes int64  `json:"store_bytes,omitempty"`
 	Error      string `json:"error,omitempty"`
 }
