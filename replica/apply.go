@@ -111,9 +111,9 @@ func (a *applier) snapshot(seq uint64, name string) error {
 // write 380 -> 280 µs, IOPS +4-5 %), a channel send and a wake-up. A
 // write whose range a snapshot still needs copied goes to the workers
 // (submit asks Node.preserveCopies): copies made one after the other here
-// cost two fdatasyncs each and held the Primary's protocol-C writes to a
-// few hundred a second (the bench's backup drill: 0.08x with a fresh
-// snapshot on the Secondary).
+// cost an fdatasync each (two before the store's format 2) and held the
+// Primary's protocol-C writes to a few hundred a second (the bench's
+// backup drill: 0.08x with a fresh snapshot on the Secondary).
 const inlineMax = 16 << 10
 
 // inline reports whether the receiving goroutine applies it itself.
