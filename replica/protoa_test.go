@@ -124,7 +124,12 @@ func TestProtocolABlock(t *testing.T) {
 // acknowledged before the flush.
 func TestFlushDurableOnSecondary(t *testing.T) {
 	var beta *durableStore
-	c := newClusterWrap(t, 2, nil, func(i int, s Store) Store {
+	// A peer that does not ack within the timeout is dropped and the flush
+	// completes without it (its bitmap then covers what it lacks), which
+	// is not what this test is about: under -race on a loaded machine the
+	// default second was exceeded now and then.
+	slow := func(i int, c *Config) { c.Timeout = 15 * time.Second }
+	c := newClusterWrap(t, 2, slow, func(i int, s Store) Store {
 		if i == 1 {
 			beta = newDurableStore(s)
 			return beta
