@@ -70,7 +70,11 @@ func (r *Repo) MetaContexts(req Request) []string {
 type span struct{ off, end int64 }
 
 // windowBytes is how much a copy step reads at once (pipelined requests).
-const windowBytes = 8 << 20
+// The buffer's first touch costs: on the bench's VM every 4 KiB page
+// faulted in took ~15 µs, 30-40 ms for an 8 MiB window, a quarter of an
+// incremental of 10 MiB; with 2 MiB the incremental took 130 ms instead of
+// 171 and a 1 GiB full 2.54 s instead of 2.29.
+const windowBytes = 2 << 20
 
 // Backup reads src into a new point: full (only what base:allocation does
 // not report as zeroes) when the chain is empty or req.Full, else
@@ -173,24 +177,30 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 		fill = func(p []byte, off int64) error { _, err := chain.ReadAt(p, off); return err }
 	}
 	r.log.Info("backup: copying", "export", src.Export(), "kind", kind, "file", file, "bytes", total, "ranges", len(spans))
+	t0 := time.Now()
 	if err := r.copy(ctx, src, w, spans, total, req.Rate, fill); err != nil {
 		w.Abort()
 		os.Remove(w.Path())
 		return Point{}, fmt.Errorf("backup %q to %s: %w", src.Export(), file, err)
 	}
+	t1 := time.Now()
 	data := w.DataClusters * int64(cs)
 	if err := w.Close(); err != nil {
 		os.Remove(w.Path())
 		return Point{}, fmt.Errorf("backup: %w", err)
 	}
+	t2 := time.Now()
 	if err := r.publish(file); err != nil {
 		os.Remove(w.Path())
 		return Point{}, err
 	}
+	t3 := time.Now()
 	sum, fsize, err := r.fileSum(file)
 	if err != nil {
 		return Point{}, fmt.Errorf("backup: %w (the file %s is not in the manifest)", err, file)
 	}
+	r.log.Debug("backup: file written", "file", file, "copy_s", t1.Sub(t0).Seconds(), "close_s", t2.Sub(t1).Seconds(),
+		"publish_s", t3.Sub(t2).Seconds(), "checksum_s", time.Since(t3).Seconds())
 	p := Point{File: file, Kind: kind, Snapshot: req.Snapshot, Time: start.UTC(), Source: src.Export(),
 		BytesRead: total, DataBytes: data, FileBytes: fsize, SHA256: sum}
 	m := r.Manifest()

@@ -85,7 +85,7 @@ func TestBackupChain(t *testing.T) {
 	// the incremental must hide the older data.
 	d.io("write -z 8M 64k", "discard 20M 128k", "write -P 0x55 2044k 8k", "write -P 0x66 31M 1M")
 	take(backup.Request{Snapshot: "s2"})
-	// A range longer than a copy window (8 MiB), starting mid-cluster,
+	// A range longer than a copy window (2 MiB), starting mid-cluster,
 	// among small ones: a window fills in the middle of it.
 	d.io("write -P 0x77 100k 4k", "write -z 0 4k", "write -P 0x88 16M 64k", "write -P 0xaa 4100k 10M", "write -P 0xbb 30M 4k")
 	take(backup.Request{Snapshot: "s3"})
@@ -306,7 +306,7 @@ func TestInterruptedAndTampered(t *testing.T) {
 // A full backup reads only what base:allocation reports as data; with a
 // source allocated in 4 KiB pieces, a 64 KiB cluster of the backup is read
 // in part and the rest must be zeroes, whatever the copy buffer held from
-// the window before (the first window is 8 MiB of data).
+// the window before (the first windows are all data).
 func TestFullBackupPartialClusters(t *testing.T) {
 	d := &disk{t: t, dir: t.TempDir(), size: diskSize}
 	d.path = filepath.Join(d.dir, "disk.qcow2")
