@@ -193,14 +193,17 @@ func TestBackupDrill(t *testing.T) {
 		if l.Error != "" || l.IOPS <= 0 {
 			t.Errorf("load %+v", l)
 		}
-		if l.Case == "backup" && l.Backups < 1 {
+		if strings.HasPrefix(l.Case, "backup") && l.Backups < 1 {
 			t.Errorf("no backup ran during the load: %+v", l)
+		}
+		if (l.Case == "backup-paced") != (l.Rate != "") {
+			t.Errorf("only the paced backups have a rate: %+v", l)
 		}
 		if strings.HasPrefix(l.Case, "snapshot") && l.StoreBytes == 0 {
 			t.Errorf("a fresh snapshot preserved nothing under random writes: %+v", l)
 		}
 	}
-	if strings.Join(cases, ",") != "base,backup,snapshot,snapshot-secondary,base" || r.BaseIOPS <= 0 || r.BackupRatio <= 0 || r.SnapshotRatio <= 0 {
+	if strings.Join(cases, ",") != "base,backup,backup-paced,snapshot,snapshot-secondary,base" || r.BaseIOPS <= 0 || r.BackupRatio <= 0 || r.SnapshotRatio <= 0 {
 		t.Errorf("load cases %v, base %.0f, ratios %.2f %.2f", cases, r.BaseIOPS, r.BackupRatio, r.SnapshotRatio)
 	}
 }
