@@ -266,11 +266,25 @@ func cmpU64(x, y uint64) int {
 
 func cmpI64(x, y int64) int { return cmpU64(uint64(x), uint64(y)) }
 
-// evictAndLog makes the bitmap pages covering the victims durable, then
-// writes an AL record holding set. The caller holds the tx token.
+// SyncDataBeforeEvict sets fn to make the data device's completed writes
+// durable before an AL record drops an extent: after a crash only the
+// extents of the last record are resynced, so an evicted extent must hold
+// no write that is on the peers but may still be lost here. (DRBD's AL
+// write flushes the disk that holds the data too; here the data is another
+// file.) Call it before the first Activate.
+func (m *Meta) SyncDataBeforeEvict(fn func() error) { m.syncData = fn }
+
+// evictAndLog makes the data written into the victims durable (syncData)
+// and the bitmap pages covering them, then writes an AL record holding set.
+// The caller holds the tx token.
 func (m *Meta) evictAndLog(victims, set []int64) error {
 	a := &m.al
 	if len(victims) > 0 {
+		if m.syncData != nil {
+			if err := m.syncData(); err != nil {
+				return fmt.Errorf("evict AL extents: make the data written into them durable: %w", err)
+			}
+		}
 		var pages []int64
 		b := m.bms[0]
 		for _, e := range victims {

@@ -17,7 +17,8 @@
 // The device is cut into AL extents of ALExtentSize bytes (4 MiB by default).
 // At most ALExtents of them are hot. Before the first write into an extent,
 // Activate persists an AL transaction whose hot set includes it; before an
-// extent leaves the hot set, the bitmap pages covering it are made durable.
+// extent leaves the hot set, the data written into it (the caller's
+// SyncDataBeforeEvict) and the bitmap pages covering it are made durable.
 // So after a crash, every block written on this node but perhaps not on a peer
 // is either marked in the on-disk bitmap or lies in an extent of the newest
 // AL record, and MarkHotOutOfSync marks those extents toward every peer.

@@ -33,6 +33,9 @@ type Meta struct {
 	pageBuf []byte
 
 	al activityLog
+	// syncData makes the data device's completed writes durable; called
+	// before an AL record that evicts extents (SyncDataBeforeEvict).
+	syncData func() error
 
 	closeMu sync.Mutex
 	closed  bool

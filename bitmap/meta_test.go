@@ -509,3 +509,48 @@ func BenchmarkActivateHot(b *testing.B) {
 		m.Complete(0, 4096)
 	}
 }
+
+// An AL record that drops an extent is written only after the data written
+// into it is durable (SyncDataBeforeEvict): a crash then resyncs only the
+// extents of the last record. No sync when nothing is evicted; a failed
+// sync fails the Activate and writes no record.
+func TestEvictSyncsDataFirst(t *testing.T) {
+	id := testID()
+	id.ALExtents = 2
+	m, _ := mustCreate(t, id)
+	defer m.Close()
+	ctx := context.Background()
+	var syncs int
+	var failSync error
+	m.SyncDataBeforeEvict(func() error {
+		syncs++
+		return failSync
+	})
+	write := func(ext int64) error {
+		off := ext << 20
+		if err := m.Activate(ctx, off, 4096); err != nil {
+			return err
+		}
+		m.Complete(off, 4096)
+		return nil
+	}
+	for _, e := range []int64{0, 1, 0} {
+		if err := write(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if syncs != 0 {
+		t.Fatalf("%d data syncs without an eviction", syncs)
+	}
+	if err := write(2); err != nil || syncs != 1 {
+		t.Fatalf("eviction of extent 1: err %v, %d data syncs (want 1)", err, syncs)
+	}
+	before := m.HotExtents()
+	failSync = errors.New("EIO")
+	if err := write(3); err == nil || !strings.Contains(err.Error(), "EIO") {
+		t.Fatalf("eviction with a failing data sync: %v", err)
+	}
+	if got := m.HotExtents(); !slices.Equal(got, before) {
+		t.Fatalf("a record was written after the data sync failed: hot %v, was %v", got, before)
+	}
+}

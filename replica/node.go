@@ -115,6 +115,7 @@ func Open(cfg Config, st Store) (*Node, error) {
 		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
 	}
 	n.meta = m
+	m.SyncDataBeforeEvict(func() error { return n.st.Flush(context.Background()) })
 	err = m.UpdateSuperblock(func(sb *bitmap.Superblock) {
 		for _, p := range n.peers {
 			if _, e := sb.AssignSlot(p.cfg.ID); e != nil && err == nil {
