@@ -98,46 +98,57 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 	return nil
 }
 
+// loopback connects to a listener on loopback TCP whose one accepted
+// connection serve handles in its own goroutine; done gets serve's result.
+// The connection closes when ctx ends; close it when done with it.
+func loopback(ctx context.Context, serve func(net.Conn) error) (c net.Conn, done <-chan error, err error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	ch := make(chan error, 1)
+	go func() {
+		s, err := l.Accept()
+		l.Close()
+		if err != nil {
+			ch <- err
+			return
+		}
+		defer s.Close()
+		ch <- serve(s)
+	}()
+	c, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		l.Close() // the accept fails and the goroutine ends
+		return nil, nil, err
+	}
+	context.AfterFunc(ctx, func() { c.Close() })
+	return c, ch, nil
+}
+
 // floorRTT makes count round trips over loopback TCP, one at a time: a
 // 32-byte header and 4 KiB sent, applied on the receiving side, an 8-byte
 // answer read back. It returns the median round trip in µs.
 func floorRTT(ctx context.Context, count int, apply func([]byte) error) (float64, error) {
 	const head, n = 32, 4096
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	recvErr := make(chan error, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			recvErr <- err
-			return
-		}
-		defer c.Close()
+	c, done, err := loopback(ctx, func(s net.Conn) error {
 		frame, ack := make([]byte, head+n), make([]byte, 8)
 		for {
-			if _, err := io.ReadFull(c, frame); err != nil {
-				recvErr <- err
-				return
+			if _, err := io.ReadFull(s, frame); err != nil {
+				return err
 			}
 			if err := apply(frame[head:]); err != nil {
-				recvErr <- err
-				return
+				return err
 			}
-			if _, err := c.Write(ack); err != nil {
-				recvErr <- err
-				return
+			if _, err := s.Write(ack); err != nil {
+				return err
 			}
 		}
-	}()
-	c, err := net.Dial("tcp", l.Addr().String())
+	})
 	if err != nil {
 		return 0, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+	defer c.Close()
 	frame, ack := make([]byte, head+n), make([]byte, 8)
 	rtts := make([]time.Duration, 0, count)
 	for range count {
@@ -151,7 +162,7 @@ func floorRTT(ctx context.Context, count int, apply func([]byte) error) (float64
 		rtts = append(rtts, time.Since(t0))
 	}
 	c.Close()
-	if err := <-recvErr; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+	if err := <-done; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		return 0, err
 	}
 	slices.Sort(rtts)
@@ -164,50 +175,33 @@ func floorRTT(ctx context.Context, count int, apply func([]byte) error) (float64
 // whole process (both sides).
 func floorTCP(ctx context.Context, n, count int, apply func([]byte) error) (float64, error) {
 	const head = 32
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	recvErr := make(chan error, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			recvErr <- err
-			return
-		}
-		defer c.Close()
+	c, done, err := loopback(ctx, func(s net.Conn) error {
 		frame := make([]byte, head+n)
 		rb := make([]byte, max(512<<10, 2*len(frame)))
 		have := 0
 		for got := 0; got < count; {
-			k, err := c.Read(rb[have:])
+			k, err := s.Read(rb[have:])
 			if err != nil {
-				recvErr <- err
-				return
+				return err
 			}
 			have += k
 			i := 0
 			for ; have-i >= len(frame) && got < count; i += len(frame) {
 				if err := apply(rb[i+head : i+len(frame)]); err != nil {
-					recvErr <- err
-					return
+					return err
 				}
 				got++
 			}
 			have = copy(rb, rb[i:have])
 		}
-		recvErr <- nil
-	}()
-	c, err := net.Dial("tcp", l.Addr().String())
+		return nil
+	})
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
 	per := max(1, min(64, (4<<20)/(head+n)))
 	batch := make([]byte, per*(head+n))
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
 	c0 := procfs.SelfCPU()
 	for sent := 0; sent < count; sent += per {
 		k := min(per, count-sent)
@@ -215,7 +209,7 @@ func floorTCP(ctx context.Context, n, count int, apply func([]byte) error) (floa
 			return 0, err
 		}
 	}
-	if err := <-recvErr; err != nil && !errors.Is(err, io.EOF) {
+	if err := <-done; err != nil && !errors.Is(err, io.EOF) {
 		return 0, err
 	}
 	return float64((procfs.SelfCPU() - c0).Nanoseconds()) / 1e3 / float64(count), nil
