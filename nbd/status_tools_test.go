@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/client"
 )
@@ -49,7 +50,7 @@ func qemuNBD(t *testing.T, export string, args ...string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "qemu-nbd.sock")
 	var stderr bytes.Buffer
-	cmd := exec.Command(needTool(t, "qemu-nbd"), append([]string{"-r", "-t", "-x", export, "-k", sock}, args...)...)
+	cmd := exec.Command(testtool.Require(t, "qemu-nbd"), append([]string{"-r", "-t", "-x", export, "-k", sock}, args...)...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -94,7 +95,7 @@ type snapshotFixture struct {
 // converts it to a sparse raw file; both are served.
 func newSnapshotFixture(t *testing.T) *snapshotFixture {
 	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd"} {
-		needTool(t, tool)
+		testtool.Require(t, tool)
 	}
 	const K, M = 1 << 10, 1 << 20
 	f := &snapshotFixture{
@@ -128,7 +129,7 @@ func (f *snapshotFixture) uri(export string) string { return "nbd://" + f.addr +
 // --map and qemu-img map report the same as qemu-nbd, for base:allocation
 // and for the dirty bitmap.
 func TestToolsBlockStatus(t *testing.T) {
-	needTool(t, "nbdinfo")
+	testtool.Require(t, "nbdinfo")
 	f := newSnapshotFixture(t)
 
 	var list struct {
@@ -203,7 +204,7 @@ func TestToolsBlockStatus(t *testing.T) {
 // export RESOURCE@NAME whole, and skip its holes.
 func TestToolsReadSnapshot(t *testing.T) {
 	for _, tool := range []string{"nbdcopy", "qemu-img"} {
-		needTool(t, tool)
+		testtool.Require(t, tool)
 	}
 	f := newSnapshotFixture(t)
 	want, err := os.ReadFile(f.raw)

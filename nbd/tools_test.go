@@ -12,30 +12,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/repd/repd/internal/testtool"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
 )
-
-// needTool returns the path of an external client; it skips the test when the
-// tool is missing, or fails it when CI=true.
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not installed (required when CI=true)", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
-}
 
 func runTool(t *testing.T, name string, args ...string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, needTool(t, name), args...)
+	cmd := exec.CommandContext(ctx, testtool.Require(t, name), args...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -45,7 +32,7 @@ func runTool(t *testing.T, name string, args ...string) []byte {
 }
 
 func TestNbdinfo(t *testing.T) {
-	needTool(t, "nbdinfo")
+	testtool.Require(t, "nbdinfo")
 	addr := serve(t, &nbd.Server{Exports: []nbd.Export{
 		{Name: "disk", Description: "a disk", Device: newMem(testSize)},
 		{Name: "ro", Device: plainDevice{newMem(64 << 10)}, ReadOnly: true},
@@ -102,7 +89,7 @@ func TestNbdinfo(t *testing.T) {
 }
 
 func TestQemuIO(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Require(t, "qemu-io")
 	dev := newMem(testSize)
 	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Name: "disk", Device: dev}}})
 	runTool(t, "qemu-io", "-f", "raw",
@@ -128,7 +115,7 @@ func runToolErr(t *testing.T, env []string, name string, args ...string) string 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, needTool(t, name), args...)
+	cmd := exec.CommandContext(ctx, testtool.Require(t, name), args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if err == nil {
@@ -142,7 +129,7 @@ func runToolErr(t *testing.T, env []string, name string, args ...string) string 
 // certificates, reading the certificate directory layout they share.
 func TestToolsTLS(t *testing.T) {
 	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "qemu-io"} {
-		needTool(t, tool)
+		testtool.Require(t, tool)
 	}
 	p := getPKI(t)
 	dir := t.TempDir()
