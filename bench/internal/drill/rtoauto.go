@@ -128,10 +128,13 @@ func rtoAuto(ctx context.Context, env target.Env, timeout, ramp time.Duration) (
 	if n != nil {
 		r.Successor = n.Name
 	}
-	if e, ok := evB.find(func(e api.Event) bool { return e.Kind == "role" && e.New == "Primary" && e.Time.After(t0) }); ok {
+	// The events streams may lag: bravo's election came before its
+	// write; alpha suspends once its peers' timeouts drop them, which
+	// may come after bravo's write on a loaded machine.
+	if e, ok := evB.await(ctx, 5*time.Second, func(e api.Event) bool { return e.Kind == "role" && e.New == "Primary" && e.Time.After(t0) }); ok {
 		r.ElectedMs = ms(e.Time.Sub(t0))
 	}
-	if e, ok := evA.find(func(e api.Event) bool { return e.Kind == "io" && e.New == "suspended" && e.Time.After(t0) }); ok {
+	if e, ok := evA.await(ctx, 2*eff+5*time.Second, func(e api.Event) bool { return e.Kind == "io" && e.New == "suspended" && e.Time.After(t0) }); ok {
 		r.SuspendedMs = ms(e.Time.Sub(t0))
 	}
 	cancel()

@@ -489,6 +489,23 @@ func (l *eventLog) find(ok func(api.Event) bool) (api.Event, bool) {
 	return api.Event{}, false
 }
 
+// await is find, waiting up to d for a matching event to arrive: the
+// events stream is another process's output and may lag what the caller
+// just saw happen.
+func (l *eventLog) await(ctx context.Context, d time.Duration, ok func(api.Event) bool) (api.Event, bool) {
+	deadline := time.Now().Add(d)
+	for {
+		if e, found := l.find(ok); found {
+			return e, true
+		}
+		left := time.Until(deadline)
+		if left <= 0 || ctx.Err() != nil || l.failed() != nil {
+			return api.Event{}, false
+		}
+		l.wait(ctx, min(left, 100*time.Millisecond))
+	}
+}
+
 // last is the time of the latest replication event of peer into state.
 func (l *eventLog) last(peer, state string) (time.Time, bool) {
 	l.mu.Lock()
