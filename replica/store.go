@@ -209,15 +209,14 @@ func (s *FileStore) WriteZeroes(ctx context.Context, off, n int64, noHole, fua b
 	return s.writeZeroes(ctx, off, n, fua)
 }
 
-var zeroBlock = make([]byte, 1<<20)
-
 func (s *FileStore) writeZeroes(ctx context.Context, off, n int64, fua bool) error {
 	for n > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		chunk := min(n, int64(len(zeroBlock)))
-		if _, err := s.f.WriteAt(zeroBlock[:chunk], off); err != nil {
+		z := zeroBuf()
+		chunk := min(n, int64(len(z)))
+		if _, err := s.f.WriteAt(z[:chunk], off); err != nil {
 			return fmt.Errorf("write zeroes %d+%d: %w", off, chunk, err)
 		}
 		off += chunk

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -512,9 +513,13 @@ func (n *Node) endWriteLocked() {
 	}
 }
 
-var zeros = make([]byte, protocol.MaxData)
+// zeroBuf is a frame's worth of zeroes, allocated on first use: programs
+// that link this package without running a node (repctl) do not start
+// with it in their heap.
+var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, protocol.MaxData) })
 
 func allZero(b []byte) bool {
+	zeros := zeroBuf()
 	for len(b) > 0 {
 		c := min(len(b), len(zeros))
 		if !bytes.Equal(b[:c], zeros[:c]) {
