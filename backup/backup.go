@@ -185,7 +185,8 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 	}
 	t1 := time.Now()
 	data := w.DataClusters * int64(cs)
-	if err := w.Close(); err != nil {
+	sum, fsize, err := r.closeSummed(w, file)
+	if err != nil {
 		os.Remove(w.Path())
 		return Point{}, fmt.Errorf("backup: %w", err)
 	}
@@ -194,13 +195,8 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 		os.Remove(w.Path())
 		return Point{}, err
 	}
-	t3 := time.Now()
-	sum, fsize, err := r.fileSum(file)
-	if err != nil {
-		return Point{}, fmt.Errorf("backup: %w (the file %s is not in the manifest)", err, file)
-	}
-	r.log.Debug("backup: file written", "file", file, "copy_s", t1.Sub(t0).Seconds(), "close_s", t2.Sub(t1).Seconds(),
-		"publish_s", t3.Sub(t2).Seconds(), "checksum_s", time.Since(t3).Seconds())
+	r.log.Debug("backup: file written", "file", file, "copy_s", t1.Sub(t0).Seconds(),
+		"close_and_checksum_s", t2.Sub(t1).Seconds(), "publish_s", time.Since(t2).Seconds())
 	p := Point{File: file, Kind: kind, Snapshot: req.Snapshot, Time: start.UTC(), Source: src.Export(),
 		BytesRead: total, DataBytes: data, FileBytes: fsize, SHA256: sum}
 	m := r.Manifest()

@@ -194,9 +194,18 @@ func (r *Repo) newName(t time.Time, kind string) string {
 	}
 }
 
-// fileSum returns the SHA-256 and size of a file.
+// fileSum returns the SHA-256 and size of a file of the repository.
 func (r *Repo) fileSum(file string) (string, int64, error) {
-	f, err := os.Open(r.path(file))
+	return r.sumFile(r.path(file), file)
+}
+
+// sumFile returns the SHA-256 and size of the file at path, reporting
+// progress under name. The buffer is small on purpose: the file is
+// usually in the page cache, and the faults of a fresh large buffer cost
+// more than the read calls it saves (64 KiB: 7.5 ms for 10 MiB here, 1 MiB:
+// 12–13 ms).
+func (r *Repo) sumFile(path, name string) (string, int64, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return "", 0, err
 	}
@@ -206,23 +215,34 @@ func (r *Repo) fileSum(file string) (string, int64, error) {
 		return "", 0, err
 	}
 	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	done := int64(0)
+	buf := make([]byte, 64<<10)
+	done, reported := int64(0), int64(0)
 	for {
 		n, err := f.Read(buf)
 		h.Write(buf[:n])
 		done += int64(n)
-		if n > 0 {
-			r.progress(Progress{Phase: "checksum", File: file, Done: done, Total: st.Size()})
+		if n > 0 && (done-reported >= 1<<20 || done == st.Size()) {
+			reported = done
+			r.progress(Progress{Phase: "checksum", File: name, Done: done, Total: st.Size()})
 		}
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return "", 0, fmt.Errorf("checksum %s: %w", file, err)
+			return "", 0, fmt.Errorf("checksum %s: %w", name, err)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), done, nil
+}
+
+// closeSummed closes w, computing the SHA-256 of the complete file
+// (reported as file) while it is fsynced.
+func (r *Repo) closeSummed(w *qcow2.Writer, file string) (sum string, size int64, err error) {
+	err = w.CloseDuringSync(func(path string) (err error) {
+		sum, size, err = r.sumFile(path, file)
+		return err
+	})
+	return sum, size, err
 }
 
 // publish renames file.partial to file, durably.

@@ -118,16 +118,13 @@ func (r *Repo) merge(ctx context.Context, p Point) (Point, error) {
 	}
 	r.progress(Progress{Phase: "merge", File: file, Done: size, Total: size})
 	data := w.DataClusters * cs
-	if err := w.Close(); err != nil {
+	sum, fsize, err := r.closeSummed(w, file)
+	if err != nil {
 		os.Remove(w.Path())
 		return Point{}, fmt.Errorf("retention: %w", err)
 	}
 	if err := r.publish(file); err != nil {
 		return Point{}, err
-	}
-	sum, fsize, err := r.fileSum(file)
-	if err != nil {
-		return Point{}, fmt.Errorf("retention: %w", err)
 	}
 	q := p
 	q.File, q.Kind, q.Backing, q.BaseSnapshot = file, KindFull, "", ""

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -461,5 +462,52 @@ func TestAbortLeavesNoImage(t *testing.T) {
 	w.Abort()
 	if _, err := Open(p); err == nil || !strings.Contains(err.Error(), "not a qcow2 image") {
 		t.Fatalf("Open of an aborted image: %v", err)
+	}
+}
+
+// CloseDuringSync runs its function on the complete image: what it reads
+// is the file Close leaves (qemu-img check passes on a copy of it), and its
+// error is Close's.
+func TestCloseDuringSync(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.qcow2")
+	w, err := Create(p, CreateOptions{Size: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0xa5}, 64<<10)
+	for _, c := range []int64{0, 7, 40} {
+		if err := w.WriteCluster(c, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []byte
+	if err := w.CloseDuringSync(func(path string) error {
+		var err error
+		seen, err = os.ReadFile(path)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	final, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(seen, final) {
+		t.Fatalf("during read %d bytes, the closed file has %d (or they differ)", len(seen), len(final))
+	}
+	cp := filepath.Join(dir, "copy.qcow2")
+	if err := os.WriteFile(cp, seen, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, cp)
+
+	w, err = Create(filepath.Join(dir, "y.qcow2"), CreateOptions{Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("checksum failed")
+	if err := w.CloseDuringSync(func(string) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("CloseDuringSync returned %v, want the function's error", err)
 	}
 }

@@ -285,12 +285,21 @@ func (w *Writer) fail(err error) error {
 // Close writes the L2 tables still in memory, the L1 table, the refcounts
 // and the header, fsyncs and closes the file. After an error the file is
 // not a valid image (the caller removes it).
-func (w *Writer) Close() error {
+func (w *Writer) Close() error { return w.CloseDuringSync(nil) }
+
+// CloseDuringSync is Close that, once the image is complete, runs during
+// (when not nil) while the file is fsynced, and returns its error too:
+// during may read the complete file (a checksum) at the same time as the
+// sync writes it out. If the writes fail, during does not run.
+func (w *Writer) CloseDuringSync(during func(path string) error) error {
 	if w.closed {
 		return errors.New("qcow2 writer closed twice")
 	}
 	w.closed = true
 	err := w.finish()
+	if err == nil {
+		err = w.sync(during)
+	}
 	if cerr := w.f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("qcow2 close %s: %w", w.path, cerr)
 	}
@@ -398,8 +407,25 @@ func (w *Writer) finish() error {
 	if _, err := w.f.WriteAt(hdr, 0); err != nil {
 		return fmt.Errorf("qcow2 write header: %w", err)
 	}
-	if err := w.f.Sync(); err != nil {
+	return nil
+}
+
+// sync fsyncs the complete file, running during (if any) meanwhile.
+func (w *Writer) sync(during func(path string) error) error {
+	var derr error
+	done := make(chan struct{})
+	if during != nil {
+		go func() {
+			defer close(done)
+			derr = during(w.path)
+		}()
+	} else {
+		close(done)
+	}
+	err := w.f.Sync()
+	<-done
+	if err != nil {
 		return fmt.Errorf("qcow2 fsync %s: %w", w.path, err)
 	}
-	return nil
+	return derr
 }
