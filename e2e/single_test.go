@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,5 +217,45 @@ func TestBadConfigRefused(t *testing.T) {
 				t.Fatalf("repd with %s: err=%v, output:\n%s\nwant it to mention %q", c.name, err, out, c.want)
 			}
 		})
+	}
+}
+
+// repd runs with GODEBUG's schedtrace set to its longest period, which
+// keeps Go's sysmon out of the deep sleep every idle moment at queue depth
+// 1 paid a wake-up for (cmd/repd/sysmon.go), in the same process (same
+// pid, same arguments); GODEBUG=schedtrace=0 in its environment keeps Go's
+// default, and other GODEBUG settings stay.
+func TestSysmonSetting(t *testing.T) {
+	n := single(t, "16MiB")
+	godebug := func() string {
+		t.Helper()
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", n.pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(b), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if g := godebug(); !strings.Contains(","+g+",", ",schedtrace=2147483647,") {
+		t.Fatalf("repd's GODEBUG is %q, want schedtrace=2147483647 in it", g)
+	}
+	for _, env := range []string{"schedtrace=0", "madvdontneed=1"} {
+		if err := n.stop(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		cmd := n.h.Command()
+		cmd.Env = append(cmd.Env, "GODEBUG="+env)
+		n.startWith(cmd)
+		want := env
+		if env == "madvdontneed=1" {
+			want = env + ",schedtrace=2147483647"
+		}
+		if g := godebug(); g != want {
+			t.Errorf("started with GODEBUG=%s: repd runs with %q, want %q", env, g, want)
+		}
 	}
 }

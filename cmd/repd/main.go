@@ -15,6 +15,7 @@ import (
 )
 
 func main() {
+	keepSysmonAwake()
 	app := &cli.App{
 		Name:  "repd",
 		Usage: "userspace replicated block device daemon (one node of a resource)",
