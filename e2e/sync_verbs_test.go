@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -151,4 +153,47 @@ func peerBool(t *testing.T, n *node, peer, field string) bool {
 		}
 	}
 	return false
+}
+
+// TestReplacedDiskRefused: a Secondary whose backing file is gone (a
+// replaced or wiped disk) while its meta file still describes data does not
+// start as UpToDate on an empty file created for it: repd refuses, says
+// what to run, and leaves no file behind, so a second start refuses too.
+// After create-md --force it starts Inconsistent and takes a full sync.
+func TestReplacedDiskRefused(t *testing.T) {
+	qemuIO := testtool.Require(t, "qemu-io")
+	c := newCluster(t, clusterOpts{nodes: 2, size: "16MiB"})
+	p := upCluster(t, c)
+	s := c.nodes[1]
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "write -P 0x5a 0 16M", p.uri())
+	waitInSync(t, c, 30*time.Second)
+	if err := s.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(s.disk); err != nil {
+		t.Fatal(err)
+	}
+	for try := 1; try <= 2; try++ {
+		// Bounded: a repd that accepts the empty file runs until killed.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, bins.repd, "--config", c.conf, "--node", s.name)
+		cmd.Env = quickExitEnv()
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), "the data is gone") || !strings.Contains(string(out), "create-md --force") {
+			t.Fatalf("start %d of beta on a missing disk: %v\n%s", try, err, out)
+		}
+		if _, err := os.Stat(s.disk); !os.IsNotExist(err) {
+			t.Fatalf("start %d left a backing file behind (stat: %v)", try, err)
+		}
+	}
+	if b, err := exec.Command(bins.ctl, "--config", c.conf, "--node", s.name, "create-md", "--force").CombinedOutput(); err != nil {
+		t.Fatalf("create-md --force: %v %s", err, b)
+	}
+	s.start()
+	if d := s.status().Disk; d != "Inconsistent" {
+		t.Fatalf("after create-md beta is %s", d)
+	}
+	waitInSync(t, c, 60*time.Second)
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x5a 0 16M", s.uri())
 }

@@ -35,7 +35,12 @@ type FileStore struct {
 	noPunch  atomic.Bool // fallocate punch-hole unsupported: write zeroes
 	noZero   atomic.Bool // fallocate zero-range unsupported: write zeroes
 	blockDev bool
+	created  bool // OpenFileStore created the file: it holds nothing
 }
+
+// Created reports whether OpenFileStore created the file (it did not
+// exist): it holds no data.
+func (s *FileStore) Created() bool { return s.created }
 
 // ErrInUse is returned by OpenFileStore when another process holds the
 // backing store.
@@ -87,7 +92,7 @@ func OpenFileStore(path string, size int64) (*FileStore, error) {
 			return nil, fmt.Errorf("lock backing store %s: %w", path, err)
 		}
 	}
-	s := &FileStore{f: f, path: path, size: size}
+	s := &FileStore{f: f, path: path, size: size, created: created}
 	var have int64
 	switch {
 	case st.Mode().IsRegular():

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"sync"
 	"time"
 
@@ -61,9 +62,9 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	var st replica.Store
+	var fs *replica.FileStore
 	if !witness {
-		fs, err := replica.OpenFileStore(self.Disk, int64(f.Resource.Size))
-		if err != nil {
+		if fs, err = replica.OpenFileStore(self.Disk, int64(f.Resource.Size)); err != nil {
 			return fmt.Errorf("node %q.disk: %w", self.Name, err)
 		}
 		st = fs
@@ -80,6 +81,11 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		if st != nil {
 			st.Close()
+		}
+		if fs != nil && fs.Created() {
+			// Created by this start and empty: gone again, so that the
+			// next start finds what this one found (ErrDataGone).
+			os.Remove(self.Disk)
 		}
 		return err
 	}
