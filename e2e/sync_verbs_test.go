@@ -71,17 +71,24 @@ func TestSyncVerbs(t *testing.T) {
 	if b, err := exec.Command(bins.ctl, "--config", c.conf, "--node", "beta", "create-md").CombinedOutput(); err == nil || !strings.Contains(string(b), "force") {
 		t.Fatalf("create-md over a valid meta file without --force: %v %s", err, b)
 	}
-	if b, err := exec.Command(bins.ctl, "--config", c.conf, "--node", "beta", "create-md", "--force").CombinedOutput(); err != nil {
+	startOver(t, c, s, qemuIO, "read -P 0x42 0 16M")
+}
+
+// startOver runs create-md --force for the stopped node s, starts it, and
+// checks that it comes back Inconsistent (a re-created meta file knows
+// nothing), takes a full sync from the Primary, and then passes the
+// qemu-io read check.
+func startOver(t *testing.T, c *cluster, s *node, qemuIO, check string) {
+	t.Helper()
+	if b, err := exec.Command(bins.ctl, "--config", c.conf, "--node", s.name, "create-md", "--force").CombinedOutput(); err != nil {
 		t.Fatalf("create-md --force: %v %s", err, b)
 	}
-	// A re-created meta file knows nothing: beta comes back Inconsistent
-	// and takes a full sync from the Primary.
 	s.start()
 	if d := s.status().Disk; d != "Inconsistent" {
-		t.Fatalf("after create-md beta is %s", d)
+		t.Fatalf("after create-md %s is %s", s.name, d)
 	}
 	waitInSync(t, c, 60*time.Second)
-	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x42 0 16M", s.uri())
+	run(t, time.Minute, qemuIO, "-f", "raw", "-c", check, s.uri())
 }
 
 // TestEventsOrder: the events stream shows a disconnect/reconnect story's
@@ -187,13 +194,5 @@ func TestReplacedDiskRefused(t *testing.T) {
 			t.Fatalf("start %d left a backing file behind (stat: %v)", try, err)
 		}
 	}
-	if b, err := exec.Command(bins.ctl, "--config", c.conf, "--node", s.name, "create-md", "--force").CombinedOutput(); err != nil {
-		t.Fatalf("create-md --force: %v %s", err, b)
-	}
-	s.start()
-	if d := s.status().Disk; d != "Inconsistent" {
-		t.Fatalf("after create-md beta is %s", d)
-	}
-	waitInSync(t, c, 60*time.Second)
-	run(t, time.Minute, qemuIO, "-f", "raw", "-c", "read -P 0x5a 0 16M", s.uri())
+	startOver(t, c, s, qemuIO, "read -P 0x5a 0 16M")
 }
