@@ -114,6 +114,17 @@ func Open(cfg Config, st Store) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
 	}
+	// Before anything is written to the meta file: a refused start
+	// leaves it as it was.
+	if fresh, ok := st.(interface{ Created() bool }); ok && fresh.Created() && !created {
+		if sb := m.Superblock(); holdsData(sb) {
+			m.Close()
+			return nil, fmt.Errorf("%w: the backing store did not exist and was created empty, but meta file %s describes data (disk %s, generation %s): "+
+				"the data is gone (a replaced or wiped disk?). To start this node over and take a full sync from a peer, run "+
+				"repctl create-md --force --config FILE --node %s; if the data is elsewhere, point disk at it",
+				ErrDataGone, cfg.MetaPath, sb.Disk, api.FormatUUID(sb.GI.Current), cfg.Self.Name)
+		}
+	}
 	n.meta = m
 	m.SyncDataBeforeEvict(func() error { return n.st.Flush(context.Background()) })
 	err = m.UpdateSuperblock(func(sb *bitmap.Superblock) {
@@ -129,13 +140,6 @@ func Open(cfg Config, st Store) (*Node, error) {
 		return nil, fmt.Errorf("meta data %s: %w", cfg.MetaPath, err)
 	}
 	n.super = m.Superblock()
-	if fresh, ok := st.(interface{ Created() bool }); ok && fresh.Created() && !created && holdsData(n.super) {
-		m.Close()
-		return nil, fmt.Errorf("%w: the backing store did not exist and was created empty, but meta file %s describes data (disk %s, generation %s): "+
-			"the data is gone (a replaced or wiped disk?). To start this node over and take a full sync from a peer, run "+
-			"repctl create-md --force --config FILE --node %s; if the data is elsewhere, point disk at it",
-			ErrDataGone, cfg.MetaPath, n.super.Disk, api.FormatUUID(n.super.GI.Current), cfg.Self.Name)
-	}
 	for _, p := range n.peers {
 		p.slot = n.super.SlotOf(p.cfg.ID)
 		p.bitmap = m.Bitmap(p.slot)
@@ -166,8 +170,6 @@ func Open(cfg Config, st Store) (*Node, error) {
 	return n, nil
 }
 
-// init builds the node's peers and the state every node has. A data node
-// exchanges data with every data peer; witnesses are vote-only peers.
 // ErrDataGone is returned by Open when the backing store is new but the
 // meta data says the node held data: trusting it would serve zeroes as the
 // resource's data and resync only what the bitmaps name.
@@ -179,6 +181,8 @@ func holdsData(sb bitmap.Superblock) bool {
 	return sb.GI.Current != 0 || sb.Disk != diskInconsistent
 }
 
+// init builds the node's peers and the state every node has. A data node
+// exchanges data with every data peer; witnesses are vote-only peers.
 func (n *Node) init() {
 	n.cond = sync.NewCond(&n.mu)
 	n.journal.Max = n.cfg.JournalBytes
