@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -180,6 +181,10 @@ func TestReplacedDiskRefused(t *testing.T) {
 	if err := os.Remove(s.disk); err != nil {
 		t.Fatal(err)
 	}
+	metaBefore, err := os.ReadFile(s.meta)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for try := 1; try <= 2; try++ {
 		// Bounded: a repd that accepts the empty file runs until killed.
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -192,6 +197,9 @@ func TestReplacedDiskRefused(t *testing.T) {
 		}
 		if _, err := os.Stat(s.disk); !os.IsNotExist(err) {
 			t.Fatalf("start %d left a backing file behind (stat: %v)", try, err)
+		}
+		if after, err := os.ReadFile(s.meta); err != nil || !bytes.Equal(after, metaBefore) {
+			t.Fatalf("start %d changed the meta file (read: %v)", try, err)
 		}
 	}
 	startOver(t, c, s, qemuIO, "read -P 0x5a 0 16M")
