@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/backup/qcow2"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/nbd/client"
 )
 
@@ -296,18 +297,10 @@ func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []sp
 // out instead of letting the first ones go at full speed).
 func pace(ctx context.Context, start time.Time, done, rate int64) error {
 	due := start.Add(time.Duration(float64(done) / float64(rate) * float64(time.Second)))
-	d := time.Until(due)
-	if d <= 0 {
-		return nil
+	if d := time.Until(due); d > 0 {
+		return ctxtime.Sleep(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return nil
 }
 
 // adjacent reports whether b starts where a ends in the same array.

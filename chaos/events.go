@@ -10,6 +10,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/harness"
+	"github.com/repd/repd/internal/ctxtime"
 )
 
 // NodeEvent is an event a node reported on `repctl events`, with the tick
@@ -46,7 +47,7 @@ func WatchEvents(ctx context.Context, h *History, nodes []*harness.Node, notify 
 				if n.Running() {
 					w.follow(ctx, n)
 				}
-				sleep(ctx, 100*time.Millisecond)
+				ctxtime.Sleep(ctx, 100*time.Millisecond)
 			}
 		}()
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/harness"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
 )
@@ -219,7 +220,7 @@ func (f *Follower) find(ctx context.Context) *route {
 				f.logf("follower: no Primary with its lease for %v: %s", d.Round(time.Millisecond), seen)
 				next *= 2
 			}
-			sleep(ctx, 50*time.Millisecond)
+			ctxtime.Sleep(ctx, 50*time.Millisecond)
 			continue
 		}
 		f.mu.Lock()
@@ -241,7 +242,7 @@ func (f *Follower) find(ctx context.Context) *route {
 			for _, fc := range clients {
 				fc.close()
 			}
-			sleep(ctx, 50*time.Millisecond)
+			ctxtime.Sleep(ctx, 50*time.Millisecond)
 			continue
 		}
 		if f.OnSwitch != nil && (last == nil || last.node != n) {
@@ -314,15 +315,6 @@ func (f *Follower) primary(ctx context.Context) (_ *harness.Node, seen string) {
 		return nil, seen
 	}
 	return found[0], seen
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 func (f *Follower) writer(ctx context.Context, k int) {

@@ -43,6 +43,7 @@ import (
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/faultnet"
+	"github.com/repd/repd/internal/ctxtime"
 )
 
 // Options shape a cluster. The zero value is two nodes of 64 MiB under
@@ -540,7 +541,7 @@ func (c *Cluster) promoteFirst(ctx context.Context) error {
 		if !strings.Contains(err.Error(), "in progress") {
 			return err
 		}
-		if serr := sleep(ctx, 100*time.Millisecond); serr != nil {
+		if serr := ctxtime.Sleep(ctx, 100*time.Millisecond); serr != nil {
 			return serr
 		}
 	}
@@ -649,7 +650,7 @@ func waitDisk(ctx context.Context, d time.Duration, want string, nodes []*Node) 
 		if !time.Now().Before(deadline) {
 			return fmt.Errorf("after %s: %s", d, strings.Join(bad, ", "))
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}

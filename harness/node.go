@@ -19,6 +19,7 @@ import (
 
 	"github.com/repd/repd/admin"
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/nbd/nbdtest"
 )
 
@@ -137,7 +138,7 @@ func (n *Node) StartCommand(ctx context.Context, cmd *exec.Cmd) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("repd %s did not answer on %s within %s (%v): %s", n.Name, n.Admin, limit, err, n.LogTail(2000))
 		}
-		if err := sleep(ctx, 30*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 30*time.Millisecond); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/ctxtime"
 )
 
 // WaitFor polls cond every 50 ms until it holds, d passes or ctx ends.
@@ -16,22 +17,11 @@ func WaitFor(ctx context.Context, what string, d time.Duration, cond func() bool
 		if time.Now().After(deadline) {
 			return fmt.Errorf("timed out after %v waiting for %s", d, what)
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
 	}
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Connected holds for a peer that is Connected.
@@ -75,7 +65,7 @@ func (n *Node) WaitPeers(ctx context.Context, d time.Duration, ok func(api.PeerS
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s's peers after %s: %s", n.Name, d, last)
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}

@@ -1,13 +1,13 @@
 package replica
 
 import (
-	"context"
 	"errors"
 	"sync/atomic"
 	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/decide"
 	"github.com/repd/repd/replica/internal/journal"
@@ -79,30 +79,10 @@ func (s *session) pace(n int64) error {
 	nd := s.p.n
 	busy := time.Since(time.Unix(0, nd.lastAppWrite.Load())) < pace.AppBusyWindow
 	rate := pace.Budget(nd.cfg.ResyncRate, nd.cfg.ResyncMinRate, busy)
-	d := s.sync.bucket.Delay(time.Now(), rate, n)
-	if d <= 0 {
-		return nil
+	if d := s.sync.bucket.Delay(time.Now(), rate, n); d > 0 {
+		return ctxtime.Sleep(s.ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-s.ctx.Done():
-		return s.ctx.Err()
-	}
-}
-
-// waitCtx sleeps d or until ctx ends.
-func waitCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return nil
 }
 
 // startSyncLocked makes p a sync target of this node; n.mu held.

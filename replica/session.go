@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/dedup"
 	"github.com/repd/repd/replica/internal/journal"
@@ -149,7 +150,7 @@ func (s *session) queueWait(m ctrlMsg) error {
 			s.queue(m)
 			return nil
 		}
-		if err := waitCtx(s.ctx, 5*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(s.ctx, 5*time.Millisecond); err != nil {
 			return err
 		}
 	}

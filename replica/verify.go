@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/bufpool"
 	"github.com/repd/repd/replica/internal/journal"
@@ -118,7 +119,7 @@ func (s *session) verifyPass() error {
 		if !active {
 			return nil
 		}
-		if err := waitCtx(s.ctx, 5*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(s.ctx, 5*time.Millisecond); err != nil {
 			return err
 		}
 	}

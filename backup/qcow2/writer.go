@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"sync"
 )
 
 // CreateOptions describe a new image.
@@ -413,17 +414,12 @@ func (w *Writer) finish() error {
 // sync fsyncs the complete file, running during (if any) meanwhile.
 func (w *Writer) sync(during func(path string) error) error {
 	var derr error
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	if during != nil {
-		go func() {
-			defer close(done)
-			derr = during(w.path)
-		}()
-	} else {
-		close(done)
+		wg.Go(func() { derr = during(w.path) })
 	}
 	err := w.f.Sync()
-	<-done
+	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("qcow2 fsync %s: %w", w.path, err)
 	}

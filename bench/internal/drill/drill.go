@@ -28,6 +28,7 @@ import (
 	"github.com/repd/repd/bench/internal/target"
 	"github.com/repd/repd/bench/internal/units"
 	"github.com/repd/repd/harness"
+	"github.com/repd/repd/internal/ctxtime"
 )
 
 // Names are the drills, in run order.
@@ -304,7 +305,7 @@ func drillRPO(ctx context.Context, env target.Env, proto string, l link.Profile,
 			}
 		}()
 	}
-	sleepCtx(ctx, d)
+	ctxtime.Sleep(ctx, d)
 	if st, err := c.Nodes[0].Status(ctx); err == nil {
 		r.JournalAtEnd = st.JournalBytes
 	}
@@ -389,13 +390,6 @@ func drillRPO(ctx context.Context, env target.Env, proto string, l link.Profile,
 		r.LostSeconds = (tKill - oldest).Seconds()
 	}
 	return r
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }
 
 // resyncWriteRate caps fio's writes in the resync drill (bytes/s).
