@@ -286,12 +286,15 @@ func (c *conn) receive(p []byte) (n int, errno syscall.Errno, ok bool) {
 	return n, errno, err == nil
 }
 
-// kill ends the connection at once: it closes the socket and cancels the
-// Devices' context. Goroutines still exit through their usual paths.
+// kill ends the connection at once: it closes the socket, then cancels the
+// Devices' context. Goroutines still exit through their usual paths. The
+// socket goes first: a request that ends because its context was cancelled
+// must not be answered (with EIO) on a connection that was killed, which
+// happened when the reply writer won the race with the close.
 func (c *conn) kill() {
 	c.stop()
-	c.cancel()
 	c.abort()
+	c.cancel()
 	c.gate.close()
 }
 
