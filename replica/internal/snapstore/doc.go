@@ -55,7 +55,8 @@
 //
 // The invariant: a snapshot never reads data written after it was taken.
 // Preserve returns — so the caller issues the live write — only after the
-// chunk's copy and its descriptor are durable. The descriptor holds a hash
+// chunk's copy and its descriptor are durable (unless every valid snapshot
+// is lazy: see Lazy snapshots). The descriptor holds a hash
 // of the copy's data, so data and descriptor are written together and one
 // fdatasync commits both: a round of the group commit writes the
 // descriptors of every copy whose data is written, then syncs once, and
@@ -91,6 +92,30 @@
 // in version 1 as long as it holds a snapshot (its copies have no data
 // hash, and a conversion would have to read and rewrite them all); Open
 // recreates a store that holds none, valid or invalid, in version 2.
+//
+// # Lazy snapshots
+//
+// A snapshot taken with CreateLazy is one whose loss costs only time (a
+// backup's: without it the next backup is a full one). While every valid
+// snapshot is lazy, a copy skips the commit's fdatasync: its data and
+// descriptor are written (to the page cache) and Preserve returns, so the
+// first write into a chunk no longer waits for the disk. Before the first
+// such copy the header gets flagUnsynced and the system's boot ID
+// (/proc/sys/kernel/random/boot_id), durably. A flusher syncs the store
+// every DefaultLazySync and, when no copy came during that sync, writes a
+// header without the flag; so do Close, Open and the Create of a durable
+// snapshot (whose copies are synced again, since a copy serves every
+// snapshot without one), and a header that clears the flag is written only
+// after a sync of everything before it. The Create of a lazy snapshot
+// while the flag is set keeps it: the sealed area and the header are then
+// written with O_DSYNC (file.WriteSync), without syncing the copies, so
+// that taking the next backup's snapshot does not wait for the last one's
+// copies to reach the disk. At Open after an unclean shutdown
+// with the flag set: on the same boot repd died but the system did not, so
+// the page cache holds every copy whose Preserve returned (the header
+// written at Open syncs them first); on another boot, or where the boot ID
+// is unknown, a live write may be on disk and its copy not, so every valid
+// snapshot is invalidated (reason 4), and OnInvalidate is told.
 //
 // Changed-block tracking: the blocks written in the current epoch (since the
 // newest valid snapshot) are a bitmap in memory, set by Preserve before the
@@ -140,7 +165,8 @@
 //
 //	+0     8  magic "REPDSNAP"
 //	+8     4  format version (2; 1 is still read and written, see Crash safety)
-//	+12    4  flags: bit 0 clean (closed cleanly: the newest snapshot's area is complete)
+//	+12    4  flags: bit 0 clean (closed cleanly: the newest snapshot's area is complete),
+//	          bit 1 unsynced (copies of lazy snapshots may not be durable; see Lazy snapshots)
 //	+16    8  header sequence number
 //	+24    8  instance: random, chosen at creation; descriptors carry it
 //	+32    8  device size, bytes
@@ -150,7 +176,8 @@
 //	+64    4  table entries (64)
 //	+68    4  reserved, zero
 //	+72    8  next snapshot sequence number (seqs start at 1)
-//	+80  176  reserved, zero
+//	+80   16  boot ID of the system that made unsynced copies (flag bit 1), else zero
+//	+96  160  reserved, zero
 //	+256 64×128  snapshot table: 64 entries
 //	+8448  ...  reserved, zero
 //	+16376 8  xxhash64 of bytes +0..+16376
@@ -158,8 +185,10 @@
 // A table entry (128 bytes; all zero when free):
 //
 //	+0   1  state: 0 free, 1 valid, 2 invalid
-//	+1   1  flags: bit 0 sealed (its changed-block area is complete on disk)
-//	+2   1  invalid reason: 1 store full, 2 store I/O error, 3 metadata damaged; 0 when valid
+//	+1   1  flags: bit 0 sealed (its changed-block area is complete on disk),
+//	        bit 1 lazy (CreateLazy)
+//	+2   1  invalid reason: 1 store full, 2 store I/O error, 3 metadata damaged,
+//	        4 the system went down while lazy copies were unsynced; 0 when valid
 //	+3   1  name length (1..64)
 //	+4   4  reserved, zero
 //	+8   8  seq (creation order, from 1)

@@ -16,6 +16,9 @@ type file interface {
 	WriteAt(p []byte, off int64) (int, error)
 	// Sync makes every completed WriteAt and Truncate durable (fdatasync).
 	Sync() error
+	// WriteSync writes p at off durably (O_DSYNC for this write only):
+	// the other unsynced writes may stay unsynced.
+	WriteSync(p []byte, off int64) error
 	// Truncate sets the length to size; new bytes read as zero.
 	Truncate(size int64) error
 	// Allocate reserves disk space for [off, off+n) so that later writes
@@ -71,5 +74,6 @@ func (o *osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p
 func (o *osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
 func (o *osFile) Sync() error                              { return durable.Datasync(o.f) }
 func (o *osFile) Truncate(size int64) error                { return o.f.Truncate(size) }
+func (o *osFile) WriteSync(p []byte, off int64) error      { return writeSync(o.f, p, off) }
 func (o *osFile) Allocate(off, n int64) error              { return allocate(o.f, off, n) }
 func (o *osFile) Close() error                             { return o.f.Close() }

@@ -1,9 +1,12 @@
 package snapstore
 
 import (
+	"encoding/hex"
 	"errors"
 	"os"
+	"strings"
 
+	"github.com/repd/repd/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,4 +23,42 @@ func allocate(f *os.File, off, n int64) error {
 		}
 		return err
 	}
+}
+
+// systemBootID is this boot of the system (/proc/sys/kernel/random/boot_id):
+// a lazy copy's page-cache write survives a crash of repd but not of the
+// system, and the boot ID tells which one happened. Zero if unknown.
+func systemBootID() [16]byte {
+	var id [16]byte
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return id
+	}
+	n, err := hex.Decode(id[:], []byte(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")))
+	if err != nil || n != len(id) {
+		return [16]byte{}
+	}
+	return id
+}
+
+// writeSync writes p at off with RWF_DSYNC: durable when it returns,
+// without flushing the rest of the file (a lazy snapshot's copies). Where
+// the kernel lacks it, a write and an fdatasync.
+func writeSync(f *os.File, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pwritev2(int(f.Fd()), [][]byte{p}, off, unix.RWF_DSYNC)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL):
+			if err := durable.WriteFull(f, p, off); err != nil {
+				return err
+			}
+			return durable.Datasync(f)
+		case err != nil:
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
 }

@@ -43,6 +43,7 @@ const (
 	hOffCapacity = 56
 	hOffMaxSnaps = 64
 	hOffNextSeq  = 72
+	hOffBootID   = 80
 	hOffEntries  = 256
 	hOffChecksum = hdrSlotBytes - 8
 
@@ -59,6 +60,12 @@ const (
 
 	// Header flags.
 	flagClean = 1 << 0 // closed cleanly: the current snapshot's area is complete
+	// flagUnsynced: copies may have been made without an fdatasync
+	// since this header (lazy snapshots only, see Lazy snapshots), while
+	// the system with boot ID hOffBootID ran. A power loss or kernel crash
+	// then may have kept a live write and lost its copy.
+	flagUnsynced = 1 << 1
+	knownFlags   = flagClean | flagUnsynced
 
 	// Entry states.
 	stateFree    = 0
@@ -67,6 +74,7 @@ const (
 
 	// Entry flags.
 	entrySealed = 1 << 0 // its changed-block area on disk is complete
+	entryLazy   = 1 << 1 // lazy: its copies need no fdatasync of their own
 )
 
 // Why a snapshot was invalidated. The values are part of the on-disk format.
@@ -74,6 +82,9 @@ const (
 	reasonFull    = 1 // the store was full when a chunk needed preserving
 	reasonIO      = 2 // an I/O error on the store file
 	reasonDamaged = 3 // the store's metadata failed its checksums
+	// reasonPowerLoss: the system went down (power loss, kernel crash)
+	// while lazy copies were not yet synced.
+	reasonPowerLoss = 4
 )
 
 // Limits of the geometry.
@@ -102,6 +113,7 @@ type entry struct {
 
 func (e *entry) valid() bool  { return e.state == stateValid }
 func (e *entry) sealed() bool { return e.flags&entrySealed != 0 }
+func (e *entry) lazy() bool   { return e.flags&entryLazy != 0 }
 
 // header is the decoded content of a header slot.
 type header struct {
@@ -114,6 +126,7 @@ type header struct {
 	block    int64
 	capacity int64 // bytes of chunk slots: slots = capacity / chunk
 	nextSeq  uint64
+	bootID   [16]byte // with flagUnsynced: the system that ran the copies
 	entries  [MaxSnapshots]entry
 }
 
@@ -131,6 +144,9 @@ func (h *header) encode(p []byte) {
 	le.PutUint64(p[hOffCapacity:], uint64(h.capacity))
 	le.PutUint32(p[hOffMaxSnaps:], MaxSnapshots)
 	le.PutUint64(p[hOffNextSeq:], h.nextSeq)
+	if h.flags&flagUnsynced != 0 {
+		copy(p[hOffBootID:], h.bootID[:])
+	}
 	for i := range h.entries {
 		e := &h.entries[i]
 		if e.state == stateFree {
@@ -182,7 +198,9 @@ func decodeHeader(p []byte) (h header, version uint32, st slotStatus) {
 	h.block = int64(le.Uint64(p[hOffBlock:]))
 	h.capacity = int64(le.Uint64(p[hOffCapacity:]))
 	h.nextSeq = le.Uint64(p[hOffNextSeq:])
-	if le.Uint32(p[hOffMaxSnaps:]) != MaxSnapshots {
+	copy(h.bootID[:], p[hOffBootID:])
+	if le.Uint32(p[hOffMaxSnaps:]) != MaxSnapshots || h.flags&^knownFlags != 0 ||
+		h.flags&flagUnsynced == 0 && h.bootID != [16]byte{} {
 		return header{}, version, slotBad
 	}
 	if checkGeometry(h.devSize, h.block, h.chunk, h.capacity) != nil || h.nextSeq == 0 || h.nextSeq >= 1<<62 {
@@ -212,8 +230,8 @@ func decodeHeader(p []byte) (h header, version uint32, st slotStatus) {
 		e.name = string(q[eOffName : eOffName+n])
 		switch {
 		case e.state != stateValid && e.state != stateInvalid,
-			e.flags&^entrySealed != 0,
-			e.state == stateInvalid && (e.reason < reasonFull || e.reason > reasonDamaged),
+			e.flags&^(entrySealed|entryLazy) != 0,
+			e.state == stateInvalid && (e.reason < reasonFull || e.reason > reasonPowerLoss),
 			e.state == stateValid && e.reason != 0,
 			e.seq == 0 || e.seq >= h.nextSeq,
 			ValidName(e.name) != nil,

@@ -31,6 +31,8 @@ type msnap struct {
 	// maybe: the Create or Delete of this snapshot failed; it may or may
 	// not exist after a crash.
 	maybe bool
+	// lazy: taken with CreateLazy.
+	lazy bool
 }
 
 // harness runs random operations against a Store and a model of it.
@@ -61,8 +63,13 @@ type harness struct {
 	failedWrites [][3]int64 // off, n, clock
 	// maybeChunks: chunks of failed writes: reported changed or not.
 	maybeChunks map[int64]bool
+	// boot is the system's boot the store sees (a crash is a reboot);
+	// lazyAtCrash: every valid snapshot was lazy when the system went
+	// down, so a power loss may invalidate them.
+	boot        byte
+	lazyAtCrash bool
 	// counts of what the story did, to show it covers the ground
-	n struct{ writes, creates, deletes, reads, diffs, reopens, invalidated, crashes int }
+	n struct{ writes, creates, deletes, reads, diffs, reopens, invalidated, crashes, kills, lost int }
 }
 
 func newHarness(t testing.TB, seed uint64, opt Options, f *crashFile) *harness {
@@ -77,6 +84,8 @@ func tryHarness(t testing.TB, seed uint64, opt Options, f *crashFile) (*harness,
 	h := &harness{t: t, seed: seed, r: rand.New(rand.NewPCG(seed, 77)), opt: opt, f: f,
 		snaps: make(map[string]*msnap), gone: make(map[string]bool), maybeChunks: make(map[int64]bool)}
 	h.opt.OnInvalidate = func(in Info) { h.inv = append(h.inv, in) }
+	h.opt.bootID = func() [16]byte { return [16]byte{0: 1, 1: h.boot} }
+	h.opt.lazySync = -1 // the story flushes (step)
 	h.live = newLive(opt.DeviceSize, h.r)
 	s, err := openOn(f, "mem", h.opt)
 	if err != nil {
@@ -175,16 +184,54 @@ func (h *harness) step() error {
 		return h.create()
 	case op < 66:
 		return h.delete()
-	case op < 84:
+	case op < 82:
 		h.read()
-	case op < 94:
+	case op < 92:
 		h.changed()
-	case op < 97:
+	case op < 94:
 		h.list()
+	case op < 96:
+		h.inv = h.inv[:0]
+		h.s.flushLazy()
+		if h.f.failed {
+			h.faulty = true // an I/O error: every snapshot is invalid
+			h.applyInv()
+			return errInjected
+		}
+		h.applyInv()
+	case op < 97:
+		h.kill()
 	default:
 		return h.reopen()
 	}
 	return nil
+}
+
+// kill abandons the store as a crash of the process would (the system's
+// page cache keeps every write) and opens it again: every snapshot,
+// lazy or not, is still valid.
+func (h *harness) kill() {
+	if h.faulty || h.f.failed {
+		return
+	}
+	h.inv = h.inv[:0]
+	s, err := openOn(h.f, "mem", h.opt)
+	if err != nil {
+		if h.f.failed {
+			h.faulty = true // the story stops here, and crashes
+			return
+		}
+		h.fatalf("open after a kill: %v", err)
+	}
+	h.s = s
+	h.n.kills++
+	h.widened = true
+	for _, in := range s.List() {
+		if m := h.snaps[in.Name]; m != nil && m.valid && !in.Valid {
+			h.fatalf("after a kill %q (lazy %v) is invalid: %s", in.Name, m.lazy, in.Reason)
+		}
+	}
+	h.checkAll()
 }
 
 func (h *harness) randRange(max int64) (int64, int64) {
@@ -317,7 +364,12 @@ func (h *harness) create() error {
 	h.clock++
 	name := h.newName()
 	failedBefore := h.s.failure() != nil
-	err := h.s.Create(name, time.Unix(0, h.clock))
+	lazy := h.r.IntN(2) == 0
+	create := h.s.Create
+	if lazy {
+		create = h.s.CreateLazy
+	}
+	err := create(name, time.Unix(0, h.clock))
 	h.applyInv()
 	switch {
 	case failedBefore:
@@ -340,7 +392,7 @@ func (h *harness) create() error {
 		h.fatalf("create %q: %v", name, err)
 	}
 	h.nextID++
-	m := &msnap{id: h.nextID, name: name, img: h.live.clone(), created: h.clock, valid: true,
+	m := &msnap{id: h.nextID, name: name, img: h.live.clone(), created: h.clock, valid: true, lazy: lazy,
 		first: make(map[int64]int64), since: make(map[int64]bool), at: make(map[int]map[int64]bool), maybe: err != nil}
 	for _, o := range h.snaps {
 		o.at[m.id] = cloneSet(o.since)
@@ -578,8 +630,13 @@ func (h *harness) reopen() error {
 // crash drops what was not synced and opens the store again on what
 // survived, then checks every promise.
 func (h *harness) crash() {
+	v := h.valids()
+	// A snapshot whose Create failed (maybe) is on disk only if that
+	// header, which syncs the lazy copies first, is.
+	h.lazyAtCrash = len(v) > 0 && !slices.ContainsFunc(v, func(m *msnap) bool { return !m.lazy && !m.maybe })
 	img := h.f.crash(h.r)
 	h.f = img
+	h.boot++ // power loss: the system starts again
 	h.inv = h.inv[:0]
 	s, err := openOn(h.f, "mem", h.opt)
 	if err != nil {
@@ -589,6 +646,7 @@ func (h *harness) crash() {
 	h.n.crashes++
 	h.widened = true
 	h.reconcile()
+	h.inv = h.inv[:0] // Open's invalidations: reconcile judged them
 	h.checkAll()
 }
 
@@ -611,6 +669,14 @@ func (h *harness) reconcile() {
 			h.fatalf("after crash snapshot %q (valid %v) is gone", name, m.valid)
 		case in.Valid && !m.valid:
 			h.fatalf("after crash snapshot %q is valid again", name)
+		case !in.Valid && m.valid && strings.Contains(in.Reason, "power loss"):
+			// Lazy copies may have been lost: allowed only if every
+			// valid snapshot was lazy.
+			if !h.lazyAtCrash {
+				h.fatalf("after crash %q is invalid for a power loss, but not every valid snapshot was lazy (this one: %v)", name, m.lazy)
+			}
+			m.valid, m.first = false, nil
+			h.n.lost++
 		case !in.Valid && m.valid:
 			// An invalidation whose header write failed may have
 			// reached the disk anyway.
@@ -711,7 +777,7 @@ func TestModel(t *testing.T) {
 }
 
 // tally sums what the stories did.
-type tally struct{ writes, creates, deletes, reads, diffs, reopens, invalidated, crashes int }
+type tally struct{ writes, creates, deletes, reads, diffs, reopens, invalidated, crashes, kills, lost int }
 
 func (c *tally) add(h *harness) {
 	c.writes += h.n.writes
@@ -722,12 +788,14 @@ func (c *tally) add(h *harness) {
 	c.reopens += h.n.reopens
 	c.invalidated += h.n.invalidated
 	c.crashes += h.n.crashes
+	c.kills += h.n.kills
+	c.lost += h.n.lost
 }
 
 // require fails if the stories missed a kind of operation.
 func (c *tally) require(t testing.TB) {
 	t.Helper()
-	if c.writes == 0 || c.creates == 0 || c.deletes == 0 || c.reads == 0 || c.diffs == 0 || c.reopens == 0 || c.invalidated == 0 {
+	if c.writes == 0 || c.creates == 0 || c.deletes == 0 || c.reads == 0 || c.diffs == 0 || c.reopens == 0 || c.invalidated == 0 || c.kills == 0 {
 		t.Fatalf("the stories do not cover every operation: %+v", *c)
 	}
 }
@@ -739,6 +807,7 @@ func TestCrashBetweenOps(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		seeds = 4
 	}
+	var total tally
 	for seed := uint64(100); seed < 100+uint64(seeds); seed++ {
 		r := rand.New(rand.NewPCG(seed, 2))
 		h := newHarness(t, seed, modelOptions(r), newCrashFile())
@@ -750,6 +819,12 @@ func TestCrashBetweenOps(t *testing.T) {
 			}
 			h.crash()
 		}
+		total.add(h)
+	}
+	// Lazy snapshots were lost to a power loss, and kept through kills.
+	t.Logf("%+v", total)
+	if total.crashes == 0 || total.lost == 0 || total.kills == 0 {
+		t.Fatalf("the stories did not crash with lazy copies unsynced, or kill: %+v", total)
 	}
 }
 

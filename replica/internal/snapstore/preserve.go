@@ -162,7 +162,14 @@ func (s *Store) round() bool {
 			err = s.fail(fmt.Errorf("write descriptors: %w", werr))
 		}
 	}
-	if err == nil {
+	// Every Preserve with a copy in this round holds s.mu shared, so the
+	// header cannot change under it: lazy copies, with flagUnsynced
+	// durable, are done once written; the flusher syncs them.
+	lazy := s.lazy && s.hdr.flags&flagUnsynced != 0
+	if err == nil && lazy {
+		s.lazyCopies.Add(int64(len(d)))
+	}
+	if err == nil && !lazy {
 		s.syncs.Add(1)
 		if serr := s.f.Sync(); serr != nil {
 			err = s.fail(fmt.Errorf("sync copies: %w", serr))
@@ -187,6 +194,65 @@ func (s *Store) round() bool {
 		p.finish(nil)
 	}
 	return true
+}
+
+// markUnsynced makes the header say, durably, that copies may skip their
+// fdatasync on this boot (a power loss from now on invalidates the lazy
+// snapshots at Open, see Lazy snapshots). No lock held.
+func (s *Store) markUnsynced() {
+	s.mu.Lock()
+	var infos []Info
+	if !s.closed && s.lazy && s.hdr.flags&flagUnsynced == 0 && s.failure() == nil {
+		h := s.hdr
+		h.flags |= flagUnsynced
+		h.bootID = s.bootID
+		infos = s.afterError(s.writeHeader(&h))
+	}
+	s.mu.Unlock()
+	s.report(infos)
+}
+
+// flusher syncs lazy copies every interval until Close.
+func (s *Store) flusher(every time.Duration) {
+	defer close(s.flushDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopFlush:
+			return
+		case <-t.C:
+			s.flushLazy()
+		}
+	}
+}
+
+// flushLazy syncs the store file if lazy copies may be unsynced and, if no
+// copy came during that sync, clears flagUnsynced: from then on a power
+// loss costs the lazy snapshots nothing. The long sync runs without the
+// lock, so writes go on meanwhile.
+func (s *Store) flushLazy() {
+	s.mu.RLock()
+	set := !s.closed && s.hdr.flags&flagUnsynced != 0 && s.failure() == nil
+	s.mu.RUnlock()
+	if !set {
+		return
+	}
+	n := s.lazyCopies.Load()
+	err := s.f.Sync()
+	s.mu.Lock()
+	var infos []Info
+	if err != nil {
+		// After a failed sync nothing unsynced can be trusted:
+		// invalidate every snapshot (durably, if the disk still can).
+		infos = s.afterError(s.fail(fmt.Errorf("sync lazy copies: %w", err)))
+	} else if !s.closed && s.hdr.flags&flagUnsynced != 0 && s.failure() == nil && s.lazyCopies.Load() == n {
+		h := s.hdr
+		h.flags &^= flagUnsynced
+		infos = s.afterError(s.writeHeader(&h))
+	}
+	s.mu.Unlock()
+	s.report(infos)
 }
 
 // writeDescs writes the descriptors of d, runs of consecutive slots in one
@@ -283,6 +349,13 @@ func (s *Store) Preserve(ctx context.Context, off, n int64, readLive ReadFunc) e
 		if s.allFast(c0, c1) {
 			s.mu.RUnlock()
 			return nil
+		}
+		if s.lazy && s.hdr.flags&flagUnsynced == 0 && s.failure() == nil {
+			// Copies are about to skip their syncs: the header must
+			// say so first (durably), with this boot's ID.
+			s.mu.RUnlock()
+			s.markUnsynced()
+			continue
 		}
 		seen := s.hdr.seq
 		act, x, err := s.copyChunks(ctx, c0, c1, readLive)

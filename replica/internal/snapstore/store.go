@@ -52,7 +52,19 @@ type Options struct {
 	// version is the format of a new store; 0 is FormatVersion (tests
 	// make formatV1 stores with it).
 	version uint32
+	// bootID, if set, replaces systemBootID (tests simulate reboots).
+	bootID func() [16]byte
+	// lazySync is how often lazy copies are synced and, once no copy
+	// came meanwhile, the header's flagUnsynced cleared: 0 is
+	// DefaultLazySync, negative never (tests call flushLazy).
+	lazySync time.Duration
 }
+
+// DefaultLazySync is how often the store syncs lazy copies: how long after
+// a lazy snapshot's last copy a power loss may still invalidate it (see
+// Lazy snapshots). ext4's default commit interval, the window a power
+// loss already has over a file system's own unsynced changes.
+const DefaultLazySync = 5 * time.Second
 
 // Info describes one snapshot.
 type Info struct {
@@ -60,6 +72,7 @@ type Info struct {
 	Seq         uint64    // creation order: a later snapshot has a larger Seq
 	Created     time.Time // the time passed to Create
 	Valid       bool
+	Lazy        bool      // its copies are synced in the background (CreateLazy)
 	Reason      string    // why it is invalid
 	Invalidated time.Time // when it became invalid
 	// Bytes is the preserved data this snapshot reads from the store (its
@@ -81,8 +94,12 @@ type Stats struct {
 	// FormatVersion of the store file (1: two fdatasyncs per copy).
 	Format int
 	// Copies is how many chunk copies were committed since Open, in
-	// CommitRounds fdatasyncs of the group commit.
-	Copies, CommitRounds int64
+	// CommitRounds rounds of the group commit (each one fdatasync, unless
+	// every valid snapshot is lazy); LazyCopies of them without one.
+	Copies, CommitRounds, LazyCopies int64
+	// Unsynced: lazy copies may not be durable yet (a power loss now
+	// would invalidate the snapshots).
+	Unsynced bool
 }
 
 // Store is an open snapshot store. It is safe for concurrent use by many
@@ -141,6 +158,19 @@ type Store struct {
 	c       committer
 	bufPool sync.Pool
 	syncs   atomic.Int64 // fdatasyncs of the commit path, for tests
+
+	// Lazy snapshots: bootID is this boot of the system (zero: unknown,
+	// every copy is synced). lazy (s.mu) is set while every valid
+	// snapshot is lazy and at least one is: copies then skip their
+	// fdatasync once the durable header has flagUnsynced. lazyCopies
+	// counts those copies; the flusher (lazySync) syncs them and clears
+	// the flag when none came meanwhile.
+	bootID     [16]byte
+	lazy       bool
+	lazyCopies atomic.Int64
+	stopFlush  chan struct{}
+	flushDone  chan struct{}
+	closeOnce  sync.Once
 }
 
 // slotInfo is the in-memory descriptor of a slot.
@@ -396,7 +426,42 @@ func newStore(f file, path string, h header, slot int, opt Options, log *slog.Lo
 	chunk := int(s.chunk)
 	s.bufPool.New = func() any { b := make([]byte, chunk); return &b }
 	s.newest = s.newestValid(&s.hdr)
+	if opt.bootID != nil {
+		s.bootID = opt.bootID()
+	} else {
+		s.bootID = systemBootID()
+	}
+	s.lazy = s.lazyMode(&s.hdr)
+	s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
+	every := opt.lazySync
+	if every == 0 {
+		every = DefaultLazySync
+	}
+	if every > 0 && s.bootID != ([16]byte{}) {
+		go s.flusher(every)
+	} else {
+		close(s.flushDone)
+	}
 	return s
+}
+
+// lazyMode reports whether copies under header h may skip their
+// fdatasync: every valid snapshot is lazy (one at least), the format has
+// data hashes, and the boot ID is known.
+func (s *Store) lazyMode(h *header) bool {
+	if s.bootID == ([16]byte{}) || h.version == formatV1 {
+		return false
+	}
+	some := false
+	for i := range h.entries {
+		if e := &h.entries[i]; e.valid() {
+			if !e.lazy() {
+				return false
+			}
+			some = true
+		}
+	}
+	return some
 }
 
 // setSlots sizes the slot table to n slots, all free.
@@ -504,6 +569,22 @@ func (s *Store) load(capacity int64) error {
 	// is never a crash's doing: damage that may have hit a needed copy.
 	var inv []int
 	damaged := len(wrong) > 0 || clean && len(torn) > 0
+	// Lazy copies may have been in the page cache only. After a crash of
+	// the process on this same boot they are all there (the header
+	// written below syncs them first); after a power loss or kernel crash
+	// a live write may have reached the disk and its copy not.
+	lost := !clean && h.flags&flagUnsynced != 0 && (s.bootID == [16]byte{} || h.bootID != s.bootID)
+	if lost && !damaged {
+		s.log.Error("the system went down while copies of lazy snapshots were not synced: they are invalidated")
+		for i := range h.entries {
+			if h.entries[i].valid() {
+				inv = append(inv, i)
+				h.entries[i] = invalidEntry(h.entries[i], reasonPowerLoss, 0, time.Now())
+			}
+		}
+	} else if !clean && h.flags&flagUnsynced != 0 {
+		s.log.Info("repd stopped while lazy copies were not synced; this boot's page cache holds them: syncing")
+	}
 	if damaged {
 		s.log.Error("snapshot store metadata is damaged: every snapshot is invalidated",
 			"bad_descriptors", len(wrong)+len(torn), "clean", clean)
@@ -554,7 +635,7 @@ func (s *Store) load(capacity int64) error {
 	if err := s.resize(&h, capacity); err != nil {
 		return err
 	}
-	h.flags &^= flagClean
+	h.flags &^= flagClean | flagUnsynced // writeHeader syncs first if set
 	if err := s.writeHeader(&h); err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -623,6 +704,16 @@ func (s *Store) resize(h *header, capacity int64) error {
 // writeHeader writes h to the other header slot with the next sequence
 // number and syncs. On success it is the store's header.
 func (s *Store) writeHeader(h *header) error {
+	if h.flags&flagUnsynced == 0 {
+		h.bootID = [16]byte{}
+		if s.hdr.flags&flagUnsynced != 0 {
+			// The lazy copies made under the old header must be durable
+			// before a header that no longer says they may not be.
+			if err := s.f.Sync(); err != nil {
+				return s.fail(fmt.Errorf("sync lazy copies: %w", err))
+			}
+		}
+	}
 	h.seq = s.hdr.seq + 1
 	slot := 1 - s.hdrSlot
 	h.encode(s.hdrBuf)
@@ -632,14 +723,36 @@ func (s *Store) writeHeader(h *header) error {
 	if err := s.f.Sync(); err != nil {
 		return s.fail(fmt.Errorf("sync header: %w", err))
 	}
+	s.setHeader(h, slot)
+	return nil
+}
+
+// writeHeaderSync is writeHeader for a header that keeps flagUnsynced:
+// only the header slot is made durable, the lazy copies stay as they are.
+func (s *Store) writeHeaderSync(h *header) error {
+	if h.flags&flagUnsynced == 0 || s.hdr.flags&flagUnsynced == 0 {
+		return fmt.Errorf("snapstore: writeHeaderSync without flagUnsynced (a bug)")
+	}
+	h.seq = s.hdr.seq + 1
+	slot := 1 - s.hdrSlot
+	h.encode(s.hdrBuf)
+	if err := s.f.WriteSync(s.hdrBuf, int64(slot)*hdrSlotBytes); err != nil {
+		return s.fail(fmt.Errorf("write header: %w", err))
+	}
+	s.setHeader(h, slot)
+	return nil
+}
+
+// setHeader makes h, durable in slot, the store's header.
+func (s *Store) setHeader(h *header, slot int) {
 	s.hdr, s.hdrSlot = *h, slot
+	s.lazy = s.lazyMode(&s.hdr)
 	if s.shrinkTo > 0 {
 		if err := s.f.Truncate(s.shrinkTo); err != nil {
 			s.log.Warn("could not shrink the snapshot store file", "err", err)
 		}
 		s.shrinkTo = 0
 	}
-	return nil
 }
 
 // newestValid is the table index of the valid snapshot with the highest
@@ -862,14 +975,27 @@ func (s *Store) readArea(i int) ([]uint64, error) {
 
 // writeArea writes table entry i's changed-block area, whole. Not synced.
 func (s *Store) writeArea(i int, words []uint64) error {
+	if err := durable.WriteFull(s.f, s.areaBytes(words), s.lay.areaOff(i)); err != nil {
+		return s.fail(fmt.Errorf("write changed blocks: %w", err))
+	}
+	return nil
+}
+
+// writeAreaSync is writeArea, durable when it returns, without a sync of
+// the rest of the file (see create).
+func (s *Store) writeAreaSync(i int, words []uint64) error {
+	if err := s.f.WriteSync(s.areaBytes(words), s.lay.areaOff(i)); err != nil {
+		return s.fail(fmt.Errorf("write changed blocks: %w", err))
+	}
+	return nil
+}
+
+func (s *Store) areaBytes(words []uint64) []byte {
 	buf := make([]byte, s.lay.areaBytes)
 	for j, w := range words {
 		binary.LittleEndian.PutUint64(buf[8*j:], w)
 	}
-	if err := durable.WriteFull(s.f, buf, s.lay.areaOff(i)); err != nil {
-		return s.fail(fmt.Errorf("write changed blocks: %w", err))
-	}
-	return nil
+	return buf
 }
 
 func (s *Store) curWords() []uint64 {
@@ -981,11 +1107,28 @@ func (s *Store) applyHeader(curChanged bool, newCur []uint64) {
 // now is recorded as the creation time. It writes the previous newest
 // snapshot's changed blocks and the table, with two fdatasyncs.
 func (s *Store) Create(name string, now time.Time) error {
+	return s.createAs(name, now, false)
+}
+
+// CreateLazy is Create for a lazy snapshot: while every valid snapshot is
+// lazy, copies return before their fdatasync (a background flush syncs
+// them within DefaultLazySync), which takes that wait off every first
+// write into a chunk. A crash of the process loses nothing (the copies are
+// in the page cache); a power loss or kernel crash while copies were not
+// yet synced invalidates the snapshots at the next Open. Meant for
+// snapshots whose loss costs only time, such as a backup's (the next
+// backup is then a full one). Where no boot ID is known (not Linux) a
+// lazy snapshot's copies are synced like any other's.
+func (s *Store) CreateLazy(name string, now time.Time) error {
+	return s.createAs(name, now, true)
+}
+
+func (s *Store) createAs(name string, now time.Time, lazy bool) error {
 	if err := ValidName(name); err != nil {
 		return fmt.Errorf("create snapshot: %w", err)
 	}
 	s.mu.Lock()
-	err := s.create(name, now)
+	err := s.create(name, now, lazy)
 	infos := s.afterError(err)
 	s.mu.Unlock()
 	s.report(infos)
@@ -1001,7 +1144,7 @@ func (s *Store) afterError(err error) []Info {
 	return s.recoverLocked()
 }
 
-func (s *Store) create(name string, now time.Time) error {
+func (s *Store) create(name string, now time.Time, lazy bool) error {
 	if err := s.usable(); err != nil {
 		return fmt.Errorf("create snapshot %q: %w", name, err)
 	}
@@ -1030,20 +1173,43 @@ func (s *Store) create(name string, now time.Time) error {
 		return fmt.Errorf("create snapshot %q: reserve %d bytes for its changed-block record: %w", name, s.lay.areaBytes, err)
 	}
 	h := s.hdr
+	// A lazy snapshot after lazy ones whose copies may be unsynced keeps
+	// them so (the flag stays): its area and header are written durably
+	// by themselves, without a sync of the whole file and its copies.
+	keep := lazy && s.lazy && s.hdr.flags&flagUnsynced != 0
 	if s.newest >= 0 {
 		// Seal the epoch that ends here: its area must be durable before
 		// the table says it is complete.
-		if err := s.writeArea(s.newest, s.curWords()); err != nil {
-			return fmt.Errorf("create snapshot %q: %w", name, err)
-		}
-		if err := s.f.Sync(); err != nil {
-			return fmt.Errorf("create snapshot %q: %w", name, s.fail(fmt.Errorf("sync changed blocks: %w", err)))
+		if keep {
+			if err := s.writeAreaSync(s.newest, s.curWords()); err != nil {
+				return fmt.Errorf("create snapshot %q: %w", name, err)
+			}
+		} else {
+			if err := s.writeArea(s.newest, s.curWords()); err != nil {
+				return fmt.Errorf("create snapshot %q: %w", name, err)
+			}
+			if err := s.f.Sync(); err != nil {
+				return fmt.Errorf("create snapshot %q: %w", name, s.fail(fmt.Errorf("sync changed blocks: %w", err)))
+			}
 		}
 		h.entries[s.newest].flags |= entrySealed
 	}
 	h.entries[free] = entry{state: stateValid, seq: h.nextSeq, created: now.UnixNano(), name: name}
+	if lazy {
+		h.entries[free].flags |= entryLazy
+	}
 	h.nextSeq++
-	if err := s.writeHeader(&h); err != nil {
+	var err error
+	if keep {
+		err = s.writeHeaderSync(&h)
+	} else {
+		// Every copy so far becomes durable with this header
+		// (writeHeader syncs first); a lazy snapshot's own copies set
+		// the flag again.
+		h.flags &^= flagUnsynced
+		err = s.writeHeader(&h)
+	}
+	if err != nil {
 		return fmt.Errorf("create snapshot %q: %w", name, err)
 	}
 	s.newest = free
@@ -1171,7 +1337,7 @@ func (s *Store) usage() (bytes, excl [MaxSnapshots]int64) {
 
 func (s *Store) infoOf(i int) Info {
 	e := &s.hdr.entries[i]
-	in := Info{Name: e.name, Seq: e.seq, Created: time.Unix(0, e.created), Valid: e.valid()}
+	in := Info{Name: e.name, Seq: e.seq, Created: time.Unix(0, e.created), Valid: e.valid(), Lazy: e.lazy()}
 	if !in.Valid {
 		in.Reason = s.reasonText(e)
 		in.Invalidated = time.Unix(0, e.invalidated)
@@ -1188,6 +1354,8 @@ func (s *Store) reasonText(e *entry) string {
 		return "an I/O error on the snapshot store file, or a change of the device that could not be preserved (see the log)"
 	case reasonDamaged:
 		return "the snapshot store's metadata failed its checksums"
+	case reasonPowerLoss:
+		return "the system went down (power loss or kernel crash) while copies of this lazy snapshot were not yet synced"
 	}
 	return fmt.Sprintf("reason %d", e.reason)
 }
@@ -1212,6 +1380,8 @@ func (s *Store) Stats() Stats {
 	s.c.mu.Lock()
 	st.Copies, st.CommitRounds = s.c.copies, s.c.rounds
 	s.c.mu.Unlock()
+	st.LazyCopies = s.lazyCopies.Load()
+	st.Unsynced = s.hdr.flags&flagUnsynced != 0
 	return st
 }
 
@@ -1219,6 +1389,10 @@ func (s *Store) Stats() Stats {
 // and closes the file. Calls in progress finish first; later ones get
 // ErrClosed.
 func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stopFlush)
+		<-s.flushDone
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -1244,6 +1418,7 @@ func (s *Store) Close() error {
 		if err == nil {
 			h := s.hdr
 			h.flags |= flagClean
+			h.flags &^= flagUnsynced // writeHeader syncs the lazy copies first
 			err = s.writeHeader(&h)
 		}
 	}

@@ -1,0 +1,170 @@
+package snapstore
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A lazy snapshot's copies skip the commit's fdatasync (on a real file),
+// a durable snapshot beside it brings the syncs back, and the flusher
+// syncs the lazy copies and clears the header's flag by itself.
+func TestLazyCopiesSkipSync(t *testing.T) {
+	const size = 4 << 20
+	r := rand.New(rand.NewPCG(5, 1))
+	live := newFileLive(t, size, r)
+	opt := Options{DeviceSize: size, Capacity: 2 << 20, bootID: func() [16]byte { return [16]byte{1} }, lazySync: -1}
+	s := mustOpen(t, filepath.Join(t.TempDir(), "lazy.snap"), opt)
+	defer s.Close()
+	if err := s.CreateLazy("l", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	img := live.image(t, size)
+	syncs := s.syncs.Load()
+	for i := range 8 {
+		writeLive(t, s, live, randBytes(r, 4096), int64(i)*DefaultChunkSize)
+	}
+	st := s.Stats()
+	if got := s.syncs.Load() - syncs; got != 0 || st.LazyCopies != 8 || !st.Unsynced {
+		t.Fatalf("8 lazy copies: %d commit syncs, stats %+v; want 0 syncs, 8 lazy copies, unsynced", got, st)
+	}
+	if in := s.List(); len(in) != 1 || !in[0].Lazy || !in[0].Valid {
+		t.Fatalf("list: %+v", in)
+	}
+	if !bytes.Equal(readSnap(t, s, "l", live, size), img) {
+		t.Fatal("the lazy snapshot reads wrong")
+	}
+	s.flushLazy()
+	if st := s.Stats(); st.Unsynced {
+		t.Fatalf("after a flush with no copy meanwhile: %+v", st)
+	}
+
+	// A durable snapshot: every copy is synced again (it serves both).
+	if err := s.Create("d", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	syncs = s.syncs.Load()
+	for i := range 4 {
+		writeLive(t, s, live, randBytes(r, 4096), int64(8+i)*DefaultChunkSize)
+	}
+	if got := s.syncs.Load() - syncs; got < 1 || s.Stats().LazyCopies != 8 || s.Stats().Unsynced {
+		t.Fatalf("copies with a durable snapshot: %d commit syncs, %+v", got, s.Stats())
+	}
+	// Deleted: lazy again.
+	if err := s.Delete("d"); err != nil {
+		t.Fatal(err)
+	}
+	syncs = s.syncs.Load()
+	writeLive(t, s, live, randBytes(r, 4096), 20*DefaultChunkSize)
+	if got := s.syncs.Load() - syncs; got != 0 || !s.Stats().Unsynced {
+		t.Fatalf("after deleting the durable one: %d syncs, %+v", got, s.Stats())
+	}
+
+	// The flusher, on a timer.
+	s2 := mustOpen(t, filepath.Join(t.TempDir(), "lazy2.snap"), Options{DeviceSize: size, Capacity: 1 << 20,
+		bootID: opt.bootID, lazySync: 10 * time.Millisecond})
+	defer s2.Close()
+	if err := s2.CreateLazy("l", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	writeLive(t, s2, live, randBytes(r, 4096), 0)
+	for deadline := time.Now().Add(10 * time.Second); s2.Stats().Unsynced; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the flusher never cleared the flag")
+		}
+	}
+}
+
+// What a lazy snapshot survives: a crash of the process (same boot: the
+// page cache holds its copies) always; the system going down only once its
+// copies were flushed. Otherwise it comes back invalid, with the reason,
+// and the caller is told.
+func TestLazyPowerLoss(t *testing.T) {
+	const size = 1 << 20
+	var boot byte = 1
+	var told []Info
+	opt := Options{DeviceSize: size, Capacity: 512 << 10, lazySync: -1,
+		bootID:       func() [16]byte { return [16]byte{0: boot} },
+		OnInvalidate: func(in Info) { told = append(told, in) }}
+	r := rand.New(rand.NewPCG(6, 1))
+
+	// setup: a lazy snapshot and writes into 4 chunks after it.
+	setup := func() (*crashFile, *Store, *memLive, []byte) {
+		f := newCrashFile()
+		live := newLive(size, r)
+		s := openMem(t, f, opt)
+		if err := s.CreateLazy("l", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		img := live.clone()
+		for i := range 4 {
+			off := int64(i) * DefaultChunkSize
+			if err := s.Preserve(ctx, off, 4096, live.read); err != nil {
+				t.Fatal(err)
+			}
+			live.write(randBytes(r, 4096), off)
+		}
+		if !s.Stats().Unsynced {
+			t.Fatalf("lazy copies made, but the header does not say so: %+v", s.Stats())
+		}
+		return f, s, live, img
+	}
+	check := func(what string, s *Store, live *memLive, img []byte) {
+		t.Helper()
+		in := s.List()
+		if len(in) != 1 || !in[0].Valid {
+			t.Fatalf("%s: %+v, want l valid", what, in)
+		}
+		p := make([]byte, size)
+		if err := s.ReadAt(ctx, "l", p, 0, live.read); err != nil || !bytes.Equal(p, img) {
+			t.Fatalf("%s: l reads wrong (err %v)", what, err)
+		}
+	}
+
+	// The process dies; same boot.
+	f, _, live, img := setup()
+	check("after a kill", openMem(t, f, opt), live, img)
+	// and then the system goes down: the reopen synced them.
+	boot++
+	check("after a kill, then a power loss", openMem(t, f.crash(r), opt), live, img)
+
+	// The system goes down with the copies unsynced.
+	f, _, _, _ = setup()
+	boot++
+	told = nil
+	s := openMem(t, f.crash(r), opt)
+	in := s.List()
+	if len(in) != 1 || in[0].Valid || !strings.Contains(in[0].Reason, "power loss") {
+		t.Fatalf("after a power loss with lazy copies unsynced: %+v", in)
+	}
+	if len(told) != 1 || told[0].Name != "l" {
+		t.Fatalf("OnInvalidate told %+v", told)
+	}
+	if err := s.CreateLazy("m", time.Now()); err != nil {
+		t.Fatalf("a new snapshot after the loss: %v", err)
+	}
+
+	// The same after a flush: nothing is lost.
+	f, s, live, img = setup()
+	s.flushLazy()
+	boot++
+	check("after a flush, then a power loss", openMem(t, f.crash(r), opt), live, img)
+
+	// A durable snapshot taken meanwhile syncs everything first.
+	f, s, live, img = setup()
+	if err := s.Create("d", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	boot++
+	s = openMem(t, f.crash(r), opt)
+	if in := s.List(); len(in) != 2 || !in[0].Valid || !in[1].Valid {
+		t.Fatalf("a durable snapshot after lazy copies, then a power loss: %+v", in)
+	}
+	p := make([]byte, size)
+	if err := s.ReadAt(ctx, "l", p, 0, live.read); err != nil || !bytes.Equal(p, img) {
+		t.Fatalf("l reads wrong (err %v)", err)
+	}
+}
