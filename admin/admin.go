@@ -14,7 +14,8 @@
 //	POST /v1/resume-sync       {"peer":s}
 //	POST /v1/verify            {"peer":s}  → online verify (progress in status)
 //	POST   /v1/snapshot  {"name":s,"nodes":[s]} → api.SnapshotResult, once taken (nodes: none = this
-//	                     node, node names, or ["all"] = every connected UpToDate node)
+//	                     node, node names, or ["all"] = every connected UpToDate node; "lazy":true
+//	                     takes a lazy snapshot on this node only, see LazySnapshotter)
 //	GET    /v1/snapshots                  → api.SnapshotList
 //	DELETE /v1/snapshot/NAME              → delete this node's snapshot NAME
 //	POST   /v1/backup    api.BackupReport → record a backup's success or failure (repctl backup
@@ -64,6 +65,12 @@ type BackupRecorder interface {
 	RecordBackup(api.BackupReport) error
 }
 
+// LazySnapshotter takes lazy snapshots (POST /v1/snapshot with "lazy":
+// on the node asked only).
+type LazySnapshotter interface {
+	SnapshotLazy(ctx context.Context, name string) (api.SnapshotResult, error)
+}
+
 // Error kinds in error replies; repctl maps them to exit codes.
 const (
 	KindRefused    = "refused"
@@ -101,6 +108,9 @@ type (
 	SnapshotRequest struct {
 		Name  string   `json:"name"`
 		Nodes []string `json:"nodes,omitempty"`
+		// Lazy takes it on the node asked only, with its copies synced
+		// in the background (LazySnapshotter).
+		Lazy bool `json:"lazy,omitempty"`
 	}
 )
 
@@ -168,6 +178,19 @@ func Handler(c Controller, hub *Hub) http.Handler {
 		}
 		if len(req.Nodes) > maxSnapshotNodes {
 			writeJSON(w, http.StatusBadRequest, ErrorReply{Error: fmt.Sprintf("%d nodes named: a resource has at most 16", len(req.Nodes)), Kind: KindBadRequest})
+			return
+		}
+		if req.Lazy {
+			ls, ok := c.(LazySnapshotter)
+			switch {
+			case !ok:
+				writeJSON(w, http.StatusNotImplemented, ErrorReply{Error: "this node takes no lazy snapshots", Kind: KindInternal})
+			case len(req.Nodes) > 0:
+				writeJSON(w, http.StatusBadRequest, ErrorReply{Error: "a lazy snapshot is taken on the node asked only: name no nodes", Kind: KindBadRequest})
+			default:
+				res, err := ls.SnapshotLazy(r.Context(), req.Name)
+				replyWith(w, res, err)
+			}
 			return
 		}
 		res, err := c.Snapshot(r.Context(), req.Name, req.Nodes)

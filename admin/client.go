@@ -183,6 +183,14 @@ func (c *Client) Snapshot(ctx context.Context, name string, nodes []string) (api
 	return res, err
 }
 
+// SnapshotLazy takes lazy snapshot name on the node asked (see
+// LazySnapshotter).
+func (c *Client) SnapshotLazy(ctx context.Context, name string) (api.SnapshotResult, error) {
+	var res api.SnapshotResult
+	err := c.do(ctx, http.MethodPost, "/v1/snapshot", SnapshotRequest{Name: name, Lazy: true}, &res)
+	return res, err
+}
+
 // Snapshots lists the node's snapshots.
 func (c *Client) Snapshots(ctx context.Context) (api.SnapshotList, error) {
 	var l api.SnapshotList

@@ -300,8 +300,12 @@ type SnapshotInfo struct {
 	ExclusiveBytes int64 `json:"exclusive_bytes"`
 	// Valid is false once the snapshot cannot be read any more: Reason
 	// says why (the store was full, an I/O error) and Invalidated when.
-	Valid       bool       `json:"valid"`
-	Reason      string     `json:"reason,omitempty"`
+	Valid  bool   `json:"valid"`
+	Reason string `json:"reason,omitempty"`
+	// Lazy: its copies are synced in the background (repctl backup's
+	// snapshots, snapshot create --lazy); a power loss or kernel crash
+	// while some were not yet synced invalidates it.
+	Lazy        bool       `json:"lazy,omitempty"`
 	Invalidated *time.Time `json:"invalidated,omitempty"`
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
@@ -193,6 +194,9 @@ func (a *applier) apply(it *aitem) {
 	default:
 		if it.flags&protocol.FlagResync == 0 {
 			n.noteApplied(p, it.seq, it.off, it.n)
+			if n.snapPacing {
+				n.lastPeerWrite.Store(time.Now().UnixNano()) // snapshot reads yield to it
+			}
 		}
 		// Peers that do not get this write from us in sync miss it.
 		if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {

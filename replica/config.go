@@ -95,6 +95,10 @@ type Config struct {
 	// must not hold a store, whose snapshots would silently go stale.
 	SnapshotStoreBytes int64
 	SnapshotStore      string
+	// SnapshotReadMinRate is what reads of snapshot exports slow down to
+	// (bytes/s) while this node writes, application or replicated writes
+	// (snapshot.go); 0: they do not yield.
+	SnapshotReadMinRate int64
 }
 
 // maxPeers is the most peers a node has (bits of a uint64 mask, less one
@@ -140,8 +144,9 @@ func FromFile(f *config.File, name string) (Config, error) {
 		AutoPromote:      r.AutoPromote,
 		AutoFailback:     r.AutoFailback,
 
-		SnapshotStoreBytes: int64(r.SnapshotStoreSize),
-		SnapshotStore:      self.SnapshotStorePath(),
+		SnapshotStoreBytes:  int64(r.SnapshotStoreSize),
+		SnapshotStore:       self.SnapshotStorePath(),
+		SnapshotReadMinRate: f.SnapshotReadMinRateBytes(),
 	}
 	for i := range f.Nodes {
 		n := &f.Nodes[i]
@@ -180,6 +185,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.JournalBytes <= 0 {
 		c.JournalBytes = config.DefaultJournalSize
+	}
+	if c.SnapshotReadMinRate < 0 {
+		return c, fmt.Errorf("snapshot-read-min-rate %d must not be negative", c.SnapshotReadMinRate)
 	}
 	if c.ResyncRate < 0 || c.ResyncMinRate < 0 {
 		return c, fmt.Errorf("resync rates must not be negative (resync-rate %d, resync-min-rate %d)", c.ResyncRate, c.ResyncMinRate)

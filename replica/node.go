@@ -19,6 +19,7 @@ import (
 	"github.com/repd/repd/replica/internal/authlimit"
 	"github.com/repd/repd/replica/internal/decide"
 	"github.com/repd/repd/replica/internal/journal"
+	"github.com/repd/repd/replica/internal/pace"
 	"github.com/repd/repd/replica/internal/snapstore"
 )
 
@@ -77,6 +78,15 @@ type Node struct {
 	snapWaits  map[uint64]*snapWait
 	snapReqs   map[uint64]*snapRequest
 	snapToken  uint64
+	lazySnaps  map[string]bool // SnapshotLazy in progress: names to take lazy here
+	// Snapshot reads yield to writes (cfg.SnapshotReadMinRate): snapPacing
+	// is set when they do; lastPeerWrite is the last replicated write
+	// applied here (unix nanos; lastAppWrite the last local one);
+	// snapBucket, under snapPaceMu, paces the reads of every export.
+	snapPacing    bool
+	lastPeerWrite atomic.Int64
+	snapPaceMu    sync.Mutex
+	snapBucket    pace.Bucket
 
 	evMu sync.Mutex // serializes OnEvent calls
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/ctxtime"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/journal"
 	"github.com/repd/repd/replica/internal/snapstore"
@@ -102,13 +103,14 @@ type SnapshotInfo struct {
 	// part only it uses.
 	Bytes, Exclusive int64
 	Valid            bool
+	Lazy             bool      // its copies are synced in the background (SnapshotLazy)
 	Reason           string    // why it is invalid
 	Invalidated      time.Time // when it became invalid
 }
 
 func infoOf(in snapstore.Info) SnapshotInfo {
 	return SnapshotInfo{Name: in.Name, Seq: in.Seq, Created: in.Created, Bytes: in.Bytes, Exclusive: in.Exclusive,
-		Valid: in.Valid, Reason: in.Reason, Invalidated: in.Invalidated}
+		Valid: in.Valid, Lazy: in.Lazy, Reason: in.Reason, Invalidated: in.Invalidated}
 }
 
 // openSnapshots opens the snapshot store (Open); with snapshots off it
@@ -134,6 +136,7 @@ func (n *Node) openSnapshots() error {
 		return fmt.Errorf("node %s snapshot-store: %w", n.cfg.Self.Name, err)
 	}
 	n.snap = st
+	n.snapPacing = n.cfg.SnapshotReadMinRate > 0
 	n.log.Info("snapshot store open", "path", path, "capacity", n.cfg.SnapshotStoreBytes, "snapshots", len(st.List()))
 	return nil
 }
@@ -250,7 +253,14 @@ func (n *Node) createSnapshot(name string, flushed bool) error {
 			return fmt.Errorf("snapshot %q on %s: flush the disk first: %w", name, n.cfg.Self.Name, err)
 		}
 	}
-	if err := n.snap.Create(name, time.Now()); err != nil {
+	n.mu.Lock()
+	lazy := n.lazySnaps[name]
+	n.mu.Unlock()
+	create := n.snap.Create
+	if lazy {
+		create = n.snap.CreateLazy
+	}
+	if err := create(name, time.Now()); err != nil {
 		if errors.Is(err, snapstore.ErrExists) || errors.Is(err, snapstore.ErrTooMany) || errors.Is(err, snapstore.ErrFailed) {
 			return fmt.Errorf("%w: on %s: %w", ErrRefused, n.cfg.Self.Name, err)
 		}
@@ -260,6 +270,33 @@ func (n *Node) createSnapshot(name string, flushed bool) error {
 	n.snapEvent(name, "created", fmt.Sprintf("snapshot %q taken on %s", name, n.cfg.Self.Name))
 	n.unlock()
 	return nil
+}
+
+// SnapshotLazy takes snapshot name on this node only, as Snapshot does,
+// as a lazy one: its copies are synced in the background, so the first
+// write into each chunk after it does not wait for the store's
+// fdatasync (on a Secondary, protocol C waits for that). It survives a
+// restart of repd; a power loss or kernel crash within about 5 s of
+// a copy invalidates it (snapstore's Lazy snapshots). For snapshots whose
+// loss costs only time: a backup's (the next backup is then full).
+func (n *Node) SnapshotLazy(ctx context.Context, name string) (api.SnapshotResult, error) {
+	n.mu.Lock()
+	if n.lazySnaps[name] {
+		n.mu.Unlock()
+		return api.SnapshotResult{Name: name, Created: []string{}},
+			fmt.Errorf("%w: snapshot %q is being taken already", ErrRefused, name)
+	}
+	if n.lazySnaps == nil {
+		n.lazySnaps = map[string]bool{}
+	}
+	n.lazySnaps[name] = true
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.lazySnaps, name)
+		n.mu.Unlock()
+	}()
+	return n.Snapshot(ctx, name, nil)
 }
 
 // Snapshot takes snapshot name on the nodes listed (their names; nil:
@@ -759,7 +796,7 @@ func (n *Node) SnapshotList() api.SnapshotList {
 	now := time.Now()
 	for _, in := range n.Snapshots() {
 		si := api.SnapshotInfo{Name: in.Name, Node: n.cfg.Self.Name, Created: in.Created, AgeSeconds: int64(now.Sub(in.Created).Seconds()),
-			Bytes: in.Bytes, ExclusiveBytes: in.Exclusive, Valid: in.Valid, Reason: in.Reason}
+			Bytes: in.Bytes, ExclusiveBytes: in.Exclusive, Valid: in.Valid, Lazy: in.Lazy, Reason: in.Reason}
 		if !in.Valid {
 			t := in.Invalidated
 			si.Invalidated = &t
@@ -841,6 +878,11 @@ func (d *SnapshotDevice) ReadAt(ctx context.Context, p []byte, off int64) error 
 	if err := n.snapReadable(); err != nil {
 		return err
 	}
+	if n.snapPacing {
+		if err := ctxtime.Sleep(ctx, n.snapReadDelay(len(p))); err != nil {
+			return err
+		}
+	}
 	err := n.snap.ReadAt(ctx, d.name, p, off, n.readLive)
 	switch {
 	case err == nil:
@@ -851,6 +893,31 @@ func (d *SnapshotDevice) ReadAt(ctx context.Context, p []byte, off int64) error 
 		return err
 	}
 	return fmt.Errorf("%w (%w)", err, syscall.EIO)
+}
+
+// snapBusyWindow: a write (local or applied) within this long makes
+// snapshot reads yield. Shorter than resync's pace.AppBusyWindow: a
+// backup is a reader the application does not wait for, and 50 ms
+// without a write means the application is not writing now (a loaded
+// database writes every few milliseconds); it yields again at the next
+// read once writes resume.
+const snapBusyWindow = 50 * time.Millisecond
+
+// snapReadDelay takes n bytes of snapshot reads from the shared bucket and
+// says how long to wait first: at most cfg.SnapshotReadMinRate on average
+// while the node writes (a local write or an applied replicated one within
+// snapBusyWindow), unpaced otherwise. Backups on a Secondary then leave
+// its disk and CPU to the writes protocol C waits for.
+func (n *Node) snapReadDelay(size int) time.Duration {
+	now := time.Now()
+	last := max(n.lastAppWrite.Load(), n.lastPeerWrite.Load())
+	rate := int64(0)
+	if now.Sub(time.Unix(0, last)) < snapBusyWindow {
+		rate = n.cfg.SnapshotReadMinRate
+	}
+	n.snapPaceMu.Lock()
+	defer n.snapPaceMu.Unlock()
+	return n.snapBucket.Delay(now, rate, int64(size))
 }
 
 // WriteAt refuses: a snapshot is read-only.

@@ -811,3 +811,77 @@ func TestSnapshotServedOverNBD(t *testing.T) {
 	}
 	t.Logf("qemu-io: %s", bytes.TrimSpace(b))
 }
+
+// A lazy snapshot (repctl backup's) is taken on the node asked only, is
+// listed as lazy, and keeps its image while the writes it preserves go on.
+// Reads of a snapshot export slow down to SnapshotReadMinRate while the
+// node applies replicated writes, and go at full speed once it does not.
+func TestSnapshotLazyAndReadPacing(t *testing.T) {
+	const rate = 1 << 20
+	c := newClusterWrap(t, 2, func(i int, cfg *Config) {
+		cfg.SnapshotStoreBytes = 8 << 20
+		cfg.SnapshotReadMinRate = rate
+	}, nil)
+	alpha := c.bootstrap()
+	beta := c.nodes[1].n
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(4, 4))
+	if err := alpha.WriteAt(ctx, randBlock(r, 4<<20), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing writes: alpha's durable snapshot and beta's lazy one are
+	// the same point.
+	if _, err := alpha.Snapshot(ctx, "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	res, err := beta.SnapshotLazy(ctx, "l")
+	if err != nil || strings.Join(res.Created, ",") != "beta" {
+		t.Fatalf("lazy snapshot on beta: %+v, %v", res, err)
+	}
+	if l := beta.Snapshots(); len(l) != 1 || !l[0].Lazy || !l[0].Valid {
+		t.Fatalf("beta lists %+v", l)
+	}
+	if l := alpha.Snapshots(); len(l) != 1 || l[0].Lazy {
+		t.Fatalf("alpha lists %+v", l)
+	}
+	if _, err := beta.SnapshotLazy(ctx, "l"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("a lazy snapshot under a taken name: %v", err)
+	}
+	want := snapHash(t, alpha, "a")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); writer(t, alpha, 6, 0, 4<<20, stop, nil) }()
+	waitFor(t, 5*time.Second, "beta applies writes", func() bool {
+		return time.Since(time.Unix(0, beta.lastPeerWrite.Load())) < 50*time.Millisecond
+	})
+	d, err := beta.SnapshotDevice("l")
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(k int) time.Duration {
+		buf := make([]byte, 256<<10)
+		t0 := time.Now()
+		for i := range k {
+			if err := d.ReadAt(ctx, buf, int64(i%16)*int64(len(buf))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return time.Since(t0)
+	}
+	// 2 MiB at 1 MiB/s: about 1.9 s (the bucket's burst is 100 ms); a
+	// pause of the writer longer than snapBusyWindow lets a read through.
+	if busy := read(8); busy < time.Second {
+		t.Fatalf("2 MiB of snapshot reads took %v while beta applied writes: not paced to %d B/s", busy, rate)
+	}
+	close(stop)
+	wg.Wait()
+	time.Sleep(300 * time.Millisecond) // past snapBusyWindow
+	if idle := read(8); idle > time.Second {
+		t.Fatalf("2 MiB of snapshot reads took %v with nothing writing: paced all the same", idle)
+	}
+	if snapHash(t, beta, "l") != want {
+		t.Fatal("beta's lazy snapshot does not read as alpha's snapshot at the same point")
+	}
+}

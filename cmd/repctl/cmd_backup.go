@@ -35,12 +35,21 @@ type Snapshots interface {
 
 // adminSnapshots is Snapshots over the node's admin API: the snapshots of
 // the node repctl talks to (on a Secondary, taken in the Primary's write
-// stream).
-type adminSnapshots struct{ cl *admin.Client }
+// stream). They are lazy unless durable is set: a backup's snapshot then
+// costs the node's writes no fdatasync per first write into a chunk, and
+// losing it to a power loss costs only a full backup next time.
+type adminSnapshots struct {
+	cl      *admin.Client
+	durable bool
+}
 
 // Create takes snapshot name on the node and returns once it exists.
 func (s adminSnapshots) Create(ctx context.Context, name string) error {
-	_, err := s.cl.Snapshot(ctx, name, nil)
+	if s.durable {
+		_, err := s.cl.Snapshot(ctx, name, nil)
+		return err
+	}
+	_, err := s.cl.SnapshotLazy(ctx, name)
 	return err
 }
 
@@ -83,13 +92,18 @@ func cmdBackup() *cli.Command {
 			"since the previous backup's snapshot, which is then deleted), and records the\n" +
 			"chain in DIR/manifest.json. --keep N merges the oldest points so that at most N\n" +
 			"remain, each restorable (repctl restore, or qemu-img convert -O raw DIR/POINT.qcow2 TARGET).\n" +
-			"--uri backs up an export that already is a snapshot (nothing is created or deleted).",
+			"--uri backs up an export that already is a snapshot (nothing is created or deleted).\n" +
+			"The snapshots it takes are lazy (see repctl snapshot create --lazy): they survive\n" +
+			"restarts of repd, but a power loss or kernel crash of the node while copies were\n" +
+			"unsynced invalidates the last one, and the next backup must be --full.\n" +
+			"--durable-snapshot takes them like repctl snapshot create does instead.",
 		Flags: []cli.Flag{
 			&cli.PathFlag{Name: "to", Usage: "backup directory (created if missing)", Required: true},
 			&cli.StringFlag{Name: "snapshot", Usage: "name of the snapshot to take (default backup-TIME); with --uri, the name of the snapshot the export shows"},
 			&cli.BoolFlag{Name: "full", Usage: "a full backup even if the directory has points"},
 			&cli.IntFlag{Name: "keep", Usage: "after the backup, keep at most this many points (0: keep all)"},
 			&cli.StringFlag{Name: "rate", Usage: "read at most this much per second on average (e.g. 100MiB), to leave the node's disk and CPU to its writes (default: as fast as the node answers)"},
+			&cli.BoolFlag{Name: "durable-snapshot", Usage: "take the snapshot with every copy synced before the write it preserves (survives a power loss; costs the node's writes an fdatasync per first write into a chunk)"},
 			&cli.StringFlag{Name: "uri", Usage: "back up this NBD export (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH) instead of taking a snapshot"},
 			&cli.StringFlag{Name: "nbd", Usage: "the node's NBD address (HOST:PORT or unix:/PATH; default: --node's nbd in --config)"},
 			&cli.StringFlag{Name: "resource", Usage: "resource name (default: from --config, or the node's status)"},
@@ -111,6 +125,7 @@ func cmdBackup() *cli.Command {
 				return err
 			}
 			target.TLS = o.tls != nil
+			snaps.durable = c.Bool("durable-snapshot")
 			o.report = snaps.Report
 			_, err = runBackup(c.Context, o, snaps, func(snap string) string {
 				t := target
@@ -156,6 +171,9 @@ func backupOptions(c *cli.Context) (backupOpts, error) {
 		}
 		if c.String("nbd") != "" {
 			return o, usageError("--uri and --nbd exclude each other")
+		}
+		if c.Bool("durable-snapshot") {
+			return o, usageError("--uri backs up a snapshot that exists: --durable-snapshot is for the one repctl backup takes")
 		}
 		if _, err := nbdclient.ParseURI(u); err != nil {
 			return o, usageError("--uri: %v", err)
@@ -224,7 +242,7 @@ func nodeBackupTarget(c *cli.Context) (nbdclient.Target, string, adminSnapshots,
 	if err != nil {
 		return nbdclient.Target{}, "", adminSnapshots{}, err
 	}
-	return t, resource, adminSnapshots{cl}, nil
+	return t, resource, adminSnapshots{cl: cl}, nil
 }
 
 // nbdTarget is where to reach a node whose NBD listen address is addr
@@ -317,7 +335,7 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 				return backup.Point{}, fmt.Errorf("list snapshots: %w", err)
 			}
 			if !slices.Contains(have, base) {
-				return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, so what changed since cannot be known: take a full backup (--full)", base)
+				return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why), so what changed since cannot be known: take a full backup (--full)", base)
 			}
 		}
 		t0 := time.Now()

@@ -289,7 +289,7 @@ func TestBackupCLI(t *testing.T) {
 	// its export cannot be read, deletes it again.
 	node, sock := serveSnapNode(t, t.TempDir(), "alpha")
 	_, err := runBackup(context.Background(), backupOpts{dir: dir, out: io.Discard, full: true, snapshot: "via-admin"},
-		adminSnapshots{admin.NewClient(sock)}, func(string) string { return "nbd://127.0.0.1:1/r0@via-admin" })
+		adminSnapshots{cl: admin.NewClient(sock)}, func(string) string { return "nbd://127.0.0.1:1/r0@via-admin" })
 	if err == nil || len(node.asked) != 1 || len(node.SnapshotList().Snapshots) != 0 {
 		t.Fatalf("backup through the admin API: %v; asked %v, left %+v", err, node.asked, node.SnapshotList().Snapshots)
 	}

@@ -199,7 +199,7 @@ admin = "`+dir+`/nobody.sock"
 	}
 	// The backup verbs' snapshots go through the same API: valid names
 	// only, and a clear error where snapshots are off.
-	s := adminSnapshots{admin.NewClient(asock)}
+	s := adminSnapshots{cl: admin.NewClient(asock)}
 	if err := s.Create(context.Background(), "b1"); err != nil {
 		t.Fatal(err)
 	}
