@@ -282,6 +282,9 @@ func Backup(r *result.BackupResult) []result.Check {
 		if r.SecondarySnapshotRatio > 0 {
 			load.Detail += fmt.Sprintf(", on the Secondary alone %.2fx", r.SecondarySnapshotRatio)
 		}
+		if r.SecondaryLazyRatio > 0 {
+			load.Detail += fmt.Sprintf(" (a lazy one, as backups take: %.2fx)", r.SecondaryLazyRatio)
+		}
 	}
 	return cks
 }

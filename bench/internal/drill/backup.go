@@ -151,11 +151,8 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, i
 
 	// fio on the Primary: without a backup, during backups from the
 	// Secondary, with a fresh snapshot on the Primary, without again.
-	load := func(name string) (result.BackupLoad, error) {
+	fioLoad := func(name string) (result.BackupLoad, error) {
 		l := result.BackupLoad{Case: name}
-		if err := settle(ctx, c); err != nil {
-			return l, err
-		}
 		res, err := fio.Job{
 			Args: append(target.FioArgs(alpha.URI()), "--name="+name, "--rw=randwrite", "--bs=4k", "--iodepth=32", "--direct=1",
 				"--refill_buffers=1", "--norandommap=1", "--randrepeat=0", "--time_based=1", "--ramp_time=1",
@@ -165,8 +162,22 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, i
 		l.IOPS, l.P99Us = res.Write.IOPS, res.Write.P99us
 		return l, err
 	}
+	load := func(name string) (result.BackupLoad, error) {
+		if err := settle(ctx, c); err != nil {
+			return result.BackupLoad{Case: name}, err
+		}
+		return fioLoad(name)
+	}
+	// The backups start after the settle (its fsyncs are no part of the
+	// load), right before fio, whose 1 s ramp is not measured.
+	during := func(name string, extra ...string) (result.BackupLoad, error) {
+		if err := settle(ctx, c); err != nil {
+			return result.BackupLoad{Case: name}, err
+		}
+		return loadDuringBackups(ctx, bravo, filepath.Join(env.Dir, "load-backups"), func() (result.BackupLoad, error) { return fioLoad(name) }, extra...)
+	}
 	var base []float64
-	for _, name := range []string{"base", "backup", "backup-paced", "snapshot", "snapshot-secondary", "base"} {
+	for _, name := range []string{"base", "backup", "backup-paced", "snapshot", "snapshot-secondary", "snapshot-secondary-lazy", "base"} {
 		if ctx.Err() != nil {
 			break
 		}
@@ -179,19 +190,24 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, i
 				base = append(base, l.IOPS)
 			}
 		case "backup":
-			l, err = loadDuringBackups(ctx, bravo, filepath.Join(env.Dir, "load-backups"), func() (result.BackupLoad, error) { return load(name) })
+			l, err = during(name)
 		case "backup-paced":
-			l, err = loadDuringBackups(ctx, bravo, filepath.Join(env.Dir, "load-backups"), func() (result.BackupLoad, error) { return load(name) },
-				"--rate", backupPacedRate)
+			l, err = during(name, "--rate", backupPacedRate)
 			l.Rate = backupPacedRate
-		case "snapshot", "snapshot-secondary":
+		case "snapshot", "snapshot-secondary", "snapshot-secondary-lazy":
 			// A snapshot of the node's own (taken on a Secondary, it is
-			// put into the Primary's stream for it alone).
+			// put into the Primary's stream for it alone); lazy: as
+			// repctl backup takes its own (copies synced in the
+			// background).
 			n := alpha
-			if name == "snapshot-secondary" {
+			if name != "snapshot" {
 				n = bravo
 			}
-			if out, serr := ctl(ctx, n, "snapshot", "create", "cow"); serr != nil {
+			args := []string{"snapshot", "create", "cow"}
+			if name == "snapshot-secondary-lazy" {
+				args = append(args, "--lazy")
+			}
+			if out, serr := ctl(ctx, n, args...); serr != nil {
 				err = fmt.Errorf("snapshot create cow on %s: %v: %s", n.Name, serr, out)
 				break
 			}
@@ -223,6 +239,8 @@ func backupDrill(ctx context.Context, env target.Env, size int64, loadSeconds, i
 			r.SnapshotRatio = l.IOPS / r.BaseIOPS
 		case "snapshot-secondary":
 			r.SecondarySnapshotRatio = l.IOPS / r.BaseIOPS
+		case "snapshot-secondary-lazy":
+			r.SecondaryLazyRatio = l.IOPS / r.BaseIOPS
 		}
 	}
 	if r.Error == "" && ctx.Err() != nil {

@@ -203,7 +203,8 @@ func TestBackupDrill(t *testing.T) {
 			t.Errorf("a fresh snapshot preserved nothing under random writes: %+v", l)
 		}
 	}
-	if strings.Join(cases, ",") != "base,backup,backup-paced,snapshot,snapshot-secondary,base" || r.BaseIOPS <= 0 || r.BackupRatio <= 0 || r.SnapshotRatio <= 0 {
-		t.Errorf("load cases %v, base %.0f, ratios %.2f %.2f", cases, r.BaseIOPS, r.BackupRatio, r.SnapshotRatio)
+	if strings.Join(cases, ",") != "base,backup,backup-paced,snapshot,snapshot-secondary,snapshot-secondary-lazy,base" ||
+		r.BaseIOPS <= 0 || r.BackupRatio <= 0 || r.SnapshotRatio <= 0 || r.SecondaryLazyRatio <= 0 {
+		t.Errorf("load cases %v, base %.0f, ratios %.2f %.2f %.2f", cases, r.BaseIOPS, r.BackupRatio, r.SnapshotRatio, r.SecondaryLazyRatio)
 	}
 }

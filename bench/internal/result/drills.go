@@ -51,6 +51,8 @@ type BackupResult struct {
 	// SecondarySnapshotRatio: the run with a fresh snapshot on the
 	// Secondary alone (its copy-on-write, no backup reading), over base.
 	SecondarySnapshotRatio float64 `json:"secondary_snapshot_ratio"`
+	// SecondaryLazyRatio: the same with a lazy snapshot (repctl backup's).
+	SecondaryLazyRatio float64 `json:"secondary_lazy_ratio"`
 	// CtlFloorMs: the wall time of a repctl status just before the
 	// incremental backup: process start and scheduling on this machine,
 	// part of every backup's wall time.
