@@ -117,4 +117,32 @@ func TestSnapshotEndpoints(t *testing.T) {
 	if err := cl.do(ctx, http.MethodPost, "/v1/no-such-verb", struct{}{}, nil); err == nil || !strings.Contains(err.Error(), "older repd") {
 		t.Fatalf("unknown endpoint: %v", err)
 	}
+	// Lazy: on the node asked only, and only by a node that takes them.
+	if _, err := cl.SnapshotLazy(ctx, "l1"); kind(err) != KindInternal || !strings.Contains(err.Error(), "takes no lazy snapshots") {
+		t.Fatalf("lazy on a node without them: %v", err)
+	}
+	srv2 := &http.Server{Handler: Handler(&lazyNode{fakeNode: f}, &Hub{})}
+	sock2 := filepath.Join(t.TempDir(), "b.sock")
+	l2, err := net.Listen("unix", sock2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv2.Serve(l2)
+	defer srv2.Close()
+	cl2 := NewClient(sock2)
+	if res, err := cl2.SnapshotLazy(ctx, "l1"); err != nil || res.Name != "l1" || !f.snaps["lazy:l1"] {
+		t.Fatalf("lazy: %+v, %v", res, err)
+	}
+	if err := cl2.do(ctx, http.MethodPost, "/v1/snapshot", SnapshotRequest{Name: "l2", Nodes: []string{"all"}, Lazy: true}, nil); kind(err) != KindBadRequest ||
+		!strings.Contains(err.Error(), "node asked only") || f.snaps["lazy:l2"] {
+		t.Fatalf("lazy with nodes: %v", err)
+	}
+}
+
+// lazyNode is fakeNode with lazy snapshots.
+type lazyNode struct{ *fakeNode }
+
+func (n *lazyNode) SnapshotLazy(_ context.Context, name string) (api.SnapshotResult, error) {
+	n.snaps["lazy:"+name] = true
+	return api.SnapshotResult{Name: name, Created: []string{"alpha"}}, nil
 }

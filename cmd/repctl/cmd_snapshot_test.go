@@ -62,6 +62,18 @@ func (s *snapNode) Snapshot(_ context.Context, name string, nodes []string) (api
 	return api.SnapshotResult{Name: name, Created: created, Note: "taken in the write stream of the Primary alpha"}, nil
 }
 
+// SnapshotLazy takes a lazy snapshot here; asked records it as ["lazy"].
+func (s *snapNode) SnapshotLazy(ctx context.Context, name string) (api.SnapshotResult, error) {
+	res, err := s.Snapshot(ctx, name, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.asked[len(s.asked)-1] = []string{"lazy"}
+	if err == nil {
+		s.snaps[len(s.snaps)-1].Lazy = true
+	}
+	return res, err
+}
+
 func (s *snapNode) SnapshotList() api.SnapshotList {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -178,6 +190,16 @@ admin = "`+dir+`/nobody.sock"
 	if code != exitOK || json.Unmarshal([]byte(out), &l) != nil || len(l.Snapshots) != 2 || l.Snapshots[0].AgeSeconds != 90 {
 		t.Fatalf("list --json: exit %d %+v\n%s", code, l, out)
 	}
+	// --lazy, after the name or before it, asks for a lazy one.
+	out, code = captureStdout(t, func() int { return run([]string{"repctl", "--admin", asock, "snapshot", "create", "lz", "--lazy"}) })
+	if code != exitOK || !strings.Contains(out, "snapshot lz created on alpha") || strings.Join(alpha.asked[len(alpha.asked)-1], ",") != "lazy" {
+		t.Fatalf("create --lazy: exit %d, asked %v\n%s", code, alpha.asked, out)
+	}
+	out, code = captureStdout(t, func() int { return run([]string{"repctl", "--admin", asock, "snapshot", "list"}) })
+	if code != exitOK || !strings.Contains(out, "valid, lazy") {
+		t.Fatalf("list with a lazy one: exit %d\n%s", code, out)
+	}
+	alpha.DeleteSnapshot("lz")
 	if code := run([]string{"repctl", "--admin", asock, "snapshot", "delete", "nightly"}); code != exitOK || len(alpha.SnapshotList().Snapshots) != 1 {
 		t.Fatalf("delete: exit %d", code)
 	}
@@ -190,6 +212,8 @@ admin = "`+dir+`/nobody.sock"
 		{"snapshot", "create", "a", "--node"},
 		{"snapshot", "create", "a", "--node", "alpha,,beta"},
 		{"snapshot", "create", "a", "--node", "all,beta"},
+		{"snapshot", "create", "a", "--lazy", "--node", "all"},
+		{"snapshot", "create", "--lazy", "--node", "alpha", "a"},
 		{"snapshot", "delete"},
 		{"snapshot", "list", "x"},
 	} {
@@ -201,6 +225,16 @@ admin = "`+dir+`/nobody.sock"
 	// only, and a clear error where snapshots are off.
 	s := adminSnapshots{cl: admin.NewClient(asock)}
 	if err := s.Create(context.Background(), "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := alpha.asked[len(alpha.asked)-1]; strings.Join(got, ",") != "lazy" {
+		t.Fatalf("a backup's snapshot was not asked lazy: %v", got)
+	}
+	durable := adminSnapshots{cl: admin.NewClient(asock), durable: true}
+	if err := durable.Create(context.Background(), "b0"); err != nil || alpha.asked[len(alpha.asked)-1] != nil {
+		t.Fatalf("--durable-snapshot: %v, asked %v", err, alpha.asked)
+	}
+	if err := durable.Delete(context.Background(), "b0"); err != nil {
 		t.Fatal(err)
 	}
 	alpha.mu.Lock()
