@@ -3,6 +3,7 @@ package check
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/repd/repd/bench/internal/result"
 	"github.com/repd/repd/bench/internal/units"
@@ -273,6 +274,14 @@ func Backup(r *result.BackupResult) []result.Check {
 		load.Value = r.BackupRatio
 		load.Status = passFail(r.BackupRatio >= BackupLoadMin)
 		load.Detail = fmt.Sprintf("%.2fx (%.0f IOPS during %d full backups from the Secondary, %.0f without)", r.BackupRatio, r.Load[i].IOPS, r.Load[i].Backups, r.BaseIOPS)
+		if len(r.BackupRatios) > 1 {
+			rs := make([]string, len(r.BackupRatios))
+			for k, v := range r.BackupRatios {
+				rs[k] = fmt.Sprintf("%.2f", v)
+			}
+			load.Detail = fmt.Sprintf("%.2fx: the median of %d runs during full backups from the Secondary, each over the runs without just before and after it (%s)",
+				r.BackupRatio, len(r.BackupRatios), strings.Join(rs, ", "))
+		}
 		if j := slices.IndexFunc(r.Load, func(l result.BackupLoad) bool { return l.Case == "backup-paced" && l.Error == "" }); j >= 0 {
 			load.Detail += fmt.Sprintf("; with the backups at --rate %s (no target) %.2fx", r.Load[j].Rate, r.Load[j].IOPS/r.BaseIOPS)
 		}

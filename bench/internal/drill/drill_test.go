@@ -166,7 +166,7 @@ func TestBackupDrill(t *testing.T) {
 	testtool.Require(t, "fio")
 	testtool.Require(t, "qemu-img")
 	const size = 32 << 20
-	r := backupDrill(t.Context(), target.Env{Dir: t.TempDir(), Size: size, Transport: "unix", Logf: t.Logf}, size, 1, 2)
+	r := backupDrill(t.Context(), target.Env{Dir: t.TempDir(), Size: size, Transport: "unix", Logf: t.Logf}, size, 1, 2, 1)
 	t.Logf("%+v", r)
 	if r.Error != "" {
 		t.Fatal(r.Error)
@@ -203,8 +203,8 @@ func TestBackupDrill(t *testing.T) {
 			t.Errorf("a fresh snapshot preserved nothing under random writes: %+v", l)
 		}
 	}
-	if strings.Join(cases, ",") != "base,backup,backup-paced,snapshot,snapshot-secondary,snapshot-secondary-lazy,base" ||
-		r.BaseIOPS <= 0 || r.BackupRatio <= 0 || r.SnapshotRatio <= 0 || r.SecondaryLazyRatio <= 0 {
+	if strings.Join(cases, ",") != "base,backup,base,backup-paced,snapshot,snapshot-secondary,snapshot-secondary-lazy,base" ||
+		r.BaseIOPS <= 0 || len(r.BackupRatios) != 1 || r.BackupRatio != r.BackupRatios[0] || r.SnapshotRatio <= 0 || r.SecondaryLazyRatio <= 0 {
 		t.Errorf("load cases %v, base %.0f, ratios %.2f %.2f %.2f", cases, r.BaseIOPS, r.BackupRatio, r.SnapshotRatio, r.SecondaryLazyRatio)
 	}
 }

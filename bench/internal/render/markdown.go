@@ -404,7 +404,7 @@ func backupMarkdown(b *strings.Builder, r *result.BackupResult) {
 		"(the snapshot is taken in alpha's write stream, the data read from bravo's export `bench@SNAPSHOT` over NBD into qcow2 files). "+
 		"*Full*: the first backup. *Incremental*: after fio rewrote %s (1 %%) in distinct random 64 KiB blocks; it reads only what the dirty bitmap of the previous snapshot reports; done %d times in a row, the median by time is the one judged. "+
 		"*time*: repctl backup from start to exit (snapshot, NBD, qcow2 writes, fsyncs, manifest); *reported*: what bravo recorded from repctl's report (`status` → `backup`). "+
-		"Then fio 4k randwrite QD32 on alpha (%s): with no snapshot anywhere (*base*, before and after), while full backups from bravo run one after another (*backup*: "+
+		"Then fio 4k randwrite QD32 on alpha (%s): with no snapshot anywhere (*base*), while full backups from bravo run one after another (*backup*, each run between two *base* runs, the judged ratio the median of each over the mean of its two: "+
 		"bravo copies on write for the backups' lazy snapshots and reads its disk, its export reads slowed to resource.snapshot-read-min-rate while it applies writes), right after a snapshot on alpha itself (*snapshot*: the copy-on-write of every first write into a 64 KiB chunk), "+
 		"and right after a snapshot on bravo alone (*snapshot-secondary*: bravo's copy-on-write, which protocol C waits for, without a backup's reads and writes; *-lazy*: a lazy one, as repctl backup takes, whose copies skip the fdatasync). "+
 		"Before each step both backing files are fsynced, untimed.\n\n", r.FillMBps, units.Bytes(r.RewrittenBytes), max(len(r.Incs), 1), fioRuns(r))

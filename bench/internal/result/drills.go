@@ -45,9 +45,12 @@ type BackupResult struct {
 	// BaseIOPS: the mean of the runs without snapshot or backup;
 	// BackupRatio and SnapshotRatio: the run during backups from the
 	// Secondary, and the run with a fresh snapshot on the Primary, over it.
-	BaseIOPS      float64 `json:"base_iops"`
-	BackupRatio   float64 `json:"backup_ratio"`
-	SnapshotRatio float64 `json:"snapshot_ratio"`
+	BaseIOPS float64 `json:"base_iops"`
+	// BackupRatios: each run during backups over the mean of the base
+	// runs just before and after it; BackupRatio is their median.
+	BackupRatios  []float64 `json:"backup_ratios,omitempty"`
+	BackupRatio   float64   `json:"backup_ratio"`
+	SnapshotRatio float64   `json:"snapshot_ratio"`
 	// SecondarySnapshotRatio: the run with a fresh snapshot on the
 	// Secondary alone (its copy-on-write, no backup reading), over base.
 	SecondarySnapshotRatio float64 `json:"secondary_snapshot_ratio"`
