@@ -31,6 +31,9 @@ type Snapshots interface {
 	Create(ctx context.Context, name string) error
 	Delete(ctx context.Context, name string) error
 	List(ctx context.Context) ([]string, error)
+	// Invalid returns the names of the node's invalid snapshots (a lazy
+	// one after a power loss, one a full store invalidated).
+	Invalid(ctx context.Context) ([]string, error)
 }
 
 // adminSnapshots is Snapshots over the node's admin API: the snapshots of
@@ -67,6 +70,15 @@ func (s adminSnapshots) Report(ctx context.Context, r api.BackupReport) error {
 // List returns the names of the node's valid snapshots: an invalid one
 // cannot be read nor serve as the base of an incremental backup.
 func (s adminSnapshots) List(ctx context.Context) ([]string, error) {
+	return s.names(ctx, true)
+}
+
+// Invalid returns the names of the node's invalid snapshots.
+func (s adminSnapshots) Invalid(ctx context.Context) ([]string, error) {
+	return s.names(ctx, false)
+}
+
+func (s adminSnapshots) names(ctx context.Context, valid bool) ([]string, error) {
 	l, err := s.cl.Snapshots(ctx)
 	if err != nil {
 		return nil, err
@@ -76,7 +88,7 @@ func (s adminSnapshots) List(ctx context.Context) ([]string, error) {
 	}
 	names := make([]string, 0, len(l.Snapshots))
 	for _, sn := range l.Snapshots {
-		if sn.Valid {
+		if sn.Valid == valid {
 			names = append(names, sn.Name)
 		}
 	}
@@ -101,6 +113,7 @@ func cmdBackup() *cli.Command {
 			&cli.PathFlag{Name: "to", Usage: "backup directory (created if missing)", Required: true},
 			&cli.StringFlag{Name: "snapshot", Usage: "name of the snapshot to take (default backup-TIME); with --uri, the name of the snapshot the export shows"},
 			&cli.BoolFlag{Name: "full", Usage: "a full backup even if the directory has points"},
+			&cli.BoolFlag{Name: "full-if-needed", Usage: "a full backup, instead of failing, when the last backup's snapshot is gone or invalid (for scheduled runs: a power loss invalidates a lazy snapshot whose copies were unsynced)"},
 			&cli.IntFlag{Name: "keep", Usage: "after the backup, keep at most this many points (0: keep all)"},
 			&cli.StringFlag{Name: "rate", Usage: "read at most this much per second on average (e.g. 100MiB), to leave the node's disk and CPU to its writes (default: as fast as the node answers)"},
 			&cli.BoolFlag{Name: "durable-snapshot", Usage: "take the snapshot with every copy synced before the write it preserves (survives a power loss; costs the node's writes an fdatasync per first write into a chunk)"},
@@ -144,7 +157,7 @@ func backupOptions(c *cli.Context) (backupOpts, error) {
 		return backupOpts{}, usageError("backup takes no arguments (the directory is --to DIR)")
 	}
 	o := backupOpts{
-		dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), keep: c.Int("keep"),
+		dir: c.Path("to"), snapshot: c.String("snapshot"), full: c.Bool("full"), fullIfNeeded: c.Bool("full-if-needed"), keep: c.Int("keep"),
 		out: os.Stdout, tty: isTerminal(os.Stdout), log: cliLogger(c.Bool("verbose")),
 		metricsFile: c.Path("metrics-file"),
 	}
@@ -187,13 +200,15 @@ type backupOpts struct {
 	dir      string
 	snapshot string
 	full     bool
-	keep     int
-	rate     int64 // bytes per second (0: unpaced)
-	tls      *tls.Config
-	out      io.Writer
-	tty      bool
-	log      *slog.Logger
-	now      func() time.Time
+	// fullIfNeeded: a full backup when the base snapshot is gone.
+	fullIfNeeded bool
+	keep         int
+	rate         int64 // bytes per second (0: unpaced)
+	tls          *tls.Config
+	out          io.Writer
+	tty          bool
+	log          *slog.Logger
+	now          func() time.Time
 	// report, if set, tells the node a backup's outcome (POST /v1/backup);
 	// metricsFile, if set, is a node_exporter textfile to update.
 	report      func(context.Context, api.BackupReport) error
@@ -335,7 +350,11 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 				return backup.Point{}, fmt.Errorf("list snapshots: %w", err)
 			}
 			if !slices.Contains(have, base) {
-				return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why), so what changed since cannot be known: take a full backup (--full)", base)
+				if !o.fullIfNeeded {
+					return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why), so what changed since cannot be known: take a full backup (--full, or --full-if-needed in scheduled runs)", base)
+				}
+				fmt.Fprintf(o.out, "the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why): taking a full backup\n", base)
+				req.Full = true
 			}
 		}
 		t0 := time.Now()
@@ -373,6 +392,11 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 		// The new snapshot is the base of the next incremental; the previous
 		// one (still there unless a --full replaced a lost one) is not needed.
 		have, err := snaps.List(ctx)
+		if err == nil && !slices.Contains(have, last.Snapshot) {
+			// An invalid one holds a table entry (64 at most) until
+			// deleted.
+			have, err = snaps.Invalid(ctx)
+		}
 		if err == nil && slices.Contains(have, last.Snapshot) {
 			t0 := time.Now()
 			err = snaps.Delete(ctx, last.Snapshot)

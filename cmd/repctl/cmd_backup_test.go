@@ -44,10 +44,13 @@ type qemuSnapshots struct {
 	disk  string
 	snaps map[string]*exec.Cmd
 	order []string
+	// invalid: snapshots the test marked invalid (still there, not
+	// listed as valid).
+	invalid map[string]bool
 }
 
 func newQemuSnapshots(t testing.TB) *qemuSnapshots {
-	q := &qemuSnapshots{t: t, dir: t.TempDir(), snaps: map[string]*exec.Cmd{}}
+	q := &qemuSnapshots{t: t, dir: t.TempDir(), snaps: map[string]*exec.Cmd{}, invalid: map[string]bool{}}
 	q.disk = filepath.Join(q.dir, "disk.qcow2")
 	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", q.disk, "8M")
 	t.Cleanup(func() {
@@ -122,7 +125,11 @@ func (q *qemuSnapshots) Delete(_ context.Context, name string) error {
 }
 
 func (q *qemuSnapshots) List(context.Context) ([]string, error) {
-	return append([]string(nil), q.order...), nil
+	return slices.DeleteFunc(slices.Clone(q.order), func(n string) bool { return q.invalid[n] }), nil
+}
+
+func (q *qemuSnapshots) Invalid(context.Context) ([]string, error) {
+	return slices.DeleteFunc(slices.Clone(q.order), func(n string) bool { return !q.invalid[n] }), nil
 }
 
 func TestBackupCommand(t *testing.T) {
@@ -235,6 +242,23 @@ func TestBackupCommand(t *testing.T) {
 	}
 	if l, _ := q.List(ctx); !slices.Equal(l, []string{"n4"}) {
 		t.Fatalf("snapshots after --full: %v", l)
+	}
+
+	// The base snapshot is there but invalid (a power loss with its lazy
+	// copies unsynced): refused, naming --full-if-needed; with it, a full
+	// backup, and the invalid base is deleted.
+	q.invalid["n4"] = true
+	o.full, o.snapshot = false, "n5"
+	if _, err := runBackup(ctx, o, q, q.uri); err == nil || !strings.Contains(err.Error(), "--full-if-needed") {
+		t.Fatalf("incremental on an invalid base: %v", err)
+	}
+	o.fullIfNeeded = true
+	out.Reset()
+	if p, err := runBackup(ctx, o, q, q.uri); err != nil || p.Kind != backup.KindFull || !strings.Contains(out.String(), "taking a full backup") {
+		t.Fatalf("--full-if-needed: %+v %v\n%s", p, err, out.String())
+	}
+	if l, _ := q.List(ctx); !slices.Equal(l, []string{"n5"}) || q.snaps["n4"] != nil {
+		t.Fatalf("snapshots after --full-if-needed: %v (n4 still there: %v)", l, q.snaps["n4"] != nil)
 	}
 }
 
