@@ -264,8 +264,14 @@ func TestSnapshotKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, _ := f.Node("alpha")
-	if f.Resource.SnapshotStoreSize != 0 || a.SnapshotStorePath() != "/tmp/a.meta.snap" {
-		t.Fatalf("defaults: size %d, store %q", f.Resource.SnapshotStoreSize, a.SnapshotStorePath())
+	if f.Resource.SnapshotStoreSize != 0 || a.SnapshotStorePath() != "/tmp/a.meta.snap" || f.SnapshotReadMinRateBytes() != DefaultSnapshotReadMinRate {
+		t.Fatalf("defaults: size %d, store %q, read min rate %d", f.Resource.SnapshotStoreSize, a.SnapshotStorePath(), f.SnapshotReadMinRateBytes())
+	}
+	for val, want := range map[string]int64{`"0"`: 0, `"64MiB"`: 64 << 20} {
+		f, err := Parse([]byte(strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\nsnapshot-read-min-rate = "+val, 1)))
+		if err != nil || f.SnapshotReadMinRateBytes() != want {
+			t.Fatalf("snapshot-read-min-rate = %s: %v, %d", val, err, f.SnapshotReadMinRateBytes())
+		}
 	}
 	src := strings.Replace(good, `protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = \"2GiB\"", 1)
 	src = strings.Replace(src, `admin = "/tmp/b.sock"`, "admin = \"/tmp/b.sock\"\nsnapshot-store = \"/srv/b.snap\"", 1)
@@ -282,6 +288,8 @@ func TestSnapshotKeys(t *testing.T) {
 		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = 4096", "resource.snapshot-store-size 4096: must be 0 (snapshots off) or at least 1MiB"},
 		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = -5", "resource.snapshot-store-size -5"},
 		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-store-size = \"lots\"", `size "lots"`},
+		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-read-min-rate = \"100KiB\"", "resource.snapshot-read-min-rate 102400: must be 0 (snapshot reads do not yield) or at least 1MiB"},
+		{`protocol = "c"`, "protocol = \"c\"\nsnapshot-read-min-rate = -1", "resource.snapshot-read-min-rate -1"},
 		{`admin = "/tmp/a.sock"`, "admin = \"/tmp/a.sock\"\nsnapshot-store = \"/tmp/a.img\"", `node "alpha".snapshot-store: must differ from disk and meta`},
 		{`admin = "/tmp/b.sock"`, "admin = \"/tmp/b.sock\"\nsnapshot-store = \"/tmp/a.meta.snap\"", `node "beta".snapshot-store: duplicate "/tmp/a.meta.snap"`},
 		{`admin = "/tmp/tie.sock"`, "admin = \"/tmp/tie.sock\"\nsnapshot-store = \"/tmp/tie.snap\"", `node "tie".snapshot-store: a witness`},
