@@ -38,7 +38,9 @@
 //   - Snapshots (snapshot.go): the node's copy-on-write store
 //     (internal/snapstore), which every change of the live device passes
 //     first; a snapshot is a journal entry that is a barrier here and, as
-//     a Snapshot frame, on the peers that take it.
+//     a Snapshot frame, on the peers that take it. A lazy one
+//     (SnapshotLazy, a backup's) is the asking node's choice alone; reads
+//     of the exports yield to writes (SnapshotReadMinRate).
 //
 // # Locking
 //
