@@ -115,10 +115,10 @@ type Resource struct {
 // DefaultSnapshotReadMinRate is resource.snapshot-read-min-rate when left
 // out. The bench's backup drill (fio 4k QD32 on the Primary, full backups
 // from the Secondary back to back, 2-vCPU VM, lazy snapshots): unpaced
-// 0.49x of the IOPS without a backup, 64 MiB/s 0.72-0.76x, 32 MiB/s
-// 0.69x in one run (runs vary by 0.1); 16 MiB/s leaves a margin. A full
-// backup of 1 GiB under constant writes then takes about a minute; with
-// nothing writing it goes at full speed.
+// 0.49x of the IOPS without a backup, at 32 MiB/s 0.69x, at 16 MiB/s
+// 0.62-0.75x in four runs (runs vary by 0.15). A full backup of 1 GiB
+// under constant writes then takes about a minute; with nothing writing
+// it goes at full speed.
 const DefaultSnapshotReadMinRate = 16 << 20
 
 // SnapshotReadMinRateBytes is resource.snapshot-read-min-rate in bytes/s

@@ -194,7 +194,7 @@ func (a *applier) apply(it *aitem) {
 	default:
 		if it.flags&protocol.FlagResync == 0 {
 			n.noteApplied(p, it.seq, it.off, it.n)
-			if n.snapPacing {
+			if n.snapPacing() {
 				n.lastPeerWrite.Store(time.Now().UnixNano()) // snapshot reads yield to it
 			}
 		}

@@ -79,11 +79,10 @@ type Node struct {
 	snapReqs   map[uint64]*snapRequest
 	snapToken  uint64
 	lazySnaps  map[string]bool // SnapshotLazy in progress: names to take lazy here
-	// Snapshot reads yield to writes (cfg.SnapshotReadMinRate): snapPacing
-	// is set when they do; lastPeerWrite is the last replicated write
-	// applied here (unix nanos; lastAppWrite the last local one);
-	// snapBucket, under snapPaceMu, paces the reads of every export.
-	snapPacing    bool
+	// Snapshot reads yield to writes (cfg.SnapshotReadMinRate,
+	// snapPacing): lastPeerWrite is the last replicated write applied
+	// here (unix nanos; lastAppWrite the last local one); snapBucket,
+	// under snapPaceMu, paces the reads of every export.
 	lastPeerWrite atomic.Int64
 	snapPaceMu    sync.Mutex
 	snapBucket    pace.Bucket

@@ -136,7 +136,6 @@ func (n *Node) openSnapshots() error {
 		return fmt.Errorf("node %s snapshot-store: %w", n.cfg.Self.Name, err)
 	}
 	n.snap = st
-	n.snapPacing = n.cfg.SnapshotReadMinRate > 0
 	n.log.Info("snapshot store open", "path", path, "capacity", n.cfg.SnapshotStoreBytes, "snapshots", len(st.List()))
 	return nil
 }
@@ -878,7 +877,7 @@ func (d *SnapshotDevice) ReadAt(ctx context.Context, p []byte, off int64) error 
 	if err := n.snapReadable(); err != nil {
 		return err
 	}
-	if n.snapPacing {
+	if n.snapPacing() {
 		if err := ctxtime.Sleep(ctx, n.snapReadDelay(len(p))); err != nil {
 			return err
 		}
@@ -894,6 +893,10 @@ func (d *SnapshotDevice) ReadAt(ctx context.Context, p []byte, off int64) error 
 	}
 	return fmt.Errorf("%w (%w)", err, syscall.EIO)
 }
+
+// snapPacing reports whether snapshot reads yield to writes: the node has
+// snapshots and cfg.SnapshotReadMinRate is set.
+func (n *Node) snapPacing() bool { return n.snap != nil && n.cfg.SnapshotReadMinRate > 0 }
 
 // snapBusyWindow: a write (local or applied) within this long makes
 // snapshot reads yield. Shorter than resync's pace.AppBusyWindow: a

@@ -215,7 +215,7 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 		// paces a resync, which runs only towards a receiving peer.
 		e.Born = time.Now()
 		n.lastAppWrite.Store(e.Born.UnixNano())
-	} else if k == journal.Write && n.snapPacing {
+	} else if k == journal.Write && n.snapPacing() {
 		n.lastAppWrite.Store(time.Now().UnixNano()) // snapshot reads yield to it
 	}
 	e.Size = journal.Overhead + int64(len(src))

@@ -30,6 +30,15 @@ type file interface {
 
 var errNoAllocate = errors.New("space reservation not supported")
 
+// writeThenSync is WriteSync without RWF_DSYNC: a write and an fdatasync
+// of the whole file.
+func writeThenSync(f *os.File, p []byte, off int64) error {
+	if err := durable.WriteFull(f, p, off); err != nil {
+		return err
+	}
+	return durable.Datasync(f)
+}
+
 // osFile is a store file on a regular file.
 type osFile struct {
 	f *os.File

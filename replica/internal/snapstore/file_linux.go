@@ -6,7 +6,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/repd/repd/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,10 +50,7 @@ func writeSync(f *os.File, p []byte, off int64) error {
 		case err == unix.EINTR:
 			continue
 		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL):
-			if err := durable.WriteFull(f, p, off); err != nil {
-				return err
-			}
-			return durable.Datasync(f)
+			return writeThenSync(f, p, off)
 		case err != nil:
 			return err
 		}

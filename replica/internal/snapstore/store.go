@@ -714,17 +714,12 @@ func (s *Store) writeHeader(h *header) error {
 			}
 		}
 	}
-	h.seq = s.hdr.seq + 1
-	slot := 1 - s.hdrSlot
-	h.encode(s.hdrBuf)
-	if err := durable.WriteFull(s.f, s.hdrBuf, int64(slot)*hdrSlotBytes); err != nil {
-		return s.fail(fmt.Errorf("write header: %w", err))
-	}
-	if err := s.f.Sync(); err != nil {
-		return s.fail(fmt.Errorf("sync header: %w", err))
-	}
-	s.setHeader(h, slot)
-	return nil
+	return s.putHeader(h, func(p []byte, off int64) error {
+		if err := durable.WriteFull(s.f, p, off); err != nil {
+			return err
+		}
+		return s.f.Sync()
+	})
 }
 
 // writeHeaderSync is writeHeader for a header that keeps flagUnsynced:
@@ -733,18 +728,18 @@ func (s *Store) writeHeaderSync(h *header) error {
 	if h.flags&flagUnsynced == 0 || s.hdr.flags&flagUnsynced == 0 {
 		return fmt.Errorf("snapstore: writeHeaderSync without flagUnsynced (a bug)")
 	}
+	return s.putHeader(h, s.f.WriteSync)
+}
+
+// putHeader writes h to the other header slot with the next sequence
+// number, durably by write, and makes it the store's header.
+func (s *Store) putHeader(h *header, write func(p []byte, off int64) error) error {
 	h.seq = s.hdr.seq + 1
 	slot := 1 - s.hdrSlot
 	h.encode(s.hdrBuf)
-	if err := s.f.WriteSync(s.hdrBuf, int64(slot)*hdrSlotBytes); err != nil {
+	if err := write(s.hdrBuf, int64(slot)*hdrSlotBytes); err != nil {
 		return s.fail(fmt.Errorf("write header: %w", err))
 	}
-	s.setHeader(h, slot)
-	return nil
-}
-
-// setHeader makes h, durable in slot, the store's header.
-func (s *Store) setHeader(h *header, slot int) {
 	s.hdr, s.hdrSlot = *h, slot
 	s.lazy = s.lazyMode(&s.hdr)
 	if s.shrinkTo > 0 {
@@ -753,6 +748,7 @@ func (s *Store) setHeader(h *header, slot int) {
 		}
 		s.shrinkTo = 0
 	}
+	return nil
 }
 
 // newestValid is the table index of the valid snapshot with the highest
