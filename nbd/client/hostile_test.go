@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -488,5 +489,82 @@ func TestServerWithoutMetaContexts(t *testing.T) {
 	}
 	if err := c.Read(context.Background(), make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Extents pipelines its BLOCK_STATUS requests over consecutive 64 MiB
+// pieces; a piece described only in part is asked about again from where
+// its reply ends, and what the later replies of that round said is asked
+// again too, so the walk stays in order and complete.
+func TestExtentsPipelinedShortReply(t *testing.T) {
+	const mib = 1 << 20
+	const size = 300 * mib
+	type asked struct{ off, n uint64 }
+	got := make(chan []asked, 2)
+	addr := attack(t, func(f *fake) {
+		f.negotiate(size)
+		round := func(k int, reply func(i int, ck, off uint64, n uint32)) {
+			var a []asked
+			var cks []uint64
+			for range k {
+				cmd, ck, off, n := f.request()
+				if cmd != 7 {
+					t.Errorf("command %d, want BLOCK_STATUS", cmd)
+				}
+				a = append(a, asked{off, uint64(n)})
+				cks = append(cks, ck)
+			}
+			got <- a
+			for i := range k {
+				reply(i, cks[i], a[i].off, uint32(a[i].n))
+			}
+		}
+		round(4, func(i int, ck, off uint64, n uint32) {
+			if i == 1 { // 1 MiB of data, then nothing more said
+				f.chunk(1, 5, ck, 12, be32(1), be32(mib), be32(0))
+				return
+			}
+			f.chunk(1, 5, ck, 12, be32(1), be32(n), be32(3))
+		})
+		round(4, func(i int, ck, off uint64, n uint32) {
+			f.chunk(1, 5, ck, 12, be32(1), be32(n), be32(3))
+		})
+	})
+	c, err := dialFake(addr, client.Options{MetaContexts: []string{client.ContextAllocation}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var ext []client.Extent
+	if err := c.Extents(context.Background(), client.ContextAllocation, 0, size, func(e client.Extent) error {
+		ext = append(ext, e)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []asked{{0, 64 * mib}, {64 * mib, 64 * mib}, {128 * mib, 64 * mib}, {192 * mib, 64 * mib}}
+	if a := <-got; !slices.Equal(a, want) {
+		t.Errorf("first round asked %v, want %v (four pieces at once)", a, want)
+	}
+	want = []asked{{65 * mib, 64 * mib}, {129 * mib, 64 * mib}, {193 * mib, 64 * mib}, {257 * mib, 43 * mib}}
+	if a := <-got; !slices.Equal(a, want) {
+		t.Errorf("second round asked %v, want %v (again from where the short reply ended)", a, want)
+	}
+	at := int64(0)
+	for _, e := range ext {
+		if e.Off != at {
+			t.Fatalf("extents %+v: a gap or overlap at %d", ext, at)
+		}
+		wantFlags := uint32(3)
+		if e.Off >= 64*mib && e.Off < 65*mib {
+			wantFlags = 0
+		}
+		if e.Flags != wantFlags {
+			t.Fatalf("extent %+v: flags %d, want %d", e, e.Flags, wantFlags)
+		}
+		at = e.End()
+	}
+	if at != size {
+		t.Fatalf("extents end at %d, want %d", at, size)
 	}
 }

@@ -29,6 +29,11 @@ type Span struct {
 // recommends) stays within MaxExtents.
 const maxStatusRequest = MaxExtents * 512
 
+// statusInFlight is how many BLOCK_STATUS requests Extents pipelines: what
+// a server can make one call hold is statusInFlight*MaxExtents extents
+// per context (12 MiB).
+const statusInFlight = 4
+
 // maxErrorChunks bounds the error chunks one reply may carry.
 const maxErrorChunks = 1024
 
@@ -147,24 +152,41 @@ func (c *Client) BlockStatus(ctx context.Context, off, n int64) (map[string][]Ex
 }
 
 // Extents walks the status of [off, off+n) in context name, calling fn for
-// each extent in order (several BLOCK_STATUS requests as needed).
+// each extent in order. The range is asked about in consecutive pieces of
+// at most MaxExtents*512 bytes, statusInFlight of them pipelined (a 1 GiB
+// export: 16 pieces in four round trips, not 16); a piece the server
+// describes only in part is asked about again from where its reply ends.
 func (c *Client) Extents(ctx context.Context, name string, off, n int64, fn func(Extent) error) error {
 	if !c.HasMetaContext(name) {
 		return fmt.Errorf("nbd export %q offers no metadata context %q", c.export, name)
 	}
+	if off < 0 || n <= 0 || off > c.size-n {
+		return fmt.Errorf("nbd block status %d+%d: outside the export's %d bytes", off, n, c.size)
+	}
 	end := off + n
+	reqs := make([]*pending, 0, statusInFlight)
 	for off < end {
-		st, err := c.BlockStatus(ctx, off, end-off)
-		if err != nil {
+		reqs = reqs[:0]
+		for a := off; a < end && len(reqs) < statusInFlight; {
+			k := min(end-a, maxStatusRequest)
+			reqs = append(reqs, &pending{cmd: cmdBlockStatus, command: "block-status", off: a, n: k, status: map[string][]Extent{}})
+			a += k
+		}
+		if err := c.run(ctx, reqs); err != nil {
 			return err
 		}
-		ext := st[name]
-		for _, e := range ext {
-			if err := fn(e); err != nil {
-				return err
+		for _, p := range reqs {
+			ext := p.status[name]
+			for _, e := range ext {
+				if err := fn(e); err != nil {
+					return err
+				}
+			}
+			off = ext[len(ext)-1].End()
+			if off < p.off+p.n {
+				break // described in part: ask again from off
 			}
 		}
-		off = ext[len(ext)-1].End()
 	}
 	return nil
 }
