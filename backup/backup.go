@@ -219,20 +219,68 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 // previous point), or zeroes without fill. A step gathers up to
 // windowBytes of touched clusters, near or far apart, and reads them in
 // one pipelined batch: an incremental of scattered changes costs a round
-// trip per window, not per changed range.
+// trip per window, not per changed range. Two windows take turns: while
+// one is written to w (and its gaps filled), the next is read.
 func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []span, total, rate int64, fill func([]byte, int64) error) error {
 	cs := int64(w.ClusterSize())
-	size := w.Size()
 	per := max(windowBytes/cs, 1)
-	buf := make([]byte, per*cs)
-	type slot struct{ c, covered int64 } // cluster c in buf[k*cs:], bytes read into it
-	slots := make([]slot, 0, per)
-	var reads []client.Span
+	bufs, release := windowBuffers(2 * int(per*cs))
+	defer release()
+	free := make(chan *window, 2)
+	for k := range 2 {
+		free <- &window{buf: bufs[int64(k)*per*cs : int64(k+1)*per*cs]}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	full := make(chan *window)
+	written := make(chan error, 1)
+	go func() {
+		var err error
+		for win := range full {
+			if err == nil {
+				if err = r.writeWindow(w, win, total, fill); err != nil {
+					cancel(err) // stops the reader
+				}
+			}
+			free <- win
+		}
+		written <- err
+	}()
+	err := r.readWindows(ctx, src, w.Size(), cs, per, spans, rate, free, full)
+	close(full)
+	if werr := <-written; werr != nil {
+		return werr // the reader's error, if any, is the cancellation
+	}
+	return err
+}
+
+// window is one step of copy: clusters (slots) in buf, and the reads
+// that fill them.
+type window struct {
+	buf   []byte
+	slots []slot
+	reads []client.Span
+	done  int64 // bytes of the spans read up to the end of this window
+}
+
+// slot is cluster c, in buf[k*cs:] for the k-th slot, with covered bytes
+// of it read.
+type slot struct{ c, covered int64 }
+
+// readWindows gathers the spans into windows taken from free, reads each
+// and passes it on to full, in order.
+func (r *Repo) readWindows(ctx context.Context, src Source, size, cs, per int64, spans []span, rate int64, free <-chan *window, full chan<- *window) error {
 	done := int64(0)
 	pos := int64(0) // every byte of the spans before it is in a slot
 	start := time.Now()
 	for i := 0; i < len(spans); {
-		slots, reads = slots[:0], reads[:0]
+		var win *window
+		select {
+		case win = <-free:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		slots, reads, buf := win.slots[:0], win.reads[:0], win.buf
 		for i < len(spans) {
 			a := max(spans[i].off, pos)
 			if a >= spans[i].end {
@@ -260,6 +308,7 @@ func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []sp
 			done += b - a
 			pos = b
 		}
+		win.slots, win.reads, win.done = slots, reads, done
 		if rate > 0 {
 			if err := pace(ctx, start, done, rate); err != nil {
 				return err
@@ -268,27 +317,40 @@ func (r *Repo) copy(ctx context.Context, src Source, w *qcow2.Writer, spans []sp
 		if err := src.ReadBatch(ctx, reads); err != nil {
 			return err
 		}
-		for k, sl := range slots {
-			cl := buf[int64(k)*cs : int64(k+1)*cs]
-			clen := min(cs, size-sl.c*cs)
-			if sl.covered < clen && fill != nil {
-				if err := fillGaps(cl[:clen], sl.c*cs, reads, fill); err != nil {
-					return fmt.Errorf("the previous point at %d: %w", sl.c*cs, err)
-				}
-			}
-			var err error
-			switch {
-			case !allZero(cl):
-				err = w.WriteCluster(sl.c, cl)
-			case fill != nil:
-				err = w.WriteZeroCluster(sl.c) // hides what the previous point held
-			}
-			if err != nil {
-				return err
+		select {
+		case full <- win:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
+}
+
+// writeWindow writes the clusters of a window that has been read,
+// filling what the reads did not cover.
+func (r *Repo) writeWindow(w *qcow2.Writer, win *window, total int64, fill func([]byte, int64) error) error {
+	cs := int64(w.ClusterSize())
+	size := w.Size()
+	for k, sl := range win.slots {
+		cl := win.buf[int64(k)*cs : int64(k+1)*cs]
+		clen := min(cs, size-sl.c*cs)
+		if sl.covered < clen && fill != nil {
+			if err := fillGaps(cl[:clen], sl.c*cs, win.reads, fill); err != nil {
+				return fmt.Errorf("the previous point at %d: %w", sl.c*cs, err)
 			}
 		}
-		r.progress(Progress{Phase: "copy", File: w.Path(), Done: done, Total: total})
+		var err error
+		switch {
+		case !allZero(cl):
+			err = w.WriteCluster(sl.c, cl)
+		case fill != nil:
+			err = w.WriteZeroCluster(sl.c) // hides what the previous point held
+		}
+		if err != nil {
+			return err
+		}
 	}
+	r.progress(Progress{Phase: "copy", File: w.Path(), Done: win.done, Total: total})
 	return nil
 }
 

@@ -2,6 +2,7 @@ package backup_test
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -300,6 +301,66 @@ func TestInterruptedAndTampered(t *testing.T) {
 	problems, err := repo.Verify(context.Background())
 	if err != nil || len(problems) != 1 || !strings.Contains(problems[0], "checksum") {
 		t.Fatalf("Verify of a changed file: %v %v", problems, err)
+	}
+}
+
+// An incremental whose previous point cannot be read where a changed
+// cluster needs it (its clusters were marked compressed, which reading
+// refuses, after it was written) fails
+// with the cause, while windows are still being read, and leaves nothing
+// behind: the writing side's error stops the reading side.
+func TestIncrementalPreviousPointUnreadable(t *testing.T) {
+	d := newDisk(t, diskSize)
+	d.io("write -P 5 0 32M")
+	dir := t.TempDir()
+	repo, err := backup.Open(dir, backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	req := backup.Request{Snapshot: "s0"}
+	full, err := repo.Backup(context.Background(), dial(t, serve(t, d.snapshot("s0"), "s0", ""), repo.MetaContexts(req)), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 KiB in each of 400 clusters: the rest of each comes from the full.
+	var cmds []string
+	for i := range 400 {
+		cmds = append(cmds, fmt.Sprintf("write -P 6 %d 4k", int64(i)*(64<<10)+8192))
+	}
+	d.io(cmds...)
+	// Mark every cluster of the full compressed, which reading refuses:
+	// the image opens, its clusters do not read.
+	f, err := os.OpenFile(filepath.Join(dir, full.File), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b [8]byte
+	f.ReadAt(b[:], 40) // l1_table_offset
+	f.ReadAt(b[:], int64(binary.BigEndian.Uint64(b[:])))
+	l2 := int64(binary.BigEndian.Uint64(b[:]) & 0x00fffffffffffe00)
+	entries := make([]byte, 8*(diskSize>>16))
+	f.ReadAt(entries, l2)
+	for i := 0; i < len(entries); i += 8 {
+		binary.BigEndian.PutUint64(entries[i:], binary.BigEndian.Uint64(entries[i:])|1<<62)
+	}
+	if _, err := f.WriteAt(entries, l2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	req = backup.Request{Snapshot: "s1"}
+	_, err = repo.Backup(context.Background(), dial(t, serve(t, d.snapshot("s1"), "s1", "s0"), repo.MetaContexts(req)), req)
+	if err == nil || !strings.Contains(err.Error(), "the previous point at") {
+		t.Fatalf("incremental over a cut-short full: %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".partial") {
+			t.Fatalf("%s left behind", e.Name())
+		}
+	}
+	if m := repo.Manifest(); len(m.Points) != 1 {
+		t.Fatalf("manifest after the failed incremental: %+v", m.Points)
 	}
 }
 
