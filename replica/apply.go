@@ -55,6 +55,7 @@ type aitem struct {
 	done     chan struct{}
 	finished bool
 	inline   bool // applied by the receiving goroutine (submit)
+	flushed  bool // a barrier that flushed the store (its ack says so)
 	slot     int  // index in active
 }
 
@@ -185,7 +186,10 @@ func (a *applier) apply(it *aitem) {
 	}
 	switch {
 	case it.barrier:
-		err = n.st.Flush(ctx)
+		if !n.lazySnapshot(it.snap) {
+			err = n.st.Flush(ctx)
+			it.flushed = err == nil
+		}
 		if it.snap != "" {
 			a.applySnapshot(it, err) // answered before the ack that follows
 		}
@@ -263,7 +267,10 @@ func (a *applier) finish(it *aitem, ok bool) {
 	}
 	broken := a.broken
 	a.mu.Unlock()
-	if it.barrier && ok && !broken && !a.s.enqueue(ctrlMsg{t: protocol.TypeBarrierAck, seq: it.seq}) {
+	// A barrier's ack tells the Primary that everything before it is
+	// durable here; a lazy snapshot's barrier that did not flush gets the
+	// plain cumulative ack only.
+	if it.barrier && it.flushed && ok && !broken && !a.s.enqueue(ctrlMsg{t: protocol.TypeBarrierAck, seq: it.seq}) {
 		return
 	}
 	if !it.inline {

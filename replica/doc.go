@@ -39,8 +39,10 @@
 //     (internal/snapstore), which every change of the live device passes
 //     first; a snapshot is a journal entry that is a barrier here and, as
 //     a Snapshot frame, on the peers that take it. A lazy one
-//     (SnapshotLazy, a backup's) is the asking node's choice alone; reads
-//     of the exports yield to writes (SnapshotReadMinRate).
+//     (SnapshotLazy, a backup's) is the asking node's choice alone, and
+//     its barrier skips the disk flush where the store can mark itself
+//     unsynced instead (no BarrierAck then); reads of the exports yield
+//     to writes (SnapshotReadMinRate).
 //
 // # Locking
 //

@@ -887,3 +887,78 @@ func TestSnapshotLazyAndReadPacing(t *testing.T) {
 		t.Fatal("beta's lazy snapshot does not read as alpha's snapshot at the same point")
 	}
 }
+
+// countFlushStore counts Flush calls.
+type countFlushStore struct {
+	Store
+	flushes *atomic.Int64
+}
+
+func (s *countFlushStore) Flush(ctx context.Context) error {
+	s.flushes.Add(1)
+	return s.Store.Flush(ctx)
+}
+
+// A lazy snapshot taken in the write stream on a Secondary does not flush
+// the Secondary's disk at its barrier (the flush would hold up every write
+// of protocol C behind it): the snapshot store marks itself unsynced with
+// it, and its flusher syncs the disk before clearing that. Beside a
+// durable snapshot the flush comes back (a power loss must not take the
+// durable one). Both read the same image as the Primary's durable
+// snapshot at the same point.
+func TestLazySnapshotSkipsTheBarrierFlush(t *testing.T) {
+	var flushes atomic.Int64
+	c := newClusterWrap(t, 2, func(i int, cfg *Config) { cfg.SnapshotStoreBytes = 8 << 20 },
+		func(i int, s Store) Store {
+			if i == 1 {
+				return &countFlushStore{Store: s, flushes: &flushes}
+			}
+			return s
+		})
+	alpha := c.bootstrap()
+	beta := c.nodes[1].n
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(9, 9))
+	if err := alpha.WriteAt(ctx, randBlock(r, 2<<20), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alpha.Snapshot(ctx, "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	before := flushes.Load()
+	if res, err := beta.SnapshotLazy(ctx, "l"); err != nil || strings.Join(res.Created, ",") != "beta" {
+		t.Fatalf("lazy snapshot on beta: %+v, %v", res, err)
+	}
+	if got := flushes.Load() - before; got != 0 {
+		t.Fatalf("beta's disk was flushed %d times for a lazy snapshot", got)
+	}
+	if !beta.snap.Stats().Unsynced {
+		t.Fatalf("beta's store after a lazy snapshot without a flush: %+v; want it marked unsynced", beta.snap.Stats())
+	}
+	if snapHash(t, beta, "l") != snapHash(t, alpha, "a") {
+		t.Fatal("beta's lazy snapshot differs from alpha's at the same point")
+	}
+	// The flusher (after 5 s without a copy, snapstore.DefaultLazySync) syncs the disk, then
+	// clears the mark.
+	waitFor(t, 30*time.Second, "beta's store flusher syncs the disk and clears the mark", func() bool {
+		return !beta.snap.Stats().Unsynced
+	})
+	if flushes.Load() == before {
+		t.Fatal("the mark was cleared without a flush of beta's disk")
+	}
+
+	// Beside a durable snapshot on beta: flushed at the barrier.
+	if _, err := beta.Snapshot(ctx, "d", nil); err != nil {
+		t.Fatal(err)
+	}
+	before = flushes.Load()
+	if _, err := beta.SnapshotLazy(ctx, "l2"); err != nil {
+		t.Fatal(err)
+	}
+	if flushes.Load() == before || beta.snap.Stats().Unsynced {
+		t.Fatalf("a lazy snapshot beside a durable one: %d flushes, %+v; want a flush, nothing unsynced", flushes.Load()-before, beta.snap.Stats())
+	}
+	if snapHash(t, beta, "l2") != snapHash(t, beta, "d") {
+		t.Fatal("beta's l2 differs from d, taken with nothing written between")
+	}
+}

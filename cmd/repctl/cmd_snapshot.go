@@ -36,8 +36,8 @@ func cmdSnapshot() *cli.Command {
 					"or \"all\": every connected UpToDate node.\n" +
 					"--lazy takes it on this node only, with its copies synced in the background: the\n" +
 					"first write into each 64 KiB chunk after it does not wait for the store's fdatasync.\n" +
-					"It survives restarts of repd; a power loss or kernel crash within about 5 s of\n" +
-					"a copy invalidates it. repctl backup takes its snapshots this way.",
+					"It survives restarts of repd; a power loss or kernel crash within 5-10 s of\n" +
+					"its last copy invalidates it. repctl backup takes its snapshots this way.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "node", Usage: "take it on these nodes (comma-separated names, or all) at the same point"},
 					&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},

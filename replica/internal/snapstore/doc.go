@@ -102,20 +102,34 @@
 // first write into a chunk no longer waits for the disk. Before the first
 // such copy the header gets flagUnsynced and the system's boot ID
 // (/proc/sys/kernel/random/boot_id), durably. A flusher syncs the store
-// every DefaultLazySync and, when no copy came during that sync, writes a
-// header without the flag; so do Close, Open and the Create of a durable
+// once DefaultLazySync has passed without a new copy (within two of the
+// last one) and, when no copy came during that sync, writes a header
+// without the flag; so do Close, Open and the Create of a durable
 // snapshot (whose copies are synced again, since a copy serves every
 // snapshot without one), and a header that clears the flag is written only
 // after a sync of everything before it. The Create of a lazy snapshot
-// while the flag is set keeps it: the sealed area and the header are then
-// written with O_DSYNC (file.WriteSync), without syncing the copies, so
-// that taking the next backup's snapshot does not wait for the last one's
-// copies to reach the disk. At Open after an unclean shutdown
+// while the flag is set keeps it: its sealed area and header are written
+// without a sync (under the durable flag a power loss invalidates every
+// snapshot, and a kill leaves them in the page cache), the header to the
+// slot that does not hold the durable one, so that taking the next
+// backup's snapshot does not wait for the last one's copies to reach the
+// disk: any sync of the store file then costs a journal commit that
+// writes them back (0.4-0.5 s under the bench's load).
+// CreateLazyUnsynced is CreateLazy for a caller that did not sync the live device at the snapshot's point (repd's
+// Secondary, which would otherwise hold every replicated write behind that
+// fdatasync): the snapshot's entry is written with the flag set, as a
+// lazy copy would set it, and every header that clears the flag is
+// written only after Options.SyncLive has synced the live device too (the
+// flusher, Open, Close, a durable Create); it is refused beside a valid
+// durable snapshot, which a power loss would then take along. At Open
+// after an unclean shutdown
 // with the flag set: on the same boot repd died but the system did not, so
 // the page cache holds every copy whose Preserve returned (the header
 // written at Open syncs them first); on another boot, or where the boot ID
 // is unknown, a live write may be on disk and its copy not, so every valid
-// snapshot is invalidated (reason 4), and OnInvalidate is told.
+// snapshot is invalidated (reason 4), and OnInvalidate is told; a lazy
+// snapshot whose header was written without a sync may instead be gone
+// (so may the changed blocks after it: they are an invalid snapshot's).
 //
 // Changed-block tracking: the blocks written in the current epoch (since the
 // newest valid snapshot) are a bitmap in memory, set by Preserve before the
@@ -159,14 +173,19 @@
 // are reserved with fallocate; areas are reserved when a snapshot takes
 // their table entry.
 //
-// A header slot (16384 bytes). The two slots are written alternately and
-// each write is followed by fdatasync; the valid slot with the higher
-// sequence number wins, so a torn write of one leaves the other:
+// A header slot (16384 bytes). A header is written to the slot that does
+// not hold the newest durable header, and made durable (fdatasync or
+// O_DSYNC) before the next write, so the slots alternate; the valid slot
+// with the higher sequence number wins, so a torn write of one leaves the
+// other. The one exception: while the durable header has flag bit 1
+// (unsynced), a lazy snapshot's Create writes its header without a sync,
+// to the same slot each time, never over the durable one (see Lazy
+// snapshots):
 //
 //	+0     8  magic "REPDSNAP"
 //	+8     4  format version (2; 1 is still read and written, see Crash safety)
 //	+12    4  flags: bit 0 clean (closed cleanly: the newest snapshot's area is complete),
-//	          bit 1 unsynced (copies of lazy snapshots may not be durable; see Lazy snapshots)
+//	          bit 1 unsynced (copies of lazy snapshots, or the live device at one, may not be durable; see Lazy snapshots)
 //	+16    8  header sequence number
 //	+24    8  instance: random, chosen at creation; descriptors carry it
 //	+32    8  device size, bytes
@@ -176,7 +195,7 @@
 //	+64    4  table entries (64)
 //	+68    4  reserved, zero
 //	+72    8  next snapshot sequence number (seqs start at 1)
-//	+80   16  boot ID of the system that made unsynced copies (flag bit 1), else zero
+//	+80   16  boot ID of the system that made unsynced copies or snapshots (flag bit 1), else zero
 //	+96  160  reserved, zero
 //	+256 64×128  snapshot table: 64 entries
 //	+8448  ...  reserved, zero
@@ -186,7 +205,7 @@
 //
 //	+0   1  state: 0 free, 1 valid, 2 invalid
 //	+1   1  flags: bit 0 sealed (its changed-block area is complete on disk),
-//	        bit 1 lazy (CreateLazy)
+//	        bit 1 lazy (CreateLazy, CreateLazyUnsynced)
 //	+2   1  invalid reason: 1 store full, 2 store I/O error, 3 metadata damaged,
 //	        4 the system went down while lazy copies were unsynced; 0 when valid
 //	+3   1  name length (1..64)

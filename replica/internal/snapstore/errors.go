@@ -23,6 +23,9 @@ var (
 	ErrNotFound = errors.New("no such snapshot")
 	// ErrTooMany: the store holds MaxSnapshots snapshots already.
 	ErrTooMany = errors.New("too many snapshots")
+	// ErrLiveUnsynced: CreateLazyUnsynced cannot take the snapshot
+	// without the live device synced first (see there).
+	ErrLiveUnsynced = errors.New("the live device must be synced before this snapshot")
 	// ErrInvalid: the snapshot was invalidated and cannot be read. See
 	// InvalidError for why.
 	ErrInvalid = errors.New("snapshot is invalid")

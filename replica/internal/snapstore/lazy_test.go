@@ -2,6 +2,7 @@ package snapstore
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -166,5 +167,101 @@ func TestLazyPowerLoss(t *testing.T) {
 	p := make([]byte, size)
 	if err := s.ReadAt(ctx, "l", p, 0, live.read); err != nil || !bytes.Equal(p, img) {
 		t.Fatalf("l reads wrong (err %v)", err)
+	}
+}
+
+// A lazy snapshot taken with the live device unsynced (no fdatasync at its
+// point) sets flagUnsynced with its entry, durably: a power loss before
+// the live device and the store are synced invalidates it, a kill does
+// not. Clearing the flag (the flusher, Open, Close) syncs the live device
+// first; if that fails the flag stays. Beside a durable snapshot, or with
+// no way to sync the live device, it is refused and nothing changes.
+func TestLazyUnsyncedCreate(t *testing.T) {
+	const size = 1 << 20
+	var boot byte = 1
+	liveSyncs := 0
+	var liveErr error
+	opt := Options{DeviceSize: size, Capacity: 512 << 10, lazySync: -1,
+		bootID:   func() [16]byte { return [16]byte{0: boot} },
+		SyncLive: func() error { liveSyncs++; return liveErr }}
+	r := rand.New(rand.NewPCG(7, 1))
+	create := func() (*crashFile, *Store) {
+		t.Helper()
+		f := newCrashFile()
+		s := openMem(t, f, opt)
+		liveSyncs = 0
+		if err := s.CreateLazyUnsynced("l", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if st := s.Stats(); !st.Unsynced || liveSyncs != 0 {
+			t.Fatalf("after CreateLazyUnsynced: %+v, %d syncs of the live device; want the flag set, none", st, liveSyncs)
+		}
+		return f, s
+	}
+	valid := func(what string, s *Store, want bool) {
+		t.Helper()
+		in := s.List()
+		if len(in) != 1 || in[0].Valid != want || !want && !strings.Contains(in[0].Reason, "power loss") {
+			t.Fatalf("%s: %+v, want valid %v", what, in, want)
+		}
+	}
+
+	// A power loss right after: invalid, though no copy was made.
+	f, _ := create()
+	boot++
+	valid("power loss after an unsynced lazy create", openMem(t, f.crash(r), opt), false)
+
+	// A kill: valid; Open synced the live device before clearing the flag,
+	// so a power loss after that loses nothing.
+	f, _ = create()
+	liveSyncs = 0
+	s := openMem(t, f, opt)
+	valid("kill after an unsynced lazy create", s, true)
+	if liveSyncs != 1 || s.Stats().Unsynced {
+		t.Fatalf("Open after the kill: %d syncs of the live device, %+v", liveSyncs, s.Stats())
+	}
+	boot++
+	valid("kill, reopen, then a power loss", openMem(t, f.crash(r), opt), true)
+
+	// The flusher: a failing live sync keeps the flag; then it clears it.
+	f, s = create()
+	liveErr = errors.New("disk gone")
+	s.flushLazy()
+	if !s.Stats().Unsynced || s.Stats().Failed != "" {
+		t.Fatalf("a failed sync of the live device: %+v; want the flag kept, the store fine", s.Stats())
+	}
+	liveErr = nil
+	s.flushLazy()
+	if s.Stats().Unsynced || liveSyncs != 2 {
+		t.Fatalf("after a flush: %+v, %d syncs of the live device", s.Stats(), liveSyncs)
+	}
+	boot++
+	valid("flush, then a power loss", openMem(t, f.crash(r), opt), true)
+
+	// Close syncs the live device too.
+	f, s = create()
+	if err := s.Close(); err != nil || liveSyncs != 1 {
+		t.Fatalf("Close: %v, %d syncs of the live device", err, liveSyncs)
+	}
+	boot++
+	valid("close, then a power loss", openMem(t, f.crash(r), opt), true)
+
+	// Refused beside a durable snapshot (a power loss would take it too),
+	// and with no SyncLive.
+	s = openMem(t, newCrashFile(), opt)
+	if err := s.Create("d", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateLazyUnsynced("l", time.Now()); !errors.Is(err, ErrLiveUnsynced) || len(s.List()) != 1 || s.Stats().Unsynced {
+		t.Fatalf("beside a durable snapshot: %v, %+v", err, s.List())
+	}
+	noSync := opt
+	noSync.SyncLive = nil
+	s = openMem(t, newCrashFile(), noSync)
+	if err := s.CreateLazyUnsynced("l", time.Now()); !errors.Is(err, ErrLiveUnsynced) || len(s.List()) != 0 {
+		t.Fatalf("without SyncLive: %v, %+v", err, s.List())
+	}
+	if err := s.CreateLazy("l", time.Now()); err != nil {
+		t.Fatal(err)
 	}
 }

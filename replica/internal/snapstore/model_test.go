@@ -31,6 +31,12 @@ type msnap struct {
 	// maybe: the Create or Delete of this snapshot failed; it may or may
 	// not exist after a crash.
 	maybe bool
+	// vanish: taken with CreateLazy while the durable header said
+	// unsynced and every valid snapshot was lazy: its header was
+	// written without a sync, so a power loss may leave no trace of it
+	// (every snapshot is invalid after one then). Cleared once a header
+	// is durable again.
+	vanish bool
 	// lazy: taken with CreateLazy.
 	lazy bool
 }
@@ -177,6 +183,16 @@ func (h *harness) copiesFor(off, n int64) int64 {
 // step runs one random operation. It returns an error only for injected
 // faults (h.faulty set); everything else is checked here.
 func (h *harness) step() error {
+	err := h.op()
+	if !h.faulty && !h.f.failed && !h.s.Stats().Unsynced {
+		for _, m := range h.snaps {
+			m.vanish = false // the header that cleared the flag is durable
+		}
+	}
+	return err
+}
+
+func (h *harness) op() error {
 	switch op := h.r.IntN(100); {
 	case op < 50:
 		return h.write()
@@ -369,6 +385,8 @@ func (h *harness) create() error {
 	if lazy {
 		create = h.s.CreateLazy
 	}
+	v := h.valids()
+	vanish := lazy && h.s.Stats().Unsynced && len(v) > 0 && !slices.ContainsFunc(v, func(m *msnap) bool { return !m.lazy })
 	err := create(name, time.Unix(0, h.clock))
 	h.applyInv()
 	switch {
@@ -393,7 +411,8 @@ func (h *harness) create() error {
 	}
 	h.nextID++
 	m := &msnap{id: h.nextID, name: name, img: h.live.clone(), created: h.clock, valid: true, lazy: lazy,
-		first: make(map[int64]int64), since: make(map[int64]bool), at: make(map[int]map[int64]bool), maybe: err != nil}
+		first: make(map[int64]int64), since: make(map[int64]bool), at: make(map[int]map[int64]bool), maybe: err != nil,
+		vanish: vanish && err == nil}
 	for _, o := range h.snaps {
 		o.at[m.id] = cloneSet(o.since)
 	}
@@ -663,7 +682,7 @@ func (h *harness) reconcile() {
 	for name, m := range h.snaps {
 		in, ok := got[name]
 		switch {
-		case !ok && m.maybe:
+		case !ok && (m.maybe || m.vanish):
 			delete(h.snaps, name)
 		case !ok:
 			h.fatalf("after crash snapshot %q (valid %v) is gone", name, m.valid)

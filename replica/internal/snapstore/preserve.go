@@ -213,24 +213,35 @@ func (s *Store) markUnsynced() {
 }
 
 // flusher syncs lazy copies every interval until Close.
+// It waits for an interval without a new lazy copy first: a sync while
+// copies keep coming cannot clear the flag (flushLazy), and its writeback
+// would only compete with the writes that make the copies (a snapshot's
+// first seconds under load, when nearly every write makes one).
 func (s *Store) flusher(every time.Duration) {
 	defer close(s.flushDone)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	last := s.lazyCopies.Load()
 	for {
 		select {
 		case <-s.stopFlush:
 			return
 		case <-t.C:
+			if n := s.lazyCopies.Load(); n != last {
+				last = n
+				continue
+			}
 			s.flushLazy()
 		}
 	}
 }
 
-// flushLazy syncs the store file if lazy copies may be unsynced and, if no
-// copy came during that sync, clears flagUnsynced: from then on a power
-// loss costs the lazy snapshots nothing. The long sync runs without the
-// lock, so writes go on meanwhile.
+// flushLazy syncs the live device (Options.SyncLive) and the store file if
+// lazy copies or snapshots may be unsynced and, if no copy or such
+// snapshot came during those syncs, clears flagUnsynced: from then on a
+// power loss costs the lazy snapshots nothing. The long syncs run without
+// the lock, so writes go on meanwhile. A failed sync of the live device
+// leaves the flag set (and the store as it is).
 func (s *Store) flushLazy() {
 	s.mu.RLock()
 	set := !s.closed && s.hdr.flags&flagUnsynced != 0 && s.failure() == nil
@@ -239,6 +250,15 @@ func (s *Store) flushLazy() {
 		return
 	}
 	n := s.lazyCopies.Load()
+	s.mu.RLock()
+	live := s.liveDirty
+	s.mu.RUnlock()
+	if live {
+		if err := s.syncLiveDevice(); err != nil {
+			s.log.Warn("lazy snapshots stay unsynced: a power loss now would invalidate them", "err", err)
+			return
+		}
+	}
 	err := s.f.Sync()
 	s.mu.Lock()
 	var infos []Info
@@ -249,7 +269,8 @@ func (s *Store) flushLazy() {
 	} else if !s.closed && s.hdr.flags&flagUnsynced != 0 && s.failure() == nil && s.lazyCopies.Load() == n {
 		h := s.hdr
 		h.flags &^= flagUnsynced
-		infos = s.afterError(s.writeHeader(&h))
+		infos = s.afterError(s.writeHeaderSynced(&h))
+		// (No CreateLazyUnsynced came meanwhile: it counts in lazyCopies.)
 	}
 	s.mu.Unlock()
 	s.report(infos)
