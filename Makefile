@@ -4,13 +4,17 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 FUZZTIME ?= 10s
+# urfave/cli's generators of man pages and Markdown, which repd and repctl do
+# not use, out of the binaries: 3 ms less of every repctl start (22 vs 25 ms
+# for repctl --help on the project's VM; blackfriday's init alone is 3.4 ms).
+TAGS    := urfave_cli_no_docs
 
 .PHONY: all build deps test test-short bench bench-quick demo run fuzz lint clean soak
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -tags $(TAGS) -o $(BIN)/ ./cmd/...
 
 deps:
 	@scripts/deps.sh
