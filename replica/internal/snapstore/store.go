@@ -719,8 +719,9 @@ func (s *Store) resize(h *header, capacity int64) error {
 	return nil
 }
 
-// writeHeader writes h to the other header slot with the next sequence
-// number and syncs. On success it is the store's header.
+// writeHeader writes h, with the next sequence number, to the slot that
+// does not hold the newest durable header, and syncs. On success it is
+// the store's header.
 func (s *Store) writeHeader(h *header) error {
 	if h.flags&flagUnsynced == 0 && s.hdr.flags&flagUnsynced != 0 {
 		// The lazy copies made under the old header, and the live
@@ -1162,8 +1163,8 @@ func (s *Store) Create(name string, now time.Time) error {
 
 // CreateLazy is Create for a lazy snapshot: while every valid snapshot is
 // lazy, copies return before their fdatasync (a background flush syncs
-// them once DefaultLazySync passes without one), which takes that wait off every first
-// write into a chunk. A crash of the process loses nothing (the copies are
+// them once DefaultLazySync passes without one), which takes that wait off
+// every first write into a chunk. A crash of the process loses nothing (the copies are
 // in the page cache); a power loss or kernel crash while copies were not
 // yet synced invalidates the snapshots at the next Open. Meant for
 // snapshots whose loss costs only time, such as a backup's (the next
@@ -1230,17 +1231,6 @@ func (s *Store) create(name string, now time.Time, lazy, liveSynced bool) error 
 	if free < 0 {
 		return fmt.Errorf("create snapshot %q: %w: the store holds %d (valid or invalid), the most it can; delete one first", name, ErrTooMany, MaxSnapshots)
 	}
-	// Reserve the new snapshot's area, so sealing it later cannot fail for
-	// lack of space. Nothing has changed yet if this fails.
-	if err := reserve(s.f, s.lay.areaOff(free), s.lay.areaBytes, s.log); err != nil {
-		return fmt.Errorf("create snapshot %q: reserve %d bytes for its changed-block record: %w", name, s.lay.areaBytes, err)
-	}
-	h := s.hdr
-	// A lazy snapshot after lazy ones whose copies may be unsynced keeps
-	// them so (the flag stays): its area and header are written durably
-	// by themselves, without a sync of the whole file and its copies. One
-	// taken with the live device unsynced sets the flag with its entry.
-	keep := lazy && s.lazy && s.hdr.flags&flagUnsynced != 0
 	if !liveSynced {
 		probe := s.hdr
 		probe.entries[free] = entry{state: stateValid, flags: entryLazy}
@@ -1248,6 +1238,17 @@ func (s *Store) create(name string, now time.Time, lazy, liveSynced bool) error 
 			return fmt.Errorf("create snapshot %q: %w", name, ErrLiveUnsynced)
 		}
 	}
+	// Reserve the new snapshot's area, so sealing it later cannot fail for
+	// lack of space. Nothing has changed yet if this fails.
+	if err := reserve(s.f, s.lay.areaOff(free), s.lay.areaBytes, s.log); err != nil {
+		return fmt.Errorf("create snapshot %q: reserve %d bytes for its changed-block record: %w", name, s.lay.areaBytes, err)
+	}
+	h := s.hdr
+	// A lazy snapshot after lazy ones whose copies may be unsynced keeps
+	// them so (the flag stays): its area and header are written without a
+	// sync (writeHeaderUnsynced says why). One taken with the live device
+	// unsynced sets the flag with its entry.
+	keep := lazy && s.lazy && s.hdr.flags&flagUnsynced != 0
 	unsynced := keep || !liveSynced
 	if s.newest >= 0 {
 		// Seal the epoch that ends here: its area must be durable before
