@@ -31,12 +31,14 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -175,16 +177,35 @@ type Cluster struct {
 	Notes []string
 }
 
-// FreePort returns a TCP port free on host right now. Another process may
-// take it before repd binds it: Launch retries then.
+// FreePort returns a TCP port free on host right now, below Linux's
+// ephemeral range (32768-60999 by default), and never one it returned
+// before for that host in this process. A port from listening on port 0
+// may be given to an outgoing connection before repd binds it, and two
+// such listens in a row may get the same port (a node's NBD and peer
+// addresses once were: bind: address already in use, e2e
+// TestBackupFromSecondary). Another process may still take it before
+// repd binds it: Launch retries then.
 func FreePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("find a free port on %s: %w", host, err)
+	for range 1000 {
+		p := 20000 + mrand.IntN(12000)
+		key := net.JoinHostPort(host, fmt.Sprint(p))
+		if _, dup := handedOut.Load(key); dup {
+			continue
+		}
+		l, err := net.Listen("tcp", key)
+		if err != nil {
+			continue
+		}
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(key, true); !dup {
+			return p, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("find a free port on %s: none of 1000 tried between 20000 and 32000 was free and not handed out already", host)
 }
+
+// handedOut holds the host:port pairs FreePort returned.
+var handedOut sync.Map
 
 // sunPathMax is the longest unix socket path (sockaddr_un's sun_path, with
 // its terminating NUL).

@@ -435,3 +435,19 @@ func TestWitnessCluster(t *testing.T) {
 		t.Errorf("alpha did not stop cleanly (it should keep its quorum until it stops):\n%s", c.Nodes[0].LogTail(2000))
 	}
 }
+
+// FreePort never hands out a port twice for a host, though the kernel may
+// offer the same free port to two listens in a row.
+func TestFreePortUnique(t *testing.T) {
+	seen := map[int]bool{}
+	for range 300 {
+		p, err := FreePort("127.0.0.9")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+}
