@@ -238,6 +238,31 @@ func TestLazyUnsyncedCreate(t *testing.T) {
 	boot++
 	valid("flush, then a power loss", openMem(t, f.crash(r), opt), true)
 
+	// Under the flag another lazy snapshot and a delete are written
+	// without any sync (each one cost a journal commit that wrote back the
+	// lazy copies: 0.5 s and 1.1 s under load); after a power loss every
+	// snapshot is invalid or gone, a deleted one possibly back, invalid.
+	f, s = create()
+	syncs := f.syncs
+	if err := s.CreateLazy("m", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("l"); err != nil {
+		t.Fatal(err)
+	}
+	if f.syncs != syncs {
+		t.Fatalf("a lazy create and a delete under the flag synced the store %d times", f.syncs-syncs)
+	}
+	if in := s.List(); len(in) != 1 || in[0].Name != "m" || !in[0].Valid {
+		t.Fatalf("after the delete: %+v", in)
+	}
+	boot++
+	for _, in := range openMem(t, f.crash(r), opt).List() {
+		if in.Valid {
+			t.Fatalf("after a power loss under the flag: %+v is valid", in)
+		}
+	}
+
 	// Close syncs the live device too.
 	f, s = create()
 	if err := s.Close(); err != nil || liveSyncs != 1 {

@@ -54,7 +54,10 @@ type harness struct {
 	nextID int
 	snaps  map[string]*msnap // existing in the model (valid or invalid)
 	gone   map[string]bool   // deleted for sure
-	inv    []Info            // OnInvalidate calls not yet applied
+	// ghosts: deleted while the durable header said unsynced; a power
+	// loss may bring them back, invalid. Cleared when a header is durable.
+	ghosts map[string]*msnap
+	inv    []Info // OnInvalidate calls not yet applied
 	// widened: a crash happened; the changed blocks of the epoch current
 	// then are known per chunk.
 	widened bool
@@ -88,7 +91,7 @@ func newHarness(t testing.TB, seed uint64, opt Options, f *crashFile) *harness {
 
 func tryHarness(t testing.TB, seed uint64, opt Options, f *crashFile) (*harness, error) {
 	h := &harness{t: t, seed: seed, r: rand.New(rand.NewPCG(seed, 77)), opt: opt, f: f,
-		snaps: make(map[string]*msnap), gone: make(map[string]bool), maybeChunks: make(map[int64]bool)}
+		snaps: make(map[string]*msnap), gone: make(map[string]bool), ghosts: make(map[string]*msnap), maybeChunks: make(map[int64]bool)}
 	h.opt.OnInvalidate = func(in Info) { h.inv = append(h.inv, in) }
 	h.opt.bootID = func() [16]byte { return [16]byte{0: 1, 1: h.boot} }
 	h.opt.lazySync = -1 // the story flushes (step)
@@ -188,6 +191,7 @@ func (h *harness) step() error {
 		for _, m := range h.snaps {
 			m.vanish = false // the header that cleared the flag is durable
 		}
+		clear(h.ghosts)
 	}
 	return err
 }
@@ -452,6 +456,7 @@ func (h *harness) delete() error {
 		}
 		return nil
 	}
+	underFlag := h.s.Stats().Unsynced
 	err := h.s.Delete(m.name)
 	h.applyInv()
 	if err != nil {
@@ -465,6 +470,9 @@ func (h *harness) delete() error {
 	delete(h.snaps, m.name)
 	h.n.deletes++
 	h.gone[m.name] = true
+	if underFlag {
+		h.ghosts[m.name] = m // its deletion was written without a sync
+	}
 	h.checkUsed()
 	return nil
 }
@@ -665,6 +673,7 @@ func (h *harness) crash() {
 	h.n.crashes++
 	h.widened = true
 	h.reconcile()
+	clear(h.ghosts)   // Open wrote a durable header: the deleted stay deleted
 	h.inv = h.inv[:0] // Open's invalidations: reconcile judged them
 	h.checkAll()
 }
@@ -706,9 +715,18 @@ func (h *harness) reconcile() {
 		}
 		m.maybe = false
 	}
-	for name := range got {
+	for name, in := range got {
 		if h.snaps[name] == nil {
-			h.fatalf("after crash snapshot %q exists, deleted or never created", name)
+			// A snapshot deleted under the unsynced flag may be back
+			// after a power loss, invalid (for the power loss, or for
+			// whatever made it invalid before it was deleted).
+			if g := h.ghosts[name]; g != nil && !in.Valid {
+				g.valid, g.first, g.maybe, g.vanish = false, nil, false, false
+				h.snaps[name] = g
+				delete(h.gone, name)
+				continue
+			}
+			h.fatalf("after crash snapshot %q exists, deleted or never created (%+v)", name, in)
 		}
 	}
 	// A failed write's copy may be durable: then it is the first write

@@ -767,6 +767,16 @@ func (s *Store) writeHeaderSynced(h *header) error {
 	})
 }
 
+// underFlag reports whether the newest durable header has flagUnsynced and
+// h keeps it: whatever of h reaches the disk, a power loss invalidates
+// every snapshot (the flag is set only while every valid snapshot is
+// lazy, and a durable Create clears it), and a kill of repd leaves the
+// page cache. Syncs of changed-block areas and headers can then be
+// skipped (writeHeaderUnsynced).
+func (s *Store) underFlag(h *header) bool {
+	return s.hdr.flags&flagUnsynced != 0 && h.flags&flagUnsynced != 0
+}
+
 // writeHeaderUnsynced writes h, which keeps flagUnsynced, without
 // syncing: the newest durable header has the flag already, so a power
 // loss invalidates every snapshot whichever slot it leaves on disk, and a
@@ -1124,7 +1134,7 @@ func (s *Store) mergeEpochs(h *header, drop []int) (newCur []uint64, err error) 
 		// dropped current one, so it receives its epoch.
 		return nil, fmt.Errorf("internal error: no snapshot received the current epoch")
 	}
-	if wrote {
+	if wrote && !s.underFlag(h) {
 		if err := s.f.Sync(); err != nil {
 			return nil, s.fail(fmt.Errorf("sync changed blocks: %w", err))
 		}
@@ -1344,7 +1354,17 @@ func (s *Store) delete(name string) error {
 		}
 	}
 	h.entries[i] = entry{}
-	if err := s.writeHeader(&h); err != nil {
+	var err error
+	if s.underFlag(&h) {
+		// Under the flag: a deleted snapshot may be back after a power
+		// loss, invalid as every other; with a sync here, deleting the
+		// last backup's snapshot under load held every copy (so, on a
+		// Secondary, the Primary's writes) for 1.1 s.
+		err = s.writeHeaderUnsynced(&h)
+	} else {
+		err = s.writeHeader(&h)
+	}
+	if err != nil {
 		return fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	s.applyHeader(curChanged, newCur)
