@@ -2,9 +2,7 @@
 
 package snapstore
 
-import (
-	"os"
-)
+import "os"
 
 func allocate(f *os.File, off, n int64) error { return errNoAllocate }
 

@@ -130,6 +130,10 @@ type header struct {
 	entries  [MaxSnapshots]entry
 }
 
+// unsynced reports flag bit 1: lazy copies, or the live device at a lazy
+// snapshot, may not be durable (see Lazy snapshots).
+func (h *header) unsynced() bool { return h.flags&flagUnsynced != 0 }
+
 func (h *header) encode(p []byte) {
 	clear(p[:hdrSlotBytes])
 	le := binary.LittleEndian

@@ -165,7 +165,7 @@ func (s *Store) round() bool {
 	// Every Preserve with a copy in this round holds s.mu shared, so the
 	// header cannot change under it: lazy copies, with flagUnsynced
 	// durable, are done once written; the flusher syncs them.
-	lazy := s.lazy && s.hdr.flags&flagUnsynced != 0
+	lazy := s.lazy && s.hdr.unsynced()
 	if err == nil && lazy {
 		s.lazyCopies.Add(int64(len(d)))
 	}
@@ -202,18 +202,16 @@ func (s *Store) round() bool {
 func (s *Store) markUnsynced() {
 	s.mu.Lock()
 	var infos []Info
-	if !s.closed && s.lazy && s.hdr.flags&flagUnsynced == 0 && s.failure() == nil {
+	if !s.closed && s.lazy && !s.hdr.unsynced() && s.failure() == nil {
 		h := s.hdr
-		h.flags |= flagUnsynced
-		h.bootID = s.bootID
-		infos = s.afterError(s.writeHeader(&h))
+		infos = s.afterError(s.writeHeaderSettingUnsynced(&h))
 	}
 	s.mu.Unlock()
 	s.report(infos)
 }
 
-// flusher syncs lazy copies every interval until Close.
-// It waits for an interval without a new lazy copy first: a sync while
+// flusher syncs lazy copies every interval until Close, once an interval
+// has passed without a new lazy copy: a sync while
 // copies keep coming cannot clear the flag (flushLazy), and its writeback
 // would only compete with the writes that make the copies (a snapshot's
 // first seconds under load, when nearly every write makes one).
@@ -243,16 +241,14 @@ func (s *Store) flusher(every time.Duration) {
 // the lock, so writes go on meanwhile. A failed sync of the live device
 // leaves the flag set (and the store as it is).
 func (s *Store) flushLazy() {
+	n := s.lazyCopies.Load()
 	s.mu.RLock()
-	set := !s.closed && s.hdr.flags&flagUnsynced != 0 && s.failure() == nil
+	set := !s.closed && s.hdr.unsynced() && s.failure() == nil
+	live := s.liveDirty
 	s.mu.RUnlock()
 	if !set {
 		return
 	}
-	n := s.lazyCopies.Load()
-	s.mu.RLock()
-	live := s.liveDirty
-	s.mu.RUnlock()
 	if live {
 		if err := s.syncLiveDevice(); err != nil {
 			s.log.Warn("lazy snapshots stay unsynced: a power loss now would invalidate them", "err", err)
@@ -266,7 +262,7 @@ func (s *Store) flushLazy() {
 		// After a failed sync nothing unsynced can be trusted:
 		// invalidate every snapshot (durably, if the disk still can).
 		infos = s.afterError(s.fail(fmt.Errorf("sync lazy copies: %w", err)))
-	} else if !s.closed && s.hdr.flags&flagUnsynced != 0 && s.failure() == nil && s.lazyCopies.Load() == n {
+	} else if !s.closed && s.hdr.unsynced() && s.failure() == nil && s.lazyCopies.Load() == n {
 		h := s.hdr
 		h.flags &^= flagUnsynced
 		infos = s.afterError(s.writeHeaderSynced(&h))
@@ -371,7 +367,7 @@ func (s *Store) Preserve(ctx context.Context, off, n int64, readLive ReadFunc) e
 			s.mu.RUnlock()
 			return nil
 		}
-		if s.lazy && s.hdr.flags&flagUnsynced == 0 && s.failure() == nil {
+		if s.lazy && !s.hdr.unsynced() && s.failure() == nil {
 			// Copies are about to skip their syncs: the header must
 			// say so first (durably), with this boot's ID.
 			s.mu.RUnlock()

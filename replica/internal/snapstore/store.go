@@ -440,7 +440,7 @@ func newStore(f file, path string, h header, slot int, opt Options, log *slog.Lo
 	s.bufPool.New = func() any { b := make([]byte, chunk); return &b }
 	s.newest = s.newestValid(&s.hdr)
 	s.syncLive = opt.SyncLive
-	s.liveDirty = h.flags&flagUnsynced != 0 // a snapshot may have been taken unsynced
+	s.liveDirty = h.unsynced() // a snapshot may have been taken unsynced
 	if opt.bootID != nil {
 		s.bootID = opt.bootID()
 	} else {
@@ -590,7 +590,7 @@ func (s *Store) load(capacity int64) error {
 	// copies may also be tagged with a snapshot whose header (written
 	// without a sync under the flag) did not reach the disk: no damage,
 	// every snapshot is invalidated for the power loss anyway.
-	lost := !clean && h.flags&flagUnsynced != 0 && (s.bootID == [16]byte{} || h.bootID != s.bootID)
+	lost := !clean && h.unsynced() && (s.bootID == [16]byte{} || h.bootID != s.bootID)
 	damaged := len(wrong) > 0 && !lost || clean && len(torn) > 0
 	if lost && !damaged {
 		s.log.Error("the system went down while copies of lazy snapshots were not synced: they are invalidated")
@@ -600,7 +600,7 @@ func (s *Store) load(capacity int64) error {
 				h.entries[i] = invalidEntry(h.entries[i], reasonPowerLoss, 0, time.Now())
 			}
 		}
-	} else if !clean && h.flags&flagUnsynced != 0 {
+	} else if !clean && h.unsynced() {
 		s.log.Info("repd stopped while lazy copies were not synced; this boot's page cache holds them: syncing")
 	}
 	if damaged {
@@ -723,7 +723,7 @@ func (s *Store) resize(h *header, capacity int64) error {
 // does not hold the newest durable header, and syncs. On success it is
 // the store's header.
 func (s *Store) writeHeader(h *header) error {
-	if h.flags&flagUnsynced == 0 && s.hdr.flags&flagUnsynced != 0 {
+	if !h.unsynced() && s.hdr.unsynced() {
 		// The lazy copies made under the old header, and the live
 		// writes before a snapshot taken with the live device unsynced,
 		// must be durable before a header that no longer says they may
@@ -756,7 +756,7 @@ func (s *Store) syncLiveDevice() error {
 // writeHeaderSynced is writeHeader once everything the old header's
 // flagUnsynced covered is known durable (or h keeps the flag).
 func (s *Store) writeHeaderSynced(h *header) error {
-	if h.flags&flagUnsynced == 0 {
+	if !h.unsynced() {
 		h.bootID = [16]byte{}
 	}
 	return s.putHeader(h, func(p []byte, off int64) error {
@@ -767,6 +767,15 @@ func (s *Store) writeHeaderSynced(h *header) error {
 	})
 }
 
+// writeHeaderSettingUnsynced writes h with flagUnsynced and this boot's ID,
+// durably by itself (O_DSYNC): the old header has no flag, so every copy so
+// far is durable and the rest of the file need not be synced first.
+func (s *Store) writeHeaderSettingUnsynced(h *header) error {
+	h.flags |= flagUnsynced
+	h.bootID = s.bootID
+	return s.putHeader(h, s.f.WriteSync)
+}
+
 // underFlag reports whether the newest durable header has flagUnsynced and
 // h keeps it: whatever of h reaches the disk, a power loss invalidates
 // every snapshot (the flag is set only while every valid snapshot is
@@ -774,7 +783,7 @@ func (s *Store) writeHeaderSynced(h *header) error {
 // page cache. Syncs of changed-block areas and headers can then be
 // skipped (writeHeaderUnsynced).
 func (s *Store) underFlag(h *header) bool {
-	return s.hdr.flags&flagUnsynced != 0 && h.flags&flagUnsynced != 0
+	return s.hdr.unsynced() && h.unsynced()
 }
 
 // writeHeaderUnsynced writes h, which keeps flagUnsynced, without
@@ -788,7 +797,7 @@ func (s *Store) underFlag(h *header) bool {
 // the durable one is never overwritten by one that may not reach the
 // disk whole.
 func (s *Store) writeHeaderUnsynced(h *header) error {
-	if h.flags&flagUnsynced == 0 || s.hdr.flags&flagUnsynced == 0 {
+	if !s.underFlag(h) {
 		return fmt.Errorf("snapstore: writeHeaderUnsynced without flagUnsynced (a bug)")
 	}
 	return s.putHeaderAs(h, func(p []byte, off int64) error { return durable.WriteFull(s.f, p, off) }, false)
@@ -811,7 +820,7 @@ func (s *Store) putHeaderAs(h *header, write func(p []byte, off int64) error, sy
 	s.hdr = *h
 	if synced {
 		s.durSlot = slot
-		if h.flags&flagUnsynced == 0 {
+		if !h.unsynced() {
 			s.liveDirty = false
 		}
 	}
@@ -1258,7 +1267,7 @@ func (s *Store) create(name string, now time.Time, lazy, liveSynced bool) error 
 	// them so (the flag stays): its area and header are written without a
 	// sync (writeHeaderUnsynced says why). One taken with the live device
 	// unsynced sets the flag with its entry.
-	keep := lazy && s.lazy && s.hdr.flags&flagUnsynced != 0
+	keep := lazy && s.lazy && s.hdr.unsynced()
 	unsynced := keep || !liveSynced
 	if s.newest >= 0 {
 		// Seal the epoch that ends here: its area must be durable before
@@ -1294,12 +1303,9 @@ func (s *Store) create(name string, now time.Time, lazy, liveSynced bool) error 
 	case keep:
 		err = s.writeHeaderUnsynced(&h)
 	case unsynced:
-		// The first unsynced thing under this header: the flag and the
-		// boot ID become durable with the entry, by themselves (every
-		// copy so far is durable: the old header has no flag).
-		h.flags |= flagUnsynced
-		h.bootID = s.bootID
-		err = s.putHeader(&h, s.f.WriteSync)
+		// The first unsynced thing under this header: the flag becomes
+		// durable with the entry.
+		err = s.writeHeaderSettingUnsynced(&h)
 	default:
 		// Every copy so far becomes durable with this header
 		// (writeHeader syncs first); a lazy snapshot's own copies set
@@ -1493,7 +1499,7 @@ func (s *Store) Stats() Stats {
 	st.Copies, st.CommitRounds = s.c.copies, s.c.rounds
 	s.c.mu.Unlock()
 	st.LazyCopies = s.lazyCopies.Load()
-	st.Unsynced = s.hdr.flags&flagUnsynced != 0
+	st.Unsynced = s.hdr.unsynced()
 	return st
 }
 
