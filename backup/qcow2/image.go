@@ -78,10 +78,13 @@ func open(f *os.File, path string) (*Image, error) {
 	im := &Image{f: f, path: path, h: h, cs: int64(1) << h.clusterBits, fileSize: st.Size()}
 	im.l2Entries = im.cs / 8
 
-	// Cluster 0: extensions and the backing file name.
-	c0 := make([]byte, min(im.cs, im.fileSize))
-	if _, err := f.ReadAt(c0, 0); err != nil {
-		return nil, fmt.Errorf("read header cluster: %w", err)
+	// Cluster 0: extensions and the backing file name. They nearly always
+	// fit in its first headerPeek bytes; the rest is read only if not
+	// (a chain of 30 points opened 64 KiB each: 10 ms of an incremental
+	// backup's 80 on the bench's VM).
+	c0, err := readHeaderCluster(f, im.cs, im.fileSize, h)
+	if err != nil {
+		return nil, err
 	}
 	extArea := c0[h.headerLength:]
 	if h.backingOffset != 0 && h.backingOffset < uint64(len(c0)) && h.backingOffset >= uint64(h.headerLength) {
@@ -136,6 +139,30 @@ func open(f *os.File, path string) (*Image, error) {
 		im.l1[i] = e
 	}
 	return im, nil
+}
+
+// headerPeek is how much of cluster 0 open reads first.
+const headerPeek = 4096
+
+// readHeaderCluster reads what open needs of cluster 0: the first
+// headerPeek bytes when the extensions' end marker and the backing file
+// name lie within them, else the whole cluster.
+func readHeaderCluster(f *os.File, cs, fileSize int64, h *header) ([]byte, error) {
+	n := min(cs, fileSize)
+	if n > headerPeek && h.version >= 3 && h.headerLength < headerPeek && (h.backingOffset == 0 || h.backingOffset+uint64(h.backingSize) <= headerPeek) {
+		b := make([]byte, headerPeek)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			return nil, fmt.Errorf("read header cluster: %w", err)
+		}
+		if _, _, err := parseExtensions(b[h.headerLength:], int64(h.headerLength)); err == nil {
+			return b, nil
+		}
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("read header cluster: %w", err)
+	}
+	return b, nil
 }
 
 // Close closes the file.

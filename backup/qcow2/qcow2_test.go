@@ -511,3 +511,103 @@ func TestCloseDuringSync(t *testing.T) {
 		t.Fatalf("CloseDuringSync returned %v, want the function's error", err)
 	}
 }
+
+// TestHeaderBeyondPeek: open reads the first headerPeek bytes of cluster
+// 0 and the rest only when the extensions or the backing file name lie
+// beyond them. Images whose extensions, or backing name, start past
+// headerPeek read the same through our reader as through qemu-img.
+func TestHeaderBeyondPeek(t *testing.T) {
+	const size = 1 << 20
+	const cs = 64 << 10
+	for _, tc := range []struct {
+		name    string
+		padding int // bytes of an unknown extension before the others
+		nameAt  int // the backing file name's offset (0: right after the extensions; -1: none)
+	}{
+		{"small", 0, 0},
+		{"no backing, long extension", 6000, -1},
+		{"long extension", 6000, 0},
+		{"name far", 0, 5000},
+		{"both far", 9000, 20000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			base := bytes.Repeat([]byte{0x5a}, size)
+			writeRaw(t, filepath.Join(dir, "base.raw"), base)
+			p := filepath.Join(dir, "top.qcow2")
+			w, err := Create(p, CreateOptions{Size: size, ClusterSize: cs, BackingFile: "base.raw", BackingFormat: "raw"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := bytes.Repeat([]byte{0xc3}, cs)
+			if err := w.WriteCluster(2, c); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			want := append([]byte(nil), base...)
+			copy(want[2*cs:], c)
+
+			// Rewrite cluster 0's tail: [unknown extension], backing
+			// format, end, then the backing file name.
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			c0 := make([]byte, cs)
+			if _, err := f.ReadAt(c0, 0); err != nil {
+				t.Fatal(err)
+			}
+			be := binary.BigEndian
+			hl := int(be.Uint32(c0[100:]))
+			clear(c0[hl:])
+			ext := func(at int, typ uint32, data []byte) int {
+				be.PutUint32(c0[at:], typ)
+				be.PutUint32(c0[at+4:], uint32(len(data)))
+				copy(c0[at+8:], data)
+				return at + 8 + (len(data)+7)&^7
+			}
+			at := hl
+			if tc.padding > 0 {
+				at = ext(at, 0x7e57da7a, bytes.Repeat([]byte{1}, tc.padding))
+			}
+			name, format := []byte("base.raw"), "raw"
+			if tc.nameAt < 0 {
+				name, format = nil, ""
+				clear(want)
+				copy(want[2*cs:], c)
+			} else {
+				at = ext(at, extBackingFormat, []byte(format))
+			}
+			at = ext(at, extEnd, nil)
+			if tc.nameAt > 0 {
+				at = tc.nameAt
+			}
+			copy(c0[at:], name)
+			if name == nil {
+				at = 0
+			}
+			be.PutUint64(c0[8:], uint64(at))
+			be.PutUint32(c0[16:], uint32(len(name)))
+			if _, err := f.WriteAt(c0, 0); err != nil {
+				t.Fatal(err)
+			}
+			if got := qemuBytes(t, p); !same(got, want) {
+				t.Fatal("qemu-img reads something else: the crafted header is wrong")
+			}
+			if got := chainBytes(t, p); !same(got, want) {
+				t.Fatalf("our reader: the image differs (backing name at %d, extensions to %d)", at, at)
+			}
+			im, err := Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer im.Close()
+			if n, f := im.Backing(); n != string(name) || f != format {
+				t.Fatalf("backing %q format %q", n, f)
+			}
+		})
+	}
+}
