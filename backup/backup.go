@@ -58,13 +58,14 @@ func (r *Repo) Incremental(req Request) (base string, ok bool) {
 }
 
 // MetaContexts are the metadata contexts to negotiate (client.Options) for
-// a backup with req.
+// a backup with req: the previous point's dirty bitmap for an incremental,
+// base:allocation for a full. Only what the scan asks for: a server
+// answers every BLOCK_STATUS for each negotiated context.
 func (r *Repo) MetaContexts(req Request) []string {
-	ctxs := []string{client.ContextAllocation}
 	if base, ok := r.Incremental(req); ok {
-		ctxs = append(ctxs, client.DirtyBitmapContext(base))
+		return []string{client.DirtyBitmapContext(base)}
 	}
-	return ctxs
+	return []string{client.ContextAllocation}
 }
 
 // span is a byte range [off, end) to read from the source.
@@ -129,6 +130,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 		return nil
 	}
 	var err error
+	tScan := time.Now()
 	switch {
 	case inc:
 		err = src.Extents(ctx, client.DirtyBitmapContext(base), 0, size, func(e client.Extent) error {
@@ -152,6 +154,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, req Request) (Point, erro
 		return Point{}, fmt.Errorf("backup: scan %q: %w", src.Export(), err)
 	}
 	r.progress(Progress{Phase: "scan", Done: size, Total: size})
+	r.log.Debug("backup: scanned", "export", src.Export(), "extents", len(spans), "seconds", time.Since(tScan).Seconds())
 
 	kind := KindFull
 	if inc {
