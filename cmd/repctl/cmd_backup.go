@@ -30,10 +30,11 @@ import (
 type Snapshots interface {
 	Create(ctx context.Context, name string) error
 	Delete(ctx context.Context, name string) error
-	List(ctx context.Context) ([]string, error)
-	// Invalid returns the names of the node's invalid snapshots (a lazy
-	// one after a power loss, one a full store invalidated).
-	Invalid(ctx context.Context) ([]string, error)
+	// Names returns the names of the node's valid snapshots and of its
+	// invalid ones (a lazy one after a power loss, one a full store
+	// invalidated): an invalid one cannot be read nor serve as the base
+	// of an incremental backup, but holds a table entry until deleted.
+	Names(ctx context.Context) (valid, invalid []string, err error)
 }
 
 // adminSnapshots is Snapshots over the node's admin API: the snapshots of
@@ -67,32 +68,23 @@ func (s adminSnapshots) Report(ctx context.Context, r api.BackupReport) error {
 	return s.cl.Backup(ctx, r)
 }
 
-// List returns the names of the node's valid snapshots: an invalid one
-// cannot be read nor serve as the base of an incremental backup.
-func (s adminSnapshots) List(ctx context.Context) ([]string, error) {
-	return s.names(ctx, true)
-}
-
-// Invalid returns the names of the node's invalid snapshots.
-func (s adminSnapshots) Invalid(ctx context.Context) ([]string, error) {
-	return s.names(ctx, false)
-}
-
-func (s adminSnapshots) names(ctx context.Context, valid bool) ([]string, error) {
+// Names returns the names of the node's valid and invalid snapshots.
+func (s adminSnapshots) Names(ctx context.Context) (valid, invalid []string, err error) {
 	l, err := s.cl.Snapshots(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !l.Enabled {
-		return nil, fmt.Errorf("snapshots are off on %s: set resource.snapshot-store-size in the resource file", l.Node)
+		return nil, nil, fmt.Errorf("snapshots are off on %s: set resource.snapshot-store-size in the resource file", l.Node)
 	}
-	names := make([]string, 0, len(l.Snapshots))
 	for _, sn := range l.Snapshots {
-		if sn.Valid == valid {
-			names = append(names, sn.Name)
+		if sn.Valid {
+			valid = append(valid, sn.Name)
+		} else {
+			invalid = append(invalid, sn.Name)
 		}
 	}
-	return names, nil
+	return valid, invalid, nil
 }
 
 func cmdBackup() *cli.Command {
@@ -287,7 +279,8 @@ func nbdTarget(addr string) (nbdclient.Target, error) {
 // it deletes the snapshot it created. Without snaps the export named by
 // uriOf is backed up as it is. uriOf gives the URI of a snapshot's export.
 // The outcome, success or failure, goes to o.report and o.metricsFile
-// before retention runs: retention trouble does not undo a backup.
+// (while the previous snapshot is deleted) before retention runs:
+// retention trouble does not undo a backup.
 func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(snap string) string) (backup.Point, error) {
 	if o.now == nil {
 		o.now = time.Now
@@ -296,9 +289,15 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	start := o.now()
+	// One listing serves the default name, the check that the base
+	// snapshot is there and the deletion of the previous one.
+	var have snapshotNames
+	if snaps != nil {
+		have.valid, have.invalid, have.err = snaps.Names(ctx)
+	}
 	name := o.snapshot
 	if name == "" {
-		name = defaultSnapshotName(ctx, start, snaps)
+		name = defaultSnapshotName(start, have)
 	}
 	prog := &progressLine{w: o.out, tty: o.tty}
 	defer prog.end()
@@ -306,8 +305,12 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	if err == nil {
 		defer repo.Close()
 		var p backup.Point
-		p, err = backupOnce(ctx, o, repo, prog, name, snaps, uriOf)
+		var cleanup func()
+		p, cleanup, err = backupOnce(ctx, o, repo, prog, name, snaps, have, uriOf)
 		o.tell(ctx, p, name, start, err)
+		if cleanup != nil {
+			cleanup()
+		}
 		if err != nil {
 			return backup.Point{}, err
 		}
@@ -317,41 +320,42 @@ func runBackup(ctx context.Context, o backupOpts, snaps Snapshots, uriOf func(sn
 	return backup.Point{}, err
 }
 
+// snapshotNames is what Snapshots.Names returned.
+type snapshotNames struct {
+	valid, invalid []string
+	err            error
+}
+
 // defaultSnapshotName is backup-TIME (UTC, to the second), with a suffix
 // .2, .3, ... when the node already has a snapshot of that name (a second
-// backup within the same second). If the list cannot be had, the plain
+// backup within the same second). If the list could not be had, the plain
 // name: creating the snapshot then says what is wrong.
-func defaultSnapshotName(ctx context.Context, start time.Time, snaps Snapshots) string {
+func defaultSnapshotName(start time.Time, have snapshotNames) string {
 	name := "backup-" + start.UTC().Format("20060102T150405Z")
-	if snaps == nil {
-		return name
-	}
-	have, err := snaps.List(ctx)
-	if err != nil {
-		return name
-	}
 	for i, n := 2, name; ; i++ {
-		if !slices.Contains(have, n) {
+		if !slices.Contains(have.valid, n) && !slices.Contains(have.invalid, n) {
 			return n
 		}
 		n = fmt.Sprintf("%s.%d", name, i)
 	}
 }
 
-// backupOnce takes the backup into repo (runBackup).
-func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *progressLine, name string, snaps Snapshots, uriOf func(snap string) string) (backup.Point, error) {
+// backupOnce takes the backup into repo (runBackup). have is the node's
+// snapshots before it. After a success, cleanup (when not nil) waits for
+// the deletion of the previous point's snapshot, started meanwhile, and
+// warns if it failed.
+func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *progressLine, name string, snaps Snapshots, have snapshotNames, uriOf func(snap string) string) (backup.Point, func(), error) {
 	req := backup.Request{Snapshot: name, Full: o.full, Rate: o.rate}
 	base, inc := repo.Incremental(req)
 	last, hadLast := repo.Last()
 	if snaps != nil {
 		if inc {
-			have, err := snaps.List(ctx)
-			if err != nil {
-				return backup.Point{}, fmt.Errorf("list snapshots: %w", err)
+			if have.err != nil {
+				return backup.Point{}, nil, fmt.Errorf("list snapshots: %w", have.err)
 			}
-			if !slices.Contains(have, base) {
+			if !slices.Contains(have.valid, base) {
 				if !o.fullIfNeeded {
-					return backup.Point{}, fmt.Errorf("the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why), so what changed since cannot be known: take a full backup (--full, or --full-if-needed in scheduled runs)", base)
+					return backup.Point{}, nil, fmt.Errorf("the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why), so what changed since cannot be known: take a full backup (--full, or --full-if-needed in scheduled runs)", base)
 				}
 				fmt.Fprintf(o.out, "the last backup's snapshot %q is no longer on the node, or no longer valid (repctl snapshot list says why): taking a full backup\n", base)
 				req.Full = true
@@ -359,20 +363,20 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 		}
 		t0 := time.Now()
 		if err := snaps.Create(ctx, name); err != nil {
-			return backup.Point{}, fmt.Errorf("create snapshot %q: %w", name, err)
+			return backup.Point{}, nil, fmt.Errorf("create snapshot %q: %w", name, err)
 		}
 		o.log.Debug("snapshot created", "snapshot", name, "seconds", time.Since(t0).Seconds())
 	}
-	fail := func(err error) (backup.Point, error) {
+	fail := func(err error) (backup.Point, func(), error) {
 		prog.end()
 		if snaps != nil {
 			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if derr := snaps.Delete(dctx, name); derr != nil {
-				return backup.Point{}, fmt.Errorf("%w (and the snapshot %q could not be deleted: %v)", err, name, derr)
+				return backup.Point{}, nil, fmt.Errorf("%w (and the snapshot %q could not be deleted: %v)", err, name, derr)
 			}
 		}
-		return backup.Point{}, err
+		return backup.Point{}, nil, err
 	}
 	uri := uriOf(name)
 	c, err := nbdclient.DialURI(ctx, uri, nbdclient.Options{MetaContexts: repo.MetaContexts(req), TLS: o.tls, Logger: o.log})
@@ -388,25 +392,25 @@ func backupOnce(ctx context.Context, o backupOpts, repo *backup.Repo, prog *prog
 	o.log.Debug("point written", "file", p.File, "seconds", time.Since(t0).Seconds())
 	prog.end()
 	fmt.Fprintf(o.out, "%s backup of %s: read %s, stored %s in %s\n", p.Kind, p.Source, size(p.BytesRead), size(p.FileBytes), p.File)
-	if snaps != nil && hadLast && last.Snapshot != name {
-		// The new snapshot is the base of the next incremental; the previous
-		// one (still there unless a --full replaced a lost one) is not needed.
-		have, err := snaps.List(ctx)
-		if err == nil && !slices.Contains(have, last.Snapshot) {
-			// An invalid one holds a table entry (64 at most) until
-			// deleted.
-			have, err = snaps.Invalid(ctx)
-		}
-		if err == nil && slices.Contains(have, last.Snapshot) {
-			t0 := time.Now()
-			err = snaps.Delete(ctx, last.Snapshot)
-			o.log.Debug("previous snapshot deleted", "snapshot", last.Snapshot, "seconds", time.Since(t0).Seconds())
-		}
-		if err != nil {
+	// The new snapshot is the base of the next incremental; the previous
+	// one (still there unless a --full replaced a lost one; an invalid one
+	// holds a table entry, 64 at most, until deleted) is not needed.
+	if snaps == nil || !hadLast || last.Snapshot == name ||
+		!(slices.Contains(have.valid, last.Snapshot) || slices.Contains(have.invalid, last.Snapshot)) {
+		return p, nil, nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		t0 := time.Now()
+		err := snaps.Delete(ctx, last.Snapshot)
+		o.log.Debug("previous snapshot deleted", "snapshot", last.Snapshot, "seconds", time.Since(t0).Seconds(), "err", err)
+		done <- err
+	}()
+	return p, func() {
+		if err := <-done; err != nil {
 			fmt.Fprintf(o.out, "warning: the previous backup's snapshot %q was not deleted: %v\n", last.Snapshot, err)
 		}
-	}
-	return p, nil
+	}, nil
 }
 
 // retain applies --keep to repo after a backup.

@@ -132,6 +132,12 @@ func (q *qemuSnapshots) Invalid(context.Context) ([]string, error) {
 	return slices.DeleteFunc(slices.Clone(q.order), func(n string) bool { return !q.invalid[n] }), nil
 }
 
+func (q *qemuSnapshots) Names(ctx context.Context) (valid, invalid []string, err error) {
+	valid, _ = q.List(ctx)
+	invalid, _ = q.Invalid(ctx)
+	return valid, invalid, nil
+}
+
 func TestBackupCommand(t *testing.T) {
 	q := newQemuSnapshots(t)
 	q.write("write -P 0x11 0 1M", "write -P 0x22 5M 512k")
@@ -399,5 +405,24 @@ func TestNBDTarget(t *testing.T) {
 	}
 	if _, err := nbdTarget("nowhere"); err == nil || exitCode(err) != exitUsage {
 		t.Fatalf("bad address: %v", err)
+	}
+}
+
+func TestDefaultSnapshotName(t *testing.T) {
+	at := time.Date(2026, 12, 6, 2, 30, 5, 0, time.FixedZone("x", 3600))
+	for _, tc := range []struct {
+		have snapshotNames
+		want string
+	}{
+		{snapshotNames{}, "backup-20261206T013005Z"},
+		{snapshotNames{valid: []string{"backup-20261206T013005Z"}}, "backup-20261206T013005Z.2"},
+		// An invalid snapshot holds its name until deleted.
+		{snapshotNames{valid: []string{"backup-20261206T013005Z"}, invalid: []string{"backup-20261206T013005Z.2"}}, "backup-20261206T013005Z.3"},
+		// Without a list, the plain name (creating it says what is wrong).
+		{snapshotNames{err: fmt.Errorf("unreachable")}, "backup-20261206T013005Z"},
+	} {
+		if got := defaultSnapshotName(at, tc.have); got != tc.want {
+			t.Errorf("defaultSnapshotName(%+v) = %q, want %q", tc.have, got, tc.want)
+		}
 	}
 }

@@ -240,15 +240,15 @@ admin = "`+dir+`/nobody.sock"
 	alpha.mu.Lock()
 	alpha.snaps = append(alpha.snaps, api.SnapshotInfo{Name: "broken", Valid: false, Reason: "the snapshot store was full"})
 	alpha.mu.Unlock()
-	names, err := s.List(context.Background())
-	if err != nil || strings.Join(names, ",") != "hourly,b1" {
-		t.Fatalf("backup's list: %v, %v", names, err)
+	valid, invalid, err := s.Names(context.Background())
+	if err != nil || strings.Join(valid, ",") != "hourly,b1" || strings.Join(invalid, ",") != "broken" {
+		t.Fatalf("backup's list: %v %v, %v", valid, invalid, err)
 	}
 	if err := s.Delete(context.Background(), "b1"); err != nil {
 		t.Fatal(err)
 	}
 	alpha.off = true
-	if _, err := s.List(context.Background()); err == nil || !strings.Contains(err.Error(), "snapshot-store-size") {
+	if _, _, err := s.Names(context.Background()); err == nil || !strings.Contains(err.Error(), "snapshot-store-size") {
 		t.Fatalf("list with snapshots off: %v", err)
 	}
 	out, _ = captureStdout(t, func() int { return run([]string{"repctl", "--admin", asock, "snapshot", "list"}) })
