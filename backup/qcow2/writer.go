@@ -27,14 +27,20 @@ type CreateOptions struct {
 // re-read. A variable so that tests can make eviction happen sooner.
 var l2CacheTables = 16
 
-// writeBehindBytes is how much new cluster data a Writer leaves to the
-// page cache before it starts writing it back; it then waits for the
-// window before to be written. Without it a backup leaves the whole image
-// dirty for Close's fsync, one burst of writeback (a second and more for
-// 1 GiB on the bench's disk) behind which every other fdatasync on the
-// disk waits: a Secondary's snapshot copies, so the Primary's protocol-C
-// writes. A variable so that tests can make it happen sooner.
-var writeBehindBytes int64 = 8 << 20
+// writeBehindBytes bounds the appended data a Writer has under writeback
+// without having waited for it; writeBehindStep is how much new data starts
+// writeback at once. Without them a backup leaves the whole image dirty for
+// Close's fsync, one burst of writeback (a second and more for 1 GiB on the
+// bench's disk) behind which every other fdatasync on the disk waits: a
+// Secondary's snapshot copies, so the Primary's protocol-C writes. Small
+// steps keep the disk busy from the first window: an incremental of 10 MiB
+// left its last 2.6 MiB and the 8 MiB started at once to Close (the close
+// and checksum took 19 ms on average on the bench's VM, 17 ms with 2 MiB
+// steps). Variables so that tests can make it happen sooner.
+var (
+	writeBehindBytes int64 = 8 << 20
+	writeBehindStep  int64 = 2 << 20
+)
 
 // startWriteback is writeback; tests watch the calls.
 var startWriteback = writeback
@@ -165,16 +171,18 @@ func (w *Writer) WriteCluster(idx int64, data []byte) error {
 	return nil
 }
 
-// writeBehind starts writeback of the data appended since the last
-// window once there is writeBehindBytes of it, and waits for the window
-// before that: at most two windows of the image are dirty or in flight.
+// writeBehind starts writeback of the data appended since the last step
+// once there is writeBehindStep of it, first waiting for all it started
+// before if that is writeBehindBytes or more: at most about
+// writeBehindBytes+writeBehindStep of the appended data are dirty or in
+// flight.
 // Errors are not the image's: the writes succeeded, and Close's fsync
 // reports whatever the disk did with them.
 func (w *Writer) writeBehind() {
-	if w.next-w.wbStarted < writeBehindBytes {
+	if w.next-w.wbStarted < writeBehindStep {
 		return
 	}
-	if w.wbStarted > w.wbWaited {
+	if w.wbStarted-w.wbWaited >= writeBehindBytes {
 		_ = startWriteback(w.f, w.wbWaited, w.wbStarted-w.wbWaited, true)
 		w.wbWaited = w.wbStarted
 	}
