@@ -386,3 +386,82 @@ func TestAsyncRepliesToAClientThatDoesNotRead(t *testing.T) {
 		t.Fatalf("%d writes started, want %d", got, writes)
 	}
 }
+
+// syncDevice is an AsyncWriter that completes every write inside
+// StartWrite, after writing it, and calls the flush the report returns
+// there, as a replicated device under protocol A does.
+type syncDevice struct {
+	*memDevice
+	starts atomic.Int64
+}
+
+func (d *syncDevice) Quick(write bool, n int64) bool { return false }
+
+func (d *syncDevice) StartWrite(ctx context.Context, p []byte, off int64, fua, last bool, done func(error) func()) bool {
+	if fua {
+		return false
+	}
+	d.starts.Add(1)
+	err := d.memDevice.WriteAt(ctx, p, off, false)
+	if f := done(err); f != nil {
+		f()
+	}
+	return true
+}
+
+func (d *syncDevice) Kick() {}
+
+// Writes completed inside StartWrite leave their replies to the reader,
+// which sends a run's replies in one system call when it has no further
+// request buffered (or the run reaches kickEvery): a batch of 32 pipelined
+// writes is answered in a few writes to the socket, not 32. Every write is
+// answered, and reads back.
+func TestAsyncSyncCompletionsBatchReplies(t *testing.T) {
+	const size = 8 << 20
+	dev := &syncDevice{memDevice: newMem(size)}
+	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}})
+	c := dial(t, addr, "")
+	model := make([]byte, size)
+	const batches, perBatch = 20, 32
+	var sends int64
+	for b := range batches {
+		var reqs []nbdtest.Request
+		for i := range perBatch {
+			off := ((b*perBatch + i) * 4096 * 7) % (size - 4096)
+			off -= off % 4096
+			p := pattern(4096, byte(b*perBatch+i))
+			reqs = append(reqs, nbdtest.Request{Type: nbd.CmdWrite, Offset: uint64(off), Length: 4096, Payload: p})
+		}
+		before := nbd.ReplySends()
+		calls, err := c.StartBatch(reqs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, call := range calls {
+			if r, err := call.Wait(); err != nil || r.Error != 0 {
+				t.Fatalf("batch %d write %d: %v, error %d", b, i, err, r.Error)
+			}
+		}
+		sends += nbd.ReplySends() - before
+		for _, r := range reqs {
+			copy(model[r.Offset:], r.Payload)
+		}
+	}
+	if got := dev.starts.Load(); got != batches*perBatch {
+		t.Fatalf("%d writes went through StartWrite, want %d", got, batches*perBatch)
+	}
+	back := make([]byte, size)
+	if err := c.Read(back, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(back, model) {
+		t.Fatal("the device does not read back as written")
+	}
+	// At least two runs per batch (kickEvery is 16), more where the batch
+	// arrived in pieces; one reply per write would be 32.
+	if per := float64(sends) / batches; per > 8 {
+		t.Fatalf("%.1f sends per batch of %d replies: want a few", per, perBatch)
+	} else {
+		t.Logf("%.1f sends per batch of %d replies", per, perBatch)
+	}
+}

@@ -76,10 +76,17 @@ type conn struct {
 
 	// async starts writes the reader does not wait for (nil: none);
 	// unkicked counts those started since its last Kick (the reader's);
-	// asyncWG the ones not yet completed.
+	// asyncWG the ones not yet completed. While the reader is in
+	// StartWrite, starting holds that write's number (startSeq, the
+	// reader's count), and 0 once its completion left the replies' flush
+	// to the reader (see startWrite); owed: the reader must flush them
+	// before it waits for anything (kick).
 	async    AsyncWriter
 	unkicked int
 	asyncWG  sync.WaitGroup
+	startSeq uint64
+	starting atomic.Uint64
+	owed     bool
 
 	// bw writes the negotiation (flushed before transmission); rw writes
 	// the replies after it.
@@ -252,6 +259,7 @@ func (s sockReader) Read(p []byte) (int, error) {
 // (send(2) with MSG_DONTWAIT, whatever the socket's mode): the bytes taken,
 // and an error only if the connection failed.
 func (c *conn) sendNow(p []byte) (int, error) {
+	replySends.Add(1)
 	for {
 		var n int
 		var errno syscall.Errno

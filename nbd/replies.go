@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -301,8 +302,13 @@ func (w *replies) give(held bool, cost int64) {
 	}
 }
 
+// replySends counts the calls that hand replies to a socket (tests watch
+// how replies are batched).
+var replySends atomic.Int64
+
 // send writes a, then b (if any), to the socket. Only the writer calls it.
 func (w *replies) send(a, b []byte) error {
+	replySends.Add(1)
 	if w.timeout == 0 {
 		if len(b) == 0 {
 			_, err := w.nc.Write(a)

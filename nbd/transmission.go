@@ -89,7 +89,7 @@ func (c *conn) readLoop() (err error) {
 	}()
 	defer c.kick()
 	for {
-		if c.unkicked > 0 && (c.unkicked >= kickEvery || !c.requestBuffered()) {
+		if (c.unkicked > 0 || c.owed) && (c.unkicked >= kickEvery || !c.requestBuffered()) {
 			// Whatever comes next may wait (for the client, for room):
 			// the writes started must go on without us.
 			c.kick()
@@ -98,7 +98,7 @@ func (c *conn) readLoop() (err error) {
 			c.drainBuffered()
 			return nil
 		}
-		if c.unkicked > 0 && c.gate.backlog.Load() >= c.gate.maxBacklog {
+		if (c.unkicked > 0 || c.owed) && c.gate.backlog.Load() >= c.gate.maxBacklog {
 			c.kick()
 		}
 		if !c.gate.roomToReply() {
@@ -252,21 +252,51 @@ func (c *conn) asyncOK(r *request) bool {
 
 // startWrite starts r on the AsyncWriter; false if the Device declined.
 // The request's reply is queued by whoever completes it.
+//
+// A write that completes before its StartWrite returns (protocol A: at
+// once, after the local write) does not flush the replies: the reader does
+// when it kicks, after the last write of the run it has buffered, so a
+// run's replies leave in one system call instead of one each (4k random
+// writes at QD32 under protocol A: a write(2) per request on the Primary
+// before). Other completions meanwhile (acks under protocol C) flush as
+// they would: holding them for the run would delay their replies.
 func (c *conn) startWrite(r *request) bool {
 	// The last of a run (no further request buffered, or the run is at
 	// its bound) kicks itself: the Device ships it as early as it can.
 	last := c.unkicked+1 >= kickEvery || !c.requestBuffered()
 	c.asyncWG.Add(1)
-	if !c.async.StartWrite(c.ctx, *r.buf, r.off, r.flags&CmdFlagFUA != 0, last, func(err error) func() { return c.writeDone(r, err) }) {
+	c.startSeq++
+	seq := c.startSeq
+	c.starting.Store(seq)
+	ok := c.async.StartWrite(c.ctx, *r.buf, r.off, r.flags&CmdFlagFUA != 0, last, func(err error) func() {
+		flush := c.writeDone(r, err)
+		if flush != nil && c.starting.CompareAndSwap(seq, 0) {
+			return nil // the reader's (c.owed)
+		}
+		return flush
+	})
+	if c.starting.Swap(0) == 0 {
+		c.owed = true
+	}
+	if !ok {
 		c.asyncWG.Done()
 		return false
 	}
 	if last {
 		c.unkicked = 0
+		c.flushOwed()
 	} else {
 		c.unkicked++
 	}
 	return true
+}
+
+// flushOwed flushes the replies a completion left to the reader.
+func (c *conn) flushOwed() {
+	if c.owed {
+		c.owed = false
+		c.rw.flush()
+	}
 }
 
 // writeDone completes a write the AsyncWriter started: it queues the reply
@@ -282,12 +312,14 @@ func (c *conn) writeDone(r *request, err error) (flush func()) {
 	return flush
 }
 
-// kick lets the writes started since the last kick go on (AsyncWriter.Kick).
+// kick lets the writes started since the last kick go on (AsyncWriter.Kick)
+// and flushes the replies owed.
 func (c *conn) kick() {
 	if c.unkicked > 0 {
 		c.unkicked = 0
 		c.async.Kick()
 	}
+	c.flushOwed()
 }
 
 // requestBuffered reports whether the next request, with a write's
