@@ -419,7 +419,8 @@ func (d *syncDevice) Kick() {}
 func TestAsyncSyncCompletionsBatchReplies(t *testing.T) {
 	const size = 8 << 20
 	dev := &syncDevice{memDevice: newMem(size)}
-	addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: dev}}})
+	srv := &nbd.Server{Exports: []nbd.Export{{Device: dev}}}
+	addr := serve(t, srv)
 	c := dial(t, addr, "")
 	model := make([]byte, size)
 	const batches, perBatch = 20, 32
@@ -432,7 +433,7 @@ func TestAsyncSyncCompletionsBatchReplies(t *testing.T) {
 			p := pattern(4096, byte(b*perBatch+i))
 			reqs = append(reqs, nbdtest.Request{Type: nbd.CmdWrite, Offset: uint64(off), Length: 4096, Payload: p})
 		}
-		before := nbd.ReplySends()
+		before := srv.ReplySends()
 		calls, err := c.StartBatch(reqs)
 		if err != nil {
 			t.Fatal(err)
@@ -442,7 +443,7 @@ func TestAsyncSyncCompletionsBatchReplies(t *testing.T) {
 				t.Fatalf("batch %d write %d: %v, error %d", b, i, err, r.Error)
 			}
 		}
-		sends += nbd.ReplySends() - before
+		sends += srv.ReplySends() - before
 		for _, r := range reqs {
 			copy(model[r.Offset:], r.Payload)
 		}

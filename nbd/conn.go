@@ -259,7 +259,7 @@ func (s sockReader) Read(p []byte) (int, error) {
 // (send(2) with MSG_DONTWAIT, whatever the socket's mode): the bytes taken,
 // and an error only if the connection failed.
 func (c *conn) sendNow(p []byte) (int, error) {
-	replySends.Add(1)
+	c.rw.sends.Add(1)
 	for {
 		var n int
 		var errno syscall.Errno

@@ -78,6 +78,10 @@ type replies struct {
 	flushFn func()
 
 	deadline time.Time // the socket's write deadline; the writer's
+
+	// sends counts the hand-overs of replies to the socket (the writer's;
+	// tests watch how replies are batched).
+	sends atomic.Int64
 }
 
 func (w *replies) init(nc net.Conn, g *gate, timeout time.Duration, failed func(error)) {
@@ -302,13 +306,9 @@ func (w *replies) give(held bool, cost int64) {
 	}
 }
 
-// replySends counts the calls that hand replies to a socket (tests watch
-// how replies are batched).
-var replySends atomic.Int64
-
 // send writes a, then b (if any), to the socket. Only the writer calls it.
 func (w *replies) send(a, b []byte) error {
-	replySends.Add(1)
+	w.sends.Add(1)
 	if w.timeout == 0 {
 		if len(b) == 0 {
 			_, err := w.nc.Write(a)
