@@ -1,10 +1,10 @@
 package snapstore
 
 import (
-	"encoding/hex"
 	"errors"
 	"os"
-	"strings"
+
+	"github.com/repd/repd/internal/bootid"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,21 +24,10 @@ func allocate(f *os.File, off, n int64) error {
 	}
 }
 
-// systemBootID is this boot of the system (/proc/sys/kernel/random/boot_id):
-// a lazy copy's page-cache write survives a crash of repd but not of the
-// system, and the boot ID tells which one happened. Zero if unknown.
-func systemBootID() [16]byte {
-	var id [16]byte
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return id
-	}
-	n, err := hex.Decode(id[:], []byte(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")))
-	if err != nil || n != len(id) {
-		return [16]byte{}
-	}
-	return id
-}
+// systemBootID is this boot of the system: a lazy copy's page-cache write
+// survives a crash of repd but not of the system, and the boot ID tells
+// which one happened. Zero if unknown.
+func systemBootID() [16]byte { return bootid.ID() }
 
 // writeSync writes p at off with RWF_DSYNC: durable when it returns,
 // without flushing the rest of the file (a lazy snapshot's copies). Where
