@@ -21,7 +21,10 @@
 // SyncDataBeforeEvict) and the bitmap pages covering it are made durable.
 // So after a crash, every block written on this node but perhaps not on a peer
 // is either marked in the on-disk bitmap or lies in an extent of the newest
-// AL record, and MarkHotOutOfSync marks those extents toward every peer.
+// AL record, and MarkHotOutOfSync marks those extents toward every peer. The
+// engine activates the replicated writes a Secondary applies too: after its
+// system went down (the superblock's boot ID says so), the writes it had
+// acknowledged but not synced lie in the hot extents as well.
 //
 // # Meta file layout
 //
@@ -62,7 +65,10 @@
 //	+160 64  peer slot table: 32 × { flags u8 (bit 0: in use), node id u8 }
 //	+224 32  reserved, zero
 //	+256 256 bitmap UUIDs: 32 × u64, one per peer slot
-//	+512 ... reserved, zero
+//	+512 16  boot ID of the system at the daemon's last open (zero: unknown;
+//	         written as zero before it was defined, so readers of format 1
+//	         without it ignore it)
+//	+528 ... reserved, zero
 //	+4088 8  xxhash64 of bytes +0..+4088
 //
 // An AL transaction record (R bytes). Every record holds the complete hot set;

@@ -65,6 +65,7 @@ func TestCreateOpenRoundTrip(t *testing.T) {
 		sb.GI.History = [2]uint64{1, 2}
 		sb.Disk = DiskUpToDate
 		sb.Flags |= FlagPrimary
+		sb.BootID = [16]byte{0: 0x6e, 7: 0x4c, 15: 0xa2}
 		slot, _ = sb.AssignSlot(7)
 	})
 	if err != nil {
@@ -91,7 +92,8 @@ func TestCreateOpenRoundTrip(t *testing.T) {
 	defer m2.Close()
 	sb2 := m2.Superblock()
 	if sb2.GI.Current != 0xabc || sb2.GI.Bitmap[1] != 0xdef || sb2.GI.History != [2]uint64{1, 2} ||
-		sb2.Disk != DiskUpToDate || sb2.Flags != FlagPrimary || sb2.Seq != 2 || sb2.SlotOf(7) != slot {
+		sb2.Disk != DiskUpToDate || sb2.Flags != FlagPrimary || sb2.Seq != 2 || sb2.SlotOf(7) != slot ||
+		sb2.BootID != [16]byte{0: 0x6e, 7: 0x4c, 15: 0xa2} {
 		t.Fatalf("reopened superblock = %+v", sb2)
 	}
 	if got := m2.HotExtents(); !slices.Equal(got, []int64{3}) {

@@ -44,6 +44,7 @@ const (
 	sbOffHistory   = 136
 	sbOffPeers     = 160 // maxPeerSlots × {flags u8, node id u8}
 	sbOffBitmapGI  = 256 // maxPeerSlots × u64
+	sbOffBootID    = 512 // 16 bytes
 	sbOffChecksum  = sbSlotBytes - 8
 
 	peerInUse = 1 << 0 // peer slot table entry flag
@@ -236,6 +237,11 @@ type Superblock struct {
 	Flags uint32
 	Peers []Peer // peer slot table, len MaxPeers
 	Seq   uint64 // write sequence; set by the meta file
+	// BootID is the system's boot ID when the daemon last opened the
+	// resource (zero: unknown, or a meta file from before the field):
+	// found unchanged after a run that did not close cleanly, only the
+	// process crashed, and what it wrote is still in the page cache.
+	BootID [16]byte
 }
 
 func (sb *Superblock) clone() Superblock {
@@ -303,6 +309,7 @@ func (sb *Superblock) encode(p []byte, instance uint64) {
 	for i, u := range sb.GI.Bitmap {
 		le.PutUint64(p[sbOffBitmapGI+8*i:], u)
 	}
+	copy(p[sbOffBootID:sbOffBootID+len(sb.BootID)], sb.BootID[:])
 	le.PutUint64(p[sbOffChecksum:], xxhash.Sum64(p[:sbOffChecksum]))
 }
 
@@ -359,6 +366,7 @@ func decodeSuperblock(p []byte) (sb Superblock, instance uint64, version uint32,
 		sb.Peers[i] = Peer{InUse: p[sbOffPeers+2*i]&peerInUse != 0, NodeID: p[sbOffPeers+2*i+1]}
 		sb.GI.Bitmap[i] = le.Uint64(p[sbOffBitmapGI+8*i:])
 	}
+	copy(sb.BootID[:], p[sbOffBootID:])
 	if sb.Identity.validate() != nil || !sb.Disk.valid() {
 		return Superblock{}, 0, version, slotBad
 	}

@@ -206,6 +206,22 @@ func (a *applier) apply(it *aitem) {
 		if n.allMask()&^n.recvAtomic.Load()&^p.bit != 0 {
 			n.markMissed(p, it.seq, it.off, it.n)
 		}
+		al := false
+		if it.flags&protocol.FlagResync == 0 {
+			// Into the activity log first, as on the Primary: this
+			// node acks the write once it is in the page cache, and
+			// should the system go down before the disk has it, the
+			// log says where to resync (recoverLostWrites). A resync
+			// write needs none: its bit is cleared only once synced.
+			if aerr := n.meta.Activate(ctx, it.off, it.n); aerr != nil {
+				// The meta file cannot take the transaction
+				// (diskfail.go): the disk is not written any more.
+				n.detach("activity log transaction", aerr)
+				a.finish(it, false)
+				return
+			}
+			al = true
+		}
 		if n.snap != nil {
 			// A snapshot taken with no Primary connected waits for
 			// this write, or this write for it (snapshot.go).
@@ -222,6 +238,9 @@ func (a *applier) apply(it *aitem) {
 		}
 		if n.snap != nil {
 			n.snapGate.RUnlock()
+		}
+		if al {
+			n.meta.Complete(it.off, it.n)
 		}
 	}
 	if err != nil {

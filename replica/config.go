@@ -89,6 +89,9 @@ type Config struct {
 	// WrapMeta, if set, decorates the meta file once it is opened: fault
 	// injection for tests. Nil in production.
 	WrapMeta func(bitmap.File) bitmap.File
+	// bootID, if set, replaces bootid.ID: tests simulate a restart of the
+	// system (a power loss) by changing it.
+	bootID func() [16]byte
 	// SnapshotStoreBytes is how much preserved data this node's snapshot
 	// store may hold (snapshot.go); 0: snapshots are off. SnapshotStore is
 	// the store file (default MetaPath + ".snap"); with snapshots off it

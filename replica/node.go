@@ -15,6 +15,7 @@ import (
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
 	"github.com/repd/repd/config"
+	"github.com/repd/repd/internal/bootid"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/authlimit"
 	"github.com/repd/repd/replica/internal/decide"
@@ -136,6 +137,11 @@ func Open(cfg Config, st Store) (*Node, error) {
 	}
 	n.meta = m
 	m.SyncDataBeforeEvict(func() error { return n.st.Flush(context.Background()) })
+	prev := m.Superblock()
+	boot := bootid.ID()
+	if cfg.bootID != nil {
+		boot = cfg.bootID()
+	}
 	err = m.UpdateSuperblock(func(sb *bitmap.Superblock) {
 		for _, p := range n.peers {
 			if _, e := sb.AssignSlot(p.cfg.ID); e != nil && err == nil {
@@ -143,6 +149,7 @@ func Open(cfg Config, st Store) (*Node, error) {
 			}
 		}
 		sb.Flags &^= bitmap.FlagCleanShutdown
+		sb.BootID = boot
 	})
 	if err != nil {
 		m.Close()
@@ -170,6 +177,11 @@ func Open(cfg Config, st Store) (*Node, error) {
 			m.Close()
 			return nil, err
 		}
+	} else if !created && systemRestarted(prev, boot) {
+		if err := n.recoverLostWrites(); err != nil {
+			m.Close()
+			return nil, err
+		}
 	}
 	if err := n.openSnapshots(); err != nil {
 		m.Close()
@@ -188,6 +200,42 @@ var ErrDataGone = errors.New("backing store holds none of the data its meta file
 // but a disk that never finished its first sync).
 func holdsData(sb bitmap.Superblock) bool {
 	return sb.GI.Current != 0 || sb.Disk != diskInconsistent
+}
+
+// systemRestarted reports whether the run that last opened the meta file
+// (superblock prev) ended without a clean close and the system went down
+// with it (a power loss, a kernel crash): the boot ID changed, or either
+// is unknown. A crash of the process alone leaves the page cache, with
+// every write the node made, to the kernel.
+func systemRestarted(prev bitmap.Superblock, boot [16]byte) bool {
+	if prev.Flags&bitmap.FlagCleanShutdown != 0 {
+		return false
+	}
+	var zero [16]byte
+	return boot == zero || prev.BootID == zero || prev.BootID != boot
+}
+
+// recoverLostWrites handles a node that went down with its system while not
+// Primary: it acknowledged replicated writes once they were in its page
+// cache, and those its disk had not taken are gone. Each lies in an extent
+// of the activity log (apply activates them, and an extent leaves the log
+// only after the data is synced), so the hot extents are marked out of sync
+// toward every peer, and an UpToDate disk becomes Outdated: the node is not
+// promoted on data it may have lost until a Primary resyncs those extents
+// (promote --force overrides, as for any Outdated disk).
+func (n *Node) recoverLostWrites() error {
+	marked := n.meta.MarkHotOutOfSync()
+	if marked == 0 {
+		return nil
+	}
+	if n.super.Disk != diskUpToDate {
+		n.log.Warn("the system went down while this node was Secondary: marked the activity log's hot extents out of sync (writes acknowledged but not yet on disk may be lost there)",
+			"bytes", marked, "disk", n.super.Disk)
+		return nil
+	}
+	n.log.Warn("the system went down while this node was Secondary: marked the activity log's hot extents out of sync and the disk Outdated until a Primary resyncs them (writes acknowledged but not yet on disk may be lost there)",
+		"bytes", marked)
+	return n.persist(func(sb *bitmap.Superblock) { sb.Disk = diskOutdated })
 }
 
 // init builds the node's peers and the state every node has. A data node

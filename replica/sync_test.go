@@ -334,3 +334,68 @@ func TestNewUUIDPeerDiskConverges(t *testing.T) {
 		return peerState(alpha, "beta").Disk == "UpToDate"
 	})
 }
+
+// A Secondary acknowledges a replicated write once it is in its page cache.
+// Should its system go down (a power loss) before the disk took the write,
+// the write is gone there and nothing else records it: the Primary's
+// bitmap marks only what the Secondary did not acknowledge. The Secondary
+// keeps an activity log like the Primary's, and after a restart of its
+// system it marks the hot extents out of sync and its disk Outdated until
+// the Primary resyncs them. A crash of the process alone (same boot) keeps
+// the page cache and marks nothing.
+func TestSecondaryPowerLossResyncsHotExtents(t *testing.T) {
+	boots := [2][16]byte{{1: 1}, {1: 2}}
+	c := newCluster(t, 2, func(i int, cfg *Config) {
+		cfg.bootID = func() [16]byte { return boots[i] }
+	})
+	alpha := c.bootstrap()
+	ctx := context.Background()
+	data := bytes.Repeat([]byte{0xAB}, 64<<10)
+	for i := range 4 {
+		if err := alpha.WriteAt(ctx, data, int64(i)*(5<<20), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitSynced(5 * time.Second)
+
+	// The process alone crashes and comes back on the same boot: the
+	// page cache kept everything, nothing is marked.
+	c.crash(c.nodes[1])
+	c.isolate(1, true)
+	c.start(c.nodes[1])
+	beta := c.nodes[1].n
+	if ps := peerState(beta, "alpha"); ps.OutOfSyncKiB != 0 || beta.Status().Disk != "UpToDate" {
+		t.Fatalf("after a crash of the process alone: %d KiB out of sync toward alpha, disk %s; want 0, UpToDate", ps.OutOfSyncKiB, beta.Status().Disk)
+	}
+	c.isolate(1, false)
+	c.waitSynced(10 * time.Second)
+
+	// Now its system goes down: the write into the second extent never
+	// reached beta's disk (its old content, zeroes, is back).
+	c.crash(c.nodes[1])
+	f, err := os.OpenFile(c.nodes[1].path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), 5<<20+8192); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	boots[1] = [16]byte{1: 3}
+	c.isolate(1, true)
+	c.start(c.nodes[1])
+	beta = c.nodes[1].n
+	st := beta.Status()
+	if ps := peerState(beta, "alpha"); ps.OutOfSyncKiB < 4*4096 || st.Disk != "Outdated" {
+		t.Fatalf("after a power loss of the Secondary: %d KiB out of sync toward alpha, disk %s; want the 4 hot extents (16 MiB), Outdated", ps.OutOfSyncKiB, st.Disk)
+	}
+	if err := beta.Promote(false); err == nil {
+		t.Fatal("an Outdated node that may have lost acknowledged writes was promoted without --force")
+	}
+	c.isolate(1, false)
+	c.waitSynced(20 * time.Second)
+	c.assertEqualStores()
+	if d := c.nodes[1].n.Status().Disk; d != "UpToDate" {
+		t.Fatalf("after the resync beta's disk is %s, want UpToDate", d)
+	}
+}
