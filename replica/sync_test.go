@@ -15,6 +15,21 @@ import (
 	"github.com/repd/repd/bitmap"
 )
 
+// bootstrapHot bootstraps the cluster with node 0 Primary and writes
+// 64 KiB into each of 4 activity-log extents (at 0, 5, 10 and 15 MiB),
+// replicated: 16 MiB of hot extents on every node.
+func (c *cluster) bootstrapHot() {
+	c.t.Helper()
+	alpha := c.bootstrap()
+	data := bytes.Repeat([]byte{0xAB}, 64<<10)
+	for i := range 4 {
+		if err := alpha.WriteAt(context.Background(), data, int64(i)*(5<<20), false); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	c.waitSynced(5 * time.Second)
+}
+
 // crash drops a node without Close: its goroutines stop and its files are
 // closed, but neither the crash flag nor the activity log is touched.
 func (c *cluster) crash(tn *tnode) {
@@ -28,15 +43,7 @@ func (c *cluster) crash(tn *tnode) {
 
 func TestCrashedPrimaryMarksHotExtents(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	alpha := c.bootstrap()
-	ctx := context.Background()
-	data := bytes.Repeat([]byte{0xAB}, 64<<10)
-	for i := range 4 {
-		if err := alpha.WriteAt(ctx, data, int64(i)*(5<<20), false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.waitSynced(5 * time.Second)
+	c.bootstrapHot()
 	// Crash alpha, and change its disk behind its back in a hot extent
 	// (a write that reached alpha's disk, not beta's).
 	c.crash(c.nodes[0])
@@ -54,7 +61,7 @@ func TestCrashedPrimaryMarksHotExtents(t *testing.T) {
 	f.WriteAt(bytes.Repeat([]byte{0xCD}, 4096), 5<<20)
 	f.Close()
 	c.start(c.nodes[0])
-	alpha = c.nodes[0].n
+	alpha := c.nodes[0].n
 	ps := peerState(alpha, "beta")
 	if ps.OutOfSyncKiB < 4*4096 {
 		t.Fatalf("after a crash as Primary, %d KiB out of sync; want the 4 hot extents (16 MiB)", ps.OutOfSyncKiB)
@@ -348,15 +355,7 @@ func TestSecondaryPowerLossResyncsHotExtents(t *testing.T) {
 	c := newCluster(t, 2, func(i int, cfg *Config) {
 		cfg.bootID = func() [16]byte { return boots[i] }
 	})
-	alpha := c.bootstrap()
-	ctx := context.Background()
-	data := bytes.Repeat([]byte{0xAB}, 64<<10)
-	for i := range 4 {
-		if err := alpha.WriteAt(ctx, data, int64(i)*(5<<20), false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.waitSynced(5 * time.Second)
+	c.bootstrapHot()
 
 	// The process alone crashes and comes back on the same boot: the
 	// page cache kept everything, nothing is marked.
