@@ -228,13 +228,12 @@ func (n *Node) recoverLostWrites() error {
 	if marked == 0 {
 		return nil
 	}
-	if n.super.Disk != diskUpToDate {
-		n.log.Warn("the system went down while this node was Secondary: marked the activity log's hot extents out of sync (writes acknowledged but not yet on disk may be lost there)",
-			"bytes", marked, "disk", n.super.Disk)
+	outdate := n.super.Disk == diskUpToDate
+	n.log.Warn("the system went down while this node was Secondary: marked the activity log's hot extents out of sync (writes acknowledged but not yet on disk may be lost there); an UpToDate disk is Outdated until a Primary resyncs them",
+		"bytes", marked, "disk", n.super.Disk, "outdated", outdate)
+	if !outdate {
 		return nil
 	}
-	n.log.Warn("the system went down while this node was Secondary: marked the activity log's hot extents out of sync and the disk Outdated until a Primary resyncs them (writes acknowledged but not yet on disk may be lost there)",
-		"bytes", marked)
 	return n.persist(func(sb *bitmap.Superblock) { sb.Disk = diskOutdated })
 }
 

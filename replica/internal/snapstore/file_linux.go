@@ -4,8 +4,6 @@ import (
 	"errors"
 	"os"
 
-	"github.com/repd/repd/internal/bootid"
-
 	"golang.org/x/sys/unix"
 )
 
@@ -23,11 +21,6 @@ func allocate(f *os.File, off, n int64) error {
 		return err
 	}
 }
-
-// systemBootID is this boot of the system: a lazy copy's page-cache write
-// survives a crash of repd but not of the system, and the boot ID tells
-// which one happened. Zero if unknown.
-func systemBootID() [16]byte { return bootid.ID() }
 
 // writeSync writes p at off with RWF_DSYNC: durable when it returns,
 // without flushing the rest of the file (a lazy snapshot's copies). Where

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/repd/repd/internal/bootid"
 	"github.com/repd/repd/internal/durable"
 )
 
@@ -59,7 +60,7 @@ type Options struct {
 	// version is the format of a new store; 0 is FormatVersion (tests
 	// make formatV1 stores with it).
 	version uint32
-	// bootID, if set, replaces systemBootID (tests simulate reboots).
+	// bootID, if set, replaces bootid.ID (tests simulate reboots).
 	bootID func() [16]byte
 	// lazySync is how often lazy copies are synced and, once no copy
 	// came meanwhile, the header's flagUnsynced cleared: 0 is
@@ -444,7 +445,10 @@ func newStore(f file, path string, h header, slot int, opt Options, log *slog.Lo
 	if opt.bootID != nil {
 		s.bootID = opt.bootID()
 	} else {
-		s.bootID = systemBootID()
+		// A lazy copy's page-cache write survives a crash of repd but
+		// not of the system: the boot ID tells which one happened
+		// (zero where unknown: every copy is synced).
+		s.bootID = bootid.ID()
 	}
 	s.lazy = s.lazyMode(&s.hdr)
 	s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
