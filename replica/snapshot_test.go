@@ -852,7 +852,29 @@ func TestSnapshotLazyAndReadPacing(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); writer(t, alpha, 6, 0, 4<<20, stop, nil) }()
+	// Plain writes (no FUA, no flush) that keep beta applying: the
+	// fdatasyncs of flushes, and of alpha's durable copies while its
+	// snapshot's chunks are first written, pause them for longer than
+	// snapBusyWindow on a loaded machine, and a read then goes unpaced.
+	go func() {
+		defer wg.Done()
+		r := rand.New(rand.NewPCG(6, 7))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			blocks := 1 + r.Int64N(16)
+			if err := alpha.WriteAt(ctx, randBlock(r, int(blocks)*4096), r.Int64N(1024-blocks+1)*4096, false); err != nil {
+				t.Errorf("write on alpha: %v", err)
+				return
+			}
+		}
+	}()
+	waitFor(t, 10*time.Second, "every chunk of the written 4 MiB copied on alpha and beta", func() bool {
+		return alpha.Status().SnapshotStoreUsed >= 4<<20 && beta.Status().SnapshotStoreUsed >= 4<<20
+	})
 	waitFor(t, 5*time.Second, "beta applies writes", func() bool {
 		return time.Since(time.Unix(0, beta.lastPeerWrite.Load())) < 50*time.Millisecond
 	})
