@@ -2,6 +2,7 @@ package drill
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -85,7 +86,7 @@ func TestFloorDrillSmall(t *testing.T) {
 	if r.Error != "" {
 		t.Fatal(r.Error)
 	}
-	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 {
+	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 || r.RTTUs4K <= 0 || r.RTTUs4KProcess <= 0 {
 		t.Errorf("floor %+v: every cost must be positive", r)
 	}
 	if r.Us1M < r.Us4K {
@@ -119,6 +120,15 @@ func TestWireCounters(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(FloorPeerEnv) != "" {
+		// The floor drill's peer process: this test binary, started by
+		// TestFloorDrillSmall.
+		if err := ServeFloorPeer(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	code := m.Run()
 	harness.RemoveBinaries()
 	os.Exit(code)

@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/repd/repd/bench/internal/procfs"
@@ -95,6 +97,10 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 	if err != nil {
 		return fmt.Errorf("round trip: %w", err)
 	}
+	r.RTTUs4KProcess, err = floorRTTProcess(ctx, 5000, path)
+	if err != nil {
+		return fmt.Errorf("round trip between processes: %w", err)
+	}
 	return nil
 }
 
@@ -127,29 +133,50 @@ func loopback(ctx context.Context, serve func(net.Conn) error) (c net.Conn, done
 }
 
 // floorRTT makes count round trips over loopback TCP, one at a time: a
-// 32-byte header and 4 KiB sent, applied on the receiving side, an 8-byte
-// answer read back. It returns the median round trip in µs.
+// 32-byte header and 4 KiB sent, applied on the receiving side (a goroutine
+// of this process), an 8-byte answer read back. It returns the median round
+// trip in µs.
 func floorRTT(ctx context.Context, count int, apply func([]byte) error) (float64, error) {
-	const head, n = 32, 4096
-	c, done, err := loopback(ctx, func(s net.Conn) error {
-		frame, ack := make([]byte, head+n), make([]byte, 8)
-		for {
-			if _, err := io.ReadFull(s, frame); err != nil {
-				return err
-			}
-			if err := apply(frame[head:]); err != nil {
-				return err
-			}
-			if _, err := s.Write(ack); err != nil {
-				return err
-			}
-		}
-	})
+	c, done, err := loopback(ctx, func(s net.Conn) error { return rttServe(s, apply) })
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
-	frame, ack := make([]byte, head+n), make([]byte, 8)
+	us, err := rttClient(c, count)
+	if err != nil {
+		return 0, err
+	}
+	c.Close()
+	if err := <-done; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		return 0, err
+	}
+	return us, nil
+}
+
+// rttHead and rttData make a round trip's frame.
+const rttHead, rttData = 32, 4096
+
+// rttServe answers round trips on s until it closes: each frame's data
+// applied, then 8 bytes sent back.
+func rttServe(s net.Conn, apply func([]byte) error) error {
+	frame, ack := make([]byte, rttHead+rttData), make([]byte, 8)
+	for {
+		if _, err := io.ReadFull(s, frame); err != nil {
+			return err
+		}
+		if err := apply(frame[rttHead:]); err != nil {
+			return err
+		}
+		if _, err := s.Write(ack); err != nil {
+			return err
+		}
+	}
+}
+
+// rttClient makes count round trips on c, one at a time, and returns the
+// median in µs.
+func rttClient(c net.Conn, count int) (float64, error) {
+	frame, ack := make([]byte, rttHead+rttData), make([]byte, 8)
 	rtts := make([]time.Duration, 0, count)
 	for range count {
 		t0 := time.Now()
@@ -161,12 +188,111 @@ func floorRTT(ctx context.Context, count int, apply func([]byte) error) (float64
 		}
 		rtts = append(rtts, time.Since(t0))
 	}
-	c.Close()
-	if err := <-done; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		return 0, err
-	}
 	slices.Sort(rtts)
 	return float64(rtts[len(rtts)/2].Nanoseconds()) / 1e3, nil
+}
+
+// FloorPeerEnv names the file a floor peer writes into: set, it makes this
+// program the peer process of the floor drill's two-process round trip
+// (ServeFloorPeer), started by the drill itself (floorRTTProcess).
+const FloorPeerEnv = "REPD_BENCH_FLOOR_PEER"
+
+// ServeFloorPeer is the body of a floor peer process: it accepts one
+// connection on the listener it inherited as file descriptor 3 and answers
+// round trips on it (rttServe), writing each frame's data with pwrite at a
+// random block of the file FloorPeerEnv names, until the connection closes.
+// A program that runs the floor drill calls it first thing when FloorPeerEnv
+// is set, and exits with what it returns.
+func ServeFloorPeer() error {
+	path := os.Getenv(FloorPeerEnv)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("floor peer: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("floor peer: %w", err)
+	}
+	blocks := st.Size() / rttData
+	if blocks == 0 {
+		return fmt.Errorf("floor peer: %s holds no 4 KiB block", path)
+	}
+	lf := os.NewFile(3, "floor-listener")
+	l, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		return fmt.Errorf("floor peer: listener: %w", err)
+	}
+	if tl, ok := l.(*net.TCPListener); ok {
+		// The drill dials at once: a peer that never sees it stops.
+		tl.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	s, err := l.Accept()
+	l.Close()
+	if err != nil {
+		return fmt.Errorf("floor peer: accept: %w", err)
+	}
+	defer s.Close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	err = rttServe(s, func(p []byte) error {
+		_, err := f.WriteAt(p, rng.Int64N(blocks)*rttData)
+		return err
+	})
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return fmt.Errorf("floor peer: %w", err)
+}
+
+// floorRTTProcess is floorRTT with the receiving side in a process of its
+// own (this program again, as a floor peer writing into path): what a
+// Secondary on the same machine is to a Primary, with the wake-ups of one
+// process by another that a round trip within one Go process does not pay.
+func floorRTTProcess(ctx context.Context, count int, path string) (float64, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	lf, err := l.(*net.TCPListener).File()
+	addr := l.Addr().String()
+	if err != nil {
+		l.Close()
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), FloorPeerEnv+"="+path)
+	cmd.ExtraFiles = []*os.File{lf}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Start()
+	lf.Close()
+	if err != nil {
+		l.Close()
+		return 0, fmt.Errorf("start floor peer: %w", err)
+	}
+	// The listening socket stays open in the peer: connections made now
+	// wait in its backlog until it accepts.
+	c, err := net.Dial("tcp", addr)
+	l.Close()
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return 0, err
+	}
+	us, rerr := rttClient(c, count)
+	c.Close() // the peer sees EOF and exits
+	if werr := cmd.Wait(); werr != nil && rerr == nil {
+		rerr = fmt.Errorf("floor peer: %v: %s", werr, strings.TrimSpace(out.String()))
+	}
+	if rerr != nil {
+		return 0, rerr
+	}
+	return us, nil
 }
 
 // floorTCP sends count frames of a 32-byte header and n bytes over loopback

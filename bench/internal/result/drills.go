@@ -294,9 +294,13 @@ type FloorResult struct {
 	// RTTUs4K: the median wall time of one 4 KiB write's round trip at
 	// queue depth 1: sent over loopback TCP, received by a goroutine that
 	// was waiting for it, written with pwrite, answered with 8 bytes that
-	// the sender was waiting for. What protocol C adds to a write's
-	// latency at queue depth 1 is at least this, less the local pwrite
-	// that overlaps it.
+	// the sender was waiting for, both sides goroutines of one process.
 	RTTUs4K float64 `json:"rtt_us_4k_p50,omitempty"`
-	Error   string  `json:"error,omitempty"`
+	// RTTUs4KProcess: the same round trip with the receiving side in a
+	// process of its own, as a Secondary is: each side wakes the other's
+	// thread. What protocol C adds to a write's latency at queue depth 1
+	// on one machine is at least this, less the local pwrite that
+	// overlaps it.
+	RTTUs4KProcess float64 `json:"rtt_us_4k_process_p50,omitempty"`
+	Error          string  `json:"error,omitempty"`
 }
