@@ -314,11 +314,14 @@ type SnapshotList struct {
 	Resource string `json:"resource"`
 	Node     string `json:"node"`
 	// Enabled is false when resource.snapshot-store-size is 0.
-	Enabled       bool           `json:"enabled"`
-	CapacityBytes int64          `json:"capacity_bytes"`
-	UsedBytes     int64          `json:"used_bytes"`
-	Failed        string         `json:"failed,omitempty"`
-	Snapshots     []SnapshotInfo `json:"snapshots"`
+	Enabled       bool  `json:"enabled"`
+	CapacityBytes int64 `json:"capacity_bytes"`
+	UsedBytes     int64 `json:"used_bytes"`
+	// PrewriteLeftBytes: of a store created since repd started, the bytes
+	// it has yet to write once with zeroes in the background (0: done).
+	PrewriteLeftBytes int64          `json:"prewrite_left_bytes,omitempty"`
+	Failed            string         `json:"failed,omitempty"`
+	Snapshots         []SnapshotInfo `json:"snapshots"`
 }
 
 // SnapshotResult is what taking a snapshot did: the nodes that created it,

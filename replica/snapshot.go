@@ -132,6 +132,10 @@ func (n *Node) openSnapshots() error {
 		Logger:       n.log.With("component", "snapshots"),
 		OnInvalidate: n.onSnapshotInvalidated,
 		SyncLive:     func() error { return n.st.Flush(context.Background()) },
+		// A new store is written once in the background, yielding to
+		// writes as backups' reads do.
+		Prewrite:     true,
+		PrewritePace: func(size int64) time.Duration { return n.snapReadDelay(int(size)) },
 	})
 	if err != nil {
 		return fmt.Errorf("node %s snapshot-store: %w", n.cfg.Self.Name, err)
@@ -829,6 +833,7 @@ func (n *Node) SnapshotList() api.SnapshotList {
 	}
 	st := n.snap.Stats()
 	l.Enabled, l.CapacityBytes, l.UsedBytes, l.Failed = true, st.Capacity, st.Used, st.Failed
+	l.PrewriteLeftBytes = st.PrewriteLeft
 	if p := n.snapBroken.Load(); p != nil && l.Failed == "" {
 		l.Failed = *p
 	}

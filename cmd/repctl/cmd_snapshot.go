@@ -175,6 +175,9 @@ func printSnapshots(w io.Writer, l api.SnapshotList) {
 		return
 	}
 	fmt.Fprintf(w, "%s on %s: store %s of %s used", l.Resource, l.Node, size(l.UsedBytes), size(l.CapacityBytes))
+	if l.PrewriteLeftBytes > 0 {
+		fmt.Fprintf(w, " (new: %s still to pre-write)", size(l.PrewriteLeftBytes))
+	}
 	if l.Failed != "" {
 		fmt.Fprintf(w, ", FAILED: %s", l.Failed)
 	}

@@ -77,7 +77,7 @@ func (s *snapNode) SnapshotLazy(ctx context.Context, name string) (api.SnapshotR
 func (s *snapNode) SnapshotList() api.SnapshotList {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return api.SnapshotList{Resource: "r0", Node: s.name, Enabled: !s.off, CapacityBytes: 1 << 30, UsedBytes: 3 << 20, Snapshots: append([]api.SnapshotInfo{}, s.snaps...)}
+	return api.SnapshotList{Resource: "r0", Node: s.name, Enabled: !s.off, CapacityBytes: 1 << 30, UsedBytes: 3 << 20, PrewriteLeftBytes: 512 << 20, Snapshots: append([]api.SnapshotInfo{}, s.snaps...)}
 }
 
 func (s *snapNode) DeleteSnapshot(name string) error {
@@ -181,7 +181,7 @@ admin = "`+dir+`/nobody.sock"
 		t.Fatalf("duplicate: exit %d %s", code, out)
 	}
 	out, code = captureStdout(t, func() int { return run([]string{"repctl", "--admin", asock, "snapshot", "list"}) })
-	if code != exitOK || !strings.Contains(out, "store 3.0MiB of 1.0GiB used") || !strings.Contains(out, "nightly") ||
+	if code != exitOK || !strings.Contains(out, "store 3.0MiB of 1.0GiB used (new: 512.0MiB still to pre-write)") || !strings.Contains(out, "nightly") ||
 		!strings.Contains(out, "1m30s") || !strings.Contains(out, "valid") {
 		t.Fatalf("list: exit %d\n%s", code, out)
 	}

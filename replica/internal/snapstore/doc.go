@@ -173,7 +173,9 @@
 // and its data at 32768+64A+⌊k/128⌋×G+4096+(k%128)×C. The file holds
 // ⌊Capacity/C⌋ slots; its length is the end of the last one. Slot groups
 // are reserved with fallocate; areas are reserved when a snapshot takes
-// their table entry.
+// their table entry. A store Open creates may then be written with zeroes,
+// group by group, where no copy has been (Options.Prewrite, prewrite.go):
+// a never-used slot and its descriptor read as zeroes either way.
 //
 // A header slot (16384 bytes). A header is written to the slot that does
 // not hold the newest durable header, and made durable (fdatasync or

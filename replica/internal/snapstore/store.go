@@ -56,6 +56,13 @@ type Options struct {
 	// device is always synced before a snapshot, and
 	// CreateLazyUnsynced refuses.
 	SyncLive func() error
+	// Prewrite: a store Open creates is written once with zeroes in the
+	// background (prewrite.go), so that copies do not pay for the
+	// file system's first write into reserved space. PrewritePace, if
+	// set, says how long to wait before writing n more bytes (the node's
+	// pacing of background reads and writes).
+	Prewrite     bool
+	PrewritePace func(n int64) time.Duration
 
 	// version is the format of a new store; 0 is FormatVersion (tests
 	// make formatV1 stores with it).
@@ -109,6 +116,10 @@ type Stats struct {
 	// Unsynced: lazy copies may not be durable yet (a power loss now
 	// would invalidate the snapshots).
 	Unsynced bool
+	// PrewriteLeft: bytes of the new store's slot groups the background
+	// pre-writing has yet to write or give up (prewrite.go); 0 once it
+	// ended, or if there is none.
+	PrewriteLeft int64
 }
 
 // Store is an open snapshot store. It is safe for concurrent use by many
@@ -163,6 +174,16 @@ type Store struct {
 	heads    map[int64]int32 // chunk -> its copies, ascending tags
 	free     []int32         // free slots, lowest last
 	inflight map[int64]*pending
+	// Pre-writing (prewrite.go), under tab: allocHW is one past the
+	// highest slot allocated since Open; slots [preLo, preHi) are being
+	// written with zeroes (alloc waits on preCond for them).
+	allocHW      int32
+	preLo, preHi int32
+	preCond      *sync.Cond
+	preAbort     atomic.Bool   // a copy waits for the group: give it up
+	preLeft      atomic.Int64  // Stats.PrewriteLeft
+	preStop      chan struct{} // nil: no pre-writing
+	preDone      chan struct{}
 
 	c       committer
 	bufPool sync.Pool
@@ -305,6 +326,9 @@ func openOn(f file, path string, opt Options) (*Store, error) {
 		}
 		s := newStore(f, path, h, 0, opt, log)
 		log.Info("created snapshot store", "capacity", h.capacity, "chunk", h.chunk, "block", h.block)
+		if opt.Prewrite {
+			s.startPrewrite(opt.PrewritePace)
+		}
 		return s, nil
 	}
 	h, slot, err := pickHeader(path, raw)
@@ -434,6 +458,7 @@ func newStore(f file, path string, h header, slot int, opt Options, log *slog.Lo
 	s.cur = make([]atomic.Uint64, (s.lay.blocks+63)/64)
 	s.heads = make(map[int64]int32)
 	s.inflight = make(map[int64]*pending)
+	s.preCond = sync.NewCond(&s.tab)
 	s.setSlots(s.lay.slots)
 	s.c.tok = make(chan struct{}, 1)
 	s.c.kick = make(chan struct{}, 1)
@@ -922,13 +947,26 @@ func (s *Store) lookup(x int64, seq uint64) int32 {
 	return -1
 }
 
+// alloc takes a free slot (the lowest, in a store whose free list was
+// never reordered); s.tab held. The caller first waits while nextBusy.
 func (s *Store) alloc() (int32, bool) {
 	if len(s.free) == 0 {
 		return -1, false
 	}
 	k := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
+	s.allocHW = max(s.allocHW, k+1)
 	return k, true
+}
+
+// nextBusy reports whether the slot alloc would take is being pre-written
+// (prewrite.go); s.tab held.
+func (s *Store) nextBusy() bool {
+	if len(s.free) == 0 {
+		return false
+	}
+	k := s.free[len(s.free)-1]
+	return k >= s.preLo && k < s.preHi
 }
 
 func (s *Store) release(k int32) {
@@ -1504,6 +1542,7 @@ func (s *Store) Stats() Stats {
 	s.c.mu.Unlock()
 	st.LazyCopies = s.lazyCopies.Load()
 	st.Unsynced = s.hdr.unsynced()
+	st.PrewriteLeft = s.preLeft.Load()
 	return st
 }
 
@@ -1512,6 +1551,7 @@ func (s *Store) Stats() Stats {
 // ErrClosed.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.stopPrewrite()
 		close(s.stopFlush)
 		<-s.flushDone
 	})
