@@ -76,15 +76,7 @@ type flags struct {
 }
 
 func main() {
-	if os.Getenv(drill.FloorPeerEnv) != "" {
-		// The floor drill's peer process (its round trip between two
-		// processes), started by this program.
-		if err := drill.ServeFloorPeer(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	drill.FloorPeerMain() // the floor drill's peer process, if this is one
 	os.Exit(run(os.Args[1:], os.Stdout))
 }
 

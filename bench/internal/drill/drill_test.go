@@ -2,7 +2,6 @@ package drill
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -120,15 +119,7 @@ func TestWireCounters(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
-	if os.Getenv(FloorPeerEnv) != "" {
-		// The floor drill's peer process: this test binary, started by
-		// TestFloorDrillSmall.
-		if err := ServeFloorPeer(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	FloorPeerMain() // the peer process TestFloorDrillSmall starts
 	code := m.Run()
 	harness.RemoveBinaries()
 	os.Exit(code)

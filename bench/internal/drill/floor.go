@@ -194,16 +194,29 @@ func rttClient(c net.Conn, count int) (float64, error) {
 
 // FloorPeerEnv names the file a floor peer writes into: set, it makes this
 // program the peer process of the floor drill's two-process round trip
-// (ServeFloorPeer), started by the drill itself (floorRTTProcess).
+// (FloorPeerMain), started by the drill itself (floorRTTProcess).
 const FloorPeerEnv = "REPD_BENCH_FLOOR_PEER"
 
-// ServeFloorPeer is the body of a floor peer process: it accepts one
+// FloorPeerMain is called first thing by a program that runs the floor
+// drill (the bench, this package's tests): when FloorPeerEnv is set the
+// program is the drill's peer process, serves (serveFloorPeer) and exits;
+// otherwise it returns at once.
+func FloorPeerMain() {
+	if os.Getenv(FloorPeerEnv) == "" {
+		return
+	}
+	if err := serveFloorPeer(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// serveFloorPeer is the body of a floor peer process: it accepts one
 // connection on the listener it inherited as file descriptor 3 and answers
 // round trips on it (rttServe), writing each frame's data with pwrite at a
 // random block of the file FloorPeerEnv names, until the connection closes.
-// A program that runs the floor drill calls it first thing when FloorPeerEnv
-// is set, and exits with what it returns.
-func ServeFloorPeer() error {
+func serveFloorPeer() error {
 	path := os.Getenv(FloorPeerEnv)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {

@@ -494,7 +494,6 @@ func (s *Store) copyChunks(ctx context.Context, c0, c1 int64, readLive ReadFunc)
 				// Its slot group is being written with zeroes: the
 				// pre-writing gives it up after the piece it writes
 				// now; wait for that, then look at x afresh.
-				s.preAbort.Store(true)
 				s.preCond.Wait()
 				s.tab.Unlock()
 				continue

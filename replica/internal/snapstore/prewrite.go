@@ -2,6 +2,8 @@ package snapstore
 
 import (
 	"errors"
+	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/repd/repd/internal/durable"
@@ -20,15 +22,15 @@ import (
 //
 // Only slots no copy has used since the creation are written: their
 // descriptors and data read as zeroes already (a fresh store), so the
-// zeroes change nothing the store reads, crash or not. A group is skipped
-// once any of its slots was allocated (allocHW); while a group is being
-// written (preLo, preHi) its slots are not handed out: a copy that needs
-// one waits for the piece being written, and the group is given up.
-// A store reopened later is not pre-written again: what its first life did
-// not write, its copies write.
+// zeroes change nothing the store reads, crash or not. The Store decides
+// which groups may be written (claimGroup: none of its slots was ever
+// allocated) and does not hand out a slot of the group being written: a
+// copy that needs one waits for the piece in progress, and the group is
+// given up (abort). A store reopened later is not pre-written again: what
+// its first life did not write, its copies write.
 
-// errPrewriteStopped: stopPrewrite came during a group; errPrewriteAborted:
-// a copy needed a slot of the group.
+// errPrewriteStopped: stop came during a group; errPrewriteAborted: a copy
+// needed a slot of the group.
 var (
 	errPrewriteStopped = errors.New("pre-writing stopped")
 	errPrewriteAborted = errors.New("pre-writing gave up a slot group a copy needed")
@@ -37,89 +39,95 @@ var (
 // prewriteChunk is the size of one zero write.
 const prewriteChunk = 1 << 20
 
-// startPrewrite starts the pre-writing of a store Open created.
-func (s *Store) startPrewrite(pace func(n int64) time.Duration) {
-	s.preStop, s.preDone = make(chan struct{}), make(chan struct{})
-	s.preLeft.Store(s.lay.total - s.lay.groupsOff)
-	go s.prewrite(pace)
+// prewriter writes a new store's slot groups with zeroes in a goroutine of
+// its own. claim(lo, hi) asks the store for slots [lo, hi) (false: a copy
+// has been there, skip the group); release gives them back.
+type prewriter struct {
+	f       file
+	lay     layout
+	log     *slog.Logger
+	pace    func(n int64) time.Duration
+	claim   func(lo, hi int64) bool
+	release func()
+	abort   atomic.Bool  // a copy waits for the claimed group: give it up
+	left    atomic.Int64 // bytes not yet written or given up (Stats.PrewriteLeft)
+	stop    chan struct{}
+	done    chan struct{}
 }
 
-// stopPrewrite stops the pre-writing, if any, and waits for it.
-func (s *Store) stopPrewrite() {
-	if s.preStop == nil {
-		return
-	}
-	close(s.preStop)
-	<-s.preDone
+// startPrewriter starts pre-writing the slot groups of lay in f.
+func startPrewriter(f file, lay layout, log *slog.Logger, pace func(n int64) time.Duration, claim func(lo, hi int64) bool, release func()) *prewriter {
+	w := &prewriter{f: f, lay: lay, log: log, pace: pace, claim: claim, release: release,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	w.left.Store(lay.total - lay.groupsOff)
+	go w.run()
+	return w
 }
 
-// prewrite writes the store's slot groups with zeroes, lowest first, each
-// made durable (so its extents are converted) before the next. Before each
-// group it waits pace(bytes), holding nothing; a group it writes is not
-// handed out meanwhile, but a copy that needs one of its slots makes it
-// give up the group after the piece it is writing (preAbort): the copies
-// write that group themselves, and the pre-writing goes on above them. It
-// stops at the end, at stopPrewrite or at the first error (logged: the
-// copies then write that space themselves).
-func (s *Store) prewrite(pace func(n int64) time.Duration) {
-	defer close(s.preDone)
-	defer s.preLeft.Store(0)
+// close stops the pre-writing and waits for it.
+func (w *prewriter) close() {
+	close(w.stop)
+	<-w.done
+}
+
+// run writes the slot groups with zeroes, lowest first, each made durable
+// (so its extents are converted) before the next. Before each group it
+// waits pace(bytes), holding nothing; a group it claimed is given up after
+// the piece it is writing once abort is set: the copies write that group
+// themselves, and the pre-writing goes on above them. It stops at the end,
+// at close or at the first error (logged: the copies then write that
+// space themselves).
+func (w *prewriter) run() {
+	defer close(w.done)
+	defer w.left.Store(0)
 	zero := make([]byte, prewriteChunk)
-	lay := s.lay
+	lay := w.lay
 	start := time.Now()
 	var written, skipped int64
 	for lo := int64(0); lo < lay.slots; lo += descPerPage {
 		hi := min(lo+descPerPage, lay.slots)
 		off := lay.groupsOff + lo/descPerPage*lay.groupBytes
 		end := lay.groupEnd(hi)
-		if !s.prewriteWait(pace, end-off) {
+		if !w.wait(end - off) {
 			return
 		}
-		s.tab.Lock()
-		if int64(s.allocHW) > lo {
+		w.abort.Store(false)
+		if !w.claim(lo, hi) {
 			// A copy reached this group first: copies write it.
-			s.tab.Unlock()
 			skipped += end - off
-			s.preLeft.Add(off - end)
+			w.left.Add(off - end)
 			continue
 		}
-		s.preLo, s.preHi = int32(lo), int32(hi)
-		s.preAbort.Store(false)
-		s.tab.Unlock()
-		err := s.prewriteRange(zero, off, end)
+		err := w.zero(zero, off, end)
 		if err == nil {
-			err = s.f.Sync()
+			err = w.f.Sync()
 		}
-		s.tab.Lock()
-		s.preLo, s.preHi = 0, 0
-		s.preCond.Broadcast()
-		s.tab.Unlock()
+		w.release()
+		w.left.Add(off - end)
 		switch {
 		case err == errPrewriteStopped:
 			return
 		case err == errPrewriteAborted:
 			skipped += end - off
-			s.preLeft.Add(off - end)
 			continue
 		case err != nil:
-			s.log.Warn("pre-writing the snapshot store failed: copies write the rest of it themselves", "err", err)
+			w.log.Warn("pre-writing the snapshot store failed: copies write the rest of it themselves", "err", err)
 			return
 		}
 		written += end - off
-		s.preLeft.Add(off - end)
 	}
-	s.log.Info("snapshot store pre-written", "bytes", written, "left_to_copies", skipped, "took", time.Since(start).Round(time.Millisecond))
+	w.log.Info("snapshot store pre-written", "bytes", written, "left_to_copies", skipped, "took", time.Since(start).Round(time.Millisecond))
 }
 
-// prewriteWait waits pace(n); false if stopPrewrite came meanwhile.
-func (s *Store) prewriteWait(pace func(n int64) time.Duration, n int64) bool {
+// wait waits pace(n); false if close came meanwhile.
+func (w *prewriter) wait(n int64) bool {
 	var d time.Duration
-	if pace != nil {
-		d = pace(n)
+	if w.pace != nil {
+		d = w.pace(n)
 	}
 	if d <= 0 {
 		select {
-		case <-s.preStop:
+		case <-w.stop:
 			return false
 		default:
 			return true
@@ -128,27 +136,27 @@ func (s *Store) prewriteWait(pace func(n int64) time.Duration, n int64) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-s.preStop:
+	case <-w.stop:
 		return false
 	case <-t.C:
 		return true
 	}
 }
 
-// prewriteRange writes zeroes over [off, end) in prewriteChunk pieces,
-// unless told to stop or give up the group between two.
-func (s *Store) prewriteRange(zero []byte, off, end int64) error {
+// zero writes zeroes over [off, end) in prewriteChunk pieces, unless told
+// to stop or give up the group between two.
+func (w *prewriter) zero(zero []byte, off, end int64) error {
 	for off < end {
 		select {
-		case <-s.preStop:
+		case <-w.stop:
 			return errPrewriteStopped
 		default:
 		}
-		if s.preAbort.Load() {
+		if w.abort.Load() {
 			return errPrewriteAborted
 		}
 		n := min(int64(len(zero)), end-off)
-		if err := durable.WriteFull(s.f, zero[:n], off); err != nil {
+		if err := durable.WriteFull(w.f, zero[:n], off); err != nil {
 			return err
 		}
 		off += n

@@ -107,7 +107,7 @@ func TestPrewriteBesideCopies(t *testing.T) {
 		wg.Wait()
 	}
 	select {
-	case <-s.preDone:
+	case <-s.pre.done:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the pre-writing did not end")
 	}
@@ -156,7 +156,7 @@ func TestPrewriteBesideCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if s2.preStop != nil {
+	if s2.pre != nil {
 		t.Error("a reopened store is pre-written again")
 	}
 	check(s2)
@@ -209,7 +209,7 @@ func TestPrewriteGivesWay(t *testing.T) {
 		t.Fatal("the copy made after the pre-writing gave way does not read back")
 	}
 	select {
-	case <-s.preDone:
+	case <-s.pre.done:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the pre-writing did not end")
 	}

@@ -176,14 +176,11 @@ type Store struct {
 	inflight map[int64]*pending
 	// Pre-writing (prewrite.go), under tab: allocHW is one past the
 	// highest slot allocated since Open; slots [preLo, preHi) are being
-	// written with zeroes (alloc waits on preCond for them).
+	// written with zeroes (copies wait on preCond for them).
 	allocHW      int32
 	preLo, preHi int32
 	preCond      *sync.Cond
-	preAbort     atomic.Bool   // a copy waits for the group: give it up
-	preLeft      atomic.Int64  // Stats.PrewriteLeft
-	preStop      chan struct{} // nil: no pre-writing
-	preDone      chan struct{}
+	pre          *prewriter // nil: no pre-writing
 
 	c       committer
 	bufPool sync.Pool
@@ -327,7 +324,7 @@ func openOn(f file, path string, opt Options) (*Store, error) {
 		s := newStore(f, path, h, 0, opt, log)
 		log.Info("created snapshot store", "capacity", h.capacity, "chunk", h.chunk, "block", h.block)
 		if opt.Prewrite {
-			s.startPrewrite(opt.PrewritePace)
+			s.pre = startPrewriter(f, s.lay, log, opt.PrewritePace, s.claimGroup, s.releaseGroup)
 		}
 		return s, nil
 	}
@@ -960,13 +957,39 @@ func (s *Store) alloc() (int32, bool) {
 }
 
 // nextBusy reports whether the slot alloc would take is being pre-written
-// (prewrite.go); s.tab held.
+// (prewrite.go); s.tab held. If so, the pre-writing is told to give its
+// group up; the caller waits on preCond.
 func (s *Store) nextBusy() bool {
 	if len(s.free) == 0 {
 		return false
 	}
 	k := s.free[len(s.free)-1]
-	return k >= s.preLo && k < s.preHi
+	if k < s.preLo || k >= s.preHi {
+		return false
+	}
+	s.pre.abort.Store(true)
+	return true
+}
+
+// claimGroup gives slots [lo, hi) to the pre-writing unless a copy was
+// ever allocated one of them (or above).
+func (s *Store) claimGroup(lo, hi int64) bool {
+	s.tab.Lock()
+	defer s.tab.Unlock()
+	if int64(s.allocHW) > lo {
+		return false
+	}
+	s.preLo, s.preHi = int32(lo), int32(hi)
+	return true
+}
+
+// releaseGroup ends the pre-writing's claim and wakes the copies waiting
+// for it.
+func (s *Store) releaseGroup() {
+	s.tab.Lock()
+	s.preLo, s.preHi = 0, 0
+	s.preCond.Broadcast()
+	s.tab.Unlock()
 }
 
 func (s *Store) release(k int32) {
@@ -1542,7 +1565,9 @@ func (s *Store) Stats() Stats {
 	s.c.mu.Unlock()
 	st.LazyCopies = s.lazyCopies.Load()
 	st.Unsynced = s.hdr.unsynced()
-	st.PrewriteLeft = s.preLeft.Load()
+	if s.pre != nil {
+		st.PrewriteLeft = s.pre.left.Load()
+	}
 	return st
 }
 
@@ -1551,7 +1576,9 @@ func (s *Store) Stats() Stats {
 // ErrClosed.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.stopPrewrite()
+		if s.pre != nil {
+			s.pre.close()
+		}
 		close(s.stopFlush)
 		<-s.flushDone
 	})
