@@ -30,8 +30,9 @@ type doneWrite struct {
 
 // StartWrite starts writing p at off on a Primary (nbd.AsyncWriter): done
 // is called once with the result WriteAt would return, from the goroutine
-// that completes the write, and p is not used after StartWrite returns
-// (the journal holds a copy while a peer may need it). False, with nothing
+// that completes the write, and p must stay unchanged until then (under
+// protocol C the journal ships it from p, see lend; under protocol A it
+// holds a copy while a peer may need it). False, with nothing
 // started, for the writes WriteAt must make: FUA writes (an fdatasync
 // would hold up the reader), writes of more than one journal entry, and
 // any write on a node that is not a Primary holding its lease or whose

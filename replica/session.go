@@ -209,6 +209,14 @@ func (s *session) run() {
 	}()
 	wg.Wait()
 	s.applier.wait()
+	// Writes the peer asked for again (onDataReq) that the sender did not
+	// resend before the session ended: their hold ends here, or a write
+	// that lent its buffer (lend) would never complete.
+	s.dedup.mu.Lock()
+	left := s.dedup.resend
+	s.dedup.resend = nil
+	s.dedup.mu.Unlock()
+	s.release(left)
 	if k := n.appliedLost(p); k > 0 {
 		n.log.Info("connection to the sender ended: marked its writes other nodes may lack", "peer", p.cfg.Name, "writes", k)
 	}

@@ -63,7 +63,12 @@ type Entry struct {
 	DoneCh  chan struct{} // closed when done (the caller's completion); made on demand
 	Closed  bool          // done: DoneCh closed, its room returned to the log
 	Freed   bool          // done and no shipper holds it: Data released
-	Err     error         // local I/O error
+	// Borrowed: Data is the writer's own buffer, not a copy (a protocol-C
+	// write whose caller waits for it): the entry completes only once no
+	// shipper holds it (Refs == 0), since the caller reuses the buffer
+	// when it completes.
+	Borrowed bool
+	Err      error // local I/O error
 	// NoLocal: the local disk failed (detach) and the entry was not written
 	// here; it completes successfully only if a peer acked it. LocalErr is
 	// the disk's error, if this entry met it.
