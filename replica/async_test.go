@@ -68,18 +68,20 @@ func TestStartWrite(t *testing.T) {
 			want := bytes.Clone(data)
 			off := int64(i) * 8192
 			r := newAsyncResult()
-			if proto == api.ProtocolC {
-				r.check = func() {
+			r.check = func() {
+				if proto == api.ProtocolC {
 					got := make([]byte, 4096)
 					if err := beta.st.ReadAt(ctx, got, off); err != nil || !bytes.Equal(got, want) {
 						t.Errorf("protocol C: write %d completed before beta had it (read err %v)", i, err)
 					}
 				}
+				// The caller's buffer is free once done is called (under
+				// protocol C the journal ships it from there until then).
+				clear(data)
 			}
 			if !alpha.StartWrite(ctx, data, off, false, i == 7, r.done) {
 				t.Fatalf("protocol %s: StartWrite declined a 4 KiB write on the Primary", proto)
 			}
-			clear(data) // the caller's buffer is free once StartWrite returns
 			started = append(started, r)
 			if proto == api.ProtocolA {
 				// Done once local: before StartWrite returned.
