@@ -364,10 +364,15 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	n.runCtx, n.runCancel = ctx, cancel
+	// Run itself counts in n.wg until its accept loop ends: a Close from
+	// here on waits for the goroutines Run is still starting, instead of
+	// finding n.wg empty and closing the node under them.
+	n.wg.Add(1)
 	n.mu.Unlock()
 	defer cancel()
 	ln, err := net.Listen("tcp", n.cfg.Self.Addr)
 	if err != nil {
+		n.wg.Done()
 		return fmt.Errorf("listen for peers on %s: %w", n.cfg.Self.Addr, err)
 	}
 	n.ln = ln
@@ -392,6 +397,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	n.accept(ctx, ln)
+	n.wg.Done()
 	n.wg.Wait()
 	return nil
 }
