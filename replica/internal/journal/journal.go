@@ -64,9 +64,9 @@ type Entry struct {
 	Closed  bool          // done: DoneCh closed, its room returned to the log
 	Freed   bool          // done and no shipper holds it: Data released
 	// Borrowed: Data is the writer's own buffer, not a copy (a protocol-C
-	// write whose caller waits for it): the entry completes only once no
-	// shipper holds it (Refs == 0), since the caller reuses the buffer
-	// when it completes.
+	// write, whose caller keeps the buffer until the write completes):
+	// the entry completes only once no shipper holds it either (Refs ==
+	// 0), since the caller reuses the buffer then.
 	Borrowed bool
 	Err      error // local I/O error
 	// NoLocal: the local disk failed (detach) and the entry was not written
