@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -563,9 +562,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 		if pid := strings.TrimSpace(string(b)); err != nil || pid == "" || pid == nspid {
 			return false
 		}
-		out, err := alpha.ctl("status", "--json")
-		var st api.Status
-		if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Role != api.Primary {
+		if st, err := alpha.h.Status(context.Background()); err != nil || st.Role != api.Primary {
 			return false
 		}
 		m := sb.mon()

@@ -67,10 +67,7 @@ func TestLentEntryWaitsForShippers(t *testing.T) {
 	c := newCluster(t, 1, nil)
 	n := c.nodes[0].n
 	n.mu.Lock()
-	e := &journal.Entry{Kind: journal.Write, Seq: n.nextSeq, N: 4096, Data: make([]byte, 4096), Size: journal.Overhead + 4096,
-		Borrowed: true, Ready: true, Local: true, Refs: 1, DoneCh: make(chan struct{})}
-	n.nextSeq++
-	n.journal.Push(e)
+	e := pushShipped(n, true)
 	n.maybeDoneLocked(e)
 	closed := e.Closed
 	n.mu.Unlock()
@@ -95,10 +92,7 @@ func TestLentEntryWaitsForShippers(t *testing.T) {
 
 	// The same entry, not lent, completes at once: its data is a copy.
 	n.mu.Lock()
-	e2 := &journal.Entry{Kind: journal.Write, Seq: n.nextSeq, N: 4096, Data: make([]byte, 4096), Size: journal.Overhead + 4096,
-		Ready: true, Local: true, Refs: 1, DoneCh: make(chan struct{})}
-	n.nextSeq++
-	n.journal.Push(e2)
+	e2 := pushShipped(n, false)
 	n.maybeDoneLocked(e2)
 	closed = e2.Closed
 	e2.Refs--
@@ -108,4 +102,14 @@ func TestLentEntryWaitsForShippers(t *testing.T) {
 	if !closed {
 		t.Fatal("a write with its own copy waited for the shipper")
 	}
+}
+
+// pushShipped puts in n's journal a 4 KiB write that is local and owes no
+// ack, with one shipper holding it; n.mu held.
+func pushShipped(n *Node, borrowed bool) *journal.Entry {
+	e := &journal.Entry{Kind: journal.Write, Seq: n.nextSeq, N: 4096, Data: make([]byte, 4096), Size: journal.Overhead + 4096,
+		Borrowed: borrowed, Ready: true, Local: true, Refs: 1, DoneCh: make(chan struct{})}
+	n.nextSeq++
+	n.journal.Push(e)
+	return e
 }

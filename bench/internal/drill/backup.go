@@ -293,31 +293,28 @@ func settle(ctx context.Context, c *target.Cluster) error {
 // its new snapshot store left to pre-write, and says how long it waited.
 func prewritten(ctx context.Context, c *target.Cluster) (time.Duration, error) {
 	t0 := time.Now()
-	for {
+	var err error
+	wait := harness.WaitFor(ctx, "the snapshot stores' pre-writing", 5*time.Minute, func() bool {
 		left := int64(0)
 		for _, n := range c.Nodes {
-			out, err := ctl(ctx, n, "snapshot", "list", "--json")
-			if err != nil {
-				return 0, fmt.Errorf("snapshot list on %s: %v: %s", n.Name, err, out)
+			var out string
+			if out, err = ctl(ctx, n, "snapshot", "list", "--json"); err != nil {
+				err = fmt.Errorf("snapshot list on %s: %v: %s", n.Name, err, out)
+				return true
 			}
 			var l api.SnapshotList
-			if err := json.Unmarshal([]byte(out), &l); err != nil {
-				return 0, fmt.Errorf("snapshot list on %s: %v", n.Name, err)
+			if err = json.Unmarshal([]byte(out), &l); err != nil {
+				err = fmt.Errorf("snapshot list on %s: %v", n.Name, err)
+				return true
 			}
 			left += l.PrewriteLeftBytes
 		}
-		if left == 0 {
-			return time.Since(t0), nil
-		}
-		if time.Since(t0) > 5*time.Minute {
-			return 0, fmt.Errorf("%d bytes still to pre-write after 5 minutes", left)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
+		return left == 0
+	})
+	if err == nil {
+		err = wait
 	}
+	return time.Since(t0), err
 }
 
 // backupFrom runs repctl backup on node n into dir, taking snapshot name,
