@@ -113,6 +113,37 @@ func TestHandshakeEstablishes(t *testing.T) {
 	}
 }
 
+// Every feature has a bit of its own, and a peer sees every capability
+// this build has whatever the frame mode: only FeatureFrameMAC follows
+// the mode. (FeatureSnapshot once shared FeatureFrameMAC's bit, so links
+// without MACs hid it.)
+func TestFeatureBits(t *testing.T) {
+	bits := map[string]uint64{"S2": FeatureS2, "Zstd": FeatureZstd, "Dedup": FeatureDedup, "Cluster": FeatureCluster,
+		"FrameMAC": FeatureFrameMAC, "frameMACBLAKE3 (retired)": featureFrameMACBLAKE3, "Snapshot": FeatureSnapshot}
+	seen := map[uint64]string{}
+	for name, b := range bits {
+		if b == 0 || b&(b-1) != 0 {
+			t.Fatalf("Feature%s = %#x is not one bit", name, b)
+		}
+		if other, ok := seen[b]; ok {
+			t.Fatalf("Feature%s and Feature%s share bit %#x", name, other, b)
+		}
+		seen[b] = name
+	}
+	for _, secret := range []string{"s3cret-s3cret", ""} {
+		a, b := pipePair(t)
+		dr, lr := handshakePair(a, b, validHello(1, "alpha"), validHello(2, "beta"), []byte(secret), []byte(secret), 2)
+		if dr.err != nil || lr.err != nil {
+			t.Fatalf("secret %q: dialer %v, listener %v", secret, dr.err, lr.err)
+		}
+		for _, s := range []*Session{dr.s, lr.s} {
+			if got := s.Peer.Features & Features; got != Features {
+				t.Errorf("secret %q: %s announced features %#x, want all of %#x", secret, s.Peer.Name, s.Peer.Features, Features)
+			}
+		}
+	}
+}
+
 // The listener proves nothing to a dialer that did not prove the secret:
 // with different secrets the dialer gets a refusal, never a proof.
 func TestHandshakeWrongSecret(t *testing.T) {

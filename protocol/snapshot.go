@@ -31,8 +31,12 @@ import (
 // requester only.
 
 // FeatureSnapshot: takes snapshots in the write stream (Snapshot,
-// SnapshotAck) and asks for them (SnapshotReq, SnapshotReply).
-const FeatureSnapshot uint64 = 1 << 5
+// SnapshotAck) and asks for them (SnapshotReq, SnapshotReply). Builds
+// before 2026-12-06 announced it with bit 5, FeatureFrameMAC's, which a
+// link without frame MACs clears: such a peer is taken for one that
+// cannot take snapshots (refused with "upgrade it"), never for one that
+// can.
+const FeatureSnapshot uint64 = 1 << 6
 
 // FlagSnapshotFailed marks a SnapshotAck or SnapshotReply whose snapshot
 // was not created (on some node, for a reply); the payload says why.

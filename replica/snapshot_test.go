@@ -243,6 +243,28 @@ func testSnapshotConsistentPoint(t *testing.T, proto api.Protocol) {
 	c.assertEqualStores()
 }
 
+// Without frame MACs (no secret, or TLS) the peers still announce that
+// they take snapshots: FeatureSnapshot once shared its bit with
+// FeatureFrameMAC, and a link without MACs refused every snapshot on a
+// peer as "runs a repd that cannot take snapshots".
+func TestSnapshotWithoutFrameMACs(t *testing.T) {
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.SnapshotStoreBytes, cfg.Secret = 4<<20, nil })
+	alpha := c.bootstrap()
+	if err := alpha.WriteAt(context.Background(), bytes.Repeat([]byte{0x5A}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	res, err := alpha.Snapshot(context.Background(), "plain", []string{"alpha", "beta"})
+	if err != nil {
+		t.Fatalf("snapshot on both nodes of a link without frame MACs: %v", err)
+	}
+	if strings.Join(res.Created, ",") != "alpha,beta" {
+		t.Fatalf("created on %v", res.Created)
+	}
+	if ha, hb := snapHash(t, alpha, "plain"), snapHash(t, c.nodes[1].n, "plain"); ha != hb {
+		t.Fatalf("beta's snapshot differs from alpha's (%x vs %x)", hb[:8], ha[:8])
+	}
+}
+
 // A Secondary asks the Primary for a snapshot in the write stream: for
 // itself (the Primary takes none), or for every node; both images equal.
 // With no Primary connected it takes one at once, and says so.
