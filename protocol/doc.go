@@ -201,6 +201,35 @@
 // connection has new keys. (Frames cut off at the end of a connection are
 // not detected here; the replication protocol's acks account for them.)
 //
+// Split tags for large frames. GCM takes the bytes it authenticates as one
+// slice, so a frame must lie in one piece of memory to get the tag above:
+// a writer whose frame is a 16-byte head here and 1 MiB of data there
+// (a Write whose data is the application's buffer) copied it whole, which
+// took a tenth of a protocol-C Primary's CPU at 1 MiB writes. Between two
+// peers that both announce FeatureSplitMAC, a frame whose payload has
+// P ≥ 64 KiB bytes is tagged in two parts instead, with s = P mod 512 (a
+// Write's head, as NBD data comes in multiples of 512 bytes):
+//
+//	inner = AES-256-GCM-Seal(key, nonce(counter, 2), "", payload[s:])
+//	MAC   = AES-256-GCM-Seal(key, nonce(counter, 1), "", header ‖ payload[:s] ‖ inner)
+//
+//	nonce(counter, part):  0                       8           12
+//	                       +-----------------------+-----------+
+//	                       | counter u64           | part u32  |
+//	                       +-----------------------+-----------+
+//
+// Frames below 64 KiB, and every frame when either side lacks the
+// feature, keep the tag above (part 0). The inner tag is never sent. Each
+// (counter, part) nonce still serves one computation under a key: a
+// counter value belongs to one frame, whose size (in its authenticated
+// header) decides whether it uses part 0 or parts 1 and 2. Altering the
+// header or payload[:s] (which includes moving the split point, since
+// P is in the header) changes the outer tag's input; altering
+// payload[s:] changes the inner tag unless GHASH collides on it, with
+// probability about ℓ/2^128, and then the outer input. Either way a forgery
+// is a GCM forgery under a fresh pad, as above. The receiver computes the
+// same two tags over the frame it read.
+//
 // Key usage limits. AES's pads are a permutation's outputs, not a random
 // function's; after q frames under one key this shows with probability
 // about q²/2^129. So a key authenticates at most 2^32 frames (2^-65): frame

@@ -227,6 +227,7 @@ type Writer struct {
 	// authenticate that does not fit bw's buffer (see emitSealed); at
 	// most HeaderSize+MaxPayload+MACSize bytes.
 	scratch []byte
+	pre     []byte // a split frame's payload before its split point (emitSplit)
 	out     []byte // compressed payload
 	digest  *xxhash.Digest
 	n       int64 // bytes written, for statistics
@@ -349,6 +350,9 @@ func (w *Writer) emit(h *Header, a, b []byte) error {
 // (flushing what is buffered if the frame fits only an empty buffer), or,
 // for a frame larger than the buffer, in w.scratch.
 func (w *Writer) emitSealed(a, b []byte) error {
+	if w.mac.splits(len(a) + len(b)) {
+		return w.emitSplit(a, b)
+	}
 	n := HeaderSize + len(a) + len(b) + MACSize
 	var frame []byte
 	switch {
@@ -373,6 +377,49 @@ func (w *Writer) emitSealed(a, b []byte) error {
 	_, err = w.bw.Write(frame)
 	w.n += int64(n)
 	return err
+}
+
+// emitSplit writes w.hdr ‖ a ‖ b and its two-part tag (frameMAC.sealSplit):
+// the data goes from where it lies to the socket, not copied. Only a
+// payload whose split point falls inside a while b is not empty is put
+// together in w.scratch first (a dedup head longer than splitAlign; a
+// Write's head is 16 bytes and NBD data comes in multiples of 512).
+func (w *Writer) emitSplit(a, b []byte) error {
+	plen := len(a) + len(b)
+	s := splitPoint(plen)
+	var pre, inner []byte
+	switch {
+	case len(b) == 0:
+		pre, inner = a[:s], a[s:]
+	case s >= len(a):
+		k := s - len(a)
+		w.pre = append(append(w.pre[:0], a...), b[:k]...)
+		pre, inner = w.pre, b[k:]
+	default:
+		w.scratch = append(append(w.scratch[:0], a...), b...)
+		a, b = w.scratch, nil
+		pre, inner = a[:s], a[s:]
+	}
+	tag, err := w.mac.sealSplit(w.hdr[:], pre, inner)
+	if err != nil {
+		return fmt.Errorf("%s frame seq %d: %w", Type(w.hdr[5]), binary.LittleEndian.Uint64(w.hdr[16:]), err)
+	}
+	w.bw.Write(w.hdr[:])
+	w.writeLarge(a)
+	w.writeLarge(b)
+	_, err = w.bw.Write(tag)
+	w.n += int64(HeaderSize + plen + MACSize)
+	return err
+}
+
+// writeLarge writes p through bw, straight to the socket when it does not
+// fit the buffer: what is buffered goes first (bufio would otherwise copy
+// a buffer's worth of p to fill it).
+func (w *Writer) writeLarge(p []byte) {
+	if len(p) > w.bw.Available() && w.bw.Buffered() > 0 {
+		w.bw.Flush() // an error stays in bw and is returned by its next Write
+	}
+	w.bw.Write(p)
 }
 
 // Flush sends buffered frames.
@@ -489,7 +536,14 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	payload := frame[HeaderSize:]
 	if r.mac != nil {
 		ctr := r.mac.ctr
-		if err := r.mac.open(frame, buf[len(frame):]); err != nil {
+		var err error
+		if r.mac.splits(len(payload)) {
+			s := splitPoint(len(payload))
+			err = r.mac.openSplit(frame[:HeaderSize], payload[:s], payload[s:], buf[len(frame):])
+		} else {
+			err = r.mac.open(frame, buf[len(frame):])
+		}
+		if err != nil {
 			if errors.Is(err, errFramesExhausted) {
 				r.err = fmt.Errorf("%w: %w: %s frame seq %d: %v", ErrCorrupt, ErrFrameAuth, h.Type, h.Seq, err)
 			} else {

@@ -141,22 +141,27 @@ func FuzzReadFrame(f *testing.F) {
 }
 
 // macStream is what an honest Writer sends under key, rekeying every 2
-// frames: the bytes, and the frames a Reader must return.
-func macStream(tb testing.TB, key [32]byte) ([]byte, []Frame) {
+// frames: the bytes, and the frames a Reader must return. With split,
+// frames of 64 bytes of payload or more get two-part tags.
+func macStream(tb testing.TB, key [32]byte, split bool) ([]byte, []Frame) {
 	var buf bytes.Buffer
 	w, err := NewWriter(&buf, CodecS2, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	w.mac = mustFrameMAC(tb, &key)
-	w.mac.every = 2
+	w.mac = newFuzzMAC(tb, key, split)
 	text := bytes.Repeat([]byte("compressible "), 100)
+	noise := make([]byte, 1000)
+	for i := range noise {
+		noise[i] = byte(i*7919 + i>>3*31)
+	}
 	frames := []Frame{
 		{Type: TypeWrite, Flags: FlagFUA, Seq: 1, Payload: append((&Write{Off: 0, Len: uint64(len(text))}).AppendHead(nil), text...)},
 		{Type: TypePing, Seq: 2},
 		{Type: TypeWrite, Seq: 3, Payload: append((&Write{Off: 4096, Len: 40}).AppendHead(nil), "forty bytes of data, not worth squeezing"...)},
 		{Type: TypeAck, Seq: 3},
 		{Type: TypeBarrier, Seq: 4},
+		{Type: TypeWrite, Seq: 5, Payload: append((&Write{Off: 8192, Len: uint64(len(noise))}).AppendHead(nil), noise...)},
 	}
 	for _, f := range frames {
 		if err := w.WriteFrame(f.Type, f.Flags, f.Seq, f.Payload, nil); err != nil {
@@ -171,15 +176,38 @@ func macStream(tb testing.TB, key [32]byte) ([]byte, []Frame) {
 // an authenticated Reader: nothing may panic, the Reader returns only the
 // honest frames, in order (anything else would be a forgery), and once it
 // refused a frame as unauthenticated it refuses everything.
-func FuzzReadFrameMAC(f *testing.F) {
+func FuzzReadFrameMAC(f *testing.F) { fuzzReadFrameMAC(f, false) }
+
+// FuzzReadFrameSplitMAC is FuzzReadFrameMAC with two-part tags on frames of
+// 64 bytes of payload or more (64 KiB in use).
+func FuzzReadFrameSplitMAC(f *testing.F) { fuzzReadFrameMAC(f, true) }
+
+// newFuzzMAC is the frameMAC of the fuzzed streams: a new key every 2
+// frames, and with split two-part tags from 64 bytes of payload.
+func newFuzzMAC(tb testing.TB, key [32]byte, split bool) *frameMAC {
+	m := mustFrameMAC(tb, &key)
+	m.every = 2
+	m.split, m.splitMin = split, 64
+	return m
+}
+
+func fuzzReadFrameMAC(f *testing.F, split bool) {
 	key := [32]byte{7, 7, 7}
-	stream, want := macStream(f, key)
+	stream, want := macStream(f, key, split)
+	inner := false // a frame with a two-part tag whose inner part is not empty
+	for b := stream; len(b) >= HeaderSize; {
+		plen := int(parseHeader(b).PayloadLen)
+		inner = inner || plen >= 512
+		b = b[min(len(b), HeaderSize+plen+MACSize):]
+	}
+	if split && !inner {
+		f.Fatal("the honest stream has no frame with an inner tag")
+	}
 	if Codec(stream[7]) != CodecS2 {
 		f.Fatalf("the honest stream's first frame is not compressed (%s)", Codec(stream[7]))
 	}
 	r := NewReader(bytes.NewReader(stream))
-	r.mac = mustFrameMAC(f, &key)
-	r.mac.every = 2
+	r.mac = newFuzzMAC(f, key, split)
 	for i := range want {
 		if fr, err := r.ReadFrame(); err != nil || fr.Seq != want[i].Seq {
 			f.Fatalf("honest frame %d: seq %d, %v", i, fr.Seq, err)
@@ -196,8 +224,7 @@ func FuzzReadFrameMAC(f *testing.F) {
 	f.Add(append(bytes.Clone(stream), stream[:HeaderSize+MACSize]...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := NewReader(bytes.NewReader(b))
-		r.mac = mustFrameMAC(t, &key)
-		r.mac.every = 2
+		r.mac = newFuzzMAC(t, key, split)
 		for i := 0; ; i++ {
 			fr, err := r.ReadFrame()
 			if err != nil {

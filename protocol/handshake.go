@@ -56,6 +56,9 @@ type Session struct {
 	// FrameAuth: frames carry AES-256-GCM tags (a secret and no TLS);
 	// otherwise xxhash64.
 	FrameAuth bool
+	// SplitMAC: FrameAuth, and both sides announced FeatureSplitMAC: frames
+	// of at least 64 KiB of payload carry two-part tags.
+	SplitMAC bool
 	// Transcript is the BLAKE3 hash of the four handshake frames; it is
 	// unique to this connection and equal on both sides.
 	Transcript [32]byte
@@ -341,12 +344,14 @@ func (hs *handshake) finish(peer *Hello) (*Session, error) {
 		if hs.dialer {
 			send, recv = fromD, fromL
 		}
+		split := hs.local.Features&peer.Features&FeatureSplitMAC != 0
+		send.split, recv.split = split, split
 	}
 	if err := hs.c.W.openWith(send); err != nil {
 		return nil, err
 	}
 	hs.c.R.openWith(recv)
-	return &Session{Peer: peer, Dialer: hs.dialer, FrameAuth: hs.frameAuth, Transcript: t}, nil
+	return &Session{Peer: peer, Dialer: hs.dialer, FrameAuth: hs.frameAuth, SplitMAC: send != nil && send.split, Transcript: t}, nil
 }
 
 func matchHello(l, p *Hello) error {

@@ -119,7 +119,8 @@ func TestHandshakeEstablishes(t *testing.T) {
 // without MACs hid it.)
 func TestFeatureBits(t *testing.T) {
 	bits := map[string]uint64{"S2": FeatureS2, "Zstd": FeatureZstd, "Dedup": FeatureDedup, "Cluster": FeatureCluster,
-		"FrameMAC": FeatureFrameMAC, "frameMACBLAKE3 (retired)": featureFrameMACBLAKE3, "Snapshot": FeatureSnapshot}
+		"FrameMAC": FeatureFrameMAC, "frameMACBLAKE3 (retired)": featureFrameMACBLAKE3, "Snapshot": FeatureSnapshot,
+		"SplitMAC": FeatureSplitMAC}
 	seen := map[uint64]string{}
 	for name, b := range bits {
 		if b == 0 || b&(b-1) != 0 {

@@ -28,7 +28,22 @@ const (
 	gcmNonceSize = 12
 	// ctxRekey derives key e+1 from key e.
 	ctxRekey = "repd 2026-12-05 peer link v2: AES-256-GCM frame key, next 2^32 frames"
+	// splitMACMin: between two peers announcing FeatureSplitMAC, a frame
+	// with a payload of at least this many bytes gets a two-part tag
+	// (sealSplit), which its writer computes over its head and data
+	// where they lie instead of putting the frame together first.
+	splitMACMin = 64 << 10
+	// splitAlign: a split frame's payload of n bytes divides at n mod
+	// splitAlign: a Write's 16-byte head, then its data.
+	splitAlign = 512
+	// The last four bytes of the nonce say which tag of a frame it is:
+	// the whole frame's, or a split frame's outer and inner tags.
+	partWhole, partOuter, partInner = 0, 1, 2
 )
+
+// splitPoint is where the payload of a split frame of plen bytes divides:
+// the inner tag covers payload[splitPoint(plen):].
+func splitPoint(plen int) int { return plen % splitAlign }
 
 // errFramesExhausted: a direction sent maxFrames frames.
 var errFramesExhausted = errors.New("frame counter exhausted: the connection must be reopened")
@@ -47,10 +62,16 @@ type frameMAC struct {
 	every uint64 // frames per key: rekeyInterval (tests make it small)
 	nonce [gcmNonceSize]byte
 	tag   [MACSize]byte
+	// split: both sides announced FeatureSplitMAC, so frames of at least
+	// splitMACMin payload bytes have two-part tags.
+	split    bool
+	splitMin int           // splitMACMin (tests make it small)
+	inner    [MACSize]byte // a split frame's inner tag
+	outer    []byte        // a split frame's outer bytes: header ‖ payload[:s] ‖ inner tag
 }
 
 func newFrameMAC(key *[32]byte) (*frameMAC, error) {
-	m := &frameMAC{key: *key, every: rekeyInterval}
+	m := &frameMAC{key: *key, every: rekeyInterval, splitMin: splitMACMin}
 	if err := m.setKey(); err != nil {
 		return nil, err
 	}
@@ -104,6 +125,52 @@ func (m *frameMAC) seal(frame []byte) ([]byte, error) {
 	m.aead.Seal(m.tag[:0], m.nonce[:], nil, frame)
 	m.ctr++
 	return append(frame, m.tag[:]...), nil
+}
+
+// splits reports whether a frame of plen payload bytes has a two-part tag.
+func (m *frameMAC) splits(plen int) bool { return m.split && plen >= m.splitMin }
+
+// splitTag computes the tag of the next frame (already started) of header
+// hdr and payload pre ‖ inner, pre being its first splitPoint bytes: the
+// inner tag covers inner alone, under the frame's nonce with part
+// partInner; the frame's tag covers hdr ‖ pre ‖ the inner tag, with part
+// partOuter. The inner tag is never sent. Only the outer bytes, a few
+// hundred at most, are put together: inner is read where it lies.
+func (m *frameMAC) splitTag(hdr, pre, inner []byte) []byte {
+	m.nonce[8] = partInner
+	m.aead.Seal(m.inner[:0], m.nonce[:], nil, inner)
+	m.outer = append(append(append(m.outer[:0], hdr...), pre...), m.inner[:]...)
+	m.nonce[8] = partOuter
+	return m.outer
+}
+
+// sealSplit returns the tag of the next frame of the direction, a split
+// one (splits), and counts it.
+func (m *frameMAC) sealSplit(hdr, pre, inner []byte) ([]byte, error) {
+	if err := m.start(); err != nil {
+		return nil, err
+	}
+	outer := m.splitTag(hdr, pre, inner)
+	m.aead.Seal(m.tag[:0], m.nonce[:], nil, outer)
+	m.nonce[8] = partWhole
+	m.ctr++
+	return m.tag[:], nil
+}
+
+// openSplit checks that tag is the tag of the split frame hdr ‖ pre ‖
+// inner as the next frame of the direction, and counts it if so.
+func (m *frameMAC) openSplit(hdr, pre, inner, tag []byte) error {
+	if err := m.start(); err != nil {
+		return err
+	}
+	outer := m.splitTag(hdr, pre, inner)
+	_, err := m.aead.Open(nil, m.nonce[:], tag, outer)
+	m.nonce[8] = partWhole
+	if err != nil {
+		return err
+	}
+	m.ctr++
+	return nil
 }
 
 // open checks that tag is the tag of frame as the next frame of the

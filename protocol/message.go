@@ -22,8 +22,12 @@ const (
 	// without FeatureFrameMAC is refused with a message that says so
 	// (rather than failing the first frame as if it were forged).
 	featureFrameMACBLAKE3 uint64 = 1 << 4
+	// FeatureSplitMAC: makes and checks the two-part tags of large frames
+	// (see the package documentation); used when both sides announce it
+	// and frames are authenticated.
+	FeatureSplitMAC uint64 = 1 << 7
 	// Features is what this implementation supports.
-	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster | FeatureSnapshot
+	Features = FeatureS2 | FeatureZstd | FeatureDedup | FeatureCluster | FeatureSnapshot | FeatureSplitMAC
 )
 
 // NonceSize is the size of a handshake nonce.
