@@ -40,7 +40,8 @@ func LittleBound(s *result.Summary, target, workload string) float64 {
 // on one machine, whatever the implementation: each of its writes costs at
 // least what a standalone write cost (target and fio, CPU per I/O) plus,
 // per peer, the floor drill's cost of sending, receiving and writing the
-// bytes once more, and all of it shares these CPUs. Hence its IOPS are at
+// bytes once more (with a frame MAC, that of tagging the frame and
+// checking the tag too), and all of it shares these CPUs. Hence its IOPS are at
 // most CPUs / (standalone CPU per I/O + peers × floor), against
 // standalone's measured IOPS. 0 without the CPU figures or the floor
 // drill.
@@ -58,12 +59,17 @@ func CPUBound(s *result.Summary, num, den, workload string) (float64, string) {
 	if t == nil || t.Meta.Kind != "repd" || t.Meta.Peers == 0 || sa == nil || sa.CPU == nil || sa.IOPS == 0 {
 		return 0, ""
 	}
-	fl := s.Drills.Floor.Us4K
+	fl, mac := s.Drills.Floor.Us4K, s.Drills.Floor.MACUs4K
 	what := "receive and pwrite 4 KiB"
 	if workload == "seqwrite-1m-qd8" {
-		fl, what = s.Drills.Floor.Us1M, "receive and pwrite 1 MiB"
+		fl, mac, what = s.Drills.Floor.Us1M, s.Drills.Floor.MACUs1M, "receive and pwrite 1 MiB"
 	} else if !strings.HasPrefix(workload, "randwrite-4k") {
 		return 0, ""
+	}
+	if t.Meta.FrameMAC && mac > 0 {
+		// Its frames carry tags: each peer's copy is tagged and checked.
+		fl += mac
+		what += fmt.Sprintf(", and %.1f µs to tag its frame and check the tag", mac)
 	}
 	perIO := sa.CPU.Total() + float64(t.Meta.Peers)*fl
 	b := float64(s.Machine.Nproc) * 1e6 / perIO / sa.IOPS

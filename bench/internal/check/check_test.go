@@ -98,6 +98,7 @@ func TestCPUBound(t *testing.T) {
 			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
 			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
 			{Name: "repd-c2", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2}},
+			{Name: "repd-c2-mac", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2, FrameMAC: true}},
 			{Name: "nbdkit", Meta: result.TargetMeta{Kind: "nbdkit"}},
 		},
 		Results: []result.Result{
@@ -105,7 +106,7 @@ func TestCPUBound(t *testing.T) {
 			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 100000, CPU: &result.CPUStats{TargetUs: 5, FioUs: 3, Util: 0.8}},
 			{Workload: "randwrite-4k-qd32", Target: "repd-a1", IOPS: 60000},
 		},
-		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 2, Us1M: 300}},
+		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 2, Us1M: 300, MACUs4K: 1, MACUs1M: 250}},
 	}
 	// One peer: 2 CPUs / 10 µs = 200k IOPS = 2.0x of 100k.
 	if b, why := CPUBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); b < 1.999 || b > 2.001 || !strings.Contains(why, "200000 IOPS") {
@@ -114,6 +115,11 @@ func TestCPUBound(t *testing.T) {
 	// Two peers: 2 CPUs / 12 µs = 166667 IOPS.
 	if b, _ := CPUBound(s, "repd-c2", "repd", "randwrite-4k-qd32"); b < 1.666 || b > 1.667 {
 		t.Errorf("two peers: %.4f, want 1.6667", b)
+	}
+	// Two peers whose frames carry tags: each copy also costs the MAC,
+	// 2 CPUs / (8 + 2 × (2 + 1)) µs = 142857 IOPS.
+	if b, why := CPUBound(s, "repd-c2-mac", "repd", "randwrite-4k-qd32"); b < 1.428 || b > 1.429 || !strings.Contains(why, "to tag its frame") {
+		t.Errorf("two peers with frame MACs: %.4f (%s), want 1.4286", b, why)
 	}
 	for _, c := range []struct{ num, den, workload string }{
 		{"nbdkit", "repd", "randwrite-4k-qd32"},    // not a replicated repd

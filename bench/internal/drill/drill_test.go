@@ -85,10 +85,10 @@ func TestFloorDrillSmall(t *testing.T) {
 	if r.Error != "" {
 		t.Fatal(r.Error)
 	}
-	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 || r.RTTUs4K <= 0 || r.RTTUs4KProcess <= 0 {
+	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 || r.RTTUs4K <= 0 || r.RTTUs4KProcess <= 0 || r.MACUs4K <= 0 || r.MACUs1M <= 0 {
 		t.Errorf("floor %+v: every cost must be positive", r)
 	}
-	if r.Us1M < r.Us4K {
+	if r.Us1M < r.Us4K || r.MACUs1M < r.MACUs4K {
 		t.Errorf("floor %+v: a 1 MiB write cannot cost less than a 4 KiB one", r)
 	}
 	if r := drillFloor(t.Context(), target.Env{Dir: t.TempDir(), Size: 1 << 20}); r.Error == "" {

@@ -113,6 +113,9 @@ type TargetMeta struct {
 	Compression string  `json:"compression,omitempty"` // repd: none, zstd
 	Link        string  `json:"link,omitempty"`        // link profile; "" is loopback
 	LinkRTTms   float64 `json:"link_rtt_ms"`           // added round trip
+	// FrameMAC: repd with peers whose frames carry AES-GCM tags (a shared
+	// secret and no TLS, the default).
+	FrameMAC bool `json:"frame_mac,omitempty"`
 	// Default: in the default run (without --targets).
 	Default bool `json:"-"`
 }

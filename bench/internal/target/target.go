@@ -140,7 +140,7 @@ func replicated(proto string, peers int, compression string, l *link.Profile, in
 	if peers > 1 {
 		desc += "s"
 	}
-	meta := result.TargetMeta{Kind: "repd", Group: result.GroupLoopback, Protocol: proto, Peers: peers, Compression: compression}
+	meta := result.TargetMeta{Kind: "repd", Group: result.GroupLoopback, Protocol: proto, Peers: peers, Compression: compression, FrameMAC: !insecure}
 	extra := map[string]string{}
 	if compression != "none" {
 		name += "-" + compression
@@ -177,7 +177,7 @@ const SmallJournalName = "repd-a1-j8"
 func SmallJournal() Target {
 	t := repdTarget(RepdConfig{Name: SmallJournalName, Desc: "repd protocol A, 1 peer, loopback, journal-size 8 MiB",
 		Nodes: []string{"alpha", "bravo"}, Protocol: "A", Extra: map[string]string{"journal-size": "8388608"}})
-	t.Meta = result.TargetMeta{Kind: "repd", Group: result.GroupLoopback, Protocol: "A", Peers: 1}
+	t.Meta = result.TargetMeta{Kind: "repd", Group: result.GroupLoopback, Protocol: "A", Peers: 1, FrameMAC: true}
 	return t
 }
 
