@@ -51,6 +51,7 @@ func run(ctx context.Context, o options) error {
 	}
 	rcfg.Logger = o.log // the engine names resource and node itself
 	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
+	setMemoryLimit(&rcfg, log)
 
 	// A witness (disk = "none") has no store and serves no NBD: it votes.
 	witness := self.Witness()
