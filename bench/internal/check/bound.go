@@ -66,12 +66,13 @@ func CPUBound(s *result.Summary, num, den, workload string) (float64, string) {
 	} else if !strings.HasPrefix(workload, "randwrite-4k") {
 		return 0, ""
 	}
+	perPeer := fl
 	if t.Meta.FrameMAC && mac > 0 {
 		// Its frames carry tags: each peer's copy is tagged and checked.
-		fl += mac
+		perPeer += mac
 		what += fmt.Sprintf(", and %.1f µs to tag its frame and check the tag", mac)
 	}
-	perIO := sa.CPU.Total() + float64(t.Meta.Peers)*fl
+	perIO := sa.CPU.Total() + float64(t.Meta.Peers)*perPeer
 	b := float64(s.Machine.Nproc) * 1e6 / perIO / sa.IOPS
 	return b, fmt.Sprintf("standalone cost %.1f µs of CPU per write (repd %.1f + fio %.1f) with the %d CPUs %.0f %% busy, "+
 		"and each peer adds at least %.1f µs to send, %s (floor drill): at most %d CPUs / %.1f µs = %.0f IOPS",

@@ -42,6 +42,9 @@ func Eval(s *result.Summary) []result.Check {
 			}
 			if b, why := CPUBound(s, c.Num, c.Den, c.Workload); b > 0 {
 				ck.Detail += fmt.Sprintf("; on this machine's CPUs it cannot exceed %.2fx: %s", b, why)
+				if b < c.Min && c.OfBound == 0 {
+					ck.Detail += fmt.Sprintf("; so %.2fx is out of reach here (%.0f %% of the bound reached)", c.Min, 100*ck.Value/b)
+				}
 			}
 		}
 		cs = append(cs, ck)
