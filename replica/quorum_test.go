@@ -12,6 +12,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/config"
+	"github.com/repd/repd/faultnet"
 )
 
 // quorumCluster builds k nodes with quorum majority; the nodes listed in
@@ -309,4 +310,79 @@ func TestQuorumWitnessRefusesReplacedPrimary(t *testing.T) {
 		t.Fatalf("alpha holds a lease again: %+v", s)
 	}
 	t.Logf("alpha's write: %v; alpha %s, %s", err, alpha.Status().Role, alpha.Status().LastElection)
+}
+
+// A replaced Primary whose resync from the new Primary is cut comes back
+// Inconsistent with the generation it had diverged to: the Primary that
+// holds its lease resyncs it again (the whole device), rather than both
+// refusing the connection for good. Two data nodes and a witness: alpha
+// is cut off (its write there fails, io-error), beta is elected and writes
+// a lot; alpha returns, steps down and becomes beta's sync target over a
+// slow link; alpha is cut off again mid-resync while beta writes on; then
+// everything heals. (Found by chaos's quorum-flap scenario, where with no
+// third data node the refusal — "after its resync ends this resolves" —
+// never resolved.)
+func TestQuorumCutResyncOfReplacedPrimary(t *testing.T) {
+	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) {
+		cfg.AutoPromote = true
+		cfg.OnNoQuorum = config.NoQuorumIOError
+	})
+	c.waitConnected(10 * time.Second)
+	alpha, beta := c.nodes[0].n, c.nodes[1].n
+	if err := alpha.NewCurrentUUID(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	var acked ackedWrites
+	ctx := context.Background()
+	for i := range 16 {
+		if err := acked.write(t, alpha, ctx, int64(i)*4096, byte(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.isolate(0, true)
+	// alpha, cut off, writes where beta will not: its generation diverges
+	// (the write itself fails once the lease is over).
+	for i := range 4 {
+		if err := acked.write(t, alpha, ctx, int64(1000+i)*4096, 0xAA); err == nil {
+			t.Logf("alpha's write %d after the cut acknowledged (within its lease)", i)
+		}
+	}
+	waitFor(t, 15*time.Second, "beta elected", func() bool { return beta.Status().Role == api.Primary })
+	// 8 MiB for the resync to carry.
+	for i := range 2048 {
+		if err := acked.write(t, beta, ctx, int64(i)*4096, byte(0x40+i%64)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.proxy(0, 1).SetLink(faultnet.Link{Bandwidth: 1 << 20}, faultnet.Link{Bandwidth: 1 << 20})
+	c.isolate(0, false)
+	waitFor(t, 20*time.Second, "alpha a sync target", func() bool {
+		s := alpha.Status()
+		return s.Role == api.Secondary && s.Disk == "Inconsistent" && peerState(alpha, "beta").Replication == api.SyncTarget
+	})
+	time.Sleep(500 * time.Millisecond)
+	c.isolate(0, true) // the resync is cut
+	waitFor(t, 10*time.Second, "alpha cut off", func() bool { return peerState(beta, "alpha").Connection != api.Connected })
+	if s := alpha.Status(); s.Disk != "Inconsistent" {
+		t.Fatalf("alpha after the cut resync: disk %s, want Inconsistent", s.Disk)
+	}
+	for i := range 64 {
+		if err := acked.write(t, beta, ctx, int64(3000+i)*4096, 0xBB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.proxy(0, 1).SetLink(faultnet.Link{}, faultnet.Link{})
+	c.isolate(0, false)
+	c.waitSynced(30 * time.Second)
+	for _, tn := range c.nodes[:2] {
+		for _, p := range tn.n.Status().Peers {
+			if p.SplitBrain {
+				t.Fatalf("%s reports split brain with %s", tn.cfg.Self.Name, p.Name)
+			}
+		}
+	}
+	acked.check(t, c.nodes[1])
+	acked.check(t, c.nodes[0])
+	c.assertEqualStores()
 }

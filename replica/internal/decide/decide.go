@@ -81,6 +81,10 @@ type Verdict struct {
 	// Err refuses the connection (wraps ErrRefused, ErrSplitBrain or
 	// ErrUnrelated) with a sentence for the operator.
 	Err error
+	// CutResync: Err refuses because one side is Inconsistent (a resync
+	// toward it was cut) with a generation diverging from the other's;
+	// Rel is RelSplitBrain.
+	CutResync bool
 }
 
 func inHistory(u uint64, h [2]uint64) bool { return u != 0 && (h[0] == u || h[1] == u) }
@@ -98,7 +102,7 @@ func Compare(me, peer Side) Verdict {
 				// ends. Diverging generations then say nothing yet:
 				// connect again later (seen when two nodes connected
 				// just as both finished resyncs from a third).
-				return Verdict{Err: fmt.Errorf("%w: %s is Inconsistent (a resync toward it is under way or was cut) and its generation (%s) diverges from %s's (%s); connecting again, after its resync ends this resolves, or run connect --discard-my-data on %s",
+				return Verdict{Rel: RelSplitBrain, CutResync: true, Err: fmt.Errorf("%w: %s is Inconsistent (a resync toward it is under way or was cut) and its generation (%s) diverges from %s's (%s); connecting again, after its resync ends this resolves, or run connect --discard-my-data on %s",
 					ErrRefused, s.Name, api.FormatUUID(s.Current), o.Name, api.FormatUUID(o.Current), s.Name)}
 			}
 		}

@@ -173,8 +173,8 @@ func TestCompareInconsistentIsNotSplitBrain(t *testing.T) {
 		t.Fatalf("the generations should diverge here: %+v", v)
 	}
 	for _, v := range []Verdict{Compare(a, g), Compare(g, a)} {
-		if errors.Is(v.Err, ErrSplitBrain) || !errors.Is(v.Err, ErrRefused) {
-			t.Fatalf("want a refusal that is not a split brain, got %+v", v)
+		if errors.Is(v.Err, ErrSplitBrain) || !errors.Is(v.Err, ErrRefused) || !v.CutResync {
+			t.Fatalf("want a refusal that is not a split brain, marked CutResync, got %+v", v)
 		}
 	}
 	a.Disk = UpToDate
