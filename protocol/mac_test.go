@@ -20,6 +20,14 @@ import (
 // ctr u64 ‖ 4 zero bytes, no plaintext, the frame as additional data.
 func gcmTag(t *testing.T, key [32]byte, ctr uint64, frame []byte) []byte {
 	t.Helper()
+	var nonce [12]byte
+	binary.LittleEndian.PutUint64(nonce[:], ctr)
+	return testGCM(t, key).Seal(nil, nonce[:], nil, frame)
+}
+
+// testGCM is AES-256-GCM under key, from crypto/aes and crypto/cipher.
+func testGCM(t *testing.T, key [32]byte) cipher.AEAD {
+	t.Helper()
 	block, err := aes.NewCipher(key[:])
 	if err != nil {
 		t.Fatal(err)
@@ -28,9 +36,18 @@ func gcmTag(t *testing.T, key [32]byte, ctr uint64, frame []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var nonce [12]byte
-	binary.LittleEndian.PutUint64(nonce[:], ctr)
-	return aead.Seal(nil, nonce[:], nil, frame)
+	return aead
+}
+
+// frameKeys derives a connection's frame keys (dialer to listener, and
+// back) from the secret and the transcript, as the documentation says.
+func frameKeys(secret []byte, transcript [32]byte) (kd, kl [32]byte) {
+	var k [32]byte
+	blake3.DeriveKey(ctxAuthKey, secret, k[:])
+	material := append(k[:], transcript[:]...)
+	blake3.DeriveKey(ctxKeyDialer, material, kd[:])
+	blake3.DeriveKey(ctxKeyListener, material, kl[:])
+	return kd, kl
 }
 
 // readRaw reads one frame with a trailer of tl bytes from nc as bytes.
@@ -59,12 +76,7 @@ func TestFrameMACIsDocumentedGCM(t *testing.T) {
 	if dr.err != nil || lr.err != nil || !dr.s.FrameAuth {
 		t.Fatalf("handshake: %v / %v", dr.err, lr.err)
 	}
-	var k [32]byte
-	blake3.DeriveKey(ctxAuthKey, secret, k[:])
-	material := append(k[:], dr.s.Transcript[:]...)
-	var kd, kl [32]byte
-	blake3.DeriveKey(ctxKeyDialer, material, kd[:])
-	blake3.DeriveKey(ctxKeyListener, material, kl[:])
+	kd, kl := frameKeys(secret, dr.s.Transcript)
 
 	data := bytes.Repeat([]byte("x"), 5000)
 	for _, dir := range []struct {
@@ -88,8 +100,14 @@ func TestFrameMACIsDocumentedGCM(t *testing.T) {
 // authenticated under key, rekeying every `every` frames.
 func macPair(t *testing.T, key [32]byte, every uint64) (*Writer, *Reader, *bytes.Buffer) {
 	t.Helper()
+	return macPairCodec(t, key, every, CodecZstd)
+}
+
+// macPairCodec is macPair with codec.
+func macPairCodec(t *testing.T, key [32]byte, every uint64, codec Codec) (*Writer, *Reader, *bytes.Buffer) {
+	t.Helper()
 	var buf bytes.Buffer
-	w, err := NewWriter(&buf, CodecZstd, 0)
+	w, err := NewWriter(&buf, codec, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,14 +2,10 @@ package protocol
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"testing"
-
-	"github.com/zeebo/blake3"
 )
 
 // splitTagDoc computes a split frame's tag the way the package
@@ -19,14 +15,7 @@ import (
 // nonce ctr ‖ 1.
 func splitTagDoc(t *testing.T, key [32]byte, ctr uint64, frame []byte) []byte {
 	t.Helper()
-	block, err := aes.NewCipher(key[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		t.Fatal(err)
-	}
+	aead := testGCM(t, key)
 	nonce := func(part uint32) []byte {
 		var n [12]byte
 		binary.LittleEndian.PutUint64(n[:8], ctr)
@@ -50,12 +39,7 @@ func TestSplitMACIsDocumented(t *testing.T) {
 	if dr.err != nil || lr.err != nil || !dr.s.SplitMAC || !lr.s.SplitMAC {
 		t.Fatalf("handshake: %v / %v, split %v/%v", dr.err, lr.err, dr.s != nil && dr.s.SplitMAC, lr.s != nil && lr.s.SplitMAC)
 	}
-	var k [32]byte
-	blake3.DeriveKey(ctxAuthKey, secret, k[:])
-	material := append(k[:], dr.s.Transcript[:]...)
-	var kd, kl [32]byte
-	blake3.DeriveKey(ctxKeyDialer, material, kd[:])
-	blake3.DeriveKey(ctxKeyListener, material, kl[:])
+	kd, kl := frameKeys(secret, dr.s.Transcript)
 
 	for _, dir := range []struct {
 		name     string
@@ -88,16 +72,9 @@ func TestSplitMACIsDocumented(t *testing.T) {
 // codec) unless codec says otherwise.
 func splitPair(t *testing.T, codec Codec) (*Writer, *Reader, *bytes.Buffer) {
 	t.Helper()
-	var buf bytes.Buffer
-	w, err := NewWriter(&buf, codec, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewReader(&buf)
-	key := [32]byte{7, 7}
-	w.mac, r.mac = mustFrameMAC(t, &key), mustFrameMAC(t, &key)
+	w, r, buf := macPairCodec(t, [32]byte{7, 7}, rekeyInterval, codec)
 	w.mac.split, r.mac.split = true, true
-	return w, r, &buf
+	return w, r, buf
 }
 
 // Every layout of a split frame's payload reads back intact: a Write's

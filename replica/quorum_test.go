@@ -60,6 +60,18 @@ func (a *ackedWrites) write(t *testing.T, n *Node, ctx context.Context, off int6
 	return err
 }
 
+// assertNoSplitBrain fails if any of nodes reports split brain with a peer.
+func assertNoSplitBrain(t *testing.T, nodes []*tnode) {
+	t.Helper()
+	for _, tn := range nodes {
+		for _, p := range tn.n.Status().Peers {
+			if p.SplitBrain {
+				t.Fatalf("%s reports split brain with %s", tn.cfg.Self.Name, p.Name)
+			}
+		}
+	}
+}
+
 // check asserts every acknowledged write is on the node's disk.
 func (a *ackedWrites) check(t *testing.T, tn *tnode) {
 	t.Helper()
@@ -72,6 +84,28 @@ func (a *ackedWrites) check(t *testing.T, tn *tnode) {
 	}
 }
 
+// witnessCluster is two data nodes and a witness, auto-promote (mod
+// adjusts each configuration further), once the election made alpha
+// Primary on fresh data.
+func witnessCluster(t *testing.T, mod func(i int, cfg *Config)) (c *cluster, alpha, beta *Node) {
+	t.Helper()
+	c = quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) {
+		cfg.AutoPromote = true
+		if mod != nil {
+			mod(i, cfg)
+		}
+	})
+	c.waitConnected(10 * time.Second)
+	alpha, beta = c.nodes[0].n, c.nodes[1].n
+	if err := alpha.NewCurrentUUID(true); err != nil {
+		t.Fatal(err)
+	}
+	// The election promotes one data node (the lower id: same data,
+	// same priority).
+	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	return c, alpha, beta
+}
+
 // Two data nodes and a witness, auto-promote: the Primary is cut off from
 // both. Its writes stop being acknowledged (they hang: suspend-io) before
 // the other data node is elected Primary; once the partition heals the old
@@ -79,15 +113,7 @@ func (a *ackedWrites) check(t *testing.T, tn *tnode) {
 // steps down and resyncs, and no node reports split brain. Every write
 // acknowledged anywhere is on the new Primary.
 func TestQuorumWitnessFailover(t *testing.T) {
-	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) { cfg.AutoPromote = true })
-	c.waitConnected(10 * time.Second)
-	alpha, beta := c.nodes[0].n, c.nodes[1].n
-	if err := alpha.NewCurrentUUID(true); err != nil {
-		t.Fatal(err)
-	}
-	// The election promotes one data node (the lower id: same data,
-	// same priority).
-	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	c, alpha, beta := witnessCluster(t, nil)
 	if s := beta.Status(); s.Role != api.Secondary || !s.Quorum || s.Votes != 3 {
 		t.Fatalf("beta: %+v", s)
 	}
@@ -138,13 +164,7 @@ func TestQuorumWitnessFailover(t *testing.T) {
 	if alpha.Status().Role != api.Secondary {
 		t.Fatal("alpha is still Primary")
 	}
-	for _, tn := range c.nodes {
-		for _, p := range tn.n.Status().Peers {
-			if p.SplitBrain {
-				t.Fatalf("%s reports split brain with %s", tn.cfg.Self.Name, p.Name)
-			}
-		}
-	}
+	assertNoSplitBrain(t, c.nodes)
 	acked.check(t, c.nodes[1])
 	acked.check(t, c.nodes[0])
 	c.assertEqualStores()
@@ -215,13 +235,7 @@ func TestQuorumSuspendedWriteCompletes(t *testing.T) {
 // is lost: the resource waits for the old Primary instead), and manual
 // promotion without --force is refused for lack of quorum.
 func TestQuorumOutdatedNodeNotElected(t *testing.T) {
-	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) { cfg.AutoPromote = true })
-	c.waitConnected(10 * time.Second)
-	alpha, beta := c.nodes[0].n, c.nodes[1].n
-	if err := alpha.NewCurrentUUID(true); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	c, alpha, beta := witnessCluster(t, nil)
 	var acked ackedWrites
 	ctx := context.Background()
 	c.proxy(0, 1).Partition(true) // alpha and beta apart; both still reach the witness
@@ -260,13 +274,8 @@ func TestQuorumOutdatedNodeNotElected(t *testing.T) {
 // alpha must acknowledge nothing, since its data lacks beta's
 // acknowledged write. (Found by chaos's quorum-flap scenario.)
 func TestQuorumWitnessRefusesReplacedPrimary(t *testing.T) {
-	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) { cfg.AutoPromote = true })
-	c.waitConnected(10 * time.Second)
-	alpha, beta, tie := c.nodes[0].n, c.nodes[1].n, c.nodes[2].n
-	if err := alpha.NewCurrentUUID(true); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	c, alpha, beta := witnessCluster(t, nil)
+	tie := c.nodes[2].n
 	var acked ackedWrites
 	ctx := context.Background()
 	if err := acked.write(t, alpha, ctx, 0, 1); err != nil {
@@ -323,16 +332,7 @@ func TestQuorumWitnessRefusesReplacedPrimary(t *testing.T) {
 // third data node the refusal — "after its resync ends this resolves" —
 // never resolved.)
 func TestQuorumCutResyncOfReplacedPrimary(t *testing.T) {
-	c := quorumCluster(t, 3, []int{2}, func(i int, cfg *Config) {
-		cfg.AutoPromote = true
-		cfg.OnNoQuorum = config.NoQuorumIOError
-	})
-	c.waitConnected(10 * time.Second)
-	alpha, beta := c.nodes[0].n, c.nodes[1].n
-	if err := alpha.NewCurrentUUID(true); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "alpha elected", func() bool { return alpha.Status().Role == api.Primary })
+	c, alpha, beta := witnessCluster(t, func(i int, cfg *Config) { cfg.OnNoQuorum = config.NoQuorumIOError })
 	var acked ackedWrites
 	ctx := context.Background()
 	for i := range 16 {
@@ -375,13 +375,7 @@ func TestQuorumCutResyncOfReplacedPrimary(t *testing.T) {
 	c.proxy(0, 1).SetLink(faultnet.Link{}, faultnet.Link{})
 	c.isolate(0, false)
 	c.waitSynced(30 * time.Second)
-	for _, tn := range c.nodes[:2] {
-		for _, p := range tn.n.Status().Peers {
-			if p.SplitBrain {
-				t.Fatalf("%s reports split brain with %s", tn.cfg.Self.Name, p.Name)
-			}
-		}
-	}
+	assertNoSplitBrain(t, c.nodes[:2])
 	acked.check(t, c.nodes[1])
 	acked.check(t, c.nodes[0])
 	c.assertEqualStores()
