@@ -348,7 +348,8 @@ func (w *Writer) emit(h *Header, a, b []byte) error {
 // authenticates as one slice, so the frame is put together first: in the
 // free part of bw's buffer, where bufio would have copied it anyway
 // (flushing what is buffered if the frame fits only an empty buffer), or,
-// for a frame larger than the buffer, in w.scratch.
+// for a frame larger than the buffer, in w.scratch — unless the frame has
+// a two-part tag (emitSplit), which needs no such copy.
 func (w *Writer) emitSealed(a, b []byte) error {
 	if w.mac.splits(len(a) + len(b)) {
 		return w.emitSplit(a, b)

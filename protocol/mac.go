@@ -111,6 +111,7 @@ func (m *frameMAC) start() error {
 		}
 	}
 	binary.LittleEndian.PutUint64(m.nonce[:8], m.ctr)
+	m.nonce[8] = partWhole // splitTag moves it for a split frame's tags
 	return nil
 }
 
@@ -152,7 +153,6 @@ func (m *frameMAC) sealSplit(hdr, pre, inner []byte) ([]byte, error) {
 	}
 	outer := m.splitTag(hdr, pre, inner)
 	m.aead.Seal(m.tag[:0], m.nonce[:], nil, outer)
-	m.nonce[8] = partWhole
 	m.ctr++
 	return m.tag[:], nil
 }
@@ -164,9 +164,7 @@ func (m *frameMAC) openSplit(hdr, pre, inner, tag []byte) error {
 		return err
 	}
 	outer := m.splitTag(hdr, pre, inner)
-	_, err := m.aead.Open(nil, m.nonce[:], tag, outer)
-	m.nonce[8] = partWhole
-	if err != nil {
+	if _, err := m.aead.Open(nil, m.nonce[:], tag, outer); err != nil {
 		return err
 	}
 	m.ctr++

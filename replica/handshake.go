@@ -254,40 +254,14 @@ func (p *peer) expect(c *protocol.Conn, t protocol.Type, what string) (protocol.
 	return f, nil
 }
 
-// cutResyncVerdict resolves Compare's refusal of a side that is
-// Inconsistent (a resync toward it was cut) with a generation diverging
-// from the other's, when the other is the Primary that holds its lease:
-// that side becomes its sync target for the whole device, as the victim of
-// a split brain would. The Primary has every write acknowledged under
-// quorum, and an Inconsistent node holds nothing that matters (it cannot
-// be promoted); after a cut resync and a divergence the bitmaps are not
-// trusted to cover the difference, hence the full resync. Otherwise the
-// refusal stands (it resolves when a resync from another node ends): a
-// resync runs only from a Primary, so no second stream races that one.
-// Both sides decide alike from the same roles, disks and lease flags.
-func (p *peer) cutResyncVerdict(v decide.Verdict, me, them *decide.Side, meQuorate, themQuorate bool) decide.Verdict {
+// noteDiscard logs and reports (a discard event) that victim's data is
+// discarded by a resync from the Primary with quorum, and why.
+func (p *peer) noteDiscard(victim, logMsg, why string) {
 	n := p.n
-	victim := n.cfg.Self.Name
-	switch {
-	case them.Role == api.Primary && themQuorate && me.Disk == decide.Inconsistent:
-		me.Discard = true
-	case me.Role == api.Primary && meQuorate && them.Disk == decide.Inconsistent:
-		them.Discard = true
-		victim = p.cfg.Name
-	default:
-		return v
-	}
-	v = decide.Compare(*me, *them)
-	if v.Err != nil {
-		return v
-	}
-	v.Full = true
-	msg := fmt.Sprintf("%s is Inconsistent after a cut resync, with a generation that diverged from the Primary's; the Primary, which holds its lease, resyncs the whole device to it", victim)
-	n.log.Warn("cut resync resolved by the Primary with quorum", "peer", p.cfg.Name, "victim", victim)
+	n.log.Warn(logMsg, "peer", p.cfg.Name, "victim", victim)
 	n.mu.Lock()
-	n.event("discard", p.cfg.Name, "", victim, msg)
+	n.event("discard", p.cfg.Name, "", victim, why)
 	n.unlock()
-	return v
 }
 
 // quorumVerdict compares the two sides at connect, with what quorum adds
@@ -322,7 +296,12 @@ func (p *peer) quorumVerdict(me, them *decide.Side, meQuorate, themQuorate bool,
 	}
 	v := decide.Compare(*me, *them)
 	if v.CutResync {
-		return p.cutResyncVerdict(v, me, them, meQuorate, themQuorate), nil
+		r, victim, ok := decide.ResolveCutResync(v, me, them, meQuorate, themQuorate)
+		if ok {
+			p.noteDiscard(victim.Name, "cut resync resolved by the Primary with quorum",
+				fmt.Sprintf("%s is Inconsistent after a cut resync, with a generation that diverged from the Primary's; the Primary, which holds its lease, resyncs the whole device to it", victim.Name))
+		}
+		return r, nil
 	}
 	if !errors.Is(v.Err, ErrSplitBrain) && !errors.Is(v.Err, ErrUnrelated) && !(v.Rel == decide.RelPeerNewer && me.Role == api.Primary) {
 		return v, nil
@@ -345,10 +324,7 @@ func (p *peer) quorumVerdict(me, them *decide.Side, meQuorate, themQuorate bool,
 	if them.Discard {
 		victim = p.cfg.Name
 	}
-	msg := fmt.Sprintf("%s's changes since it last shared a generation with the Primary that holds quorum were never acknowledged under quorum: they are discarded by a resync", victim)
-	n.log.Warn("diverged data resolved by quorum", "peer", p.cfg.Name, "victim", victim)
-	n.mu.Lock()
-	n.event("discard", p.cfg.Name, "", victim, msg)
-	n.unlock()
+	p.noteDiscard(victim, "diverged data resolved by quorum",
+		fmt.Sprintf("%s's changes since it last shared a generation with the Primary that holds quorum were never acknowledged under quorum: they are discarded by a resync", victim))
 	return decide.Compare(*me, *them), nil
 }

@@ -143,6 +143,39 @@ func Compare(me, peer Side) Verdict {
 	return v
 }
 
+// ResolveCutResync resolves Compare's CutResync refusal v when the other
+// side is the Primary that holds its lease (meLease, peerLease: each
+// side's flag): the Inconsistent side discards its data (Discard is set on
+// it) and becomes that Primary's sync target for the whole device, as the
+// victim of a split brain would. The Primary has every write acknowledged
+// under quorum, and an Inconsistent node holds nothing that matters (it
+// cannot be promoted); after a cut resync and a divergence the bitmaps are
+// not trusted to cover the difference, hence Full. Otherwise v stands
+// (it resolves when a resync from another node ends): a resync runs only
+// from a Primary, so no second stream races that one. Both sides reach the
+// same answer from the same roles, disks and flags. ok reports a
+// resolution; victim is the side that discards.
+func ResolveCutResync(v Verdict, me, peer *Side, meLease, peerLease bool) (_ Verdict, victim *Side, ok bool) {
+	switch {
+	case !v.CutResync:
+		return v, nil, false
+	case peer.Role == api.Primary && peerLease && me.Disk == Inconsistent:
+		victim = me
+	case me.Role == api.Primary && meLease && peer.Disk == Inconsistent:
+		victim = peer
+	default:
+		return v, nil, false
+	}
+	victim.Discard = true
+	r := Compare(*me, *peer)
+	if r.Err != nil { // not met: an Inconsistent side is never Primary
+		victim.Discard = false
+		return v, nil, false
+	}
+	r.Full = true
+	return r, victim, true
+}
+
 func relate(me, peer Side) Verdict {
 	switch {
 	case me.Current == 0 && peer.Current == 0:

@@ -187,6 +187,44 @@ func TestCompareInconsistentIsNotSplitBrain(t *testing.T) {
 	}
 }
 
+// A cut resync's refusal is resolved only by the Primary that holds its
+// lease, and both sides reach the same plan: the Inconsistent side
+// discards and is resynced whole from the Primary.
+func TestResolveCutResync(t *testing.T) {
+	inc := Side{ID: 1, Name: "alpha", Disk: Inconsistent, Current: 0xEF, Bitmap: 0xA6, History: [2]uint64{0xA6}}
+	prim := Side{ID: 2, Name: "beta", Role: api.Primary, Disk: UpToDate, Current: 0x78, Bitmap: 0xA6, History: [2]uint64{0xA6}}
+	for _, lease := range []bool{true, false} {
+		a, b := inc, prim
+		va, victimA, okA := ResolveCutResync(Compare(a, b), &a, &b, false, lease)
+		a2, b2 := inc, prim
+		vb, victimB, okB := ResolveCutResync(Compare(b2, a2), &b2, &a2, lease, false)
+		if okA != lease || okB != lease {
+			t.Fatalf("lease %v: resolved %v/%v", lease, okA, okB)
+		}
+		if !lease {
+			if !va.CutResync || va.Err == nil || !vb.CutResync || vb.Err == nil {
+				t.Fatalf("without the lease the refusal stands: %+v / %+v", va, vb)
+			}
+			continue
+		}
+		if victimA.Name != "alpha" || victimB.Name != "alpha" || !a.Discard || !a2.Discard {
+			t.Fatalf("victims %s/%s, discard %v/%v", victimA.Name, victimB.Name, a.Discard, a2.Discard)
+		}
+		if va.Err != nil || va.Rel != RelPeerNewer || va.SourceIsMe || !va.Full {
+			t.Fatalf("the Inconsistent side's verdict: %+v", va)
+		}
+		if vb.Err != nil || vb.Rel != RelMeNewer || !vb.SourceIsMe || !vb.Full {
+			t.Fatalf("the Primary's verdict: %+v", vb)
+		}
+	}
+	// Not a cut resync: nothing to resolve.
+	x, y := prim, prim
+	y.ID, y.Name, y.Role = 3, "gamma", api.Secondary
+	if _, _, ok := ResolveCutResync(Compare(x, y), &x, &y, true, false); ok {
+		t.Fatal("resolved a verdict that was no cut resync")
+	}
+}
+
 func TestAutoResolve(t *testing.T) {
 	a := Side{ID: 1, Name: "alpha"}
 	b := Side{ID: 2, Name: "beta"}
