@@ -336,6 +336,9 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 	if fr.Write.IOs > 0 {
 		res.Write = &fr.Write
 	}
+	if fr.Flush.N > 0 {
+		res.Flush = &fr.Flush
+	}
 	p50, p99 := render.Latencies(res)
 	logf("[%d/%d] %-22s %-18s %9.0f IOPS %8.1f MB/s  p50 %s µs  p99 %s µs",
 		m.n, m.total, w.Name, r.t.Name, res.IOPS, res.MBps, p50, p99)

@@ -78,3 +78,40 @@ func CPUBound(s *result.Summary, num, den, workload string) (float64, string) {
 		"and each peer adds at least %.1f µs to send, %s (floor drill): at most %d CPUs / %.1f µs = %.0f IOPS",
 		sa.CPU.Total(), sa.CPU.TargetUs, sa.CPU.FioUs, s.Machine.Nproc, 100*sa.CPU.Util, fl, what, s.Machine.Nproc, perIO, float64(s.Machine.Nproc)*1e6/perIO)
 }
+
+// FlushBound bounds the ratio of a protocol C target with one peer to
+// standalone on a job that flushes (the database job), on this machine,
+// where every node's files share one disk as the bench puts them: whatever
+// the implementation, a flush under protocol C completes only once the
+// Primary's and the Secondary's files are both durable, and the floor
+// drill measured what two such fdatasyncs at once take on this disk
+// (DatasyncSharedUs, against DatasyncUs alone). Each write between flushes
+// also waits at least for the bare round trip between two processes, less
+// the local pwrite that overlaps it (RTTUs4KProcess − PwriteUs4K, for
+// 4 KiB: less than a 16 KiB write's). So a cycle of k writes and a flush
+// takes at least standalone's cycle (k / its write IOPS) with its flush
+// (fio's mean flush latency) replaced by the shared fdatasync, plus k
+// round trips. 0 without the figures.
+func FlushBound(s *result.Summary, num, den, workload string) (float64, string) {
+	fl := s.Drills.FloorOK()
+	if den != result.Standalone || fl == nil || fl.DatasyncSharedUs == 0 {
+		return 0, ""
+	}
+	t := s.Target(num)
+	sa := s.Result(workload, den)
+	if t == nil || t.Meta.Kind != "repd" || t.Meta.Protocol != "C" || t.Meta.Peers != 1 ||
+		sa == nil || sa.Error != "" || sa.Write == nil || sa.Write.IOPS == 0 || sa.Flush == nil || sa.Flush.N == 0 {
+		return 0, ""
+	}
+	k := float64(sa.Write.IOs) / float64(sa.Flush.N)
+	cycle := k * 1e6 / sa.Write.IOPS
+	rtt := max(fl.RTTUs4KProcess-fl.PwriteUs4K, 0)
+	least := cycle - sa.Flush.MeanUs + fl.DatasyncSharedUs + k*rtt
+	if least <= 0 {
+		return 0, ""
+	}
+	return cycle / least, fmt.Sprintf("standalone's cycle of %.1f writes and a flush took %.0f µs, its flush %.0f µs (fio's mean); "+
+		"fdatasync after such writes took %.0f µs alone and %.0f µs with a second file's at the same time on this disk, "+
+		"and each write waits at least %.0f µs more for the round trip (floor drill): at least %.0f µs a cycle",
+		k, cycle, sa.Flush.MeanUs, fl.DatasyncUs, fl.DatasyncSharedUs, rtt, least)
+}

@@ -40,10 +40,18 @@ func Eval(s *result.Summary) []result.Check {
 			if b := LittleBound(s, c.Num, c.Workload); b > 0 {
 				ck.Detail += fmt.Sprintf("; protocol C at this queue depth cannot exceed QD/RTT = %.0f IOPS (%.2fx) over the measured RTT", b, b/den.IOPS)
 			}
-			if b, why := CPUBound(s, c.Num, c.Den, c.Workload); b > 0 {
-				ck.Detail += fmt.Sprintf("; on this machine's CPUs it cannot exceed %.2fx: %s", b, why)
-				if b < c.Min && c.OfBound == 0 {
-					ck.Detail += fmt.Sprintf("; so %.2fx is out of reach here (%.0f %% of the bound reached)", c.Min, 100*ck.Value/b)
+			for _, bd := range []struct {
+				where string
+				bound func(*result.Summary, string, string, string) (float64, string)
+			}{
+				{"on this machine's CPUs", CPUBound},
+				{"with both nodes' files on this machine's one disk", FlushBound},
+			} {
+				if b, why := bd.bound(s, c.Num, c.Den, c.Workload); b > 0 {
+					ck.Detail += fmt.Sprintf("; %s it cannot exceed %.2fx: %s", bd.where, b, why)
+					if b < c.Min && c.OfBound == 0 {
+						ck.Detail += fmt.Sprintf("; so %.2fx is out of reach here (%.0f %% of the bound reached)", c.Min, 100*ck.Value/b)
+					}
 				}
 			}
 		}

@@ -136,6 +136,70 @@ func TestCPUBound(t *testing.T) {
 	}
 }
 
+// The flush bound on the database job: standalone's cycle with its flush
+// replaced by two fdatasyncs at once on the shared disk, plus a round trip
+// per write; only for protocol C with one peer against standalone, and
+// quoted by the db check, which says when it puts the target out of reach.
+func TestFlushBound(t *testing.T) {
+	s := &result.Summary{
+		Machine: result.Machine{Nproc: 2},
+		Targets: []result.TargetInfo{
+			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
+			{Name: "repd-c1", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 1}},
+			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
+			{Name: "repd-c2", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2}},
+		},
+		Results: []result.Result{
+			// 8 writes and a flush every 1000 µs, the flush 500 µs of it.
+			{Workload: "dbsync-16k-fsync8", Target: "repd", IOPS: 8000, Write: &result.DirStats{IOPS: 8000, IOs: 80000},
+				Flush: &result.FlushStats{N: 10000, MeanUs: 500}},
+			{Workload: "dbsync-16k-fsync8", Target: "repd-c1", IOPS: 3000},
+			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 100000, Write: &result.DirStats{IOPS: 100000, IOs: 1000000}},
+		},
+		// Shared, an fdatasync takes 1100 µs; a round trip adds 35 − 5 µs:
+		// a cycle takes at least 1000 − 500 + 1100 + 8 × 30 = 1840 µs.
+		Drills: &result.Drills{Floor: &result.FloorResult{RTTUs4KProcess: 35, PwriteUs4K: 5, DatasyncUs: 520, DatasyncSharedUs: 1100}},
+	}
+	b, why := FlushBound(s, "repd-c1", "repd", "dbsync-16k-fsync8")
+	if b < 0.5434 || b > 0.5435 || !strings.Contains(why, "at least 1840 µs a cycle") || !strings.Contains(why, "520 µs alone and 1100 µs with a second file") {
+		t.Errorf("bound %.4f (%s), want 1000/1840 = 0.5435", b, why)
+	}
+	for _, c := range []struct{ num, den, workload string }{
+		{"repd-a1", "repd", "dbsync-16k-fsync8"},    // protocol A waits for no peer's flush
+		{"repd-c2", "repd", "dbsync-16k-fsync8"},    // the drill shares the disk between two files only
+		{"repd-c1", "repd-a1", "dbsync-16k-fsync8"}, // not against standalone
+		{"repd-c1", "repd", "randwrite-4k-qd32"},    // no flushes
+	} {
+		if b, _ := FlushBound(s, c.num, c.den, c.workload); b != 0 {
+			t.Errorf("%+v: bound %.3f, want none", c, b)
+		}
+	}
+	// The db check quotes it: 0.375x is 69 % of the bound.
+	found := false
+	for _, c := range Eval(s) {
+		if c.Name == "repd-c1/repd IOPS on dbsync-16k-fsync8" {
+			found = true
+			if c.Status != "FAIL" || !strings.Contains(c.Detail, "with both nodes' files on this machine's one disk it cannot exceed 0.54x") {
+				t.Errorf("db check: %s (%s)", c.Status, c.Detail)
+			}
+		}
+	}
+	if !found {
+		t.Error("no db check")
+	}
+	// A slower shared flush puts 0.45x out of reach: 1000 / (500 + 1500 + 240) = 0.446x.
+	s.Drills.Floor.DatasyncSharedUs = 1500
+	for _, c := range Eval(s) {
+		if c.Name == "repd-c1/repd IOPS on dbsync-16k-fsync8" && !strings.Contains(c.Detail, "so 0.45x is out of reach here (84 % of the bound reached)") {
+			t.Errorf("db check with a 1500 µs shared flush: %s", c.Detail)
+		}
+	}
+	s.Drills.Floor.Error = "failed"
+	if b, _ := FlushBound(s, "repd-c1", "repd", "dbsync-16k-fsync8"); b != 0 {
+		t.Errorf("failed floor drill: bound %.3f, want none", b)
+	}
+}
+
 // The backup drill's checks (issue 19): bytes read and time of the
 // incremental, and the Primary's writes during backups; a failed part
 // fails its checks with the reason, a drill not run skips them.

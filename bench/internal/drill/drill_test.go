@@ -85,7 +85,8 @@ func TestFloorDrillSmall(t *testing.T) {
 	if r.Error != "" {
 		t.Fatal(r.Error)
 	}
-	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 || r.RTTUs4K <= 0 || r.RTTUs4KProcess <= 0 || r.MACUs4K <= 0 || r.MACUs1M <= 0 {
+	if r.Us4K <= 0 || r.PwriteUs4K <= 0 || r.Us1M <= 0 || r.RTTUs4K <= 0 || r.RTTUs4KProcess <= 0 || r.MACUs4K <= 0 || r.MACUs1M <= 0 ||
+		r.DatasyncUs <= 0 || r.DatasyncSharedUs <= 0 {
 		t.Errorf("floor %+v: every cost must be positive", r)
 	}
 	if r.Us1M < r.Us4K || r.MACUs1M < r.MACUs4K {

@@ -20,6 +20,7 @@ import (
 	"github.com/repd/repd/bench/internal/procfs"
 	"github.com/repd/repd/bench/internal/result"
 	"github.com/repd/repd/bench/internal/target"
+	"github.com/repd/repd/internal/durable"
 )
 
 // drillFloor measures result.FloorResult on a fresh sparse file of size bytes in
@@ -110,7 +111,102 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 	if r.MACUs1M, err = floorMAC(1<<20, 200); err != nil {
 		return err
 	}
+	// The database job's flushes: floor.img alone, then with a second
+	// file like it (a Secondary's, on this machine's one disk).
+	path2 := filepath.Join(env.Dir, "floor-peer.img")
+	f2, err := os.OpenFile(path2, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path2)
+	defer f2.Close()
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if _, err := f2.WriteAt(buf, off); err != nil {
+			return err
+		}
+	}
+	r.DatasyncUs, r.DatasyncSharedUs, err = floorFlush(ctx, []*os.File{f, f2}, size, 1500*time.Millisecond, 2)
+	if err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
 	return nil
+}
+
+// dbWrite and dbPerFlush are the database job's (dbsync-16k-fsync8.fio):
+// writes of 16 KiB at random places, a flush after every 8.
+const dbWrite, dbPerFlush = 16 << 10, 8
+
+// floorFlush times the disk's part of the database job's flushes: cycles
+// of dbPerFlush writes of dbWrite bytes at random places in a file of size
+// bytes, then fdatasync (as repd's flush of the file). It runs them on
+// files[0] alone, then on every file of files at once, one goroutine each
+// (as a Primary's flush and its Secondaries' run on one machine whose
+// files share a disk), rounds times each, span each time, alternating so
+// that the disk's drift falls on both. It returns the mean wall time of an
+// fdatasync in µs, alone and shared. The files are synced first: what
+// earlier steps left dirty is not counted.
+func floorFlush(ctx context.Context, files []*os.File, size int64, span time.Duration, rounds int) (alone, shared float64, err error) {
+	for _, f := range files {
+		if err := durable.Datasync(f); err != nil {
+			return 0, 0, err
+		}
+	}
+	type tally struct {
+		total time.Duration
+		n     int
+	}
+	cycles := func(f *os.File, seed uint64, t *tally) error {
+		rng := rand.New(rand.NewPCG(seed, 3))
+		data := make([]byte, dbWrite)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		for end := time.Now().Add(span); time.Now().Before(end); {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			for range dbPerFlush {
+				if _, err := f.WriteAt(data, rng.Int64N(size/dbWrite)*dbWrite); err != nil {
+					return err
+				}
+			}
+			t0 := time.Now()
+			if err := durable.Datasync(f); err != nil {
+				return err
+			}
+			t.total += time.Since(t0)
+			t.n++
+		}
+		return nil
+	}
+	var one, all tally
+	for round := range rounds {
+		if err := cycles(files[0], uint64(round), &one); err != nil {
+			return 0, 0, err
+		}
+		ts := make([]tally, len(files))
+		errs := make(chan error, len(files))
+		for i, f := range files {
+			go func() { errs <- cycles(f, uint64(round*len(files)+i+100), &ts[i]) }()
+		}
+		for range files {
+			if e := <-errs; e != nil && err == nil {
+				err = e
+			}
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, t := range ts {
+			all.total += t.total
+			all.n += t.n
+		}
+	}
+	if one.n == 0 || all.n == 0 {
+		return 0, 0, errors.New("no flush completed")
+	}
+	mean := func(t tally) float64 { return float64(t.total.Nanoseconds()) / 1e3 / float64(t.n) }
+	return mean(one), mean(all), nil
 }
 
 // floorMAC returns the CPU time in µs to tag count frames of a write of n

@@ -23,6 +23,9 @@ const RampTime = 2 * time.Second
 type Result struct {
 	Read  result.DirStats `json:"read"`
 	Write result.DirStats `json:"write"`
+	// Flush is the job's flushes (fio's fsync=N: NBD_CMD_FLUSH over
+	// ioengine=nbd); zero for a job without them.
+	Flush result.FlushStats `json:"flush"`
 	// CPU is fio's own CPU time from the end of ramp_time to its exit
 	// (set when Job.AtRamp is).
 	CPU time.Duration `json:"-"`
@@ -41,6 +44,13 @@ type fioJSON struct {
 		Error int        `json:"error"`
 		Read  fioDirJSON `json:"read"`
 		Write fioDirJSON `json:"write"`
+		Sync  struct {
+			IOs int64 `json:"total_ios"`
+			Lat struct {
+				Mean       float64            `json:"mean"`
+				Percentile map[string]float64 `json:"percentile"`
+			} `json:"lat_ns"`
+		} `json:"sync"`
 	} `json:"jobs"`
 }
 
@@ -89,6 +99,9 @@ func Parse(b []byte) (Result, error) {
 	// One job per run (numjobs=1, group_reporting): take the first.
 	job := j.Jobs[0]
 	r := Result{Read: job.Read.stats(), Write: job.Write.stats()}
+	if sy := job.Sync; sy.IOs > 0 {
+		r.Flush = result.FlushStats{N: sy.IOs, MeanUs: sy.Lat.Mean / 1e3, P50us: percentile(sy.Lat.Percentile, 50) / 1e3}
+	}
 	if job.Error != 0 {
 		return r, fmt.Errorf("fio job %s: error %d (%s)", job.Name, job.Error, errnoName(job.Error))
 	}

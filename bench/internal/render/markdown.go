@@ -180,6 +180,10 @@ func drillsMarkdown(b *strings.Builder, d *result.Drills) {
 		b.WriteString("The round trip: one 4 KiB write at a time sent, received by a goroutine waiting for it, written with pwrite, answered with 8 bytes the sender waits for; " +
 			"within one Go process the runtime can hand the frame from one goroutine to the other on one thread, between two processes (the peer a second copy of the harness, as a Secondary is a second repd) each side wakes the other's thread. " +
 			"The second is the least protocol C can add to a write's latency at queue depth 1 here (less the local pwrite it overlaps).\n\n")
+		if r.DatasyncSharedUs > 0 {
+			fmt.Fprintf(b, "The database job's flushes: after 8 writes of 16 KiB at random places, fdatasync of such a file took %.0f µs alone and %.0f µs with a second file doing the same at the same time (mean wall times). "+
+				"Every node's files share this machine's one disk, so a protocol-C flush, durable on both nodes, waits at least the second; the database check's bound counts it.\n\n", r.DatasyncUs, r.DatasyncSharedUs)
+		}
 	}
 	if r := d.RTO; r != nil {
 		b.WriteString("## RTO drill\n\n")

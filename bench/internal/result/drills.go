@@ -308,5 +308,13 @@ type FloorResult struct {
 	// peer link with a secret adds per write to Us4K (Us1M).
 	MACUs4K float64 `json:"mac_us_4k,omitempty"`
 	MACUs1M float64 `json:"mac_us_1m,omitempty"`
-	Error   string  `json:"error,omitempty"`
+	// DatasyncUs: the mean wall time of fdatasync on a file like a
+	// node's after 8 writes of 16 KiB at random places (the database
+	// job's cycle: what a flush must make durable). DatasyncSharedUs: the
+	// same with a second file doing the same at the same time, as a
+	// Secondary's flush does under protocol C on this machine, where every
+	// node's files share one disk. Not CPU time: the disk's.
+	DatasyncUs       float64 `json:"datasync_us,omitempty"`
+	DatasyncSharedUs float64 `json:"datasync_shared_us,omitempty"`
+	Error            string  `json:"error,omitempty"`
 }

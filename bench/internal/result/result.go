@@ -126,8 +126,11 @@ type Result struct {
 	Target   string    `json:"target"`
 	Read     *DirStats `json:"read,omitempty"`
 	Write    *DirStats `json:"write,omitempty"`
-	IOPS     float64   `json:"iops"` // read+write
-	MBps     float64   `json:"mb_per_s"`
+	// Flush is the job's flushes, if it made any (they are not counted in
+	// IOPS).
+	Flush *FlushStats `json:"flush,omitempty"`
+	IOPS  float64     `json:"iops"` // read+write
+	MBps  float64     `json:"mb_per_s"`
 	// RatioNbdkit is IOPS over nbdkit's IOPS on the same workload in the
 	// same run; 0 when there is none.
 	RatioNbdkit float64 `json:"ratio_to_nbdkit,omitempty"`
@@ -151,6 +154,14 @@ type DirStats struct {
 	P50us   float64 `json:"clat_p50_us"`
 	P99us   float64 `json:"clat_p99_us"`
 	IOs     int64   `json:"total_ios"`
+}
+
+// FlushStats is the flushes of one fio run (fio's "sync" section): how
+// many, and their latency from submission to completion.
+type FlushStats struct {
+	N      int64   `json:"total"`
+	MeanUs float64 `json:"lat_mean_us"`
+	P50us  float64 `json:"lat_p50_us"`
 }
 
 // MBps is the bandwidth in MB/s (10^6 bytes), as fio reports it.
