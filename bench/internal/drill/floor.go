@@ -40,12 +40,11 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 		return fmt.Errorf("device size %d: the floor drill needs at least 64 MiB", env.Size)
 	}
 	path := filepath.Join(env.Dir, "floor.img")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, remove, err := scratchFile(path)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(path)
-	defer f.Close()
+	defer remove()
 	if err := f.Truncate(size); err != nil {
 		return err
 	}
@@ -113,13 +112,11 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 	}
 	// The database job's flushes: floor.img alone, then with a second
 	// file like it (a Secondary's, on this machine's one disk).
-	path2 := filepath.Join(env.Dir, "floor-peer.img")
-	f2, err := os.OpenFile(path2, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f2, remove2, err := scratchFile(filepath.Join(env.Dir, "floor-peer.img"))
 	if err != nil {
 		return err
 	}
-	defer os.Remove(path2)
-	defer f2.Close()
+	defer remove2()
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		if _, err := f2.WriteAt(buf, off); err != nil {
 			return err
@@ -130,6 +127,16 @@ func floor(ctx context.Context, env target.Env, r *result.FloorResult) error {
 		return fmt.Errorf("flush: %w", err)
 	}
 	return nil
+}
+
+// scratchFile creates the file at path empty (truncating one left
+// behind); remove closes and removes it.
+func scratchFile(path string) (f *os.File, remove func(), err error) {
+	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close(); os.Remove(path) }, nil
 }
 
 // dbWrite and dbPerFlush are the database job's (dbsync-16k-fsync8.fio):
