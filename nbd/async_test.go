@@ -8,11 +8,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
@@ -465,4 +469,75 @@ func TestAsyncSyncCompletionsBatchReplies(t *testing.T) {
 	} else {
 		t.Logf("%.1f sends per batch of %d replies", per, perBatch)
 	}
+}
+
+// A reader that starts writes an AsyncWriter completes elsewhere waits for
+// the next request in the netpoller, never asleep in read(2), however the
+// client pipelines: its thread then runs the goroutine that completes them
+// instead of another thread waking for it. A reader that runs Quick writes
+// itself still switches its socket to blocking reads (the control: the
+// observation sees the mode).
+func TestAsyncWritesReaderWaitsInNetpoller(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		dev      func(t *testing.T) nbd.Device
+		blocking bool
+	}{
+		{"async", func(t *testing.T) nbd.Device { d := newAsync(8 << 20); d.run(t); return d }, false},
+		{"quick", func(t *testing.T) nbd.Device { return newQuick(8<<20, true) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := serve(t, &nbd.Server{Exports: []nbd.Export{{Device: tc.dev(t)}}})
+			nc, br := rawGo(t, addr)
+			go io.Copy(io.Discard, br) // the replies
+			data := bytes.Repeat([]byte{7}, 4096)
+			saw := false
+			// Bursts of 32 small writes: every read(2) of the server
+			// returns many requests, as from a client at QD32.
+			for i, end := uint64(0), time.Now().Add(time.Second); time.Now().Before(end) && !(saw && tc.blocking); i++ {
+				var b []byte
+				for j := range uint64(32) {
+					b = append(b, request(nbd.CmdWrite, 0, i*32+j, (j%256)*4096, 4096)...)
+					b = append(b, data...)
+				}
+				if _, err := nc.Write(b); err != nil {
+					t.Fatal(err)
+				}
+				saw = saw || serverSocketBlocking(t, nc)
+			}
+			if saw != tc.blocking {
+				t.Errorf("the server's socket in blocking mode at some point: %v, want %v", saw, tc.blocking)
+			}
+		})
+	}
+}
+
+// serverSocketBlocking reports whether the server's end of the TCP
+// connection nc, a socket of this process, is in blocking mode (O_NONBLOCK
+// clear): the descriptor whose peer is nc's local address.
+func serverSocketBlocking(t *testing.T, nc net.Conn) bool {
+	t.Helper()
+	local := nc.LocalAddr().(*net.TCPAddr)
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := syscall.Getpeername(fd)
+		in4, ok := sa.(*syscall.SockaddrInet4)
+		if err != nil || !ok || in4.Port != local.Port || !net.IP(in4.Addr[:]).Equal(local.IP) {
+			continue
+		}
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		return fl&unix.O_NONBLOCK == 0
+	}
+	t.Fatalf("no socket of this process has %s as its peer", local)
+	return false
 }

@@ -104,8 +104,9 @@
 // does so for a client that pipelines, the reader waits for the next
 // request with a few non-blocking receives and then a blocking read(2)
 // rather than the Go netpoller (cheaper per wake-up at small-request
-// rates); otherwise, and while a large WRITE payload arrives in pieces, it
-// waits in the netpoller.
+// rates); otherwise (also after starting writes an AsyncWriter completes
+// elsewhere, whose completions then run on the reader's thread), and while
+// a large WRITE payload arrives in pieces, it waits in the netpoller.
 // A refused request gets an error reply and the connection goes on (a
 // refused WRITE's payload is read and discarded); only broken framing (bad
 // request magic, a WRITE longer than MaxPayload, a truncated stream) closes

@@ -110,8 +110,9 @@ func (c *conn) readLoop() (err error) {
 			// reader runs requests itself and the client pipelines them
 			// (reads return more than one request on average: the next
 			// one is near). A reader that hands every request to a
-			// worker, or whose client waits for each reply (QD1), waits
-			// cheaper in the netpoller.
+			// worker or starts writes that others complete
+			// (AsyncWriter), or whose client waits for each reply (QD1),
+			// waits cheaper in the netpoller.
 			c.perFill += (c.sinceFill<<4 - c.perFill) / 8
 			c.sinceFill = 0
 			c.setBlocking(c.ranInline && c.perFill > 20)
@@ -215,7 +216,12 @@ func (c *conn) readLoop() (err error) {
 			continue
 		}
 		if c.asyncOK(r) && c.startWrite(r) {
-			c.ranInline = true
+			// Started here, but completed by whichever goroutine meets
+			// its last condition (under protocol C, the one that reads
+			// the last ack): not run inline. A reader waiting in the
+			// netpoller leaves its thread to that goroutine; one asleep
+			// in read(2) makes another thread wake for it (protocol C,
+			// 4k QD32: +13 % IOPS, the Primary's CPU per write -19 %).
 			continue
 		}
 		c.kick()
