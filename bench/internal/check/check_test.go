@@ -95,9 +95,9 @@ func TestCPUBound(t *testing.T) {
 	s := &result.Summary{
 		Machine: result.Machine{Nproc: 2},
 		Targets: []result.TargetInfo{
-			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
-			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
-			{Name: "repd-c2", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2}},
+			standaloneTarget,
+			replicatedTarget("repd-a1", "A", 1),
+			replicatedTarget("repd-c2", "C", 2),
 			{Name: "repd-c2-mac", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2, FrameMAC: true}},
 			{Name: "nbdkit", Meta: result.TargetMeta{Kind: "nbdkit"}},
 		},
@@ -144,10 +144,10 @@ func TestFlushBound(t *testing.T) {
 	s := &result.Summary{
 		Machine: result.Machine{Nproc: 2},
 		Targets: []result.TargetInfo{
-			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
-			{Name: "repd-c1", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 1}},
-			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
-			{Name: "repd-c2", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 2}},
+			standaloneTarget,
+			replicatedTarget("repd-c1", "C", 1),
+			replicatedTarget("repd-a1", "A", 1),
+			replicatedTarget("repd-c2", "C", 2),
 		},
 		Results: []result.Result{
 			// 8 writes and a flush every 1000 µs, the flush 500 µs of it.
@@ -253,9 +253,9 @@ func TestIssue20Checks(t *testing.T) {
 	s := &result.Summary{
 		Machine: result.Machine{Nproc: 2},
 		Targets: []result.TargetInfo{
-			{Name: "repd", Meta: result.TargetMeta{Kind: "repd"}},
-			{Name: "repd-c1", Meta: result.TargetMeta{Kind: "repd", Protocol: "C", Peers: 1}},
-			{Name: "repd-a1", Meta: result.TargetMeta{Kind: "repd", Protocol: "A", Peers: 1}},
+			standaloneTarget,
+			replicatedTarget("repd-c1", "C", 1),
+			replicatedTarget("repd-a1", "A", 1),
 		},
 		Results: []result.Result{
 			// Standalone: 20 µs per I/O at 100k IOPS on 2 CPUs; a peer's
@@ -311,4 +311,12 @@ func TestIssue20Checks(t *testing.T) {
 			}
 		}
 	}
+}
+
+// standaloneTarget and replicatedTarget are targets as the bench names
+// and describes them (no link, no compression).
+var standaloneTarget = result.TargetInfo{Name: result.Standalone, Meta: result.TargetMeta{Kind: "repd"}}
+
+func replicatedTarget(name, protocol string, peers int) result.TargetInfo {
+	return result.TargetInfo{Name: name, Meta: result.TargetMeta{Kind: "repd", Protocol: protocol, Peers: peers}}
 }
