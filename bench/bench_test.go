@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/repd/repd/bench/internal/link"
 	"github.com/repd/repd/bench/internal/result"
+	"github.com/repd/repd/bench/internal/target"
 )
 
 func TestParseSize(t *testing.T) {
@@ -87,5 +94,76 @@ func TestMedianRounds(t *testing.T) {
 	}
 	if one := medianRounds(rs[:2]); len(one) != 2 || one[0].RoundsIOPS != nil {
 		t.Errorf("single rounds: %+v", one)
+	}
+}
+
+// TestPrecondition runs the precondition pass of a write workload with fio
+// on a sparse file: every block of the file is written (none is left a
+// hole), with the workload's block size and queue depth.
+func TestPrecondition(t *testing.T) {
+	dir := t.TempDir()
+	const size = 8 << 20
+	path := filepath.Join(dir, "target.img")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	jobs := filepath.Join(dir, "jobs")
+	if err := writeJobs(jobs); err != nil {
+		t.Fatal(err)
+	}
+	m := &matrix{scratch: dir, jobDir: jobs, precondition: true}
+	r := &running{
+		t:  target.Target{Name: "file"},
+		ep: &target.Endpoint{FioArgs: []string{"--ioengine=psync", "--filename=" + path}},
+	}
+	w := Workload{Name: "randwrite-16k", BS: "16k", QD: 4}
+	if err := m.preconditionRun(context.Background(), w, r); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != size || st.Blocks*512 < size {
+		t.Errorf("after the precondition pass the file has %d bytes, %d allocated; want %d, all allocated", st.Size, st.Blocks*512, size)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "precondition--file.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Jobs []struct {
+			Options map[string]string `json:"job options"`
+			Write   struct {
+				IOs int64 `json:"total_ios"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(b[bytes.IndexByte(b, '{'):], &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Jobs) != 1 {
+		t.Fatalf("fio ran %d jobs, want 1", len(out.Jobs))
+	}
+	j := out.Jobs[0]
+	if j.Write.IOs != size/(16<<10) {
+		t.Errorf("the pass wrote %d blocks, want %d of 16 KiB", j.Write.IOs, size/(16<<10))
+	}
+	// fio lists the job's own options; bs and iodepth came from its
+	// command line, so they apply to every job and show in the global
+	// options instead.
+	var g struct {
+		Global map[string]string `json:"global options"`
+	}
+	if err := json.Unmarshal(b[bytes.IndexByte(b, '{'):], &g); err != nil {
+		t.Fatal(err)
+	}
+	if g.Global["bs"] != "16k" || g.Global["iodepth"] != "4" {
+		t.Errorf("fio's global options %v: want bs 16k and iodepth 4", g.Global)
 	}
 }

@@ -69,6 +69,7 @@ type flags struct {
 	localEngine        string
 	prealloc           bool
 	keepCache          bool
+	precondition       bool
 	check, strict      bool
 	keep               bool
 	rereport           string
@@ -98,6 +99,7 @@ func run(args []string, stdout io.Writer) int {
 	fs.StringVar(&f.localEngine, "local-engine", "libaio", "fio ioengine of the local target: libaio or io_uring")
 	fs.BoolVar(&f.prealloc, "prealloc", false, "fallocate backing files instead of creating them sparse")
 	fs.BoolVar(&f.keepCache, "keep-cache", false, "do not drop the page cache before every job (dropping it needs root)")
+	fs.BoolVar(&f.precondition, "precondition", true, "write the whole target once (the job's block size) before every run of a write job; --precondition=false measures from the first write")
 	fs.BoolVar(&f.check, "check", false, "evaluate repd's issue targets and print PASS/FAIL lines")
 	fs.BoolVar(&f.strict, "strict", false, "with --check: exit 1 unless every check passes (SKIP fails too)")
 	fs.IntVar(&f.repeat, "repeat", 3, "rounds of every job, targets interleaved in each round; the report gives each job's median round (this machine's noise is large: compare medians)")
@@ -255,14 +257,15 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		Started: started,
 		Machine: sysinfo.Machine(repo, scratch),
 		Options: result.Options{
-			SizeBytes:   size,
-			RuntimeSec:  int(runtime.Seconds()),
-			RampSec:     int(fio.RampTime.Seconds()),
-			Repeat:      f.repeat,
-			Transport:   f.transport,
-			LocalEngine: f.localEngine,
-			Prealloc:    f.prealloc,
-			DropCache:   dropCache,
+			SizeBytes:    size,
+			RuntimeSec:   int(runtime.Seconds()),
+			RampSec:      int(fio.RampTime.Seconds()),
+			Repeat:       f.repeat,
+			Transport:    f.transport,
+			LocalEngine:  f.localEngine,
+			Prealloc:     f.prealloc,
+			DropCache:    dropCache,
+			Precondition: f.precondition,
 		},
 	}
 	for _, ph := range plan {
@@ -302,7 +305,7 @@ func bench(ctx context.Context, f flags, stdout io.Writer) (int, error) {
 		defer harness.RemoveBinaries()
 	}
 	defer copyLogs(scratch, filepath.Join(out, "logs"))
-	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime, repeat: f.repeat, dropCache: dropCache}
+	m := &matrix{s: s, env: env, scratch: scratch, out: out, jobDir: jobDir, runtime: runtime, repeat: f.repeat, dropCache: dropCache, precondition: f.precondition}
 	for _, ph := range plan {
 		for _, t := range ph.targets {
 			for _, w := range ph.workloads {

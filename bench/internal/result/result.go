@@ -56,6 +56,9 @@ type Options struct {
 	LocalEngine string         `json:"local_engine"`
 	Prealloc    bool           `json:"prealloc"`
 	DropCache   bool           `json:"drop_cache"` // page cache dropped before every job
+	// Precondition: every run of a write job followed one sequential pass
+	// over the whole target with the job's block size.
+	Precondition bool `json:"precondition,omitempty"`
 }
 
 // PhaseOptions is one group's targets and workloads.
