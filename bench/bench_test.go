@@ -167,3 +167,29 @@ func TestPrecondition(t *testing.T) {
 		t.Errorf("fio's global options %v: want bs 16k and iodepth 4", g.Global)
 	}
 }
+
+// TestPreconditions: every write workload, and no read workload, runs
+// after a precondition pass; not on the targets behind a shaped link, nor
+// with --precondition=false.
+func TestPreconditions(t *testing.T) {
+	byName := map[string]target.Target{}
+	for _, tg := range target.All() {
+		byName[tg.Name] = tg
+	}
+	on, off := &matrix{precondition: true}, &matrix{}
+	for _, w := range Workloads {
+		write := !w.NeedsData
+		if write && (w.BS == "" || w.QD < 1) {
+			t.Errorf("write workload %s has no precondition block size or queue depth", w.Name)
+		}
+		if got := on.preconditions(w, byName["repd-c1"]); got != write {
+			t.Errorf("%s on repd-c1: precondition %v, want %v", w.Name, got, write)
+		}
+		if on.preconditions(w, byName["repd-c1-wan"]) || on.preconditions(w, byName["repd-a1-lan"]) {
+			t.Errorf("%s: preconditioned through a shaped link", w.Name)
+		}
+		if off.preconditions(w, byName["repd"]) {
+			t.Errorf("%s: preconditioned with --precondition=false", w.Name)
+		}
+	}
+}

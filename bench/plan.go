@@ -280,7 +280,7 @@ func (m *matrix) runOne(ctx context.Context, w Workload, r *running, round int) 
 			logf("drop the page cache: %v", err)
 		}
 	}
-	if m.precondition && w.BS != "" {
+	if m.preconditions(w, r.t) {
 		if err := m.preconditionRun(ctx, w, r); err != nil {
 			res.Error = "precondition: " + err.Error()
 			logf("%s: %s", r.t.Name, res.Error)
@@ -398,6 +398,13 @@ func medianRounds(rs []result.Result) []result.Result {
 		out = append(out, med)
 	}
 	return out
+}
+
+// preconditions reports whether w runs on t after a precondition pass: a
+// write workload, unless t is behind a shaped link (one pass over the
+// device through lan-100mbit or wan takes minutes).
+func (m *matrix) preconditions(w Workload, t target.Target) bool {
+	return m.precondition && w.BS != "" && t.Meta.Link == ""
 }
 
 // preconditionRun writes the whole of r once, sequentially, with w's
