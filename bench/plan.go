@@ -411,9 +411,10 @@ func (m *matrix) preconditions(w Workload, t target.Target) bool {
 // block size (preconditionJob), then writes its dirty pages back: w then
 // runs in its steady state. From a dropped cache, a job's first writes to
 // each block also allocate its page-cache page on every node, and on a
-// VM whose host maps the memory its guest freed again only when touched
-// that costs far more than the write (here: 1 MiB written into a dropped
-// cache took 1.2-1.5 ms, into a cached one 70-90 µs). A slower target, or
+// VM that reports the memory its guest frees to the host (virtio-balloon
+// free page reporting), the host maps such memory again when it is
+// touched, at far more than the write's cost (here: 1 MiB written into a
+// dropped cache took 1.2-1.5 ms, into a cached one 70-90 µs). A slower target, or
 // one with more nodes, spends more of its measured window in that first
 // pass than standalone, so the ratio measured the machine's memory, not
 // the target.
