@@ -49,7 +49,7 @@ func Markdown(s *result.Summary, workloads map[string]string) string {
 	}
 	fmt.Fprintf(&b, "- each job: %d s + %d s ramp, targets interleaved per workload; reads after a 1M sequential prefill; sync(2) before every job, so no job pays for an earlier job's writeback%s\n", o.RuntimeSec, o.RampSec, cache)
 	if o.Precondition {
-		b.WriteString("- before every run of a write job, one sequential pass over the whole target with the job's block size (then sync(2)): the job is measured in its steady state, every block it writes written before and cached on every node, not while the page cache is first allocated (which the slower targets' windows would include more of); not the targets behind a shaped link, through which the pass would take minutes\n")
+		b.WriteString("- before every run of a write job, one sequential pass over the whole target with the job's block size (then sync(2)): the job is measured in its steady state, every block it writes written before and cached on every node, not while the page cache is first allocated (which the slower targets' windows would include more of); not the targets behind a shaped link, through which the pass would take too long\n")
 	}
 	if o.Repeat > 1 {
 		fmt.Fprintf(&b, "- %d rounds of every job (each round runs every target once, in turn, starting one target later than the round before); each figure is the job's median round, ratios are ratios of medians\n", o.Repeat)
