@@ -87,6 +87,15 @@ func TestMarkdownSections(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
+	// The precondition pass is stated only when the run made it.
+	const pass = "before every run of a write job, one sequential pass over the whole target"
+	if strings.Contains(md, pass) {
+		t.Errorf("report of a run without --precondition states the pass")
+	}
+	s.Options.Precondition = true
+	if md := Markdown(s, nil); !strings.Contains(md, pass) {
+		t.Errorf("report of a run with --precondition lacks %q", pass)
+	}
 }
 
 func TestSyncDrillChecksAndReport(t *testing.T) {
