@@ -110,6 +110,10 @@ type Resource struct {
 	// for resync). Default DefaultSnapshotReadMinRate; "0": they do not
 	// yield.
 	SnapshotReadMinRate *Bytes `toml:"snapshot-read-min-rate"`
+	// CPUMask pins every node's threads to these CPUs (DRBD's cpu-mask,
+	// hexadecimal); a node's own cpu-mask takes precedence. Empty: the
+	// scheduler decides.
+	CPUMask CPUMask `toml:"cpu-mask"`
 }
 
 // DefaultSnapshotReadMinRate is resource.snapshot-read-min-rate when left
@@ -152,6 +156,10 @@ type Node struct {
 	// SnapshotStore is the node's snapshot store file (default: Meta +
 	// ".snap"); used when resource.snapshot-store-size is set.
 	SnapshotStore string `toml:"snapshot-store"`
+	// CPUMask pins this node's threads (the nodes of a resource are
+	// usually different machines); it takes precedence over the
+	// resource's cpu-mask.
+	CPUMask CPUMask `toml:"cpu-mask"`
 }
 
 // minSnapshotStoreSize is the smallest snapshot-store-size other than 0.

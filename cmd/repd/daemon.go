@@ -52,6 +52,9 @@ func run(ctx context.Context, o options) error {
 	rcfg.Logger = o.log // the engine names resource and node itself
 	log := o.log.With("resource", f.Resource.Name, "node", self.Name)
 	setMemoryLimit(&rcfg, log)
+	if err := pinCPUs(f.NodeCPUMask(self), log); err != nil {
+		return err
+	}
 
 	// A witness (disk = "none") has no store and serves no NBD: it votes.
 	witness := self.Witness()
