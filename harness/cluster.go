@@ -92,6 +92,9 @@ type Options struct {
 	// Priorities[i], if given, is node i's priority (automatic failover
 	// prefers the higher).
 	Priorities []int
+	// CPUMasks[i], if given and not "", is node i's cpu-mask (hexadecimal,
+	// DRBD's notation): its threads run only on those CPUs.
+	CPUMasks []string
 	// Args are more repd arguments (e.g. --log-level debug).
 	Args []string
 	// StopTimeout is how long Stop and Kill wait for a node to exit before
@@ -351,6 +354,9 @@ func (c *Cluster) resourceFile(self int) string {
 		fmt.Fprintf(&b, "peer = %q\nadmin = %q\n", peer, m.Admin)
 		if j < len(o.Priorities) && o.Priorities[j] != 0 {
 			fmt.Fprintf(&b, "priority = %d\n", o.Priorities[j])
+		}
+		if j < len(o.CPUMasks) && o.CPUMasks[j] != "" {
+			fmt.Fprintf(&b, "cpu-mask = %q\n", o.CPUMasks[j])
 		}
 		if m.Metrics != "" {
 			fmt.Fprintf(&b, "metrics = %q\n", m.Metrics)

@@ -119,6 +119,8 @@ type TargetMeta struct {
 	// FrameMAC: repd with peers whose frames carry AES-GCM tags (a shared
 	// secret and no TLS, the default).
 	FrameMAC bool `json:"frame_mac,omitempty"`
+	// Pinned: repd whose nodes run on CPUs of their own (cpu-mask).
+	Pinned bool `json:"pinned,omitempty"`
 	// Default: in the default run (without --targets).
 	Default bool `json:"-"`
 }

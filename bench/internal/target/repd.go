@@ -43,6 +43,8 @@ type RepdConfig struct {
 	Witnesses []int
 	// Timeout is the resource's timeout; 0 leaves repd's default.
 	Timeout time.Duration
+	// CPUMasks[i] is node i's cpu-mask (harness.Options.CPUMasks).
+	CPUMasks []string
 }
 
 // Cluster is a started repd target: the nodes, and what starting them
@@ -76,7 +78,7 @@ func (rc RepdConfig) Options(env Env) harness.Options {
 	o := harness.Options{
 		Names: rc.Nodes, Resource: "bench", Size: env.Size, Protocol: rc.Protocol, Extra: extra.String(), Insecure: rc.Insecure,
 		NBDUnix: env.Transport == "unix", Prealloc: env.Prealloc, StopTimeout: 5 * time.Second, Logf: env.Logf,
-		Proxies: rc.Proxies, Seed: rc.Seed, Witnesses: rc.Witnesses, Timeout: rc.Timeout,
+		Proxies: rc.Proxies, Seed: rc.Seed, Witnesses: rc.Witnesses, Timeout: rc.Timeout, CPUMasks: rc.CPUMasks,
 	}
 	if l := rc.Link; l != nil {
 		o.Proxies, o.Seed = true, rc.Seed

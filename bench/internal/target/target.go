@@ -119,6 +119,9 @@ func All() []Target {
 	for _, proto := range []string{"C", "A"} {
 		ts = append(ts, replicated(proto, 1, "none", nil, true))
 	}
+	for _, proto := range []string{"C", "A"} {
+		ts = append(ts, pinned(proto))
+	}
 	return ts
 }
 

@@ -1,7 +1,11 @@
 package target
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,4 +112,94 @@ func TestRepdResourceFile(t *testing.T) {
 		ep.FioArgs[0] != "--ioengine=nbd" || len(ep.PIDs()) != 0 || ep.Alive() == nil {
 		t.Errorf("endpoint of stopped nodes: %+v (alive: %v)", ep, ep.Alive())
 	}
+}
+
+func TestHexMask(t *testing.T) {
+	for want, cpus := range map[string][]int{"1": {0}, "2": {1}, "3": {0, 1}, "c": {2, 3}, "10": {4}, "100000001": {0, 32}} {
+		if got := HexMask(cpus); got != want {
+			t.Errorf("HexMask(%v) = %q, want %q", cpus, got, want)
+		}
+		if m, err := config.ParseCPUMask(want); err != nil || !slices.Equal(m.CPUs(), cpus) {
+			t.Errorf("ParseCPUMask(%q) = %v, %v: not %v", want, m.CPUs(), err, cpus)
+		}
+	}
+}
+
+// The pinned variants of repd-c1 and repd-a1, out of the default run,
+// start real nodes whose every thread runs on its own half of the CPUs:
+// the Primary on the first, the peer on the rest.
+func TestPinnedTargets(t *testing.T) {
+	byName := map[string]Target{}
+	for _, tg := range All() {
+		byName[tg.Name] = tg
+	}
+	for _, name := range []string{"repd-a1", "repd-c1"} {
+		p, ok := byName[name+"-pinned"]
+		want := byName[name].Meta
+		want.Pinned, want.Default = true, false
+		if !ok || p.Meta.Default || p.Meta != want {
+			t.Fatalf("%s-pinned: %v, meta %+v; want %s's meta, pinned, out of the default run", name, ok, p.Meta, name)
+		}
+	}
+	masks, err := splitCPUs()
+	if err != nil {
+		t.Fatal(err) // this machine has two CPUs or more
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ep, err := byName["repd-c1-pinned"].Start(ctx, Env{Dir: t.TempDir(), Size: 64 << 20, Transport: "unix", Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Stop()
+	pids := ep.PIDs()
+	if len(pids) != 2 {
+		t.Fatalf("%d server processes, want 2", len(pids))
+	}
+	for i, pid := range pids {
+		m, _ := config.ParseCPUMask(masks[i])
+		want := fmt.Sprint(m.CPUs())
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+			if err != nil {
+				continue // the thread ended
+			}
+			got := allowedCPUs(t, string(b))
+			if got != want {
+				t.Errorf("node %d (pid %d) thread %s runs on CPUs %s, want %s (cpu-mask %s)", i, pid, task.Name(), got, want, masks[i])
+			}
+		}
+	}
+}
+
+// allowedCPUs is a /proc status file's Cpus_allowed_list as a list, "[0 1]".
+func allowedCPUs(t *testing.T, status string) string {
+	for _, l := range strings.Split(status, "\n") {
+		v, ok := strings.CutPrefix(l, "Cpus_allowed_list:")
+		if !ok {
+			continue
+		}
+		var cpus []int
+		for _, r := range strings.Split(strings.TrimSpace(v), ",") {
+			lo, hi, _ := strings.Cut(r, "-")
+			a, err1 := strconv.Atoi(lo)
+			b, err2 := strconv.Atoi(hi)
+			if err2 != nil {
+				b = a
+			}
+			if err1 != nil {
+				t.Fatalf("Cpus_allowed_list %q", v)
+			}
+			for c := a; c <= b; c++ {
+				cpus = append(cpus, c)
+			}
+		}
+		return fmt.Sprint(cpus)
+	}
+	t.Fatalf("no Cpus_allowed_list in %q", status)
+	return ""
 }
