@@ -37,6 +37,9 @@ func Eval(s *result.Summary) []result.Check {
 			if c.Note != "" {
 				ck.Detail += "; " + c.Note
 			}
+			if p := s.Result(c.Workload, c.Num+"-pinned"); p != nil && p.Error == "" {
+				ck.Detail += fmt.Sprintf("; with each node on CPUs of its own (%s-pinned, not judged): %.2fx", c.Num, p.IOPS/den.IOPS)
+			}
 			if b := LittleBound(s, c.Num, c.Workload); b > 0 {
 				ck.Detail += fmt.Sprintf("; protocol C at this queue depth cannot exceed QD/RTT = %.0f IOPS (%.2fx) over the measured RTT", b, b/den.IOPS)
 			}

@@ -270,6 +270,8 @@ func TestIssue20Checks(t *testing.T) {
 			// target; 0.5x is 80 % of it.
 			{Workload: "seqwrite-1m-qd8", Target: "repd", IOPS: 2000, CPU: &result.CPUStats{TargetUs: 800, FioUs: 500, Util: 0.7}},
 			{Workload: "seqwrite-1m-qd8", Target: "repd-c1", IOPS: 1000},
+			// The pinned twin is quoted, not judged: repd-a1 still fails.
+			{Workload: "randwrite-4k-qd32", Target: "repd-a1-pinned", IOPS: 49000},
 		},
 		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 20, Us1M: 300, RTTUs4K: 31}},
 	}
@@ -280,6 +282,12 @@ func TestIssue20Checks(t *testing.T) {
 		}
 		if c.Issue == 20 && c.Name == "repd-c1/repd IOPS on seqwrite-1m-qd8" && !strings.Contains(c.Detail, "so 0.65x is out of reach here (80 % of the bound reached)") {
 			t.Errorf("the 1 MiB check does not say its target is out of reach: %s", c.Detail)
+		}
+		if c.Name == "repd-a1/repd IOPS on randwrite-4k-qd32" && !strings.Contains(c.Detail, "; with each node on CPUs of its own (repd-a1-pinned, not judged): 0.49x") {
+			t.Errorf("the A check does not quote its pinned twin: %s", c.Detail)
+		}
+		if c.Name == "repd-c1/repd IOPS on randwrite-4k-qd32" && strings.Contains(c.Detail, "pinned") {
+			t.Errorf("the C check quotes a pinned twin that did not run: %s", c.Detail)
 		}
 		if c.Name == "repd-c1 p50 write latency on randwrite-4k-qd1" && !strings.Contains(c.Detail, "round trip (send, pwrite, answer) took 31 µs") {
 			t.Errorf("the latency check does not name the floor's round trip: %s", c.Detail)
