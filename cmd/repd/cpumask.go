@@ -40,10 +40,10 @@ func pinCPUs(mask config.CPUMask, log *slog.Logger) error {
 		}
 	}
 	if set.Count() == 0 {
-		return fmt.Errorf("cpu-mask %s: names CPUs %v, none of which this process may run on (it may run on %s)", mask, mask.CPUs(), cpuList(&allowed))
+		return fmt.Errorf("cpu-mask %s: names CPUs %v, none of which this process may use (it may use %s)", mask, mask.CPUs(), cpuList(&allowed))
 	}
 	if len(ignored) > 0 {
-		log.Warn("cpu-mask names CPUs this process may not run on; ignored", "cpu-mask", mask.String(), "ignored", fmt.Sprint(ignored))
+		log.Warn("cpu-mask names CPUs this process may not use; ignored", "cpu-mask", mask.String(), "ignored", fmt.Sprint(ignored))
 	}
 	n, err := setThreadsAffinity(&set)
 	if err != nil {

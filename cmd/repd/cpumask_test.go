@@ -153,7 +153,7 @@ func TestPinCPUs(t *testing.T) {
 
 	// Only absent CPUs: an error naming them and what the process may use.
 	out = child(maskFor(absent))
-	if !strings.Contains(out, fmt.Sprintf("error: cpu-mask %s: names CPUs [%d], none of which this process may run on (it may run on ", maskFor(absent), absent)) {
+	if !strings.Contains(out, fmt.Sprintf("error: cpu-mask %s: names CPUs [%d], none of which this process may use (it may use ", maskFor(absent), absent)) {
 		t.Fatalf("cpu-mask of absent CPU %d: want an error:\n%s", absent, out)
 	}
 
