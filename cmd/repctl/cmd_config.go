@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -27,6 +28,10 @@ type checkedConfig struct {
 	AutoPromote  bool   `json:"auto_promote"`
 	AutoFailback bool   `json:"auto_failback"`
 	Priority     int    `json:"priority"`
+	// CPUMask is the node's cpu-mask as written ("0": the scheduler
+	// decides) and CPUs the CPUs it names.
+	CPUMask string `json:"cpu_mask"`
+	CPUs    []int  `json:"cpus"`
 }
 
 func cmdCheckConfig() *cli.Command {
@@ -68,11 +73,20 @@ func cmdCheckConfig() *cli.Command {
 			out := checkedConfig{Resource: r.Name, Node: n.Name, NodeID: *n.ID, Witness: n.Witness(), Protocol: r.Protocol.String(),
 				Size: int64(r.Size), Nodes: len(f.Nodes), Quorum: r.Quorum.String(), VotesNeeded: r.Quorum.Votes(len(f.Nodes)),
 				OnNoQuorum: r.OnNoQuorum.String(), AutoPromote: r.AutoPromote, AutoFailback: r.AutoFailback, Priority: n.Priority}
+			mask := f.NodeCPUMask(n)
+			out.CPUMask, out.CPUs = mask.String(), mask.CPUs()
+			if out.CPUs == nil {
+				out.CPUs = []int{}
+			}
 			if c.Bool("json") {
 				return json.NewEncoder(c.App.Writer).Encode(out)
 			}
-			fmt.Fprintf(c.App.Writer, "%s: node %s (id %d) of resource %s is valid: protocol %s, %d nodes, quorum %s (%d votes), on-no-quorum %s, auto-promote %v\n",
-				conf, out.Node, out.NodeID, out.Resource, out.Protocol, out.Nodes, out.Quorum, out.VotesNeeded, out.OnNoQuorum, out.AutoPromote)
+			pin := ""
+			if !mask.Empty() {
+				pin = fmt.Sprintf(", cpu-mask %s (CPUs %s)", mask, strings.Trim(strings.Join(strings.Fields(fmt.Sprint(out.CPUs)), ","), "[]"))
+			}
+			fmt.Fprintf(c.App.Writer, "%s: node %s (id %d) of resource %s is valid: protocol %s, %d nodes, quorum %s (%d votes), on-no-quorum %s, auto-promote %v%s\n",
+				conf, out.Node, out.NodeID, out.Resource, out.Protocol, out.Nodes, out.Quorum, out.VotesNeeded, out.OnNoQuorum, out.AutoPromote, pin)
 			return nil
 		},
 	}
