@@ -83,7 +83,7 @@ func cmdCheckConfig() *cli.Command {
 			}
 			pin := ""
 			if !mask.Empty() {
-				pin = fmt.Sprintf(", cpu-mask %s (CPUs %s)", mask, strings.Trim(strings.Join(strings.Fields(fmt.Sprint(out.CPUs)), ","), "[]"))
+				pin = fmt.Sprintf(", cpu-mask %s (CPUs %s)", mask, strings.ReplaceAll(strings.Trim(fmt.Sprint(out.CPUs), "[]"), " ", ","))
 			}
 			fmt.Fprintf(c.App.Writer, "%s: node %s (id %d) of resource %s is valid: protocol %s, %d nodes, quorum %s (%d votes), on-no-quorum %s, auto-promote %v%s\n",
 				conf, out.Node, out.NodeID, out.Resource, out.Protocol, out.Nodes, out.Quorum, out.VotesNeeded, out.OnNoQuorum, out.AutoPromote, pin)

@@ -36,10 +36,7 @@ func TestTargetMeta(t *testing.T) {
 // resource file has no secret and says insecure = true; the twin itself
 // has a secret.
 func TestInsecureTwins(t *testing.T) {
-	byName := map[string]Target{}
-	for _, tg := range All() {
-		byName[tg.Name] = tg
-	}
+	byName := allByName()
 	for _, name := range []string{"repd-a1", "repd-c1"} {
 		tw, ok := byName[name+"-insecure"]
 		if !ok {
@@ -129,10 +126,7 @@ func TestHexMask(t *testing.T) {
 // start real nodes whose every thread runs on its own half of the CPUs:
 // the Primary on the first, the peer on the rest.
 func TestPinnedTargets(t *testing.T) {
-	byName := map[string]Target{}
-	for _, tg := range All() {
-		byName[tg.Name] = tg
-	}
+	byName := allByName()
 	for _, name := range []string{"repd-a1", "repd-c1"} {
 		p, ok := byName[name+"-pinned"]
 		want := byName[name].Meta
@@ -202,4 +196,13 @@ func allowedCPUs(t *testing.T, status string) string {
 	}
 	t.Fatalf("no Cpus_allowed_list in %q", status)
 	return ""
+}
+
+// allByName is All by target name.
+func allByName() map[string]Target {
+	m := map[string]Target{}
+	for _, tg := range All() {
+		m[tg.Name] = tg
+	}
+	return m
 }
