@@ -74,9 +74,23 @@ func CPUBound(s *result.Summary, num, den, workload string) (float64, string) {
 	}
 	perIO := sa.CPU.Total() + float64(t.Meta.Peers)*perPeer
 	b := float64(s.Machine.Nproc) * 1e6 / perIO / sa.IOPS
-	return b, fmt.Sprintf("standalone cost %.1f µs of CPU per write (repd %.1f + fio %.1f) with the %d CPUs %.0f %% busy, "+
+	why := fmt.Sprintf("standalone cost %.1f µs of CPU per write (repd %.1f + fio %.1f) with the %d CPUs %.0f %% busy, "+
 		"and each peer adds at least %.1f µs to send, %s (floor drill): at most %d CPUs / %.1f µs = %.0f IOPS",
 		sa.CPU.Total(), sa.CPU.TargetUs, sa.CPU.FioUs, s.Machine.Nproc, 100*sa.CPU.Util, fl, what, s.Machine.Nproc, perIO, float64(s.Machine.Nproc)*1e6/perIO)
+	return b, why + boundShare(s.Result(workload, num), perIO)
+}
+
+// boundShare says what keeps a target from the CPU bound: its IOPS are
+// about its CPUs' busy share × CPUs / its CPU per write, the bound's CPUs
+// / perIO, so it falls short by CPUs idle while its writes waited and by
+// CPU spent per write beyond perIO. Empty without its CPU figures.
+func boundShare(r *result.Result, perIO float64) string {
+	if r == nil || r.Error != "" || r.CPU == nil || r.CPU.Total() == 0 || r.CPU.Util == 0 {
+		return ""
+	}
+	c := r.CPU
+	return fmt.Sprintf("; %s itself kept the CPUs %.0f %% busy and spent %.1f µs of CPU per write (its processes %.1f + fio %.1f) where the bound allows %.1f",
+		r.Target, 100*c.Util, c.Total(), c.TargetUs, c.FioUs, perIO)
 }
 
 // FlushBound bounds the ratio of a protocol C target with one peer to

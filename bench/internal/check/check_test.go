@@ -104,13 +104,22 @@ func TestCPUBound(t *testing.T) {
 		Results: []result.Result{
 			// 8 µs of CPU per I/O at 100k IOPS on 2 CPUs: 80 % busy.
 			{Workload: "randwrite-4k-qd32", Target: "repd", IOPS: 100000, CPU: &result.CPUStats{TargetUs: 5, FioUs: 3, Util: 0.8}},
-			{Workload: "randwrite-4k-qd32", Target: "repd-a1", IOPS: 60000},
+			// 20 µs of CPU per I/O at 60k IOPS on 2 CPUs: 60 % busy.
+			{Workload: "randwrite-4k-qd32", Target: "repd-a1", IOPS: 60000, CPU: &result.CPUStats{TargetUs: 16, FioUs: 4, Util: 0.6}},
 		},
 		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 2, Us1M: 300, MACUs4K: 1, MACUs1M: 250}},
 	}
 	// One peer: 2 CPUs / 10 µs = 200k IOPS = 2.0x of 100k.
 	if b, why := CPUBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); b < 1.999 || b > 2.001 || !strings.Contains(why, "200000 IOPS") {
 		t.Errorf("one peer: %.3f (%s), want 2.000 and 200000 IOPS", b, why)
+	}
+	// What keeps it at 0.6x of the 2.0x: 60 % busy, 20 µs per write.
+	if _, why := CPUBound(s, "repd-a1", "repd", "randwrite-4k-qd32"); !strings.Contains(why, "repd-a1 itself kept the CPUs 60 % busy and spent 20.0 µs of CPU per write (its processes 16.0 + fio 4.0) where the bound allows 10.0") {
+		t.Errorf("one peer: %s, want its own CPU per write and busy share", why)
+	}
+	// Without its CPU figures, only the bound.
+	if _, why := CPUBound(s, "repd-c2", "repd", "randwrite-4k-qd32"); strings.Contains(why, "itself") {
+		t.Errorf("two peers, no result: %s, want no share", why)
 	}
 	// Two peers: 2 CPUs / 12 µs = 166667 IOPS.
 	if b, _ := CPUBound(s, "repd-c2", "repd", "randwrite-4k-qd32"); b < 1.666 || b > 1.667 {
