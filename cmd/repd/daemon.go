@@ -55,6 +55,7 @@ func run(ctx context.Context, o options) error {
 	if err := pinCPUs(f.NodeCPUMask(self), log); err != nil {
 		return err
 	}
+	adaptProcs(ctx, log)
 
 	// A witness (disk = "none") has no store and serves no NBD: it votes.
 	witness := self.Witness()
