@@ -70,12 +70,12 @@ func adaptProcs(ctx context.Context, log *slog.Logger) {
 		return
 	}
 	p := newProcsPolicy(max)
-	go p.run(ctx, procsPeriod, log)
+	go p.follow(ctx, procsPeriod, log)
 }
 
-// run applies p every period until ctx ends, then gives the process its
+// follow applies p every period until ctx ends, then gives the process its
 // Ps back.
-func (p *procsPolicy) run(ctx context.Context, period time.Duration, log *slog.Logger) {
+func (p *procsPolicy) follow(ctx context.Context, period time.Duration, log *slog.Logger) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	defer runtime.GOMAXPROCS(p.max)

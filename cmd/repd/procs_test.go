@@ -61,7 +61,7 @@ func TestProcsFollowLoad(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := procsPolicy{max: 2, cur: 2, busy: 0.3, quiet: 0.15, quietFor: 2}
 	done := make(chan struct{})
-	go func() { p.run(ctx, 50*time.Millisecond, log); close(done) }()
+	go func() { p.follow(ctx, 50*time.Millisecond, log); close(done) }()
 	waitProcs := func(want int, what string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
