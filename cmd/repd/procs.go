@@ -13,13 +13,14 @@ import (
 // wakes an idle thread to look for work whenever a goroutine hands work to
 // another (a frame to the sender, an ack to the writer), and that thread
 // finds none and sleeps again: at low load, those wake-ups are much of
-// what a write costs. On the bench's 2-vCPU VM one P cut the nodes' CPU
-// per write in the database job (16 KiB writes at QD1, a flush every 8)
-// under protocol C from 147 + 92 to 114 + 69 µs and ran it 21 % faster
-// (standalone: 20 %), while at 4k QD32 and with 1 MiB writes it gained
-// nothing. So a node uses all its Ps while it is busy and one while it is
-// quiet: adaptProcs watches the CPU time the process spends and moves
-// between the two.
+// what a write costs; when a node is busy, the spare Ps do its work. So a
+// node uses all its Ps while it is busy and one while it is quiet:
+// adaptProcs watches the CPU time the process spends and moves between
+// the two. On the bench's 2-vCPU VM, against the build before it in
+// alternating pairs: the database job (16 KiB writes at QD1, a flush
+// every 8) under protocol C +16 % (the nodes' CPU per write 118 + 73 ->
+// 109 + 62 µs), protocol A at 4k QD32 +13 % (its Secondary is quiet),
+// protocol C at 4k QD32 -1 %.
 type procsPolicy struct {
 	max, cur int
 	busy     float64 // CPUs used per P at which a quiet node takes all its Ps again
