@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/repd/repd/bench/internal/link"
 	"github.com/repd/repd/bench/internal/result"
 	"github.com/repd/repd/config"
@@ -152,50 +154,25 @@ func TestPinnedTargets(t *testing.T) {
 	}
 	for i, pid := range pids {
 		m, _ := config.ParseCPUMask(masks[i])
-		want := fmt.Sprint(m.CPUs())
+		var want unix.CPUSet
+		for _, c := range m.CPUs() {
+			want.Set(c)
+		}
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, task := range tasks {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
-			if err != nil {
+			tid, _ := strconv.Atoi(task.Name())
+			var got unix.CPUSet
+			if err := unix.SchedGetaffinity(tid, &got); err != nil {
 				continue // the thread ended
 			}
-			got := allowedCPUs(t, string(b))
 			if got != want {
-				t.Errorf("node %d (pid %d) thread %s runs on CPUs %s, want %s (cpu-mask %s)", i, pid, task.Name(), got, want, masks[i])
+				t.Errorf("node %d (pid %d) thread %d runs on %d CPUs, not only %v (cpu-mask %s)", i, pid, tid, got.Count(), m.CPUs(), masks[i])
 			}
 		}
 	}
-}
-
-// allowedCPUs is a /proc status file's Cpus_allowed_list as a list, "[0 1]".
-func allowedCPUs(t *testing.T, status string) string {
-	for _, l := range strings.Split(status, "\n") {
-		v, ok := strings.CutPrefix(l, "Cpus_allowed_list:")
-		if !ok {
-			continue
-		}
-		var cpus []int
-		for _, r := range strings.Split(strings.TrimSpace(v), ",") {
-			lo, hi, _ := strings.Cut(r, "-")
-			a, err1 := strconv.Atoi(lo)
-			b, err2 := strconv.Atoi(hi)
-			if err2 != nil {
-				b = a
-			}
-			if err1 != nil {
-				t.Fatalf("Cpus_allowed_list %q", v)
-			}
-			for c := a; c <= b; c++ {
-				cpus = append(cpus, c)
-			}
-		}
-		return fmt.Sprint(cpus)
-	}
-	t.Fatalf("no Cpus_allowed_list in %q", status)
-	return ""
 }
 
 // allByName is All by target name.
