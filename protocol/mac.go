@@ -1,14 +1,14 @@
 package protocol
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/repd/repd/internal/gmac"
 )
 
 // Frame MACs: AES-256-GCM used as a MAC (GMAC), one key per direction,
@@ -55,7 +55,7 @@ var errFramesExhausted = errors.New("frame counter exhausted: the connection mus
 // epoch. It is not safe for concurrent use: the Writer or the Reader
 // that owns it calls it in frame order.
 type frameMAC struct {
-	aead  cipher.AEAD
+	mac   *gmac.MAC
 	key   [32]byte // key number epoch: the next one is derived from it
 	epoch uint64
 	ctr   uint64 // the number of the next frame
@@ -78,19 +78,17 @@ func newFrameMAC(key *[32]byte) (*frameMAC, error) {
 	return m, nil
 }
 
-// setKey makes m.key the key of the AEAD.
+// setKey makes m.key the MAC's key. The tags are AES-GCM's (gmac: its
+// own vector code where the CPU has AVX-512 VPCLMULQDQ, about 2.3 times
+// crypto/cipher's speed; crypto/cipher's elsewhere; the same tags). The
+// nonce is the frame counter, unique per key by construction, and not
+// sent.
 func (m *frameMAC) setKey() error {
-	block, err := aes.NewCipher(m.key[:])
+	mac, err := gmac.New(m.key[:])
 	if err != nil {
 		return fmt.Errorf("frame key: %w", err)
 	}
-	// cipher.NewGCM, not NewGCMWithRandomNonce: the nonce is the frame
-	// counter, unique per key by construction, and not sent.
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return fmt.Errorf("frame key: %w", err)
-	}
-	m.aead = aead
+	m.mac = mac
 	return nil
 }
 
@@ -121,9 +119,8 @@ func (m *frameMAC) seal(frame []byte) ([]byte, error) {
 	if err := m.start(); err != nil {
 		return frame, err
 	}
-	// The tag goes to m.tag first: Seal's dst may not overlap the
-	// additional data.
-	m.aead.Seal(m.tag[:0], m.nonce[:], nil, frame)
+	// The tag goes to m.tag first: frame may have no room after it.
+	m.mac.Tag(m.tag[:0], m.nonce[:], frame)
 	m.ctr++
 	return append(frame, m.tag[:]...), nil
 }
@@ -139,7 +136,7 @@ func (m *frameMAC) splits(plen int) bool { return m.split && plen >= m.splitMin 
 // hundred at most, are put together: inner is read where it lies.
 func (m *frameMAC) splitTag(hdr, pre, inner []byte) []byte {
 	m.nonce[8] = partInner
-	m.aead.Seal(m.inner[:0], m.nonce[:], nil, inner)
+	m.mac.Tag(m.inner[:0], m.nonce[:], inner)
 	m.outer = append(append(append(m.outer[:0], hdr...), pre...), m.inner[:]...)
 	m.nonce[8] = partOuter
 	return m.outer
@@ -152,7 +149,7 @@ func (m *frameMAC) sealSplit(hdr, pre, inner []byte) ([]byte, error) {
 		return nil, err
 	}
 	outer := m.splitTag(hdr, pre, inner)
-	m.aead.Seal(m.tag[:0], m.nonce[:], nil, outer)
+	m.mac.Tag(m.tag[:0], m.nonce[:], outer)
 	m.ctr++
 	return m.tag[:], nil
 }
@@ -164,7 +161,7 @@ func (m *frameMAC) openSplit(hdr, pre, inner, tag []byte) error {
 		return err
 	}
 	outer := m.splitTag(hdr, pre, inner)
-	if _, err := m.aead.Open(nil, m.nonce[:], tag, outer); err != nil {
+	if err := m.mac.Check(m.nonce[:], tag, outer); err != nil {
 		return err
 	}
 	m.ctr++
@@ -177,7 +174,7 @@ func (m *frameMAC) open(frame, tag []byte) error {
 	if err := m.start(); err != nil {
 		return err
 	}
-	if _, err := m.aead.Open(nil, m.nonce[:], tag, frame); err != nil {
+	if err := m.mac.Check(m.nonce[:], tag, frame); err != nil {
 		return err
 	}
 	m.ctr++

@@ -179,7 +179,7 @@ func drillsMarkdown(b *strings.Builder, d *result.Drills) {
 		}
 		b.WriteString("| 4 KiB random: send + receive + pwrite | of which pwrite | 1 MiB sequential: send + receive + pwrite | 4 KiB round trip at QD1 (p50 wall time), within a process | between two processes | frame MAC, tag + check: 4 KiB | 1 MiB |\n|---:|---:|---:|---:|---:|---:|---:|\n")
 		fmt.Fprintf(b, "| %.2f µs | %.2f µs | %.0f µs | %.0f µs | %.0f µs | %.2f µs | %.0f µs |\n\n", r.Us4K, r.PwriteUs4K, r.Us1M, r.RTTUs4K, r.RTTUs4KProcess, r.MACUs4K, r.MACUs1M)
-		b.WriteString("The frame MAC: AES-256-GCM over the frame (Go's standard library), tagged by the sender and checked by the receiver; a target whose peers share a secret (the default) pays it per peer on top of the copy, and its CPU bound counts it.\n\n")
+		b.WriteString("The frame MAC: AES-256-GCM over the frame (repd's internal/gmac, the same code), tagged by the sender and checked by the receiver; a target whose peers share a secret (the default) pays it per peer on top of the copy, and its CPU bound counts it.\n\n")
 		b.WriteString("The round trip: one 4 KiB write at a time sent, received by a goroutine waiting for it, written with pwrite, answered with 8 bytes the sender waits for; " +
 			"within one Go process the runtime can hand the frame from one goroutine to the other on one thread, between two processes (the peer a second copy of the harness, as a Secondary is a second repd) each side wakes the other's thread. " +
 			"The second is the least protocol C can add to a write's latency at queue depth 1 here (less the local pwrite it overlaps).\n\n")

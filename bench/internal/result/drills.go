@@ -304,7 +304,7 @@ type FloorResult struct {
 	RTTUs4KProcess float64 `json:"rtt_us_4k_process_p50,omitempty"`
 	// MACUs4K, MACUs1M: the CPU time to tag a frame of a 4 KiB (1 MiB)
 	// write and to check the tag, as repd's frame MAC does (AES-256-GCM
-	// of Go's standard library, the frame as additional data): what a
+	// by internal/gmac, the frame as additional data): what a
 	// peer link with a secret adds per write to Us4K (Us1M).
 	MACUs4K float64 `json:"mac_us_4k,omitempty"`
 	MACUs1M float64 `json:"mac_us_1m,omitempty"`

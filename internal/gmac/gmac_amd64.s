@@ -1,0 +1,156 @@
+#include "textflag.h"
+
+// GHASH with carry-less multiplies. Blocks are byte-reversed into
+// registers (bswap), so that bit i of the polynomial is bit i of the
+// 128-bit lane; H is kept multiplied by x (powers in gmac.go), and a
+// product's low half is folded twice with the reflected polynomial's
+// constant 0xc2<<56 (poly): the construction Intel and Go's own
+// crypto/cipher use.
+
+// bswap: reverses the 16 bytes of each 128-bit lane (VPSHUFB), four lanes.
+DATA bswap<>+0x00(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x08(SB)/8, $0x0001020304050607
+DATA bswap<>+0x10(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x18(SB)/8, $0x0001020304050607
+DATA bswap<>+0x20(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x28(SB)/8, $0x0001020304050607
+DATA bswap<>+0x30(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x38(SB)/8, $0x0001020304050607
+GLOBL bswap<>(SB), (NOPTR+RODATA), $64
+
+DATA poly<>+0x00(SB)/8, $0x0000000000000001
+DATA poly<>+0x08(SB)/8, $0xc200000000000000
+GLOBL poly<>(SB), (NOPTR+RODATA), $16
+
+// reduce folds the 256-bit product hi:lo (X6:X5) into X0, with poly in
+// X15; X9 is scratch.
+#define REDUCE \
+	VPCLMULQDQ $0x01, X5, X15, X9 \
+	VPSHUFD    $78, X5, X5        \
+	VPXOR      X9, X5, X5         \
+	VPCLMULQDQ $0x01, X5, X15, X9 \
+	VPSHUFD    $78, X5, X5        \
+	VPXOR      X9, X5, X5         \
+	VPXOR      X6, X5, X0
+
+// MUL1 multiplies X1 by X13 into X5 (low), X6 (high) with the middle
+// terms folded in; X7, X8, X9 scratch.
+#define MUL1 \
+	VPCLMULQDQ $0x00, X13, X1, X5 \
+	VPCLMULQDQ $0x11, X13, X1, X6 \
+	VPCLMULQDQ $0x01, X13, X1, X7 \
+	VPCLMULQDQ $0x10, X13, X1, X8 \
+	VPXOR      X8, X7, X7         \
+	VPSLLDQ    $8, X7, X9         \
+	VPSRLDQ    $8, X7, X7         \
+	VPXOR      X9, X5, X5         \
+	VPXOR      X7, X6, X6
+
+// func gfmul(a, b *[16]byte)
+TEXT ·gfmul(SB), NOSPLIT, $0-16
+	MOVQ   a+0(FP), AX
+	MOVQ   b+8(FP), BX
+	VMOVDQU (AX), X1
+	VMOVDQU (BX), X13
+	VMOVDQU poly<>(SB), X15
+	MUL1
+	REDUCE
+	VMOVDQU X0, (AX)
+	VZEROUPPER
+	RET
+
+// PROD4 multiplies the four blocks of D by the four powers of H into the
+// sums Z5 (low), Z6 (high), Z7 (middle); Z8 scratch.
+#define PROD4(D, H) \
+	VPCLMULQDQ $0x00, H, D, Z8 \
+	VPXORQ     Z8, Z5, Z5      \
+	VPCLMULQDQ $0x11, H, D, Z8 \
+	VPXORQ     Z8, Z6, Z6      \
+	VPCLMULQDQ $0x01, H, D, Z8 \
+	VPXORQ     Z8, Z7, Z7      \
+	VPCLMULQDQ $0x10, H, D, Z8 \
+	VPXORQ     Z8, Z7, Z7
+
+// func ghashBlocks(x *[16]byte, t *table, p *byte, n int)
+TEXT ·ghashBlocks(SB), NOSPLIT, $0-32
+	MOVQ x+0(FP), AX
+	MOVQ t+8(FP), DI
+	MOVQ p+16(FP), SI
+	MOVQ n+24(FP), CX
+
+	VMOVDQU poly<>(SB), X15
+	VMOVDQU bswap<>(SB), X14
+	VMOVDQU 240(DI), X13 // H
+	VMOVDQU (AX), X0     // the state; VEX zeroes the rest of Z0
+
+	CMPQ CX, $16
+	JB   tail
+	VMOVDQU64 bswap<>(SB), Z31
+	VMOVDQU64 0(DI), Z20   // H^16..H^13
+	VMOVDQU64 64(DI), Z21  // H^12..H^9
+	VMOVDQU64 128(DI), Z22 // H^8..H^5
+	VMOVDQU64 192(DI), Z23 // H^4..H^1
+
+loop16:
+	VMOVDQU64 0(SI), Z1
+	VMOVDQU64 64(SI), Z2
+	VMOVDQU64 128(SI), Z3
+	VMOVDQU64 192(SI), Z4
+	VPSHUFB   Z31, Z1, Z1
+	VPSHUFB   Z31, Z2, Z2
+	VPSHUFB   Z31, Z3, Z3
+	VPSHUFB   Z31, Z4, Z4
+	VPXORQ    Z0, Z1, Z1 // the state into the first block
+
+	VPCLMULQDQ $0x00, Z20, Z1, Z5
+	VPCLMULQDQ $0x11, Z20, Z1, Z6
+	VPCLMULQDQ $0x01, Z20, Z1, Z7
+	VPCLMULQDQ $0x10, Z20, Z1, Z8
+	VPXORQ     Z8, Z7, Z7
+	PROD4(Z2, Z21)
+	PROD4(Z3, Z22)
+	PROD4(Z4, Z23)
+
+	// The four lanes' sums into one.
+	VEXTRACTI64X4 $1, Z5, Y9
+	VPXOR         Y9, Y5, Y5
+	VEXTRACTI128  $1, Y5, X9
+	VPXOR         X9, X5, X5
+	VEXTRACTI64X4 $1, Z6, Y9
+	VPXOR         Y9, Y6, Y6
+	VEXTRACTI128  $1, Y6, X9
+	VPXOR         X9, X6, X6
+	VEXTRACTI64X4 $1, Z7, Y9
+	VPXOR         Y9, Y7, Y7
+	VEXTRACTI128  $1, Y7, X9
+	VPXOR         X9, X7, X7
+
+	VPSLLDQ $8, X7, X9
+	VPSRLDQ $8, X7, X7
+	VPXOR   X9, X5, X5
+	VPXOR   X7, X6, X6
+	REDUCE
+
+	ADDQ $256, SI
+	SUBQ $16, CX
+	CMPQ CX, $16
+	JAE  loop16
+
+tail:
+	TESTQ CX, CX
+	JZ    done
+
+loop1:
+	VMOVDQU (SI), X1
+	VPSHUFB X14, X1, X1
+	VPXOR   X0, X1, X1
+	MUL1
+	REDUCE
+	ADDQ $16, SI
+	DECQ CX
+	JNZ  loop1
+
+done:
+	VMOVDQU X0, (AX)
+	VZEROUPPER
+	RET
