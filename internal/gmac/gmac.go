@@ -1,7 +1,7 @@
 // Package gmac computes AES-GCM tags over additional data only (GMAC): the
 // tag AES-GCM's Seal returns for no plaintext, with the input as the
 // additional data. On x86-64 processors with AVX-512 and the vector
-// carry-less multiply (VPCLMULQDQ) it hashes 16 blocks per round with
+// carry-less multiply (VPCLMULQDQ) it hashes 32 blocks per round with
 // 512-bit registers; elsewhere it calls crypto/cipher's GCM. The tags are
 // the same either way (the tests compare them with crypto/cipher's for
 // every length up to a few blocks past a round and for large inputs), so
@@ -32,9 +32,10 @@ type MAC struct {
 	j     [16]byte // the counter block, here: a local would escape to the heap through block.Encrypt
 }
 
-// table holds the hash key H's powers for the 16-block rounds, in the
-// multiplier's representation: entry j is H^(16-j), so the last is H.
-type table [16][16]byte
+// table holds the hash key H's powers for the rounds of 32 and 16
+// blocks, in the multiplier's representation: entry j is H^(32-j), so the
+// last is H.
+type table [32][16]byte
 
 // New returns the MAC of an AES key (16, 24 or 32 bytes).
 func New(key []byte) (*MAC, error) {
@@ -137,8 +138,8 @@ func powers(h [16]byte) table {
 	binary.LittleEndian.PutUint64(p[:8], lo)
 	binary.LittleEndian.PutUint64(p[8:], hi)
 	var t table
-	t[15] = p
-	for j := 14; j >= 0; j-- {
+	t[len(t)-1] = p
+	for j := len(t) - 2; j >= 0; j-- {
 		t[j] = t[j+1]
 		gfmul(&t[j], &p)
 	}

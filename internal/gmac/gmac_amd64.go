@@ -7,8 +7,8 @@ import "golang.org/x/sys/cpu"
 var useFast = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VPCLMULQDQ &&
 	cpu.X86.HasAVX2 && cpu.X86.HasPCLMULQDQ
 
-// ghashBlocks hashes n 16-byte blocks at p into *x: 16 at a time with
-// the powers in t, the rest one at a time with H (t[15]).
+// ghashBlocks hashes n 16-byte blocks at p into *x: 32 and then 16 at a
+// time with the powers in t, the rest one at a time with H (t[31]).
 //
 //go:noescape
 func ghashBlocks(x *[16]byte, t *table, p *byte, n int)

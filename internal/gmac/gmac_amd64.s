@@ -71,7 +71,42 @@ TEXT ·gfmul(SB), NOSPLIT, $0-16
 	VPCLMULQDQ $0x10, H, D, Z8 \
 	VPXORQ     Z8, Z7, Z7
 
+// FOLD sums the four lanes of Z5, Z6, Z7 and the middle terms into the
+// 256-bit product X6:X5, and reduces it into X0.
+#define FOLD \
+	VEXTRACTI64X4 $1, Z5, Y9 \
+	VPXOR         Y9, Y5, Y5 \
+	VEXTRACTI128  $1, Y5, X9 \
+	VPXOR         X9, X5, X5 \
+	VEXTRACTI64X4 $1, Z6, Y9 \
+	VPXOR         Y9, Y6, Y6 \
+	VEXTRACTI128  $1, Y6, X9 \
+	VPXOR         X9, X6, X6 \
+	VEXTRACTI64X4 $1, Z7, Y9 \
+	VPXOR         Y9, Y7, Y7 \
+	VEXTRACTI128  $1, Y7, X9 \
+	VPXOR         X9, X7, X7 \
+	VPSLLDQ       $8, X7, X9 \
+	VPSRLDQ       $8, X7, X7 \
+	VPXOR         X9, X5, X5 \
+	VPXOR         X7, X6, X6 \
+	REDUCE
+
+// FIRST4 starts the sums Z5, Z6, Z7 with the products of D's four blocks
+// by the four powers of H in P.
+#define FIRST4(D, P) \
+	VPCLMULQDQ $0x00, P, D, Z5 \
+	VPCLMULQDQ $0x11, P, D, Z6 \
+	VPCLMULQDQ $0x01, P, D, Z7 \
+	VPCLMULQDQ $0x10, P, D, Z8 \
+	VPXORQ     Z8, Z7, Z7
+
 // func ghashBlocks(x *[16]byte, t *table, p *byte, n int)
+//
+// The table holds H^32 .. H^1 (entry j is H^(32-j)): rounds of 32 blocks
+// use all of it, a round of 16 its second half, the last blocks H alone.
+// In a round, the state joins the first block last, so that the other
+// products need not wait for the previous round's reduction.
 TEXT ·ghashBlocks(SB), NOSPLIT, $0-32
 	MOVQ x+0(FP), AX
 	MOVQ t+8(FP), DI
@@ -80,16 +115,57 @@ TEXT ·ghashBlocks(SB), NOSPLIT, $0-32
 
 	VMOVDQU poly<>(SB), X15
 	VMOVDQU bswap<>(SB), X14
-	VMOVDQU 240(DI), X13 // H
+	VMOVDQU 496(DI), X13 // H
 	VMOVDQU (AX), X0     // the state; VEX zeroes the rest of Z0
 
 	CMPQ CX, $16
 	JB   tail
 	VMOVDQU64 bswap<>(SB), Z31
-	VMOVDQU64 0(DI), Z20   // H^16..H^13
-	VMOVDQU64 64(DI), Z21  // H^12..H^9
-	VMOVDQU64 128(DI), Z22 // H^8..H^5
-	VMOVDQU64 192(DI), Z23 // H^4..H^1
+	VMOVDQU64 256(DI), Z20 // H^16..H^13
+	VMOVDQU64 320(DI), Z21 // H^12..H^9
+	VMOVDQU64 384(DI), Z22 // H^8..H^5
+	VMOVDQU64 448(DI), Z23 // H^4..H^1
+	CMPQ      CX, $32
+	JB        loop16
+	VMOVDQU64 0(DI), Z16   // H^32..H^29
+	VMOVDQU64 64(DI), Z17  // H^28..H^25
+	VMOVDQU64 128(DI), Z18 // H^24..H^21
+	VMOVDQU64 192(DI), Z19 // H^20..H^17
+
+loop32:
+	VMOVDQU64 0(SI), Z1
+	VMOVDQU64 64(SI), Z2
+	VMOVDQU64 128(SI), Z3
+	VMOVDQU64 192(SI), Z4
+	VMOVDQU64 256(SI), Z24
+	VMOVDQU64 320(SI), Z25
+	VMOVDQU64 384(SI), Z26
+	VMOVDQU64 448(SI), Z27
+	VPSHUFB   Z31, Z1, Z1
+	VPSHUFB   Z31, Z2, Z2
+	VPSHUFB   Z31, Z3, Z3
+	VPSHUFB   Z31, Z4, Z4
+	VPSHUFB   Z31, Z24, Z24
+	VPSHUFB   Z31, Z25, Z25
+	VPSHUFB   Z31, Z26, Z26
+	VPSHUFB   Z31, Z27, Z27
+	FIRST4(Z2, Z17)
+	PROD4(Z3, Z18)
+	PROD4(Z4, Z19)
+	PROD4(Z24, Z20)
+	PROD4(Z25, Z21)
+	PROD4(Z26, Z22)
+	PROD4(Z27, Z23)
+	VPXORQ    Z0, Z1, Z1 // the state into the first block
+	PROD4(Z1, Z16)
+	FOLD
+
+	ADDQ $512, SI
+	SUBQ $32, CX
+	CMPQ CX, $32
+	JAE  loop32
+	CMPQ CX, $16
+	JB   tail
 
 loop16:
 	VMOVDQU64 0(SI), Z1
@@ -100,36 +176,12 @@ loop16:
 	VPSHUFB   Z31, Z2, Z2
 	VPSHUFB   Z31, Z3, Z3
 	VPSHUFB   Z31, Z4, Z4
-	VPXORQ    Z0, Z1, Z1 // the state into the first block
-
-	VPCLMULQDQ $0x00, Z20, Z1, Z5
-	VPCLMULQDQ $0x11, Z20, Z1, Z6
-	VPCLMULQDQ $0x01, Z20, Z1, Z7
-	VPCLMULQDQ $0x10, Z20, Z1, Z8
-	VPXORQ     Z8, Z7, Z7
-	PROD4(Z2, Z21)
+	FIRST4(Z2, Z21)
 	PROD4(Z3, Z22)
 	PROD4(Z4, Z23)
-
-	// The four lanes' sums into one.
-	VEXTRACTI64X4 $1, Z5, Y9
-	VPXOR         Y9, Y5, Y5
-	VEXTRACTI128  $1, Y5, X9
-	VPXOR         X9, X5, X5
-	VEXTRACTI64X4 $1, Z6, Y9
-	VPXOR         Y9, Y6, Y6
-	VEXTRACTI128  $1, Y6, X9
-	VPXOR         X9, X6, X6
-	VEXTRACTI64X4 $1, Z7, Y9
-	VPXOR         Y9, Y7, Y7
-	VEXTRACTI128  $1, Y7, X9
-	VPXOR         X9, X7, X7
-
-	VPSLLDQ $8, X7, X9
-	VPSRLDQ $8, X7, X7
-	VPXOR   X9, X5, X5
-	VPXOR   X7, X6, X6
-	REDUCE
+	VPXORQ    Z0, Z1, Z1 // the state into the first block
+	PROD4(Z1, Z20)
+	FOLD
 
 	ADDQ $256, SI
 	SUBQ $16, CX

@@ -31,7 +31,7 @@ func randBytes(n int) []byte {
 }
 
 // TestTagsMatchCryptoCipher compares the tags with crypto/cipher's for
-// every length from 0 to three 16-block rounds and a few past, and for
+// every length from 0 to three 32-block rounds and a few past, and for
 // large inputs, under random keys of every AES size and random nonces; on
 // a machine without the vector code both paths are crypto/cipher's and
 // the test says so.
@@ -40,7 +40,7 @@ func TestTagsMatchCryptoCipher(t *testing.T) {
 		t.Log("no AVX-512 VPCLMULQDQ here: MAC is crypto/cipher's GCM")
 	}
 	lens := []int{}
-	for n := 0; n <= 3*256+40; n++ {
+	for n := 0; n <= 3*512+40; n++ {
 		lens = append(lens, n)
 	}
 	lens = append(lens, 4096, 4096+16, 4096+32+16, 64<<10, 64<<10+7, 1<<20, 1<<20+48, 4<<20+5)
@@ -69,7 +69,8 @@ func TestTagsMatchCryptoCipher(t *testing.T) {
 }
 
 // TestCheckRefuses flips every bit of a tag, of the nonce and of the data
-// (a 300-byte frame: a round and a tail) in turn: each is refused.
+// (a 300-byte frame: a 16-block round and a tail) in turn: each is
+// refused.
 func TestCheckRefuses(t *testing.T) {
 	key := randBytes(32)
 	m, err := New(key)
@@ -99,8 +100,8 @@ func TestCheckRefuses(t *testing.T) {
 	}
 }
 
-// TestRandomSplits hashes the same data through Tag after random
-// appends: the input's alignment in memory must not matter.
+// TestUnalignedInputs tags data at random offsets of a buffer: the
+// input's alignment in memory must not matter.
 func TestUnalignedInputs(t *testing.T) {
 	key := randBytes(32)
 	m, err := New(key)
