@@ -32,9 +32,9 @@ func randBytes(n int) []byte {
 
 // TestTagsMatchCryptoCipher compares the tags with crypto/cipher's for
 // every length from 0 to three 32-block rounds and a few past, and for
-// large inputs, under random keys of every AES size and random nonces; on
-// a machine without the vector code both paths are crypto/cipher's and
-// the test says so.
+// large inputs, under random keys of every AES size and random nonces,
+// then once more through the portable path; on a machine without the
+// vector code both are crypto/cipher's and the test says so.
 func TestTagsMatchCryptoCipher(t *testing.T) {
 	if !useFast {
 		t.Log("no AVX-512 VPCLMULQDQ here: MAC is crypto/cipher's GCM")
@@ -44,7 +44,11 @@ func TestTagsMatchCryptoCipher(t *testing.T) {
 		lens = append(lens, n)
 	}
 	lens = append(lens, 4096, 4096+16, 4096+32+16, 64<<10, 64<<10+7, 1<<20, 1<<20+48, 4<<20+5)
-	for _, ks := range []int{16, 24, 32} {
+	for _, c := range []struct {
+		ks   int
+		fast bool
+	}{{16, useFast}, {24, useFast}, {32, useFast}, {32, false}} {
+		ks := c.ks
 		key := randBytes(ks)
 		m, err := New(key)
 		if err != nil {
@@ -53,6 +57,7 @@ func TestTagsMatchCryptoCipher(t *testing.T) {
 		if m.Fast() != useFast {
 			t.Fatalf("Fast() = %v, want %v", m.Fast(), useFast)
 		}
+		m.fast = c.fast // the last case: the portable path, on any machine
 		for _, n := range lens {
 			nonce := randBytes(NonceSize)
 			data := randBytes(n)
