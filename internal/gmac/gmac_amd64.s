@@ -71,21 +71,20 @@ TEXT ·gfmul(SB), NOSPLIT, $0-16
 	VPCLMULQDQ $0x10, H, D, Z8 \
 	VPXORQ     Z8, Z7, Z7
 
+// LANES sums the four 128-bit lanes of Z (whose lower halves are Y and
+// X) into X; Y9 scratch.
+#define LANES(Z, Y, X) \
+	VEXTRACTI64X4 $1, Z, Y9 \
+	VPXOR         Y9, Y, Y  \
+	VEXTRACTI128  $1, Y, X9 \
+	VPXOR         X9, X, X
+
 // FOLD sums the four lanes of Z5, Z6, Z7 and the middle terms into the
 // 256-bit product X6:X5, and reduces it into X0.
 #define FOLD \
-	VEXTRACTI64X4 $1, Z5, Y9 \
-	VPXOR         Y9, Y5, Y5 \
-	VEXTRACTI128  $1, Y5, X9 \
-	VPXOR         X9, X5, X5 \
-	VEXTRACTI64X4 $1, Z6, Y9 \
-	VPXOR         Y9, Y6, Y6 \
-	VEXTRACTI128  $1, Y6, X9 \
-	VPXOR         X9, X6, X6 \
-	VEXTRACTI64X4 $1, Z7, Y9 \
-	VPXOR         Y9, Y7, Y7 \
-	VEXTRACTI128  $1, Y7, X9 \
-	VPXOR         X9, X7, X7 \
+	LANES(Z5, Y5, X5) \
+	LANES(Z6, Y6, X6) \
+	LANES(Z7, Y7, X7) \
 	VPSLLDQ       $8, X7, X9 \
 	VPSRLDQ       $8, X7, X7 \
 	VPXOR         X9, X5, X5 \
