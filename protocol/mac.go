@@ -79,7 +79,7 @@ func newFrameMAC(key *[32]byte) (*frameMAC, error) {
 }
 
 // setKey makes m.key the MAC's key. The tags are AES-GCM's (gmac: its
-// own vector code where the CPU has AVX-512 VPCLMULQDQ, about 2.3 times
+// own vector code where the CPU has AVX-512 VPCLMULQDQ, about 3 times
 // crypto/cipher's speed; crypto/cipher's elsewhere; the same tags). The
 // nonce is the frame counter, unique per key by construction, and not
 // sent.

@@ -34,8 +34,8 @@ type MAC struct {
 
 // table holds the hash key H's powers for the rounds of 32 and 16
 // blocks, in the multiplier's representation: entry j is H^(32-j), so the
-// last is H.
-type table [32][16]byte
+// last is H. An alias: the platform files name the array type itself.
+type table = [32][16]byte
 
 // New returns the MAC of an AES key (16, 24 or 32 bytes).
 func New(key []byte) (*MAC, error) {

@@ -11,7 +11,7 @@ var useFast = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VPCL
 // time with the powers in t, the rest one at a time with H (t[31]).
 //
 //go:noescape
-func ghashBlocks(x *[16]byte, t *table, p *byte, n int)
+func ghashBlocks(x *[16]byte, t *[32][16]byte, p *byte, n int)
 
 // gfmul sets *a to a·b (multiplier's representation).
 //

@@ -217,8 +217,9 @@ func floorFlush(ctx context.Context, files []*os.File, size int64, span time.Dur
 
 // floorMAC returns the CPU time in µs to tag count frames of a write of n
 // bytes and check their tags, per frame, the way repd's frame MAC does
-// (protocol, "Authenticated frames"; internal/gmac, the same code): AES-256-GCM with no plaintext, the
-// frame (a 32-byte header, a 16-byte head, the data) as additional data.
+// (protocol, "Authenticated frames"; internal/gmac, the same code):
+// AES-256-GCM with no plaintext, the frame (a 32-byte header, a 16-byte
+// head, the data) as additional data.
 // A frame of 64 KiB or more gets a two-part tag there, over the same bytes
 // plus a few dozen: the cost is the same.
 func floorMAC(n, count int) (float64, error) {
