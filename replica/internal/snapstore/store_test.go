@@ -616,8 +616,11 @@ func TestGroupCommit(t *testing.T) {
 	t.Run("v1", func(t *testing.T) { testGroupCommit(t, formatV1, 4) })
 }
 
-// testGroupCommit: the first copy's sync is held until the other
-// writers queued; then one round (formatV2) or two (formatV1) commit them.
+// testGroupCommit: one writer's copy is committed first, its sync held
+// until the other writers queued theirs; then one round (formatV2) or
+// two (formatV1) commit them. The others start only once that sync is
+// held, so its round holds that one copy alone: started together, a few
+// could join it, and the rest would never reach writers-1.
 func testGroupCommit(t *testing.T, version uint32, most int64) {
 	const writers = 16
 	const size, chunk = 64 * 4096, 4096
@@ -628,9 +631,11 @@ func testGroupCommit(t *testing.T, version uint32, most int64) {
 	live := newLive(size, rand.New(rand.NewPCG(9, 9)))
 	s.Create("a", time.Now())
 	base := s.syncs.Load()
+	held := make(chan struct{})
 	var once sync.Once
 	f.gate = func() {
 		once.Do(func() {
+			close(held)
 			deadline := time.Now().Add(10 * time.Second)
 			for time.Now().Before(deadline) {
 				s.c.mu.Lock()
@@ -645,12 +650,21 @@ func testGroupCommit(t *testing.T, version uint32, most int64) {
 		})
 	}
 	var wg sync.WaitGroup
-	for w := range writers {
+	preserve := func(w int) {
 		wg.Go(func() {
 			if err := s.Preserve(ctx, int64(w)*chunk, 512, live.read); err != nil {
 				t.Error(err)
 			}
 		})
+	}
+	preserve(0)
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first copy's sync never came")
+	}
+	for w := 1; w < writers; w++ {
+		preserve(w)
 	}
 	wg.Wait()
 	syncs := s.syncs.Load() - base
