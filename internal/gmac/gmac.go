@@ -86,9 +86,12 @@ func (m *MAC) Check(nonce, tag, data []byte) error {
 		_, err := m.aead.Open(nil, nonce, tag, data)
 		return err
 	}
+	if len(tag) != TagSize {
+		return errOpen
+	}
 	var t [TagSize]byte
 	m.sum(&t, nonce, data)
-	if len(tag) != TagSize || subtle.ConstantTimeCompare(t[:], tag) != 1 {
+	if subtle.ConstantTimeCompare(t[:], tag) != 1 {
 		return errOpen
 	}
 	return nil
