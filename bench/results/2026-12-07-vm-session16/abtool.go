@@ -1,0 +1,301 @@
+//go:build ignore
+
+// abtool runs fio jobs against fresh repd clusters in variants, rounds
+// interleaved (the order reversed every other round), and prints each
+// run's write IOPS, each node's CPU (percent of one CPU over the job) and
+// the GOMAXPROCS moves each node logged, then every variant's median and
+// the median of its per-round ratios to the first variant. The session-16
+// experiments of this directory's README ran with it (root, from the
+// module root):
+//
+//	go build -tags urfave_cli_no_docs -o /tmp/bin/ ./cmd/repd ./cmd/repctl ./cmd/linkproxy
+//	go run ./bench/results/2026-12-07-vm-session16/abtool.go -rounds 5 -job randwrite-4k-qd32 -secs 10 \
+//		sa:none:/tmp/bin A:A:/tmp/bin Apin:A:/tmp/bin:mask=1,2
+//
+// A variant is name:protocol:bindir[:option...]: protocol none (one node,
+// standalone), A or C; options chrt=P|S|PS (SCHED_RR 1 on every thread of
+// the Primary, the Secondary or both), nice=P/-5 (every thread's nice
+// value), env=K=V (in both nodes' environment), mask=M0,M1 (the nodes'
+// cpu-mask), fio=M (fio under taskset M), peers=2. Each run: a 512 MiB
+// device, one 1 MiB sequential pass, sync and drop the page cache, then
+// the job (bench/jobs/JOB.fio, 2 s ramp, -secs measured). PERF=1 records
+// perf call graphs of each node for 4 s into /tmp/perf-NAME-I.data
+// (PERF=trace: `perf trace -s` summaries, /tmp/trace-NAME-I.txt);
+// GOTRACE=1 fetches a 2 s Go execution trace of each node
+// (/tmp/gotrace-NAME-I.out, through --pprof); IDLE=N waits N s before
+// the job. It is a study tool, not the bench.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/repd/repd/harness"
+)
+
+type variant struct {
+	name, bins, proto string
+	chrt              string // "", "P", "S", "PS"
+	env               []string
+	masks             []string
+	fiomask           string
+	nice              map[string]int
+	peers             int
+}
+
+func cpuTicks(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return u + st
+}
+
+func main() {
+	rounds := flag.Int("rounds", 4, "")
+	job := flag.String("job", "randwrite-4k-qd32", "")
+	secs := flag.Int("secs", 10, "")
+	flag.Parse()
+	var vs []variant
+	for _, a := range flag.Args() {
+		// name:proto:bins[:chrt=PS][:env=K=V][:mask=1,2]
+		p := strings.Split(a, ":")
+		v := variant{name: p[0], proto: p[1], bins: p[2]}
+		for _, o := range p[3:] {
+			k, val, _ := strings.Cut(o, "=")
+			switch k {
+			case "chrt":
+				v.chrt = val
+			case "env":
+				v.env = append(v.env, val)
+			case "nice":
+				who, n, _ := strings.Cut(val, "/")
+				if v.nice == nil {
+					v.nice = map[string]int{}
+				}
+				v.nice[who], _ = strconv.Atoi(n)
+			case "peers":
+				v.peers, _ = strconv.Atoi(val)
+			case "fio":
+				v.fiomask = val
+			case "mask":
+				v.masks = strings.Split(val, ",")
+			}
+		}
+		vs = append(vs, v)
+	}
+	res := map[string][]float64{}
+	cpu := map[string][]string{}
+	for r := 0; r < *rounds; r++ {
+		order := vs
+		if r%2 == 1 {
+			order = make([]variant, len(vs))
+			for i := range vs {
+				order[i] = vs[len(vs)-1-i]
+			}
+		}
+		for _, v := range order {
+			iops, c, err := run(v, *job, *secs)
+			if err != nil {
+				fmt.Println("ERR", v.name, err)
+				continue
+			}
+			fmt.Printf("round %d %-12s %8.0f  %s\n", r, v.name, iops, c)
+			res[v.name] = append(res[v.name], iops)
+			cpu[v.name] = append(cpu[v.name], c)
+		}
+	}
+	base := vs[0].name
+	for _, v := range vs {
+		var ratios []float64
+		for i := range res[v.name] {
+			if i < len(res[base]) {
+				ratios = append(ratios, res[v.name][i]/res[base][i])
+			}
+		}
+		fmt.Printf("%-12s median %8.0f  ratio-to-%s median %.3f %v\n", v.name, med(res[v.name]), base, med(ratios), ratios)
+	}
+}
+
+func med(x []float64) float64 {
+	if len(x) == 0 {
+		return 0
+	}
+	y := append([]float64(nil), x...)
+	sort.Float64s(y)
+	if len(y)%2 == 1 {
+		return y[len(y)/2]
+	}
+	return (y[len(y)/2-1] + y[len(y)/2]) / 2
+}
+
+func run(v variant, job string, secs int) (float64, string, error) {
+	ctx := context.Background()
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		return 0, "", err
+	}
+	dir, _ := os.MkdirTemp("/var/tmp", "ab-")
+	if os.Getenv("KEEP") == "" {
+		defer os.RemoveAll(dir)
+	} else {
+		fmt.Println("dir", dir)
+	}
+	bins := &harness.Bins{Dir: v.bins, Repd: filepath.Join(v.bins, "repd"), Repctl: filepath.Join(v.bins, "repctl"), Linkproxy: filepath.Join(v.bins, "linkproxy")}
+	o := harness.Options{Names: []string{"alpha", "bravo"}, Resource: "bench", Size: 512 << 20, Protocol: v.proto, NBDUnix: true, StopTimeout: 5 * time.Second, CPUMasks: v.masks}
+	o.Args = []string{"--log-level", "debug"}
+	if os.Getenv("GOTRACE") != "" {
+		o.Metrics, o.Args = true, append(o.Args, "--pprof")
+	}
+	for _, e := range v.env {
+		os.Setenv(strings.Split(e, "=")[0], strings.SplitN(e, "=", 2)[1])
+	}
+	defer func() {
+		for _, e := range v.env {
+			os.Unsetenv(strings.Split(e, "=")[0])
+		}
+	}()
+	var c *harness.Cluster
+	if v.peers == 2 {
+		o.Names = []string{"alpha", "bravo", "charlie"}
+	}
+	if v.proto == "none" {
+		o.Names, o.Protocol = []string{"alpha"}, "C"
+		c, err = harness.New(bins, dir, o)
+		if err == nil {
+			err = c.Start(ctx)
+			if err == nil {
+				_, err = c.Nodes[0].Ctl(ctx, "primary", "--force")
+			}
+		}
+	} else {
+		c, err = harness.Launch(ctx, bins, dir, o)
+	}
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return 0, "", err
+	}
+	defer func() {
+		for _, n := range c.Nodes {
+			n.Stop()
+		}
+		c.Close()
+	}()
+	uri := c.Nodes[0].URI()
+	pre := exec.Command("fio", "--ioengine=nbd", "--uri="+uri, "--name=pre", "--rw=write", "--bs=1M", "--iodepth=8", "--size=100%", "--direct=1")
+	if out, err := pre.CombinedOutput(); err != nil {
+		return 0, "", fmt.Errorf("pre: %v %s", err, out)
+	}
+	for i, n := range c.Nodes {
+		who := "P"
+		if i > 0 {
+			who = "S"
+		}
+		if nv, ok := v.nice[who]; ok {
+			tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", n.Pid()))
+			for _, t := range tasks {
+				tid, _ := strconv.Atoi(t.Name())
+				if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nv); err != nil {
+					return 0, "", err
+				}
+			}
+		}
+		if strings.Contains(v.chrt, who) {
+			if out, err := exec.Command("chrt", "-a", "-r", "-p", "1", strconv.Itoa(n.Pid())).CombinedOutput(); err != nil {
+				return 0, "", fmt.Errorf("chrt %v %s", err, out)
+			}
+		}
+	}
+	exec.Command("sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches").Run()
+	if d := os.Getenv("IDLE"); d != "" {
+		n, _ := strconv.Atoi(d)
+		time.Sleep(time.Duration(n) * time.Second)
+	}
+	outf := filepath.Join(dir, "fio.json")
+	fioArgs := []string{"fio", "--output-format=json"}
+	if v.fiomask != "" {
+		fioArgs = append([]string{"taskset", v.fiomask}, fioArgs...)
+	}
+	cmd := exec.Command(fioArgs[0], append(fioArgs[1:], "--output="+outf, "--ioengine=nbd", "--uri="+uri, filepath.Join(root, "bench", "jobs", job+".fio"))...)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("BENCH_RUNTIME=%d", secs))
+	if err := cmd.Start(); err != nil {
+		return 0, "", err
+	}
+	time.Sleep(2500 * time.Millisecond)
+	t0 := time.Now()
+	var c0 []float64
+	for _, n := range c.Nodes {
+		c0 = append(c0, cpuTicks(n.Pid()))
+	}
+	if os.Getenv("GOTRACE") != "" {
+		for i, n := range c.Nodes {
+			go exec.Command("curl", "-s", "-o", fmt.Sprintf("/tmp/gotrace-%s-%d.out", v.name, i), "http://"+n.Metrics+"/debug/pprof/trace?seconds=2").Run()
+		}
+	}
+	if os.Getenv("PERF") != "" {
+		var ps []*exec.Cmd
+		for i, n := range c.Nodes {
+			if os.Getenv("PERF") == "trace" {
+				pc := exec.Command("perf", "trace", "-s", "-o", fmt.Sprintf("/tmp/trace-%s-%d.txt", v.name, i), "-p", strconv.Itoa(n.Pid()), "--", "sleep", "3")
+				pc.Start()
+				ps = append(ps, pc)
+				continue
+			}
+			pc := exec.Command("perf", "record", "-g", "-o", fmt.Sprintf("/tmp/perf-%s-%d.data", v.name, i), "-p", strconv.Itoa(n.Pid()), "--", "sleep", "4")
+			pc.Start()
+			ps = append(ps, pc)
+		}
+		for _, pc := range ps {
+			pc.Wait()
+		}
+		time.Sleep(time.Duration(secs-5) * time.Second)
+	} else {
+		time.Sleep(time.Duration(secs-1) * time.Second)
+	}
+	el := time.Since(t0).Seconds()
+	var cs []string
+	for i, n := range c.Nodes {
+		cs = append(cs, fmt.Sprintf("%.0f%%", (cpuTicks(n.Pid())-c0[i])/el))
+	}
+	if err := cmd.Wait(); err != nil {
+		return 0, "", err
+	}
+	for _, n := range c.Nodes {
+		b, _ := os.ReadFile(filepath.Join(dir, n.Name+".log"))
+		var moves []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if i := strings.Index(l, "gomaxprocs="); i >= 0 {
+				moves = append(moves, l[i+11:i+12])
+			}
+		}
+		cs = append(cs, n.Name[:1]+":"+strings.Join(moves, ""))
+	}
+	b, _ := os.ReadFile(outf)
+	var out struct {
+		Jobs []struct {
+			Write struct {
+				IOPS float64 `json:"iops"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil || len(out.Jobs) == 0 {
+		return 0, "", fmt.Errorf("fio json: %v", err)
+	}
+	return out.Jobs[0].Write.IOPS, strings.Join(cs, "/"), nil
+}
