@@ -3,6 +3,7 @@ package check
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/repd/repd/bench/internal/result"
@@ -26,7 +27,7 @@ func Eval(s *result.Summary) []result.Check {
 		default:
 			ck.Value = num.IOPS / den.IOPS
 			ck.Status = passFail(ck.Value >= c.Min)
-			ck.Detail = fmt.Sprintf("%.2fx (%s %.0f, %s %.0f IOPS)", ck.Value, c.Num, num.IOPS, c.Den, den.IOPS)
+			ck.Detail = fmt.Sprintf("%sx (%s %.0f, %s %.0f IOPS)", shown(ck.Value, c.Min, 2, true), c.Num, num.IOPS, c.Den, den.IOPS)
 			if b, _ := CPUBound(s, c.Num, c.Den, c.Workload); c.OfBound > 0 && b > 0 {
 				ck.Detail += fmt.Sprintf("; %.0f %% of the CPU bound (target %.0f %%)", 100*ck.Value/b, 100*c.OfBound)
 				if ck.Value < c.Min && ck.Value >= c.OfBound*b {
@@ -105,7 +106,7 @@ func latencies(s *result.Summary) []result.Check {
 		default:
 			ck.Value = num.Write.P50us - den.Write.P50us
 			ck.Status = passFail(ck.Value <= c.MaxAddUs)
-			ck.Detail = fmt.Sprintf("+%.0f µs (%s %.0f µs, %s %.0f µs)", ck.Value, c.Num, num.Write.P50us, c.Den, den.Write.P50us)
+			ck.Detail = fmt.Sprintf("+%s µs (%s %.0f µs, %s %.0f µs)", shown(ck.Value, c.MaxAddUs, 0, false), c.Num, num.Write.P50us, c.Den, den.Write.P50us)
 			if f := s.Drills.FloorOK(); f != nil && f.RTTUs4KProcess > 0 {
 				ck.Detail += fmt.Sprintf("; the floor drill's bare 4 KiB round trip (send, pwrite, answer) took %.0f µs between two processes (%.0f µs within one)", f.RTTUs4KProcess, f.RTTUs4K)
 			} else if f != nil && f.RTTUs4K > 0 {
@@ -131,7 +132,7 @@ func cpuPerIOs(s *result.Summary) []result.Check {
 		default:
 			ck.Value = num.CPU.TargetUs / den.CPU.TargetUs
 			ck.Status = passFail(ck.Value <= c.MaxX)
-			ck.Detail = fmt.Sprintf("%.1fx (%s %.1f µs, %s %.1f µs of its processes' CPU per write; fio's left out)", ck.Value, c.Num, num.CPU.TargetUs, c.Den, den.CPU.TargetUs)
+			ck.Detail = fmt.Sprintf("%sx (%s %.1f µs, %s %.1f µs of its processes' CPU per write; fio's left out)", shown(ck.Value, c.MaxX, 1, false), c.Num, num.CPU.TargetUs, c.Den, den.CPU.TargetUs)
 		}
 		cs = append(cs, ck)
 	}
@@ -289,14 +290,14 @@ func Backup(r *result.BackupResult) []result.Check {
 	default:
 		load.Value = r.BackupRatio
 		load.Status = passFail(r.BackupRatio >= BackupLoadMin)
-		load.Detail = fmt.Sprintf("%.2fx (%.0f IOPS during %d full backups from the Secondary, %.0f without)", r.BackupRatio, r.Load[i].IOPS, r.Load[i].Backups, r.BaseIOPS)
+		load.Detail = fmt.Sprintf("%sx (%.0f IOPS during %d full backups from the Secondary, %.0f without)", shown(r.BackupRatio, BackupLoadMin, 2, true), r.Load[i].IOPS, r.Load[i].Backups, r.BaseIOPS)
 		if len(r.BackupRatios) > 1 {
 			rs := make([]string, len(r.BackupRatios))
 			for k, v := range r.BackupRatios {
 				rs[k] = fmt.Sprintf("%.2f", v)
 			}
-			load.Detail = fmt.Sprintf("%.2fx: the median of %d runs during full backups from the Secondary, each over the runs without just before and after it (%s)",
-				r.BackupRatio, len(r.BackupRatios), strings.Join(rs, ", "))
+			load.Detail = fmt.Sprintf("%sx: the median of %d runs during full backups from the Secondary, each over the runs without just before and after it (%s)",
+				shown(r.BackupRatio, BackupLoadMin, 2, true), len(r.BackupRatios), strings.Join(rs, ", "))
 		}
 		if j := slices.IndexFunc(r.Load, func(l result.BackupLoad) bool { return l.Case == "backup-paced" && l.Error == "" }); j >= 0 {
 			load.Detail += fmt.Sprintf("; with the backups at --rate %s (no target) %.2fx", r.Load[j].Rate, r.Load[j].IOPS/r.BaseIOPS)
@@ -368,8 +369,8 @@ func Sync(r *result.SyncResult) []result.Check {
 		c := r.Resync[i]
 		ck.Value = c.Ratio
 		ck.Status = passFail(c.Ratio >= SyncRatioMin)
-		ck.Detail = fmt.Sprintf("%.2fx: %s dirty of %s resynced in %.0f ms, %.0f MB/s; fio %.0f MB/s (mean of %s)",
-			c.Ratio, units.Bytes(c.DirtyBytes), dev, c.ResyncMs, c.RateMBps, r.RefMeanMBps, units.MBpsList(r.RefMBps))
+		ck.Detail = fmt.Sprintf("%sx: %s dirty of %s resynced in %.0f ms, %.0f MB/s; fio %.0f MB/s (mean of %s)",
+			shown(c.Ratio, SyncRatioMin, 2, true), units.Bytes(c.DirtyBytes), dev, c.ResyncMs, c.RateMBps, r.RefMeanMBps, units.MBpsList(r.RefMBps))
 	}
 	cs := []result.Check{ck}
 	ck = result.Check{Issue: 4, Name: csumsName, Limit: csumsLimit}
@@ -397,6 +398,28 @@ func Sync(r *result.SyncResult) []result.Check {
 		ck.Detail = fmt.Sprintf("%.0f MB/s (%s in %.0f ms), %d KiB differ", v.RateMBps, dev, v.Ms, v.MismatchKiB)
 	}
 	return append(cs, ck)
+}
+
+// shown formats a judged value v with d decimals, or more where d would
+// round it onto the other side of the limit it was judged against: a
+// ratio of 0.6451 against ">= 0.65" reads 0.645, not 0.65, so that a FAIL
+// never shows a value that meets its limit, nor a PASS one that misses it.
+// atLeast is the limit's sense: v >= limit passes, else v <= limit.
+func shown(v, limit float64, d int, atLeast bool) string {
+	ok := func(x float64) bool {
+		if atLeast {
+			return x >= limit
+		}
+		return x <= limit
+	}
+	s := strconv.FormatFloat(v, 'f', d, 64)
+	for ; d <= 6; d++ {
+		s = strconv.FormatFloat(v, 'f', d, 64)
+		if r, err := strconv.ParseFloat(s, 64); err == nil && ok(r) == ok(v) {
+			break
+		}
+	}
+	return s
 }
 
 func passFail(ok bool) string {

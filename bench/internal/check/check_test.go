@@ -337,3 +337,45 @@ var standaloneTarget = result.TargetInfo{Name: result.Standalone, Meta: result.T
 func replicatedTarget(name, protocol string, peers int) result.TargetInfo {
 	return result.TargetInfo{Name: name, Meta: result.TargetMeta{Kind: "repd", Protocol: protocol, Peers: peers}}
 }
+
+// A judged value prints with the decimals it needs to read on the side of
+// its limit that its status says: 0.6451 against >= 0.65 is 0.645x and a
+// FAIL, 60.4 µs against <= 60 is +60.4 µs.
+func TestShownSide(t *testing.T) {
+	for _, c := range []struct {
+		v, limit float64
+		d        int
+		atLeast  bool
+		want     string
+	}{
+		{0.6451, 0.65, 2, true, "0.645"},
+		{0.64996, 0.65, 2, true, "0.64996"},
+		{0.6512, 0.65, 2, true, "0.65"},
+		{0.63, 0.65, 2, true, "0.63"},
+		{60.4, 60, 0, false, "60.4"},
+		{59.6, 60, 0, false, "60"},
+		{4.04, 4, 1, false, "4.04"},
+		{3.3, 4, 1, false, "3.3"},
+	} {
+		if got := shown(c.v, c.limit, c.d, c.atLeast); got != c.want {
+			t.Errorf("shown(%v, %v, %d, %v) = %q, want %q", c.v, c.limit, c.d, c.atLeast, got, c.want)
+		}
+	}
+	s := &result.Summary{
+		Machine: result.Machine{Nproc: 2},
+		Targets: []result.TargetInfo{standaloneTarget, replicatedTarget("repd-c1", "C", 1)},
+		Results: []result.Result{
+			{Workload: "seqwrite-1m-qd8", Target: "repd", IOPS: 1792},
+			{Workload: "seqwrite-1m-qd8", Target: "repd-c1", IOPS: 1156},
+		},
+	}
+	for _, c := range Eval(s) {
+		if c.Issue == 20 && c.Name == "repd-c1/repd IOPS on seqwrite-1m-qd8" {
+			if c.Status != "FAIL" || !strings.HasPrefix(c.Detail, "0.645x (") {
+				t.Fatalf("1156 of 1792 IOPS against >= 0.65x: %s %s", c.Status, c.Detail)
+			}
+			return
+		}
+	}
+	t.Fatal("no issue-20 check of the 1 MiB job")
+}
