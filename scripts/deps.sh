@@ -103,6 +103,11 @@ declare -A pkg=(
   [make]=make
   [bash]=bash
   [apt-get]=apt
+  # the scheduling experiments' harness (bench/results/*/abtool.go)
+  [perf]=linux-perf
+  [chrt]=util-linux
+  [taskset]=util-linux
+  [sh]=dash
 )
 
 root=$(cd "$(dirname "$0")/.." && pwd)
