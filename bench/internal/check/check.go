@@ -412,14 +412,12 @@ func shown(v, limit float64, d int, atLeast bool) string {
 		}
 		return x <= limit
 	}
-	s := strconv.FormatFloat(v, 'f', d, 64)
-	for ; d <= 6; d++ {
-		s = strconv.FormatFloat(v, 'f', d, 64)
-		if r, err := strconv.ParseFloat(s, 64); err == nil && ok(r) == ok(v) {
-			break
+	for ; ; d++ {
+		s := strconv.FormatFloat(v, 'f', d, 64)
+		if r, _ := strconv.ParseFloat(s, 64); ok(r) == ok(v) || d >= 6 {
+			return s
 		}
 	}
-	return s
 }
 
 func passFail(ok bool) string {

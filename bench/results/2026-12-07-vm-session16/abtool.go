@@ -28,7 +28,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -40,6 +39,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/repd/repd/bench/internal/fio"
+	"github.com/repd/repd/bench/internal/procfs"
 	"github.com/repd/repd/harness"
 )
 
@@ -51,18 +52,6 @@ type variant struct {
 	fiomask           string
 	nice              map[string]int
 	peers             int
-}
-
-func cpuTicks(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
-	u, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return u + st
 }
 
 func main() {
@@ -239,9 +228,10 @@ func run(v variant, job string, secs int) (float64, string, error) {
 	}
 	time.Sleep(2500 * time.Millisecond)
 	t0 := time.Now()
-	var c0 []float64
+	var c0 []time.Duration
 	for _, n := range c.Nodes {
-		c0 = append(c0, cpuTicks(n.Pid()))
+		d, _ := procfs.CPU(n.Pid())
+		c0 = append(c0, d)
 	}
 	if os.Getenv("GOTRACE") != "" {
 		for i, n := range c.Nodes {
@@ -271,7 +261,8 @@ func run(v variant, job string, secs int) (float64, string, error) {
 	el := time.Since(t0).Seconds()
 	var cs []string
 	for i, n := range c.Nodes {
-		cs = append(cs, fmt.Sprintf("%.0f%%", (cpuTicks(n.Pid())-c0[i])/el))
+		d, _ := procfs.CPU(n.Pid())
+		cs = append(cs, fmt.Sprintf("%.0f%%", 100*(d-c0[i]).Seconds()/el))
 	}
 	if err := cmd.Wait(); err != nil {
 		return 0, "", err
@@ -287,15 +278,9 @@ func run(v variant, job string, secs int) (float64, string, error) {
 		cs = append(cs, n.Name[:1]+":"+strings.Join(moves, ""))
 	}
 	b, _ := os.ReadFile(outf)
-	var out struct {
-		Jobs []struct {
-			Write struct {
-				IOPS float64 `json:"iops"`
-			} `json:"write"`
-		} `json:"jobs"`
+	r, err := fio.Parse(b)
+	if err != nil {
+		return 0, "", err
 	}
-	if err := json.Unmarshal(b, &out); err != nil || len(out.Jobs) == 0 {
-		return 0, "", fmt.Errorf("fio json: %v", err)
-	}
-	return out.Jobs[0].Write.IOPS, strings.Join(cs, "/"), nil
+	return r.Write.IOPS, strings.Join(cs, "/"), nil
 }
