@@ -23,7 +23,14 @@
 // (PERF=trace: `perf trace -s` summaries, /tmp/trace-NAME-I.txt);
 // GOTRACE=1 fetches a 2 s Go execution trace of each node
 // (/tmp/gotrace-NAME-I.out, through --pprof); IDLE=N waits N s before
-// the job. It is a study tool, not the bench.
+// the job. Added in session 17: PERF=ftrace records 1 s of scheduler
+// events and system calls of the whole machine through tracefs into
+// /tmp/ftrace-NAME.txt, the nodes' pids into /tmp/ftrace-NAME.pids (for
+// ../2026-12-07-vm-session17/hops.py); LATLOG=1 has fio log every
+// write's latency (/tmp/lat-NAME_clat.1.log); a run whose Primary logged
+// a peer disconnect says DISCONNECTS:N after its CPU figures (a variant
+// that breaks the link runs at standalone speed). Files of the same name
+// are overwritten by the next round. It is a study tool, not the bench.
 package main
 
 import (
@@ -218,6 +225,9 @@ func run(v variant, job string, secs int) (float64, string, error) {
 	}
 	outf := filepath.Join(dir, "fio.json")
 	fioArgs := []string{"fio", "--output-format=json"}
+	if l := os.Getenv("LATLOG"); l != "" {
+		fioArgs = append(fioArgs, "--write_lat_log=/tmp/lat-"+v.name, "--log_avg_msec=0")
+	}
 	if v.fiomask != "" {
 		fioArgs = append([]string{"taskset", v.fiomask}, fioArgs...)
 	}
@@ -238,7 +248,19 @@ func run(v variant, job string, secs int) (float64, string, error) {
 			go exec.Command("curl", "-s", "-o", fmt.Sprintf("/tmp/gotrace-%s-%d.out", v.name, i), "http://"+n.Metrics+"/debug/pprof/trace?seconds=2").Run()
 		}
 	}
-	if os.Getenv("PERF") != "" {
+	if os.Getenv("PERF") == "ftrace" {
+		var pids []string
+		for _, n := range c.Nodes {
+			pids = append(pids, fmt.Sprintf("%s=%d", n.Name, n.Pid()))
+		}
+		if err := os.WriteFile(fmt.Sprintf("/tmp/ftrace-%s.pids", v.name), []byte(strings.Join(pids, "\n")+"\n"), 0o644); err != nil {
+			return 0, "", err
+		}
+		if err := ftrace(fmt.Sprintf("/tmp/ftrace-%s.txt", v.name), time.Second); err != nil {
+			return 0, "", err
+		}
+		time.Sleep(time.Duration(secs-2) * time.Second)
+	} else if os.Getenv("PERF") != "" {
 		var ps []*exec.Cmd
 		for i, n := range c.Nodes {
 			if os.Getenv("PERF") == "trace" {
@@ -276,6 +298,9 @@ func run(v variant, job string, secs int) (float64, string, error) {
 			}
 		}
 		cs = append(cs, n.Name[:1]+":"+strings.Join(moves, ""))
+		if d := strings.Count(string(b), "msg=\"peer disconnected\""); d > 0 {
+			cs = append(cs, fmt.Sprintf("DISCONNECTS:%d", d))
+		}
 	}
 	b, _ := os.ReadFile(outf)
 	r, err := fio.Parse(b)
@@ -283,4 +308,31 @@ func run(v variant, job string, secs int) (float64, string, error) {
 		return 0, "", err
 	}
 	return r.Write.IOPS, strings.Join(cs, "/"), nil
+}
+
+// ftrace records every CPU's scheduler events (sched_switch, sched_wakeup,
+// sched_migrate_task) and system call entries and exits for d into out,
+// through tracefs: the kernel's ring buffer takes the events and nothing
+// reads it until the end, so the traced processes keep their pace (perf
+// record, whose reader needs a CPU of its own, halved it here).
+func ftrace(out string, d time.Duration) error {
+	const t = "/sys/kernel/tracing/"
+	set := func(file, val string) error { return os.WriteFile(t+file, []byte(val+"\n"), 0o644) }
+	steps := [][2]string{{"tracing_on", "0"}, {"trace", ""}, {"buffer_size_kb", "200000"}, {"options/record-tgid", "1"},
+		{"set_event", "sched:sched_switch sched:sched_wakeup sched:sched_migrate_task raw_syscalls:sys_enter raw_syscalls:sys_exit"}, {"tracing_on", "1"}}
+	for _, st := range steps {
+		if err := set(st[0], st[1]); err != nil {
+			return fmt.Errorf("ftrace %s: %w", st[0], err)
+		}
+	}
+	time.Sleep(d)
+	set("tracing_on", "0")
+	b, err := os.ReadFile(t + "trace")
+	set("set_event", "")
+	set("trace", "")
+	set("buffer_size_kb", "1408")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, b, 0o644)
 }
