@@ -35,6 +35,9 @@ func Eval(s *result.Summary) []result.Check {
 					ck.Detail += fmt.Sprintf("; %.2fx is out of reach on this machine, the bound is met instead", c.Min)
 				}
 			}
+			if rr := roundRatios(num, den); rr != "" {
+				ck.Detail += "; round by round " + rr
+			}
 			if c.Note != "" {
 				ck.Detail += "; " + c.Note
 			}
@@ -425,4 +428,24 @@ func passFail(ok bool) string {
 		return "PASS"
 	}
 	return "FAIL"
+}
+
+// roundRatios lists num's IOPS over den's round by round ("0.37x 0.41x
+// 0.38x"): the bench interleaves the targets in every round, so round i of
+// both ran side by side, and the spread of these ratios is the noise the
+// median ratio is judged through. Empty unless both ran the same number of
+// rounds, more than one, every round with IOPS.
+func roundRatios(num, den *result.Result) string {
+	a, b := num.RoundsIOPS, den.RoundsIOPS
+	if len(a) < 2 || len(a) != len(b) {
+		return ""
+	}
+	rs := make([]string, len(a))
+	for i := range a {
+		if a[i] <= 0 || b[i] <= 0 {
+			return ""
+		}
+		rs[i] = fmt.Sprintf("%.2fx", a[i]/b[i])
+	}
+	return strings.Join(rs, " ")
 }

@@ -379,3 +379,41 @@ func TestShownSide(t *testing.T) {
 	}
 	t.Fatal("no issue-20 check of the 1 MiB job")
 }
+
+// An IOPS ratio's detail lists the ratio of every round, which the bench
+// ran side by side, so a reader sees the spread the median came from;
+// not when the rounds do not pair up.
+func TestRoundRatios(t *testing.T) {
+	s := &result.Summary{
+		Machine: result.Machine{Nproc: 2},
+		Targets: []result.TargetInfo{standaloneTarget, replicatedTarget("repd-c1", "C", 1)},
+		Results: []result.Result{
+			{Workload: "dbsync-16k-fsync8", Target: "repd", IOPS: 9668, RoundsIOPS: []float64{9315, 9852, 9668}},
+			{Workload: "dbsync-16k-fsync8", Target: "repd-c1", IOPS: 3718, RoundsIOPS: []float64{4016, 3718, 3297}},
+			{Workload: "seqwrite-1m-qd8", Target: "repd", IOPS: 2169, RoundsIOPS: []float64{1624, 2283, 2169}},
+			{Workload: "seqwrite-1m-qd8", Target: "repd-c1", IOPS: 1153, RoundsIOPS: []float64{1153, 1260}},
+		},
+	}
+	var db, seq *result.Check
+	cs := Eval(s)
+	for i, c := range cs {
+		switch {
+		case c.Issue == 20 && c.Name == "repd-c1/repd IOPS on dbsync-16k-fsync8":
+			db = &cs[i]
+		case c.Issue == 20 && c.Name == "repd-c1/repd IOPS on seqwrite-1m-qd8":
+			seq = &cs[i]
+		}
+	}
+	if db == nil || seq == nil {
+		t.Fatal("no issue-20 checks of the database and 1 MiB jobs")
+	}
+	if want := "; round by round 0.43x 0.38x 0.34x"; db.Status != "FAIL" || !strings.Contains(db.Detail, want) {
+		t.Errorf("database job: %s %s, want it to contain %q", db.Status, db.Detail, want)
+	}
+	if strings.Contains(seq.Detail, "round by round") {
+		t.Errorf("1 MiB job with 2 rounds against 3: %s", seq.Detail)
+	}
+	if got := roundRatios(&result.Result{RoundsIOPS: []float64{1, 0}}, &result.Result{RoundsIOPS: []float64{1, 2}}); got != "" {
+		t.Errorf("a round without IOPS: %q, want none", got)
+	}
+}
