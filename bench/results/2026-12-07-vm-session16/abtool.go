@@ -318,6 +318,18 @@ func run(v variant, job string, secs int) (float64, string, error) {
 func ftrace(out string, d time.Duration) error {
 	const t = "/sys/kernel/tracing/"
 	set := func(file, val string) error { return os.WriteFile(t+file, []byte(val+"\n"), 0o644) }
+	old, err := os.ReadFile(t + "buffer_size_kb")
+	if err != nil {
+		return err
+	}
+	size, _, _ := strings.Cut(strings.TrimSpace(string(old)), " ")
+	defer func() {
+		// Whatever happened, leave tracing as it was found.
+		set("tracing_on", "0")
+		set("set_event", "")
+		set("trace", "")
+		set("buffer_size_kb", size)
+	}()
 	steps := [][2]string{{"tracing_on", "0"}, {"trace", ""}, {"buffer_size_kb", "200000"}, {"options/record-tgid", "1"},
 		{"set_event", "sched:sched_switch sched:sched_wakeup sched:sched_migrate_task raw_syscalls:sys_enter raw_syscalls:sys_exit"}, {"tracing_on", "1"}}
 	for _, st := range steps {
@@ -328,9 +340,6 @@ func ftrace(out string, d time.Duration) error {
 	time.Sleep(d)
 	set("tracing_on", "0")
 	b, err := os.ReadFile(t + "trace")
-	set("set_event", "")
-	set("trace", "")
-	set("buffer_size_kb", "1408")
 	if err != nil {
 		return err
 	}

@@ -9,8 +9,10 @@ Primary, then bravo=PID, the Secondary; /tmp/ftrace-NAME.pids), BLOCK the
 job's write size in bytes (16384). It finds every complete cycle of one
 write, by the system calls that carry it:
 
-  A  fio's send of the data returns        (sendto, BLOCK bytes)
-  B  the Primary's read of the request     (read, 28 + BLOCK bytes)
+  A  fio's send of the data returns        (sendto, BLOCK bytes, or
+                                            28 + BLOCK with the header)
+  B  the Primary's read of the request     (read, 28 + BLOCK bytes, or
+                                            BLOCK after the header's)
   C  the Primary's write to the peer       (write, BLOCK + 56 bytes)
   D  the Secondary's read of the frame     (read, BLOCK + 56 bytes)
   d  the Secondary's pwrite starts, e  it returns
@@ -46,12 +48,12 @@ def marks(trace, primary, secondary, block):
         t, mark = float(ts) * 1e6, None
         enter = ev == 'sys_enter'
         if comm == 'fio':
-            if not enter and rest.startswith('NR 44 = %d' % block):
+            if not enter and rest in ('NR 44 = %d' % block, 'NR 44 = %d' % req):
                 mark = 'A'
             elif not enter and rest == 'NR 45 = 16':
                 mark = 'H'
         elif tgid == primary:
-            if not enter and rest == 'NR 0 = %d' % req:
+            if not enter and rest in ('NR 0 = %d' % req, 'NR 0 = %d' % block):
                 mark = 'B'
             elif enter and rest.startswith('NR 1 (') and ', %x,' % frame in rest:
                 mark = 'C'
