@@ -40,6 +40,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,14 +96,11 @@ func main() {
 		vs = append(vs, v)
 	}
 	res := map[string][]float64{}
-	cpu := map[string][]string{}
 	for r := 0; r < *rounds; r++ {
 		order := vs
 		if r%2 == 1 {
-			order = make([]variant, len(vs))
-			for i := range vs {
-				order[i] = vs[len(vs)-1-i]
-			}
+			order = slices.Clone(vs)
+			slices.Reverse(order)
 		}
 		for _, v := range order {
 			iops, c, err := run(v, *job, *secs)
@@ -112,7 +110,6 @@ func main() {
 			}
 			fmt.Printf("round %d %-12s %8.0f  %s\n", r, v.name, iops, c)
 			res[v.name] = append(res[v.name], iops)
-			cpu[v.name] = append(cpu[v.name], c)
 		}
 	}
 	base := vs[0].name
@@ -158,13 +155,10 @@ func run(v variant, job string, secs int) (float64, string, error) {
 		o.Metrics, o.Args = true, append(o.Args, "--pprof")
 	}
 	for _, e := range v.env {
-		os.Setenv(strings.Split(e, "=")[0], strings.SplitN(e, "=", 2)[1])
+		k, val, _ := strings.Cut(e, "=")
+		os.Setenv(k, val)
+		defer os.Unsetenv(k)
 	}
-	defer func() {
-		for _, e := range v.env {
-			os.Unsetenv(strings.Split(e, "=")[0])
-		}
-	}()
 	var c *harness.Cluster
 	if v.peers == 2 {
 		o.Names = []string{"alpha", "bravo", "charlie"}
