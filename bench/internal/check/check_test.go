@@ -281,6 +281,12 @@ func TestIssue20Checks(t *testing.T) {
 			{Workload: "seqwrite-1m-qd8", Target: "repd-c1", IOPS: 1000},
 			// The pinned twin is quoted, not judged: repd-a1 still fails.
 			{Workload: "randwrite-4k-qd32", Target: "repd-a1-pinned", IOPS: 49000},
+			// So is the one-node-per-machine model, against its own
+			// standalone: 30000/40000.
+			{Workload: "randwrite-4k-qd32", Target: "repd-a1-machines", IOPS: 30000},
+			{Workload: "randwrite-4k-qd32", Target: "repd-machine", IOPS: 40000},
+			// Without its standalone twin it is not quoted.
+			{Workload: "seqwrite-1m-qd8", Target: "repd-c1-machines", IOPS: 900},
 		},
 		Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 20, Us1M: 300, RTTUs4K: 31}},
 	}
@@ -294,6 +300,12 @@ func TestIssue20Checks(t *testing.T) {
 		}
 		if c.Name == "repd-a1/repd IOPS on randwrite-4k-qd32" && !strings.Contains(c.Detail, "; with each node on CPUs of its own (repd-a1-pinned, not judged): 0.49x") {
 			t.Errorf("the A check does not quote its pinned twin: %s", c.Detail)
+		}
+		if c.Name == "repd-a1/repd IOPS on randwrite-4k-qd32" && !strings.Contains(c.Detail, "against standalone and fio on the first half: repd-a1-machines/repd-machine, not judged): 0.75x") {
+			t.Errorf("the A check does not quote its one-node-per-machine model: %s", c.Detail)
+		}
+		if c.Name == "repd-c1/repd IOPS on seqwrite-1m-qd8" && strings.Contains(c.Detail, "-machines") {
+			t.Errorf("the 1 MiB check quotes a model whose standalone twin did not run: %s", c.Detail)
 		}
 		if c.Name == "repd-c1/repd IOPS on randwrite-4k-qd32" && strings.Contains(c.Detail, "pinned") {
 			t.Errorf("the C check quotes a pinned twin that did not run: %s", c.Detail)

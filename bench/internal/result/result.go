@@ -96,6 +96,10 @@ const (
 // Standalone is the target the replicated ones are compared with.
 const Standalone = "repd"
 
+// StandaloneMachine is the standalone twin of the -machines targets:
+// repd and fio on the first half of the CPUs.
+const StandaloneMachine = "repd-machine"
+
 // TargetInfo is one target's state in the report.
 type TargetInfo struct {
 	Name   string     `json:"name"`
@@ -121,6 +125,9 @@ type TargetMeta struct {
 	FrameMAC bool `json:"frame_mac,omitempty"`
 	// Pinned: repd whose nodes run on CPUs of their own (cpu-mask).
 	Pinned bool `json:"pinned,omitempty"`
+	// Machines: one node per machine modelled on this one (fio and the
+	// Primary on the first half of the CPUs, the peer on the rest).
+	Machines bool `json:"machines,omitempty"`
 	// Default: in the default run (without --targets).
 	Default bool `json:"-"`
 }

@@ -122,6 +122,10 @@ func All() []Target {
 	for _, proto := range []string{"C", "A"} {
 		ts = append(ts, pinned(proto))
 	}
+	ts = append(ts, machine())
+	for _, proto := range []string{"C", "A"} {
+		ts = append(ts, machines(proto))
+	}
 	return ts
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -182,4 +184,127 @@ func allByName() map[string]Target {
 		m[tg.Name] = tg
 	}
 	return m
+}
+
+// The -machines targets model one node per machine: the Primary on the
+// first half of the CPUs, its peer on the rest, and fio on the Primary's
+// half (its worker's affinity, read while a real fio job writes); their
+// standalone twin puts repd and fio on the same half. None is in the
+// default run.
+func TestMachinesTargets(t *testing.T) {
+	byName := allByName()
+	for _, name := range []string{"repd-a1", "repd-c1"} {
+		m, ok := byName[name+"-machines"]
+		want := byName[name].Meta
+		want.Machines, want.Default = true, false
+		if !ok || m.Meta != want {
+			t.Fatalf("%s-machines: %v, meta %+v; want %s's meta, machines, out of the default run", name, ok, m.Meta, name)
+		}
+	}
+	if sm, ok := byName[result.StandaloneMachine]; !ok || sm.Meta.Default || !sm.Meta.Machines || sm.Meta.Peers != 0 {
+		t.Fatalf("%s: %v, meta %+v", result.StandaloneMachine, ok, sm.Meta)
+	}
+	first, rest, err := halves()
+	if err != nil {
+		t.Fatal(err) // this machine has two CPUs or more
+	}
+	for _, tc := range []struct {
+		name  string
+		masks [][]int
+	}{
+		{result.StandaloneMachine, [][]int{first}},
+		{"repd-c1-machines", [][]int{first, rest}},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ep, err := byName[tc.name].Start(ctx, Env{Dir: t.TempDir(), Size: 64 << 20, Transport: "unix", Logf: t.Logf})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		pids := ep.PIDs()
+		if len(pids) != len(tc.masks) {
+			t.Errorf("%s: %d server processes, want %d", tc.name, len(pids), len(tc.masks))
+		}
+		for i, pid := range pids {
+			if got := affinity(t, pid); !slices.Equal(got, tc.masks[i]) {
+				t.Errorf("%s: node %d runs on CPUs %v, want %v", tc.name, i, got, tc.masks[i])
+			}
+		}
+		job := filepath.Join(t.TempDir(), "w.fio")
+		os.WriteFile(job, []byte("[w]\nrw=randwrite\nbs=4k\niodepth=4\ntime_based=1\nruntime=3\n"), 0o644)
+		cmd := exec.CommandContext(ctx, "fio", append(append([]string{"--output=/dev/null"}, ep.FioArgs...), job)...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// A worker sets its affinity once forked: its last sample in
+		// fio's first two seconds counts.
+		workers := map[int][]int{}
+		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			for _, c := range children(cmd.Process.Pid) {
+				if a, ok := tryAffinity(c); ok {
+					workers[c] = a
+				}
+			}
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("%s: fio %v: %v", tc.name, ep.FioArgs, err)
+		}
+		if len(workers) == 0 {
+			t.Errorf("%s: no fio worker seen", tc.name)
+		}
+		for _, w := range workers {
+			if !slices.Equal(w, first) {
+				t.Errorf("%s: fio's worker runs on CPUs %v, want %v (%v)", tc.name, w, first, ep.FioArgs)
+			}
+		}
+		ep.Stop()
+		cancel()
+	}
+}
+
+// affinity is the CPUs pid may run on.
+func affinity(t *testing.T, pid int) []int {
+	t.Helper()
+	cpus, ok := tryAffinity(pid)
+	if !ok {
+		t.Fatalf("no affinity for %d", pid)
+	}
+	return cpus
+}
+
+// tryAffinity is the CPUs pid may run on; false if pid is gone.
+func tryAffinity(pid int) ([]int, bool) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(pid, &set); err != nil {
+		return nil, false
+	}
+	var cpus []int
+	for c := range len(set) * 64 {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	return cpus, true
+}
+
+// children are the pids whose parent is pid.
+func children(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
