@@ -115,6 +115,20 @@ func latencies(s *result.Summary) []result.Check {
 			ck.Detail = fmt.Sprintf("+%s µs (%s %.0f µs, %s %.0f µs)", shown(ck.Value, c.MaxAddUs, 0, false), c.Num, num.Write.P50us, c.Den, den.Write.P50us)
 			if f := s.Drills.FloorOK(); f != nil && f.RTTUs4KProcess > 0 {
 				ck.Detail += fmt.Sprintf("; the floor drill's bare 4 KiB round trip (send, pwrite, answer) took %.0f µs between two processes (%.0f µs within one)", f.RTTUs4KProcess, f.RTTUs4K)
+				// A protocol-C write is standalone's plus that round trip
+				// to the peer, less the local pwrite that overlaps it.
+				if add := max(f.RTTUs4KProcess-f.PwriteUs4K, 0); add > 0 {
+					least := den.Write.P50us + add
+					where := fmt.Sprintf("%.0f µs above it", num.Write.P50us-least)
+					if num.Write.P50us < least {
+						where = fmt.Sprintf("%.0f µs below it (the drill and the job ran at different times)", least-num.Write.P50us)
+					}
+					ck.Detail += fmt.Sprintf("; so %s's p50 cannot be below %.0f µs here (%s's + %.0f µs: the round trip less the %.1f µs pwrite that overlaps it); it is %s",
+						c.Num, least, c.Den, add, f.PwriteUs4K, where)
+					if add > c.MaxAddUs {
+						ck.Detail += fmt.Sprintf("; +%.0f µs is out of reach on this machine", c.MaxAddUs)
+					}
+				}
 			} else if f != nil && f.RTTUs4K > 0 {
 				ck.Detail += fmt.Sprintf("; the floor drill's bare 4 KiB round trip (send, pwrite, answer) took %.0f µs", f.RTTUs4K)
 			}

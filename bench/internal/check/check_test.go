@@ -429,3 +429,50 @@ func TestRoundRatios(t *testing.T) {
 		t.Errorf("a round without IOPS: %q, want none", got)
 	}
 }
+
+// The QD1 latency check names the least a protocol-C p50 can be here:
+// standalone's plus the floor's round trip between two processes, less
+// the pwrite that overlaps it; and says when that puts +60 µs out of
+// reach, without changing the verdict.
+func TestLatencyBound(t *testing.T) {
+	for _, tc := range []struct {
+		rtt, p50 float64
+		status   string
+		want     []string
+	}{
+		{56, 90, "FAIL", []string{"so repd-c1's p50 cannot be below 79 µs here (repd's + 51 µs: the round trip less the 5.0 µs pwrite that overlaps it); it is 11 µs above it"}},
+		{56, 76, "PASS", []string{"it is 3 µs below it (the drill and the job ran at different times)"}},
+		{75, 100, "FAIL", []string{"cannot be below 98 µs here", "; +60 µs is out of reach on this machine"}},
+	} {
+		s := &result.Summary{
+			Machine: result.Machine{Nproc: 2},
+			Targets: []result.TargetInfo{standaloneTarget, replicatedTarget("repd-c1", "C", 1)},
+			Results: []result.Result{
+				{Workload: "randwrite-4k-qd1", Target: "repd", IOPS: 20000, Write: &result.DirStats{P50us: 28}},
+				{Workload: "randwrite-4k-qd1", Target: "repd-c1", IOPS: 9000, Write: &result.DirStats{P50us: tc.p50}},
+			},
+			Drills: &result.Drills{Floor: &result.FloorResult{Us4K: 5, RTTUs4K: 22, RTTUs4KProcess: tc.rtt, PwriteUs4K: 5}},
+		}
+		var found bool
+		for _, c := range Eval(s) {
+			if c.Name != "repd-c1 p50 write latency on randwrite-4k-qd1" {
+				continue
+			}
+			found = true
+			if c.Status != tc.status {
+				t.Errorf("rtt %.0f, p50 %.0f: %s, want %s: %s", tc.rtt, tc.p50, c.Status, tc.status, c.Detail)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(c.Detail, w) {
+					t.Errorf("rtt %.0f, p50 %.0f: %q missing from %s", tc.rtt, tc.p50, w, c.Detail)
+				}
+			}
+			if tc.rtt < 60 && strings.Contains(c.Detail, "out of reach") {
+				t.Errorf("rtt %.0f: +60 µs called out of reach: %s", tc.rtt, c.Detail)
+			}
+		}
+		if !found {
+			t.Fatal("no latency check")
+		}
+	}
+}
