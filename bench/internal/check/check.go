@@ -44,7 +44,8 @@ func Eval(s *result.Summary) []result.Check {
 			if p := s.Result(c.Workload, c.Num+"-pinned"); p != nil && p.Error == "" {
 				ck.Detail += fmt.Sprintf("; with each node on CPUs of its own (%s-pinned, not judged): %.2fx", c.Num, p.IOPS/den.IOPS)
 			}
-			if m, md := s.Result(c.Workload, c.Num+"-machines"), s.Result(c.Workload, result.StandaloneMachine); c.Den == result.Standalone && m != nil && m.Error == "" && md != nil && md.Error == "" && md.IOPS > 0 {
+			m, md := s.Result(c.Workload, c.Num+"-machines"), s.Result(c.Workload, result.StandaloneMachine)
+			if c.Den == result.Standalone && m != nil && m.Error == "" && md != nil && md.Error == "" && md.IOPS > 0 {
 				ck.Detail += fmt.Sprintf("; one node per machine modelled (fio and the Primary on the first half of the CPUs, the peer on the rest, against standalone and fio on the first half: %s-machines/%s, not judged): %.2fx", c.Num, result.StandaloneMachine, m.IOPS/md.IOPS)
 			}
 			if b := LittleBound(s, c.Num, c.Workload); b > 0 {

@@ -112,9 +112,23 @@ func splitCPUs() ([]string, error) {
 // halves is the first half of the CPUs this process may run on, and the
 // rest.
 func halves() (first, rest []int, err error) {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
+	cpus, err := affinityOf(0)
+	if err != nil {
 		return nil, nil, fmt.Errorf("read the CPU affinity: %w", err)
+	}
+	if len(cpus) < 2 {
+		return nil, nil, fmt.Errorf("needs two CPUs to pin the nodes apart; this process may run on %d", len(cpus))
+	}
+	half := len(cpus) / 2
+	return cpus[:half], cpus[half:], nil
+}
+
+// affinityOf is the CPUs the thread or process pid may run on (0: this
+// one).
+func affinityOf(pid int) ([]int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(pid, &set); err != nil {
+		return nil, err
 	}
 	var cpus []int
 	for c := range len(set) * 64 {
@@ -122,11 +136,7 @@ func halves() (first, rest []int, err error) {
 			cpus = append(cpus, c)
 		}
 	}
-	if len(cpus) < 2 {
-		return nil, nil, fmt.Errorf("needs two CPUs to pin the nodes apart; this process may run on %d", len(cpus))
-	}
-	half := len(cpus) / 2
-	return cpus[:half], cpus[half:], nil
+	return cpus, nil
 }
 
 // HexMask writes CPUs as a cpu-mask (hexadecimal, bit 0 for CPU 0).

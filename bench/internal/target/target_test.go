@@ -231,7 +231,9 @@ func TestMachinesTargets(t *testing.T) {
 			}
 		}
 		job := filepath.Join(t.TempDir(), "w.fio")
-		os.WriteFile(job, []byte("[w]\nrw=randwrite\nbs=4k\niodepth=4\ntime_based=1\nruntime=3\n"), 0o644)
+		if err := os.WriteFile(job, []byte("[w]\nrw=randwrite\nbs=4k\niodepth=4\ntime_based=1\nruntime=3\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		cmd := exec.CommandContext(ctx, "fio", append(append([]string{"--output=/dev/null"}, ep.FioArgs...), job)...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -241,7 +243,7 @@ func TestMachinesTargets(t *testing.T) {
 		workers := map[int][]int{}
 		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 			for _, c := range children(cmd.Process.Pid) {
-				if a, ok := tryAffinity(c); ok {
+				if a, err := affinityOf(c); err == nil { // else it ended
 					workers[c] = a
 				}
 			}
@@ -265,26 +267,11 @@ func TestMachinesTargets(t *testing.T) {
 // affinity is the CPUs pid may run on.
 func affinity(t *testing.T, pid int) []int {
 	t.Helper()
-	cpus, ok := tryAffinity(pid)
-	if !ok {
-		t.Fatalf("no affinity for %d", pid)
+	cpus, err := affinityOf(pid)
+	if err != nil {
+		t.Fatalf("affinity of %d: %v", pid, err)
 	}
 	return cpus
-}
-
-// tryAffinity is the CPUs pid may run on; false if pid is gone.
-func tryAffinity(pid int) ([]int, bool) {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(pid, &set); err != nil {
-		return nil, false
-	}
-	var cpus []int
-	for c := range len(set) * 64 {
-		if set.IsSet(c) {
-			cpus = append(cpus, c)
-		}
-	}
-	return cpus, true
 }
 
 // children are the pids whose parent is pid.
