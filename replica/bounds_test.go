@@ -1,14 +1,19 @@
 package replica
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/replica/internal/journal"
 )
 
 // fakePeer plays beta (id 2) toward a real node alpha (id 1): it listens at
@@ -122,4 +127,87 @@ func TestUnresolvedDedupHoldBounded(t *testing.T) {
 
 func isConnReset(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "reset") || strings.Contains(err.Error(), "broken pipe"))
+}
+
+// Under protocol A the journal keeps a copy of every write a peer has not
+// acknowledged, and journal-size bounds the memory of those copies
+// whatever the writes' size: a copy counts its pooled buffer (its size
+// rounded up to a power of two, at least 512 bytes), not only its data.
+// With the peer cut off, writes of 512 bytes, 4.5 KiB and 68 KiB fill a
+// 4 MiB journal until it declines the next; the buffers it then holds,
+// and the growth of the heap, stay within the bound. (Before, with 4 KiB,
+// 64 KiB and 1 MiB buffers counted at their data's size, the journal held
+// 26, 55 and 60 MiB of buffers.)
+func TestJournalMemoryBounded(t *testing.T) {
+	const max = 4 << 20
+	heap := func() int64 {
+		runtime.GC()
+		runtime.GC() // the second empties the buffer pools' victim caches
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	for _, size := range []int{512, 4608, 68 << 10} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			c := newCluster(t, 2, func(_ int, cfg *Config) {
+				cfg.Protocol = api.ProtocolA
+				cfg.JournalBytes = max
+			})
+			alpha := c.bootstrap()
+			c.isolate(1, true)
+			defer c.isolate(1, false)
+			buf := bytes.Repeat([]byte{0xa5}, size)
+			before := heap()
+			var started []*asyncResult
+			for i := 0; ; i++ {
+				r := newAsyncResult()
+				off := int64(i) * int64(size) % (testSize - int64(size)) &^ 511
+				if !alpha.StartWrite(context.Background(), buf, off, false, false, r.done) {
+					break
+				}
+				started = append(started, r)
+				if len(started) > max/512 {
+					t.Fatalf("%d writes of %d bytes started into a %d-byte journal", len(started), size, max)
+				}
+			}
+			alpha.Kick()
+			for i, r := range started {
+				if err := r.wait(t, "write"); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+			}
+			alpha.mu.Lock()
+			var held, data int64
+			ents, copies := 0, 0
+			for pos := alpha.journal.Base; pos < alpha.journal.End(); pos++ {
+				e := alpha.journal.At(pos)
+				if e.Closed || e.Kind != journal.Write {
+					continue
+				}
+				ents++
+				if e.Buf != nil {
+					copies++
+				}
+				held += int64(cap(e.Data)) + journal.Overhead
+				data += int64(len(e.Data))
+			}
+			counted := alpha.journal.Bytes
+			alpha.mu.Unlock()
+			grown := heap() - before
+			t.Logf("%d writes of %d bytes: %d in the journal (%d copies), %d bytes of data in %d bytes of buffers, counted %d; heap grew %d bytes",
+				len(started), size, ents, copies, data, held, counted, grown)
+			if ents != len(started) || copies != ents {
+				t.Fatalf("%d of %d writes held by the journal, %d as copies: the peer was not cut off", ents, len(started), copies)
+			}
+			if held < max/2 {
+				t.Fatalf("the journal declined holding only %d bytes of buffers", held)
+			}
+			if held > max {
+				t.Fatalf("the journal's copies hold %d bytes, over its %d-byte bound", held, max)
+			}
+			if grown > 2*max {
+				t.Fatalf("the heap grew by %d bytes to fill a %d-byte journal", grown, max)
+			}
+		})
+	}
 }

@@ -230,12 +230,19 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	} else if k == journal.Write && n.snapPacing() {
 		n.lastAppWrite.Store(time.Now().UnixNano()) // snapshot reads yield to it
 	}
-	e.Size = journal.Overhead + int64(len(src))
 	// Under protocol C a write lends its buffer to the journal instead
-	// of a copy (see lend).
+	// of a copy (see lend). An entry counts against journal-size what it
+	// holds: a lent buffer its data; a write that is copied (or may be,
+	// below) and a resync read their pooled buffer, under twice the data
+	// (bufpool.Cap). So journal-size bounds the memory of the copies
+	// whatever the size of the writes (TestJournalMemoryBounded).
 	lend := k == journal.Write && n.cfg.Protocol == api.ProtocolC
+	e.Size = journal.Overhead + int64(len(src))
+	if len(src) > 0 && !lend {
+		e.Size = journal.Overhead + int64(bufpool.Cap(len(src)))
+	}
 	if k == journal.Resync {
-		e.Size = journal.Overhead + length
+		e.Size = journal.Overhead + int64(bufpool.Cap(int(length)))
 		e.Data, e.Buf = bufpool.Get(int(length))
 	} else if len(src) > 0 && (lend || n.recvAtomic.Load() == 0) {
 		// No peer receives writes now, or the buffer is lent: use the

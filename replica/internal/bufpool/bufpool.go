@@ -4,45 +4,62 @@
 package bufpool
 
 import (
+	"math/bits"
 	"sync"
-
-	"github.com/repd/repd/protocol"
 )
 
-// Buffers by size class (4 KiB, 64 KiB, one frame's data), so the write
-// path does not allocate per write.
-var bufPools = [...]struct {
-	size int
-	pool sync.Pool
-}{{size: 4 << 10}, {size: 64 << 10}, {size: protocol.MaxData}}
+// Buffers come in power-of-two size classes from 512 bytes (class 0, an
+// NBD client's smallest write) to one frame's data (protocol.MaxData), so
+// the write path does not allocate per write and a buffer is less than
+// twice the data it holds: under protocol A the journal keeps a copy of
+// every write a peer has not acknowledged, thousands of them, and with
+// coarser classes (4 KiB, 64 KiB, 1 MiB) a journal of 8 KiB writes held
+// eight times its bound.
+const (
+	minShift = 9
+	maxShift = 20 // protocol.MaxData (TestClassesCoverMaxData)
+	classes  = maxShift - minShift + 1
+)
+
+var pools [classes]sync.Pool
+
+func class(n int) int {
+	if n <= 1<<minShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minShift
+}
+
+// Cap is the memory a buffer of n bytes from Get takes: n rounded up to
+// its class (n itself above the largest class, which is not pooled).
+func Cap(n int) int {
+	if c := class(n); c < classes {
+		return 1 << (c + minShift)
+	}
+	return n
+}
 
 // Get returns a buffer of n bytes and the pooled buffer behind it (nil for
 // sizes above the largest class), to hand back to Put.
 func Get(n int) ([]byte, *[]byte) {
-	for i := range bufPools {
-		c := &bufPools[i]
-		if n <= c.size {
-			if b, ok := c.pool.Get().(*[]byte); ok {
-				return (*b)[:n], b
-			}
-			b := make([]byte, c.size)
-			return b[:n], &b
-		}
+	c := class(n)
+	if c >= classes {
+		return make([]byte, n), nil
 	}
-	b := make([]byte, n)
-	return b, nil
+	if b, ok := pools[c].Get().(*[]byte); ok {
+		return (*b)[:n], b
+	}
+	b := make([]byte, 1<<(c+minShift))
+	return b[:n], &b
 }
 
-// Put returns a buffer to its pool; nil is ignored.
+// Put returns a buffer to its pool; nil, and a buffer not of a class's
+// size, are ignored.
 func Put(b *[]byte) {
 	if b == nil {
 		return
 	}
-	for i := range bufPools {
-		c := &bufPools[i]
-		if cap(*b) == c.size {
-			c.pool.Put(b)
-			return
-		}
+	if c := class(cap(*b)); c < classes && cap(*b) == 1<<(c+minShift) {
+		pools[c].Put(b)
 	}
 }
