@@ -457,3 +457,41 @@ func TestWriteTimeoutBlockingMode(t *testing.T) {
 		return strings.Contains(logs.String(), "does not read its replies")
 	})
 }
+
+// MaxInFlightBytes counts the buffer each request's payload takes, not
+// only its length: requests just over a power of two (4 MiB + 512 bytes,
+// each in an 8 MiB buffer) under a 16 MiB bound reach the device two at
+// a time, not three (24 MiB of buffers).
+func TestInFlightBytesCountBuffers(t *testing.T) {
+	const n, size = 6, 4<<20 + 512
+	dev := &holdDevice{memDevice: newMem(n * 8 << 20), release: make(chan struct{}),
+		hold: map[int64]bool{}, entered: make(chan int64, n)}
+	var reqs []nbdtest.Request
+	for i := range n {
+		off := int64(i) * 8 << 20
+		dev.hold[off] = true
+		reqs = append(reqs, nbdtest.Request{Type: nbd.CmdRead, Offset: uint64(off), Length: size})
+	}
+	addr := serve(t, &nbd.Server{MaxInFlightBytes: 16 << 20, Exports: []nbd.Export{{Device: dev}}})
+	var once sync.Once
+	release := func() { once.Do(func() { close(dev.release) }) }
+	t.Cleanup(release) // before the server's shutdown, which waits for them
+	c := dial(t, addr, "")
+	calls, err := c.StartBatch(reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-dev.entered
+	if got := settle(dev.cur.Load); got != 2 {
+		t.Fatalf("%d reads of %d bytes at the device under a 16 MiB bound, want 2", got, size)
+	}
+	release()
+	for i, call := range calls {
+		if r, err := call.Wait(); err != nil || r.Error != 0 || len(r.Data) != size {
+			t.Fatalf("read %d: %v, error %d, %d bytes", i, err, r.Error, len(r.Data))
+		}
+	}
+	if p := dev.peak.Load(); p != 2 {
+		t.Fatalf("peak %d reads at the device, want 2", p)
+	}
+}

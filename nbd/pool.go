@@ -22,6 +22,16 @@ func sizeClass(n int) int {
 	return bits.Len(uint(n-1)) - minClassShift
 }
 
+// bufCap is the memory a buffer of length n from getBuf takes: n rounded
+// up to its class, n itself above the largest. A request's payload counts
+// it against MaxInFlightBytes.
+func bufCap(n int) int {
+	if c := sizeClass(n); c < numClasses {
+		return 1 << (c + minClassShift)
+	}
+	return n
+}
+
 // getBuf returns a buffer of length n. Its contents are undefined.
 func getBuf(n int) *[]byte {
 	c := sizeClass(n)

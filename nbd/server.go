@@ -106,7 +106,9 @@ type Server struct {
 	// once (default 64); it is also the size of the connection's worker pool.
 	MaxInFlight int
 	// MaxInFlightBytes bounds the payload bytes one connection holds at once
-	// (default 64 MiB); a single larger request is still admitted alone.
+	// (default 64 MiB), each request's counted as the buffer it takes (its
+	// length rounded up to a power of two, 4 KiB at least); a single larger
+	// request is still admitted alone.
 	MaxInFlightBytes int
 	// MaxReplyBacklog bounds the reply bytes one connection has queued for
 	// its socket but not yet written (default 16 MiB). At the bound the

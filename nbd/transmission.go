@@ -181,7 +181,7 @@ func (c *conn) readLoop() (err error) {
 
 		switch r.typ {
 		case CmdRead, CmdWrite:
-			r.cost = r.n
+			r.cost = int64(bufCap(int(r.n))) // the payload's buffer (getBuf below)
 		case CmdBlockStatus:
 			r.cost = c.statusCost(r)
 		}
