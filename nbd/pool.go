@@ -1,8 +1,9 @@
 package nbd
 
 import (
-	"math/bits"
 	"sync"
+
+	"github.com/repd/repd/internal/sizeclass"
 )
 
 // Payload buffers come from one sync.Pool per power-of-two size class, from
@@ -15,22 +16,12 @@ const (
 
 var bufPools [numClasses]sync.Pool
 
-func sizeClass(n int) int {
-	if n <= 1<<minClassShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minClassShift
-}
+func sizeClass(n int) int { return sizeclass.Of(n, minClassShift) }
 
 // bufCap is the memory a buffer of length n from getBuf takes: n rounded
 // up to its class, n itself above the largest. A request's payload counts
 // it against MaxInFlightBytes.
-func bufCap(n int) int {
-	if c := sizeClass(n); c < numClasses {
-		return 1 << (c + minClassShift)
-	}
-	return n
-}
+func bufCap(n int) int { return sizeclass.Cap(n, minClassShift, numClasses) }
 
 // getBuf returns a buffer of length n. Its contents are undefined.
 func getBuf(n int) *[]byte {

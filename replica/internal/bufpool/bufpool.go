@@ -4,8 +4,9 @@
 package bufpool
 
 import (
-	"math/bits"
 	"sync"
+
+	"github.com/repd/repd/internal/sizeclass"
 )
 
 // Buffers come in power-of-two size classes from 512 bytes (class 0, an
@@ -23,21 +24,11 @@ const (
 
 var pools [classes]sync.Pool
 
-func class(n int) int {
-	if n <= 1<<minShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minShift
-}
+func class(n int) int { return sizeclass.Of(n, minShift) }
 
 // Cap is the memory a buffer of n bytes from Get takes: n rounded up to
 // its class (n itself above the largest class, which is not pooled).
-func Cap(n int) int {
-	if c := class(n); c < classes {
-		return 1 << (c + minShift)
-	}
-	return n
-}
+func Cap(n int) int { return sizeclass.Cap(n, minShift, classes) }
 
 // Get returns a buffer of n bytes and the pooled buffer behind it (nil for
 // sizes above the largest class), to hand back to Put.
