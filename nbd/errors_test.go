@@ -49,10 +49,10 @@ func TestErrorCode(t *testing.T) {
 
 func TestSizeClass(t *testing.T) {
 	for _, n := range []int{0, 1, 4095, 4096, 4097, 8192, 1 << 20, 1<<20 + 1, 32 << 20, 32<<20 + 1} {
-		b := getBuf(n)
+		b := payloads.Get(n)
 		if len(*b) != n || cap(*b) < n {
-			t.Fatalf("getBuf(%d): len %d cap %d", n, len(*b), cap(*b))
+			t.Fatalf("payloads.Get(%d): len %d cap %d", n, len(*b), cap(*b))
 		}
-		putBuf(b)
+		payloads.Put(b)
 	}
 }

@@ -209,7 +209,7 @@ func (c *conn) blockStatus(r *request) {
 		all[i] = exts
 		size += ChunkHeaderSize + 4 + 8*len(exts)
 	}
-	buf := getBuf(size)
+	buf := payloads.Get(size)
 	b := (*buf)[:0]
 	for i, m := range c.metas {
 		var flags uint16
@@ -224,7 +224,7 @@ func (c *conn) blockStatus(r *request) {
 		}
 	}
 	c.send(nil, b, true, r.cost)
-	putBuf(buf)
+	payloads.Put(buf)
 	c.done(r, nil)
 }
 

@@ -181,7 +181,7 @@ func (c *conn) readLoop() (err error) {
 
 		switch r.typ {
 		case CmdRead, CmdWrite:
-			r.cost = int64(bufCap(int(r.n))) // the payload's buffer (getBuf below)
+			r.cost = int64(payloads.Cap(int(r.n))) // the payload's buffer (payloads.Get below)
 		case CmdBlockStatus:
 			r.cost = c.statusCost(r)
 		}
@@ -193,7 +193,7 @@ func (c *conn) readLoop() (err error) {
 			}
 		}
 		if r.typ == CmdRead || r.typ == CmdWrite {
-			r.buf = getBuf(int(r.n))
+			r.buf = payloads.Get(int(r.n))
 		}
 		if r.typ == CmdWrite {
 			if r.n > inlineMax && int64(c.br.Buffered()) < r.n {
@@ -201,7 +201,7 @@ func (c *conn) readLoop() (err error) {
 			}
 			if _, err := io.ReadFull(c.br, *r.buf); err != nil {
 				c.gate.release(r.cost)
-				putBuf(r.buf)
+				payloads.Put(r.buf)
 				requestPool.Put(r)
 				if c.stopping.Load() {
 					return nil
@@ -227,7 +227,7 @@ func (c *conn) readLoop() (err error) {
 		c.kick()
 		if !c.dispatch(r) {
 			c.gate.release(r.cost)
-			putBuf(r.buf)
+			payloads.Put(r.buf)
 			requestPool.Put(r)
 			return nil
 		}
@@ -535,7 +535,7 @@ func (c *conn) done(r *request, err error) {
 	if f := c.srv.OnRequest; f != nil {
 		f(cmdName(r.typ), r.n, time.Since(clockBase)-r.start, err)
 	}
-	putBuf(r.buf)
+	payloads.Put(r.buf)
 	*r = request{}
 	requestPool.Put(r)
 }

@@ -1,7 +1,8 @@
 // Package sizeclass rounds buffer lengths up to power-of-two size
-// classes, for the pools of the NBD server's payloads and of the
-// replica's write data: a pooled buffer is then less than twice what it
-// holds, and a bound on memory counts the rounded size (Cap).
+// classes and pools buffers by class (Pool), for the NBD server's
+// payloads and the replica's write data: a pooled buffer is then less
+// than twice what it holds, and a bound on memory counts the rounded size
+// (Cap).
 package sizeclass
 
 import "math/bits"

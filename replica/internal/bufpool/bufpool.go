@@ -3,11 +3,7 @@
 // buffer until it calls Put.
 package bufpool
 
-import (
-	"sync"
-
-	"github.com/repd/repd/internal/sizeclass"
-)
+import "github.com/repd/repd/internal/sizeclass"
 
 // Buffers come in power-of-two size classes from 512 bytes (class 0, an
 // NBD client's smallest write) to one frame's data (protocol.MaxData), so
@@ -22,35 +18,22 @@ const (
 	classes  = maxShift - minShift + 1
 )
 
-var pools [classes]sync.Pool
-
-func class(n int) int { return sizeclass.Of(n, minShift) }
+var pool = sizeclass.NewPool(minShift, classes)
 
 // Cap is the memory a buffer of n bytes from Get takes: n rounded up to
 // its class (n itself above the largest class, which is not pooled).
-func Cap(n int) int { return sizeclass.Cap(n, minShift, classes) }
+func Cap(n int) int { return pool.Cap(n) }
 
 // Get returns a buffer of n bytes and the pooled buffer behind it (nil for
 // sizes above the largest class), to hand back to Put.
 func Get(n int) ([]byte, *[]byte) {
-	c := class(n)
-	if c >= classes {
+	if !pool.Pooled(n) {
 		return make([]byte, n), nil
 	}
-	if b, ok := pools[c].Get().(*[]byte); ok {
-		return (*b)[:n], b
-	}
-	b := make([]byte, 1<<(c+minShift))
-	return b[:n], &b
+	b := pool.Get(n)
+	return *b, b
 }
 
 // Put returns a buffer to its pool; nil, and a buffer not of a class's
 // size, are ignored.
-func Put(b *[]byte) {
-	if b == nil {
-		return
-	}
-	if c := class(cap(*b)); c < classes && cap(*b) == 1<<(c+minShift) {
-		pools[c].Put(b)
-	}
-}
+func Put(b *[]byte) { pool.Put(b) }
