@@ -6,10 +6,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -493,5 +495,84 @@ func TestInFlightBytesCountBuffers(t *testing.T) {
 	}
 	if p := dev.peak.Load(); p != 2 {
 		t.Fatalf("peak %d reads at the device, want 2", p)
+	}
+}
+
+// heapInUse is the live heap after two collections (the second frees what
+// the first left to the pools' victim caches).
+func heapInUse() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// A BLOCK_STATUS request counts the memory it holds against
+// MaxInFlightBytes, not only its reply's length: 16 contexts of more than
+// MaxExtents alternating extents make replies of 16 × (24 + 8 × 16384) =
+// 2 MiB + 512 bytes, each in a 4 MiB buffer until written. A client that
+// pipelines status requests and reads no reply gets at most
+// MaxInFlightBytes (16 MiB) of them held (the audit's probe: 124 MiB under
+// the default 64 MiB).
+func TestBlockStatusBudgetCountsBuffers(t *testing.T) {
+	const size, contexts, budget = 16<<10 + 16, 16, 16 << 20
+	var data []span
+	for off := int64(0); off < size; off += 2 {
+		data = append(data, span{off, 1}) // 16400 alternating extents
+	}
+	queries := []string{nbd.ContextBaseAllocation}
+	dirty := map[string][]span{}
+	for i := range contexts - 1 {
+		name := fmt.Sprintf("%ss%d", nbd.DirtyBitmapPrefix, i)
+		dirty[name] = data
+		queries = append(queries, name)
+	}
+	dev := newSparse(size, data, dirty)
+	srv := &nbd.Server{MaxInFlightBytes: budget, WriteTimeout: -1,
+		Exports: []nbd.Export{{Name: "d", Device: dev, ReadOnly: true}}}
+	nc, br := pipeNegotiate(t, srv, func(n *nbdtest.Negotiation) error {
+		if err := n.StructuredReply(); err != nil {
+			return err
+		}
+		if _, err := n.SetMetaContext("d", queries...); err != nil {
+			return err
+		}
+		_, err := n.Info(nbd.OptGo, "d")
+		return err
+	})
+	const count = 20
+	var reqs [][]byte
+	for i := range count {
+		reqs = append(reqs, request(nbd.CmdBlockStatus, 0, uint64(i), 0, size))
+	}
+	before := heapInUse()
+	sendAll(nc, reqs)
+	admitted := settle(dev.statusCalls.Load) / contexts
+	grown := heapInUse() - before
+	const buf = 4 << 20 // the buffer of a 2 MiB + 512 byte reply
+	t.Logf("%d status requests admitted (%d MiB of reply buffers), heap +%.1f MiB, budget %d MiB",
+		admitted, admitted*buf>>20, float64(grown)/(1<<20), budget>>20)
+	if admitted*buf > budget {
+		t.Errorf("%d status requests admitted: %d MiB of reply buffers under a %d MiB budget",
+			admitted, admitted*buf>>20, budget>>20)
+	}
+	if grown > budget+4<<20 {
+		t.Errorf("heap grew by %.1f MiB while no reply was read, want at most the budget (%d MiB) + 4 MiB",
+			float64(grown)/(1<<20), budget>>20)
+	}
+	// Once the client reads, everything is answered.
+	nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for done := 0; done < count; {
+		_, last, err := readChunkHeader(br)
+		if err != nil {
+			t.Fatalf("after %d status replies: %v", done, err)
+		}
+		if last {
+			done++
+		}
+	}
+	if got := dev.statusCalls.Load(); got != contexts*count {
+		t.Fatalf("%d status calls, want %d", got, contexts*count)
 	}
 }

@@ -152,11 +152,13 @@
 //     NBD_REP_ERR_TOO_BIG).
 //   - Block status: the Device is asked about at most MaxStatusLength
 //     (default 1 GiB) per request and context, at most MaxExtents
-//     (default 16384) extents go out per context, and a status request
-//     holds its largest possible reply (contexts × (24 + 8 × MaxExtents)
-//     bytes, 128 KiB for one context) in the in-flight bytes until the
-//     reply is written, so pipelined status requests a client does not
-//     read are bounded like reads.
+//     (default 16384) extents go out per context, each Device answer is
+//     encoded into the reply as it comes, and a status request holds in
+//     the in-flight bytes, until its reply is written, the buffer of its
+//     largest possible reply (contexts × (24 + 8 × MaxExtents) bytes,
+//     rounded up to a power of two: 256 KiB for one context) and one
+//     Device answer (16 bytes × MaxExtents), so pipelined status requests
+//     a client does not read are bounded like reads.
 //   - Requests in flight: at most MaxInFlight (default 64) requests and
 //     MaxInFlightBytes (default 64 MiB) of payload per connection (a single
 //     larger request is admitted alone), counted from the moment the

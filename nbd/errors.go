@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strconv"
+	"strings"
 	"syscall"
+	"unicode/utf8"
 )
 
 // ErrServerClosed is returned by Serve and ServeConn after Shutdown.
@@ -55,4 +58,36 @@ func errorCode(err error) uint32 {
 	default:
 		return EIO
 	}
+}
+
+// maxQuoted is how much of a name a client sent goes into a message or a
+// log line. An option carries up to 64 KiB: quoted whole, an unknown
+// export name made a 320 KiB log line per unauthenticated connection, and
+// an error reply longer than the spec's MaxString.
+const maxQuoted = 64
+
+// quoteName quotes a client's name for a message or a log line: at most
+// its first maxQuoted bytes (not splitting a character), then its length.
+func quoteName(name string) string {
+	if len(name) <= maxQuoted {
+		return strconv.Quote(name)
+	}
+	i := maxQuoted
+	for k := 1; k < utf8.UTFMax && !utf8.RuneStart(name[i]); k++ {
+		i--
+	}
+	return fmt.Sprintf("%q… (%d bytes)", name[:i], len(name))
+}
+
+// wireString makes m a string the spec allows in a reply: valid UTF-8
+// without NUL, at most MaxString bytes.
+func wireString(m string) string {
+	m = strings.ToValidUTF8(strings.ReplaceAll(m, "\x00", " "), "?")
+	if len(m) > MaxString {
+		m = m[:MaxString]
+		for !utf8.ValidString(m) {
+			m = m[:len(m)-1]
+		}
+	}
+	return m
 }

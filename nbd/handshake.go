@@ -87,7 +87,7 @@ func (c *conn) negotiate() (exp Export, ok bool, err error) {
 		case OptExportName:
 			e, found := c.srv.enter(c, string(data))
 			if !found {
-				return exp, false, fmt.Errorf("unknown export %q", data)
+				return exp, false, fmt.Errorf("unknown export %s", quoteName(string(data)))
 			}
 			var r [10 + 124]byte
 			binary.BigEndian.PutUint64(r[0:], uint64(e.Device.Size()))
@@ -220,7 +220,7 @@ func (c *conn) info(opt uint32, data []byte) (e Export, name string, found, done
 		e, found = c.srv.lookup(name)
 	}
 	if !found {
-		c.optError(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
+		c.optError(opt, RepErrUnknown, "unknown export "+quoteName(name))
 		return e, name, false, false
 	}
 
@@ -268,9 +268,10 @@ func (c *conn) optReply(opt, typ uint32, data []byte) {
 	c.bw.Write(data)
 }
 
-// optError queues an error reply with a human-readable message.
+// optError queues an error reply with a human-readable message, made a
+// string the spec allows (wireString).
 func (c *conn) optError(opt, typ uint32, msg string) {
-	c.optReply(opt, typ, []byte(msg))
+	c.optReply(opt, typ, []byte(wireString(msg)))
 }
 
 // transmissionFlags are the flags advertised for e (see Server).

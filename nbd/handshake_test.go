@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
@@ -305,5 +308,60 @@ func TestHandshakeTimeout(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A client's export name goes into refusals and log lines cut to a short
+// prefix: a 64 KiB name (the most an option carries) of bytes that quote
+// as \xff each gets a short NBD_REP_ERR_UNKNOWN from INFO and GO (and a
+// 4096-byte one from SET_META_CONTEXT), and NBD_OPT_EXPORT_NAME, which has
+// no error reply, a short log line (it was 320 KiB per connection).
+func TestLongUnknownExportName(t *testing.T) {
+	var logs logBuffer
+	srv := twoExports()
+	srv.Logger = logs.logger()
+	addr := serve(t, srv)
+	long := strings.Repeat("\xff", 64<<10-6) // with its length and info count: 64 KiB
+	const maxMessage, maxLine = 512, 1024
+	refused := func(what string, err error) {
+		t.Helper()
+		var oe *nbdtest.OptionError
+		if !errors.As(err, &oe) || oe.Type != nbd.RepErrUnknown {
+			t.Fatalf("%s: %v, want NBD_REP_ERR_UNKNOWN", what, err)
+		}
+		t.Logf("%s: a refusal of %d bytes", what, len(oe.Message))
+		if len(oe.Message) > maxMessage || !utf8.ValidString(oe.Message) || !strings.HasPrefix(oe.Message, `unknown export "\xff`) {
+			t.Errorf("%s: refusal of %d bytes (%.80q…), want a valid UTF-8 message of at most %d", what, len(oe.Message), oe.Message, maxMessage)
+		}
+	}
+	n := negotiate(t, addr, fixedNoZeroes)
+	for _, opt := range []uint32{nbd.OptInfo, nbd.OptGo} {
+		_, err := n.Info(opt, long)
+		refused(fmt.Sprintf("option %d", opt), err)
+	}
+	if err := n.StructuredReply(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := n.SetMetaContext(long[:nbd.MaxString], nbd.ContextBaseAllocation)
+	refused("SET_META_CONTEXT", err)
+	if _, err := n.Go("disk0"); err != nil {
+		t.Fatalf("GO after the refusals: %v", err)
+	}
+
+	x := negotiate(t, addr, fixedNoZeroes)
+	if err := x.SendOption(nbd.OptExportName, []byte(long)); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, x.Conn, x.Reader())
+	waitFor(t, "the log line of the refused export name", 5*time.Second, func() bool {
+		return strings.Contains(logs.String(), "unknown export")
+	})
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "unknown export") {
+			t.Logf("EXPORT_NAME: a log line of %d bytes", len(l))
+		}
+		if len(l) > maxLine {
+			t.Errorf("a log line of %d bytes (%.120s…), want at most %d", len(l), l, maxLine)
+		}
 	}
 }

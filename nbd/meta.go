@@ -190,7 +190,7 @@ func (c *conn) metaOption(opt uint32, data []byte) {
 	}
 	e, found := c.srv.lookup(q.export)
 	if !found {
-		c.optError(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", q.export))
+		c.optError(opt, RepErrUnknown, "unknown export "+quoteName(q.export))
 		return
 	}
 	names := c.contextNames(e)

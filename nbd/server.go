@@ -107,8 +107,10 @@ type Server struct {
 	MaxInFlight int
 	// MaxInFlightBytes bounds the payload bytes one connection holds at once
 	// (default 64 MiB), each request's counted as the buffer it takes (its
-	// length rounded up to a power of two, 4 KiB at least); a single larger
-	// request is still admitted alone.
+	// length rounded up to a power of two, 4 KiB at least; for
+	// NBD_CMD_BLOCK_STATUS its largest possible reply's, plus one Device
+	// answer of MaxExtents extents); a single larger request is still
+	// admitted alone.
 	MaxInFlightBytes int
 	// MaxReplyBacklog bounds the reply bytes one connection has queued for
 	// its socket but not yet written (default 16 MiB). At the bound the

@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
-	"unicode/utf8"
 )
 
 // Reads with holes: a READ of at least holeReadMin bytes on a Device that
@@ -32,15 +30,7 @@ func appendChunk(b []byte, flags, typ uint16, cookie uint64, length int) []byte 
 // errMessage is the message of an error chunk: the request and the error,
 // valid UTF-8 without NUL, at most MaxString bytes.
 func errMessage(typ uint16, off uint64, n int64, err error) string {
-	m := fmt.Sprintf("%s %d+%d: %v", cmdName(typ), off, n, err)
-	m = strings.ToValidUTF8(strings.ReplaceAll(m, "\x00", " "), "?")
-	if len(m) > MaxString {
-		m = m[:MaxString]
-		for !utf8.ValidString(m) {
-			m = m[:len(m)-1]
-		}
-	}
-	return m
+	return wireString(fmt.Sprintf("%s %d+%d: %v", cmdName(typ), off, n, err))
 }
 
 // answer replies to a request that carries no data: success, or the error
@@ -103,10 +93,16 @@ func (c *conn) readSegments(r *request) []segment {
 			break
 		}
 		l := min(e.Len, end-pos)
-		add(l, e.Flags&StateZero != 0 && l >= minHole)
+		hole := e.Flags&StateZero != 0 && l >= minHole
+		if k := len(segs); k == maxReadChunks && segs[k-1].hole != hole {
+			// A further chunk: the rest goes as data (below), so segs
+			// stays within maxReadChunks+1 whatever the Device answered.
+			break
+		}
+		add(l, hole)
 	}
 	if pos < end {
-		add(end-pos, false) // not described: read it
+		add(end-pos, false) // not described (or beyond the chunk bound): read it
 	}
 	if len(segs) > maxReadChunks {
 		last := &segs[maxReadChunks-1]
@@ -167,60 +163,67 @@ func (c *conn) readStructured(r *request) {
 	c.done(r, nil)
 }
 
-// statusCost is what a BLOCK_STATUS reply can take at most: a chunk per
-// selected context with up to MaxExtents extents (one with REQ_ONE). It
-// is the request's gate budget, so that pipelined status requests cannot
-// make the server hold more than MaxInFlightBytes of replies.
-func (c *conn) statusCost(r *request) int64 {
-	ext := int64(c.srv.maxExtents())
+// extentSize is what an Extent takes in memory (int64 + uint32, padded).
+const extentSize = 16
+
+// statusLimit is the most extents a status request's reply gives per
+// context: MaxExtents, one with REQ_ONE.
+func (c *conn) statusLimit(r *request) int {
 	if r.flags&CmdFlagReqOne != 0 {
-		ext = 1
+		return 1
 	}
-	return int64(len(c.metas)) * (ChunkHeaderSize + 4 + 8*ext)
+	return c.srv.maxExtents()
+}
+
+// statusSize is the length of the largest reply with at most ext extents
+// per context: one chunk per selected context.
+func (c *conn) statusSize(ext int) int {
+	return len(c.metas) * (ChunkHeaderSize + 4 + 8*ext)
+}
+
+// statusCost is what a BLOCK_STATUS request holds at most, its gate
+// budget: the buffer of its largest reply (statusSize rounded up to its
+// class, as payloads.Get gives it), held until the reply is written, and,
+// while the reply is built, one Device answer at a time (MaxExtents
+// extents from a Device that stops there, as Allocator asks; the Device
+// is not told about REQ_ONE). So pipelined status requests cannot make
+// the server hold more than MaxInFlightBytes: counting the reply's length
+// alone let 16 contexts hold 4 MiB buffers at a counted 2 MiB each.
+func (c *conn) statusCost(r *request) int64 {
+	return int64(payloads.Cap(c.statusSize(c.statusLimit(r)))) + extentSize*int64(c.srv.maxExtents())
 }
 
 // blockStatus answers NBD_CMD_BLOCK_STATUS: one NBD_REPLY_TYPE_BLOCK_STATUS
 // chunk per selected context describing [off, off+n) (n at most
 // MaxStatusLength, extents at most MaxExtents, one with REQ_ONE), or an
-// error chunk naming the context that failed.
+// error chunk naming the context that failed. Each Device answer is
+// encoded straight into the reply's buffer, and dropped before the next
+// context is asked: the request holds nothing its cost does not count.
 func (c *conn) blockStatus(r *request) {
 	n := min(r.n, c.srv.maxStatusLength())
-	limit := c.srv.maxExtents()
-	if r.flags&CmdFlagReqOne != 0 {
-		limit = 1
-	}
-	all := make([][]Extent, len(c.metas))
-	size := 0
-	for i, m := range c.metas {
-		exts, err := c.status(m.name, r.off, n)
-		if err == nil {
-			exts = clipExtents(exts, n, limit)
-			if len(exts) == 0 {
-				err = fmt.Errorf("the device described no bytes: %w", errNoExtents)
-			}
-		}
-		if err != nil {
-			err = fmt.Errorf("context %s: %w", m.name, err)
-			c.log.Debug("nbd: device error", "cmd", "block_status", "off", r.off, "n", n, "err", err)
-			c.answer(r.cookie, r.typ, r.woff, r.n, err, true, r.cost)
-			c.done(r, err)
-			return
-		}
-		all[i] = exts
-		size += ChunkHeaderSize + 4 + 8*len(exts)
-	}
-	buf := payloads.Get(size)
+	limit := c.statusLimit(r)
+	buf := payloads.Get(c.statusSize(limit))
 	b := (*buf)[:0]
 	for i, m := range c.metas {
 		var flags uint16
 		if i == len(c.metas)-1 {
 			flags = ReplyFlagDone
 		}
-		b = appendChunk(b, flags, ReplyTypeBlockStatus, r.cookie, 4+8*len(all[i]))
-		b = binary.BigEndian.AppendUint32(b, m.id)
-		for _, e := range all[i] {
-			b = binary.BigEndian.AppendUint32(b, uint32(e.Len))
-			b = binary.BigEndian.AppendUint32(b, e.Flags)
+		exts, err := c.status(m.name, r.off, n)
+		if err == nil {
+			var k int
+			b, k = appendStatus(b, flags, r.cookie, m.id, exts, n, limit)
+			if k == 0 {
+				err = fmt.Errorf("the device described no bytes: %w", errNoExtents)
+			}
+		}
+		if err != nil {
+			payloads.Put(buf)
+			err = fmt.Errorf("context %s: %w", m.name, err)
+			c.log.Debug("nbd: device error", "cmd", "block_status", "off", r.off, "n", n, "err", err)
+			c.answer(r.cookie, r.typ, r.woff, r.n, err, true, r.cost)
+			c.done(r, err)
+			return
 		}
 	}
 	c.send(nil, b, true, r.cost)
@@ -245,26 +248,35 @@ func (c *conn) status(name string, off, n int64) ([]Extent, error) {
 	return c.metaDev.BlockStatus(c.ctx, name, off, n)
 }
 
-// clipExtents cuts a Device's extents to the n bytes asked for, stops at
-// an empty one, joins neighbours with the same flags and keeps at most
-// limit. The lengths fit the wire's 32 bits since n does.
-func clipExtents(exts []Extent, n int64, limit int) []Extent {
-	out := make([]Extent, 0, min(len(exts), limit))
+// appendStatus appends the NBD_REPLY_TYPE_BLOCK_STATUS chunk of context
+// id from a Device's extents: cut to the n bytes asked for, stopped at an
+// empty one, neighbours with the same flags joined, at most limit of them.
+// k is how many it holds. The lengths fit the wire's 32 bits since n does.
+func appendStatus(b []byte, flags uint16, cookie uint64, id uint32, exts []Extent, n int64, limit int) (_ []byte, k int) {
+	start := len(b)
+	b = appendChunk(b, flags, ReplyTypeBlockStatus, cookie, 0) // its length once known
+	b = binary.BigEndian.AppendUint32(b, id)
 	var pos int64
+	var last uint32
 	for _, e := range exts {
 		if pos >= n || e.Len <= 0 {
 			break
 		}
 		l := min(e.Len, n-pos)
 		pos += l
-		if k := len(out); k > 0 && out[k-1].Flags == e.Flags {
-			out[k-1].Len += l
+		if k > 0 && e.Flags == last {
+			prev := b[len(b)-8:]
+			binary.BigEndian.PutUint32(prev, binary.BigEndian.Uint32(prev)+uint32(l))
 			continue
 		}
-		if len(out) == limit {
+		if k == limit {
 			break
 		}
-		out = append(out, Extent{Len: l, Flags: e.Flags})
+		b = binary.BigEndian.AppendUint32(b, uint32(l))
+		b = binary.BigEndian.AppendUint32(b, e.Flags)
+		last = e.Flags
+		k++
 	}
-	return out
+	binary.BigEndian.PutUint32(b[start+ChunkHeaderSize-4:], uint32(4+8*k))
+	return b, k
 }
