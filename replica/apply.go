@@ -40,6 +40,16 @@ type applier struct {
 	lastBarrier *aitem
 	broken      bool          // an item failed: acked never advances again
 	acked       atomic.Uint64 // cumulative: every item up to it is applied
+
+	// The workers' items hold copies of the peer's data (and a Verify
+	// its sums and, once applied, a read buffer): held counts their
+	// buffers' sizes, and submit waits while a new item would take it
+	// past budget (journal-size), unless nothing is held. The queue's
+	// count alone (applyWorkers + cap(work)) let a peer pin 321 copies
+	// of 1 MiB: a legitimate Primary sends no more than its own journal
+	// holds, a hostile or broken one no more than this.
+	held, budget int64
+	room         *sync.Cond // signalled when held falls
 }
 
 type aitem struct {
@@ -54,14 +64,16 @@ type aitem struct {
 	deps     []*aitem
 	done     chan struct{}
 	finished bool
-	inline   bool // applied by the receiving goroutine (submit)
-	flushed  bool // a barrier that flushed the store (its ack says so)
-	slot     int  // index in active
+	inline   bool  // applied by the receiving goroutine (submit)
+	flushed  bool  // a barrier that flushed the store (its ack says so)
+	slot     int   // index in active
+	cost     int64 // counted in held until finished
 }
 
 func newApplier(s *session) *applier {
-	a := &applier{s: s, n: s.p.n, work: make(chan *aitem, 256)}
+	a := &applier{s: s, n: s.p.n, work: make(chan *aitem, 256), budget: s.p.n.cfg.JournalBytes}
 	a.cond = sync.NewCond(&a.mu)
+	a.room = sync.NewCond(&a.mu)
 	a.wg.Add(applyWorkers)
 	for range applyWorkers {
 		go a.worker()
@@ -151,11 +163,33 @@ func (a *applier) submit(it *aitem, data []byte) {
 		a.apply(it)
 		return
 	}
+	a.reserve(it, len(data))
 	if len(data) > 0 {
 		it.data, it.buf = bufpool.Get(len(data))
 		copy(it.data, data)
 	}
 	a.work <- it
+}
+
+// reserve counts what a worker's item will hold (a copy of data bytes, or
+// a Verify's sums and read buffer) in held, waiting for room first.
+func (a *applier) reserve(it *aitem, data int) {
+	var cost int64
+	switch {
+	case it.sums != nil:
+		cost = int64(bufpool.Cap(int(it.n)) + len(it.sums)*protocol.SumSize)
+	case data > 0:
+		cost = int64(bufpool.Cap(data))
+	default:
+		return
+	}
+	a.mu.Lock()
+	for a.held > 0 && a.held+cost > a.budget {
+		a.room.Wait()
+	}
+	a.held += cost
+	it.cost = cost
+	a.mu.Unlock()
 }
 
 func (a *applier) worker() {
@@ -258,6 +292,11 @@ func (a *applier) finish(it *aitem, ok bool) {
 	bufpool.Put(it.buf)
 	it.buf, it.data = nil, nil
 	a.mu.Lock()
+	if it.cost > 0 {
+		a.held -= it.cost
+		it.cost = 0
+		a.room.Broadcast()
+	}
 	it.finished = true
 	close(it.done)
 	last := len(a.active) - 1

@@ -159,8 +159,14 @@ func (n *Node) hashLocal(ctx context.Context, e *journal.Entry) error {
 	}
 	h := protocol.Hashes{Off: uint64(e.Off), Len: uint64(e.N)}
 	h.Sums = hashBlocks(make([][protocol.SumSize]byte, 0, (e.N+n.cfg.Granularity-1)/n.cfg.Granularity), buf, n.cfg.Granularity)
-	e.Data = h.Append(make([]byte, 0, 20+len(h.Sums)*protocol.SumSize))
+	e.Data = h.Append(e.Data[:0]) // start made it, and counted it
 	return nil
+}
+
+// hashesLen is the length of a Verify payload for length bytes: its
+// header and one sum per block.
+func hashesLen(length, gran int64) int {
+	return 20 + int((length+gran-1)/gran)*protocol.SumSize
 }
 
 // verify queues a Verify from the source at its place in the sequence.

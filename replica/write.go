@@ -241,6 +241,12 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	if len(src) > 0 && !lend {
 		e.Size = journal.Overhead + int64(bufpool.Cap(len(src)))
 	}
+	if k == journal.Verify {
+		// The buffer of its hashes (hashLocal): 8 KiB a batch at 4 KiB
+		// blocks, counted as the allocator rounds it (slices.Grow).
+		e.Data = slices.Grow([]byte(nil), hashesLen(length, n.cfg.Granularity))
+		e.Size = journal.Overhead + int64(cap(e.Data))
+	}
 	if k == journal.Resync {
 		e.Size = journal.Overhead + int64(bufpool.Cap(int(length)))
 		e.Data, e.Buf = bufpool.Get(int(length))
