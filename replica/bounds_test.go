@@ -22,6 +22,13 @@ import (
 // alpha finds in sync. What it sends afterwards is the attack.
 func fakePeer(t *testing.T) (*Node, *protocol.Conn, func()) {
 	t.Helper()
+	return fakePeerWith(t, nil)
+}
+
+// fakePeerWith is fakePeer with mod, if not nil, changing alpha's
+// configuration before it starts.
+func fakePeerWith(t *testing.T, mod func(*Config)) (*Node, *protocol.Conn, func()) {
+	t.Helper()
 	addr := freeAddr(t)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -34,6 +41,9 @@ func fakePeer(t *testing.T) (*Node, *protocol.Conn, func()) {
 		Peers:    []PeerConfig{{ID: 2, Name: "beta", Addr: addr}},
 		MetaPath: c.dir + "/alpha.meta", Secret: []byte("s3cret"), Timeout: 5 * time.Second, ConnectInterval: 50 * time.Millisecond,
 	}}
+	if mod != nil {
+		mod(&tn.cfg)
+	}
 	c.nodes = []*tnode{tn}
 	c.start(tn)
 	t.Cleanup(func() { c.stop(tn) })
@@ -90,38 +100,55 @@ func TestPeerThatDoesNotReadIsDropped(t *testing.T) {
 // A peer that sends a write the node cannot resolve (a dedup reference to
 // data it does not hold), never answers the request for its data, and
 // sends write after write behind it, is dropped once the frames held back
-// reach their bound.
+// reach their bound: in bytes, with frames of 1 MiB and with frames of
+// 32 KiB and 1 byte, whose copies the allocator rounds up to 40 KiB (the
+// bound counts what the copies hold: before, 96 MiB of such payloads held
+// 120 MiB, under the bound), and in frames, with small ones.
 func TestUnresolvedDedupHoldBounded(t *testing.T) {
-	n, conn, closeConn := fakePeer(t)
-	defer closeConn()
-	go func() { // drain what alpha sends (its DataReq): reading is not the attack
-		for {
-			if _, err := conn.ReadFrame(0); err != nil {
-				return
+	for _, tc := range []struct {
+		name    string
+		payload int   // bytes of each Write frame's payload (head and data)
+		send    int64 // bytes of payloads sent behind the hole at most
+	}{
+		{"1MiB", protocol.WriteHeadSize + protocol.MaxData, 2 * maxHeldBytes},
+		// Payloads that fit under the bound; their copies do not.
+		{"32KiB+1", 32<<10 + 1, maxHeldBytes - 64<<10},
+		{"frames", protocol.WriteHeadSize + 512, 2 * maxHeldFrames * int64(protocol.WriteHeadSize+512)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, conn, closeConn := fakePeer(t)
+			defer closeConn()
+			go func() { // drain what alpha sends (its DataReq): reading is not the attack
+				for {
+					if _, err := conn.ReadFrame(0); err != nil {
+						return
+					}
+				}
+			}()
+			dw := protocol.DedupWrite{Off: 0, Len: 4096, Kinds: []protocol.BlockKind{protocol.BlockRef},
+				Refs: []protocol.Ref{{Src: 8192, Hash: [32]byte{1}}}}
+			if err := conn.Send(time.Second, protocol.TypeWrite, protocol.FlagDedup, 1, dw.AppendHead(nil), dw.Data); err != nil {
+				t.Fatal(err)
 			}
-		}
-	}()
-	dw := protocol.DedupWrite{Off: 0, Len: 4096, Kinds: []protocol.BlockKind{protocol.BlockRef},
-		Refs: []protocol.Ref{{Src: 8192, Hash: [32]byte{1}}}}
-	if err := conn.Send(time.Second, protocol.TypeWrite, protocol.FlagDedup, 1, dw.AppendHead(nil), dw.Data); err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, protocol.MaxData)
-	var err error
-	seq := uint64(2)
-	for sent := int64(0); sent < 2*maxHeldBytes && err == nil; sent += int64(len(data)) {
-		w := protocol.Write{Off: 0, Len: uint64(len(data))}
-		err = conn.Send(time.Second, protocol.TypeWrite, 0, seq, w.AppendHead(nil), data)
-		seq++
-	}
-	waitFor(t, 20*time.Second, "the session dropped", func() bool {
-		return strings.Contains(peerState(n, "beta").LastError, "behind the unresolved write")
-	})
-	if err != nil && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
-		t.Logf("sender stopped with %v", err)
-	}
-	if s := n.Status(); s.Disk != "Inconsistent" {
-		t.Fatalf("alpha's disk changed: %s", s.Disk)
+			data := make([]byte, tc.payload-protocol.WriteHeadSize)
+			var err error
+			seq := uint64(2)
+			for sent := int64(0); sent+int64(tc.payload) <= tc.send && err == nil; sent += int64(tc.payload) {
+				w := protocol.Write{Off: 0, Len: uint64(len(data))}
+				err = conn.Send(time.Second, protocol.TypeWrite, 0, seq, w.AppendHead(nil), data)
+				seq++
+			}
+			waitFor(t, 20*time.Second, "the session dropped", func() bool {
+				return strings.Contains(peerState(n, "beta").LastError, "behind the unresolved write")
+			})
+			if err != nil && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
+				t.Logf("sender stopped with %v", err)
+			}
+			t.Logf("%d frames sent behind the hole: %s", seq-2, peerState(n, "beta").LastError)
+			if s := n.Status(); s.Disk != "Inconsistent" {
+				t.Fatalf("alpha's disk changed: %s", s.Disk)
+			}
+		})
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/repd/repd/api"
+	"github.com/repd/repd/internal/loglimit"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/authlimit"
 )
@@ -175,9 +176,35 @@ func (p *peer) setCodec(c *protocol.Conn, h *protocol.Hello) {
 	c.SetCodec(codec, p.n.cfg.CompressionLevel)
 }
 
+// refusalLogs limits the log lines of the peer listener's refusals to one
+// a second of each kind, with the count of those left out in the next:
+// anyone who can open a TCP connection to the peer port causes them,
+// before any authentication, and a line per connection let a flood fill
+// the disk under the log. (A refused handshake still sets the peer's
+// LastError and counters, or makes an event.) Each kind has its own
+// limiter, so that a flood of one does not hide the other.
+type refusalLogs struct {
+	busy    loglimit.Limiter // too many handshakes in progress
+	refused loglimit.Limiter // a handshake (or its TLS) failed or was refused
+}
+
+// warnLimited logs msg with args at Warn if lim allows a line now, with the
+// number of lines it suppressed since the last.
+func (n *Node) warnLimited(lim *loglimit.Limiter, msg string, args ...any) {
+	ok, suppressed := lim.Allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed_since_last_log", suppressed)
+	}
+	n.log.Warn(msg, args...)
+}
+
 // accept serves the peer listener: each connection is authenticated and
 // handed to its peer's run loop.
 func (n *Node) accept(ctx context.Context, ln net.Listener) {
+	logs := &refusalLogs{}
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -193,7 +220,7 @@ func (n *Node) accept(ctx context.Context, ln net.Listener) {
 			// Too many connections still in their handshake (from this
 			// address, or in all): an unauthenticated flood gets no
 			// goroutine and no buffers.
-			n.log.Warn("refused incoming peer connection: too many handshakes in progress", "remote", nc.RemoteAddr().String(),
+			n.warnLimited(&logs.busy, "refused incoming peer connection: too many handshakes in progress", "remote", nc.RemoteAddr().String(),
 				"per_address", authlimit.MaxHandshakesPerIP, "total", authlimit.MaxHandshakes)
 			nc.Close()
 			continue
@@ -202,13 +229,13 @@ func (n *Node) accept(ctx context.Context, ln net.Listener) {
 		go func() {
 			defer n.wg.Done()
 			defer n.authLim.End(ip)
-			n.handshakeIncoming(ctx, nc)
+			n.handshakeIncoming(ctx, nc, logs)
 		}()
 	}
 }
 
-func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
-	nc, done, ok := n.admit(ctx, nc)
+func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn, logs *refusalLogs) {
+	nc, done, ok := n.admit(ctx, nc, logs)
 	if !ok {
 		return
 	}
@@ -242,7 +269,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn) {
 	})
 	done(err)
 	if err != nil {
-		n.log.Warn("refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
+		n.warnLimited(&logs.refused, "refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
 		if p != nil {
 			p.noteHandshakeErr(err)
 			n.mu.Lock()
@@ -341,8 +368,9 @@ func (p *peer) clientTLS(ctx context.Context, nc net.Conn) (net.Conn, error) {
 // admit prepares an accepted connection for the handshake: it applies the
 // authentication rate limit and, if configured, runs the TLS handshake. It
 // returns the connection to speak frames on and done, to be called with the
-// outcome of the peer handshake; ok false means nc is closed already.
-func (n *Node) admit(ctx context.Context, nc net.Conn) (_ net.Conn, done func(error), ok bool) {
+// outcome of the peer handshake; ok false means nc is closed already. A
+// refusal is logged through logs.
+func (n *Node) admit(ctx context.Context, nc net.Conn, logs *refusalLogs) (_ net.Conn, done func(error), ok bool) {
 	ip := remoteIP(nc)
 	delay, ok := n.authLim.Enter(ip, n.cfg.Timeout/2, time.Now())
 	if !ok {
@@ -370,7 +398,7 @@ func (n *Node) admit(ctx context.Context, nc net.Conn) (_ net.Conn, done func(er
 		nc.Close()
 		err = fmt.Errorf("TLS handshake with %s: %w", nc.RemoteAddr(), err)
 		done(err)
-		n.log.Warn("refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
+		n.warnLimited(&logs.refused, "refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
 		n.mu.Lock()
 		if p := n.peerAt(ip); p != nil {
 			p.noteHandshakeErr(err)

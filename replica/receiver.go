@@ -12,6 +12,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/internal/loglimit"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/bufpool"
 	"github.com/repd/repd/replica/internal/decide"
@@ -35,20 +36,72 @@ import (
 // and computes a BLAKE3 only for a reference; the receiver reads and
 // hashes each referenced block in its receive loop.
 
+// dataReqs is what the receive loop remembers of the peer's DataReqs in
+// one session (onDataReq).
+type dataReqs struct {
+	last uint64           // the seq of the last one accepted; 0: none yet
+	log  loglimit.Limiter // its log line
+}
+
 // onDataReq answers the peer's request for the data of write seq: the entry
 // is queued for the shipper, which resends it.
-func (s *session) onDataReq(seq uint64) error {
+//
+// Each request pins the entry and costs a resend of up to MaxData, so only
+// what an honest receiver asks is accepted, and anything else ends the
+// session. Its receiver asks only on a link with dedup, only for a write
+// it got as a DedupWrite, and holds everything behind that write until the
+// data comes (seqFrame): so it asks for one write at a time (none is
+// queued here when the next request comes, since the sender takes the
+// queue before it writes the resend the receiver waits for), and for each
+// write at most once, in sequence order. A request to repeat is therefore
+// refused in O(1) with no set of what was asked. That a write went as a
+// DedupWrite is known only to the shipper; here the entry must be one it
+// ships that way when it can (a write or resync block with data), which
+// costs a peer that asks for others at most one resend of each write.
+func (s *session) onDataReq(seq uint64, reqs *dataReqs) error {
 	p, n := s.p, s.p.n
-	p.stats.dedupMisses.Add(1)
+	refuse := func(format string, args ...any) error {
+		return p.readErr("DataReq", fmt.Errorf("%w: DataReq for write %d: "+format, append([]any{protocol.ErrUnexpected, seq}, args...)...))
+	}
+	// The shipper's condition for dedup (txFor), without its state,
+	// which is the sender's.
+	if n.cfg.DedupIndexBytes <= 0 || p.features.Load()&protocol.FeatureDedup == 0 {
+		return refuse("dedup is off on this link")
+	}
+	if reqs.last != 0 && seq <= reqs.last {
+		return refuse("it follows the one for write %d; a receiver asks for each write once, in sequence order", reqs.last)
+	}
+	s.dedup.mu.Lock()
+	queued := len(s.dedup.resend)
+	s.dedup.mu.Unlock()
+	if queued != 0 {
+		return refuse("write %d is not resent yet; a receiver asks for one write at a time", reqs.last)
+	}
 	n.mu.Lock()
 	found := n.journal.Find(seq, p.progress.AckFrom, p.progress.Next)
 	if found == nil || found.Kind == journal.Barrier || found.Pend&p.bit == 0 || found.Data == nil {
 		n.mu.Unlock()
 		return fmt.Errorf("peer %s asked for the data of write %d, which is no longer in the journal", p.cfg.Name, seq)
 	}
+	if found.Kind != journal.Write && found.Kind != journal.Resync || len(found.Data) == 0 || found.Flags&(protocol.FlagTrim|protocol.FlagZeroes) != 0 {
+		n.mu.Unlock()
+		return refuse("it was not sent as a dedup write")
+	}
 	found.Refs++
 	n.mu.Unlock()
-	n.log.Info("peer could not resolve a dedup reference: resending the data", "peer", p.cfg.Name, "seq", seq)
+	reqs.last = seq
+	p.stats.dedupMisses.Add(1)
+	// Once per write (above), and at most a line a second: a peer that
+	// asks for every write it gets costs the log no more (the status
+	// counts them all).
+	if ok, suppressed := reqs.log.Allow(time.Now()); ok {
+		args := []any{"peer", p.cfg.Name, "seq", seq}
+		if suppressed > 0 {
+			args = append(args, "suppressed_since_last_log", suppressed)
+		}
+		n.log.Info("peer could not resolve a dedup reference: resending the data", args...)
+	}
+	// Only this goroutine appends: the queue is still empty.
 	s.dedup.mu.Lock()
 	s.dedup.resend = append(s.dedup.resend, found)
 	s.dedup.mu.Unlock()
@@ -66,10 +119,13 @@ func (s *session) seqFrame(f protocol.Frame) error {
 		if resend {
 			return s.p.readErr("write", fmt.Errorf("%w: resent write %d while waiting for %d", protocol.ErrUnexpected, f.Seq, rx.hole))
 		}
-		if rx.heldBytes += int64(len(f.Payload)); rx.heldBytes > maxHeldBytes || len(rx.held) >= maxHeldFrames {
+		// The bound counts the copy's capacity, what it holds: the
+		// allocator rounds a payload of 32 KiB and 1 byte up to 40 KiB,
+		// so counting lengths let 96 MiB of payloads hold 120 MiB.
+		f.Payload = bytes.Clone(f.Payload)
+		if rx.heldBytes += int64(cap(f.Payload)); rx.heldBytes > maxHeldBytes || len(rx.held) >= maxHeldFrames {
 			return s.p.readErr("write", fmt.Errorf("%w: more than %d frames or %d MiB behind the unresolved write %d", protocol.ErrUnexpected, maxHeldFrames, maxHeldBytes>>20, rx.hole))
 		}
-		f.Payload = bytes.Clone(f.Payload)
 		rx.held = append(rx.held, f)
 		return nil
 	}
@@ -89,7 +145,7 @@ func (s *session) seqFrame(f protocol.Frame) error {
 		if rx.hole != 0 {
 			rx.held = append(rx.held, held[i:]...)
 			for _, x := range held[i:] {
-				rx.heldBytes += int64(len(x.Payload))
+				rx.heldBytes += int64(cap(x.Payload))
 			}
 			break
 		}
@@ -198,6 +254,7 @@ func (s *session) receive() error {
 	p, n := s.p, s.p.n
 	c := s.c
 	read := c.R.BytesRead()
+	var reqs dataReqs
 	for {
 		if !c.R.FrameBuffered() || s.appliedSinceAck >= ackEvery {
 			// The next frame is not here yet (or many were applied):
@@ -233,7 +290,7 @@ func (s *session) receive() error {
 			}
 			s.appliedSinceAck++
 		case protocol.TypeDataReq:
-			if err := s.onDataReq(f.Seq); err != nil {
+			if err := s.onDataReq(f.Seq, &reqs); err != nil {
 				return err
 			}
 		case protocol.TypeCsums:
