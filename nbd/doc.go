@@ -180,10 +180,11 @@
 //     requests' buffers freed; a slow client that reads at least 256 KiB
 //     per WriteTimeout (about 10 KB/s at the default) is not cut.
 //   - Retained buffers: a connection keeps its read and write buffers (128
-//     KiB each) and at most 1 MiB of reply batch between writes.
+//     KiB each) and two reply batches (the pending one and the spare) of
+//     at most 1 MiB each between writes.
 //
 // Per connection the server thus holds at most about MaxInFlightBytes +
-// MaxReplyBacklog + 1.3 MiB, and for the whole server MaxConns times that
+// MaxReplyBacklog + 2.3 MiB, and for the whole server MaxConns times that
 // (with the defaults about 5 GiB: lower MaxConns, or MaxInFlightBytes, on
 // a small machine). Replies are counted in the in-flight bytes until
 // written, so a client reading 64 KiB requests holds at most 4 MiB of

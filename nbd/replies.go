@@ -28,8 +28,9 @@ const copyReplyMax = 16 << 10
 // buffers, not the client reading.
 const writeChunk = 256 << 10
 
-// maxRetained bounds the batch buffer a connection keeps for reuse between
-// writes; a larger one (a burst of replies) is left to the GC.
+// maxRetained bounds each of the two batch buffers a connection keeps for
+// reuse between writes (the pending batch and the spare); a larger one (a
+// burst of replies) is left to the GC.
 const maxRetained = 1 << 20
 
 // ErrWriteTimeout ends a connection whose client took no reply bytes for
@@ -45,11 +46,11 @@ var ErrWriteTimeout = errors.New("nbd: client does not read its replies")
 //
 // A reply keeps its request's gate budget (one request and its bytes)
 // until it is written, and its bytes count in the gate's backlog from
-// reply until written: a client that does not read stops the reader, the
-// queue does not grow. Replies go to the socket in pieces of at most
-// writeChunk, each under a deadline WriteTimeout ahead (refreshed when an
-// eighth of it has passed); a piece not taken in time fails the
-// connection.
+// reply until written (the pending batch counts what it holds, see add):
+// a client that does not read stops the reader, the queue does not grow.
+// Replies go to the socket in pieces of at most writeChunk, each under a
+// deadline WriteTimeout ahead (refreshed when an eighth of it has passed);
+// a piece not taken in time fails the connection.
 type replies struct {
 	nc      net.Conn
 	g       *gate
@@ -64,6 +65,8 @@ type replies struct {
 	pending  []byte // replies not yet handed to the socket
 	pendN    int    // gate requests held by the pending replies
 	pendCost int64  // and their bytes
+	pendHeld int64  // what pending counts in the backlog (add)
+	pendBase int    // pending's capacity when it was taken for reuse
 	spare    []byte // the writer's previous batch, reused
 	writing  bool   // a writer is at work (outside mu)
 	armed    bool   // queued replies wait for their completer's flush
@@ -101,7 +104,6 @@ func (w *replies) init(nc net.Conn, g *gate, timeout time.Duration, failed func(
 // write error. With others (more requests in flight), a reply that starts
 // a write first lets the goroutines that are ready to reply add theirs.
 func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64) error {
-	n := int64(len(head) + len(data))
 	w.mu.Lock()
 	if w.err != nil {
 		err := w.err
@@ -109,10 +111,8 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 		w.give(held, cost)
 		return err
 	}
-	w.g.backlog.Add(n)
 	if len(data) <= copyReplyMax {
-		w.pending = append(w.pending, head...)
-		w.pending = append(w.pending, data...)
+		w.add(head, data)
 		if held {
 			w.pendN++
 			w.pendCost += cost
@@ -132,6 +132,7 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 	} else {
 		// data is the request's buffer, freed when we return: write it
 		// ourselves, in turn, after what is pending.
+		w.g.backlog.Add(int64(len(data)))
 		for w.writing {
 			w.waiters++
 			w.turn.Wait()
@@ -140,18 +141,17 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 		if w.err != nil {
 			err := w.err
 			w.mu.Unlock()
-			w.g.sent(n)
+			w.g.sent(int64(len(data)))
 			w.give(held, cost)
 			return err
 		}
 		w.writing = true
-		batch := append(w.pending, head...) // head stays on the caller's stack
-		pn, pc := w.pendN, w.pendCost
-		w.pending, w.pendN, w.pendCost = w.spare[:0], 0, 0
+		w.add(head, nil) // head stays on the caller's stack
+		batch, bh, pn, pc := w.take()
 		w.mu.Unlock()
 		err := w.send(batch, data)
 		w.fail(err)
-		w.g.sent(int64(len(batch) + len(data)))
+		w.g.sent(bh + int64(len(data)))
 		w.g.releaseN(pn, pc)
 		w.give(held, cost)
 		w.mu.Lock()
@@ -173,28 +173,26 @@ func (w *replies) reply(head []byte, data []byte, others, held bool, cost int64)
 // goes on as the writer.
 func (w *replies) writePending(try bool) error {
 	for len(w.pending) > 0 && w.err == nil {
-		batch := w.pending
-		pn, pc := w.pendN, w.pendCost
-		w.pending, w.pendN, w.pendCost = w.spare[:0], 0, 0
-		w.spare = nil
+		batch, bh, pn, pc := w.take()
 		w.mu.Unlock()
 		var err error
 		if try {
 			var k int
 			if k, err = w.try(batch); err == nil && k < len(batch) {
-				go w.finishBatch(batch, k, pn, pc)
+				go w.finishBatch(batch, k, bh, pn, pc)
 				return nil
 			}
 		} else {
 			err = w.send(batch, nil)
 		}
-		w.sentBatch(batch, pn, pc, err)
+		w.sentBatch(batch, bh, pn, pc, err)
 	}
 	if w.err != nil && len(w.pending) > 0 {
 		// Never written: give their budget back.
-		w.g.sent(int64(len(w.pending)))
+		w.g.sent(w.pendHeld)
 		w.g.releaseN(w.pendN, w.pendCost)
 		w.pending, w.pendN, w.pendCost = w.pending[:0], 0, 0
+		w.pendHeld, w.pendBase = 0, cap(w.pending)
 	}
 	w.writing = false
 	if w.waiters > 0 {
@@ -205,11 +203,12 @@ func (w *replies) writePending(try bool) error {
 	return err
 }
 
-// sentBatch accounts for a batch written (or failed): its backlog and
-// budget are given back, its buffer kept. It returns with mu held.
-func (w *replies) sentBatch(batch []byte, pn int, pc int64, err error) {
+// sentBatch accounts for a batch written (or failed): its backlog (bh,
+// what it counted there) and budget are given back, its buffer kept. It
+// returns with mu held.
+func (w *replies) sentBatch(batch []byte, bh int64, pn int, pc int64, err error) {
 	w.fail(err)
-	w.g.sent(int64(len(batch)))
+	w.g.sent(bh)
 	w.g.releaseN(pn, pc)
 	w.mu.Lock()
 	w.keep(batch)
@@ -221,8 +220,8 @@ func (w *replies) sentBatch(batch []byte, pn int, pc int64, err error) {
 // finishBatch writes the rest of a batch the socket did not take at once
 // (from byte k), blocking under the write timeout, and goes on as the
 // writer.
-func (w *replies) finishBatch(batch []byte, k int, pn int, pc int64) {
-	w.sentBatch(batch, pn, pc, w.send(batch[k:], nil))
+func (w *replies) finishBatch(batch []byte, k int, bh int64, pn int, pc int64) {
+	w.sentBatch(batch, bh, pn, pc, w.send(batch[k:], nil))
 	w.writePending(false)
 }
 
@@ -240,8 +239,7 @@ func (w *replies) queue(head []byte, cost int64) (flush func()) {
 		w.give(true, cost)
 		return nil
 	}
-	w.g.backlog.Add(int64(len(head)))
-	w.pending = append(w.pending, head...)
+	w.add(head, nil)
 	w.pendN++
 	w.pendCost += cost
 	if w.writing || w.armed {
@@ -280,6 +278,53 @@ func (w *replies) drain() {
 		w.waiters--
 	}
 	w.mu.Unlock()
+}
+
+// add appends a reply (head, then data) to the pending batch and counts
+// it in the backlog. The batch counts what it holds: its length, or, if
+// more, its capacity beyond the buffer it started from (a spare, within
+// maxRetained). It grows as append grows it, by a quarter and more, but
+// not past the capacity the backlog bound leaves it (unless the reply
+// needs more). Counted by its length and grown by append, a batch held
+// 1.25 times MaxReplyBacklog. Under mu.
+func (w *replies) add(head, data []byte) {
+	if need := len(w.pending) + len(head) + len(data); need > cap(w.pending) {
+		// append's growth, before it rounds up to the allocation's
+		// size (by at most a page, 8 KiB).
+		c := cap(w.pending)
+		switch {
+		case need > 2*c:
+			c = need
+		case c < 256:
+			c *= 2
+		default:
+			for c < need {
+				c += (c + 768) / 4
+			}
+		}
+		room := w.g.maxBacklog - (w.g.backlog.Load() - w.pendHeld) + int64(w.pendBase)
+		if int64(c)+8<<10 > room {
+			p := make([]byte, len(w.pending), max(need, int(min(int64(c), room))))
+			copy(p, w.pending)
+			w.pending = p
+		}
+	}
+	w.pending = append(w.pending, head...)
+	w.pending = append(w.pending, data...)
+	held := int64(max(len(w.pending), cap(w.pending)-w.pendBase))
+	w.g.backlog.Add(held - w.pendHeld)
+	w.pendHeld = held
+}
+
+// take takes the pending batch for a write, with what it counts in the
+// backlog and the gate budget it holds; the spare becomes the pending
+// batch. Under mu.
+func (w *replies) take() (batch []byte, held int64, pn int, pc int64) {
+	batch, held, pn, pc = w.pending, w.pendHeld, w.pendN, w.pendCost
+	w.pending, w.pendN, w.pendCost = w.spare[:0], 0, 0
+	w.pendHeld, w.pendBase = 0, cap(w.pending)
+	w.spare = nil
+	return batch, held, pn, pc
 }
 
 // keep keeps a written batch's buffer for the next batch, unless it grew
