@@ -318,7 +318,9 @@ func (s *session) receive() error {
 			if err != nil {
 				return p.readErr("PeerSeqs", err)
 			}
-			n.onPeerSeqs(p, ps)
+			if err := n.onPeerSeqs(p, ps); err != nil {
+				return err
+			}
 		case protocol.TypeLease:
 			if len(f.Payload) != 8 {
 				return p.readErr("lease", fmt.Errorf("%w: Lease payload of %d bytes", protocol.ErrCorrupt, len(f.Payload)))

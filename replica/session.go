@@ -51,7 +51,7 @@ type session struct {
 
 	ctrlMu    sync.Mutex
 	ctrl      []ctrlMsg
-	ctrlBytes int64 // payload bytes in ctrl, bounded by maxCtrlBytes
+	ctrlBytes int64 // capacity of the payloads in ctrl, bounded by maxCtrlBytes
 
 	dedup    dedupState
 	frameErr error // the writer's first frame write error (sender.go); txMu
@@ -127,7 +127,10 @@ func (s *session) queue(m ctrlMsg) {
 // bound.
 func (s *session) enqueue(m ctrlMsg) bool {
 	s.ctrlMu.Lock()
-	s.ctrlBytes += int64(len(m.payload))
+	// The capacity, what the payload holds: an append-grown one (a
+	// VerifyReply of 2,068 bytes holds 3,072) counted by its length let
+	// 32 MiB of payloads hold 47.5 MiB.
+	s.ctrlBytes += int64(cap(m.payload))
 	over := s.ctrlBytes > maxCtrlBytes || len(s.ctrl) >= maxCtrlMsgs
 	if !over {
 		s.ctrl = append(s.ctrl, m)
