@@ -531,16 +531,7 @@ func TestBlockStatusBudgetCountsBuffers(t *testing.T) {
 	dev := newSparse(size, data, dirty)
 	srv := &nbd.Server{MaxInFlightBytes: budget, WriteTimeout: -1,
 		Exports: []nbd.Export{{Name: "d", Device: dev, ReadOnly: true}}}
-	nc, br := pipeNegotiate(t, srv, func(n *nbdtest.Negotiation) error {
-		if err := n.StructuredReply(); err != nil {
-			return err
-		}
-		if _, err := n.SetMetaContext("d", queries...); err != nil {
-			return err
-		}
-		_, err := n.Info(nbd.OptGo, "d")
-		return err
-	})
+	nc, br := pipeMeta(t, srv, "d", queries...)
 	const count = 20
 	var reqs [][]byte
 	for i := range count {
@@ -562,16 +553,7 @@ func TestBlockStatusBudgetCountsBuffers(t *testing.T) {
 			float64(grown)/(1<<20), budget>>20)
 	}
 	// Once the client reads, everything is answered.
-	nc.SetReadDeadline(time.Now().Add(20 * time.Second))
-	for done := 0; done < count; {
-		_, last, err := readChunkHeader(br)
-		if err != nil {
-			t.Fatalf("after %d status replies: %v", done, err)
-		}
-		if last {
-			done++
-		}
-	}
+	readStatusReplies(t, nc, br, count)
 	if got := dev.statusCalls.Load(); got != contexts*count {
 		t.Fatalf("%d status calls, want %d", got, contexts*count)
 	}

@@ -254,16 +254,7 @@ func TestBlockStatusHoldsBudget(t *testing.T) {
 	// one at a time.
 	srv := &nbd.Server{MaxInFlightBytes: 1 << 20, WriteTimeout: -1,
 		Exports: []nbd.Export{{Name: "d", Device: dev, ReadOnly: true}}}
-	nc, br := pipeNegotiate(t, srv, func(n *nbdtest.Negotiation) error {
-		if err := n.StructuredReply(); err != nil {
-			return err
-		}
-		if _, err := n.SetMetaContext("d", nbd.ContextBaseAllocation, snap0); err != nil {
-			return err
-		}
-		_, err := n.Info(nbd.OptGo, "d")
-		return err
-	})
+	nc, br := pipeMeta(t, srv, "d", nbd.ContextBaseAllocation, snap0)
 	const count = 200
 	var reqs [][]byte
 	for i := range count {
@@ -273,6 +264,19 @@ func TestBlockStatusHoldsBudget(t *testing.T) {
 	if calls := settle(dev.statusCalls.Load); calls > 2 {
 		t.Fatalf("%d status calls while no reply was read, want at most 2 (1 request in MaxInFlightBytes)", calls)
 	}
+	readStatusReplies(t, nc, br, count)
+	if got := dev.statusCalls.Load(); got != 2*count {
+		t.Fatalf("%d status calls, want %d", got, 2*count)
+	}
+}
+
+// pipeNegotiate serves srv on one end of a net.Pipe (nothing buffered:
+// what the server writes waits for the test to read it) and runs negotiate
+// on the other, which must enter transmission.
+// readStatusReplies reads count status replies' chunk headers (each
+// reply ends with the chunk flagged last).
+func readStatusReplies(t *testing.T, nc net.Conn, br *bufio.Reader, count int) {
+	t.Helper()
 	nc.SetReadDeadline(time.Now().Add(20 * time.Second))
 	for done := 0; done < count; {
 		_, last, err := readChunkHeader(br)
@@ -283,14 +287,24 @@ func TestBlockStatusHoldsBudget(t *testing.T) {
 			done++
 		}
 	}
-	if got := dev.statusCalls.Load(); got != 2*count {
-		t.Fatalf("%d status calls, want %d", got, 2*count)
-	}
 }
 
-// pipeNegotiate serves srv on one end of a net.Pipe (nothing buffered:
-// what the server writes waits for the test to read it) and runs negotiate
-// on the other, which must enter transmission.
+// pipeMeta is pipeNegotiate with structured replies and the contexts
+// queries select on export, then transmission on it.
+func pipeMeta(t *testing.T, srv *nbd.Server, export string, queries ...string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	return pipeNegotiate(t, srv, func(n *nbdtest.Negotiation) error {
+		if err := n.StructuredReply(); err != nil {
+			return err
+		}
+		if _, err := n.SetMetaContext(export, queries...); err != nil {
+			return err
+		}
+		_, err := n.Info(nbd.OptGo, export)
+		return err
+	})
+}
+
 func pipeNegotiate(t *testing.T, srv *nbd.Server, negotiate func(*nbdtest.Negotiation) error) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	a, b := net.Pipe()
