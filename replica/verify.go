@@ -163,12 +163,6 @@ func (n *Node) hashLocal(ctx context.Context, e *journal.Entry) error {
 	return nil
 }
 
-// hashesLen is the length of a Verify payload for length bytes: its
-// header and one sum per block.
-func hashesLen(length, gran int64) int {
-	return 20 + int((length+gran-1)/gran)*protocol.SumSize
-}
-
 // verify queues a Verify from the source at its place in the sequence.
 func (a *applier) verify(seq uint64, payload []byte) error {
 	var h protocol.Hashes

@@ -807,3 +807,9 @@ func (n *Node) wakeRoomLocked(all bool) {
 func (n *Node) Quick(write bool, length int64) bool {
 	return !write || n.recvAtomic.Load() == 0 && n.leaseHeld()
 }
+
+// hashesLen is the length of a Verify payload for length bytes (hashLocal
+// makes it): its header and one sum per block.
+func hashesLen(length, gran int64) int {
+	return 20 + int((length+gran-1)/gran)*protocol.SumSize
+}
