@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/repd/repd/internal/loglimit"
 )
 
 // Export is one named device the server offers.
@@ -164,11 +166,10 @@ type Server struct {
 	shutdown    bool
 	listeners   map[net.Listener]struct{}
 	conns       map[*conn]struct{}
-	handshaking int    // conns still negotiating
-	closeSeq    uint64 // CloseExport calls so far
-	refused     int    // connections refused since the last log line
-	refusedLog  time.Time
-	wg          sync.WaitGroup // Serve calls and connections
+	handshaking int              // conns still negotiating
+	closeSeq    uint64           // CloseExport calls so far
+	refusedLog  loglimit.Limiter // a line a second for refused connections
+	wg          sync.WaitGroup   // Serve calls and connections
 }
 
 // check refuses a configuration the server cannot serve.
@@ -391,11 +392,8 @@ func (s *Server) admit(c *conn) error {
 	default:
 		return nil
 	}
-	s.refused++
-	if now := time.Now(); now.Sub(s.refusedLog) >= time.Second {
-		c.log.Warn("nbd: connection refused", "err", err, "refused_since_last_log", s.refused)
-		s.refused = 0
-		s.refusedLog = now
+	if ok, suppressed := s.refusedLog.Allow(time.Now()); ok {
+		c.log.Warn("nbd: connection refused", "err", err, "refused_since_last_log", suppressed+1)
 	}
 	return err
 }

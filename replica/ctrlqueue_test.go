@@ -40,7 +40,7 @@ func ctrlQueued(s *session) (msgs int, held, counted int64) {
 // 16,000 of them, a quarter of maxCtrlMsgs.
 func TestCtrlQueueBytesBounded(t *testing.T) {
 	if testing.Short() {
-		t.Skip("hashes about 16 GiB")
+		t.Skip("hashes about 16 GiB (30 s): make test runs it, -short does not")
 	}
 	// Quiet: every mismatch is a Warn line. Timeout: alpha's blocked
 	// flush to the fake must not end the session before the bound does.

@@ -237,18 +237,20 @@ func (n *Node) start(ctx context.Context, k journal.Kind, off, length int64, src
 	// (bufpool.Cap). So journal-size bounds the memory of the copies
 	// whatever the size of the writes (TestJournalMemoryBounded).
 	lend := k == journal.Write && n.cfg.Protocol == api.ProtocolC
-	e.Size = journal.Overhead + int64(len(src))
-	if len(src) > 0 && !lend {
-		e.Size = journal.Overhead + int64(bufpool.Cap(len(src)))
-	}
-	if k == journal.Verify {
+	switch {
+	case k == journal.Verify:
 		// The buffer of its hashes (hashLocal): 8 KiB a batch at 4 KiB
 		// blocks, counted as the allocator rounds it (slices.Grow).
 		e.Data = slices.Grow([]byte(nil), hashesLen(length, n.cfg.Granularity))
 		e.Size = journal.Overhead + int64(cap(e.Data))
+	case k == journal.Resync:
+		e.Size = journal.Overhead + int64(bufpool.Cap(int(length)))
+	case len(src) > 0 && !lend:
+		e.Size = journal.Overhead + int64(bufpool.Cap(len(src)))
+	default:
+		e.Size = journal.Overhead + int64(len(src))
 	}
 	if k == journal.Resync {
-		e.Size = journal.Overhead + int64(bufpool.Cap(int(length)))
 		e.Data, e.Buf = bufpool.Get(int(length))
 	} else if len(src) > 0 && (lend || n.recvAtomic.Load() == 0) {
 		// No peer receives writes now, or the buffer is lent: use the
