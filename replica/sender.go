@@ -184,7 +184,7 @@ func (s *session) sendPass() error {
 	ctrl := s.ctrl
 	s.ctrl = tx.ctrl[:0]
 	tx.ctrl = ctrl
-	s.ctrlBytes = 0
+	s.ctrlSending, s.ctrlBytes = s.ctrlBytes, 0
 	s.ctrlMu.Unlock()
 	maxBytes := int(min(4<<20, n.journal.Max/4))
 	batch, more := n.journal.Ship(&p.progress, p.bit, tx.batch[:0], func(k, bytes int) bool { return k >= 1024 || bytes >= maxBytes })
@@ -222,6 +222,9 @@ func (s *session) sendPass() error {
 		s.frame(m.t, m.f, m.seq, m.payload, nil)
 	}
 	clear(ctrl) // their payloads are not kept past the pass
+	s.ctrlMu.Lock()
+	s.ctrlSending = 0
+	s.ctrlMu.Unlock()
 	if lease != nil {
 		s.frame(protocol.TypeLease, 0, uint64(mono()), lease, nil)
 	}

@@ -52,6 +52,11 @@ type session struct {
 	ctrlMu    sync.Mutex
 	ctrl      []ctrlMsg
 	ctrlBytes int64 // capacity of the payloads in ctrl, bounded by maxCtrlBytes
+	// ctrlSending is the capacity of the payloads the writer took out of
+	// ctrl and is writing: they count against maxCtrlBytes until they are
+	// written, so that a peer that stops reading cannot make the node
+	// hold a full queue and a taken one (twice the bound).
+	ctrlSending int64
 
 	dedup    dedupState
 	frameErr error // the writer's first frame write error (sender.go); txMu
@@ -131,7 +136,7 @@ func (s *session) enqueue(m ctrlMsg) bool {
 	// VerifyReply of 2,068 bytes holds 3,072) counted by its length let
 	// 32 MiB of payloads hold 47.5 MiB.
 	s.ctrlBytes += int64(cap(m.payload))
-	over := s.ctrlBytes > maxCtrlBytes || len(s.ctrl) >= maxCtrlMsgs
+	over := s.ctrlBytes+s.ctrlSending > maxCtrlBytes || len(s.ctrl) >= maxCtrlMsgs
 	if !over {
 		s.ctrl = append(s.ctrl, m)
 	}
