@@ -15,9 +15,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/repd/repd/internal/loglimit"
 	"github.com/repd/repd/nbd"
 	"github.com/repd/repd/nbd/nbdtest"
 )
@@ -333,6 +335,59 @@ func greeted(t *testing.T, addr string) (net.Conn, bool) {
 		return nil, false
 	}
 	return c, true
+}
+
+// Negotiations that fail (here: a client sending flags the server does
+// not know) are logged once a second at most, with how many ended since
+// the last line: a client that connects and fails at will costs the log a
+// line a second (it was a line per connection).
+func TestFailedNegotiationsLogLimited(t *testing.T) {
+	var logs logBuffer
+	srv := &nbd.Server{Logger: logs.logger(), Exports: []nbd.Export{{Device: newMem(testSize)}}}
+	addr := serve(t, srv)
+	const tries = 50
+	start := time.Now()
+	for range tries {
+		c, ok := greeted(t, addr)
+		if !ok {
+			t.Fatal("connection refused")
+		}
+		if _, err := c.Write([]byte{0xff, 0xff, 0xff, 0xff}); err != nil {
+			t.Fatal(err)
+		}
+		// The server closes the connection when it ends the negotiation.
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	took := time.Since(start)
+	waitFor(t, "the first line", 5*time.Second, func() bool {
+		return strings.Contains(logs.String(), "negotiation ended")
+	})
+	n := strings.Count(logs.String(), "negotiation ended")
+	t.Logf("%d failed negotiations in %v: %d log lines", tries, took.Round(time.Millisecond), n)
+	if most := int(took/loglimit.Every) + 2; n > most {
+		t.Fatalf("%d log lines for %d failed negotiations in %v, want at most %d:\n%s", n, tries, took, most, logs.String())
+	}
+	if !strings.Contains(logs.String(), "unknown") && !strings.Contains(logs.String(), "flags") {
+		t.Fatalf("the line does not say why:\n%s", logs.String())
+	}
+	// A second later the next failure is logged with the count since.
+	time.Sleep(loglimit.Every)
+	c, ok := greeted(t, addr)
+	if !ok {
+		t.Fatal("connection refused")
+	}
+	c.Write([]byte{0xff, 0xff, 0xff, 0xff})
+	io.Copy(io.Discard, c)
+	c.Close()
+	waitFor(t, "the line after a second", 5*time.Second, func() bool {
+		return strings.Count(logs.String(), "negotiation ended") == n+1
+	})
+	if want := fmt.Sprintf("ended_since_last_log=%d", tries); n == 1 && !strings.Contains(logs.String(), want) {
+		t.Fatalf("the line after the flood does not carry %s:\n%s", want, logs.String())
+	}
 }
 
 // Connections beyond MaxConns are closed at once, logged once a second at

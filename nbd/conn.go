@@ -132,7 +132,11 @@ func (c *conn) serve() (err error) {
 	c.srv.endHandshake(c)
 	if !ok {
 		if err != nil && !c.stopping.Load() {
-			c.log.Info("nbd: negotiation ended", "err", err)
+			// Any client can end negotiations at will: a line a
+			// second, with how many ended since the last.
+			if ok, suppressed := c.srv.endedLog.Allow(time.Now()); ok {
+				c.log.Info("nbd: negotiation ended", "err", err, "ended_since_last_log", suppressed+1)
+			}
 			return err
 		}
 		return nil

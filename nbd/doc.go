@@ -144,7 +144,8 @@
 //   - Handshake: HandshakeTimeout (default 30s) bounds option haggling and
 //     the TLS handshake together; an option's data is at most 64 KiB (a
 //     longer one closes the connection); option replies are flushed one
-//     option at a time under the same deadline.
+//     option at a time under the same deadline. Failed negotiations are
+//     logged at most once a second with a count.
 //   - Metadata contexts: a LIST or SET option has at most 256 queries
 //     (more: NBD_REP_ERR_TOO_BIG) of at most 4096 bytes each (longer:
 //     NBD_REP_ERR_INVALID), each matched against the export's contexts; a

@@ -169,6 +169,7 @@ type Server struct {
 	handshaking int              // conns still negotiating
 	closeSeq    uint64           // CloseExport calls so far
 	refusedLog  loglimit.Limiter // a line a second for refused connections
+	endedLog    loglimit.Limiter // a line a second for failed negotiations
 	wg          sync.WaitGroup   // Serve calls and connections
 }
 
