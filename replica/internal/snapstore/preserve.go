@@ -433,6 +433,14 @@ type liveError struct{ err error }
 func (e *liveError) Error() string { return fmt.Sprintf("read live device: %v", e.err) }
 func (e *liveError) Unwrap() error { return e.err }
 
+// maxOwnPending bounds the copies one Preserve call has made and not yet
+// seen durable (each holds a pending entry in the store's tables and the
+// committer's queue, about 200 bytes): past it, the call waits for their
+// commit before it copies more. 256 chunks of the default size are 16 MiB
+// of copies per fdatasync; unbounded, a 4 GiB WRITE_ZEROES after a fresh
+// snapshot held 65,536 entries (about 13 MiB) until its end.
+const maxOwnPending = 256
+
 // copyChunks preserves chunks [c0, c1] for the newest snapshot. s.mu is
 // held shared. It returns only after this call's copies have committed.
 func (s *Store) copyChunks(ctx context.Context, c0, c1 int64, readLive ReadFunc) (action, int64, error) {
@@ -523,6 +531,13 @@ func (s *Store) copyChunks(ctx context.Context, c0, c1 int64, readLive ReadFunc)
 				return actFailed, 0, s.failure()
 			}
 			mine = append(mine, p)
+			if len(mine) >= maxOwnPending {
+				// A long range (a TRIM or WRITE_ZEROES of gigabytes)
+				// settles as it goes: what one call holds stays small.
+				if err := settle(); err != nil {
+					return actFailed, 0, err
+				}
+			}
 			break
 		}
 	}
