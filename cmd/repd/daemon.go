@@ -170,7 +170,8 @@ func run(ctx context.Context, o options) error {
 	errc := make(chan error, 5)
 	if metricsL != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); errc <- wrap("metrics", httpServe(mxSrv, metricsL)) }()
+		ml := newLimitListener(metricsL, lim.maxConns, log.With("component", "metrics"))
+		go func() { defer wg.Done(); errc <- wrap("metrics", httpServe(mxSrv, ml)) }()
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); errc <- wrap("replication", node.Run(runCtx)) }()
@@ -298,6 +299,7 @@ func nbdTLSConfig(f *config.File, self *config.Node, log *slog.Logger) (*tls.Con
 type httpLimits struct {
 	readHeader, read, write, idle time.Duration
 	maxHeaderBytes                int
+	maxConns                      int // served at once; more are closed at once
 }
 
 // metricsLimits: a scrape or a health probe takes milliseconds; a client
@@ -308,6 +310,7 @@ var metricsLimits = httpLimits{
 	write:          30 * time.Second,
 	idle:           60 * time.Second,
 	maxHeaderBytes: 16 << 10,
+	maxConns:       64,
 }
 
 // pprofWriteTimeout replaces the write timeout with --pprof: a CPU profile

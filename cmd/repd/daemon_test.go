@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -128,3 +130,97 @@ func TestListenNBDUnix(t *testing.T) {
 		}
 	}
 }
+
+// The metrics/health listener serves at most maxConns connections at once:
+// one beyond is closed before anything is read (not after the header
+// timeout), the refusals are logged at most once a second, and a slot
+// given back serves again.
+func TestMetricsConnsBounded(t *testing.T) {
+	if metricsLimits.maxConns <= 0 {
+		t.Fatalf("metrics server connection bound %d: unbounded", metricsLimits.maxConns)
+	}
+	lim := metricsLimits
+	lim.maxConns = 4
+	srv := metricsServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), lim)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	go srv.Serve(newLimitListener(l, lim.maxConns, logger))
+	defer srv.Close()
+	addr := l.Addr().String()
+	get := func(c net.Conn) (*http.Response, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	// The slots, each held by a client that answered one request and
+	// keeps its connection alive.
+	var held []net.Conn
+	for range lim.maxConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := get(c); err != nil {
+			t.Fatalf("a connection under the bound: %v", err)
+		}
+		held = append(held, c)
+	}
+	const extra = 20
+	start := time.Now()
+	for range extra {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := get(c)
+		c.Close()
+		if err == nil {
+			t.Fatalf("a connection beyond the bound of %d was served: %s", lim.maxConns, resp.Status)
+		}
+	}
+	if el := time.Since(start); el > lim.readHeader {
+		t.Fatalf("%d refusals took %v: connections beyond the bound must be closed at once", extra, el)
+	}
+	mu.Lock()
+	lines := strings.Count(logs.String(), "connection refused")
+	mu.Unlock()
+	if lines < 1 || lines > 2 {
+		t.Fatalf("%d log lines for %d refusals within %v, want 1 or 2:\n%s", lines, extra, time.Since(start), logs.String())
+	}
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := get(c)
+		c.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a slot given back does not serve again: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
