@@ -221,10 +221,12 @@ func (s *session) sendPass() error {
 	for _, m := range ctrl {
 		s.frame(m.t, m.f, m.seq, m.payload, nil)
 	}
-	clear(ctrl) // their payloads are not kept past the pass
-	s.ctrlMu.Lock()
-	s.ctrlSending = 0
-	s.ctrlMu.Unlock()
+	if len(ctrl) > 0 {
+		clear(ctrl) // their payloads are not kept past the pass
+		s.ctrlMu.Lock()
+		s.ctrlSending = 0
+		s.ctrlMu.Unlock()
+	}
 	if lease != nil {
 		s.frame(protocol.TypeLease, 0, uint64(mono()), lease, nil)
 	}
