@@ -29,6 +29,13 @@ func fakePeer(t *testing.T) (*Node, *protocol.Conn, func()) {
 // configuration before it starts.
 func fakePeerWith(t *testing.T, mod func(*Config)) (*Node, *protocol.Conn, func()) {
 	t.Helper()
+	return fakePeerStore(t, mod, nil)
+}
+
+// fakePeerStore is fakePeerWith with wrap, if not nil, decorating alpha's
+// store.
+func fakePeerStore(t *testing.T, mod func(*Config), wrap func(Store) Store) (*Node, *protocol.Conn, func()) {
+	t.Helper()
 	addr := freeAddr(t)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -44,6 +51,7 @@ func fakePeerWith(t *testing.T, mod func(*Config)) (*Node, *protocol.Conn, func(
 	if mod != nil {
 		mod(&tn.cfg)
 	}
+	tn.wrap = wrap
 	c.nodes = []*tnode{tn}
 	c.start(tn)
 	t.Cleanup(func() { c.stop(tn) })
