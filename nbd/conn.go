@@ -134,9 +134,7 @@ func (c *conn) serve() (err error) {
 		if err != nil && !c.stopping.Load() {
 			// Any client can end negotiations at will: a line a
 			// second, with how many ended since the last.
-			if ok, suppressed := c.srv.endedLog.Allow(time.Now()); ok {
-				c.log.Info("nbd: negotiation ended", "err", err, "ended_since_last_log", suppressed+1)
-			}
+			c.srv.endedLog.Log(c.log, slog.LevelInfo, "ended_since_last_log", "nbd: negotiation ended", "err", err)
 			return err
 		}
 		return nil

@@ -393,9 +393,7 @@ func (s *Server) admit(c *conn) error {
 	default:
 		return nil
 	}
-	if ok, suppressed := s.refusedLog.Allow(time.Now()); ok {
-		c.log.Warn("nbd: connection refused", "err", err, "refused_since_last_log", suppressed+1)
-	}
+	s.refusedLog.Log(c.log, slog.LevelWarn, "refused_since_last_log", "nbd: connection refused", "err", err)
 	return err
 }
 

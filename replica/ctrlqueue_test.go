@@ -44,9 +44,6 @@ func ctrlQueued(s *session) (msgs int, held, counted int64) {
 // until alpha's writer has taken the nearly full queue out to write it,
 // then stops again: the batch being written counts against the bound.
 func TestCtrlQueueBytesBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("hashes about 13 GiB (8 s): make test runs it, -short does not")
-	}
 	// Quiet: every mismatch is a Warn line. Timeout: alpha's blocked
 	// flush to the fake must not end the session before the bound does.
 	quiet := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -188,9 +189,9 @@ type refusalLogs struct {
 	refused loglimit.Limiter // a handshake (or its TLS) failed or was refused
 }
 
-// warnLimited logs msg with args at Warn if lim allows a line now, with the
-// number of lines it suppressed since the last.
-func (n *Node) warnLimited(lim *loglimit.Limiter, msg string, args ...any) {
+// logLimited logs msg with args at level if lim allows a line now, with
+// the number of lines it suppressed since the last (if any).
+func (n *Node) logLimited(lim *loglimit.Limiter, level slog.Level, msg string, args ...any) {
 	ok, suppressed := lim.Allow(time.Now())
 	if !ok {
 		return
@@ -198,7 +199,7 @@ func (n *Node) warnLimited(lim *loglimit.Limiter, msg string, args ...any) {
 	if suppressed > 0 {
 		args = append(args, "suppressed_since_last_log", suppressed)
 	}
-	n.log.Warn(msg, args...)
+	n.log.Log(context.Background(), level, msg, args...)
 }
 
 // accept serves the peer listener: each connection is authenticated and
@@ -220,7 +221,7 @@ func (n *Node) accept(ctx context.Context, ln net.Listener) {
 			// Too many connections still in their handshake (from this
 			// address, or in all): an unauthenticated flood gets no
 			// goroutine and no buffers.
-			n.warnLimited(&logs.busy, "refused incoming peer connection: too many handshakes in progress", "remote", nc.RemoteAddr().String(),
+			n.logLimited(&logs.busy, slog.LevelWarn, "refused incoming peer connection: too many handshakes in progress", "remote", nc.RemoteAddr().String(),
 				"per_address", authlimit.MaxHandshakesPerIP, "total", authlimit.MaxHandshakes)
 			nc.Close()
 			continue
@@ -269,7 +270,7 @@ func (n *Node) handshakeIncoming(ctx context.Context, nc net.Conn, logs *refusal
 	})
 	done(err)
 	if err != nil {
-		n.warnLimited(&logs.refused, "refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
+		n.logLimited(&logs.refused, slog.LevelWarn, "refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
 		if p != nil {
 			p.noteHandshakeErr(err)
 			n.mu.Lock()
@@ -398,7 +399,7 @@ func (n *Node) admit(ctx context.Context, nc net.Conn, logs *refusalLogs) (_ net
 		nc.Close()
 		err = fmt.Errorf("TLS handshake with %s: %w", nc.RemoteAddr(), err)
 		done(err)
-		n.warnLimited(&logs.refused, "refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
+		n.logLimited(&logs.refused, slog.LevelWarn, "refused incoming peer connection", "remote", nc.RemoteAddr().String(), "err", err)
 		n.mu.Lock()
 		if p := n.peerAt(ip); p != nil {
 			p.noteHandshakeErr(err)

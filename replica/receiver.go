@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -94,13 +95,7 @@ func (s *session) onDataReq(seq uint64, reqs *dataReqs) error {
 	// Once per write (above), and at most a line a second: a peer that
 	// asks for every write it gets costs the log no more (the status
 	// counts them all).
-	if ok, suppressed := reqs.log.Allow(time.Now()); ok {
-		args := []any{"peer", p.cfg.Name, "seq", seq}
-		if suppressed > 0 {
-			args = append(args, "suppressed_since_last_log", suppressed)
-		}
-		n.log.Info("peer could not resolve a dedup reference: resending the data", args...)
-	}
+	n.logLimited(&reqs.log, slog.LevelInfo, "peer could not resolve a dedup reference: resending the data", "peer", p.cfg.Name, "seq", seq)
 	// Only this goroutine appends: the queue is still empty.
 	s.dedup.mu.Lock()
 	s.dedup.resend = append(s.dedup.resend, found)

@@ -5,7 +5,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/repd/repd/internal/loglimit"
 )
@@ -39,10 +38,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		l.active.Add(-1)
 		c.Close()
-		if ok, suppressed := l.refused.Allow(time.Now()); ok {
-			l.log.Warn("metrics: connection refused", "remote", c.RemoteAddr().String(), "served", l.max,
-				"refused_since_last_log", suppressed+1)
-		}
+		l.refused.Log(l.log, slog.LevelWarn, "refused_since_last_log", "metrics: connection refused",
+			"remote", c.RemoteAddr().String(), "served", l.max)
 	}
 }
 

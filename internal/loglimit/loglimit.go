@@ -6,6 +6,8 @@
 package loglimit
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -33,4 +35,13 @@ func (l *Limiter) Allow(now time.Time) (ok bool, suppressed int) {
 	}
 	suppressed, l.suppressed, l.last = l.suppressed, 0, now
 	return true, suppressed
+}
+
+// Log writes msg with args at level through lg if l allows a line now,
+// adding key with the occurrences since the last line written, this one
+// included.
+func (l *Limiter) Log(lg *slog.Logger, level slog.Level, key, msg string, args ...any) {
+	if ok, suppressed := l.Allow(time.Now()); ok {
+		lg.Log(context.Background(), level, msg, append(args, key, suppressed+1)...)
+	}
 }

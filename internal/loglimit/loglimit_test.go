@@ -1,6 +1,9 @@
 package loglimit
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,5 +56,26 @@ func TestAllowConcurrent(t *testing.T) {
 	}
 	if got := written + counted + n; got != 8000 {
 		t.Fatalf("%d written + %d counted + %d at the end = %d, want 8000", written, counted, n, got)
+	}
+}
+
+// Log writes the first line and then none within a second, and the next
+// line counts the occurrences since the last written, itself included.
+func TestLog(t *testing.T) {
+	var buf bytes.Buffer
+	lg := slog.New(slog.NewTextHandler(&buf, nil))
+	var l Limiter
+	for range 5 {
+		l.Log(lg, slog.LevelWarn, "refused_since_last_log", "refused", "k", "v")
+	}
+	if n := strings.Count(buf.String(), "msg=refused"); n != 1 || !strings.Contains(buf.String(), "k=v refused_since_last_log=1") {
+		t.Fatalf("5 calls at once wrote %d lines:\n%s", n, buf.String())
+	}
+	l.mu.Lock()
+	l.last = l.last.Add(-Every)
+	l.mu.Unlock()
+	l.Log(lg, slog.LevelWarn, "refused_since_last_log", "refused")
+	if !strings.Contains(buf.String(), "refused_since_last_log=5") {
+		t.Fatalf("the line a second later does not count the 4 left out and itself:\n%s", buf.String())
 	}
 }
