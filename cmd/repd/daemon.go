@@ -214,7 +214,7 @@ func run(ctx context.Context, o options) error {
 		// for its lease; Close flushes the local store in any case.
 		fctx, fcancel := context.WithTimeout(sctx, 2*time.Duration(f.Resource.Timeout))
 		if err := node.Flush(fctx); err != nil {
-			log.Warn("final flush", "err", err)
+			log.Warn("final flush through the peers did not complete (peers gone or quorum lost); the local disk is still flushed at close", "err", err)
 		}
 		fcancel()
 	}
