@@ -29,7 +29,11 @@
 // ../2026-12-07-vm-session17/hops.py); LATLOG=1 has fio log every
 // write's latency (/tmp/lat-NAME_clat.1.log); a run whose Primary logged
 // a peer disconnect says DISCONNECTS:N after its CPU figures (a variant
-// that breaks the link runs at standalone speed). Files of the same name
+// that breaks the link runs at standalone speed). Added in session 22:
+// FIOARGS="--rate_iops=N ..." adds arguments to fio's command line, and
+// SIDE="COMMAND" runs a shell command beside each job (started 1.5 s
+// before fio, it must end by itself; its output follows the run's CPU
+// figures), as ../2026-12-07-vm-session22/pairfloor.go. Files of the same name
 // are overwritten by the next round. It is a study tool, not the bench.
 package main
 
@@ -217,8 +221,23 @@ func run(v variant, job string, secs int) (float64, string, error) {
 		n, _ := strconv.Atoi(d)
 		time.Sleep(time.Duration(n) * time.Second)
 	}
+	var side *exec.Cmd
+	var sideOut strings.Builder
+	if sc := os.Getenv("SIDE"); sc != "" {
+		// Session 22: a command run beside the job (started 1.5 s before
+		// fio; it must end by itself), its output printed after the run.
+		side = exec.Command("sh", "-c", sc)
+		side.Stdout, side.Stderr = &sideOut, &sideOut
+		if err := side.Start(); err != nil {
+			return 0, "", err
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
 	outf := filepath.Join(dir, "fio.json")
 	fioArgs := []string{"fio", "--output-format=json"}
+	if fa := os.Getenv("FIOARGS"); fa != "" {
+		fioArgs = append(fioArgs, strings.Fields(fa)...)
+	}
 	if l := os.Getenv("LATLOG"); l != "" {
 		fioArgs = append(fioArgs, "--write_lat_log=/tmp/lat-"+v.name, "--log_avg_msec=0")
 	}
@@ -282,6 +301,13 @@ func run(v variant, job string, secs int) (float64, string, error) {
 	}
 	if err := cmd.Wait(); err != nil {
 		return 0, "", err
+	}
+	if side != nil {
+		err := side.Wait()
+		cs = append(cs, "side: "+strings.TrimSpace(sideOut.String()))
+		if err != nil {
+			return 0, "", fmt.Errorf("side: %v: %s", err, sideOut.String())
+		}
 	}
 	for _, n := range c.Nodes {
 		b, _ := os.ReadFile(filepath.Join(dir, n.Name+".log"))
