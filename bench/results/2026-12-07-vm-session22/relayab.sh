@@ -5,7 +5,8 @@
 # relay's and its receiver's CPU (percent of one CPU over the job), then
 # each mode's median and median ratio to the first mode. Root (it drops
 # the page cache before each job), from the module root, with
-# /tmp/pairfloor built from pairfloor.go.
+# /tmp/pairfloor built from pairfloor.go; RELAY="COMMAND" runs another
+# server that takes the same flags (cutrelay.go: modes sa, C, cut).
 set -euo pipefail
 rounds=$1 secs=$2; shift 2
 modes=("$@")
@@ -18,7 +19,7 @@ for r in $(seq 0 $((rounds-1))); do
   if (( r % 2 == 1 )); then order=($(printf '%s\n' "${modes[@]}" | tac)); fi
   for m in "${order[@]}"; do
     sock=/tmp/relay-$m.sock
-    /tmp/pairfloor -serve unix:$sock -mode "$m" -file /var/tmp/relay.img -size $((512<<20)) &
+    ${RELAY:-/tmp/pairfloor} -serve unix:$sock -mode "$m" -file /var/tmp/relay.img -size $((512<<20)) &
     pid=$!
     for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
     sync; echo 3 > /proc/sys/vm/drop_caches
