@@ -62,6 +62,17 @@ declare -A pid=()
 cleanup() {
   trap - INT TERM EXIT
   echo; echo "stopping repd nodes..."
+  # The Primary first, while its peers still answer: its last flush goes
+  # through them at once (stopped together, it would lose quorum as they
+  # go and wait out its final flush's bound). A frozen node does not
+  # answer status within the second and is simply stopped with the rest.
+  for n in alpha beta; do
+    [ -n "${pid[$n]:-}" ] || continue
+    if timeout 1 "$BIN/repctl" --admin "$RUN/$n.sock" status --json 2>/dev/null | grep -q '"role": "Primary"'; then
+      kill -TERM "${pid[$n]}" 2>/dev/null || true
+      wait "${pid[$n]}" 2>/dev/null || true
+    fi
+  done
   for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
