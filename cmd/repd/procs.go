@@ -21,12 +21,29 @@ import (
 // every 8) under protocol C +16 % (the nodes' CPU per write 118 + 73 ->
 // 109 + 62 µs), protocol A at 4k QD32 +13 % (its Secondary is quiet),
 // protocol C at 4k QD32 -1 %.
+//
+// A node on all its Ps whose load would fit in one (below probe, about
+// what it would use there) tries one P: a protocol-A Primary that came
+// into 4k writes at QD32 from a busy job used 0.73 of a CPU on two Ps,
+// above quiet, and stayed there at 0.58× of standalone where one P gave
+// 0.62–0.92× (session 22). If one P cannot carry the load (busy within
+// the try), it goes back at once and waits twice as long before the next
+// try (from probeEvery periods up to probeMax), so a load near the
+// threshold costs one short try a minute at most.
 type procsPolicy struct {
 	max, cur int
 	busy     float64 // CPUs used per P at which a quiet node takes all its Ps again
 	quiet    float64 // CPUs used below which a busy node goes to one P ...
 	quietFor int     // ... after this many periods in a row
 	calm     int     // periods in a row below quiet
+
+	probe      float64 // CPUs used below which a node on all its Ps tries one P (0: never) ...
+	fit        int     // ... after quietFor periods in a row below it
+	trying     int     // periods into a try of one P (0: not trying)
+	wait       int     // periods below probe to let pass before the next try
+	backoff    int     // what wait becomes after a failed try
+	probeEvery int     // backoff after a try that held
+	probeMax   int     // the largest backoff
 }
 
 // The period and thresholds of the daemon: a node goes back to all its Ps
@@ -34,29 +51,56 @@ type procsPolicy struct {
 // Between the two thresholds it stays where it is, so that a load near
 // one does not flap.
 const (
-	procsPeriod   = 250 * time.Millisecond
-	procsBusy     = 0.75
-	procsQuiet    = 0.5
-	procsQuietFor = 4
+	procsPeriod     = 250 * time.Millisecond
+	procsBusy       = 0.75
+	procsQuiet      = 0.5
+	procsQuietFor   = 4
+	procsProbe      = 0.8
+	procsProbeEvery = 8   // 2 s
+	procsProbeMax   = 256 // 64 s
 )
 
 func newProcsPolicy(max int) procsPolicy {
-	return procsPolicy{max: max, cur: max, busy: procsBusy, quiet: procsQuiet, quietFor: procsQuietFor}
+	return procsPolicy{max: max, cur: max, busy: procsBusy, quiet: procsQuiet, quietFor: procsQuietFor,
+		probe: procsProbe, probeEvery: procsProbeEvery, probeMax: procsProbeMax, backoff: procsProbeEvery}
 }
 
 // next returns the Ps for the next period, given the CPUs (user and system
 // time over wall time) the process used in the last one.
 func (p *procsPolicy) next(cpus float64) int {
+	if p.cur < p.max {
+		if cpus >= p.busy*float64(p.cur) {
+			if p.trying > 0 {
+				// One P does not carry this load: back, and wait longer.
+				p.wait, p.backoff = p.backoff, min(2*p.backoff, p.probeMax)
+			}
+			p.cur, p.calm, p.fit, p.trying = p.max, 0, 0, 0
+		} else if p.trying > 0 {
+			if p.trying++; p.trying > p.quietFor {
+				p.trying, p.backoff = 0, p.probeEvery // it held
+			}
+		}
+		return p.cur
+	}
 	switch {
-	case p.cur < p.max && cpus >= p.busy*float64(p.cur):
-		p.cur, p.calm = p.max, 0
 	case p.cur > 1 && cpus < p.quiet:
+		p.fit = 0
 		p.calm++
 		if p.calm >= p.quietFor {
 			p.cur, p.calm = 1, 0
 		}
-	default:
+	case p.cur > 1 && cpus < p.probe:
 		p.calm = 0
+		if p.wait > 0 {
+			p.wait--
+			break
+		}
+		p.fit++
+		if p.fit >= p.quietFor {
+			p.cur, p.fit, p.trying = 1, 0, 1
+		}
+	default:
+		p.calm, p.fit = 0, 0
 	}
 	return p.cur
 }

@@ -50,6 +50,58 @@ func TestProcsPolicy(t *testing.T) {
 	}
 }
 
+// A node on all its Ps whose load would fit in one tries one P: it stays
+// if one P carries the load (below busy for the try), else it goes back
+// at once and lets twice as many such periods pass before the next try.
+func TestProcsPolicyTriesOneP(t *testing.T) {
+	p := newProcsPolicy(2)
+	run := func(what string, cpus float64, n, want int) {
+		t.Helper()
+		for i := range n {
+			if got := p.next(cpus); i == n-1 && got != want {
+				t.Fatalf("%s: after %d periods at %.2f CPUs: %d Ps, want %d", what, n, cpus, got, want)
+			} else if i < n-1 && got != p.max && got != 1 {
+				t.Fatalf("%s: %d Ps", what, got)
+			}
+		}
+	}
+	run("a load that would fit in one P, three periods", 0.73, 3, 2)
+	run("the fourth: a try", 0.73, 1, 1)
+	run("one P carries it", 0.6, 4, 1)
+	if p.trying != 0 || p.backoff != procsProbeEvery {
+		t.Fatalf("after a try that held: trying %d, backoff %d", p.trying, p.backoff)
+	}
+	run("busy: all Ps", 0.9, 1, 2)
+	run("fits again: a try", 0.78, 4, 1)
+	run("one P does not carry it", 0.76, 1, 2)
+	if p.wait != procsProbeEvery || p.backoff != 2*procsProbeEvery {
+		t.Fatalf("after a failed try: wait %d, backoff %d", p.wait, p.backoff)
+	}
+	run("the wait", 0.78, procsProbeEvery+procsQuietFor-1, 2)
+	run("the next try", 0.78, 1, 1)
+	run("fails again", 0.8, 1, 2)
+	if p.wait != 2*procsProbeEvery || p.backoff != 4*procsProbeEvery {
+		t.Fatalf("after a second failed try: wait %d, backoff %d", p.wait, p.backoff)
+	}
+	for range 10 {
+		p.next(0.78)
+		p.backoff = min(2*p.backoff, p.probeMax)
+	}
+	if p.backoff != procsProbeMax {
+		t.Fatalf("backoff %d, want at most %d", p.backoff, procsProbeMax)
+	}
+	run("busy on all Ps: no try", 1.0, 300, 2)
+	run("quiet still goes to one P", 0.3, procsQuietFor, 1)
+
+	// Without a probe threshold (0) the policy never tries.
+	q := procsPolicy{max: 2, cur: 2, busy: 0.75, quiet: 0.5, quietFor: 4}
+	for range 100 {
+		if got := q.next(0.7); got != 2 {
+			t.Fatalf("no probe threshold: moved to %d Ps", got)
+		}
+	}
+}
+
 // The daemon's loop on this process: measured by its own CPU time, it
 // drops to one P while the test idles, takes both back while two
 // goroutines spin, drops again once they stop, and gives the Ps back when
