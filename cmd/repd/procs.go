@@ -49,7 +49,7 @@ type procsPolicy struct {
 // The period and thresholds of the daemon: a node goes back to all its Ps
 // within a period of becoming busy, and to one P after a second of quiet.
 // Between the two thresholds it stays where it is, so that a load near
-// one does not flap.
+// one does not flap, except for the backed-off tries of one P below probe.
 const (
 	procsPeriod     = 250 * time.Millisecond
 	procsBusy       = 0.75
