@@ -40,7 +40,7 @@ func (n *Node) readStable(ctx context.Context, buf []byte, off int64) error {
 	for _, d := range deps {
 		<-d.LocalCh
 	}
-	err := n.st.ReadAt(ctx, buf, off)
+	err := scanAt(ctx, n.st, buf, off)
 	n.mu.Lock()
 	n.inflight.Remove(g)
 	close(g.LocalCh)
@@ -80,7 +80,7 @@ func (s *session) csumsPass() error {
 		e = min(e, b+batch)
 		off := b * gran
 		ln := min((e-b)*gran, n.cfg.Size-off)
-		if err := n.st.ReadAt(s.ctx, buf[:ln], off); err != nil {
+		if err := scanAt(s.ctx, n.st, buf[:ln], off); err != nil {
 			return fmt.Errorf("checksum resync: read %d+%d: %w", off, ln, err)
 		}
 		sums = hashBlocks(sums[:0], buf[:ln], gran)

@@ -117,7 +117,7 @@ func infoOf(in snapstore.Info) SnapshotInfo {
 // makes sure no store file would go stale meanwhile.
 func (n *Node) openSnapshots() error {
 	path := n.cfg.SnapshotStore
-	n.readLive = func(p []byte, off int64) error { return n.st.ReadAt(context.Background(), p, off) }
+	n.readLive = func(p []byte, off int64) error { return scanAt(context.Background(), n.st, p, off) }
 	if n.cfg.SnapshotStoreBytes == 0 {
 		if fi, err := os.Stat(path); path != "" && err == nil && fi.Size() > 0 {
 			return fmt.Errorf("snapshot store %s exists but resource.snapshot-store-size is 0: writes would not be preserved and its snapshots "+

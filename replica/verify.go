@@ -91,6 +91,7 @@ func (s *session) verifyPass() error {
 		if err := s.pace(ln); err != nil {
 			return err
 		}
+		prefetch(n.st, off+ln, step) // the next step's, while this one is read
 		e, err := n.start(s.ctx, journal.Verify, off, ln, nil, 0, p.bit, nil)
 		if err == errResyncStopped {
 			return nil
@@ -154,7 +155,7 @@ func (p *peer) verifyFinishedLocked() {
 func (n *Node) hashLocal(ctx context.Context, e *journal.Entry) error {
 	buf, pb := bufpool.Get(int(e.N))
 	defer bufpool.Put(pb)
-	if err := n.st.ReadAt(ctx, buf, e.Off); err != nil {
+	if err := scanAt(ctx, n.st, buf, e.Off); err != nil {
 		return err
 	}
 	h := protocol.Hashes{Off: uint64(e.Off), Len: uint64(e.N)}
@@ -185,9 +186,10 @@ func (a *applier) verifyItem(it *aitem) error {
 	gran := n.cfg.Granularity
 	buf, pb := bufpool.Get(int(it.n))
 	defer bufpool.Put(pb)
-	if err := n.st.ReadAt(context.Background(), buf, it.off); err != nil {
+	if err := scanAt(context.Background(), n.st, buf, it.off); err != nil {
 		return err
 	}
+	prefetch(n.st, it.off+it.n, it.n) // the source sends its steps in order
 	mine := hashBlocks(nil, buf, gran)
 	m := protocol.Mismatches{Off: uint64(it.off), Len: uint64(it.n)}
 	for i := range mine {

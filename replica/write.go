@@ -500,7 +500,7 @@ func (n *Node) local(ctx context.Context, e *journal.Entry, uncount bool) (uncou
 	case e.Kind == journal.Verify:
 		err = n.hashLocal(ctx, e)
 	case e.Kind == journal.Resync:
-		err = n.st.ReadAt(ctx, e.Data, e.Off)
+		err = scanAt(ctx, n.st, e.Data, e.Off)
 		if err == nil && allZero(e.Data) {
 			// All-zero blocks travel as a zeroes range, without data.
 			e.Flags |= protocol.FlagZeroes
