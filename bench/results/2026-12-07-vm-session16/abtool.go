@@ -2,7 +2,7 @@
 
 // abtool runs fio jobs against fresh repd clusters in variants, rounds
 // interleaved (the order reversed every other round), and prints each
-// run's write IOPS, each node's CPU (percent of one CPU over the job) and
+// run's IOPS, each node's CPU (percent of one CPU over the job) and
 // the GOMAXPROCS moves each node logged, then every variant's median and
 // the median of its per-round ratios to the first variant. The session-16
 // experiments of this directory's README ran with it (root, from the
@@ -33,7 +33,11 @@
 // FIOARGS="--rate_iops=N ..." adds arguments to fio's command line, and
 // SIDE="COMMAND" runs a shell command beside each job (started 1.5 s
 // before fio, it must end by itself; its output follows the run's CPU
-// figures), as ../2026-12-07-vm-session22/pairfloor.go. Files of the same name
+// figures), as ../2026-12-07-vm-session22/pairfloor.go. Added in session
+// 23: PREREAD=BS reads the whole device sequentially in BS pieces through
+// NBD, and PREVERIFY=1 runs `repctl verify --wait` on the first node, both
+// after the page cache is dropped and before the job; a job's reads count
+// with its writes. Files of the same name
 // are overwritten by the next round. It is a study tool, not the bench.
 package main
 
@@ -217,6 +221,22 @@ func run(v variant, job string, secs int) (float64, string, error) {
 		}
 	}
 	exec.Command("sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches").Run()
+	// Session 23: after the page cache is dropped and before the job,
+	// PREREAD=BS reads the whole device sequentially in BS pieces through
+	// NBD, PREVERIFY=1 runs repctl verify --wait on the first node.
+	if os.Getenv("PREREAD") != "" {
+		rd := exec.Command("fio", "--ioengine=nbd", "--uri="+uri, "--name=rd", "--rw=read", "--bs="+os.Getenv("PREREAD"), "--iodepth=1", "--size=100%")
+		if out, err := rd.CombinedOutput(); err != nil {
+			return 0, "", fmt.Errorf("preread: %v %s", err, out)
+		}
+	}
+	if os.Getenv("PREVERIFY") != "" {
+		t0 := time.Now()
+		if out, err := c.Nodes[0].Ctl(ctx, "verify", "--wait"); err != nil {
+			return 0, "", fmt.Errorf("preverify: %v %s", err, out)
+		}
+		fmt.Println("verify took", time.Since(t0))
+	}
 	if d := os.Getenv("IDLE"); d != "" {
 		n, _ := strconv.Atoi(d)
 		time.Sleep(time.Duration(n) * time.Second)
@@ -327,7 +347,7 @@ func run(v variant, job string, secs int) (float64, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	return r.Write.IOPS, strings.Join(cs, "/"), nil
+	return r.Write.IOPS + r.Read.IOPS, strings.Join(cs, "/"), nil // reads count since session 23
 }
 
 // ftrace records every CPU's scheduler events (sched_switch, sched_wakeup,
