@@ -170,7 +170,12 @@ func (s *FileStore) Path() string { return s.path }
 
 // ReadAt reads len(p) bytes at off.
 func (s *FileStore) ReadAt(_ context.Context, p []byte, off int64) error {
-	n, err := s.f.ReadAt(p, off)
+	return readFull(s.f, p, off)
+}
+
+// readFull reads len(p) bytes of f at off: all of them, or an error.
+func readFull(f *os.File, p []byte, off int64) error {
+	n, err := f.ReadAt(p, off)
 	if err == io.EOF && n == len(p) {
 		err = nil
 	}
@@ -192,14 +197,7 @@ func (s *FileStore) ReadAt(_ context.Context, p []byte, off int64) error {
 // next range (Prefetch), so that it is no slower without readahead.
 // Clients' reads (ReadAt) keep readahead.
 func (s *FileStore) ScanAt(_ context.Context, p []byte, off int64) error {
-	n, err := s.scan.ReadAt(p, off)
-	if err == io.EOF && n == len(p) {
-		err = nil
-	}
-	if err != nil {
-		return fmt.Errorf("read %d+%d: %w", off, len(p), err)
-	}
-	return nil
+	return readFull(s.scan, p, off)
 }
 
 // Prefetch asks the kernel to read [off, off+n) into the page cache in
