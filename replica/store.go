@@ -1,16 +1,19 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
 
 	"github.com/repd/repd/internal/durable"
+	"github.com/repd/repd/protocol"
 	"golang.org/x/sys/unix"
 )
 
@@ -313,6 +316,24 @@ func (s *FileStore) writeZeroes(ctx context.Context, off, n int64, fua bool) err
 
 // Close closes the store without syncing; call Flush first for durability.
 func (s *FileStore) Close() error { return errors.Join(s.f.Close(), s.scan.Close()) }
+
+// zeroBuf is a frame's worth of zeroes, allocated on first use: programs
+// that link this package without running a node (repctl) do not start
+// with it in their heap.
+var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, protocol.MaxData) })
+
+// allZero reports whether b holds nothing but zeroes.
+func allZero(b []byte) bool {
+	zeros := zeroBuf()
+	for len(b) > 0 {
+		c := min(len(b), len(zeros))
+		if !bytes.Equal(b[:c], zeros[:c]) {
+			return false
+		}
+		b = b[c:]
+	}
+	return true
+}
 
 func fallocate(f *os.File, mode uint32, off, n int64) error {
 	for {

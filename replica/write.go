@@ -1,12 +1,10 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"syscall"
 	"time"
 
@@ -564,23 +562,6 @@ func (n *Node) endWriteLocked() {
 	if n.writing == 0 {
 		n.cond.Broadcast()
 	}
-}
-
-// zeroBuf is a frame's worth of zeroes, allocated on first use: programs
-// that link this package without running a node (repctl) do not start
-// with it in their heap.
-var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, protocol.MaxData) })
-
-func allZero(b []byte) bool {
-	zeros := zeroBuf()
-	for len(b) > 0 {
-		c := min(len(b), len(zeros))
-		if !bytes.Equal(b[:c], zeros[:c]) {
-			return false
-		}
-		b = b[c:]
-	}
-	return true
 }
 
 // maybeDoneLocked completes an entry that is local and owes no acks, and
