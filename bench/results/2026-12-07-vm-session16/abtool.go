@@ -35,9 +35,10 @@
 // before fio, it must end by itself; its output follows the run's CPU
 // figures), as ../2026-12-07-vm-session22/pairfloor.go. Added in session
 // 23: PREREAD=BS reads the whole device sequentially in BS pieces through
-// NBD, and PREVERIFY=1 runs `repctl verify --wait` on the first node, both
-// after the page cache is dropped and before the job; a job's reads count
-// with its writes. Files of the same name
+// NBD, PREVERIFY=1 runs `repctl verify --wait` on the first node, and
+// PREINVALIDATE=1 `repctl invalidate` on the second (a full resync, waited
+// for), all after the page cache is dropped and before the job; a job's
+// reads count with its writes. Files of the same name
 // are overwritten by the next round. It is a study tool, not the bench.
 package main
 
@@ -236,6 +237,16 @@ func run(v variant, job string, secs int) (float64, string, error) {
 			return 0, "", fmt.Errorf("preverify: %v %s", err, out)
 		}
 		fmt.Println("verify took", time.Since(t0))
+	}
+	if os.Getenv("PREINVALIDATE") != "" && len(c.Nodes) > 1 {
+		t0 := time.Now()
+		if out, err := c.Nodes[1].Ctl(ctx, "invalidate"); err != nil {
+			return 0, "", fmt.Errorf("preinvalidate: %v %s", err, out)
+		}
+		if out, err := c.Nodes[0].Ctl(ctx, "wait-sync", "--timeout", "5m"); err != nil {
+			return 0, "", fmt.Errorf("preinvalidate: wait-sync: %v %s", err, out)
+		}
+		fmt.Println("full resync took", time.Since(t0))
 	}
 	if d := os.Getenv("IDLE"); d != "" {
 		n, _ := strconv.Atoi(d)
