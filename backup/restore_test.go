@@ -18,12 +18,7 @@ import (
 // refused without Overwrite, then every byte is the snapshot's, the parts
 // that read as zeroes included.
 func TestRestoreBlockDevice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("restoring onto a block device needs root (loop devices)")
-		}
-		t.Skip("needs root for a loop device")
-	}
+	testtool.RequireRoot(t, "restoring onto a block device (a loop device)")
 	testtool.Require(t, "losetup")
 	d := newDisk(t, 8<<20)
 	d.io("write -P 0x5a 1M 1M", "write -P 0xa5 7M 64k")

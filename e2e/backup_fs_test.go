@@ -108,12 +108,7 @@ func (l *sqliteLoad) committedBefore(t time.Time) []int {
 // database that passes PRAGMA integrity_check with every transaction
 // committed before the backup began, each transaction whole or absent.
 func TestSQLiteBackupRestoreOnFilesystem(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the filesystem test needs root (loop devices, mount)")
-		}
-		t.Skip("needs root for loop devices and mount")
-	}
+	testtool.RequireRoot(t, "the filesystem test (loop devices, mount)")
 	nbdfuse := testtool.Require(t, "nbdfuse")
 	sqlite := testtool.Require(t, "sqlite3")
 	for _, tool := range []string{"losetup", "mkfs.ext4", "mount", "umount", "fusermount3"} {

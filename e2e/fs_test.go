@@ -20,12 +20,7 @@ import (
 // mount, files written and synced, unmount. The secondary's backing file is
 // then the same bytes, and e2fsck finds it clean.
 func TestFilesystemOnReplicatedDevice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the filesystem test needs root (loop devices, mount)")
-		}
-		t.Skip("needs root for loop devices and mount")
-	}
+	testtool.RequireRoot(t, "the filesystem test (loop devices, mount)")
 	nbdfuse := testtool.Require(t, "nbdfuse")
 	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "fusermount3"} {
 		testtool.Require(t, tool)

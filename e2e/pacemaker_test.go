@@ -391,12 +391,7 @@ func TestPacemakerPromotableClone(t *testing.T) {
 		t.Logf("%-40s %v", what, time.Since(phase).Round(time.Millisecond))
 		phase = time.Now()
 	}
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the Pacemaker test needs root (namespaces and mounts); CI runs as root")
-		}
-		t.Skip("needs root: namespaces and mounts for the Pacemaker sandbox")
-	}
+	testtool.RequireRoot(t, "the Pacemaker sandbox (namespaces and mounts)")
 	if !strings.Contains(":"+os.Getenv("PATH")+":", ":/usr/sbin:") {
 		t.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
 	}

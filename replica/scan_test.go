@@ -23,12 +23,7 @@ import (
 // into those cost several times more (FileStore.ScanAt). The folios are found through /proc/self/pagemap and
 // /proc/kpageflags, which give frame numbers to root only.
 func TestScanAtLeavesSmallPages(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("reading page frame flags (/proc/kpageflags) needs root")
-		}
-		t.Skip("needs root to read page frame flags")
-	}
+	testtool.RequireRoot(t, "reading page frame flags (/proc/kpageflags)")
 	// On the disk's filesystem, not a tmpfs: its page cache is the one
 	// in question.
 	dir, err := os.MkdirTemp("/var/tmp", "repd-scan-")
@@ -187,12 +182,7 @@ func unsafePointer(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
 // exclusively (O_EXCL), the sweep descriptor opens beside it and reads what
 // was written, and a second store on the device is still refused.
 func TestScanAtBlockDevice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("a loop device needs root")
-		}
-		t.Skip("needs root for a loop device")
-	}
+	testtool.RequireRoot(t, "a loop device")
 	testtool.Require(t, "losetup")
 	img := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(img, make([]byte, 4<<20), 0o600); err != nil {

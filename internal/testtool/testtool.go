@@ -25,3 +25,16 @@ func Require(t testing.TB, name string) string {
 	t.Skipf("%s not installed (run scripts/deps.sh as root)", name)
 	return ""
 }
+
+// RequireRoot fails the test under CI=true (CI runs as root) and skips it
+// elsewhere, when the process is not root; what says what needs root.
+func RequireRoot(t testing.TB, what string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s needs root (CI runs as root)", what)
+	}
+	t.Skipf("%s needs root", what)
+}
