@@ -221,6 +221,14 @@ func run(v variant, job string, secs int) (float64, string, error) {
 			}
 		}
 	}
+	// Session 24: SETTLE=N waits N seconds after the prefill before the
+	// cache is dropped, so that a protocol-A Secondary has applied the
+	// prefill's tail by then (otherwise its last MiBs are written after
+	// the drop, into large folios).
+	if d := os.Getenv("SETTLE"); d != "" {
+		n, _ := strconv.Atoi(d)
+		time.Sleep(time.Duration(n) * time.Second)
+	}
 	exec.Command("sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches").Run()
 	// Session 23: after the page cache is dropped and before the job,
 	// PREREAD=BS reads the whole device sequentially in BS pieces through
