@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/repd/repd/backup/qcow2"
 	"github.com/repd/repd/internal/ctxtime"
+	"github.com/repd/repd/internal/zero"
 	"github.com/repd/repd/nbd/client"
 )
 
@@ -344,7 +344,7 @@ func (r *Repo) writeWindow(w *qcow2.Writer, win *window, total int64, fill func(
 		}
 		var err error
 		switch {
-		case !allZero(cl):
+		case !zero.Is(cl):
 			err = w.WriteCluster(sl.c, cl)
 		case fill != nil:
 			err = w.WriteZeroCluster(sl.c) // hides what the previous point held
@@ -393,18 +393,4 @@ func fillGaps(cl []byte, off int64, reads []client.Span, fill func([]byte, int64
 		return fill(cl[at-off:], at)
 	}
 	return nil
-}
-
-// zeroes is compared against: bytes.Equal is vectorised.
-var zeroes = make([]byte, qcow2.MaxClusterSize)
-
-func allZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroes))
-		if !bytes.Equal(b[:n], zeroes[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/repd/repd/backup/qcow2"
 	"github.com/repd/repd/internal/durable"
+	"github.com/repd/repd/internal/zero"
 )
 
 // RestoreOptions configure Restore.
@@ -108,7 +109,7 @@ func (r *Repo) Restore(ctx context.Context, point, target string, o RestoreOptio
 		}
 		for b := int64(0); b < n; b += blk {
 			part := w[b:min(b+blk, n)]
-			if sparse && allZero(part) {
+			if sparse && zero.Is(part) {
 				continue
 			}
 			if _, err := f.WriteAt(part, off+b); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/repd/repd/backup/qcow2"
 	"github.com/repd/repd/internal/durable"
+	"github.com/repd/repd/internal/zero"
 )
 
 // Retain keeps the newest keep points and drops the rest. When the oldest
@@ -109,7 +110,7 @@ func (r *Repo) merge(ctx context.Context, p Point) (Point, error) {
 		if _, err := chain.ReadAt(buf[:min(cs, size-c*cs)], c*cs); err != nil {
 			return fail(err)
 		}
-		if allZero(buf) {
+		if zero.Is(buf) {
 			continue
 		}
 		if err := w.WriteCluster(c, buf); err != nil {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/repd/repd/internal/zero"
 	"github.com/repd/repd/nbd/nbdtest"
 )
 
@@ -141,7 +142,7 @@ func fillBlock(p []byte, id uint64, b int64) {
 
 // parseBlock identifies a block's content: id 0 and ok for all zeroes.
 func parseBlock(p []byte, b int64) (id uint64, ok bool) {
-	if allZero(p) {
+	if zero.Is(p) {
 		return 0, true
 	}
 	if binary.LittleEndian.Uint64(p) != blockMagic ||
@@ -150,15 +151,6 @@ func parseBlock(p []byte, b int64) (id uint64, ok bool) {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint64(p[8:]), true
-}
-
-func allZero(p []byte) bool {
-	for _, c := range p {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // Workload writes to one NBD export with Conns connections of Depth

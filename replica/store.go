@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -321,19 +320,6 @@ func (s *FileStore) Close() error { return errors.Join(s.f.Close(), s.scan.Close
 // that link this package without running a node (repctl) do not start
 // with it in their heap.
 var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, protocol.MaxData) })
-
-// allZero reports whether b holds nothing but zeroes.
-func allZero(b []byte) bool {
-	zeros := zeroBuf()
-	for len(b) > 0 {
-		c := min(len(b), len(zeros))
-		if !bytes.Equal(b[:c], zeros[:c]) {
-			return false
-		}
-		b = b[c:]
-	}
-	return true
-}
 
 func fallocate(f *os.File, mode uint32, off, n int64) error {
 	for {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/repd/repd/api"
 	"github.com/repd/repd/bitmap"
+	"github.com/repd/repd/internal/zero"
 	"github.com/repd/repd/protocol"
 	"github.com/repd/repd/replica/internal/bufpool"
 	"github.com/repd/repd/replica/internal/decide"
@@ -499,7 +500,7 @@ func (n *Node) local(ctx context.Context, e *journal.Entry, uncount bool) (uncou
 		err = n.hashLocal(ctx, e)
 	case e.Kind == journal.Resync:
 		err = scanAt(ctx, n.st, e.Data, e.Off)
-		if err == nil && allZero(e.Data) {
+		if err == nil && zero.Is(e.Data) {
 			// All-zero blocks travel as a zeroes range, without data.
 			e.Flags |= protocol.FlagZeroes
 			bufpool.Put(e.Buf)
