@@ -507,6 +507,9 @@ func (p *peer) onResyncDone(current uint64) error {
 	if err := n.st.Flush(context.Background()); err != nil {
 		return err
 	}
+	// The resync's writes are durable: out of the cache with them, so that
+	// the writes after it go into 4 KiB pages (FileStore.DropCache).
+	dropCache(n.st)
 	n.mu.Lock()
 	defer n.unlock()
 	err := n.persist(func(sb *bitmap.Superblock) {

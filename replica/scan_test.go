@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/repd/repd/internal/testtool"
@@ -106,20 +107,30 @@ func TestScanAtLeavesSmallPages(t *testing.T) {
 // (mincore over a mapping, which does not fault them in).
 func cachedPages(t *testing.T, f *os.File, size int) int {
 	t.Helper()
-	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, vec := resident(t, f, size)
 	defer unix.Munmap(m)
-	vec := make([]byte, size/4096)
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafePointer(m)), uintptr(size), uintptr(unsafePointer(vec))); errno != 0 {
-		t.Fatal(errno)
-	}
 	n := 0
 	for _, v := range vec {
 		n += int(v & 1)
 	}
 	return n
+}
+
+// resident maps f's first size bytes read-only and returns the mapping
+// (the caller unmaps it) and mincore's vector over it (bit 0 of each
+// page's byte: in the page cache).
+func resident(t *testing.T, f *os.File, size int) (m, vec []byte) {
+	t.Helper()
+	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vec = make([]byte, size/4096)
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafePointer(m)), uintptr(size), uintptr(unsafePointer(vec))); errno != 0 {
+		unix.Munmap(m)
+		t.Fatal(errno)
+	}
+	return m, vec
 }
 
 // largePages counts the pages of f's first size bytes (all in the page
@@ -131,13 +142,22 @@ func largePages(t *testing.T, f *os.File, size int) int {
 	if n := cachedPages(t, f, size); n != size/4096 {
 		t.Fatalf("only %d of %d pages cached after the sweep", n, size/4096)
 	}
-	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, large := cachedLarge(t, f, size)
+	return large
+}
+
+// cachedLarge counts the pages of f's first size bytes in the page cache,
+// and of those the ones that belong to a large folio (as largePages, for
+// a file only partly cached: only cached pages are mapped, so nothing is
+// read in).
+func cachedLarge(t *testing.T, f *os.File, size int) (cached, large int) {
+	t.Helper()
+	m, vec := resident(t, f, size)
 	defer unix.Munmap(m)
-	for i := 0; i < size; i += 4096 {
-		touched += m[i] // map the cached page
+	for i, v := range vec {
+		if v&1 != 0 {
+			touched += m[i*4096] // map the cached page
+		}
 	}
 	pm, err := os.Open("/proc/self/pagemap")
 	if err != nil {
@@ -156,9 +176,12 @@ func largePages(t *testing.T, f *os.File, size int) int {
 	if _, err := pm.ReadAt(ents, base); err != nil {
 		t.Fatal(err)
 	}
-	large := 0
 	var fl [8]byte
 	for i := 0; i < size/4096; i++ {
+		if vec[i]&1 == 0 {
+			continue
+		}
+		cached++
 		e := binary.LittleEndian.Uint64(ents[8*i:])
 		if e&present == 0 || e&pfnMask == 0 {
 			t.Fatalf("page %d: not mapped, or no frame number (pagemap entry %#x)", i, e)
@@ -170,7 +193,7 @@ func largePages(t *testing.T, f *os.File, size int) int {
 			large++
 		}
 	}
-	return large
+	return cached, large
 }
 
 // touched keeps largePages' loads of the mapping from being optimized out.
@@ -213,4 +236,66 @@ func TestScanAtBlockDevice(t *testing.T) {
 		s2.Close()
 		t.Fatalf("a second store on %s opened beside the first", loop)
 	}
+}
+
+// TestResyncLeavesNoLargeFolios: a full resync writes the target's file
+// in large pieces, and into an uncached file those leave it cached in
+// large folios (checked here first, on a file beside the nodes'), into
+// which the 4 KiB writes after the resync would cost several times more;
+// the target drops its clean cache once the resync's data is durable
+// (onResyncDone, FileStore.DropCache), so none are left. Root only, as
+// TestScanAtLeavesSmallPages.
+func TestResyncLeavesNoLargeFolios(t *testing.T) {
+	testtool.RequireRoot(t, "reading page frame flags (/proc/kpageflags)")
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.ResyncRate = 1 << 30 })
+	ctx := context.Background()
+
+	// The control: 1 MiB writes into an uncached file on this filesystem.
+	s, err := OpenFileStore(filepath.Join(c.dir, "control.img"), testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	chunk := bytes.Repeat([]byte{0x6b}, 1<<20)
+	for off := int64(0); off < testSize; off += 1 << 20 {
+		if err := s.WriteAt(ctx, chunk, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cached, large := cachedLarge(t, s.f, testSize); large == 0 {
+		t.Fatalf("control: 1 MiB writes left %d pages cached, none in large folios: this filesystem does not keep files in large folios, and the test shows nothing here", cached)
+	}
+
+	alpha := c.bootstrap()
+	beta := c.nodes[1].n
+	for off := int64(0); off < testSize; off += 1 << 20 {
+		if err := alpha.WriteAt(ctx, bytes.Repeat([]byte{byte(off>>20) + 1}, 1<<20), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitSynced(20 * time.Second)
+	// beta's copy out of the cache (durable first), so that the resync
+	// writes into an uncached file, as the control did.
+	f, err := os.Open(c.nodes[1].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := beta.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if err := beta.Invalidate("alpha"); err != nil {
+		t.Fatal(err)
+	}
+	if d := beta.Status().Disk; d == "UpToDate" {
+		t.Fatalf("beta after invalidate: disk %s", d)
+	}
+	c.waitSynced(20 * time.Second)
+	if cached, large := cachedLarge(t, f, testSize); large != 0 {
+		t.Fatalf("after the full resync %d of beta's %d cached pages are in large folios", large, cached)
+	}
+	c.assertEqualStores()
 }
