@@ -218,7 +218,7 @@ func (s *FileStore) Prefetch(off, n int64) {
 // cache (POSIX_FADV_DONTNEED; dirty pages stay, so nothing written is
 // lost). A resync's large writes into an uncached file leave it cached in
 // large folios, and a 4 KiB write into one costs this kernel several
-// times what it costs into a 4 KiB page (README, Performance): the sync
+// times what it costs into a 4 KiB page (README, Configuration): the sync
 // target drops them once the resync's data is durable. The kernel's answer
 // is advice, ignored.
 func (s *FileStore) DropCache() {
