@@ -171,7 +171,7 @@ func run(ctx context.Context, o options) error {
 	if metricsL != nil {
 		wg.Add(1)
 		ml := newLimitListener(metricsL, lim.maxConns, log.With("component", "metrics"))
-		go func() { defer wg.Done(); errc <- wrap("metrics", httpServe(mxSrv, ml)) }()
+		go func() { defer wg.Done(); errc <- wrap("metrics", ml.serve(mxSrv)) }()
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); errc <- wrap("replication", node.Run(runCtx)) }()
@@ -299,7 +299,7 @@ func nbdTLSConfig(f *config.File, self *config.Node, log *slog.Logger) (*tls.Con
 type httpLimits struct {
 	readHeader, read, write, idle time.Duration
 	maxHeaderBytes                int
-	maxConns                      int // served at once; more are closed at once
+	maxConns                      int // served at once (limitListener)
 }
 
 // metricsLimits: a scrape or a health probe takes milliseconds; a client

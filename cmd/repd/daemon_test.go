@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,94 +137,217 @@ func TestListenNBDUnix(t *testing.T) {
 }
 
 // The metrics/health listener serves at most maxConns connections at once:
-// one beyond is closed before anything is read (not after the header
-// timeout), the refusals are logged at most once a second, and a slot
-// given back serves again.
+// with every slot serving a request, one beyond is closed before anything
+// is read (not after the header timeout), the refusals are logged at most
+// once a second, and a slot given back serves again.
 func TestMetricsConnsBounded(t *testing.T) {
 	if metricsLimits.maxConns <= 0 {
 		t.Fatalf("metrics server connection bound %d: unbounded", metricsLimits.maxConns)
 	}
-	lim := metricsLimits
-	lim.maxConns = 4
-	srv := metricsServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), lim)
+	release := make(chan struct{})
+	ms := newMetricsTestServer(t, 4, time.Minute, release)
+	// The slots, each serving a request that waits for release.
+	for range ms.lim.maxConns {
+		c := ms.dial()
+		io.WriteString(c, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	waitFor(t, "every slot serving a request", func() bool { return ms.serving.Load() == int64(ms.lim.maxConns) })
+	const extra = 20
+	start := time.Now()
+	for range extra {
+		c := ms.dial()
+		resp, err := ms.get(c)
+		c.Close()
+		if err == nil {
+			t.Fatalf("a connection beyond the bound of %d was served: %s", ms.lim.maxConns, resp.Status)
+		}
+		if h := ms.ll.held(); h > ms.lim.maxConns {
+			t.Fatalf("%d connections held, bound %d", h, ms.lim.maxConns)
+		}
+	}
+	el := time.Since(start)
+	if el > ms.lim.readHeader {
+		t.Fatalf("%d refusals took %v: connections beyond the bound must be closed at once", extra, el)
+	}
+	lines := strings.Count(ms.logs(), "connection refused")
+	// A line a second: the first, then one per second that passed.
+	if most := int(el/loglimit.Every) + 1; lines < 1 || lines > most {
+		t.Fatalf("%d log lines for %d refusals in %v, want 1 to %d:\n%s", lines, extra, el, most, ms.logs())
+	}
+	close(release)
+	c := ms.dial()
+	if resp, err := ms.get(c); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("once the requests are answered, a new connection is not served: %v", err)
+	}
+}
+
+// TestMetricsFloodKeepsHealthProbe attacks the bound: connections that
+// send half a request and nothing more, connections idle between
+// requests, and requests whose client does not read, each enough to take
+// every slot, then a flood of new half-request connections from another
+// address; a health probe is served through each (it takes the slot of the
+// oldest of them, or of the flood's), and no more than the bound is ever
+// held.
+func TestMetricsFloodKeepsHealthProbe(t *testing.T) {
+	ms := newMetricsTestServer(t, 4, 200*time.Millisecond, make(chan struct{}))
+	probe := func(what string) {
+		t.Helper()
+		c := ms.dial()
+		resp, err := ms.get(c)
+		c.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: the health probe was not served: %v", what, err)
+		}
+	}
+	// Half requests in every slot (the server waits 5 s for the rest).
+	var half []net.Conn
+	for range ms.lim.maxConns {
+		c := ms.dial()
+		io.WriteString(c, "GET /health HTTP/1.1\r\nHo")
+		half = append(half, c)
+	}
+	waitFor(t, "every slot held", func() bool { return ms.ll.held() == ms.lim.maxConns })
+	probe("slots held by half requests")
+	// The oldest half request lost its slot: the server closed it.
+	half[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := half[0].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the oldest half request still holds its connection: %v", err)
+	}
+	// Idle keep-alive connections in every slot.
+	for range ms.lim.maxConns {
+		c := ms.dial()
+		if _, err := ms.get(c); err != nil {
+			t.Fatalf("a keep-alive client's request: %v", err)
+		}
+	}
+	probe("slots held by idle keep-alive connections")
+	// Requests in every slot whose handlers stall (a client that does not
+	// read its answer), past busyFor.
+	for range ms.lim.maxConns {
+		c := ms.dial()
+		io.WriteString(c, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	waitFor(t, "every slot serving a request", func() bool { return ms.serving.Load() >= int64(ms.lim.maxConns) })
+	time.Sleep(ms.ll.busyFor + 50*time.Millisecond)
+	probe("slots held by stalled requests")
+	// A flood of new half requests from another address (127.0.0.2)
+	// while probing from 127.0.0.1.
+	flood := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	stop := make(chan struct{})
+	flooded := make(chan int)
+	go func() {
+		n := 0
+		defer func() { flooded <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := flood.Dial("tcp", ms.addr)
+			if err != nil {
+				continue
+			}
+			io.WriteString(c, "GET /health HTTP/1.1\r\nHo")
+			defer c.Close()
+			n++
+		}
+	}()
+	for i := range 20 {
+		probe(fmt.Sprintf("probe %d during a flood of half requests", i))
+		if h := ms.ll.held(); h > ms.lim.maxConns {
+			t.Fatalf("%d connections held, bound %d", h, ms.lim.maxConns)
+		}
+	}
+	close(stop)
+	n := <-flooded
+	t.Logf("the flood opened %d connections", n)
+	if n < 20 {
+		t.Fatalf("the flood opened only %d connections", n)
+	}
+	if !strings.Contains(ms.logs(), "closed the oldest idle or stuck connection") {
+		t.Fatalf("no eviction logged:\n%s", ms.logs())
+	}
+}
+
+// metricsTestServer is the metrics server with its connection bound, on
+// loopback: /health answers ok, /wait waits for release (counted in
+// serving while it does).
+type metricsTestServer struct {
+	t       *testing.T
+	lim     httpLimits
+	ll      *limitListener
+	addr    string
+	serving atomic.Int64
+	mu      sync.Mutex
+	log     strings.Builder
+}
+
+func newMetricsTestServer(t *testing.T, maxConns int, busyFor time.Duration, release chan struct{}) *metricsTestServer {
+	ms := &metricsTestServer{t: t, lim: metricsLimits}
+	ms.lim.maxConns = maxConns
+	srv := metricsServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			ms.serving.Add(1)
+			defer ms.serving.Add(-1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		io.WriteString(w, "ok")
+	}), ms.lim)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs strings.Builder
-	var mu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return logs.Write(p)
+		ms.mu.Lock()
+		defer ms.mu.Unlock()
+		return ms.log.Write(p)
 	}), nil))
-	go srv.Serve(newLimitListener(l, lim.maxConns, logger))
-	defer srv.Close()
-	addr := l.Addr().String()
-	get := func(c net.Conn) (*http.Response, error) {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		return resp, err
+	ms.ll = newLimitListener(l, ms.lim.maxConns, logger)
+	ms.ll.busyFor = busyFor
+	ms.addr = l.Addr().String()
+	go ms.ll.serve(srv)
+	t.Cleanup(func() { srv.Close() })
+	return ms
+}
+
+func (ms *metricsTestServer) dial() net.Conn {
+	c, err := net.Dial("tcp", ms.addr)
+	if err != nil {
+		ms.t.Fatal(err)
 	}
-	// The slots, each held by a client that answered one request and
-	// keeps its connection alive.
-	var held []net.Conn
-	for range lim.maxConns {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := get(c); err != nil {
-			t.Fatalf("a connection under the bound: %v", err)
-		}
-		held = append(held, c)
+	ms.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// get asks c for /health and reads the answer.
+func (ms *metricsTestServer) get(c net.Conn) (*http.Response, error) {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 	}
-	const extra = 20
-	start := time.Now()
-	for range extra {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := get(c)
-		c.Close()
-		if err == nil {
-			t.Fatalf("a connection beyond the bound of %d was served: %s", lim.maxConns, resp.Status)
-		}
-	}
-	el := time.Since(start)
-	if el > lim.readHeader {
-		t.Fatalf("%d refusals took %v: connections beyond the bound must be closed at once", extra, el)
-	}
-	mu.Lock()
-	lines := strings.Count(logs.String(), "connection refused")
-	mu.Unlock()
-	// A line a second: the first, then one per second that passed.
-	if most := int(el/loglimit.Every) + 1; lines < 1 || lines > most {
-		t.Fatalf("%d log lines for %d refusals in %v, want 1 to %d:\n%s", lines, extra, el, most, logs.String())
-	}
-	held[0].Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := get(c)
-		c.Close()
-		if err == nil && resp.StatusCode == http.StatusOK {
-			break
-		}
+	return resp, err
+}
+
+func (ms *metricsTestServer) logs() string {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return ms.log.String()
+}
+
+// waitFor fails t unless cond holds within 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("a slot given back does not serve again: %v", err)
+			t.Fatalf("waited 5 s for %s", what)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
