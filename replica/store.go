@@ -225,29 +225,39 @@ func (s *FileStore) DropCache() {
 	unix.Fadvise(int(s.f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
-// dropCache is DropCache where st has it (a FileStore).
-func dropCache(st Store) {
-	if dc, ok := st.(interface{ DropCache() }); ok {
-		dc.DropCache()
-	}
+// cacheStore is what a Store may offer the node's own sweeps and resyncs
+// besides its Store methods, to keep the page cache in 4 KiB pages: a
+// FileStore does (ScanAt, Prefetch, DropCache); a Store without it is
+// read with ReadAt and given no advice.
+type cacheStore interface {
+	ScanAt(ctx context.Context, p []byte, off int64) error
+	Prefetch(off, n int64)
+	DropCache()
 }
 
-// prefetch is Prefetch where st has it (a FileStore).
-func prefetch(st Store, off, n int64) {
-	if pf, ok := st.(interface{ Prefetch(off, n int64) }); ok {
-		pf.Prefetch(off, n)
-	}
-}
+var _ cacheStore = (*FileStore)(nil)
 
-// scanAt reads for a sweep: through st's ScanAt where it has one (a
-// FileStore), else its ReadAt.
+// scanAt reads for a sweep: through st's ScanAt where it has one, else its
+// ReadAt.
 func scanAt(ctx context.Context, st Store, p []byte, off int64) error {
-	if sc, ok := st.(interface {
-		ScanAt(ctx context.Context, p []byte, off int64) error
-	}); ok {
-		return sc.ScanAt(ctx, p, off)
+	if cs, ok := st.(cacheStore); ok {
+		return cs.ScanAt(ctx, p, off)
 	}
 	return st.ReadAt(ctx, p, off)
+}
+
+// prefetch is Prefetch where st has it.
+func prefetch(st Store, off, n int64) {
+	if cs, ok := st.(cacheStore); ok {
+		cs.Prefetch(off, n)
+	}
+}
+
+// dropCache is DropCache where st has it.
+func dropCache(st Store) {
+	if cs, ok := st.(cacheStore); ok {
+		cs.DropCache()
+	}
 }
 
 // WriteAt writes p at off; with fua the data is durable on return.

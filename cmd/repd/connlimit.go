@@ -144,13 +144,6 @@ func (l *limitListener) removeLocked(c *limitedConn) {
 	}
 }
 
-// held is how many connections hold a slot.
-func (l *limitListener) held() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
-}
-
 // limitedConn gives its slot back when it is closed (once).
 type limitedConn struct {
 	net.Conn

@@ -341,6 +341,13 @@ func (ms *metricsTestServer) logs() string {
 	return ms.log.String()
 }
 
+// held is how many connections hold a slot of l.
+func (l *limitListener) held() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
 // waitFor fails t unless cond holds within 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
