@@ -3,14 +3,12 @@ package replica
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/repd/repd/internal/testtool"
 	"golang.org/x/sys/unix"
@@ -57,7 +55,7 @@ func TestScanAtLeavesSmallPages(t *testing.T) {
 		if err := unix.Fadvise(int(s.f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 			t.Fatal(err)
 		}
-		if n := cachedPages(t, s.f, size); n != 0 {
+		if n := testtool.CachedPages(t, s.f, size); n != 0 {
 			t.Fatalf("%d pages still cached after the file was dropped from the cache", n)
 		}
 		want := make([]byte, len(chunk))
@@ -103,103 +101,16 @@ func TestScanAtLeavesSmallPages(t *testing.T) {
 	}
 }
 
-// cachedPages counts the pages of f's first size bytes in the page cache
-// (mincore over a mapping, which does not fault them in).
-func cachedPages(t *testing.T, f *os.File, size int) int {
-	t.Helper()
-	m, vec := resident(t, f, size)
-	defer unix.Munmap(m)
-	n := 0
-	for _, v := range vec {
-		n += int(v & 1)
-	}
-	return n
-}
-
-// resident maps f's first size bytes read-only and returns the mapping
-// (the caller unmaps it) and mincore's vector over it (bit 0 of each
-// page's byte: in the page cache).
-func resident(t *testing.T, f *os.File, size int) (m, vec []byte) {
-	t.Helper()
-	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vec = make([]byte, size/4096)
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafePointer(m)), uintptr(size), uintptr(unsafePointer(vec))); errno != 0 {
-		unix.Munmap(m)
-		t.Fatal(errno)
-	}
-	return m, vec
-}
-
 // largePages counts the pages of f's first size bytes (all in the page
-// cache) that belong to a large folio: mapped, each page's frame number
-// from /proc/self/pagemap, its flags from /proc/kpageflags (compound head
-// or tail).
+// cache) that belong to a large folio.
 func largePages(t *testing.T, f *os.File, size int) int {
 	t.Helper()
-	if n := cachedPages(t, f, size); n != size/4096 {
+	if n := testtool.CachedPages(t, f, size); n != size/4096 {
 		t.Fatalf("only %d of %d pages cached after the sweep", n, size/4096)
 	}
-	_, large := cachedLarge(t, f, size)
+	_, large := testtool.CachedLarge(t, f, size)
 	return large
 }
-
-// cachedLarge counts the pages of f's first size bytes in the page cache,
-// and of those the ones that belong to a large folio (as largePages, for
-// a file only partly cached: only cached pages are mapped, so nothing is
-// read in).
-func cachedLarge(t *testing.T, f *os.File, size int) (cached, large int) {
-	t.Helper()
-	m, vec := resident(t, f, size)
-	defer unix.Munmap(m)
-	for i, v := range vec {
-		if v&1 != 0 {
-			touched += m[i*4096] // map the cached page
-		}
-	}
-	pm, err := os.Open("/proc/self/pagemap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pm.Close()
-	kf, err := os.Open("/proc/kpageflags")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kf.Close()
-	const present, pfnMask = 1 << 63, 1<<55 - 1
-	const compoundHead, compoundTail = 1 << 15, 1 << 16
-	ents := make([]byte, 8*(size/4096))
-	base := int64(uintptr(unsafePointer(m))) / 4096 * 8
-	if _, err := pm.ReadAt(ents, base); err != nil {
-		t.Fatal(err)
-	}
-	var fl [8]byte
-	for i := 0; i < size/4096; i++ {
-		if vec[i]&1 == 0 {
-			continue
-		}
-		cached++
-		e := binary.LittleEndian.Uint64(ents[8*i:])
-		if e&present == 0 || e&pfnMask == 0 {
-			t.Fatalf("page %d: not mapped, or no frame number (pagemap entry %#x)", i, e)
-		}
-		if _, err := kf.ReadAt(fl[:], int64(e&pfnMask)*8); err != nil {
-			t.Fatal(err)
-		}
-		if binary.LittleEndian.Uint64(fl[:])&(compoundHead|compoundTail) != 0 {
-			large++
-		}
-	}
-	return cached, large
-}
-
-// touched keeps largePages' loads of the mapping from being optimized out.
-var touched byte
-
-func unsafePointer(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
 
 // TestScanAtBlockDevice: on a block device, which OpenFileStore holds
 // exclusively (O_EXCL), the sweep descriptor opens beside it and reads what
@@ -262,7 +173,7 @@ func TestResyncLeavesNoLargeFolios(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if cached, large := cachedLarge(t, s.f, testSize); large == 0 {
+	if cached, large := testtool.CachedLarge(t, s.f, testSize); large == 0 {
 		t.Fatalf("control: 1 MiB writes left %d pages cached, none in large folios: this filesystem does not keep files in large folios, and the test shows nothing here", cached)
 	}
 
@@ -294,7 +205,7 @@ func TestResyncLeavesNoLargeFolios(t *testing.T) {
 		t.Fatalf("beta after invalidate: disk %s", d)
 	}
 	c.waitSynced(20 * time.Second)
-	if cached, large := cachedLarge(t, f, testSize); large != 0 {
+	if cached, large := testtool.CachedLarge(t, f, testSize); large != 0 {
 		t.Fatalf("after the full resync %d of beta's %d cached pages are in large folios", large, cached)
 	}
 	c.assertEqualStores()
