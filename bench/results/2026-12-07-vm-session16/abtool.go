@@ -160,6 +160,10 @@ func run(v variant, job string, secs int) (float64, string, error) {
 	bins := &harness.Bins{Dir: v.bins, Repd: filepath.Join(v.bins, "repd"), Repctl: filepath.Join(v.bins, "repctl"), Linkproxy: filepath.Join(v.bins, "linkproxy")}
 	o := harness.Options{Names: []string{"alpha", "bravo"}, Resource: "bench", Size: 512 << 20, Protocol: v.proto, NBDUnix: true, StopTimeout: 5 * time.Second, CPUMasks: v.masks}
 	o.Args = []string{"--log-level", "debug"}
+	if l := os.Getenv("LOGLEVEL"); l != "" {
+		// Session 25: LOGLEVEL=info runs the nodes at the bench's level.
+		o.Args = []string{"--log-level", l}
+	}
 	if os.Getenv("GOTRACE") != "" {
 		o.Metrics, o.Args = true, append(o.Args, "--pprof")
 	}
