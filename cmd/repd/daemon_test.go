@@ -175,6 +175,9 @@ func TestMetricsConnsBounded(t *testing.T) {
 		t.Fatalf("%d log lines for %d refusals in %v, want 1 to %d:\n%s", lines, extra, el, most, ms.logs())
 	}
 	close(release)
+	// The answered requests' slots are idle once their handlers have
+	// returned (until then a new connection is refused, as above).
+	waitFor(t, "no slot serving a request", func() bool { return ms.ll.busy() == 0 })
 	c := ms.dial()
 	if resp, err := ms.get(c); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("once the requests are answered, a new connection is not served: %v", err)
@@ -361,6 +364,19 @@ func (l *limitListener) held() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.conns)
+}
+
+// busy is the number of held connections serving a request.
+func (l *limitListener) busy() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, c := range l.conns {
+		if c.busy {
+			n++
+		}
+	}
+	return n
 }
 
 // waitFor fails t unless cond holds within 5 s.
