@@ -15,25 +15,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// backedUp makes a disk of size bytes, writes it with the qemu-io
+// commands cmds, snapshots it as "s" and backs that up into a fresh
+// repository (closed when the test ends); it returns the repository and
+// the snapshot's image.
+func backedUp(t *testing.T, size int64, cmds ...string) (*backup.Repo, string) {
+	t.Helper()
+	d := newDisk(t, size)
+	d.io(cmds...)
+	cp := d.snapshot("s")
+	repo, err := backup.Open(t.TempDir(), backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repo.Close() })
+	req := backup.Request{Snapshot: "s"}
+	if _, err := repo.Backup(context.Background(), dial(t, serve(t, cp, "s", ""), repo.MetaContexts(req)), req); err != nil {
+		t.Fatal(err)
+	}
+	return repo, cp
+}
+
 // Restore onto a block device (a loop device over a file full of garbage):
 // refused without Overwrite, then every byte is the snapshot's, the parts
 // that read as zeroes included.
 func TestRestoreBlockDevice(t *testing.T) {
 	testtool.RequireRoot(t, "restoring onto a block device (a loop device)")
 	testtool.Require(t, "losetup")
-	d := newDisk(t, 8<<20)
-	d.io("write -P 0x5a 1M 1M", "write -P 0xa5 7M 64k")
-	cp := d.snapshot("s")
-	dir := t.TempDir()
-	repo, err := backup.Open(dir, backup.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
-	req := backup.Request{Snapshot: "s"}
-	if _, err := repo.Backup(context.Background(), dial(t, serve(t, cp, "s", ""), repo.MetaContexts(req)), req); err != nil {
-		t.Fatal(err)
-	}
+	repo, cp := backedUp(t, 8<<20, "write -P 0x5a 1M 1M", "write -P 0xa5 7M 64k")
 
 	img := filepath.Join(t.TempDir(), "dev.img")
 	if err := os.WriteFile(img, bytes.Repeat([]byte{0xee}, 9<<20), 0o600); err != nil {
@@ -69,18 +78,7 @@ func TestRestoreBlockDevice(t *testing.T) {
 func TestRestoreLeavesNoLargeFolios(t *testing.T) {
 	testtool.RequireRoot(t, "reading page frame flags (/proc/kpageflags)")
 	const size = 32 << 20
-	d := newDisk(t, size)
-	d.io("write -P 0x5a 0 32M")
-	cp := d.snapshot("s")
-	repo, err := backup.Open(t.TempDir(), backup.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
-	req := backup.Request{Snapshot: "s"}
-	if _, err := repo.Backup(context.Background(), dial(t, serve(t, cp, "s", ""), repo.MetaContexts(req)), req); err != nil {
-		t.Fatal(err)
-	}
+	repo, cp := backedUp(t, size, "write -P 0x5a 0 32M")
 	// On the disk's filesystem, not a tmpfs: its page cache is the one
 	// in question.
 	dir, err := os.MkdirTemp("/var/tmp", "repd-restore-")
