@@ -12,7 +12,6 @@ import (
 
 	"github.com/repd/repd/backup"
 	"github.com/repd/repd/internal/testtool"
-	"golang.org/x/sys/unix"
 )
 
 // backedUp makes a disk of size bytes, writes it with the qemu-io
@@ -106,7 +105,7 @@ func TestRestoreLeavesNoLargeFolios(t *testing.T) {
 	if _, err := repo.Restore(context.Background(), "s", target, backup.RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(target)
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,21 +116,11 @@ func TestRestoreLeavesNoLargeFolios(t *testing.T) {
 	// What a 4 KiB write into the restored file finds: a 4 KiB page (the
 	// data it had, so that the comparison below holds; that reads the
 	// whole file with readahead, so it comes last).
-	if _, err := unix.Pwrite(int(openRW(t, target).Fd()), piece[:4096], 1<<20); err != nil {
+	if _, err := f.WriteAt(piece[:4096], 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	if cached, large := testtool.CachedLarge(t, f, size); cached == 0 || large != 0 {
 		t.Fatalf("after a 4 KiB write into the restored file: %d pages cached, %d in large folios; want some, none", cached, large)
 	}
 	compareRaw(t, target, cp)
-}
-
-func openRW(t *testing.T, path string) *os.File {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
 }

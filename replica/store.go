@@ -6,13 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
 
 	"github.com/repd/repd/internal/durable"
-	"github.com/repd/repd/protocol"
+	"github.com/repd/repd/internal/zero"
 	"golang.org/x/sys/unix"
 )
 
@@ -327,9 +326,8 @@ func (s *FileStore) writeZeroes(ctx context.Context, off, n int64, fua bool) err
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		z := zeroBuf()
-		chunk := min(n, int64(len(z)))
-		if _, err := s.f.WriteAt(z[:chunk], off); err != nil {
+		chunk := min(n, int64(zero.Max))
+		if _, err := s.f.WriteAt(zero.Bytes(int(chunk)), off); err != nil {
 			return fmt.Errorf("write zeroes %d+%d: %w", off, chunk, err)
 		}
 		off += chunk
@@ -343,11 +341,6 @@ func (s *FileStore) writeZeroes(ctx context.Context, off, n int64, fua bool) err
 
 // Close closes the store without syncing; call Flush first for durability.
 func (s *FileStore) Close() error { return errors.Join(s.f.Close(), s.scan.Close()) }
-
-// zeroBuf is a frame's worth of zeroes, allocated on first use: programs
-// that link this package without running a node (repctl) do not start
-// with it in their heap.
-var zeroBuf = sync.OnceValue(func() []byte { return make([]byte, protocol.MaxData) })
 
 func fallocate(f *os.File, mode uint32, off, n int64) error {
 	for {

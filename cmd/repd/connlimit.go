@@ -85,14 +85,15 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		lc := &limitedConn{Conn: c, l: l, host: hostOf(c.RemoteAddr())}
 		l.mu.Lock()
 		var victim *limitedConn
+		full := false
 		if len(l.conns) >= l.max {
 			victim = l.victimLocked(time.Now())
+			full = victim == nil
 		}
-		full := len(l.conns) >= l.max && victim == nil
+		if victim != nil {
+			l.removeLocked(victim)
+		}
 		if !full {
-			if victim != nil {
-				l.removeLocked(victim)
-			}
 			l.conns = append(l.conns, lc)
 		}
 		l.mu.Unlock()

@@ -5,10 +5,20 @@ package zero
 
 import "bytes"
 
-// window is compared against, a piece at a time: bytes.Equal is
-// vectorised. It lives in the binary's zero-filled data, so it costs no
-// heap and, being only read, no memory of its own.
-var window [64 << 10]byte
+// window is compared against, a piece at a time (bytes.Equal is
+// vectorised), and written from (Bytes). It lives in the binary's
+// zero-filled data, so it costs no heap and, being only read, no memory
+// of its own.
+var window [Max]byte
+
+// Max is the most zero bytes Bytes gives at once: a replication frame's
+// data (protocol.MaxData).
+const Max = 1 << 20
+
+// Bytes returns min(n, Max) zero bytes, to be read only (what writes a
+// range of zeroes writes from it); writing into them would break Is and
+// every other reader.
+func Bytes(n int) []byte { return window[:min(n, Max)] }
 
 // Is reports whether b holds nothing but zeroes (true for an empty b).
 func Is(b []byte) bool {

@@ -22,6 +22,15 @@ func TestIs(t *testing.T) {
 	}
 }
 
+func TestBytes(t *testing.T) {
+	for _, n := range []int{0, 1, 4096, Max, Max + 1} {
+		b := Bytes(n)
+		if len(b) != min(n, Max) || !Is(b) {
+			t.Fatalf("Bytes(%d): %d bytes, all zero %v; want %d zero bytes", n, len(b), Is(b), min(n, Max))
+		}
+	}
+}
+
 func BenchmarkIs(b *testing.B) {
 	buf := make([]byte, 1<<20)
 	b.SetBytes(int64(len(buf)))
