@@ -101,14 +101,17 @@ func TestScanAtLeavesSmallPages(t *testing.T) {
 	}
 }
 
-// largePages counts the pages of f's first size bytes (all in the page
-// cache) that belong to a large folio.
+// largePages counts the pages of f's first size bytes (the sweep just
+// read them all) that are in the page cache in a large folio. It fails
+// unless nearly all are cached, so that a count of none means something:
+// under CI's load a sweep once found 8 of its 8,192 pages gone by the
+// time it counted, so a few may be missing.
 func largePages(t *testing.T, f *os.File, size int) int {
 	t.Helper()
-	if n := testtool.CachedPages(t, f, size); n != size/4096 {
-		t.Fatalf("only %d of %d pages cached after the sweep", n, size/4096)
+	cached, large := testtool.CachedLarge(t, f, size)
+	if want := size / 4096; cached < want-want/64 {
+		t.Fatalf("only %d of %d pages cached after the sweep", cached, want)
 	}
-	_, large := testtool.CachedLarge(t, f, size)
 	return large
 }
 
